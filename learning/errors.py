@@ -1,0 +1,40 @@
+"""Domain errors. Each says what went wrong and what to do next.
+
+The MCP layer turns them into ToolError, the CLI into a message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+
+class LearnloopError(Exception):
+    """A problem the caller can fix. `problems` lists every issue found, not just the first."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems or [])
+        if self.problems and len(self.problems) > 1:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class NotFound(LearnloopError):
+    """A named thing (run, dataset, adapter, job) does not exist."""
+
+
+class InvalidInput(LearnloopError):
+    """An argument or a record is malformed."""
+
+
+class Conflict(LearnloopError):
+    """The request is valid but the current state does not allow it."""
+
+
+def check(problems: list[str], message: str = "Invalid input:") -> None:
+    """Raise InvalidInput listing every problem, if there are any."""
+    if problems:
+        if len(problems) == 1:
+            raise InvalidInput(f"{message} {problems[0]}" if message.endswith(":") else problems[0], problems)
+        raise InvalidInput(message, problems)

@@ -1,0 +1,53 @@
+"""The learnloop home: the one folder under which every file learnloop writes lives.
+
+Chosen by `--home`, else $LEARNLOOP_HOME, else ~/.learnloop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from learning.errors import InvalidInput
+
+DB_NAME = "learnloop.db"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """The home folder to use, created if missing, checked writable."""
+    raw = home or os.environ.get("LEARNLOOP_HOME") or "~/.learnloop"
+    path = Path(raw).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(
+            f"Cannot create the learnloop home {path}: {exc.strerror or exc}. "
+            "Choose a writable folder with --home or LEARNLOOP_HOME."
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidInput(
+            f"The learnloop home {path} is not writable. "
+            "Fix its permissions or choose another folder with --home or LEARNLOOP_HOME."
+        )
+    return path
+
+
+def safe_id(value: str, what: str = "id") -> str:
+    """Check an id that becomes a file name: no path separators, no '..', bounded length."""
+    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+        raise InvalidInput(
+            f"Invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/' or '..')."
+        )
+    return value
+
+
+def subdir(home: Path, *parts: str) -> Path:
+    """A folder under the home, created if missing; refuses anything that escapes the home."""
+    path = home.joinpath(*parts).resolve()
+    if home != path and home not in path.parents:
+        raise InvalidInput(f"Path {path} escapes the learnloop home {home}.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,199 @@
+"""The adapter registry: every adapter learnloop knows, its status, and every move.
+
+Statuses: training -> trained -> candidate -> production -> archived, and failed.
+Each move is an adapter_events row (time, actor, from, to, reason) kept forever, written
+in the same transaction as the status change. The database allows at most one
+production adapter per route (role, task_type, complexity).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from learning.errors import Conflict, InvalidInput, NotFound
+from learning.home import safe_id
+from learning.store import Store, dumps, loads
+
+Status = Literal["training", "trained", "candidate", "production", "archived", "failed"]
+STATUSES: tuple[str, ...] = ("training", "trained", "candidate", "production", "archived", "failed")
+
+# Which moves are allowed without force. production is reached only through promote.
+MOVES: dict[str, set[str]] = {
+    "training": {"trained", "failed"},
+    "trained": {"candidate", "archived", "failed"},
+    "candidate": {"production", "trained", "archived"},
+    "production": {"archived"},
+    "archived": {"production", "candidate"},
+    "failed": {"archived"},
+}
+
+
+class Adapter(BaseModel):
+    id: str
+    role: str
+    task_type: str | None
+    complexity: str | None
+    base_model: str
+    base_hash: str | None
+    dataset_id: str | None
+    method: str
+    status: Status
+    created: str
+    updated: str
+    path: str = Field(description="Folder holding adapter_config.json and adapter_model.safetensors.")
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    source: str = Field(description="'trained' by learnloop or 'registered' from elsewhere.")
+
+
+class AdapterEvent(BaseModel):
+    adapter_id: str
+    time: str
+    actor: str
+    from_status: str | None
+    to_status: str
+    reason: str
+    data: dict[str, Any]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_adapter_id(role: str) -> str:
+    """Readable and sortable: role and UTC time, e.g. coder-20261122-143012."""
+    return f"{role}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def to_adapter(row) -> Adapter:
+    return Adapter(
+        id=row["id"], role=row["role"], task_type=row["task_type"], complexity=row["complexity"],
+        base_model=row["base_model"], base_hash=row["base_hash"], dataset_id=row["dataset_id"],
+        method=row["method"], status=row["status"], created=_iso(row["created"]), updated=_iso(row["updated"]),
+        path=row["path"], params=loads(row["params"]) or {}, metrics=loads(row["metrics"]) or {},
+        source=row["source"],
+    )
+
+
+def create_adapter(store: Store, adapter_id: str, role: str, base_model: str, path: str, *,
+                   status: Status = "training", task_type: str | None = None, complexity: str | None = None,
+                   dataset_id: str | None = None, method: str = "sft", params: dict | None = None,
+                   base_hash: str | None = None, source: str = "trained", actor: str = "learnloop",
+                   reason: str = "created") -> Adapter:
+    """Record a new adapter and its first event, in one transaction."""
+    safe_id(adapter_id, "adapter id")
+    now = time.time()
+    with store.write() as conn:
+        if store.get_adapter(adapter_id, conn) is not None:
+            raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
+        store.insert_adapter(conn, dict(
+            id=adapter_id, role=role, task_type=task_type, complexity=complexity, base_model=base_model,
+            base_hash=base_hash, dataset_id=dataset_id, method=method, status=status, created=now, updated=now,
+            path=path, params=dumps(params or {}), metrics=dumps({}), source=source))
+        conn.execute(
+            "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
+            "VALUES (?, ?, ?, NULL, ?, ?, '{}')", (adapter_id, now, actor, status, reason))
+    return get_adapter(store, adapter_id)
+
+
+def get_adapter(store: Store, adapter_id: str) -> Adapter:
+    row = store.get_adapter(adapter_id)
+    if row is None:
+        raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+    return to_adapter(row)
+
+
+def list_adapters(store: Store, role: str | None = None, status: str | None = None) -> list[Adapter]:
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.")
+    return [to_adapter(r) for r in store.list_adapters(role, status)]
+
+
+def adapter_history(store: Store, adapter_id: str | None = None, role: str | None = None) -> list[AdapterEvent]:
+    if adapter_id:
+        get_adapter(store, adapter_id)
+    return [AdapterEvent(adapter_id=r["adapter_id"], time=_iso(r["ts"]), actor=r["actor"],
+                         from_status=r["from_status"], to_status=r["to_status"], reason=r["reason"],
+                         data=loads(r["data"]) or {})
+            for r in store.adapter_events(adapter_id, role)]
+
+
+def move(store: Store, adapter_id: str, to_status: Status, actor: str, reason: str,
+         force: bool = False, data: dict | None = None) -> Adapter:
+    """Change one adapter's status (not to production: that is promote's job, which keeps
+    the one-production-per-route rule)."""
+    if to_status not in STATUSES:
+        raise InvalidInput(f"Unknown status {to_status!r}; use one of {', '.join(STATUSES)}.")
+    with store.write() as conn:
+        row = store.get_adapter(adapter_id, conn)
+        if row is None:
+            raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        current = row["status"]
+        if to_status not in MOVES[current] and not force:
+            raise Conflict(f"Adapter {adapter_id} is {current}; it cannot move to {to_status} "
+                           f"(allowed: {', '.join(sorted(MOVES[current])) or 'none'}).")
+        store.set_adapter_status(conn, adapter_id, current, to_status, actor, reason, data)
+    return get_adapter(store, adapter_id)
+
+
+def set_metrics(store: Store, adapter_id: str, metrics: dict[str, Any]) -> None:
+    with store.write() as conn:
+        store.update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
+
+
+def route_of(row) -> tuple[str, str | None, str | None]:
+    return row["role"], row["task_type"], row["complexity"]
+
+
+def set_production(store: Store, adapter_id: str, actor: str, reason: str, force: bool = False) -> tuple[Adapter, str | None]:
+    """Make an adapter the production adapter of its route, archiving the one it replaces,
+    in one transaction (a crash at any point leaves exactly one production adapter).
+    Returns the adapter and the id it replaced (or None)."""
+    with store.write() as conn:
+        row = store.get_adapter(adapter_id, conn)
+        if row is None:
+            raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        current = row["status"]
+        if current == "production":
+            raise Conflict(f"Adapter {adapter_id} is already in production for its route.")
+        if current in ("failed", "training"):
+            raise Conflict(f"Adapter {adapter_id} is {current}; only a trained, candidate or archived adapter can be promoted.")
+        if current != "candidate" and not force and current != "archived":
+            raise Conflict(f"Adapter {adapter_id} is {current}: only a candidate goes to production. Evaluate it "
+                           "(evaluate_adapter) so the gate makes it a candidate, or pass force to override.")
+        old = store.production_for_route(conn, *route_of(row))
+        if old is not None:
+            store.set_adapter_status(conn, old["id"], "production", "archived", actor,
+                                     f"replaced by {adapter_id}: {reason}", {"replaced_by": adapter_id})
+        store.set_adapter_status(conn, adapter_id, current, "production", actor, reason,
+                                 {"replaced": old["id"] if old is not None else None, "forced": force})
+    return get_adapter(store, adapter_id), (old["id"] if old is not None else None)
+
+
+def previous_production(store: Store, role: str, task_type: str | None = None, complexity: str | None = None):
+    """The adapter a rollback of this route would restore, or None."""
+    with store.read() as conn:
+        return store.previous_production(conn, role, task_type, complexity)
+
+
+def rollback_route(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
+                   actor: str = "learnloop", reason: str = "rollback") -> tuple[Adapter, str | None]:
+    """Put the most recently replaced production adapter of a route back into production,
+    archiving the current one, in one transaction. Returns (restored adapter, archived id)."""
+    with store.write() as conn:
+        prev = store.previous_production(conn, role, task_type, complexity)
+        if prev is None:
+            raise Conflict(f"Nothing to roll back to for role {role!r}"
+                           + (f" task_type {task_type!r}" if task_type else "") + (f" complexity {complexity!r}" if complexity else "")
+                           + ": no adapter of this route was ever replaced in production.")
+        current = store.production_for_route(conn, role, task_type, complexity)
+        if current is not None:
+            store.set_adapter_status(conn, current["id"], "production", "archived", actor,
+                                     f"rolled back: {reason}", {"rollback_to": prev["id"]})
+        store.set_adapter_status(conn, prev["id"], "archived", "production", actor, f"rollback: {reason}",
+                                 {"rollback_from": current["id"] if current is not None else None})
+    return get_adapter(store, prev["id"]), (current["id"] if current is not None else None)

@@ -1,0 +1,388 @@
+"""The store: one SQLite file under the home, and all of learnloop's SQL.
+
+WAL journal, a busy timeout, writes in `BEGIN IMMEDIATE` transactions (so concurrent
+writers from several processes queue on the lock instead of failing with "database is
+locked"), ordered migrations tracked in PRAGMA user_version. Connections are per thread,
+so the MCP server's worker threads and the CLI share one code path.
+
+Sections below group the SQL by domain object; each function is one statement or one
+transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from learning.errors import InvalidInput
+from learning.home import DB_NAME, resolve_home
+
+BUSY_TIMEOUT_MS = 60_000
+
+# Ordered migrations: index i brings the schema from version i to i + 1. Never edit a
+# released migration; append a new one.
+MIGRATIONS: list[str] = [
+    # 1: runs
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        agent TEXT NOT NULL,
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        task_key TEXT NOT NULL,
+        instruction TEXT NOT NULL DEFAULT '',
+        input TEXT NOT NULL DEFAULT '',
+        output TEXT NOT NULL,
+        reward REAL NOT NULL CHECK (reward >= 0 AND reward <= 1),
+        signals TEXT NOT NULL DEFAULT '{}',
+        model TEXT,
+        adapter_id TEXT,
+        decision_id TEXT,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_role_ts ON runs(role, ts);
+    CREATE INDEX runs_adapter_ts ON runs(adapter_id, ts);
+    CREATE INDEX runs_task_key ON runs(task_key);
+    CREATE INDEX runs_role_reward ON runs(role, reward DESC);
+    """,
+    # 2: datasets, adapters and their events, jobs
+    """
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        format TEXT NOT NULL,
+        created REAL NOT NULL,
+        path TEXT NOT NULL,
+        train_rows INTEGER NOT NULL,
+        test_rows INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX datasets_role ON datasets(role, created);
+
+    CREATE TABLE adapters (
+        id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        base_model TEXT NOT NULL,
+        base_hash TEXT,
+        dataset_id TEXT,
+        method TEXT NOT NULL DEFAULT 'sft',
+        status TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        path TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        metrics TEXT NOT NULL DEFAULT '{}',
+        source TEXT NOT NULL DEFAULT 'trained'
+    );
+    CREATE INDEX adapters_role ON adapters(role, status);
+    -- At most one production adapter per route, enforced by the database itself.
+    CREATE UNIQUE INDEX adapters_one_production
+        ON adapters(role, ifnull(task_type, ''), ifnull(complexity, ''))
+        WHERE status = 'production';
+
+    CREATE TABLE adapter_events (
+        id INTEGER PRIMARY KEY,
+        adapter_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        actor TEXT NOT NULL,
+        from_status TEXT,
+        to_status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX adapter_events_adapter ON adapter_events(adapter_id, id);
+
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        subject TEXT,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        pid INTEGER,
+        pid_started REAL,
+        heartbeat REAL,
+        progress TEXT NOT NULL DEFAULT '{}',
+        result TEXT,
+        error TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        log_path TEXT NOT NULL
+    );
+    CREATE INDEX jobs_status ON jobs(status, created);
+    """,
+]
+
+RUN_COLUMNS = (
+    "ts", "agent", "role", "task_type", "complexity", "task_key", "instruction", "input",
+    "output", "reward", "signals", "model", "adapter_id", "decision_id", "meta",
+)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+class Store:
+    """The database of one learnloop home. Cheap to create; connections are per thread."""
+
+    def __init__(self, home: str | Path | None = None):
+        self.home = resolve_home(home)
+        self.path = self.home / DB_NAME
+        self._local = threading.local()
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+
+    # ---- connections and transactions -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            except sqlite3.OperationalError as exc:
+                raise InvalidInput(
+                    f"Cannot open the database {self.path}: {exc}. Check that the home is writable "
+                    "(--home or LEARNLOOP_HOME)."
+                ) from exc
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        if not self._migrated:
+            with self._migrate_lock:
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise InvalidInput(
+                    f"The database {self.path} has schema version {version}, newer than this "
+                    f"learnloop knows ({len(MIGRATIONS)}). Upgrade learnloop."
+                )
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        yield self._connect()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Everything inside commits together or not at all."""
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self.read() as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ---- runs ---------------------------------------------------------------------------
+
+    def insert_runs(self, rows: Iterable[tuple], conn: sqlite3.Connection | None = None) -> list[int]:
+        """Insert rows (tuples in RUN_COLUMNS order) in one transaction; returns their ids."""
+        sql = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+        if conn is not None:
+            return [conn.execute(sql, row).lastrowid for row in rows]
+        with self.write() as conn:
+            return [conn.execute(sql, row).lastrowid for row in rows]
+
+    def get_run(self, run_id: int) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+    def count_runs(self) -> int:
+        with self.read() as conn:
+            return conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+    def run_stats_rows(self, group_cols: list[str], where: str, args: list) -> list[sqlite3.Row]:
+        """Aggregates of runs grouped by columns (from a fixed list) under a WHERE clause built
+        by learning.runs from fixed fragments (values always bound as parameters)."""
+        allowed = {"role", "adapter_id", "agent", "model", "task_type"}
+        assert set(group_cols) <= allowed, group_cols
+        cols = ", ".join(group_cols) if group_cols else "'all'"
+        sql = f"""
+            SELECT {cols + ',' if group_cols else ''}
+                count(*) AS runs,
+                avg(reward) AS mean_reward,
+                avg(CASE json_extract(signals, '$.compiled') WHEN 1 THEN 1.0 WHEN 0 THEN 0.0 END) AS compile_rate,
+                sum(json_extract(signals, '$.compiled') IS NOT NULL) AS compile_known,
+                avg(CASE WHEN json_extract(signals, '$.tests_total') > 0
+                         THEN 1.0 * json_extract(signals, '$.tests_passed') / json_extract(signals, '$.tests_total')
+                    END) AS test_pass_rate,
+                avg(json_extract(signals, '$.iterations')) AS mean_iterations,
+                min(ts) AS first_ts,
+                max(ts) AS last_ts
+            FROM runs {('WHERE ' + where) if where else ''}
+            {('GROUP BY ' + cols) if group_cols else ''}
+            ORDER BY runs DESC
+        """
+        with self.read() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    # ---- datasets -----------------------------------------------------------------------
+
+    # ---- adapters and their events ------------------------------------------------------
+
+    def insert_adapter(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+        cols = list(row)
+        conn.execute(
+            f"INSERT INTO adapters ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [row[c] for c in cols],
+        )
+
+    def get_adapter(self, adapter_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+        sql = "SELECT * FROM adapters WHERE id = ?"
+        if conn is not None:
+            return conn.execute(sql, (adapter_id,)).fetchone()
+        with self.read() as c:
+            return c.execute(sql, (adapter_id,)).fetchone()
+
+    def adapter_exists(self, adapter_id: str) -> bool:
+        with self.read() as conn:
+            return conn.execute("SELECT 1 FROM adapters WHERE id = ?", (adapter_id,)).fetchone() is not None
+
+    def list_adapters(self, role: str | None = None, status: str | None = None) -> list[sqlite3.Row]:
+        where, args = [], []
+        if role:
+            where.append("role = ?")
+            args.append(role)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM adapters" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
+        with self.read() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def set_adapter_status(
+        self, conn: sqlite3.Connection, adapter_id: str, from_status: str | None, to_status: str,
+        actor: str, reason: str, data: dict | None = None,
+    ) -> None:
+        """Move an adapter to a status and record the event, inside the caller's transaction."""
+        now = time.time()
+        conn.execute("UPDATE adapters SET status = ?, updated = ? WHERE id = ?", (to_status, now, adapter_id))
+        conn.execute(
+            "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (adapter_id, now, actor, from_status, to_status, reason, dumps(data or {})),
+        )
+
+    def update_adapter_fields(self, conn: sqlite3.Connection, adapter_id: str, **fields: Any) -> None:
+        allowed = {"metrics", "params", "path", "base_hash", "dataset_id", "updated"}
+        assert set(fields) <= allowed, fields
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        conn.execute(f"UPDATE adapters SET {sets} WHERE id = ?", [*fields.values(), adapter_id])
+
+    def adapter_events(self, adapter_id: str | None = None, role: str | None = None) -> list[sqlite3.Row]:
+        if adapter_id:
+            sql, args = "SELECT * FROM adapter_events WHERE adapter_id = ? ORDER BY id", [adapter_id]
+        elif role:
+            sql = ("SELECT e.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id "
+                   "WHERE a.role = ? ORDER BY e.id")
+            args = [role]
+        else:
+            sql, args = "SELECT * FROM adapter_events ORDER BY id", []
+        with self.read() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def production_for_route(self, conn: sqlite3.Connection, role: str, task_type: str | None,
+                             complexity: str | None) -> sqlite3.Row | None:
+        return conn.execute(
+            "SELECT * FROM adapters WHERE status = 'production' AND role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+            "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+    def previous_production(self, conn: sqlite3.Connection, role: str, task_type: str | None,
+                            complexity: str | None) -> sqlite3.Row | None:
+        """The adapter of the route most recently moved from production to archived, if still archived."""
+        return conn.execute(
+            "SELECT a.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id "
+            "WHERE e.from_status = 'production' AND e.to_status = 'archived' AND a.status = 'archived' "
+            "AND a.role = ? AND ifnull(a.task_type, '') = ifnull(?, '') AND ifnull(a.complexity, '') = ifnull(?, '') "
+            "ORDER BY e.id DESC LIMIT 1", (role, task_type, complexity)).fetchone()
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    def insert_job(self, row: dict[str, Any]) -> None:
+        cols = list(row)
+        with self.write() as conn:
+            conn.execute(
+                f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [row[c] for c in cols],
+            )
+
+    def get_job(self, job_id: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[sqlite3.Row]:
+        with self.read() as conn:
+            if status:
+                return conn.execute(
+                    "SELECT * FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?", (status, limit)
+                ).fetchall()
+            return conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+
+    def active_jobs(self) -> list[sqlite3.Row]:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running')").fetchall()
+
+    def update_job(self, job_id: str, only_if_status: tuple[str, ...] | None = None, **fields: Any) -> bool:
+        """Set job fields; with only_if_status, only when the job is in one of those states.
+        Returns whether a row changed."""
+        allowed = {"status", "started", "finished", "pid", "pid_started", "heartbeat", "progress",
+                   "result", "error", "cancel_requested", "params", "subject"}
+        assert set(fields) <= allowed, fields
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE jobs SET {sets} WHERE id = ?"
+        args = [*fields.values(), job_id]
+        if only_if_status:
+            sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
+            args += list(only_if_status)
+        with self.write() as conn:
+            return conn.execute(sql, args).rowcount > 0
+
+    # ---- routes, decisions and deployments ----------------------------------------------

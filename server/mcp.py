@@ -1,0 +1,84 @@
+"""The MCP server: one tool per library function, registered by the server/mcp_*.py modules.
+
+Start-up imports only the MCP SDK, pydantic and learnloop's light modules: torch and
+transformers load inside job processes, never here. Plain `def` tools run in worker
+threads, so a slow database read never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+from learning import __version__
+from learning.errors import LearnloopError
+from learning.jobs import reconcile
+from learning.store import Store
+
+INSTRUCTIONS = """learnloop makes your local model better from your own runs.
+Log every run with log_run (role, instruction, output, reward in [0, 1]). Curate the best runs
+with make_sft, train an adapter with train_adapter (returns a job id; follow it with wait_job),
+evaluate it with evaluate_adapter, promote it, and before each task ask select_adapter which
+adapter to use; pass its decision_id back in log_run. detect_drift tells when a new adapter
+earns less than the one it replaced."""
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+APPEND = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+
+
+def register_tool(server: MCPServer, fn: Callable, *, annotations: ToolAnnotations, title: str | None = None,
+                  name: str | None = None) -> Callable:
+    """Register fn as a tool whose domain errors reach the client as ToolError with their message."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except LearnloopError as exc:
+                raise ToolError(str(exc)) from exc
+    else:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except LearnloopError as exc:
+                raise ToolError(str(exc)) from exc
+    server.tool(name=name, title=title, annotations=annotations, structured_output=True)(wrapper)
+    return fn
+
+
+def _forbid_unknown_arguments(server: MCPServer) -> None:
+    """The SDK ignores unknown arguments; an agent's typo should be an error instead."""
+    for tool in server._tool_manager.list_tools():
+        model = tool.fn_metadata.arg_model
+        model.model_config["extra"] = "forbid"
+        model.model_rebuild(force=True)
+        tool.parameters["additionalProperties"] = False
+
+
+def build_server(home: str | None = None) -> MCPServer:
+    store = Store(home)
+    reconcile(store)
+    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS)
+    from server import mcp_jobs, mcp_runs
+
+    for module in (mcp_runs, mcp_jobs):
+        module.register(server, store)
+    _forbid_unknown_arguments(server)
+    return server
+
+
+def serve(home: str | None = None, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
+    server = build_server(home)
+    if transport == "stdio":
+        server.run("stdio")
+    else:
+        print(f"learnloop MCP server on http://{host}:{port}/mcp", file=sys.stderr)
+        server.run("streamable-http", host=host, port=port, streamable_http_path="/mcp")

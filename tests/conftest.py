@@ -1,0 +1,44 @@
+"""Shared fixtures: a fresh home per test, and the CLI / server commands as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(home: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if home is not None:
+        env["LEARNLOOP_HOME"] = str(home)
+    return env
+
+
+# The `learnloop` console script, run from this checkout (equivalent to the installed script).
+LEARNLOOP = [sys.executable, "-m", "server.cli"]
+
+
+def run_cli(*args: str, home: Path | None = None, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*LEARNLOOP, *args], capture_output=True, text=True, input=input, timeout=timeout,
+                          env=subprocess_env(home), cwd=ROOT)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(home: Path):
+    from learning.store import Store
+
+    s = Store(home)
+    yield s
+    s.close()
