@@ -192,8 +192,7 @@ def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dic
     return {"checks": checks, "max_delta_diff": report["max_delta_diff"], "warnings": []}
 
 
-def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str,
-                   base: str | None) -> dict[str, Any]:
+def _export_ollama(adapter: Adapter, base_dir: Path, out: Path, dtype: str, from_model: str) -> dict[str, Any]:
     from learning.modelfile import modelfile_text, read_tokenizer
 
     done = _export_gguf(adapter, base_dir, out, dtype)
@@ -202,9 +201,9 @@ def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dt
     meta = _metadata(folder)
     system = meta.get("system") or adapter.params.get("system") or f"You are the {adapter.role} model."
     params = {"temperature": adapter.params.get("temperature", 0.2)}
-    text, fields = modelfile_text(base or adapter.base_model, "adapter.gguf", tok, system, params)
+    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, params)
     (out / "Modelfile").write_text(text)
-    (out / "ollama.json").write_text(json.dumps({**fields, "from": base or adapter.base_model,
+    (out / "ollama.json").write_text(json.dumps({**fields, "from": from_model,
                                                  "adapter_file": "adapter.gguf"}, indent=2))
     done["checks"].append(f"Modelfile: TEMPLATE from the {'chat template' if tok['chat_template'] else 'default prompt'}, "
                           f"stops {fields['parameters']['stop']}")
@@ -218,8 +217,12 @@ def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dt
 # ---- the entry point --------------------------------------------------------------------------
 
 def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
-                   base: str | None = None) -> ExportResult:
-    """Export one adapter; refuses with every reason when the target cannot represent it."""
+                   base: str | None = None, from_model: str | None = None) -> ExportResult:
+    """Export one adapter; refuses with every reason when the target cannot represent it.
+
+    base: the base model folder to check against the one trained on (and to read config and
+    tokenizer from); from_model: the Modelfile's FROM, the base as Ollama names it (default:
+    the adapter's base_model)."""
     started = time.perf_counter()
     check([p for p in (f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
                        f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None) if p])
@@ -242,7 +245,7 @@ def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = No
         elif fmt == "gguf":
             done = _export_gguf(adapter, base_dir, work, dtype)
         else:
-            done = _export_ollama(store, adapter, base_dir, work, dtype, base)
+            done = _export_ollama(adapter, base_dir, work, dtype, from_model or adapter.base_model)
         (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
         shutil.rmtree(target, ignore_errors=True)
         work.rename(target)
@@ -261,12 +264,13 @@ def export_job(ctx) -> dict[str, Any]:
     """Job entry point (learning.jobs): runs export_adapter with the job's params."""
     p = ctx.params
     ctx.progress(force=True, stage="export", message=f"exporting {p['adapter_id']} as {p['fmt']}")
-    result = export_adapter(ctx.store, p["adapter_id"], p["fmt"], p.get("out"), p.get("dtype", "f32"), p.get("base"))
+    result = export_adapter(ctx.store, p["adapter_id"], p["fmt"], p.get("out"), p.get("dtype", "f32"), p.get("base"),
+                            p.get("from_model"))
     return result.model_dump(mode="json")
 
 
 def start_export(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
-                 base: str | None = None) -> str:
+                 base: str | None = None, from_model: str | None = None) -> str:
     """Check the request, then run the export as a job (merging a real model takes minutes)."""
     from learning.jobs import start_job
 
@@ -276,4 +280,5 @@ def start_export(store: Store, adapter_id: str, fmt: str, out: str | None = None
     if not base:  # refuse at once what the job would refuse (hashing a given base is left to the job)
         check(compatibility(adapter, fmt)[0], f"Cannot export adapter {adapter_id} as {fmt}:")
     return start_job(store, "export", "learning.export:export_job",
-                     {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base}, subject=adapter_id)
+                     {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base,
+                      "from_model": from_model}, subject=adapter_id)

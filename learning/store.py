@@ -125,6 +125,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_status ON jobs(status, created);
     """,
+    # 3: deployments of adapters to runtimes, and the runtime each route is kept in step with.
+    # (IF NOT EXISTS: the routing migration creates the same deployments table.)
+    """
+    CREATE TABLE IF NOT EXISTS deployments (
+        id INTEGER PRIMARY KEY,
+        adapter_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        url TEXT NOT NULL,
+        served_name TEXT NOT NULL,
+        created REAL NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS deployments_adapter ON deployments(adapter_id, id);
+
+    CREATE TABLE IF NOT EXISTS deploy_targets (
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        target TEXT NOT NULL,
+        url TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS deploy_targets_route
+        ON deploy_targets(role, ifnull(task_type, ''), ifnull(complexity, ''));
+    """,
 ]
 
 RUN_COLUMNS = (
@@ -386,3 +411,44 @@ class Store:
             return conn.execute(sql, args).rowcount > 0
 
     # ---- routes, decisions and deployments ----------------------------------------------
+
+    def insert_deployment(self, conn: sqlite3.Connection, adapter_id: str, target: str, url: str,
+                          served_name: str, status: str = "active") -> int:
+        return conn.execute(
+            "INSERT INTO deployments (adapter_id, target, url, served_name, created, status) VALUES (?, ?, ?, ?, ?, ?)",
+            (adapter_id, target, url, served_name, time.time(), status)).lastrowid
+
+    def set_deployment_status(self, conn: sqlite3.Connection, deployment_id: int, status: str) -> None:
+        conn.execute("UPDATE deployments SET status = ? WHERE id = ?", (status, deployment_id))
+
+    def latest_deployment(self, adapter_id: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM deployments WHERE adapter_id = ? ORDER BY id DESC LIMIT 1",
+                                (adapter_id,)).fetchone()
+
+    def active_deployments(self, target: str, url: str) -> list[sqlite3.Row]:
+        """Active deployments on one runtime, with their adapter's route."""
+        with self.read() as conn:
+            return conn.execute(
+                "SELECT d.*, a.role, a.task_type, a.complexity FROM deployments d JOIN adapters a ON a.id = d.adapter_id "
+                "WHERE d.target = ? AND d.url = ? AND d.status = 'active' ORDER BY d.id", (target, url)).fetchall()
+
+    def set_deploy_target(self, role: str, task_type: str | None, complexity: str | None, target: str | None,
+                          url: str | None) -> None:
+        """Set (or, with target None, clear) the runtime a route is deployed to."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+                         "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity))
+            if target is not None:
+                conn.execute("INSERT INTO deploy_targets (role, task_type, complexity, target, url, updated) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (role, task_type, complexity, target, url, time.time()))
+
+    def deploy_target(self, role: str, task_type: str | None, complexity: str | None) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute(
+                "SELECT * FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+                "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+    def deploy_targets(self) -> list[sqlite3.Row]:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM deploy_targets ORDER BY role, task_type, complexity").fetchall()

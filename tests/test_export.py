@@ -178,7 +178,7 @@ def test_peft_and_ollama_exports(store, models):
     text = (Path(ollama.out_dir) / "Modelfile").read_text()
     assert f"FROM {models['base']}" in text and "ADAPTER ./adapter.gguf" in text
     assert "<|im_start|>user\n{{ .Prompt }}<|im_end|>" in text and "{{ .System }}" in text
-    assert "<|im_start|>assistant\n{{ .Response }}" in text
+    assert "<|im_start|>assistant\n{{ end }}{{ .Response }}" in text
     assert 'PARAMETER stop "<|im_end|>"' in text and "SYSTEM" in text and "PARAMETER temperature" in text
     assert (Path(ollama.out_dir) / "adapter.gguf").exists()
 
