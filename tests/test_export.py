@@ -209,3 +209,27 @@ def test_export_refuses_foreign_folder(store, models, tmp_path):
     with pytest.raises(Conflict, match="did not write"):
         export_adapter(store, aid, "gguf", out=str(tmp_path / "mine"))
     assert (tmp_path / "mine" / "keep.txt").exists()
+
+
+@pytest.mark.llamacpp
+@pytest.mark.slow
+def test_llamacpp_logits_match_peft(store, tmp_path):
+    """The real thing: llama.cpp loads base GGUF + exported adapter GGUF and its logits match
+    transformers + PEFT within 1e-3 (f32). Optional: needs llama-cpp-python and llama.cpp's
+    convert_hf_to_gguf.py ($LLAMA_CPP_CONVERT); the base uses a SentencePiece tokenizer, which
+    the converter accepts (it rejects locally trained byte-level BPE ones)."""
+    from learning import llamacpp_check as lc
+
+    reason = lc.llamacpp_available()
+    if reason:
+        pytest.skip(reason)
+    base = lc.build_spm_llama(tmp_path / "spm_base")
+    _adapter(base, tmp_path / "spm_adapter", seed=3)
+    create_adapter(store, "spm-1", "coder", str(base), str(tmp_path / "spm_adapter"), status="trained")
+    result = export_adapter(store, "spm-1", "gguf")
+    base_gguf = lc.convert_base(base, tmp_path / "base.gguf")
+    ids = [1] + list(range(3, 40))
+    diffs = lc.compare_logits(base, tmp_path / "spm_adapter", base_gguf, Path(result.out_dir) / "adapter.gguf", ids)
+    assert diffs["base_max_logit_diff"] < 1e-3, diffs   # the base conversion itself is faithful
+    assert diffs["adapter_effect"] > 1e-2, diffs        # the adapter changes the logits ...
+    assert diffs["adapter_max_logit_diff"] < 1e-3, diffs  # ... exactly as PEFT does
