@@ -59,8 +59,8 @@ def uncached_select(store: Store, role: str, task_type, complexity, task_key) ->
             if found is not None:
                 break
     with store.write() as conn:
-        store.insert_decision(conn, ("d-" + secrets.token_hex(8), time.time(), role, task_type, complexity, task_key,
-                                     found["id"] if found else None, "x", None, None))
+        store.insert_decisions(conn, [("d-" + secrets.token_hex(8), time.time(), role, task_type, complexity,
+                                       task_key, found["id"] if found else None, "x", None, None)])
     return found["id"] if found else None
 
 
@@ -84,6 +84,7 @@ def in_process(store: Store, calls: int) -> dict[str, list[float]]:
     timed(lambda *a: router.select_adapter(store, *a), 200)  # warm-up
     out["select_adapter (cached, recorded)"] = timed(lambda *a: router.select_adapter(store, *a), calls, "select_adapter (cached, recorded)")
     out["select_adapter (record=False)"] = timed(lambda *a: router.select_adapter(store, *a, record=False), calls, "select_adapter (record=False)")
+    out["noise floor: 5 us of pure Python"] = timed(lambda *a: sum(range(400)), calls, "noise floor: 5 us of pure Python")
     out["uncached baseline"] = timed(lambda *a: uncached_select(store, *a), calls, "uncached baseline")
     reload = []
     other = Store(store.home)  # promotions from another connection, as another process would do

@@ -471,10 +471,10 @@ class Store:
         return conn.execute("SELECT id, role, task_type, complexity, base_model, path, status FROM adapters "
                             "WHERE id = ?", (adapter_id,)).fetchone()
 
-    def insert_decision(self, conn: sqlite3.Connection, row: tuple) -> None:
-        """row: (id, ts, role, task_type, complexity, task_key, adapter_id, route, experiment_id, arm)."""
-        conn.execute("INSERT INTO decisions (id, ts, role, task_type, complexity, task_key, adapter_id, route, "
-                     "experiment_id, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    def insert_decisions(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        """rows: (id, ts, role, task_type, complexity, task_key, adapter_id, route, experiment_id, arm)."""
+        conn.executemany("INSERT INTO decisions (id, ts, role, task_type, complexity, task_key, adapter_id, route, "
+                     "experiment_id, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def get_decision(self, decision_id: str) -> sqlite3.Row | None:
         with self.read() as conn:
