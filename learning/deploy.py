@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +39,7 @@ SLOW = httpx.Timeout(300.0, connect=3.0)  # blob upload and create (the base may
 
 
 class Deployment(BaseModel):
-    id: int | None = Field(description="Row id in the store; None when nothing was recorded (llama.cpp command only).")
+    id: str | None = Field(description="Deployment id in the store; None when nothing was recorded (llama.cpp command only).")
     adapter_id: str
     target: Target
     url: str
@@ -206,14 +206,15 @@ def deploy_adapter(store: Store, adapter_id: str, target: str, url: str | None =
                               created=None, status="command_written", artifact=done["artifact"], command=done["command"],
                               messages=["Start llama-server with this command, then deploy again with --url to set "
                                         "its scales and record the deployment."])
-        messages = _retire(client, target, [d for d in old if d["served_name"] != done["served_name"]])
+        messages, retired = _retire(client, target, [d for d in old if d["served_name"] != done["served_name"]])
     finally:
         if client is not None:
             client.close()
+    dep_id = f"dep-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     with store.write() as conn:
-        for d in old:
-            store.set_deployment_status(conn, d["id"], "replaced")
-        dep_id = store.insert_deployment(conn, adapter_id, target, url, done["served_name"])
+        for d in old:  # an older row of this very name is superseded by the new one
+            store.set_deployment_status(conn, d["id"], retired.get(d["id"], "replaced"))
+        store.insert_deployment(conn, dep_id, adapter_id, target, url, done["served_name"])
     row = store.latest_deployment(adapter_id)
     return Deployment(id=dep_id, adapter_id=adapter_id, target=target, url=url, served_name=done["served_name"],
                       created=_iso(row["created"]), status="active", artifact=done["artifact"],
@@ -221,19 +222,23 @@ def deploy_adapter(store: Store, adapter_id: str, target: str, url: str | None =
                       messages=messages)
 
 
-def _retire(client: httpx.Client, target: str, old: list) -> list[str]:
-    """Unload what the new deployment replaces (vLLM); failures are reported, not fatal."""
-    messages = []
+def _retire(client: httpx.Client, target: str, old: list) -> tuple[list[str], dict[str, str]]:
+    """Take out what the new deployment replaces: vLLM unloads it, llama.cpp already set its
+    scale to 0 (both 'removed'); Ollama keeps the model ('replaced'). Failures are reported."""
+    messages, status = [], {}
     for d in old:
         if target == "vllm":
             try:
                 _call(client, "POST", "/v1/unload_lora_adapter", "vLLM", json={"lora_name": d["served_name"]})
                 messages.append(f"unloaded {d['served_name']}")
+                status[d["id"]] = "removed"
             except Conflict as exc:
                 messages.append(f"could not unload {d['served_name']}: {exc}")
-        elif target == "ollama":
+        elif target == "llamacpp":
+            status[d["id"]] = "removed"
+        else:
             messages.append(f"{d['served_name']} stays in Ollama (marked replaced); remove it with `ollama rm` if unwanted")
-    return messages
+    return messages, status
 
 
 def set_deploy_target(store: Store, role: str, target: str | None, url: str | None = None,

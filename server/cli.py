@@ -65,9 +65,9 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def _register_commands() -> None:
-    from server import cli_jobs, cli_runs, cli_serving
+    from server import cli_jobs, cli_routing, cli_runs, cli_serving
 
-    for module in (cli_runs, cli_jobs, cli_serving):
+    for module in (cli_runs, cli_jobs, cli_routing, cli_serving):
         module.register(app)
 
 

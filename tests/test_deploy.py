@@ -234,7 +234,7 @@ def test_vllm_new_name_per_version_and_unload_replaced(store, adapters, runtime)
     second = deploy.deploy_adapter(store, "coder-b", "vllm", vllm.url)
     assert set(vllm.loras) == {"learnloop-coder-b"}  # the replaced version was unloaded
     assert second.replaced == ["learnloop-coder-a"] and first.served_name != second.served_name
-    assert store.latest_deployment("coder-a")["status"] == "replaced"
+    assert store.latest_deployment("coder-a") is None  # unloaded: no longer served
     assert store.latest_deployment("coder-b")["status"] == "active"
     vllm.fail = "CUDA out of memory"
     with pytest.raises(Conflict, match="CUDA out of memory"):
