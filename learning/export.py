@@ -60,10 +60,13 @@ class ExportResult(BaseModel):
 # ---- the base model -------------------------------------------------------------------------
 
 def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
-    """The base model's folder: the one given, else the adapter's recorded base when it is a folder
-    or a model in the local Hugging Face cache; None when it cannot be found."""
+    """The base model's folder: the one given, else the adapter's recorded base (registry,
+    metadata.json, adapter_config.json) when it is a folder or a model in the local Hugging Face
+    cache; None when it cannot be found."""
     adapter_cfg = _adapter_config(Path(adapter.path))
-    for candidate in (base, adapter.base_model, adapter_cfg.get("base_model_name_or_path")):
+    recorded = (_metadata(Path(adapter.path)).get("base_model") or {})
+    recorded_path = recorded.get("path") if isinstance(recorded, dict) else None
+    for candidate in (base, adapter.base_model, recorded_path, adapter_cfg.get("base_model_name_or_path")):
         if candidate and Path(candidate).expanduser().is_dir():
             return Path(candidate).expanduser().resolve()
     for candidate in (base, adapter.base_model):
@@ -78,13 +81,14 @@ def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
 
 
 def base_fingerprint(folder: Path) -> str:
-    """sha256 of the base's config.json and weight files (names and contents)."""
+    """How training records its base (metadata.json base_model.sha256 / .revision, registry
+    base_hash): a hub snapshot's revision, else sha256 over config.json and the *.safetensors."""
+    if "snapshots" in folder.parts:
+        return folder.name
     digest = hashlib.sha256()
-    files = [folder / "config.json"] + sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-    for path in files:
-        if path.exists():
-            digest.update(path.name.encode())
-            with open(path, "rb") as handle:
+    for name in ["config.json", *sorted(p.name for p in folder.glob("*.safetensors"))]:
+        if (folder / name).exists():
+            with open(folder / name, "rb") as handle:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
     return digest.hexdigest()
@@ -113,15 +117,14 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
         problems.append(f"base model {base or adapter.base_model!r} not found as a folder or in the local "
                         "Hugging Face cache; pass the base folder (--base / base)")
     if base and base_dir is not None:
-        meta = _metadata(folder)
-        recorded = meta.get("base_hash") or adapter.base_hash
-        if recorded and recorded != base_fingerprint(base_dir):
-            problems.append(f"the base {base} differs from the one this adapter was trained on (hash "
-                            f"{recorded[:12]}...); an adapter only works on its own base")
-        revision = meta.get("base_revision")
-        cfg_rev = json.loads((base_dir / "config.json").read_text()).get("_commit_hash") if (base_dir / "config.json").exists() else None
-        if revision and cfg_rev and revision != cfg_rev:
-            problems.append(f"the base {base} is revision {cfg_rev}, the adapter was trained on {revision}")
+        meta = _metadata(folder).get("base_model")
+        meta = meta if isinstance(meta, dict) else {}
+        recorded = meta.get("sha256") or meta.get("revision") or adapter.base_hash
+        given = base_fingerprint(base_dir) if recorded else None
+        if recorded and recorded != given:
+            problems.append(f"the base {base} differs from the one this adapter was trained on (recorded "
+                            f"{recorded[:12]}..., given {given[:12]}...); an adapter only "
+                            "works on its own base")
     if fmt in ("gguf", "ollama"):
         from safetensors import safe_open
 

@@ -269,9 +269,14 @@ def test_sync_route_follows_promote_and_rollback(store, adapters, runtime):
     set_production(store, "coder-b", "test", "better")
     deploy.sync_route(store, "coder")
     assert set(vllm.loras) == {"learnloop-coder-b"}
+    from learning.router import select_adapter
+
+    assert select_adapter(store, "coder", record=False).served_name == "learnloop-coder-b"
     rollback_route(store, "coder", reason="drift")
     deploy.sync_route(store, "coder")
     assert set(vllm.loras) == {"learnloop-coder-a"}
+    chosen = select_adapter(store, "coder", record=False)
+    assert (chosen.served_name, chosen.deployment_url) == ("learnloop-coder-a", vllm.url)
     assert [t.target for t in deploy.list_deploy_targets(store)] == ["vllm"]
 
 

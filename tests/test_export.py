@@ -160,7 +160,8 @@ def test_refusals_name_every_reason(store, models, tmp_path):
     # a base other than the one trained on (its hash is in the adapter's metadata.json)
     folder = tmp_path / "withmeta"
     shutil.copytree(models["plain"], folder)
-    (folder / "metadata.json").write_text(json.dumps({"base_hash": base_fingerprint(models["base"])}))
+    (folder / "metadata.json").write_text(json.dumps({"base_model": {"path": str(models["base"]),
+                                                                       "sha256": base_fingerprint(models["base"])}}))
     create_adapter(store, "meta-1", "coder", str(models["base"]), str(folder), status="trained")
     assert export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff < 1e-6
     with pytest.raises(InvalidInput, match="differs from the one this adapter was trained on"):
@@ -233,3 +234,18 @@ def test_llamacpp_logits_match_peft(store, tmp_path):
     assert diffs["base_max_logit_diff"] < 1e-3, diffs   # the base conversion itself is faithful
     assert diffs["adapter_effect"] > 1e-2, diffs        # the adapter changes the logits ...
     assert diffs["adapter_max_logit_diff"] < 1e-3, diffs  # ... exactly as PEFT does
+
+
+def test_modelfile_template_with_generation_markers():
+    """A chat template that marks assistant text with {% generation %} (as the embedded base's
+    does) renders into an Ollama template; BOS is left to the runtime, eos is the stop."""
+    from learning.modelfile import ollama_template
+
+    template = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
+                "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n' }}"
+                "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+    go, stops = ollama_template({"chat_template": template, "bos": "<s>", "eos": "</s>", "added": set()})
+    assert go == ("{{ if .System }}<|system|>\n{{ .System }}</s>\n<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n"
+                  "{{ else }}<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n{{ end }}{{ .Response }}")
+    assert stops == ["</s>"]
