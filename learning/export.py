@@ -210,6 +210,10 @@ def _export_ollama(adapter: Adapter, base_dir: Path, out: Path, dtype: str, from
                                                  "adapter_file": "adapter.gguf"}, indent=2))
     done["checks"].append(f"Modelfile: TEMPLATE from the {'chat template' if tok['chat_template'] else 'default prompt'}, "
                           f"stops {fields['parameters']['stop']}")
+    if Path(from_model).expanduser().is_dir():
+        done["warnings"].append(f"FROM is the folder {from_model}: `ollama create -f Modelfile` imports it (safetensors "
+                                "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
+                                "Ollama model name (--from)")
     if not tok["chat_template"]:
         done["warnings"].append("the tokenizer has no chat template: the Modelfile uses a plain prompt template")
     if not fields["parameters"]["stop"]:

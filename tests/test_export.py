@@ -249,3 +249,47 @@ def test_modelfile_template_with_generation_markers():
     assert go == ("{{ if .System }}<|system|>\n{{ .System }}</s>\n<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n"
                   "{{ else }}<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n{{ end }}{{ .Response }}")
     assert stops == ["</s>"]
+
+
+@pytest.mark.llamacpp
+@pytest.mark.slow
+def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
+    """Without running llama.cpp: convert the base with llama.cpp's own converter and check, for
+    every module, that base tensor + B·A·alpha/r from the adapter GGUF equals the converter's
+    layout of (base + PEFT delta) — i.e. our lora_B permutation is the one the converter applied
+    to the base's q/k rows. Needs $LLAMA_CPP_CONVERT (convert_hf_to_gguf.py)."""
+    import os
+
+    from learning import llamacpp_check as lc
+
+    if not os.environ.get("LLAMA_CPP_CONVERT"):
+        pytest.skip("skipped: set LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
+    base = lc.build_spm_llama(tmp_path / "spm_base")
+    _adapter(base, tmp_path / "spm_adapter", seed=4)
+    create_adapter(store, "spm-2", "coder", str(base), str(tmp_path / "spm_adapter"), status="trained")
+    result = export_adapter(store, "spm-2", "gguf")
+    _, base_t = gx.read_lora_gguf(lc.convert_base(base, tmp_path / "base.gguf"))
+    keys, lora = gx.read_lora_gguf(Path(result.out_dir) / "adapter.gguf")
+    _, peft = gx.load_peft(tmp_path / "spm_adapter")
+    from safetensors.numpy import load_file
+
+    hf = load_file(str(base / "model.safetensors"))
+    cfg = json.loads((tmp_path / "spm_adapter" / "adapter_config.json").read_text())
+    checked = 0
+    for key in peft:
+        if ".lora_A." not in key:
+            continue
+        module = key[len("base_model.model."):].split(".lora_A.")[0]
+        stem = gx._gguf_base_name(key, gx.BaseShape.from_config(json.loads((base / "config.json").read_text())))
+        w_hf = hf[module + ".weight"].astype(np.float32)
+        merged_hf = w_hf + (peft[key.replace("lora_A", "lora_B")] @ peft[key]) * gx.peft_scaling(cfg)
+        # what the converter does to this weight: learn it from the base tensor it wrote
+        rows = [int(np.argmin(np.abs(w_hf - r).sum(1))) for r in base_t[stem]]
+        assert np.array_equal(base_t[stem], w_hf[rows])
+        permuted = rows != list(range(len(rows)))
+        assert permuted == (".attn_q." in stem or ".attn_k." in stem), stem  # only q and k are re-laid
+        a, b = lora[stem + ".lora_a"], lora[stem + ".lora_b"]
+        ours = base_t[stem] + (b @ a) * (keys["adapter.lora.alpha"] / a.shape[0])
+        assert np.abs(ours - merged_hf[rows]).max() < 1e-5, stem
+        checked += 1
+    assert checked == 14
