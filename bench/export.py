@@ -57,6 +57,8 @@ def main() -> None:
         base = lc.build_spm_llama(work / "base")
         adapter = train_tiny(base, work / "adapter")
         source = "tiny trained adapter (Llama hidden 64, 2 layers, 4 heads / 2 kv heads, LoRA r=8 on 7 projections)"
+    import gguf, peft, transformers  # noqa: E401,F401 - imported before timing: each export pays only its own work
+
     store = Store(work / "home")
     create_adapter(store, "bench-1", "coder", str(base), str(adapter), status="trained")
     print(f"source: {source}")

@@ -113,7 +113,7 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
     if not (folder / "adapter_config.json").exists() or not (folder / "adapter_model.safetensors").exists():
         return [f"the adapter folder {folder} lacks adapter_config.json or adapter_model.safetensors"], None
     base_dir = resolve_base(adapter, base)  # peft uses it only for the tokenizer
-    if fmt != "peft" and base_dir is None:
+    if base_dir is None and (fmt != "peft" or base):
         problems.append(f"base model {base or adapter.base_model!r} not found as a folder or in the local "
                         "Hugging Face cache; pass the base folder (--base / base)")
     if base and base_dir is not None:
