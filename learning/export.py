@@ -195,21 +195,43 @@ def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dic
     return {"checks": checks, "max_delta_diff": report["max_delta_diff"], "warnings": []}
 
 
-def _export_ollama(adapter: Adapter, base_dir: Path, out: Path, dtype: str, from_model: str) -> dict[str, Any]:
+def _role_prompt(store: Store, adapter: Adapter) -> str | None:
+    """The role's instruction template rendered around `{{ .Prompt }}` (no input block), or None
+    when the role has no template here."""
+    try:
+        from learning.templates import render, resolve_template
+
+        text, _ = resolve_template(store, adapter.role, None)
+    except Exception:  # noqa: BLE001 - no templates module or no template for this role
+        return None
+    from learning.modelfile import USR
+
+    fields = {"instruction": USR, "role": adapter.role, "task_type": adapter.task_type, "complexity": adapter.complexity}
+    return render(text, fields).replace(USR, "{{ .Prompt }}")
+
+
+def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str,
+                   from_model: str) -> dict[str, Any]:
     from learning.modelfile import modelfile_text, read_tokenizer
 
     done = _export_gguf(adapter, base_dir, out, dtype)
     folder = Path(adapter.path)
     tok = read_tokenizer(folder if (folder / "tokenizer_config.json").exists() else base_dir)
     meta = _metadata(folder)
-    system = meta.get("system") or adapter.params.get("system") or f"You are the {adapter.role} model."
+    # Prompts as training saw them: the role's instruction template, in a chat turn or raw.
+    prompt = _role_prompt(store, adapter)
+    fmt = (meta.get("dataset") or {}).get("format") if isinstance(meta.get("dataset"), dict) else None
+    raw = fmt in ("prompt_completion", "alpaca")
+    system = meta.get("system") or adapter.params.get("system")
     params = {"temperature": adapter.params.get("temperature", 0.2)}
-    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, params)
+    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, params, prompt, raw)
     (out / "Modelfile").write_text(text)
     (out / "ollama.json").write_text(json.dumps({**fields, "from": from_model,
                                                  "adapter_file": "adapter.gguf"}, indent=2))
-    done["checks"].append(f"Modelfile: TEMPLATE from the {'chat template' if tok['chat_template'] else 'default prompt'}, "
-                          f"stops {fields['parameters']['stop']}")
+    how = "raw prompt (trained on prompt/completion text)" if raw else \
+        "chat template" if tok["chat_template"] else "default prompt"
+    done["checks"].append(f"Modelfile: TEMPLATE from the {how}" + (" around the role's instruction template" if prompt else "")
+                          + f", stops {fields['parameters']['stop']}")
     if Path(from_model).expanduser().is_dir():
         done["warnings"].append(f"FROM is the folder {from_model}: `ollama create -f Modelfile` imports it (safetensors "
                                 "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
@@ -252,7 +274,7 @@ def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = No
         elif fmt == "gguf":
             done = _export_gguf(adapter, base_dir, work, dtype)
         else:
-            done = _export_ollama(adapter, base_dir, work, dtype, from_model or adapter.base_model)
+            done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
         (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
         shutil.rmtree(target, ignore_errors=True)
         work.rename(target)

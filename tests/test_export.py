@@ -180,7 +180,8 @@ def test_peft_and_ollama_exports(store, models):
     assert f"FROM {models['base']}" in text and "ADAPTER ./adapter.gguf" in text
     assert "<|im_start|>user\n{{ .Prompt }}<|im_end|>" in text and "{{ .System }}" in text
     assert "<|im_start|>assistant\n{{ end }}{{ .Response }}" in text
-    assert 'PARAMETER stop "<|im_end|>"' in text and "SYSTEM" in text and "PARAMETER temperature" in text
+    assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature" in text
+    assert "SYSTEM" not in text  # training rows had no system turn; one is written only when recorded
     assert (Path(ollama.out_dir) / "adapter.gguf").exists()
 
 
@@ -293,3 +294,17 @@ def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
         assert np.abs(ours - merged_hf[rows]).max() < 1e-5, stem
         checked += 1
     assert checked == 14
+
+
+def test_modelfile_wraps_the_role_prompt():
+    """The role's instruction template goes around {{ .Prompt }}: inside the user turn for chat
+    training rows, alone for raw prompt/completion rows (as training saw them)."""
+    from learning.modelfile import ollama_template
+
+    tok = {"chat_template": CHATML, "bos": None, "eos": "<|im_end|>", "added": {"<|im_end|>"}}
+    prompt = "Write code.\n\n### Specification\n{{ .Prompt }}\n\n### Code\n"
+    chat, _ = ollama_template(tok, prompt)
+    assert chat.endswith("{{ else }}<|im_start|>user\nWrite code.\n\n### Specification\n{{ .Prompt }}\n\n### Code"
+                         "<|im_end|>\n<|im_start|>assistant\n{{ end }}{{ .Response }}")
+    raw, stops = ollama_template(tok, prompt, raw=True)
+    assert raw == prompt + "{{ .Response }}" and stops == ["<|im_end|>"]
