@@ -166,6 +166,8 @@ def test_refusals_name_every_reason(store, models, tmp_path):
     assert export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff < 1e-6
     with pytest.raises(InvalidInput, match="differs from the one this adapter was trained on"):
         export_adapter(store, "meta-1", "gguf", base=str(models["other_base"]))
+    with pytest.raises(InvalidInput, match="not found"):
+        export_adapter(store, "meta-1", "gguf", base=str(tmp_path / "no_such_base"))
     assert not (store.home / "exports" / "dora-1").exists() or not any((store.home / "exports" / "dora-1").rglob("*.gguf"))
 
 
