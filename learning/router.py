@@ -153,7 +153,7 @@ def _choose_arm(store: Store, conn, cache: _Cache, exp: dict, key: str) -> str:
     return thompson_arm(_arm_stats(store, conn, cache, exp["id"]), exp["seed"], exp["id"], key)
 
 
-def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key: str):
+def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key: str, seed: int | None):
     """(adapter row or None, level, experiment id, arm)."""
     keys = _keys(role, task_type, complexity)
     for i, (level, route) in enumerate(keys):
@@ -162,7 +162,7 @@ def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key
         if exp is not None:
             control = next(((lv, table.production[r]) for lv, r in keys[i:] if r in table.production), ("base", None))
             if control[1] is None or control[1]["id"] != exp["candidate_id"]:
-                arm = _choose_arm(store, conn, cache, exp, key)
+                arm = _choose_arm(store, conn, cache, exp if seed is None else {**exp, "seed": seed}, key)
                 if arm == "candidate":
                     return exp["candidate"], level, exp["id"], arm
                 return control[1], control[0], exp["id"], "control"
@@ -255,11 +255,12 @@ def _check(role: str, task_type: str | None, complexity: str | None, task_key: s
 
 
 def select_adapter(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
-                   task_key: str | None = None, record: bool = True) -> Selection:
+                   task_key: str | None = None, seed: int | None = None, record: bool = True) -> Selection:
     """Which adapter should serve a task of this role (and task type / complexity).
 
     Deterministic for a given task_key under an experiment; without a task_key the
-    decision id stands in for it. The decision is recorded (batched, see _DecisionWriter);
+    decision id stands in for it. `seed` overrides the experiment's own seed (for reproducible
+    simulations); leave it out in production so every caller splits traffic the same way. The decision is recorded (batched, see _DecisionWriter);
     with record=False it is not, and log_run will not accept its id."""
     _check(role, task_type, complexity, task_key)
     cache = _cache(store)
@@ -267,7 +268,7 @@ def select_adapter(store: Store, role: str, task_type: str | None = None, comple
     with store.read() as conn:
         table = _table(store, conn, cache)
         adapter, level, experiment_id, arm = _resolve(store, conn, cache, table, role, task_type, complexity,
-                                                      task_key or decision_id)
+                                                      task_key or decision_id, seed)
         deployment = store.latest_deployment(adapter["id"], conn) if adapter is not None else None
     if record:
         _writer(store).add((decision_id, time.time(), role, task_type, complexity, task_key,
