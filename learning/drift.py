@@ -137,10 +137,17 @@ def detect_drift(store: Store, role: str | None = None, task_type: str | None = 
     start, end = time_window(since, until, days)
     role, task_type, complexity, new_id, old_id, experiment_id = _resolve(
         store, role, task_type, complexity, new_id, old_id, experiment_id)
-    fetch = dict(role=role, task_type=task_type, complexity=complexity, start=start, end=end, last_n=last_n,
-                 experiment_id=experiment_id)
-    new, r_new = _arm(store.arm_rewards(adapter_id=new_id, **fetch), new_id)
-    old, r_old = _arm(store.arm_rewards(adapter_id=old_id, **fetch), old_id)
+    fetch = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
+
+    def rewards(adapter_id: str | None, arm: str | None):
+        # An experiment's arms are its decisions' arms. Outside one, an adapter's runs are its own,
+        # and the base model's are the role's runs without adapter on the same task_type/complexity.
+        route = dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
+        return store.arm_rewards(adapter_id=adapter_id, arm=arm, **route, **fetch)
+
+    arms = ("candidate", "control") if experiment_id else (None, None)
+    new, r_new = _arm(rewards(new_id, arms[0]), new_id)
+    old, r_old = _arm(rewards(old_id, arms[1]), old_id)
     window = ", ".join(filter(None, [f"since {iso(start)}" if start else None, f"until {iso(end)}" if end else None,
                                      f"last {last_n} runs per arm" if last_n else None,
                                      f"experiment {experiment_id}" if experiment_id else None])) or "all runs"
