@@ -4,18 +4,18 @@ The two arms are the runs served by the new adapter and by the one it replaced i
 production (from the registry's events), or by the base model (runs of the role with no
 adapter) when it replaced nothing. The statistics and the decision rule are in
 learning.drift_stats; this module picks the runs, calls them, records the check, and with
-auto_rollback undoes a regression through the registry.
+auto_rollback undoes a regression through the registry. numpy and scipy load on the first
+check, not at import (the MCP server and the CLI start without them).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
-from learning import drift_stats as st
 from learning import registry
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.runs import iso, time_window
@@ -104,7 +104,9 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
     return new["role"], new["task_type"], new["complexity"], new_id, old_id, None
 
 
-def _arm(rows: list[tuple[float, float]], adapter_id: str | None) -> tuple[ArmSummary, np.ndarray]:
+def _arm(rows: list[tuple[float, float]], adapter_id: str | None):
+    import numpy as np
+
     rewards = np.array([r for _, r in rows], dtype=float)
     n = len(rewards)
     return ArmSummary(adapter_id=adapter_id, runs=n, mean_reward=round(float(rewards.mean()), 4) if n else None,
@@ -114,7 +116,7 @@ def _arm(rows: list[tuple[float, float]], adapter_id: str | None) -> tuple[ArmSu
 
 def _num(x) -> float | None:
     x = float(x)
-    return round(x, 6) if np.isfinite(x) else None
+    return round(x, 6) if math.isfinite(x) else None
 
 
 def detect_drift(store: Store, role: str | None = None, task_type: str | None = None, complexity: str | None = None,
@@ -124,6 +126,8 @@ def detect_drift(store: Store, role: str | None = None, task_type: str | None = 
                  sequential: bool = False, auto_rollback: bool = False, actor: str = "detect_drift",
                  record: bool = True) -> DriftResult:
     """Compare the rewards of a new adapter with the one it replaced (or the base model)."""
+    from learning import drift_stats as st
+
     problems = []
     if not 0 < threshold < 1:
         problems.append(f"threshold must be a relative drop between 0 and 1 (0.05 = 5%), got {threshold}.")

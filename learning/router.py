@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import random
+import re
 import secrets
 import threading
 import time
@@ -242,8 +243,6 @@ atexit.register(flush_decisions)
 
 
 def _check(role: str, task_type: str | None, complexity: str | None, task_key: str | None) -> None:
-    import re
-
     problems = []
     if not isinstance(role, str) or not re.match(ROLE_PATTERN, role):
         problems.append(f"'role' must be a lower-case name such as coder, fixer or judge, got {role!r}.")
