@@ -534,10 +534,12 @@ class Store:
 
     def arm_rewards(self, role: str | None, adapter_id: str | None, task_type: str | None = None,
                     complexity: str | None = None, start: float | None = None, end: float | None = None,
-                    last_n: int | None = None, experiment_id: str | None = None) -> list[tuple[float, float]]:
+                    last_n: int | None = None, experiment_id: str | None = None,
+                    arm: str | None = None) -> list[tuple[float, float]]:
         """(ts, reward) of the runs served by one adapter (None: the base model, which needs a role),
-        oldest first; optionally only runs of a route, a time window, the last N, or one experiment."""
-        where, args = ["r.adapter_id IS ?"], [adapter_id]
+        oldest first; optionally only runs of a route, a time window, the last N, or one experiment
+        (with an arm: the runs of that arm, whichever adapter served them)."""
+        where, args = (["r.adapter_id IS ?"], [adapter_id]) if arm is None else ([], [])
         for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
             if value is not None:
                 where.append(f"{col} = ?")
@@ -553,6 +555,9 @@ class Store:
             join = "JOIN decisions d ON d.id = r.decision_id"
             where.append("d.experiment_id = ?")
             args.append(experiment_id)
+            if arm is not None:
+                where.append("d.arm = ?")
+                args.append(arm)
         sql = f"SELECT r.ts, r.reward FROM runs r {join} WHERE {' AND '.join(where)} ORDER BY r.ts DESC, r.id DESC"
         if last_n is not None:
             sql += " LIMIT ?"
