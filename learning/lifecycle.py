@@ -101,8 +101,8 @@ def _num(value: float | None) -> str:
 
 def describe(b: AdapterBrief) -> str:
     if b.eval_loss is None and b.pass_rate is None:
-        return f"{b.id} [{b.status}]: not evaluated"
-    return (f"{b.id} [{b.status}]: eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
+        return f"{b.id} ({b.status}): not evaluated"
+    return (f"{b.id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
             f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})")
 
 
@@ -151,7 +151,7 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
         raise Conflict(problem)
     me = brief(adapter)
     replaces = brief(registry.get_adapter(store, old["id"])) if old is not None else None
-    lines = [f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})" + (" [forced]" if force else "") + "."]
+    lines = [f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})" + (" (forced)" if force else "") + "."]
     if to == "production":
         lines.append(f"It replaces {replaces.id}, which will be archived." if replaces
                      else "The route has no production adapter now; nothing is replaced.")
