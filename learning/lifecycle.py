@@ -31,7 +31,7 @@ LOAD_CHECK_TIMEOUT_S = 600
 
 class AdapterBrief(BaseModel):
     """An adapter as a person deciding on a promotion needs to see it."""
-    id: str
+    adapter_id: str
     status: str
     role: str
     task_type: str | None
@@ -88,7 +88,7 @@ class LifecycleOutcome(BaseModel):
 
 def brief(adapter: registry.Adapter) -> AdapterBrief:
     m = adapter.metrics or {}
-    return AdapterBrief(id=adapter.id, status=adapter.status, role=adapter.role, task_type=adapter.task_type,
+    return AdapterBrief(adapter_id=adapter.id, status=adapter.status, role=adapter.role, task_type=adapter.task_type,
                         complexity=adapter.complexity, base_model=adapter.base_model, dataset_id=adapter.dataset_id,
                         eval_loss=m.get("eval_loss"), base_eval_loss=m.get("base_eval_loss"),
                         pass_rate=m.get("pass_rate"), base_pass_rate=m.get("base_pass_rate"),
@@ -101,8 +101,8 @@ def _num(value: float | None) -> str:
 
 def describe(b: AdapterBrief) -> str:
     if b.eval_loss is None and b.pass_rate is None:
-        return f"{b.id} ({b.status}): not evaluated"
-    return (f"{b.id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
+        return f"{b.adapter_id} ({b.status}): not evaluated"
+    return (f"{b.adapter_id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
             f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})")
 
 
@@ -153,7 +153,7 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
     replaces = brief(registry.get_adapter(store, old["id"])) if old is not None else None
     lines = [f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})" + (" (forced)" if force else "") + "."]
     if to == "production":
-        lines.append(f"It replaces {replaces.id}, which will be archived." if replaces
+        lines.append(f"It replaces {replaces.adapter_id}, which will be archived." if replaces
                      else "The route has no production adapter now; nothing is replaced.")
     elif adapter.status == "production":
         lines.append("The route will have no production adapter (agents get the base model) until another is promoted "
@@ -198,8 +198,8 @@ def plan_rollback(store: Store, role: str, task_type: str | None = None, complex
         current = store.production_for_route(conn, role, task_type, complexity)
     restore = brief(registry.get_adapter(store, prev["id"]))
     archive = brief(registry.get_adapter(store, current["id"])) if current is not None else None
-    lines = [f"Roll back route {_route(role, task_type, complexity)}: {restore.id} goes back to production"
-             + (f", {archive.id} is archived." if archive else " (the route has no production adapter now).")]
+    lines = [f"Roll back route {_route(role, task_type, complexity)}: {restore.adapter_id} goes back to production"
+             + (f", {archive.adapter_id} is archived." if archive else " (the route has no production adapter now).")]
     lines.append("  restore: " + describe(restore))
     if archive:
         lines.append("  archive: " + describe(archive))

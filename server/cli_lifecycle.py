@@ -36,12 +36,12 @@ def render_outcome(result: lifecycle.LifecycleOutcome) -> None:
         return
     if result.promoted:
         p = result.promoted
-        console.print(f"[green]{p.adapter.id}[/] {p.from_status} -> {p.to_status}"
-                      + (f"; replaced {p.replaced.id} (now archived)" if p.replaced else ""), highlight=False)
+        console.print(f"[green]{p.adapter.adapter_id}[/] {p.from_status} -> {p.to_status}"
+                      + (f"; replaced {p.replaced.adapter_id} (now archived)" if p.replaced else ""), highlight=False)
     if result.rolled_back:
         r = result.rolled_back
-        console.print(f"[green]{r.restored.id}[/] back in production"
-                      + (f"; {r.archived.id} archived" if r.archived else ""), highlight=False)
+        console.print(f"[green]{r.restored.adapter_id}[/] back in production"
+                      + (f"; {r.archived.adapter_id} archived" if r.archived else ""), highlight=False)
 
 
 def render_adapters(rows: list[registry.Adapter]) -> None:

@@ -47,12 +47,12 @@ def test_promote_promote_rollback_and_history(store):
     first = lifecycle.promote(store, "a", "production", reason="first")
     assert first.replaced is None and first.adapter.status == "production"
     plan = lifecycle.plan_promote(store, "b", "production")
-    assert plan.replaces.id == "a" and "eval loss 0.7" in plan.summary and "eval loss 0.9" in plan.summary
+    assert plan.replaces.adapter_id == "a" and "eval loss 0.7" in plan.summary and "eval loss 0.9" in plan.summary
     second = lifecycle.promote(store, "b", "production", reason="better loss")
-    assert second.replaced.id == "a" and second.replaced.status == "archived" and second.replaced.eval_loss == 0.9
+    assert second.replaced.adapter_id == "a" and second.replaced.status == "archived" and second.replaced.eval_loss == 0.9
     assert production(store) == ["b"]
     back = lifecycle.rollback(store, "coder", reason="b misbehaves")
-    assert back.restored.id == "a" and back.archived.id == "b"
+    assert back.restored.adapter_id == "a" and back.archived.adapter_id == "b"
     assert production(store) == ["a"] and registry.get_adapter(store, "b").status == "archived"
     moves = [(e.adapter_id, e.from_status, e.to_status) for e in registry.adapter_history(store)]
     assert moves == [("a", None, "candidate"), ("b", None, "candidate"), ("a", "candidate", "production"),
@@ -70,7 +70,7 @@ def test_routes_are_independent_and_archive_moves(store):
     assert sorted(production(store)) == ["a", "r"]
     archived = lifecycle.promote(store, "a", "archived", reason="retire")
     assert archived.to_status == "archived" and production(store) == ["r"]
-    assert lifecycle.rollback(store, "coder").restored.id == "a"  # archiving production is undoable too
+    assert lifecycle.rollback(store, "coder").restored.adapter_id == "a"  # archiving production is undoable too
 
 
 def test_bad_input_leaves_the_registry_unchanged(store):
@@ -95,7 +95,7 @@ def test_bad_input_leaves_the_registry_unchanged(store):
             call()
     assert snapshot(store) == before
     # force overrides the base and the candidate-only rules
-    assert lifecycle.promote(store, "other", "production", force=True).replaced.id == "good"
+    assert lifecycle.promote(store, "other", "production", force=True).replaced.adapter_id == "good"
 
 
 def test_register_rejects_missing_and_corrupt_folders(store, tmp_path):
@@ -162,8 +162,8 @@ def test_mcp_without_elicitation_requires_confirm(home):
     refused, after_refusal, done, no_rb, rb, listed, hist, res = anyio.run(main)
     assert refused.is_error and "confirm=true" in refused.content[0].text and "It replaces a" in refused.content[0].text
     assert after_refusal == ["a"]
-    assert done.structured_content["promoted"]["replaced"]["id"] == "a"
-    assert no_rb.is_error and rb.structured_content["rolled_back"]["restored"]["id"] == "a"
+    assert done.structured_content["promoted"]["replaced"]["adapter_id"] == "a"
+    assert no_rb.is_error and rb.structured_content["rolled_back"]["restored"]["adapter_id"] == "a"
     assert [a["id"] for a in listed.structured_content["result"]] == ["a"]
     assert [e["to_status"] for e in hist.structured_content["result"]] == ["candidate", "production", "archived"]
     body = json.loads(res.contents[0].text)
@@ -182,11 +182,11 @@ def test_cli_promote_rollback_list_history(home):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["promoted"]["to_status"] == "production"
     out = run_cli("promote", "b", "--yes", "--reason", "lower loss", "--json", home=home)
-    assert json.loads(out.stdout)["promoted"]["replaced"]["id"] == "a"
+    assert json.loads(out.stdout)["promoted"]["replaced"]["adapter_id"] == "a"
     table = run_cli("list", home=home).stdout
     assert "*" in table and "0.700" in table and "production" in table
     out = run_cli("rollback", "--role", "coder", "--yes", "--json", home=home)
-    assert json.loads(out.stdout)["rolled_back"]["restored"]["id"] == "a"
+    assert json.loads(out.stdout)["rolled_back"]["restored"]["adapter_id"] == "a"
     hist = json.loads(run_cli("history", "b", "--json", home=home).stdout)
     assert [e["to_status"] for e in hist] == ["candidate", "production", "archived"]
     out = run_cli("promote", "nope", "--yes", home=home)
