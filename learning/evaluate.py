@@ -15,6 +15,7 @@ torch / transformers / peft are imported only inside the job's functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -59,7 +60,9 @@ class EvalStarted(BaseModel):
 # ---- input checks and the job's start (no torch here) ------------------------------------
 
 def dataset_dir(store: Store, dataset_id: str) -> Path:
-    return store.home / "datasets" / dataset_id
+    """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
+    row = store.get_dataset_row(dataset_id)
+    return Path(row["path"]) if row is not None else store.home / "datasets" / dataset_id
 
 
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -218,39 +221,22 @@ def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, 
 # ---- model work (imports torch lazily) ---------------------------------------------------------
 
 def load_model(base: str, adapter_path: str):
-    """The base with the adapter on top, in eval mode; the tokenizer saved with the adapter, else the base's."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The base with the adapter on top, in eval mode (learning.generate.load_model)."""
+    from learning.generate import load_model as load
 
-    folder = Path(adapter_path)
-    tok_src = str(folder) if (folder / "tokenizer_config.json").is_file() else base
-    tok = AutoTokenizer.from_pretrained(tok_src)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
-    model = PeftModel.from_pretrained(model, str(folder)).eval()
-    return model, tok
+    return load(base, adapter_path)
 
 
-class model_variant:
-    """`with model_variant(model, 'base')` runs the peft model with its adapter disabled."""
+@contextlib.contextmanager
+def model_variant(model, name: str):
+    """`with model_variant(model, 'base')`: the same loaded model with its adapter switched off."""
+    from learning.generate import without_adapter
 
-    def __init__(self, model, name: str):
-        self.model, self.name, self.cm = model, name, None
-
-    def __enter__(self):
-        if self.name == "base":
-            self.cm = self.model.disable_adapter()
-            self.cm.__enter__()
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.cm is not None:
-            return self.cm.__exit__(*exc)
-        return False
+    if name == "base":
+        with without_adapter(model):
+            yield model
+    else:
+        yield model
 
 
 def _text(value: Any) -> str:
@@ -322,27 +308,16 @@ def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, 
 
 
 def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
-    """Greedy answers, batched with left padding, cut at the end-of-sequence token."""
-    import torch
+    """Greedy answers (learning.generate), a few batches at a time so progress can be reported."""
+    from learning.generate import generate as greedy
 
-    device = next(model.parameters()).device
     texts = [prompt_text(tok, p) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
-                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True).to(device)
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                for j, seq in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
-                    out[j] = tok.decode(seq, skip_special_tokens=True)
-                if on_batch:
-                    on_batch(min(i + batch_size, len(order)))
-    finally:
-        tok.padding_side = side
+    out: list[str] = []
+    chunk = batch_size * 4
+    for i in range(0, len(texts), chunk):
+        out += greedy(model, tok, texts[i:i + chunk], max_new_tokens=max_new_tokens, batch_size=batch_size)
+        if on_batch:
+            on_batch(min(i + chunk, len(texts)))
     return out
 
 
