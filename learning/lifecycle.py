@@ -306,6 +306,8 @@ def register_adapter(store: Store, path: str | Path, role: str, base: str | None
     base = base or config.get("base_model_name_or_path")
     if not base:
         raise InvalidInput(f"{src}/adapter_config.json names no base model; pass the base (--base).")
+    if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
+        raise InvalidInput(f"No base model folder {base}; pass the base the adapter was trained on (--base).")
     adapter_id = safe_id(adapter_id or f"{registry.new_adapter_id(role)}-{secrets.token_hex(2)}", "adapter id")
     if store.adapter_exists(adapter_id):
         raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
