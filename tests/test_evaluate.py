@@ -189,3 +189,20 @@ def test_register_external_adapter(store, toy, tmp_path):
     assert (Path(adapter.path) / "adapter_model.safetensors").is_file() and not (Path(adapter.path) / "checkpoint-10").exists()
     assert adapter.params["load_check"]["lora_modules"] > 0
     assert registry.adapter_history(store, adapter.id)[0].reason.startswith("registered from")
+
+
+@pytest.mark.slow
+def test_batched_teacher_forcing_equals_one_at_a_time(toy):
+    """Left padding with explicit positions changes nothing: the batched pass gives the loss and
+    accuracy of the one-example-at-a-time pass, for the adapter and for the base."""
+    base, folder = toy
+    model, tok = evaluate.load_model(str(base), str(folder))
+    examples = [evaluate.to_example(r) for r in toy_rows(100, 7)]
+    examples[2]["completion"] += "# a longer completion than the others\n" * 3
+    for variant in ("adapter", "base"):
+        with evaluate.model_variant(model, variant):
+            one = evaluate.teacher_forced(model, tok, examples, 1)
+            many = evaluate.teacher_forced(model, tok, examples, 4)
+        assert many["completion_tokens"] == one["completion_tokens"]
+        assert many["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
+        assert many["token_accuracy"] == one["token_accuracy"]
