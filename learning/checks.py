@@ -172,11 +172,11 @@ def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tu
 
 def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
     """Pass rate over the checked answers, and mean similarity to the references."""
-    from learning.evaluate import _text
+    from learning.evaluate import to_example
 
     details, passed, checked, sims = [], 0, 0, []
     for row, answer in zip(rows, answers):
-        reference = _text(row.get("completion", ""))
+        reference = to_example(row)["completion"]
         ok, why = check_one(role, row, reference, answer)
         if ok is not None:
             checked += 1

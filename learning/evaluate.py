@@ -248,21 +248,44 @@ def _text(value: Any) -> str:
     raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
 
 
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
 def to_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
+    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
+    list of messages (rendered with the tokenizer's chat template)."""
+    if "conversations" in row:
+        row = {"messages": [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
+                            for t in row["conversations"]]}
+    if "messages" in row:
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise InvalidInput("A messages row must end with the assistant's answer.")
+        return {"prompt": msgs[:-1], "completion": _text(msgs[-1]["content"])}
+    if "instruction" in row and "output" in row:
+        return {"prompt": row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n",
+                "completion": row["output"]}
     if "prompt" not in row or "completion" not in row:
-        raise InvalidInput("Test rows need 'prompt' and 'completion' (a prompt/completion SFT dataset).")
+        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
+                           "(preference datasets are not evaluated).")
     return {"prompt": row["prompt"], "completion": _text(row["completion"])}
 
 
+def is_chat(tok, prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(getattr(tok, "chat_template", None))
+
+
 def prompt_text(tok, prompt: Any) -> str:
-    if isinstance(prompt, list) and getattr(tok, "chat_template", None):
+    if is_chat(tok, prompt):
         return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     return _text(prompt)
 
 
 def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + completion + eos, and how many of them are completion tokens."""
-    p = tok(prompt_text(tok, example["prompt"]))["input_ids"]
+    # A chat template already writes the special tokens (bos); plain text gets the tokenizer's own.
+    p = tok(prompt_text(tok, example["prompt"]), add_special_tokens=not is_chat(tok, example["prompt"]))["input_ids"]
     c = tok(example["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     c = c[: max_length - 1]
     p = p[-(max_length - len(c)):]
@@ -315,7 +338,8 @@ def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: in
     out: list[str] = []
     chunk = batch_size * 4
     for i in range(0, len(texts), chunk):
-        out += greedy(model, tok, texts[i:i + chunk], max_new_tokens=max_new_tokens, batch_size=batch_size)
+        out += greedy(model, tok, texts[i:i + chunk], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      add_special_tokens=not any(is_chat(tok, p) for p in prompts))
         if on_batch:
             on_batch(min(i + chunk, len(texts)))
     return out

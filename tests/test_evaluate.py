@@ -137,7 +137,7 @@ def test_role_checks():
     assert checks.check_one("judge", {}, "verdict: pass", "Verdict: fail, it returns min")[0] is False
     assert checks.check_one("judge", {}, "pass", "no idea")[0] is False
     assert checks.check_one("reviewer", {}, "x", "y")[0] is None
-    assert checks.score("coder", [{"completion": "def f(): pass\n"}], ["def f(): pass\n"])["similarity"] == 1.0
+    assert checks.score("coder", [{"prompt": "p", "completion": "def f(): pass\n"}], ["def f(): pass\n"])["similarity"] == 1.0
 
 
 def test_bad_input_changes_nothing(store, toy):
