@@ -149,8 +149,8 @@ def derive_task_key(instruction: str, input_: str = "") -> str:
 
 
 def _check_json_size(run: RunIn) -> tuple[str, str]:
-    signals = dumps(run.signals.model_dump(exclude_none=True))
-    meta = dumps(run.meta)
+    signals = run.signals.model_dump_json(exclude_none=True)
+    meta = dumps(run.meta) if run.meta else "{}"
     for name, text in (("signals", signals), ("meta", meta)):
         if len(text) > LIMITS[name]:
             raise InvalidInput(f"Field '{name}' is {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}. Keep it small.")
@@ -228,6 +228,11 @@ def _lines(source: str | Path | IO[bytes] | IO[str]) -> Iterator[bytes]:
 
 def _parse_line(raw: bytes) -> RunIn:
     try:
+        return RunIn.model_validate_json(raw)  # fast path: pydantic parses and validates in one go
+    except ValidationError:
+        pass
+    # Slow path, only for bad lines: find the precise reason.
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"invalid UTF-8 at byte {exc.start}; re-encode the file as UTF-8") from exc
@@ -267,7 +272,7 @@ def import_runs(
         if batch_errors and not skip_invalid:
             first_line = batch[0][0] if batch else batch_errors[0].line
             first_line = min(first_line, batch_errors[0].line)
-            shown = "; ".join(f"line {e.line}: {e.error}" for e in batch_errors[:10])
+            shown = "; ".join(f"line {e.line}: {e.error.rstrip('.')}" for e in batch_errors[:10])
             raise InvalidInput(
                 f"Import stopped at a bad batch: {shown}. {imported} runs from earlier batches were "
                 f"imported; nothing from line {first_line} on was written. Fix the line(s) and re-run "

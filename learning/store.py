@@ -225,11 +225,17 @@ class Store:
 
     def insert_runs(self, rows: Iterable[tuple], conn: sqlite3.Connection | None = None) -> list[int]:
         """Insert rows (tuples in RUN_COLUMNS order) in one transaction; returns their ids."""
+        if conn is None:
+            with self.write() as conn:
+                return self.insert_runs(rows, conn)
+        rows = list(rows)
         sql = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
-        if conn is not None:
-            return [conn.execute(sql, row).lastrowid for row in rows]
-        with self.write() as conn:
-            return [conn.execute(sql, row).lastrowid for row in rows]
+        if len(rows) == 1:
+            return [conn.execute(sql, rows[0]).lastrowid]
+        # Inside one write transaction ids are consecutive: nobody else can insert meanwhile.
+        first = (conn.execute("SELECT ifnull(max(id), 0) FROM runs").fetchone()[0]) + 1
+        conn.executemany(sql, rows)
+        return list(range(first, first + len(rows)))
 
     def get_run(self, run_id: int) -> sqlite3.Row | None:
         with self.read() as conn:

@@ -66,7 +66,7 @@ def _forbid_unknown_arguments(server: MCPServer) -> None:
 def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     reconcile(store)
-    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS)
+    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     from server import mcp_datasets, mcp_jobs, mcp_runs
 
     for module in (mcp_runs, mcp_jobs, mcp_datasets):
