@@ -79,13 +79,13 @@ _AZURE_CLIENT = re.compile(r"(?<![\w~.-])[\w~.-]{3}\dQ~[\w~.-]{31,34}(?![\w~.-])
 _AZURE_ACCOUNT = re.compile(r"(AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{30,}={0,2})")
 _PEM = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----"
                   r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:-]*)", re.S)
-_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>]{1,256})@(?=[\w.\[-])")
+_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>\[\]]{1,256})@(?=[\w.\[-])")
 _URL_QUERY = re.compile(
     r"(?i)[?&]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
     r"|secret|client_secret|password|passwd|pwd|x-amz-signature|x-amz-credential|x-amz-security-token)"
-    r"=([^&#\s'\"<>{}()$]{6,})")
+    r"=([^&#\s'\"<>{}()$\[\]]{6,})")
 _AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic)|T(?:oken|OKEN)|token)[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
-_CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()]{1,256})(?=;|[\"']|$)", re.M)
+_CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()\[\]]{1,256})(?=;|[\"']|$)", re.M)
 # Generic assignments: the name is found by plain substring search (_SECRET_WORDS), widened to
 # the whole name, checked against _NAME, then the assignment and value are matched after it.
 _SECRET_WORDS = ("secret", "token", "passw", "pwd", "credential", "key")
@@ -113,19 +113,20 @@ def entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-def looks_secret(value: str) -> bool:
+def looks_secret(value: str, quoted: bool = False) -> bool:
     """Is a value assigned to a secret-like name a real secret (not a name, a call, a template)?"""
     v = value.strip()
     if len(v) < 8 or v.lower() in _PLACEHOLDER_VALUES or v.startswith("[") or "{" in v or "$" in v:
         return False
-    if re.fullmatch(r"[A-Za-z_][A-Za-z_.]*(?:\(\)?)?", v):  # identifiers, dotted names: settings.API_KEY
-        return False
     if re.fullmatch(r"[xX*.•<>_-]+|<[^>]*>|your[\w-]*|\w*_?here", v):  # placeholders: xxxx, <token>, your-key-here
         return False
     has_digit = any(c.isdigit() for c in v)
-    has_alpha = any(c.isalpha() for c in v)
-    if has_digit and has_alpha:
+    if has_digit and any(c.isalpha() for c in v):
         return True
+    # Letters only: a bare value is a name (settings.API_KEY); a quoted one is a secret only if
+    # long, mixed-case and high-entropy, and not an ENV_NAME or snake_case / dotted name.
+    if not quoted or re.fullmatch(r"[A-Z][A-Z0-9_]*|[a-z][a-z0-9_.]*|[A-Za-z]+(?:[._-][A-Za-z]+)+", v):
+        return has_digit is False and not re.fullmatch(r"[A-Za-z_][A-Za-z_.]*", v) and len(v) >= 16 and entropy(v) >= 3.5
     return len(v) >= 16 and entropy(v) >= 3.5
 
 
@@ -211,7 +212,7 @@ class Redactor:
                 group = 3 if m.group(3) is not None else 4
                 if group == 4 and text[m.end():m.end() + 1] in ("(", "["):  # a call or a subscript
                     continue
-                if looks_secret(m.group(group)):
+                if looks_secret(m.group(group), quoted=group == 3):
                     spans[start] = (m.start(group), m.end(group))
         if not spans:
             return text
