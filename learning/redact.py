@@ -84,7 +84,7 @@ _URL_QUERY = re.compile(
     r"(?i)[?&]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
     r"|secret|client_secret|password|passwd|pwd|x-amz-signature|x-amz-credential|x-amz-security-token)"
     r"=([^&#\s'\"<>{}()$\[\]]{6,})")
-_AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic)|T(?:oken|OKEN)|token)[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
+_AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic))[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
 _CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()\[\]]{1,256})(?=;|[\"']|$)", re.M)
 # Generic assignments: the name is found by plain substring search (_SECRET_WORDS), widened to
 # the whole name, checked against _NAME, then the assignment and value are matched after it.
@@ -170,7 +170,7 @@ class Redactor:
             text = _URL_QUERY.sub(lambda m: f"{m.group(0)[0]}{m.group(1)}={c('TOKEN')}", text)
         if "ssword=" in text or "SSWORD=" in text or "wd=" in text or "WD=" in text:
             text = _CONN_PASSWORD.sub(lambda m: m.group(0)[: m.start(2) - m.start()] + c("PASSWORD"), text)
-        if "earer " in text or "asic " in text or "oken " in text or "EARER " in text or "ASIC " in text:
+        if "earer " in text or "asic " in text or "EARER " in text or "ASIC " in text:
             text = _AUTH_HEADER.sub(self._header, text)
         text = self._assignments(text)
         if "@" in text:
