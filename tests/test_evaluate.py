@@ -127,6 +127,8 @@ def test_role_checks():
     assert checks.check_one("coder", {"tests": ["assert f() == 2"]}, "", "```python\ndef f():\n    return 2\n```")[0]
     assert checks.check_one("coder", {"tests": ["assert f() == 3"]}, "", "def f():\n    return 2\n") == (False, "0/1 tests passed (AssertionError: )")
     assert checks.check_one("coder", {}, "", "def f(:\n")[0] is False
+    assert checks.check_one("coder", {}, "", "   \n\n  ") == (False, "no code")  # compiles, but is nothing
+    assert checks.check_one("coder", {}, "", "# just a comment\n") == (False, "no code")
     assert checks.check_one("coder", {}, "", "```rust\nfn main() {}\n```")[0] is None  # not checked
     diff = "--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n def f():\n-    return 1\n+    return 2\n"
     assert checks.check_one("fixer", {}, diff, diff)[0] is True
