@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from learning import checks, registry
-from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.errors import Conflict, InvalidInput, check
 from learning.jobs import JobCancelled, start_job
 from learning.store import Store
 
@@ -189,12 +189,12 @@ def run_job(ctx) -> dict[str, Any]:
                            "adapter": a[:400], "base": b[:400]}
                           for r, a, b in list(zip(gen_rows, answers["adapter"], answers["base"]))[:5]]
     write_outputs(Path(adapter.path), metrics, sanity)
-    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate and adapter.status == "trained" else None
+    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
     stored = {k: v for k, v in metrics.items() if k != "samples"}
-    registry.record_evaluation(store, adapter.id, stored, f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
-                               to_status=to_status, data={"job_id": ctx.job_id, **metrics["summary"]})
+    after = registry.record_evaluation(store, adapter.id, stored, f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
+                                       to_status=to_status, data={"job_id": ctx.job_id, **metrics["summary"]})
     ctx.progress(force=True, stage="done", step=total, total_steps=total, message=_gate_reason(gate))
-    return {**metrics["summary"], "status": to_status or adapter.status, "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json")}
+    return {**metrics["summary"], "status": after.status, "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json")}
 
 
 def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
@@ -384,5 +384,3 @@ def load_check_main(argv: list[str]) -> int:
         print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}))
     return 0
 
-
-__all__ = ["GateConfig", "EvalConfig", "EvalStarted", "evaluate_adapter", "apply_gate", "run_job", "NotFound"]
