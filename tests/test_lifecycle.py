@@ -124,8 +124,11 @@ def _answer(action, confirm=True):
     return callback, seen
 
 
-@pytest.mark.parametrize("action, outcome", [("accept", "done"), ("decline", "declined"), ("cancel", "cancelled")])
-def test_mcp_promote_asks_the_person(home, action, outcome):
+@pytest.mark.parametrize("action, outcome, mode", [
+    ("accept", "done", "auto"), ("decline", "declined", "auto"), ("cancel", "cancelled", "auto"),
+    ("accept", "done", "legacy"), ("decline", "declined", "legacy"),  # 2025 protocol: elicitation/create mid-call
+])
+def test_mcp_promote_asks_the_person(home, action, outcome, mode):
     store = Store(home)
     make(store, "a", loss=0.9)
     make(store, "b", loss=0.7)
@@ -133,7 +136,7 @@ def test_mcp_promote_asks_the_person(home, action, outcome):
     callback, seen = _answer(action)
 
     async def main():
-        async with Client(build_server(str(home)), elicitation_callback=callback) as client:
+        async with Client(build_server(str(home)), elicitation_callback=callback, mode=mode) as client:
             return await client.call_tool("promote", {"adapter_id": "b", "reason": "test"})
     result = anyio.run(main)
     assert not result.is_error, result.content
