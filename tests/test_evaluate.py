@@ -208,3 +208,25 @@ def test_batched_teacher_forcing_equals_one_at_a_time(toy):
         assert many["completion_tokens"] == one["completion_tokens"]
         assert many["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
         assert many["token_accuracy"] == one["token_accuracy"]
+
+
+@pytest.mark.slow
+def test_pipeline_adapter_from_train_adapter_is_evaluated(store):
+    """The real path: embedded tiny base, a dataset from logged runs (make_sft), an adapter from
+    the training job; the evaluation measures both on the same examples and the adapter, trained
+    on this very task, has the lower loss."""
+    from learning import runs, sft, tinybase, training
+
+    tinybase.ensure_base(store, "tiny")
+    for i in range(60):
+        runs.log_run(store, {"role": "coder", "instruction": f"write a function named f{i} that returns {i}",
+                             "output": f"def f{i}():\n    return {i}\n", "reward": 0.9})
+    ds = sft.make_sft(store, "coder", min_rows=10, test_fraction=0.2)
+    trained = training.train_adapter(store, "coder", ds.dataset_id, base="embedded:tiny", max_steps=30)
+    assert jobs.wait_job(store, trained.job_id, timeout=600).status == "succeeded"
+    started = evaluate.evaluate_adapter(store, trained.adapter_id, max_generate=2, max_new_tokens=16, sanity=False)
+    status = jobs.wait_job(store, started.job_id, timeout=600)
+    assert status.status == "succeeded", (status.error, status.log_tail)
+    m = registry.get_adapter(store, trained.adapter_id).metrics
+    assert m["examples"] == started.test_rows > 0 and m["adapter"]["completion_tokens"] == m["base"]["completion_tokens"]
+    assert m["eval_loss"] < m["base_eval_loss"]
