@@ -42,6 +42,9 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
         raise
     registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
     registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
+    if result.get("base_hash"):
+        with ctx.store.write() as conn:
+            ctx.store.update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
     return result
 
 
@@ -179,7 +182,8 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
-    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics}
+    base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
+    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics, "base_hash": base_id}
 
 
 def _resolve_base(ctx: JobContext) -> str:

@@ -256,7 +256,8 @@ def train_adapter(store: Store, role: str, dataset_id: str, base: str | None = N
             cfg = TrainConfig(**(loads(previous["params"]) or {}).get("config", {}))
             notes.append("resuming with the adapter's recorded configuration (overrides are ignored)")
         else:
-            values = {**(overrides or {}), "method": method, "max_steps": max_steps, "quantize": quantize}
+            explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
+            values = {**(overrides or {}), **{k: v for k, v in explicit.items() if v is not None}}
             if base.startswith(EMBEDDED_PREFIX) and "learning_rate" not in (overrides or {}):
                 values["learning_rate"] = EMBEDDED_LR
                 notes.append(f"learning_rate {EMBEDDED_LR} for the embedded base (set learning_rate to change it)")

@@ -67,9 +67,9 @@ def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     reconcile(store)
     server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS)
-    from server import mcp_jobs, mcp_runs
+    from server import mcp_jobs, mcp_runs, mcp_train
 
-    for module in (mcp_runs, mcp_jobs):
+    for module in (mcp_runs, mcp_jobs, mcp_train):
         module.register(server, store)
     _forbid_unknown_arguments(server)
     return server
