@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.jobs import JobCancelled, JobContext
-from learning.store import Store
-
-CANCEL_EXIT = 3  # exit status of a distributed worker that stopped on a cancel request
-
+from learning.store import Store, loads
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
     """Job entry point (learning.jobs target 'learning.train:run_job')."""
@@ -56,13 +53,17 @@ def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
            str(p["num_processes"]), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "learning.train", str(ctx.store.home), ctx.job_id]
+    out = Path(p["adapter_dir"])
+    for stale in ("cancelled.json", "result.json"):
+        (out / stale).unlink(missing_ok=True)
     ctx.progress(force=True, stage="launching", message=f"accelerate launch with {p['num_processes']} processes")
     code = subprocess.call(cmd, stdin=subprocess.DEVNULL)
-    if code == CANCEL_EXIT:
-        raise JobCancelled(_cancel_message(p, _read_json(Path(p["adapter_dir"]) / "cancelled.json").get("step")))
-    if code != 0:
+    ctx._progress = loads(ctx.store.get_job(ctx.job_id)["progress"]) or {}  # what rank 0 reported
+    if (out / "cancelled.json").exists():
+        raise JobCancelled(_cancel_message(p, _read_json(out / "cancelled.json").get("step")))
+    if code != 0 or not (out / "result.json").exists():
         raise RuntimeError(f"accelerate launch exited with status {code}; see the job's log")
-    return _read_json(Path(p["adapter_dir"]) / "result.json")
+    return _read_json(out / "result.json")
 
 
 def main(argv: list[str]) -> int:
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
     try:
         result = train(ctx)
     except JobCancelled:
-        return CANCEL_EXIT
+        return 0  # rank 0 wrote cancelled.json; the job process reports the cancel
     if result is not None:
         (Path(ctx.params["adapter_dir"]) / "result.json").write_text(json.dumps(result))
     return 0
