@@ -295,9 +295,11 @@ def train_adapter(store: Store, role: str, dataset_id: str, base: str | None = N
 def _choose_quantization(cfg: TrainConfig, est_memory_mb: float, notes: list[str]) -> TrainConfig:
     if cfg.quantize != "auto":
         return cfg
+    # Compared with free RAM: the front never imports torch, so it cannot ask a GPU.
     available = psutil.virtual_memory().available / 2**20
     choice = "4bit" if est_memory_mb > 0.8 * available else "none"
-    notes.append(f"quantize auto -> {choice} (estimated {est_memory_mb:.0f} MiB, {available:.0f} MiB available)")
+    if choice != "none":
+        notes.append(f"quantize auto -> {choice} (estimated {est_memory_mb:.0f} MiB, {available:.0f} MiB free)")
     return cfg.model_copy(update={"quantize": choice})
 
 
