@@ -222,8 +222,11 @@ def _rollback(store: Store, out: DriftResult, actor: str) -> tuple[bool, str]:
     if previous is None or previous["id"] != out.old.adapter_id:
         return False, (f"No rollback: a rollback would restore {previous['id'] if previous is not None else 'nothing'}, "
                        f"not {_label(out.old)} that this check compared against.")
-    restored, archived = registry.rollback_route(store, *route, actor=actor, reason=reason)
-    return True, f"Rolled back: {restored.id} is in production again, {archived} archived."
+    from learning.lifecycle import rollback  # redeploys the route's runtime, if one is configured
+
+    done = rollback(store, *route, reason=reason, actor=actor)
+    return True, (f"Rolled back: {done.restored.adapter_id} is in production again"
+                  + (f", {done.archived.adapter_id} archived." if done.archived else "."))
 
 
 def latest_drift(store: Store, role: str) -> DriftResult | None:

@@ -4,7 +4,7 @@ Built on learning.registry (statuses, events, the one-production-per-route trans
 `plan_promote` / `plan_rollback` run every check and describe what would change (what is
 replaced, the metrics of both) without changing anything: the MCP tool and the CLI show
 that summary to a person before they confirm. `promote` / `rollback` repeat the checks and
-make the change in one transaction, then call `_after_route_change`.
+deploy to the route's runtime when one is configured, then make the change in one transaction.
 """
 
 from __future__ import annotations
@@ -172,6 +172,8 @@ def promote(store: Store, adapter_id: str, to: Target = "production", force: boo
     reason = reason or f"promoted to {to}"
     from_status = plan.adapter.status
     if to == "production":
+        _deploy_first(store, adapter_id, plan.adapter.role, plan.adapter.task_type, plan.adapter.complexity)
+
         def in_transaction(row, old):
             problem = _promotion_problem(row, old, to, force)
             if problem:
@@ -181,8 +183,6 @@ def promote(store: Store, adapter_id: str, to: Target = "production", force: boo
     else:
         adapter = registry.move(store, adapter_id, to, actor, reason, force=force, data={"forced": force} if force else None)
         replaced_id = None
-    if to == "production" or from_status == "production":
-        _after_route_change(store, adapter.role, adapter.task_type, adapter.complexity)
     replaced = brief(registry.get_adapter(store, replaced_id)) if replaced_id else None
     return PromoteResult(adapter=brief(adapter), from_status=from_status, to_status=to, replaced=replaced,
                          forced=force, reason=reason, summary=plan.summary)
@@ -211,17 +211,23 @@ def rollback(store: Store, role: str, task_type: str | None = None, complexity: 
     """The route's most recently replaced production adapter back to production, the current one archived."""
     plan = plan_rollback(store, role, task_type, complexity)
     reason = reason or "rollback requested"
+    _deploy_first(store, plan.restore.adapter_id, role, task_type, complexity)
     restored, archived_id = registry.rollback_route(store, role, task_type, complexity, actor=actor, reason=reason)
-    _after_route_change(store, role, task_type, complexity)
     archived = brief(registry.get_adapter(store, archived_id)) if archived_id else None
     return RollbackResult(route=plan.route, restored=brief(restored), archived=archived, reason=reason,
                           summary=plan.summary)
 
 
-def _after_route_change(store: Store, role: str, task_type: str | None, complexity: str | None) -> None:
-    """Called after every change of a route's production adapter (promote, archive of the
-    production adapter, rollback). The place where deployments are synced to the new state."""
-    return None
+def _deploy_first(store: Store, adapter_id: str, role: str, task_type: str | None, complexity: str | None) -> None:
+    """When the route has a runtime configured (deploy --set-target), put the adapter that is
+    about to serve it on that runtime before the registry changes, and retire the old one there:
+    a deployment that fails raises with its cause and leaves the registry as it was."""
+    target = store.deploy_target(role, task_type, complexity)
+    if target is None:
+        return
+    from learning.deploy import deploy_adapter
+
+    deploy_adapter(store, adapter_id, target["target"], target["url"])
 
 
 # ---- bringing in adapters trained elsewhere ----------------------------------------------
