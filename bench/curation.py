@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -160,7 +161,8 @@ def main() -> None:
     r = sft_in_child(home, trace=True)
     print(f"tracemalloc peak of make_sft with default filters: {r['traced_peak_mib']:.1f} MiB "
           f"(the database holds {db_mib:,.0f} MiB; traced run took {r['seconds']:.1f}s)")
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall time >> CPU time means a busy machine)")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,10 @@ def _template(store: Store, role: str, template: str | None, problems: list[str]
 def _norm(*texts: str) -> int:
     """A digest of texts after lower-casing and collapsing white space (near-exact duplicates).
     Python's string hash: 64 bits, enough for millions of rows, and only compared in-process."""
-    return hash("\x00".join(" ".join(t.split()) for t in texts).lower())
+    return hash(" ".join("\x00".join(texts).split()).lower())
+
+
+_NOTHING: dict[str, int] = {}
 
 
 class _Redact:
@@ -116,15 +119,19 @@ class _Redact:
     def __init__(self, enabled: bool):
         self.enabled, self.r, self.kept = enabled, Redactor(), Counter()
 
-    def __call__(self, instruction: str, input_: str, output: str) -> tuple[list[str], Counter]:
+    def __call__(self, instruction: str, input_: str, output: str) -> tuple[list[str], dict[str, int]]:
         if not self.enabled:
-            return [instruction, input_, output], Counter()
-        self.r.counts = Counter()
-        joined = f"{instruction}\x00{input_}\x00{output}"
-        parts = self.r(joined).split("\x00")
+            return [instruction, input_, output], _NOTHING
+        counts = self.r.counts
+        counts.clear()
+        parts = self.r(f"{instruction}\x00{input_}\x00{output}").split("\x00")
         if len(parts) != 3:  # a text held a NUL itself: redact the three apart
             parts = [self.r(t) for t in (instruction, input_, output)]
-        return parts, self.r.counts
+        return parts, (dict(counts) if counts else _NOTHING)
+
+    def keep(self, found: dict[str, int]) -> None:
+        if found:
+            self.kept.update(found)
 
 
 def _prompt(template: Compiled, role: str, run: tuple, instruction: str, input_: str,
@@ -188,6 +195,8 @@ def _run(store, role, kind, fmt, rows: Iterator[tuple[str, dict, list[int], list
             reward_sum += sum(rewards)
             reward_n += len(rewards)
         kept = writer.rows[False] + writer.rows[True]
+        if kind == "sft":
+            counts["after_dedupe"] = counts["matched"] - counts["duplicates"]
         counts["kept"] = kept
         if kept < min_rows:
             writer.close()
@@ -257,7 +266,7 @@ def make_sft(
                         continue
                     seen.add(digest)
                 per_task[task_key] += 1
-                redactor.kept.update(found)
+                redactor.keep(found)
                 yield task_key, sft_row(format, prompt, output, instruction_only, input_), [run[0]], [run[2]]
                 if limit is not None and counts["matched"] - counts["duplicates"] - counts["over_task_cap"] >= limit:
                     counts["stopped_at_limit"] = 1
@@ -311,7 +320,7 @@ def make_preferences(
                 for row, ids, rewards, found in make(attempts, redactor, Compiled(tmpl[0]), role, format, seen, counts, dedupe,
                                                      margin=margin, min_chosen=min_chosen, high=high, low=low,
                                                      max_per_task=max_per_task):
-                    redactor.kept.update(found)
+                    redactor.keep(found)
                     yield task_key, row, ids, rewards
                     written += 1
                     if limit is not None and written >= limit:
@@ -355,7 +364,7 @@ def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
                 counts["over_task_cap"] += 1
                 return
             done += 1
-            yield pref_row(fmt, "dpo", c[1], c[2], r[2]), [c[0][0], r[0][0]], [c[0][2], r[0][2]], c[3] + r[3]
+            yield pref_row(fmt, "dpo", c[1], c[2], r[2]), [c[0][0], r[0][0]], [c[0][2], r[0][2]], {k: c[3].get(k, 0) + r[3].get(k, 0) for k in {*c[3], *r[3]}}
 
 
 def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, high, low, max_per_task, **_):
