@@ -11,9 +11,8 @@ the runs. Nothing is recorded until the files are complete (learning/datasets.py
 
 from __future__ import annotations
 
-import hashlib
-import re
 import itertools
+import re
 import shutil
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from learning import __version__
 from learning.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, iso, list_datasets,
                                new_dataset_id, publish, temp_folder)
 from learning.errors import InvalidInput, check
-from learning.redact import Redactor
+from learning.prepare import RunRedactor, encode, norm_digest, render_prompt
 from learning.runs import ROLE_PATTERN, time_window
 from learning.store import Store
 from learning.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template, sft_row
@@ -104,45 +103,6 @@ def _template(store: Store, role: str, template: str | None, problems: list[str]
         raise
 
 
-def _norm(*texts: str) -> int:
-    """A digest of texts after lower-casing and collapsing white space (near-exact duplicates).
-    Python's string hash: 64 bits, enough for millions of rows, and only compared in-process."""
-    return hash(" ".join("\x00".join(texts).split()).lower())
-
-
-_NOTHING: dict[str, int] = {}
-
-
-class _Redact:
-    """Redacts a run's three texts in one pass; counts only what the caller keeps."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.r, self.kept = enabled, Redactor(), Counter()
-
-    def __call__(self, instruction: str, input_: str, output: str) -> tuple[list[str], dict[str, int]]:
-        if not self.enabled:
-            return [instruction, input_, output], _NOTHING
-        counts = self.r.counts
-        counts.clear()
-        parts = self.r(f"{instruction}\x00{input_}\x00{output}").split("\x00")
-        if len(parts) != 3:  # a text held a NUL itself: redact the three apart
-            parts = [self.r(t) for t in (instruction, input_, output)]
-        return parts, (dict(counts) if counts else _NOTHING)
-
-    def keep(self, found: dict[str, int]) -> None:
-        if found:
-            self.kept.update(found)
-
-
-def _prompt(template: Compiled, role: str, run: tuple, instruction: str, input_: str,
-            without_input: bool = False) -> tuple[str, str]:
-    """The rendered prompt, and (for alpaca) the prompt without the input block."""
-    fields = {"instruction": instruction, "input": input_, "task_type": run[6] or "", "complexity": run[7] or "",
-              "role": role}
-    prompt = template.render(fields)
-    return prompt, (template.render({**fields, "input": ""}) if without_input else "")
-
-
 def _too_few(store: Store, role: str, filters: dict, kept: int, min_rows: int, counts: dict, extra: str) -> InvalidInput:
     funnel = store.curation_funnel(role, filters)
     if funnel[0][1] == 0:
@@ -180,17 +140,17 @@ def _finish(store, writer, tmp, record, meta, dry_run, result_fields) -> Curatio
                           test_rows=writer.rows[True], **result_fields)
 
 
-def _run(store, role, kind, fmt, rows: Iterator[tuple[str, dict, list[int], list[float]]], counts: Counter,
-         redactor: _Redact, filters: dict, settings: dict, template: tuple[str, str], seed: int,
+def _run(store, role, kind, fmt, rows: Iterator[tuple[str, str, list[int], list[float]]], counts: Counter,
+         redactor: RunRedactor, filters: dict, settings: dict, template: tuple[str, str], seed: int,
          test_fraction: float, min_rows: int, dry_run: bool, started: float) -> CurationResult:
-    """Write the rows a curation yields (task_key, row, run ids, rewards), then publish."""
+    """Write the rows a curation yields (task_key, JSON line, run ids, rewards), then publish."""
     dataset_id = new_dataset_id(role, kind)
     tmp = None if dry_run else temp_folder(store, dataset_id)
     try:
         writer = SplitWriter(tmp, seed, test_fraction)
         run_ids, reward_sum, reward_n = [], 0.0, 0
-        for task_key, row, ids, rewards in rows:
-            writer.add(task_key, row)
+        for task_key, line, ids, rewards in rows:
+            writer.add(task_key, line)
             run_ids.extend(ids)
             reward_sum += sum(rewards)
             reward_n += len(rewards)
@@ -244,7 +204,7 @@ def make_sft(
                       min_reward, min_rows)
     tmpl = _template(store, role, template, problems)
     filters = _filters(min_reward, None, task_type, complexity, agent, since, until, days, min_length, max_length)
-    redactor, counts = _Redact(redact), Counter(matched=0, duplicates=0, over_task_cap=0)
+    redactor, counts = RunRedactor(redact), Counter(matched=0, duplicates=0, over_task_cap=0)
     compiled = Compiled(tmpl[0])
 
     def rows():
@@ -254,20 +214,20 @@ def make_sft(
             for run in stream:
                 counts["matched"] += 1
                 task_key = run[1]
-                if per_task[task_key] >= max_per_task:
+                if per_task[task_key] >= max_per_task:  # checked first: a capped run costs nothing
                     counts["over_task_cap"] += 1
                     continue
                 (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-                prompt, instruction_only = _prompt(compiled, role, run, instruction, input_, format == "alpaca")
                 if dedupe:
-                    digest = _norm(instruction, input_, output)
+                    digest = norm_digest(instruction, input_, output)
                     if digest in seen:
                         counts["duplicates"] += 1
                         continue
                     seen.add(digest)
+                prompt, instruction_only = render_prompt(compiled, role, run, instruction, input_, format == "alpaca")
                 per_task[task_key] += 1
                 redactor.keep(found)
-                yield task_key, sft_row(format, prompt, output, instruction_only, input_), [run[0]], [run[2]]
+                yield task_key, encode(sft_row(format, prompt, output, instruction_only, input_)), [run[0]], [run[2]]
                 if limit is not None and counts["matched"] - counts["duplicates"] - counts["over_task_cap"] >= limit:
                     counts["stopped_at_limit"] = 1
                     return
@@ -306,7 +266,7 @@ def make_preferences(
         problems.append(f"need 0 <= low < high <= 1 (undesirable below low, desirable above high), got low={low}, high={high}")
     tmpl = _template(store, role, template, problems)
     filters = _filters(None, None, task_type, complexity, agent, since, until, days, min_length, max_length)
-    redactor, counts = _Redact(redact), Counter(matched=0, tasks=0, duplicates=0, over_task_cap=0)
+    redactor, counts = RunRedactor(redact), Counter(matched=0, tasks=0, duplicates=0, over_task_cap=0)
 
     def rows():
         seen: set[int] = set()
@@ -321,7 +281,7 @@ def make_preferences(
                                                      margin=margin, min_chosen=min_chosen, high=high, low=low,
                                                      max_per_task=max_per_task):
                     redactor.keep(found)
-                    yield task_key, row, ids, rewards
+                    yield task_key, encode(row), ids, rewards
                     written += 1
                     if limit is not None and written >= limit:
                         counts["stopped_at_limit"] = 1
@@ -339,7 +299,7 @@ def _redacted(attempts, redactor, template, role):
     out = []
     for run in attempts:
         (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-        out.append((run, _prompt(template, role, run, instruction, input_)[0], output, found))
+        out.append((run, render_prompt(template, role, run, instruction, input_)[0], output, found))
     return out
 
 
@@ -355,7 +315,7 @@ def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
             if " ".join(c[2].split()) == " ".join(r[2].split()):
                 continue
             if dedupe:
-                digest = _norm(c[1], c[2], r[2])
+                digest = norm_digest(c[1], c[2], r[2])
                 if digest in seen:
                     counts["duplicates"] += 1
                     continue
@@ -373,7 +333,7 @@ def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
     for run, prompt, output, found in _redacted(chosen, redactor, template, role):
         label = run[2] >= high
         if dedupe:
-            digest = _norm(prompt, output, str(label))
+            digest = norm_digest(prompt, output, str(label))
             if digest in seen:
                 counts["duplicates"] += 1
                 continue

@@ -279,3 +279,4 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
         trainer = SFTTrainer(model=LlamaForCausalLM(config), args=args, train_dataset=data, processing_class=tokenizer)
         out = trainer.train()
         assert out.global_step == 2 and out.training_loss > 0
+
