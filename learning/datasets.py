@@ -157,8 +157,13 @@ def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str,
     """Write metadata.json, move the folder into place, then record it in the store."""
     with open(tmp / "metadata.json", "w", encoding="utf-8") as f:
         json.dump(metadata, f, ensure_ascii=False, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    for name in FILES:  # on disk before the dataset is recorded, and immutable
+        fd = os.open(tmp / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp / name, 0o444)
     final = tmp.parent / record["id"]
     os.rename(tmp, final)
     try:

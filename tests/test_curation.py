@@ -281,3 +281,12 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
         out = trainer.train()
         assert out.global_step == 2 and out.training_loss > 0
 
+
+
+def test_written_files_are_read_only(loaded):
+    import os
+    import stat
+
+    r = sft.make_sft(loaded, "coder")
+    for path in r.files.values():
+        assert not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
