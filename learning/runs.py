@@ -204,9 +204,33 @@ def parse_run(data: Any) -> RunIn:
         raise InvalidInput(f"Invalid run: {format_validation_error(exc)}.") from exc
 
 
+def _attribute(store: Store, run: RunIn) -> RunIn:
+    """A run carrying a decision_id is served by the decision's adapter: check the decision
+    exists and fill adapter_id from it (None for the base model) when the run has none."""
+    decision = store.get_decision(run.decision_id)
+    if decision is None:  # it may still sit in this process's write buffer
+        from learning.router import flush_decisions
+
+        flush_decisions(store)
+        decision = store.get_decision(run.decision_id)
+    if decision is None:
+        raise InvalidInput(f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
+                           "returned, or leave it empty.")
+    if decision["role"] != run.role:
+        raise InvalidInput(f"decision {run.decision_id} was made for role {decision['role']!r}, not {run.role!r}.")
+    if run.adapter_id is None:
+        return run.model_copy(update={"adapter_id": decision["adapter_id"]})
+    if run.adapter_id != decision["adapter_id"]:
+        raise InvalidInput(f"adapter_id {run.adapter_id!r} differs from the adapter decision {run.decision_id} chose "
+                           f"({decision['adapter_id'] or 'the base model'}); leave adapter_id empty to take the decision's.")
+    return run
+
+
 def log_run(store: Store, run: RunIn | dict) -> LogResult:
     """Store one run. Raises InvalidInput naming each bad field."""
     run = parse_run(run)
+    if run.decision_id:
+        run = _attribute(store, run)
     if run.adapter_id:
         _check_adapters(store, [run.adapter_id])
     row = _row(run)
