@@ -127,6 +127,7 @@ def _show(value: Any) -> str:
 def _finish(store, writer, tmp, record, meta, dry_run, result_fields) -> CurationResult:
     writer.close()
     if dry_run:
+        result_fields["seconds"] = round(time.perf_counter() - result_fields.pop("started"), 3)
         return CurationResult(dataset_id=None, dry_run=True, path=None, files={}, content_hash=None,
                               train_rows=writer.rows[False], test_rows=writer.rows[True], **result_fields)
     meta["counts"].update(train=writer.rows[False], test=writer.rows[True])
@@ -135,6 +136,7 @@ def _finish(store, writer, tmp, record, meta, dry_run, result_fields) -> Curatio
     final = publish(store, tmp, record, meta)
     files = {"train": str(final / "train.jsonl"), "test": str(final / "test.jsonl"), "metadata": str(final / "metadata.json")}
     result_fields["counts"].update(train=writer.rows[False], test=writer.rows[True])
+    result_fields["seconds"] = round(time.perf_counter() - result_fields.pop("started"), 3)
     return CurationResult(dataset_id=record["id"], dry_run=False, path=str(final), files=files,
                           content_hash=meta["content_hash"], train_rows=writer.rows[False],
                           test_rows=writer.rows[True], **result_fields)
@@ -177,8 +179,7 @@ def _run(store, role, kind, fmt, rows: Iterator[tuple[str, str, list[int], list[
                       for n, c in store.curation_funnel(role, filters)]
         return _finish(store, writer, tmp, record, meta, dry_run, dict(
             role=role, kind=kind, format=fmt, counts=dict(counts), mean_reward=mean, redacted=redactor.enabled,
-            redaction_counts=dict(redactor.kept), funnel=funnel, template_source=template[1],
-            seconds=round(time.perf_counter() - started, 3)))
+            redaction_counts=dict(redactor.kept), funnel=funnel, template_source=template[1], started=started))
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
