@@ -61,7 +61,7 @@ class EvalStarted(BaseModel):
 
 def dataset_dir(store: Store, dataset_id: str) -> Path:
     """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
-    row = store.get_dataset_row(dataset_id)
+    row = store.get_dataset(dataset_id)
     return Path(row["path"]) if row is not None else store.home / "datasets" / dataset_id
 
 

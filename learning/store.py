@@ -343,10 +343,6 @@ class Store:
 
     # ---- datasets -----------------------------------------------------------------------
 
-    def get_dataset_row(self, dataset_id: str) -> sqlite3.Row | None:
-        with self.read() as conn:
-            return conn.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
-
     # Curation filters become WHERE fragments here, in a fixed order that is also the order of
     # the funnel (the count of runs left after each filter). Values are always bound.
     _LENGTH = "(length(instruction) + length(input) + length(output))"

@@ -60,7 +60,7 @@ class TrainStarted(BaseModel):
 # ---- checks of each input; each returns problems instead of raising -------------------
 
 def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], dict | None]:
-    row = store.get_dataset_row(dataset_id)
+    row = store.get_dataset(dataset_id)
     if row is None:
         return [f"No dataset {dataset_id!r}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."], None
     ds = dict(row)
