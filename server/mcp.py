@@ -66,10 +66,10 @@ def _forbid_unknown_arguments(server: MCPServer) -> None:
 def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     reconcile(store)
-    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS)
-    from server import mcp_jobs, mcp_runs, mcp_train
+    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    from server import mcp_datasets, mcp_jobs, mcp_lifecycle, mcp_routing, mcp_runs, mcp_serving, mcp_train
 
-    for module in (mcp_runs, mcp_jobs, mcp_train):
+    for module in (mcp_runs, mcp_jobs, mcp_datasets, mcp_train, mcp_lifecycle, mcp_routing, mcp_serving):
         module.register(server, store)
     _forbid_unknown_arguments(server)
     return server
