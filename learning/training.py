@@ -26,6 +26,7 @@ from learning.store import Store, loads
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
 SFT_FORMATS = ("prompt_completion", "messages", "alpaca", "sharegpt")
+PREF_FORMATS = ("prompt_completion", "messages")  # TRL takes both for DPO and KTO
 MIN_ROWS = 10
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_BASE = "embedded:small"
@@ -71,8 +72,9 @@ def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tup
         need = "a preference dataset (prompt/chosen/rejected)" if method == "dpo" else \
             "a KTO dataset (prompt/completion/label)" if method == "kto" else "an SFT dataset"
         problems.append(f"Method {method} needs {need}; dataset {dataset_id} is kind {ds['kind']!r}.")
-    if method == "sft" and ds["format"] not in SFT_FORMATS:
-        problems.append(f"Dataset {dataset_id} has format {ds['format']!r}; SFT takes {', '.join(SFT_FORMATS)}.")
+    formats = SFT_FORMATS if method == "sft" else PREF_FORMATS
+    if ds["format"] not in formats:
+        problems.append(f"Dataset {dataset_id} has format {ds['format']!r}; {method} takes {', '.join(formats)}.")
     path = (store.home / ds["path"]).resolve()
     if store.home not in path.parents or not (path / "train.jsonl").is_file():
         problems.append(f"Dataset {dataset_id}'s train.jsonl is missing under {path}; make the dataset again.")

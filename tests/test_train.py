@@ -276,3 +276,14 @@ def test_presets_and_yaml_file_form(tmp_path):
     assert build_config(preset, overrides) == cfg
     with pytest.raises(InvalidInput, match="KTO needs batch_size"):
         build_config("default", {"method": "kto", "batch_size": 1})
+
+
+def test_adapter_ids_stay_unique_within_one_second(tmp_path):
+    fresh = Store(tmp_path / "ids")
+    plan = training.TrainPlan(adapter_id=registry.new_adapter_id("coder"), role="coder", dataset_id="d",
+                              base_model=BASE, method="sft", config={}, train_rows=10, steps=1, tokens_estimate=1,
+                              est_time_s=1, est_memory_mb=1, num_processes=1, resume=False)
+    params = {"base": {"kind": "embedded", "size": "tiny"}}
+    ids = [training._create_unique(fresh, plan, params, explicit=False) for _ in range(3)]
+    assert ids == [plan.adapter_id, f"{plan.adapter_id}-2", f"{plan.adapter_id}-3"]
+    assert sorted(ids) == ids
