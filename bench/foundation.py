@@ -52,7 +52,7 @@ async def stdio_latency(home: str, calls: int) -> tuple[float, float, float]:
         base = []
         for i in range(calls):
             t = time.perf_counter()
-            await client.list_tools()
+            await client.call_tool("list_jobs", {"limit": 1})
             base.append((time.perf_counter() - t) * 1000)
     return (pct(base, 0.5), pct(base, 0.99)), pct(lat, 0.5), pct(lat, 0.99)
 
@@ -116,7 +116,7 @@ def main() -> None:
     home = tempfile.mkdtemp()
     (b50, b99), p50, p99 = anyio.run(stdio_latency, home, args.calls)
     print(f"log_run over stdio ({args.calls} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms); "
-          f"baseline list_tools round trip in the same session: p50 {b50:.2f} ms, p99 {b99:.2f} ms")
+          f"baseline: a trivial read-only tool (list_jobs, limit 1) in the same session: p50 {b50:.2f} ms, p99 {b99:.2f} ms")
 
     starts = anyio.run(start_times, home, 5)
     t = time.perf_counter()
