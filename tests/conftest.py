@@ -20,7 +20,7 @@ def subprocess_env(home: Path | None = None) -> dict[str, str]:
 
 
 # The `learnloop` console script, run from this checkout (equivalent to the installed script).
-LEARNLOOP = [sys.executable, "-m", "server.cli"]
+LEARNLOOP = [sys.executable, "-m", "server"]
 
 
 def run_cli(*args: str, home: Path | None = None, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
