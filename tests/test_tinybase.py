@@ -1,0 +1,56 @@
+"""The embedded base model: builds offline, loads like any model, deterministic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_tiny_base_builds_loads_and_is_reused(store, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learning.tinybase import build_base, ensure_base
+
+    info = ensure_base(store, "tiny")
+    assert info.built and info.path.endswith("base/tiny")
+    again = ensure_base(store, "tiny")
+    assert not again.built and again.path == info.path
+
+    model = AutoModelForCausalLM.from_pretrained(info.path)
+    tok = AutoTokenizer.from_pretrained(info.path)
+    assert model.config.model_type == "llama"
+    assert tok.pad_token_id is not None and tok.eos_token_id is not None and tok.bos_token_id is not None
+    assert tok.pad_token_id != tok.eos_token_id
+    # Code round-trips exactly, whitespace included (SentencePiece with byte fallback).
+    code = "def add_k(xs):\n    return [x + 7 for x in xs]\n\n\tü ✓"
+    assert tok.decode(tok(code)["input_ids"], skip_special_tokens=True) == code
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.endswith("<|assistant|>\n")
+    out = model.generate(**tok("def f(x):", return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > 1
+
+    # Same seed, same bytes.
+    other = build_base(tmp_path / "again", "tiny")
+    assert (other / "model.safetensors").read_bytes() == (tmp_path / "home/base/tiny/model.safetensors").read_bytes()
+    assert (other / "tokenizer.model").exists()
+
+
+def test_unknown_size_is_rejected(store):
+    from learning.errors import InvalidInput
+    from learning.tinybase import ensure_base
+
+    with pytest.raises(InvalidInput, match="tiny"):
+        ensure_base(store, "huge")
+
+
+@pytest.mark.slow
+def test_init_base_cli(home):
+    result = run_cli("init-base", "--size", "tiny", "--json", home=home, timeout=300)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["built"] and info["size"] == "tiny" and info["parameters"] > 0
+    assert json.loads(run_cli("init-base", "--size", "tiny", "--json", home=home).stdout)["built"] is False
