@@ -145,13 +145,32 @@ def set_metrics(store: Store, adapter_id: str, metrics: dict[str, Any]) -> None:
         store.update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
 
 
+def record_evaluation(store: Store, adapter_id: str, metrics: dict[str, Any], reason: str,
+                      to_status: Status | None = None, data: dict | None = None, actor: str = "learnloop") -> Adapter:
+    """Store an evaluation's metrics and its event (and the gate's move, if any) in one transaction.
+    Without a move, the event keeps the status (from = to) so the history shows every evaluation."""
+    with store.write() as conn:
+        row = store.get_adapter(adapter_id, conn)
+        if row is None:
+            raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        current = row["status"]
+        target = to_status or current
+        if target != current and target not in MOVES[current]:
+            raise Conflict(f"Adapter {adapter_id} is {current}; it cannot move to {target}.")
+        store.update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
+        store.set_adapter_status(conn, adapter_id, current, target, actor, reason, data)
+    return get_adapter(store, adapter_id)
+
+
 def route_of(row) -> tuple[str, str | None, str | None]:
     return row["role"], row["task_type"], row["complexity"]
 
 
-def set_production(store: Store, adapter_id: str, actor: str, reason: str, force: bool = False) -> tuple[Adapter, str | None]:
+def set_production(store: Store, adapter_id: str, actor: str, reason: str, force: bool = False,
+                   check=None) -> tuple[Adapter, str | None]:
     """Make an adapter the production adapter of its route, archiving the one it replaces,
     in one transaction (a crash at any point leaves exactly one production adapter).
+    `check(row, old_row)`, if given, runs inside the transaction and may raise to refuse.
     Returns the adapter and the id it replaced (or None)."""
     with store.write() as conn:
         row = store.get_adapter(adapter_id, conn)
@@ -166,6 +185,8 @@ def set_production(store: Store, adapter_id: str, actor: str, reason: str, force
             raise Conflict(f"Adapter {adapter_id} is {current}: only a candidate goes to production. Evaluate it "
                            "(evaluate_adapter) so the gate makes it a candidate, or pass force to override.")
         old = store.production_for_route(conn, *route_of(row))
+        if check is not None:
+            check(row, old)
         if old is not None:
             store.set_adapter_status(conn, old["id"], "production", "archived", actor,
                                      f"replaced by {adapter_id}: {reason}", {"replaced_by": adapter_id})
