@@ -149,8 +149,8 @@ def derive_task_key(instruction: str, input_: str = "") -> str:
 
 
 def _check_json_size(run: RunIn) -> tuple[str, str]:
-    signals = dumps(run.signals.model_dump(exclude_none=True))
-    meta = dumps(run.meta)
+    signals = run.signals.model_dump_json(exclude_none=True)
+    meta = dumps(run.meta) if run.meta else "{}"
     for name, text in (("signals", signals), ("meta", meta)):
         if len(text) > LIMITS[name]:
             raise InvalidInput(f"Field '{name}' is {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}. Keep it small.")
@@ -204,9 +204,31 @@ def parse_run(data: Any) -> RunIn:
         raise InvalidInput(f"Invalid run: {format_validation_error(exc)}.") from exc
 
 
+def _attribute(store: Store, run: RunIn) -> RunIn:
+    """A run carrying a decision_id is served by the decision's adapter: check the decision
+    exists and fill adapter_id from it (None for the base model) when the run has none."""
+    decision = store.get_decision(run.decision_id)
+    if decision is None:  # it may still sit in this process's write buffer
+        from learning.router import flush_decisions
+
+        flush_decisions(store)
+        decision = store.get_decision(run.decision_id)
+    if decision is None:
+        raise InvalidInput(f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
+                           "returned, or leave it empty.")
+    if run.adapter_id is None:
+        return run.model_copy(update={"adapter_id": decision["adapter_id"]})
+    if run.adapter_id != decision["adapter_id"]:
+        raise InvalidInput(f"adapter_id {run.adapter_id!r} differs from the adapter decision {run.decision_id} chose "
+                           f"({decision['adapter_id'] or 'the base model'}); leave adapter_id empty to take the decision's.")
+    return run
+
+
 def log_run(store: Store, run: RunIn | dict) -> LogResult:
     """Store one run. Raises InvalidInput naming each bad field."""
     run = parse_run(run)
+    if run.decision_id:
+        run = _attribute(store, run)
     if run.adapter_id:
         _check_adapters(store, [run.adapter_id])
     row = _row(run)
@@ -227,6 +249,11 @@ def _lines(source: str | Path | IO[bytes] | IO[str]) -> Iterator[bytes]:
 
 
 def _parse_line(raw: bytes) -> RunIn:
+    try:
+        return RunIn.model_validate_json(raw)  # fast path: pydantic parses and validates in one go
+    except ValidationError:
+        pass
+    # Slow path, only for bad lines: find the precise reason.
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -267,7 +294,7 @@ def import_runs(
         if batch_errors and not skip_invalid:
             first_line = batch[0][0] if batch else batch_errors[0].line
             first_line = min(first_line, batch_errors[0].line)
-            shown = "; ".join(f"line {e.line}: {e.error}" for e in batch_errors[:10])
+            shown = "; ".join(f"line {e.line}: {e.error.rstrip('.')}" for e in batch_errors[:10])
             raise InvalidInput(
                 f"Import stopped at a bad batch: {shown}. {imported} runs from earlier batches were "
                 f"imported; nothing from line {first_line} on was written. Fix the line(s) and re-run "

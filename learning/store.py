@@ -125,6 +125,64 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_status ON jobs(status, created);
     """,
+    # 3: routing decisions, experiments, drift checks, deployments (deployments are written by export)
+    """
+    CREATE TABLE decisions (
+        id TEXT PRIMARY KEY,
+        ts REAL NOT NULL,
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        task_key TEXT,
+        adapter_id TEXT,
+        route TEXT NOT NULL,
+        experiment_id TEXT,
+        arm TEXT
+    );
+    CREATE INDEX decisions_experiment ON decisions(experiment_id, arm);
+
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        candidate_id TEXT NOT NULL,
+        control_id TEXT,
+        mode TEXT NOT NULL,
+        fraction REAL,
+        seed INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        created REAL NOT NULL,
+        stopped REAL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    -- At most one running experiment per route.
+    CREATE UNIQUE INDEX experiments_one_running
+        ON experiments(role, ifnull(task_type, ''), ifnull(complexity, ''))
+        WHERE status = 'running';
+
+    CREATE TABLE drift_checks (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        role TEXT,
+        new_id TEXT,
+        old_id TEXT,
+        decision TEXT NOT NULL,
+        result TEXT NOT NULL
+    );
+    CREATE INDEX drift_checks_role ON drift_checks(role, id);
+
+    CREATE TABLE IF NOT EXISTS deployments (
+        id TEXT PRIMARY KEY,
+        adapter_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        url TEXT,
+        served_name TEXT,
+        created REAL NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS deployments_adapter ON deployments(adapter_id, created);
+    """,
 ]
 
 RUN_COLUMNS = (
@@ -225,11 +283,17 @@ class Store:
 
     def insert_runs(self, rows: Iterable[tuple], conn: sqlite3.Connection | None = None) -> list[int]:
         """Insert rows (tuples in RUN_COLUMNS order) in one transaction; returns their ids."""
+        if conn is None:
+            with self.write() as conn:
+                return self.insert_runs(rows, conn)
+        rows = list(rows)
         sql = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
-        if conn is not None:
-            return [conn.execute(sql, row).lastrowid for row in rows]
-        with self.write() as conn:
-            return [conn.execute(sql, row).lastrowid for row in rows]
+        if len(rows) == 1:
+            return [conn.execute(sql, rows[0]).lastrowid]
+        # Inside one write transaction ids are consecutive: nobody else can insert meanwhile.
+        first = (conn.execute("SELECT ifnull(max(id), 0) FROM runs").fetchone()[0]) + 1
+        conn.executemany(sql, rows)
+        return list(range(first, first + len(rows)))
 
     def get_run(self, run_id: int) -> sqlite3.Row | None:
         with self.read() as conn:
@@ -386,3 +450,131 @@ class Store:
             return conn.execute(sql, args).rowcount > 0
 
     # ---- routes, decisions and deployments ----------------------------------------------
+
+    def route_token(self, conn: sqlite3.Connection) -> tuple:
+        """Changes whenever an adapter moves (every move writes an event) or an experiment
+        starts or stops: the router's cache key."""
+        return tuple(conn.execute(
+            "SELECT (SELECT ifnull(max(id), 0) FROM adapter_events), (SELECT count(*) FROM experiments), "
+            "(SELECT count(stopped) FROM experiments)").fetchone())
+
+    def route_table(self, conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+        """Production adapters, running experiments, and each role's latest base model."""
+        production = conn.execute("SELECT id, role, task_type, complexity, base_model, path FROM adapters "
+                                  "WHERE status = 'production'").fetchall()
+        experiments = conn.execute("SELECT * FROM experiments WHERE status = 'running'").fetchall()
+        bases = conn.execute("SELECT role, base_model FROM adapters a WHERE created = "
+                             "(SELECT max(created) FROM adapters b WHERE b.role = a.role)").fetchall()
+        return production, experiments, bases
+
+    def adapter_brief(self, conn: sqlite3.Connection, adapter_id: str) -> sqlite3.Row | None:
+        return conn.execute("SELECT id, role, task_type, complexity, base_model, path, status FROM adapters "
+                            "WHERE id = ?", (adapter_id,)).fetchone()
+
+    def insert_decision(self, conn: sqlite3.Connection, row: tuple) -> None:
+        """row: (id, ts, role, task_type, complexity, task_key, adapter_id, route, experiment_id, arm)."""
+        conn.execute("INSERT INTO decisions (id, ts, role, task_type, complexity, task_key, adapter_id, route, "
+                     "experiment_id, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def get_decision(self, decision_id: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+
+    def experiment_arm_rewards(self, conn: sqlite3.Connection, experiment_id: str) -> list[sqlite3.Row]:
+        """Runs attributed (through their decision) to each arm of an experiment: count and reward sum."""
+        return conn.execute(
+            "SELECT d.arm AS arm, count(r.id) AS runs, ifnull(sum(r.reward), 0) AS reward_sum "
+            "FROM decisions d JOIN runs r ON r.decision_id = d.id WHERE d.experiment_id = ? GROUP BY d.arm",
+            (experiment_id,)).fetchall()
+
+    def insert_experiment(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+        cols = list(row)
+        conn.execute(f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     [row[c] for c in cols])
+
+    def get_experiment(self, experiment_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+        with self.read() as c:
+            return (conn or c).execute("SELECT * FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+
+    def running_experiment(self, conn: sqlite3.Connection, role: str, task_type: str | None,
+                           complexity: str | None) -> sqlite3.Row | None:
+        return conn.execute(
+            "SELECT * FROM experiments WHERE status = 'running' AND role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+            "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+    def stop_experiment(self, conn: sqlite3.Connection, experiment_id: str, reason: str) -> None:
+        conn.execute("UPDATE experiments SET status = 'stopped', stopped = ?, reason = ? WHERE id = ?",
+                     (time.time(), reason, experiment_id))
+
+    def list_experiments(self, role: str | None = None) -> list[sqlite3.Row]:
+        with self.read() as conn:
+            if role:
+                return conn.execute("SELECT * FROM experiments WHERE role = ? ORDER BY created DESC", (role,)).fetchall()
+            return conn.execute("SELECT * FROM experiments ORDER BY created DESC").fetchall()
+
+    def latest_deployment(self, adapter_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+        """The newest deployment of an adapter that is not failed or removed."""
+        sql = ("SELECT * FROM deployments WHERE adapter_id = ? AND status NOT IN ('failed', 'removed') "
+               "ORDER BY created DESC LIMIT 1")
+        with self.read() as c:
+            return (conn or c).execute(sql, (adapter_id,)).fetchone()
+
+    def arm_rewards(self, role: str | None, adapter_id: str | None, task_type: str | None = None,
+                    complexity: str | None = None, start: float | None = None, end: float | None = None,
+                    last_n: int | None = None, experiment_id: str | None = None) -> list[tuple[float, float]]:
+        """(ts, reward) of the runs served by one adapter (None: the base model, which needs a role),
+        oldest first; optionally only runs of a route, a time window, the last N, or one experiment."""
+        where, args = ["r.adapter_id IS ?"], [adapter_id]
+        for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if start is not None:
+            where.append("r.ts >= ?")
+            args.append(start)
+        if end is not None:
+            where.append("r.ts < ?")
+            args.append(end)
+        join = ""
+        if experiment_id is not None:
+            join = "JOIN decisions d ON d.id = r.decision_id"
+            where.append("d.experiment_id = ?")
+            args.append(experiment_id)
+        sql = f"SELECT r.ts, r.reward FROM runs r {join} WHERE {' AND '.join(where)} ORDER BY r.ts DESC, r.id DESC"
+        if last_n is not None:
+            sql += " LIMIT ?"
+            args.append(last_n)
+        with self.read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [(r[0], r[1]) for r in reversed(rows)]
+
+    def role_rewards(self, role: str) -> list[sqlite3.Row]:
+        """(ts, reward, adapter_id) of every run of a role, oldest first (for the report)."""
+        with self.read() as conn:
+            return conn.execute("SELECT ts, reward, adapter_id FROM runs WHERE role = ? ORDER BY ts, id",
+                                (role,)).fetchall()
+
+    def role_known(self, role: str) -> bool:
+        with self.read() as conn:
+            return conn.execute("SELECT EXISTS(SELECT 1 FROM adapters WHERE role = ?) "
+                                "OR EXISTS(SELECT 1 FROM runs WHERE role = ?)", (role, role)).fetchone()[0] == 1
+
+    def known_roles(self) -> list[str]:
+        with self.read() as conn:
+            return [r[0] for r in conn.execute("SELECT role FROM adapters UNION SELECT DISTINCT role FROM runs "
+                                               "ORDER BY 1 LIMIT 50")]
+
+    def last_production_event(self, adapter_id: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM adapter_events WHERE adapter_id = ? AND to_status = 'production' "
+                                "ORDER BY id DESC LIMIT 1", (adapter_id,)).fetchone()
+
+    def insert_drift_check(self, ts: float, role: str | None, new_id: str | None, old_id: str | None,
+                           decision: str, result: str) -> None:
+        with self.write() as conn:
+            conn.execute("INSERT INTO drift_checks (ts, role, new_id, old_id, decision, result) VALUES (?, ?, ?, ?, ?, ?)",
+                         (ts, role, new_id, old_id, decision, result))
+
+    def latest_drift_check(self, role: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM drift_checks WHERE role = ? ORDER BY id DESC LIMIT 1", (role,)).fetchone()

@@ -66,10 +66,10 @@ def _forbid_unknown_arguments(server: MCPServer) -> None:
 def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     reconcile(store)
-    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS)
-    from server import mcp_jobs, mcp_runs
+    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    from server import mcp_jobs, mcp_routing, mcp_runs
 
-    for module in (mcp_runs, mcp_jobs):
+    for module in (mcp_runs, mcp_jobs, mcp_routing):
         module.register(server, store)
     _forbid_unknown_arguments(server)
     return server

@@ -1,0 +1,137 @@
+"""Foundation figures: log_run latency over stdio, import throughput, server start-up,
+and concurrent writers. Run: python bench/foundation.py [--runs 100000]"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from learning.runs import import_runs  # noqa: E402
+from learning.store import Store  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+RUN = {"role": "coder", "instruction": "write add(a, b)", "output": "def add(a, b):\n    return a + b\n",
+       "reward": 0.9, "signals": {"compiled": True, "tests_passed": 4, "tests_total": 5, "iterations": 2}}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def server_params(home: str) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=["-m", "server", "serve", "--home", home], env=ENV, cwd=str(ROOT))
+
+
+async def stdio_latency(home: str, calls: int) -> tuple[float, float, float]:
+    started = time.perf_counter()
+    async with Client(server_params(home)) as client:
+        start_s = time.perf_counter() - started
+        for _ in range(20):  # warm-up
+            await client.call_tool("log_run", RUN)
+        lat = []
+        for i in range(calls):
+            t = time.perf_counter()
+            result = await client.call_tool("log_run", {**RUN, "output": f"v{i}"})
+            lat.append((time.perf_counter() - t) * 1000)
+            assert not result.is_error
+        base = []
+        for i in range(calls):
+            t = time.perf_counter()
+            await client.list_tools()
+            base.append((time.perf_counter() - t) * 1000)
+    return (pct(base, 0.5), pct(base, 0.99)), pct(lat, 0.5), pct(lat, 0.99)
+
+
+async def start_times(home: str, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        async with Client(server_params(home)) as client:
+            times.append(time.perf_counter() - t)
+            await client.list_tools()
+    return times
+
+
+def import_throughput(n: int) -> float:
+    home = tempfile.mkdtemp()
+    path = Path(home) / "runs.jsonl"
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({**RUN, "output": f"def add{i}(a, b): return a + b", "task_key": f"k{i % 5000}"}) + "\n")
+    store = Store(home)
+    t = time.perf_counter()
+    result = import_runs(store, path)
+    seconds = time.perf_counter() - t
+    assert result.imported == n and store.count_runs() == n
+    return n / seconds
+
+
+WRITER = r"""
+import io, json, sys
+from learning.store import Store
+from learning.runs import log_run, import_runs
+store = Store(sys.argv[1]); w = int(sys.argv[2]); n = int(sys.argv[3])
+for i in range(n):
+    log_run(store, {"role": "coder", "output": f"w{w}-{i}", "reward": 0.5})
+import_runs(store, io.StringIO("\n".join(json.dumps({"role": "coder", "output": f"w{w}-i{i}", "reward": 1.0})
+                                         for i in range(n * 10))), batch_size=100)
+"""
+
+
+def concurrent_writers(workers: int, per_worker: int) -> tuple[int, int, float]:
+    home = tempfile.mkdtemp()
+    Store(home).count_runs()  # create the schema once
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, home, str(w), str(per_worker)], env=ENV, cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for w in range(workers)]
+    errors = [p.communicate()[1] for p in procs]
+    seconds = time.perf_counter() - t
+    for p, err in zip(procs, errors):
+        if p.returncode:
+            print(err, file=sys.stderr)
+    return workers * per_worker * 11, Store(home).count_runs(), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+
+    home = tempfile.mkdtemp()
+    (b50, b99), p50, p99 = anyio.run(stdio_latency, home, args.calls)
+    print(f"log_run over stdio ({args.calls} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms); "
+          f"baseline list_tools round trip in the same session: p50 {b50:.2f} ms, p99 {b99:.2f} ms")
+
+    starts = anyio.run(start_times, home, 5)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import mcp.server.mcpserver"], check=True, env=ENV)
+    import_mcp = time.perf_counter() - t
+    print(f"server start to initialized: median {statistics.median(starts):.2f} s over 5 starts "
+          f"(baseline: `import mcp.server.mcpserver` alone {import_mcp:.2f} s; target < 1.5 s, no torch)")
+
+    rate = import_throughput(args.runs)
+    print(f"import_runs of {args.runs:,} runs: {rate:,.0f} runs/s (target > 20,000/s)")
+
+    sent, written, seconds = concurrent_writers(4, 250)
+    print(f"4 concurrent writer processes: {written:,} runs written of {sent:,} sent in {seconds:.1f} s "
+          f"({'equal' if sent == written else 'LOST RUNS'})")
+
+
+if __name__ == "__main__":
+    main()
