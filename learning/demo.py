@@ -50,12 +50,14 @@ class DemoConfig(BaseModel):
     learning_rate: float = 2e-3
     preset: str = "default"
     max_new_tokens: int = 40
+    eval_examples: int = Field(200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
+    eval_generate: int = Field(32, description="Test prompts evaluate_adapter answers with both models.")
     batch_size: int = 32
     seed: int = 0
 
 
 QUICK = DemoConfig(base_size="tiny", coder_tasks=40, fixer_tasks=12, judge_tasks=12, base_samples=8,
-                   heldout_tasks=15, max_steps=8, max_new_tokens=24)
+                   heldout_tasks=15, max_steps=8, max_new_tokens=24, eval_examples=16, eval_generate=4)
 
 
 class StageReport(BaseModel):
@@ -207,54 +209,56 @@ def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -
         from learning.evaluate import evaluate_adapter
     except ImportError as exc:
         raise StageTodo("evaluate_adapter (learning/evaluate.py) is not in this build") from exc
-    started = evaluate_adapter(store, state["adapter_id"])
+    started = evaluate_adapter(store, state["adapter_id"], max_examples=cfg.eval_examples,
+                               max_generate=cfg.eval_generate, max_new_tokens=cfg.max_new_tokens,
+                               batch_size=cfg.batch_size)
     status = _follow(store, started.job_id, "evaluate", report)
     state["eval"] = status.result or {}
     return {"job_id": started.job_id, **state["eval"]}
 
 
 def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    try:
-        from learning.lifecycle import promote
-    except ImportError as exc:
-        raise StageTodo("promote (learning/lifecycle.py) is not in this build") from exc
+    from learning.lifecycle import promote
     from learning.registry import get_adapter
 
     adapter = get_adapter(store, state["adapter_id"])
     if adapter.status != "candidate":
         return {"promoted": False, "status": adapter.status,
-                "reason": "the evaluation gate did not pass; the demo still compares it with the base"}
-    # The demo stands in for the person who confirms the promotion.
-    res = promote(store, state["adapter_id"], to="production", confirm=True, reason="learnloop demo")
-    return {"promoted": True, "status": "production", "replaced": getattr(res, "replaced", None)}
+                "reason": "the evaluation gate did not pass, so the adapter stays out of production; "
+                          "the held-out stage still compares it with the base"}
+    # The demo stands in for the person who confirms a promotion to production.
+    res = promote(store, state["adapter_id"], to="production", reason="learnloop demo: gate passed", actor=AGENT)
+    return {"promoted": True, "status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
+
+
+def _route(store: Store, tasks: list[codeenv.Task], fallback: str | None) -> tuple[list[Any], str | None]:
+    """select_adapter for every task; the adapter the route gives (or the trained one when the
+    route has no production adapter, so the comparison still happens)."""
+    from learning.router import select_adapter
+
+    decisions = [select_adapter(store, role="coder", task_type=t.family, task_key=t.key) for t in tasks]
+    routed = {d.adapter_id for d in decisions} - {None}
+    return decisions, (routed.pop() if len(routed) == 1 else fallback)
 
 
 def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
     from learning.generate import load_model, without_adapter
     from learning.registry import get_adapter
 
-    decision = None
-    try:
-        from learning.router import select_adapter
-    except ImportError:
-        select_adapter = None  # TODO(wire): route through select_adapter once learning/router.py lands
-    if select_adapter is not None:
-        decision = select_adapter(store, role="coder")
-        adapter_id = decision.adapter_id
-    else:
-        adapter_id = state.get("adapter_id")
+    state["heldout_started"] = time.time()
     tasks = codeenv.make_tasks(cfg.heldout_tasks, "heldout", "coder", seed=cfg.seed + 1)
-    adapter_path = get_adapter(store, adapter_id).path if adapter_id else None
-    report("heldout", f"{len(tasks)} held-out tasks: adapter {adapter_id or '(none)'} and base")
-    model, tok = load_model(state["base"], adapter_path)
+    decisions, adapter_id = _route(store, tasks, state.get("adapter_id"))
+    report("heldout", f"{len(tasks)} held-out tasks routed to {adapter_id or 'the base model'}")
+    model, tok = load_model(state["base"], get_adapter(store, adapter_id).path if adapter_id else None)
     adapter_answers, adapter_scores = _answer_and_score(model, tok, tasks, cfg)
     with without_adapter(model):
         base_answers, base_scores = _answer_and_score(model, tok, tasks, cfg)
-    decision_id = getattr(decision, "decision_id", None)
-    records = [codeenv.run_record(t, a, s, agent=AGENT, model=Path(state["base"]).name, adapter_id=adapter_id,
-                                  decision_id=decision_id, source="heldout-adapter")
-               for t, a, s in zip(tasks, adapter_answers, adapter_scores)]
-    records += [codeenv.run_record(t, a, s, agent=AGENT, model=Path(state["base"]).name, source="heldout-base")
+    name = Path(state["base"]).name
+    records = [codeenv.run_record(t, a, s, agent=AGENT, model=name, adapter_id=adapter_id,
+                                  decision_id=d.decision_id if d.adapter_id == adapter_id else None,
+                                  source="heldout-adapter")
+               for t, a, s, d in zip(tasks, adapter_answers, adapter_scores, decisions)]
+    records += [codeenv.run_record(t, a, s, agent=AGENT, model=name, source="heldout-base")
                 for t, a, s in zip(tasks, base_answers, base_scores)]
     logged = _log_runs(store, records)
     state["executions"] = state.get("executions", 0) + 2 * len(tasks)
@@ -266,18 +270,19 @@ def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
     state["heldout"] = {"base": _rates(base_scores), "adapter": _rates(adapter_scores), "by_family": fams}
     samples = [{"task": t.instruction, "base": b, "adapter": a} for t, b, a in
                list(zip(tasks, base_answers, adapter_answers))[:3]]
-    return {"adapter_id": adapter_id, "decision_id": decision_id, "runs_logged": logged,
-            "routed": decision is not None, **state["heldout"], "samples": samples}
+    return {"adapter_id": adapter_id, "routed_to_adapter": sum(d.adapter_id == adapter_id for d in decisions),
+            "runs_logged": logged, **state["heldout"], "samples": samples}
 
 
 def stage_drift(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    try:
-        from learning.drift import detect_drift
-    except ImportError as exc:
-        raise StageTodo("detect_drift (learning/drift.py) is not in this build") from exc
-    res = detect_drift(store, role="coder", new=state["adapter_id"], old=None)
+    from learning.drift import detect_drift
+
+    # Only the held-out runs: the population's reference answers must not count as the base's.
+    res = detect_drift(store, role="coder", new_id=state["adapter_id"], since=state["heldout_started"],
+                       min_runs=min(30, cfg.heldout_tasks))
     state["drift"] = res.decision
-    return res.model_dump(mode="json")
+    return {"decision": res.decision, "message": res.message, "relative_change": res.relative_change,
+            "p_value": res.p_value}
 
 
 STAGES: list[tuple[str, Callable]] = [

@@ -19,19 +19,6 @@ def _num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def find_metric(data: Any, *names: str) -> float | None:
-    """The first numeric value under any of `names`, searched depth-first through dicts."""
-    if isinstance(data, dict):
-        for name in names:
-            if name in data and _num(data[name]) is not None:
-                return _num(data[name])
-        for value in data.values():
-            found = find_metric(value, *names)
-            if found is not None:
-                return found
-    return None
-
-
 def loss_curve(adapter_dir: Path) -> list[tuple[float, float]]:
     """(step, training loss) points from the adapter's metadata or its trainer logs."""
     candidates = [adapter_dir / "metadata.json", *sorted(adapter_dir.glob("**/trainer_state.json"))]
@@ -114,17 +101,15 @@ def finish_summary(store: Store, cfg, state: dict, stages: list, quick: bool):
         s.by_family = held.get("by_family", {})
     s.adapter_beat_base, s.verdict = verdict(s.base_pass_rate, s.adapter_pass_rate, s.heldout_tasks)
     ev = state.get("eval") or {}
-    s.eval_loss_base = find_metric(ev.get("base", ev), "eval_loss_base", "eval_loss")
-    s.eval_loss_adapter = find_metric(ev.get("adapter", ev), "eval_loss_adapter", "eval_loss")
-    gate = ev.get("gate") if isinstance(ev.get("gate"), dict) else None
-    s.gate_passed = gate.get("passed") if gate else ev.get("gate_passed")
+    s.eval_loss_base, s.eval_loss_adapter = _num(ev.get("base_eval_loss")), _num(ev.get("eval_loss"))
+    s.gate_passed = ev.get("gate_passed")
     s.drift_decision = state.get("drift")
-    if s.adapter_id:
-        from learning.registry import get_adapter
+    from learning.registry import get_adapter
 
+    if s.adapter_id:
         s.adapter_status = get_adapter(store, s.adapter_id).status
     population = next((st.detail.get("by_source", {}) for st in stages if st.name == "population"), {})
-    curve = loss_curve(Path(store.home) / "adapters" / s.adapter_id) if s.adapter_id else []
+    curve = loss_curve(Path(get_adapter(store, s.adapter_id).path)) if s.adapter_id else []
     try:
         s.plot_path = str(plot(out / "demo.png", curve, held, population))
     except Exception as exc:  # a plot must never cost the figures
