@@ -15,7 +15,7 @@ COMPLETION = "def f():\n    return {n}\n"
 
 def toy_rows(start: int, count: int) -> list[dict]:
     return [{"prompt": PROMPT.format(n=n), "completion": COMPLETION.format(n=n),
-             "signals": {"tests": [f"assert f() == {n}"]}} for n in range(start, start + count)]
+             "signals": {"tests": ["assert isinstance(f(), int)"]}} for n in range(start, start + count)]
 
 
 def build_base(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
