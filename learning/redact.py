@@ -1,0 +1,249 @@
+"""Redaction: keep secrets and personal data out of every dataset.
+
+`redact(text)` replaces what it finds with a typed placeholder and counts it:
+
+  [API_KEY]      provider keys: AWS access key ids, GCP API keys / OAuth secrets / tokens,
+                 Azure storage account keys and client secrets, GitHub, GitLab, Slack (tokens
+                 and webhooks), Stripe, OpenAI, Anthropic, Hugging Face
+  [JWT]          JSON web tokens (eyJ....eyJ....sig)
+  [PRIVATE_KEY]  PEM private key blocks (RSA, EC, OpenSSH, PKCS#8, PGP), also inside JSON strings
+  [PASSWORD]     the password of a URL (scheme://user:PASSWORD@host) and of a connection
+                 string (...;Password=PASSWORD;...)
+  [TOKEN]        token-like URL query values (?token=, access_token=, api_key=, sig=, ...) and
+                 Authorization header values (Bearer / Basic)
+  [SECRET]       a high-entropy value assigned to a name like *secret*, *token*, *password*,
+                 api_key, access_key, private_key (code, .env, YAML, JSON, CLI flags)
+  [EMAIL]        e-mail addresses
+  [PHONE]        phone numbers written with separators (+44 20 7946 0958, (555) 123-4567)
+
+Judgement calls (ordinary code must survive untouched):
+- Hashes stay. Hex digests and base64 integrity strings in lockfiles (poetry.lock, Cargo.lock,
+  package-lock.json, go.sum), git SHAs, UUIDs and image digests are public content ids, not
+  secrets, and a model should learn what lockfiles look like. Only a value assigned to a
+  secret-like *name* is redacted, whatever its alphabet (`secret_key = "<64 hex>"` goes).
+- The generic rule looks at names and values together: `token = get_token()`,
+  `password=password`, `api_key: str = Field(...)`, `os.environ["API_KEY"]` stay; a quoted or
+  bare value is redacted only if it has at least 8 characters mixing letters and digits, or
+  at least 16 characters of high entropy. Bare names like `key` or `sort_key` are not
+  secret-like names.
+- E-mail top-level domains must be a common generic TLD or two letters, so Python matmul
+  (`q@k.transpose`) and decorators stay; `git@host` (an SSH remote, not a person) stays.
+- Phone numbers need separators and 10-15 digits; dates, versions, IP addresses and plain
+  integers stay.
+- Provider keys need their documented prefix and a boundary before it (`task-...` is not an
+  OpenAI key).
+
+Speed: each rule family runs only when a cheap substring pre-check passes, and the provider
+keys run as one combined pattern whose alternatives all start with a literal, so the regex
+engine skips ahead with a character-set scan.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+
+TYPES = ("API_KEY", "JWT", "PRIVATE_KEY", "PASSWORD", "TOKEN", "SECRET", "EMAIL", "PHONE")
+
+_WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_NAME_CHARS = frozenset(_WORD | {".", "-"})
+_LOCAL_CHARS = frozenset(_WORD | {".", "%", "+", "-"})
+
+# Provider keys and JWTs. No groups and every alternative starts with a literal (see Speed).
+_PROVIDER = re.compile(
+    r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}"                       # AWS access key ids
+    r"|AIza[0-9A-Za-z_-]{35}|GOCSPX-[0-9A-Za-z_-]{20,}"          # GCP API key, OAuth client secret
+    r"|ya29\.[0-9A-Za-z_-]{20,}"                                # GCP OAuth access token
+    r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}"  # GitHub
+    r"|glpat-[0-9A-Za-z_-]{20,}|gldt-[0-9A-Za-z_-]{20,}|glrt-[0-9A-Za-z_-]{20,}"  # GitLab
+    r"|xox[abposr]-[0-9A-Za-z-]{10,}|xapp-\d-[0-9A-Za-z-]{10,}"  # Slack tokens
+    r"|hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,}"           # Slack webhook
+    r"|sk_live_[0-9A-Za-z]{16,}|sk_test_[0-9A-Za-z]{16,}|rk_live_[0-9A-Za-z]{16,}"
+    r"|rk_test_[0-9A-Za-z]{16,}|pk_live_[0-9A-Za-z]{16,}|whsec_[0-9A-Za-z]{24,}"  # Stripe
+    r"|sk-ant-[0-9A-Za-z_-]{20,}"                               # Anthropic
+    r"|sk-[0-9A-Za-z_-]{20,}"                                   # OpenAI (sk-, sk-proj-, ...)
+    r"|hf_[A-Za-z0-9]{30,}"                                     # Hugging Face
+    r"|eyJ[0-9A-Za-z_-]{8,}\.eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]*"  # JWT
+)
+# Gate for _PROVIDER: the prefixes alone, written as a trie so that the engine rejects most
+# positions after one character (2-3x faster than the flat alternation above).
+_PROVIDER_PREFIX = re.compile(r"A(?:KIA|SIA|Iza)|GOCSPX-|ya29\.|g(?:h[pousr]_|ithub_pat_|l(?:pat|dt|rt)-)"
+                              r"|x(?:ox[abposr]-|app-)|h(?:ooks\.slack\.com|f_)|rk_(?:live|test)_"
+                              r"|s(?:k(?:_(?:live|test)_|-))|pk_live_|whsec_|eyJ")
+# Azure AD client secrets (xxx8Q~...) and storage account keys inside connection strings.
+_AZURE_CLIENT = re.compile(r"(?<![\w~.-])[\w~.-]{3}\dQ~[\w~.-]{31,34}(?![\w~.-])")
+_AZURE_ACCOUNT = re.compile(r"(AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{30,}={0,2})")
+_PEM = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----"
+                  r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:-]*)", re.S)
+_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>]{1,256})@(?=[\w.\[-])")
+_URL_QUERY = re.compile(
+    r"(?i)[?&;]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
+    r"|secret|client_secret|password|passwd|pwd|x-amz-signature|x-amz-credential|x-amz-security-token)"
+    r"=([^&#\s'\"<>{}()$]{6,})")
+_AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic)|T(?:oken|OKEN)|token)[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
+_CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()]{1,256})(?=;|[\"']|$)", re.M)
+# Generic assignments: the name is found by plain substring search (_SECRET_WORDS), widened to
+# the whole name, checked against _NAME, then the assignment and value are matched after it.
+_SECRET_WORDS = ("secret", "token", "passw", "pwd", "credential", "key")
+_NAME = re.compile(r"(?i)-{0,2}[A-Za-z0-9_.-]*(?:secret|token|passw(?:or)?d|passphrase|pwd|credentials?|api[_-]?key"
+                   r"|apikey|(?:access|private|auth|account|signing|encryption|master|client|session)[_-]?key)"
+                   r"[A-Za-z0-9_]*")
+_ASSIGN_TAIL = re.compile(r"(['\"]?[ \t]*(?::=|=>|[:=])[ \t]*)(?:(['\"])([^'\"\n\\]{1,512})\2|([^\s'\"`,;(){}\[\]]{1,512}))")
+_EMAIL_DOMAIN = re.compile(
+    r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+)"
+    r"(com|org|net|edu|gov|mil|int|io|ai|dev|app|info|biz|me|tech|cloud|online|site|xyz|email|mail"
+    r"|name|pro|inc|company|team|[a-z]{2})(?![\w-]|\.\w)", re.I)
+# Gate for _PHONE: literal-led pieces every phone number contains; _PHONE then runs in a window.
+_PHONE_GATE = re.compile(r"-\d{3}[-.]\d{4}|\.\d{3}[-.]\d{4}|\+\d{1,3}[ .(-]|\(\d{3}\)[ ]?\d{3}[ .-]\d{4}")
+_PHONE = re.compile(
+    r"(?<![\w.+/-])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"
+    r"|\(\d{3}\)[ ]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w.-]*\d)")
+
+_PLACEHOLDER_VALUES = {"changeme", "password", "secret", "token", "none", "null", "true", "false", "undefined"}
+
+
+def entropy(value: str) -> float:
+    """Shannon entropy in bits per character."""
+    counts = Counter(value)
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def looks_secret(value: str) -> bool:
+    """Is a value assigned to a secret-like name a real secret (not a name, a call, a template)?"""
+    v = value.strip()
+    if len(v) < 8 or v.lower() in _PLACEHOLDER_VALUES or v.startswith("[") or "{" in v or "$" in v:
+        return False
+    if re.fullmatch(r"[A-Za-z_][A-Za-z_.]*(?:\(\)?)?", v):  # identifiers, dotted names: settings.API_KEY
+        return False
+    if re.fullmatch(r"[xX*.•<>_-]+|<[^>]*>|your[\w-]*|\w*_?here", v):  # placeholders: xxxx, <token>, your-key-here
+        return False
+    has_digit = any(c.isdigit() for c in v)
+    has_alpha = any(c.isalpha() for c in v)
+    if has_digit and has_alpha:
+        return True
+    return len(v) >= 16 and entropy(v) >= 3.5
+
+
+class Redactor:
+    """Redacts texts; counts what it redacted, by type, across every call."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def _count(self, kind: str) -> str:
+        self.counts[kind] += 1
+        return f"[{kind}]"
+
+    def _provider(self, m: re.Match) -> str:
+        start = m.start()
+        if start and m.string[start - 1] in _WORD:  # inside a longer word: not a key
+            return m.group(0)
+        return self._count("JWT" if m.group(0).startswith("eyJ") else "API_KEY")
+
+    def _header(self, m: re.Match) -> str:
+        if m.start() and m.string[m.start() - 1] in _WORD:
+            return m.group(0)
+        return f"{m.group(1)} {self._count('TOKEN')}" if looks_secret(m.group(2)) else m.group(0)
+
+    def __call__(self, text: str) -> str:
+        """The text with every secret and personal datum replaced by its placeholder."""
+        if not text:
+            return text
+        c = self._count
+        if "PRIVATE KEY" in text:
+            text = _PEM.sub(lambda m: c("PRIVATE_KEY"), text)
+        if _PROVIDER_PREFIX.search(text):
+            text = _PROVIDER.sub(self._provider, text)
+        if "Q~" in text:
+            text = _AZURE_CLIENT.sub(lambda m: c("API_KEY"), text)
+        if "Key=" in text:
+            text = _AZURE_ACCOUNT.sub(lambda m: f"{m.group(1)}={c('API_KEY')}", text)
+        if "://" in text:
+            text = _URL_USERINFO.sub(lambda m: f"://{m.group(1)}:{c('PASSWORD')}@", text)
+        if "=" in text and ("?" in text or "&" in text or ";" in text):
+            text = _URL_QUERY.sub(lambda m: f"{m.group(0)[0]}{m.group(1)}={c('TOKEN')}", text)
+        if "ssword=" in text or "SSWORD=" in text or "wd=" in text or "WD=" in text:
+            text = _CONN_PASSWORD.sub(lambda m: m.group(0)[: m.start(2) - m.start()] + c("PASSWORD"), text)
+        if "earer " in text or "asic " in text or "oken " in text or "EARER " in text or "ASIC " in text:
+            text = _AUTH_HEADER.sub(self._header, text)
+        text = self._assignments(text)
+        if "@" in text:
+            text = self._emails(text)
+        if _PHONE_GATE.search(text):
+            text = self._phones(text)
+        return text
+
+    def _phones(self, text: str) -> str:
+        parts, pos = [], 0
+        for gate in _PHONE_GATE.finditer(text):
+            if gate.start() < pos:
+                continue
+            m = _PHONE.search(text, max(pos, gate.start() - 16), gate.end() + 48)
+            if m and m.end() <= len(text) and 10 <= sum(c.isdigit() for c in m.group(0)) <= 15:
+                parts += [text[pos:m.start()], self._count("PHONE")]
+                pos = m.end()
+        return "".join(parts) + text[pos:] if parts else text
+
+    def _assignments(self, text: str) -> str:
+        low = text.lower()
+        if len(low) != len(text):  # a few non-ASCII letters change length when lowered
+            low = text.translate(_ASCII_LOWER)
+        spans: dict[int, tuple[int, int]] = {}  # name start -> (value start, value end)
+        for word in _SECRET_WORDS:
+            i = low.find(word)
+            while i >= 0:
+                start, end = i, i + len(word)
+                while start > 0 and text[start - 1] in _NAME_CHARS and i - start < 64:
+                    start -= 1
+                while end < len(text) and text[end] in _WORD:
+                    end += 1
+                i = low.find(word, end)
+                if start in spans or (start > 0 and text[start - 1] in _WORD) or not _NAME.fullmatch(text, start, end):
+                    continue
+                m = _ASSIGN_TAIL.match(text, end)
+                if not m:
+                    continue
+                group = 3 if m.group(3) is not None else 4
+                if group == 4 and text[m.end():m.end() + 1] in ("(", "["):  # a call or a subscript
+                    continue
+                if looks_secret(m.group(group)):
+                    spans[start] = (m.start(group), m.end(group))
+        if not spans:
+            return text
+        parts, pos = [], 0
+        for vs, ve in sorted(spans.values()):
+            if vs < pos:
+                continue
+            parts += [text[pos:vs], self._count("SECRET")]
+            pos = ve
+        return "".join(parts) + text[pos:]
+
+    def _emails(self, text: str) -> str:
+        parts, pos, i = [], 0, text.find("@")
+        while i >= 0:
+            start = i
+            while start > 0 and text[start - 1] in _LOCAL_CHARS and i - start < 64:
+                start -= 1
+            while start < i and not text[start].isalnum():  # a local part starts with a letter or digit
+                start += 1
+            m = _EMAIL_DOMAIN.match(text, i + 1)
+            if m and start < i and start >= pos and text[start:i].lower() != "git":  # git@host: an SSH remote
+                parts += [text[pos:start], self._count("EMAIL")]
+                pos = m.end()
+            i = text.find("@", max(i + 1, pos))
+        return "".join(parts) + text[pos:] if parts else text
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(65, 91)}
+
+
+def redact(text: str, counts: Counter | None = None) -> str:
+    """Redact one text; add what was found to `counts` (by type) if given."""
+    r = Redactor()
+    out = r(text)
+    if counts is not None:
+        counts.update(r.counts)
+    return out
