@@ -237,7 +237,7 @@ def run_record(task: Task, answer: str, score: Score, *, agent: str, model: str 
                adapter_id: str | None = None, decision_id: str | None = None, source: str = "") -> dict:
     """A run in the shape log_run takes, with the reward and signals from execution."""
     signals = {"compiled": score.compiled, "tests_passed": score.tests_passed, "tests_total": score.tests_total,
-               "timed_out": score.timed_out, "executed": score.executed}
+               "timed_out": score.timed_out, "executed": score.executed, "tests": list(task.tests)}
     if score.verdict is not None or task.role == "judge":
         signals["verdict"] = score.verdict or "unparsed"
         signals["truth"] = score.truth
