@@ -78,6 +78,14 @@ class RollbackResult(BaseModel):
     summary: str
 
 
+class LifecycleOutcome(BaseModel):
+    outcome: Literal["done", "declined", "cancelled"] = Field(
+        description="done: the change was made; declined / cancelled: the person said no and nothing changed.")
+    summary: str = Field(description="What the change does, with the metrics of the adapters involved.")
+    promoted: PromoteResult | None = None
+    rolled_back: RollbackResult | None = None
+
+
 def brief(adapter: registry.Adapter) -> AdapterBrief:
     m = adapter.metrics or {}
     return AdapterBrief(id=adapter.id, status=adapter.status, role=adapter.role, task_type=adapter.task_type,
