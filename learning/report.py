@@ -56,15 +56,17 @@ def write_report(store: Store, role: str, out: str | Path | None = None, window:
         line, = ax.plot(ts, _rolling(rewards, window), lw=1.8, label=f"{name} ({len(rewards)} runs)")
         ax.scatter(ts, rewards, s=6, alpha=0.15, color=line.get_color())
     promotions = rollbacks = 0
+    marked = 0
     for e in events:
         if e["to_status"] != "production":
             continue
+        marked += 1
         is_rollback = "rollback_from" in (loads(e["data"]) or {})
         rollbacks += is_rollback
         promotions += not is_rollback
         x = datetime.fromtimestamp(e["ts"], tz=timezone.utc)
         ax.axvline(x, color="red" if is_rollback else "green", ls="--" if is_rollback else "-", lw=1.2, alpha=0.8)
-        ax.annotate(("rollback to " if is_rollback else "promote ") + e["adapter_id"], (x, 1.0),
+        ax.annotate(("rollback to " if is_rollback else "promote ") + e["adapter_id"], (x, 0.99 - 0.2 * (marked % 3)),
                     xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7)
     check = latest_drift(store, role)
     title = f"{role}: reward (rolling mean of {window} runs)"
