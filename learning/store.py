@@ -330,6 +330,10 @@ class Store:
 
     # ---- datasets -----------------------------------------------------------------------
 
+    def get_dataset_row(self, dataset_id: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+
     # ---- adapters and their events ------------------------------------------------------
 
     def insert_adapter(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:

@@ -1,0 +1,111 @@
+"""Training configuration: one pydantic model, three named presets, YAML as its file form.
+
+A preset is a starting point; any field can be overridden by name. Validation happens once,
+here, and reports every problem together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learning.errors import InvalidInput
+
+Method = Literal["sft", "dpo", "kto"]
+Quantize = Literal["none", "4bit", "8bit", "auto"]
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfig(BaseModel):
+    """Every hyper-parameter of one training run, with the defaults of the `default` preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = Field("sft", description="sft on prompt/completion or messages; dpo or kto on preference data.")
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | str = Field(default_factory=lambda: list(ALL_LINEAR),
+                                            description="Module names to adapt, or 'all-linear'.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
+    epochs: float = Field(2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Rows per device per step.")
+    grad_accum: int = Field(1, ge=1, le=1024, description="Gradient accumulation steps.")
+    max_length: int = Field(1024, ge=16, le=262144, description="Longest tokenized row; longer rows are cut.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, lt=1)
+    beta: float = Field(0.1, gt=0, le=10, description="DPO/KTO temperature of the implicit reward.")
+    quantize: Quantize = Field("none", description="4bit (QLoRA, nf4), 8bit, none, or auto (4bit when the "
+                                                   "model would not fit in memory).")
+    seed: int = Field(0, description="Seed of data order, LoRA init and dropout.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
+    logging_steps: int = Field(1, ge=1)
+    packing: bool = Field(False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "TrainConfig":
+        problems = []
+        if self.method == "kto" and self.batch_size < 2:
+            problems.append("KTO needs batch_size >= 2 (it compares rows within a batch).")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            problems.append("target_modules must be a list of module names or 'all-linear'.")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            problems.append("target_modules is empty: name at least one module, e.g. q_proj.")
+        if self.packing and self.method != "sft":
+            problems.append("packing applies to sft only.")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Attention only, small rank: quick, least likely to forget what the base knew.
+    "light": dict(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"], learning_rate=2e-4,
+                  epochs=1, batch_size=4, grad_accum=1, max_length=1024),
+    "default": {},
+    # Every linear projection at rank 64: most capacity, most memory.
+    "heavy": dict(rank=64, alpha=128, dropout=0.1, learning_rate=1e-4, epochs=3, batch_size=4, grad_accum=2,
+                  max_length=2048),
+}
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{where}: {msg}" + (f" (got {err['input']!r})" if where != "config" and "input" in err else ""))
+    return out
+
+
+def build_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The preset with overrides applied (None values ignored), validated; all problems at once."""
+    if preset not in PRESETS:
+        raise InvalidInput(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)} (or override fields).")
+    values = {**PRESETS[preset], **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        head = "Invalid training configuration:" + (f" {problems[0]}" if len(problems) == 1 else "")
+        raise InvalidInput(head, problems) from None
+
+
+def load_yaml(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A YAML file with an optional `preset:` key and any TrainConfig fields -> (preset, overrides)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"Cannot read the training config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"The training config {path} must be a mapping of field: value.")
+    preset = data.pop("preset", "default")
+    return preset, data
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)
