@@ -179,13 +179,18 @@ def make_tasks(n: int, split: str = "train", role: str = "coder", families: Sequ
     return tasks
 
 
+# The prompt of each role, in the placeholder syntax of make_sft's templates, so a dataset
+# curated with `template=TEMPLATES[role]` trains on exactly the prompts the model is asked.
+TEMPLATES = {
+    "coder": "### Task:\n{instruction}\n### Solution:\n",
+    "fixer": "### Task:\n{instruction}\n### Code:\n{input}### Solution:\n",
+    "judge": "### Task:\n{instruction}\n### Code:\n{input}### Verdict:\n",
+}
+
+
 def prompt(task: Task) -> str:
     """The text a model completes: `### Task:` ... `### Solution:` (or `### Verdict:` for a judge)."""
-    parts = [f"### Task:\n{task.instruction}\n"]
-    if task.input:
-        parts.append(f"### Code:\n{task.input}")
-    parts.append("### Verdict:\n" if task.role == "judge" else "### Solution:\n")
-    return "".join(parts)
+    return TEMPLATES[task.role].format(instruction=task.instruction, input=task.input)
 
 
 def stop_for(task: Task) -> tuple[str, ...]:

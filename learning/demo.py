@@ -48,6 +48,7 @@ class DemoConfig(BaseModel):
     min_reward: float = Field(1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
     max_steps: int = Field(300, description="Optimizer steps of the adapter's training.")
     learning_rate: float = 2e-3
+    train_batch_size: int = 8
     preset: str = "default"
     max_new_tokens: int = 40
     eval_examples: int = Field(200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
@@ -170,13 +171,16 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
 def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
     try:
         from learning.sft import make_sft
-    except ImportError as exc:
+    except ImportError as exc:  # TODO(wire): learning/sft.py (curation) lands with its own branch
         raise StageTodo("make_sft (learning/sft.py) is not in this build") from exc
     out = {}
     for role in ("coder", "fixer", "judge"):
         report("curate", f"make_sft for {role} (min reward {cfg.min_reward})")
-        res = make_sft(store, role=role, min_reward=cfg.min_reward, since=state["started_at"])
-        out[role] = {"dataset_id": res.dataset_id, "train": res.train_rows, "test": res.test_rows}
+        # Only this demo's runs, in the prompt format the environment asks in.
+        res = make_sft(store, role=role, min_reward=cfg.min_reward, since=state["started_at"], agent=AGENT,
+                       template=codeenv.TEMPLATES[role], max_per_task=1, seed=cfg.seed)
+        out[role] = {"dataset_id": res.dataset_id, "train": res.train_rows, "test": res.test_rows,
+                     "mean_reward": res.mean_reward}
     state["datasets"] = {role: v["dataset_id"] for role, v in out.items()}
     return out
 
@@ -193,15 +197,18 @@ def _follow(store: Store, job_id: str, stage: str, report: Report) -> Any:
 
 
 def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    try:
-        from learning.train import train_adapter
-    except ImportError as exc:
-        raise StageTodo("train_adapter (learning/train.py) is not in this build") from exc
-    started = train_adapter(store, role="coder", dataset_id=state["datasets"]["coder"], base=state["base"],
-                            preset=cfg.preset, max_steps=cfg.max_steps, lr=cfg.learning_rate)
+    from learning.training import train_adapter
+
+    started = train_adapter(store, role="coder", dataset_id=state["datasets"]["coder"],
+                            base=f"embedded:{cfg.base_size}", preset=cfg.preset, max_steps=cfg.max_steps,
+                            overrides={"learning_rate": cfg.learning_rate, "batch_size": cfg.train_batch_size,
+                                       "max_length": 256, "save_steps": cfg.max_steps, "dropout": 0.0,
+                                       "seed": cfg.seed})
     state["adapter_id"] = started.adapter_id
     status = _follow(store, started.job_id, "train", report)
-    return {"adapter_id": started.adapter_id, "job_id": started.job_id, **(status.result or {})}
+    result = status.result or {}
+    return {"adapter_id": started.adapter_id, "job_id": started.job_id, "steps": started.plan.steps,
+            "train_rows": started.plan.train_rows, **(result.get("metrics") or {})}
 
 
 def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
