@@ -21,7 +21,9 @@ def _num(value: Any) -> float | None:
 
 def loss_curve(adapter_dir: Path) -> list[tuple[float, float]]:
     """(step, training loss) points from the adapter's metadata or its trainer logs."""
-    candidates = [adapter_dir / "metadata.json", *sorted(adapter_dir.glob("**/trainer_state.json"))]
+    states = sorted(adapter_dir.glob("**/checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit() else 0)
+    candidates = [adapter_dir / "metadata.json", *reversed(states)]
     for path in candidates:
         try:
             data = json.loads(path.read_text())
