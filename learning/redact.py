@@ -67,23 +67,25 @@ _PROVIDER = re.compile(
     r"|hf_[A-Za-z0-9]{30,}"                                     # Hugging Face
     r"|eyJ[0-9A-Za-z_-]{8,}\.eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]*"  # JWT
 )
-# Gate for _PROVIDER: the prefixes alone, written as a trie so that the engine rejects most
-# positions after one character (2-3x faster than the flat alternation above).
-_PROVIDER_PREFIX = re.compile(r"A(?:KIA|SIA|Iza)|GOCSPX-|ya29\.|g(?:h[pousr]_|ithub_pat_|l(?:pat|dt|rt)-)"
-                              r"|x(?:ox[abposr]-|app-)|h(?:ooks\.slack\.com|f_)|rk_(?:live|test)_"
-                              r"|s(?:k(?:_(?:live|test)_|-))|pk_live_|whsec_|eyJ")
+# Gate for _PROVIDER: anchored on the rarer character inside each prefix ('_', '-', '.', 'I',
+# 'J') and checked backwards, so the engine skips most of a text with a character-set scan
+# (1.5x faster than a trie of the prefixes, 3x faster than the flat alternation).
+_PROVIDER_GATE = re.compile(
+    r"_(?:(?<=gh[pousr]_)|(?<=github_pat_)|(?<=hf_)|(?<=[sr]k_live_)|(?<=[sr]k_test_)|(?<=pk_live_)|(?<=whsec_))"
+    r"|-(?:(?<=sk-)|(?<=GOCSPX-)|(?<=glpat-)|(?<=gl[dr]t-)|(?<=xox[abposr]-)|(?<=xapp-))"
+    r"|\.(?:(?<=ya29\.)|(?<=hooks\.))|I(?:(?<=AKI)A|(?<=ASI)A|(?<=AI)za)|J(?<=eyJ)")
 # Azure AD client secrets (xxx8Q~...) and storage account keys inside connection strings.
 _AZURE_CLIENT = re.compile(r"(?<![\w~.-])[\w~.-]{3}\dQ~[\w~.-]{31,34}(?![\w~.-])")
 _AZURE_ACCOUNT = re.compile(r"(AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{30,}={0,2})")
 _PEM = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----"
                   r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:-]*)", re.S)
-_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>]{1,256})@(?=[\w.\[-])")
+_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>\[\]]{1,256})@(?=[\w.\[-])")
 _URL_QUERY = re.compile(
-    r"(?i)[?&;]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
+    r"(?i)[?&]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
     r"|secret|client_secret|password|passwd|pwd|x-amz-signature|x-amz-credential|x-amz-security-token)"
-    r"=([^&#\s'\"<>{}()$]{6,})")
-_AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic)|T(?:oken|OKEN)|token)[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
-_CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()]{1,256})(?=;|[\"']|$)", re.M)
+    r"=([^&#\s'\"<>{}()$\[\]]{6,})")
+_AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic))[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
+_CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()\[\]]{1,256})(?=;|[\"']|$)", re.M)
 # Generic assignments: the name is found by plain substring search (_SECRET_WORDS), widened to
 # the whole name, checked against _NAME, then the assignment and value are matched after it.
 _SECRET_WORDS = ("secret", "token", "passw", "pwd", "credential", "key")
@@ -111,19 +113,20 @@ def entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-def looks_secret(value: str) -> bool:
+def looks_secret(value: str, quoted: bool = False) -> bool:
     """Is a value assigned to a secret-like name a real secret (not a name, a call, a template)?"""
     v = value.strip()
     if len(v) < 8 or v.lower() in _PLACEHOLDER_VALUES or v.startswith("[") or "{" in v or "$" in v:
         return False
-    if re.fullmatch(r"[A-Za-z_][A-Za-z_.]*(?:\(\)?)?", v):  # identifiers, dotted names: settings.API_KEY
-        return False
     if re.fullmatch(r"[xX*.•<>_-]+|<[^>]*>|your[\w-]*|\w*_?here", v):  # placeholders: xxxx, <token>, your-key-here
         return False
     has_digit = any(c.isdigit() for c in v)
-    has_alpha = any(c.isalpha() for c in v)
-    if has_digit and has_alpha:
+    if has_digit and any(c.isalpha() for c in v):
         return True
+    # Letters only: a bare value is a name (settings.API_KEY); a quoted one is a secret only if
+    # long, mixed-case and high-entropy, and not an ENV_NAME or snake_case / dotted name.
+    if not quoted or re.fullmatch(r"[A-Z][A-Z0-9_]*|[a-z][a-z0-9_.]*|[A-Za-z]+(?:[._-][A-Za-z]+)+", v):
+        return has_digit is False and not re.fullmatch(r"[A-Za-z_][A-Za-z_.]*", v) and len(v) >= 16 and entropy(v) >= 3.5
     return len(v) >= 16 and entropy(v) >= 3.5
 
 
@@ -155,7 +158,7 @@ class Redactor:
         c = self._count
         if "PRIVATE KEY" in text:
             text = _PEM.sub(lambda m: c("PRIVATE_KEY"), text)
-        if _PROVIDER_PREFIX.search(text):
+        if _PROVIDER_GATE.search(text):
             text = _PROVIDER.sub(self._provider, text)
         if "Q~" in text:
             text = _AZURE_CLIENT.sub(lambda m: c("API_KEY"), text)
@@ -163,11 +166,11 @@ class Redactor:
             text = _AZURE_ACCOUNT.sub(lambda m: f"{m.group(1)}={c('API_KEY')}", text)
         if "://" in text:
             text = _URL_USERINFO.sub(lambda m: f"://{m.group(1)}:{c('PASSWORD')}@", text)
-        if "=" in text and ("?" in text or "&" in text or ";" in text):
+        if "=" in text and ("?" in text or "&" in text):
             text = _URL_QUERY.sub(lambda m: f"{m.group(0)[0]}{m.group(1)}={c('TOKEN')}", text)
         if "ssword=" in text or "SSWORD=" in text or "wd=" in text or "WD=" in text:
             text = _CONN_PASSWORD.sub(lambda m: m.group(0)[: m.start(2) - m.start()] + c("PASSWORD"), text)
-        if "earer " in text or "asic " in text or "oken " in text or "EARER " in text or "ASIC " in text:
+        if "earer " in text or "asic " in text or "EARER " in text or "ASIC " in text:
             text = _AUTH_HEADER.sub(self._header, text)
         text = self._assignments(text)
         if "@" in text:
@@ -209,7 +212,7 @@ class Redactor:
                 group = 3 if m.group(3) is not None else 4
                 if group == 4 and text[m.end():m.end() + 1] in ("(", "["):  # a call or a subscript
                     continue
-                if looks_secret(m.group(group)):
+                if looks_secret(m.group(group), quoted=group == 3):
                     spans[start] = (m.start(group), m.end(group))
         if not spans:
             return text

@@ -334,6 +334,76 @@ class Store:
         with self.read() as conn:
             return conn.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
 
+    # Curation filters become WHERE fragments here, in a fixed order that is also the order of
+    # the funnel (the count of runs left after each filter). Values are always bound.
+    _LENGTH = "(length(instruction) + length(input) + length(output))"
+    _FUNNEL = (
+        ("min_reward", "reward >= ?"), ("max_reward", "reward <= ?"), ("task_type", "task_type = ?"),
+        ("complexity", "complexity = ?"), ("agent", "agent = ?"), ("since", "ts >= ?"), ("until", "ts < ?"),
+        ("min_length", _LENGTH + " >= ?"), ("max_length", _LENGTH + " <= ?"),
+    )
+
+    def _curation_filters(self, filters: dict[str, Any]) -> list[tuple[str, str, Any]]:
+        return [(name, sql, filters[name]) for name, sql in self._FUNNEL if filters.get(name) is not None]
+
+    def stream_curation_runs(self, role: str, filters: dict[str, Any], order: str = "reward",
+                             batch: int = 2_000) -> Iterator[tuple]:
+        """Runs of a role passing the filters, as tuples (id, task_key, reward, instruction, input,
+        output, task_type, complexity), read in batches from one cursor. order 'reward': best first
+        (the index on (role, reward) gives this order without sorting, so a limit stops the read
+        early); order 'task_key': attempts at one task together, best first."""
+        parts = self._curation_filters(filters)
+        where = " AND ".join(["role = ?"] + [sql for _, sql, _ in parts])
+        order_by = {"reward": "reward DESC, id", "task_key": "task_key, reward DESC, id"}[order]
+        sql = (f"SELECT id, task_key, reward, instruction, input, output, task_type, complexity FROM runs "
+               f"WHERE {where} ORDER BY {order_by}")
+        with self.read() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None  # plain tuples: several times cheaper than sqlite3.Row
+            cursor.execute(sql, [role] + [value for _, _, value in parts])
+            try:
+                while rows := cursor.fetchmany(batch):
+                    yield from rows
+            finally:
+                cursor.close()
+
+    def curation_funnel(self, role: str, filters: dict[str, Any]) -> list[tuple[str, int]]:
+        """How many runs of the role are left after each filter in turn: [('role', n), (filter, n), ...]."""
+        parts = self._curation_filters(filters)
+        # The i-th sum repeats the first i conditions, so it binds their values again.
+        sums = ["sum(" + " AND ".join(sql for _, sql, _ in parts[: i + 1]) + ")" for i in range(len(parts))]
+        bound = [value for i in range(len(parts)) for _, _, value in parts[: i + 1]]
+        sql = f"SELECT count(*){''.join(', ' + s for s in sums)} FROM runs WHERE role = ?"
+        with self.read() as conn:
+            row = conn.execute(sql, bound + [role]).fetchone()
+        return [("role", row[0])] + [(name, row[i + 1] or 0) for i, (name, _, _) in enumerate(parts)]
+
+    def role_run_counts(self) -> dict[str, int]:
+        with self.read() as conn:
+            return {r[0]: r[1] for r in conn.execute("SELECT role, count(*) FROM runs GROUP BY role ORDER BY 2 DESC")}
+
+    def insert_dataset(self, row: dict[str, Any]) -> None:
+        cols = list(row)
+        with self.write() as conn:
+            conn.execute(f"INSERT INTO datasets ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                         [row[c] for c in cols])
+
+    def get_dataset(self, dataset_id: str) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+
+    def list_datasets(self, role: str | None = None, kind: str | None = None, limit: int = 100) -> list[sqlite3.Row]:
+        where, args = [], []
+        for col, value in (("role", role), ("kind", kind)):
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        sql = ("SELECT * FROM datasets" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY created DESC, id DESC LIMIT ?")
+        with self.read() as conn:
+            return conn.execute(sql, args + [limit]).fetchall()
+
+
     # ---- adapters and their events ------------------------------------------------------
 
     def insert_adapter(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
