@@ -96,7 +96,7 @@ def cycle_job(ctx) -> dict:
     from learning.lifecycle import promote
     from learning.registry import get_adapter
     from learning.sft import make_sft
-    from learning.train import train_adapter
+    from learning.training import train_adapter
 
     p, store = CycleParams(**ctx.params), ctx.store
     stages: list[CycleStage] = []

@@ -36,11 +36,17 @@ def test_loss_curve_reads_the_last_trainer_state(tmp_path):
     assert loss_curve(tmp_path / "nothing") == []
 
 
-@pytest.mark.slow
-def test_quick_demo_end_to_end(home):
-    proc = run_cli("demo", "--quick", "--json", home=home, timeout=600)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo") / "home"
+    proc = run_cli("demo", "--quick", "--json", home=home, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s = json.loads(proc.stdout)
+    return home, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(demo_run):
+    home, s = demo_run
     stages = {st["name"]: st for st in s["stages"]}
     assert list(stages) == STAGES
     assert {name: st["status"] for name, st in stages.items()} == {name: "done" for name in STAGES}, \
@@ -87,3 +93,50 @@ def test_quick_demo_end_to_end(home):
     # The held-out adapter runs carry the adapter and the routing decision.
     routed = [r for r in runs if r["adapter_id"] == s["adapter_id"]]
     assert len(routed) == 15 and all(r["decision_id"] for r in routed)
+
+
+@pytest.mark.slow
+def test_cycle_after_the_demo_chains_every_stage(demo_run):
+    """run_cycle on the demo's home: a new dataset, adapter and evaluation, then drift for the
+    adapter the demo put in production (or a skip when its gate did not pass)."""
+    home, s = demo_run
+    proc = run_cli("cycle", "--role", "coder", "--base", "embedded:tiny", "--max-steps", "4", "--json", home=home,
+                   timeout=900)
+    status = json.loads(proc.stdout)
+    stages = {st["name"]: st for st in (status["result"] or status["progress"])["stages"]}
+    assert proc.returncode == (0 if status["status"] == "succeeded" else 1)
+    assert status["kind"] == "cycle" and status["status"] == "succeeded", status["error"]
+    assert [st for st in stages] == ["make_sft", "train", "evaluate", "promote", "drift"]
+    result = status["result"]
+    assert (home / "datasets" / result["dataset_id"] / "train.jsonl").is_file()
+    assert result["adapter_id"] != s["adapter_id"]
+    assert (home / "adapters" / result["adapter_id"] / "eval" / "metrics.json").is_file()
+    # Without --to-production the new adapter goes no further than candidate.
+    assert result["adapter_status"] in ("candidate", "trained")
+    if s["adapter_status"] == "production":
+        assert stages["drift"]["status"] == "done"
+        assert stages["drift"]["detail"]["decision"] in ("regression", "improvement", "no_change", "insufficient_data")
+    else:
+        assert stages["drift"]["status"] == "skipped"
+
+
+def test_cycle_refuses_bad_input_before_starting(home):
+    proc = run_cli("cycle", "--role", "coder", "--json", home=home)
+    assert proc.returncode == 1 and "no runs or adapters for role 'coder'" in proc.stderr
+    proc = run_cli("cycle", "--role", "coder", "--min-reward", "2", home=home)
+    assert proc.returncode == 1 and "min_reward" in proc.stderr
+
+
+def test_run_cycle_tool_needs_confirm_for_production(home):
+    import anyio
+    from mcp import Client
+
+    from server.mcp import build_server
+
+    async def main():
+        async with Client(build_server(str(home))) as client:
+            result = await client.call_tool("run_cycle", {"role": "coder", "to_production": True})
+            assert result.is_error and "confirm=true" in result.content[0].text
+            result = await client.call_tool("run_cycle", {"role": "coder"})
+            assert result.is_error and "log runs with log_run first" in result.content[0].text
+    anyio.run(main)
