@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.jobs import JobCancelled, JobContext
-from learning.store import Store
-
-CANCEL_EXIT = 3  # exit status of a distributed worker that stopped on a cancel request
-
+from learning.store import Store, loads
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
     """Job entry point (learning.jobs target 'learning.train:run_job')."""
@@ -42,26 +39,31 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
         raise
     registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
     registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
+    if result.get("base_hash"):
+        with ctx.store.write() as conn:
+            ctx.store.update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
     return result
 
 
 def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
     """Run the recipe in N processes with accelerate (DDP; gloo on CPU) and wait for them."""
     p = ctx.params
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(p["num_processes"]),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    import torch
-
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    cmd += ["-m", "learning.train", str(ctx.store.home), ctx.job_id]
+    # --multi_gpu selects torch.distributed's launcher; without CUDA the trainer's use_cpu makes
+    # it DDP over gloo (accelerate's --cpu flag would start a single process).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           str(p["num_processes"]), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "learning.train", str(ctx.store.home), ctx.job_id]
+    out = Path(p["adapter_dir"])
+    for stale in ("cancelled.json", "result.json"):
+        (out / stale).unlink(missing_ok=True)
     ctx.progress(force=True, stage="launching", message=f"accelerate launch with {p['num_processes']} processes")
     code = subprocess.call(cmd, stdin=subprocess.DEVNULL)
-    if code == CANCEL_EXIT:
-        raise JobCancelled(_cancel_message(p, _read_json(Path(p["adapter_dir"]) / "cancelled.json").get("step")))
-    if code != 0:
+    ctx._progress = loads(ctx.store.get_job(ctx.job_id)["progress"]) or {}  # what rank 0 reported
+    if (out / "cancelled.json").exists():
+        raise JobCancelled(_cancel_message(p, _read_json(out / "cancelled.json").get("step")))
+    if code != 0 or not (out / "result.json").exists():
         raise RuntimeError(f"accelerate launch exited with status {code}; see the job's log")
-    return _read_json(Path(p["adapter_dir"]) / "result.json")
+    return _read_json(out / "result.json")
 
 
 def main(argv: list[str]) -> int:
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> int:
     try:
         result = train(ctx)
     except JobCancelled:
-        return CANCEL_EXIT
+        return 0  # rank 0 wrote cancelled.json; the job process reports the cancel
     if result is not None:
         (Path(ctx.params["adapter_dir"]) / "result.json").write_text(json.dumps(result))
     return 0
@@ -175,11 +177,23 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     metrics = {"train_loss": _final_loss(trainer, output), "steps": trainer.state.global_step,
                "tokens_seen": int(trainer.state.num_input_tokens_seen or 0), "epochs": round(trainer.state.epoch or 0, 3),
                "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 2),
-               "tokens_per_s": callback.tokens_per_s, "train_rows": len(dataset)}
+               "tokens_per_s": callback.tokens_per_s, "train_rows": len(dataset), **_peak_memory(cuda)}
     metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
-    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics}
+    base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
+    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics, "base_hash": base_id}
+
+
+def _peak_memory(cuda: bool) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if cuda:
+        peak["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
 
 
 def _resolve_base(ctx: JobContext) -> str:

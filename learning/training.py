@@ -215,7 +215,9 @@ def _avg_row_tokens(path: Path, max_length: int) -> int:
     return min(max_length, int(sum(lengths) / max(1, len(lengths)) / 3.5) + 1)
 
 
-def _estimates(config: dict, cfg: TrainConfig, steps: int, row_tokens: int, num_processes: int) -> tuple[int, float, float, int]:
+def _estimates(config: dict, cfg: TrainConfig, steps: int, row_tokens: int,
+               num_processes: int) -> tuple[int, float, float, int]:
+    """(tokens, seconds, MiB per process, LoRA parameters): rough, for the plan."""
     base, lora = _param_counts(config, cfg)
     factor = 2 if cfg.method in ("dpo", "kto") else 1  # chosen and rejected, or policy and reference
     tokens = steps * cfg.batch_size * cfg.grad_accum * num_processes * row_tokens * factor
@@ -224,7 +226,7 @@ def _estimates(config: dict, cfg: TrainConfig, steps: int, row_tokens: int, num_
     bytes_per = 0.55 if cfg.quantize == "4bit" else 1.1 if cfg.quantize == "8bit" else 4
     activations = cfg.batch_size * row_tokens * (config.get("hidden_size") or 0) * (config.get("num_hidden_layers") or 0) * 40
     memory = (base * bytes_per + lora * 16 + activations) / 2**20 + 600  # + the Python, torch and TRL runtime
-    return tokens, round(est_time, 1), round(memory, 1), base
+    return tokens, round(est_time, 1), round(memory, 1), lora
 
 
 # ---- the tool ---------------------------------------------------------------------------
@@ -256,7 +258,8 @@ def train_adapter(store: Store, role: str, dataset_id: str, base: str | None = N
             cfg = TrainConfig(**(loads(previous["params"]) or {}).get("config", {}))
             notes.append("resuming with the adapter's recorded configuration (overrides are ignored)")
         else:
-            values = {**(overrides or {}), "method": method, "max_steps": max_steps, "quantize": quantize}
+            explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
+            values = {**(overrides or {}), **{k: v for k, v in explicit.items() if v is not None}}
             if base.startswith(EMBEDDED_PREFIX) and "learning_rate" not in (overrides or {}):
                 values["learning_rate"] = EMBEDDED_LR
                 notes.append(f"learning_rate {EMBEDDED_LR} for the embedded base (set learning_rate to change it)")
@@ -275,11 +278,11 @@ def train_adapter(store: Store, role: str, dataset_id: str, base: str | None = N
             notes.append(f"the embedded {base_ref['size']} base is built first (about a minute or two on a CPU)")
 
     steps = estimate_steps(ds["train_rows"], cfg, num_processes)
-    tokens, est_time, est_memory, base_params = _estimates(model_config, cfg, steps,
+    tokens, est_time, est_memory, lora_params = _estimates(model_config, cfg, steps,
                                                            _avg_row_tokens(Path(ds["abs_path"]) / "train.jsonl", cfg.max_length),
                                                            num_processes)
     cfg = _choose_quantization(cfg, est_memory, notes)
-    _check_disk(store, base_params, cfg)
+    _check_disk(store, lora_params)
     plan = TrainPlan(adapter_id=adapter_id or registry.new_adapter_id(role), role=role, dataset_id=dataset_id,
                      base_model=base, method=cfg.method, config=cfg.model_dump(), train_rows=ds["train_rows"],
                      steps=steps, tokens_estimate=tokens, est_time_s=est_time, est_memory_mb=est_memory,
@@ -298,9 +301,9 @@ def _choose_quantization(cfg: TrainConfig, est_memory_mb: float, notes: list[str
     return cfg.model_copy(update={"quantize": choice})
 
 
-def _check_disk(store: Store, base_params: int, cfg: TrainConfig) -> None:
-    # Two checkpoints with optimizer state plus the adapter: ~3 x 3 x LoRA weights; 200 MiB margin.
-    need = 200 * 2**20 + 9 * 4 * max(base_params // 50, 1)
+def _check_disk(store: Store, lora_params: int) -> None:
+    # Two checkpoints (weights + two Adam moments, float32) and the adapter, plus a 200 MiB margin.
+    need = 200 * 2**20 + 3 * 12 * lora_params
     free = shutil.disk_usage(store.home).free
     if free < need:
         raise InvalidInput(f"Not enough disk space under {store.home}: {free // 2**20} MiB free, about "

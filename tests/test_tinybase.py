@@ -10,21 +10,22 @@ from tests.conftest import run_cli
 
 
 @pytest.mark.slow
-def test_tiny_base_builds_loads_and_is_reused(store, tmp_path):
+def test_init_base_builds_a_model_that_loads_like_any_other(store, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from learning.tinybase import build_base, ensure_base
 
-    info = ensure_base(store, "tiny")
-    assert info.built and info.path.endswith("base/tiny")
-    again = ensure_base(store, "tiny")
-    assert not again.built and again.path == info.path
+    result = run_cli("init-base", "--size", "tiny", "--json", home=store.home, timeout=300)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["built"] and info["size"] == "tiny" and info["parameters"] > 0
+    again = ensure_base(store, "tiny")  # reused, not rebuilt
+    assert not again.built and again.path == info["path"]
 
-    model = AutoModelForCausalLM.from_pretrained(info.path)
-    tok = AutoTokenizer.from_pretrained(info.path)
+    model = AutoModelForCausalLM.from_pretrained(info["path"])
+    tok = AutoTokenizer.from_pretrained(info["path"])
     assert model.config.model_type == "llama"
-    assert tok.pad_token_id is not None and tok.eos_token_id is not None and tok.bos_token_id is not None
-    assert tok.pad_token_id != tok.eos_token_id
+    assert None not in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) and tok.pad_token_id != tok.eos_token_id
     # Code round-trips exactly, whitespace included (SentencePiece with byte fallback).
     code = "def add_k(xs):\n    return [x + 7 for x in xs]\n\n\tü ✓"
     assert tok.decode(tok(code)["input_ids"], skip_special_tokens=True) == code
@@ -33,9 +34,9 @@ def test_tiny_base_builds_loads_and_is_reused(store, tmp_path):
     out = model.generate(**tok("def f(x):", return_tensors="pt"), max_new_tokens=5, do_sample=False)
     assert out.shape[1] > 1
 
-    # Same seed, same bytes.
+    # Same seed, same bytes, built in another process.
     other = build_base(tmp_path / "again", "tiny")
-    assert (other / "model.safetensors").read_bytes() == (tmp_path / "home/base/tiny/model.safetensors").read_bytes()
+    assert (other / "model.safetensors").read_bytes() == (store.home / "base/tiny/model.safetensors").read_bytes()
     assert (other / "tokenizer.model").exists()
 
 
@@ -45,12 +46,3 @@ def test_unknown_size_is_rejected(store):
 
     with pytest.raises(InvalidInput, match="tiny"):
         ensure_base(store, "huge")
-
-
-@pytest.mark.slow
-def test_init_base_cli(home):
-    result = run_cli("init-base", "--size", "tiny", "--json", home=home, timeout=300)
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
-    assert info["built"] and info["size"] == "tiny" and info["parameters"] > 0
-    assert json.loads(run_cli("init-base", "--size", "tiny", "--json", home=home).stdout)["built"] is False
