@@ -45,15 +45,28 @@ def write_report(store: Store, role: str, out: str | Path | None = None, window:
     rows = store.role_rewards(role)
     if not rows and not store.role_known(role):
         raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(store.known_roles()) or 'none yet'}.")
-    series: dict[str, tuple[list, list]] = {}
+    series: dict[str, tuple[list, list, list]] = {}  # name -> times, rewards, stretch number of each run
+    stretch, last = 0, None
     for r in rows:
-        ts, rewards = series.setdefault(r["adapter_id"] or "base", ([], []))
+        name = r["adapter_id"] or "base"
+        stretch += name != last
+        last = name
+        ts, rewards, stretches = series.setdefault(name, ([], [], []))
         ts.append(datetime.fromtimestamp(r["ts"], tz=timezone.utc))
         rewards.append(r["reward"])
+        stretches.append(stretch)
     events = store.adapter_events(role=role)
     fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
-    for name, (ts, rewards) in sorted(series.items(), key=lambda kv: kv[1][0][0]):
-        line, = ax.plot(ts, _rolling(rewards, window), lw=1.8, label=f"{name} ({len(rewards)} runs)")
+    for name, (ts, rewards, stretches) in sorted(series.items(), key=lambda kv: kv[1][0][0]):
+        # A line breaks where another adapter served in between (NaN is a gap for matplotlib).
+        xs, ys = [], []
+        for i, (t, y) in enumerate(zip(ts, _rolling(rewards, window))):
+            if i and stretches[i] != stretches[i - 1]:
+                xs.append(t)
+                ys.append(float("nan"))
+            xs.append(t)
+            ys.append(y)
+        line, = ax.plot(xs, ys, lw=1.8, label=f"{name} ({len(rewards)} runs)")
         ax.scatter(ts, rewards, s=6, alpha=0.15, color=line.get_color())
     promotions = rollbacks = 0
     marked = 0
@@ -65,7 +78,7 @@ def write_report(store: Store, role: str, out: str | Path | None = None, window:
         rollbacks += is_rollback
         promotions += not is_rollback
         x = datetime.fromtimestamp(e["ts"], tz=timezone.utc)
-        ax.axvline(x, color="red" if is_rollback else "green", ls="--" if is_rollback else "-", lw=1.2, alpha=0.8)
+        ax.axvline(x, color="red" if is_rollback else "black", ls="--" if is_rollback else "-", lw=1.2, alpha=0.8)
         ax.annotate(("rollback to " if is_rollback else "promote ") + e["adapter_id"], (x, 0.99 - 0.2 * (marked % 3)),
                     xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7)
     check = latest_drift(store, role)

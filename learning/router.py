@@ -86,8 +86,12 @@ def _cache(store: Store) -> _Cache:
 def _load(store: Store, conn) -> _Table:
     production, experiments, bases = store.route_table(conn)
     key = lambda r: (r["role"], r["task_type"], r["complexity"])  # noqa: E731
-    return _Table(production={key(r): dict(r) for r in production},
-                  experiments={key(r): dict(r) for r in experiments},
+    running = {}
+    for r in experiments:
+        cand = store.adapter_brief(conn, r["candidate_id"])
+        if cand is not None and cand["status"] not in ("failed", "training"):  # never serve a broken candidate
+            running[key(r)] = {**dict(r), "candidate": dict(cand)}
+    return _Table(production={key(r): dict(r) for r in production}, experiments=running,
                   bases={r["role"]: r["base_model"] for r in bases})
 
 
@@ -160,9 +164,7 @@ def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key
             if control[1] is None or control[1]["id"] != exp["candidate_id"]:
                 arm = _choose_arm(store, conn, cache, exp, key)
                 if arm == "candidate":
-                    cand = store.adapter_brief(conn, exp["candidate_id"])
-                    if cand is not None:
-                        return dict(cand), level, exp["id"], arm
+                    return exp["candidate"], level, exp["id"], arm
                 return control[1], control[0], exp["id"], "control"
         if prod is not None:
             return prod, level, None, None
@@ -170,11 +172,12 @@ def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key
 
 
 class _DecisionWriter:
-    """Decisions are written behind the caller's back, in batches: a selection costs a list
-    append instead of a transaction (whose WAL checkpoints cost milliseconds now and then).
-    A background thread writes the buffer every FLUSH_S seconds, at FLUSH_ROWS rows, and at
-    exit; log_run flushes it before it looks a decision up. A crash loses at most the last
-    FLUSH_S seconds of decisions (runs logged with them are then refused, not misattributed)."""
+    """Decisions are written in batches: a selection appends to a list, and the list is
+    written in one transaction when it holds FLUSH_ROWS rows or its oldest row is FLUSH_S
+    old (by the selecting thread itself, so no second thread competes with it while traffic
+    is high), by a background thread when traffic stops, at exit, and by log_run before it
+    looks a decision up. A crash loses at most the unwritten decisions; runs logged with
+    them are then refused, never misattributed."""
 
     FLUSH_S = 0.05
     FLUSH_ROWS = 256
@@ -182,35 +185,37 @@ class _DecisionWriter:
     def __init__(self, store: Store):
         self.store = store
         self.rows: list[tuple] = []
+        self.oldest = 0.0
         self.lock = threading.Lock()
-        self.wake = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="learnloop-decisions", daemon=True)
         self.thread.start()
 
     def add(self, row: tuple) -> None:
         with self.lock:
+            if not self.rows:
+                self.oldest = time.monotonic()
             self.rows.append(row)
-            if len(self.rows) >= self.FLUSH_ROWS:
-                self.wake.set()
+            due = len(self.rows) >= self.FLUSH_ROWS or time.monotonic() - self.oldest >= self.FLUSH_S
+        if due:
+            self.flush()
 
     def flush(self) -> None:
         with self.lock:
             rows, self.rows = self.rows, []
             if rows:
                 with self.store.write() as conn:
-                    for row in rows:
-                        self.store.insert_decision(conn, row)
+                    self.store.insert_decisions(conn, rows)
 
     def _loop(self) -> None:
         while True:
-            self.wake.wait(self.FLUSH_S)
-            self.wake.clear()
-            try:
-                self.flush()
-            except Exception as exc:  # keep serving; the next flush retries what is left
-                import sys
+            time.sleep(self.FLUSH_S)
+            if self.rows and time.monotonic() - self.oldest >= self.FLUSH_S:
+                try:
+                    self.flush()
+                except Exception as exc:  # keep serving; the next flush retries
+                    import sys
 
-                print(f"learnloop: writing routing decisions failed: {exc}", file=sys.stderr)
+                    print(f"learnloop: writing routing decisions failed: {exc}", file=sys.stderr)
 
 
 _WRITERS: dict[str, _DecisionWriter] = {}

@@ -216,6 +216,8 @@ def _attribute(store: Store, run: RunIn) -> RunIn:
     if decision is None:
         raise InvalidInput(f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
                            "returned, or leave it empty.")
+    if decision["role"] != run.role:
+        raise InvalidInput(f"decision {run.decision_id} was made for role {decision['role']!r}, not {run.role!r}.")
     if run.adapter_id is None:
         return run.model_copy(update={"adapter_id": decision["adapter_id"]})
     if run.adapter_id != decision["adapter_id"]:

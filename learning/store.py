@@ -183,6 +183,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS deployments_adapter ON deployments(adapter_id, created);
     """,
+    # 4: the runtime each route is kept in step with (learning.deploy.sync_route).
+    """
+    CREATE TABLE deploy_targets (
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        target TEXT NOT NULL,
+        url TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX deploy_targets_route
+        ON deploy_targets(role, ifnull(task_type, ''), ifnull(complexity, ''));
+    """,
 ]
 
 RUN_COLUMNS = (
@@ -545,10 +558,10 @@ class Store:
         return conn.execute("SELECT id, role, task_type, complexity, base_model, path, status FROM adapters "
                             "WHERE id = ?", (adapter_id,)).fetchone()
 
-    def insert_decision(self, conn: sqlite3.Connection, row: tuple) -> None:
-        """row: (id, ts, role, task_type, complexity, task_key, adapter_id, route, experiment_id, arm)."""
-        conn.execute("INSERT INTO decisions (id, ts, role, task_type, complexity, task_key, adapter_id, route, "
-                     "experiment_id, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    def insert_decisions(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        """rows: (id, ts, role, task_type, complexity, task_key, adapter_id, route, experiment_id, arm)."""
+        conn.executemany("INSERT INTO decisions (id, ts, role, task_type, complexity, task_key, adapter_id, route, "
+                     "experiment_id, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def get_decision(self, decision_id: str) -> sqlite3.Row | None:
         with self.read() as conn:
@@ -652,3 +665,39 @@ class Store:
     def latest_drift_check(self, role: str) -> sqlite3.Row | None:
         with self.read() as conn:
             return conn.execute("SELECT * FROM drift_checks WHERE role = ? ORDER BY id DESC LIMIT 1", (role,)).fetchone()
+
+    def insert_deployment(self, conn: sqlite3.Connection, deployment_id: str, adapter_id: str, target: str, url: str,
+                          served_name: str, status: str = "active") -> None:
+        conn.execute(
+            "INSERT INTO deployments (id, adapter_id, target, url, served_name, created, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (deployment_id, adapter_id, target, url, served_name, time.time(), status))
+
+    def set_deployment_status(self, conn: sqlite3.Connection, deployment_id: str, status: str) -> None:
+        conn.execute("UPDATE deployments SET status = ? WHERE id = ?", (status, deployment_id))
+
+    def active_deployments(self, target: str, url: str) -> list[sqlite3.Row]:
+        """Active deployments on one runtime, with their adapter's route."""
+        with self.read() as conn:
+            return conn.execute(
+                "SELECT d.*, a.role, a.task_type, a.complexity FROM deployments d JOIN adapters a ON a.id = d.adapter_id "
+                "WHERE d.target = ? AND d.url = ? AND d.status = 'active' ORDER BY d.created", (target, url)).fetchall()
+
+    def set_deploy_target(self, role: str, task_type: str | None, complexity: str | None, target: str | None,
+                          url: str | None) -> None:
+        """Set (or, with target None, clear) the runtime a route is deployed to."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+                         "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity))
+            if target is not None:
+                conn.execute("INSERT INTO deploy_targets (role, task_type, complexity, target, url, updated) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (role, task_type, complexity, target, url, time.time()))
+
+    def deploy_target(self, role: str, task_type: str | None, complexity: str | None) -> sqlite3.Row | None:
+        with self.read() as conn:
+            return conn.execute(
+                "SELECT * FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+                "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+    def deploy_targets(self) -> list[sqlite3.Row]:
+        with self.read() as conn:
+            return conn.execute("SELECT * FROM deploy_targets ORDER BY role, task_type, complexity").fetchall()

@@ -91,6 +91,8 @@ def test_decision_is_recorded_and_attributes_the_run(store):
     assert runs.get_run(store, log(store, base, 0.5, role="fixer").run_id).adapter_id is None
     with pytest.raises(InvalidInput, match="Unknown decision_id"):
         runs.log_run(store, {"role": "coder", "output": "x", "reward": 1, "decision_id": "d-nope"})
+    with pytest.raises(InvalidInput, match="made for role"):
+        runs.log_run(store, {"role": "judge", "output": "x", "reward": 1, "decision_id": s.decision_id})
     adapter(store, "other")
     with pytest.raises(InvalidInput, match="differs"):
         runs.log_run(store, {"role": "coder", "output": "x", "reward": 1, "decision_id": s.decision_id,
