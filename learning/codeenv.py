@@ -19,6 +19,7 @@ threshold below 1.0 lets wrong code into a training set.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,16 +31,11 @@ ROLES = ("coder", "fixer", "judge")
 STOP = ("\n###", "\n\n", "\nassert", "\nprint(")
 VERDICT_STOP = ("\n",)
 
-# Name vocabularies: training and held-out never share a word, a parameter name or a constant.
-_TRAIN_A = ("alpha bright calm dark eager fast gentle happy icy jolly keen lucky mellow noble odd proud quick "
-            "rapid shiny tidy urban vivid warm young brave cosmic dusty fresh grand silent").split()
-_TRAIN_B = ("apple bridge castle dragon engine falcon garden harbor island jungle kettle lantern meadow needle "
-            "orbit pillow quartz river saddle tunnel valley window yacht anchor basket candle desert feather "
-            "glacier hammer").split()
-_HELD_A = "amber crimson frosty golden hollow ivory jagged lively misty olive".split()
-_HELD_B = "beacon cactus dolphin ember fountain goblet helmet igloo jigsaw koala".split()
-_TRAIN_P = "x n value num data items seq arr text word s val elem thing obj inp".split()
-_HELD_P = "payload widget zeta quantity blob chunk entry parcel".split()
+# Names are made-up words of consonant-vowel syllables ("kamo_rive", "zuti"): a model can only
+# write them by copying from the prompt, never by recalling a word it memorised. Every name
+# belongs to exactly one split (by a hash), so held-out tasks use function and parameter names
+# that training tasks never use; their constants come from a disjoint set too.
+_SYLLABLES = "ka lo mi ra ve zu ti po ne sa fe bo xi da lu ri ma ko pe gi ho wa ze nu".split()
 _TRAIN_K = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30)
 _HELD_K = (11, 13, 14, 17, 19, 21, 23)
 
@@ -151,6 +147,22 @@ def make_task(family: str, role: str, func: str, param: str, k: int | None, spli
     raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
 
 
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(2))
+
+
+def split_of(name: str) -> str:
+    """The split a name belongs to: about one name in four is held out."""
+    return "heldout" if zlib.crc32(name.encode()) % 4 == 0 else "train"
+
+
+def _name(rng: random.Random, split: str, kind: str) -> str:
+    while True:
+        name = f"{_word(rng)}_{_word(rng)}" if kind == "fn" else _word(rng)
+        if split_of(name) == split:
+            return name
+
+
 def make_tasks(n: int, split: str = "train", role: str = "coder", families: Sequence[str] | None = None,
                seed: int = 0) -> list[Task]:
     """`n` distinct tasks of one role, cycling through the families; deterministic for a seed.
@@ -161,8 +173,7 @@ def make_tasks(n: int, split: str = "train", role: str = "coder", families: Sequ
     if split not in ("train", "heldout"):
         raise ValueError("split must be 'train' or 'heldout'")
     fams = list(families or FAMILIES)
-    words_a, words_b, params, ks = ((_TRAIN_A, _TRAIN_B, _TRAIN_P, _TRAIN_K) if split == "train"
-                                    else (_HELD_A, _HELD_B, _HELD_P, _HELD_K))
+    ks = _TRAIN_K if split == "train" else _HELD_K
     rng = random.Random(f"{seed}:{split}:{role}")
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -170,8 +181,9 @@ def make_tasks(n: int, split: str = "train", role: str = "coder", families: Sequ
     while len(tasks) < n and attempts < n * 50:
         attempts += 1
         family = fams[len(tasks) % len(fams)]
-        func = f"{rng.choice(words_a)}_{rng.choice(words_b)}"
-        task = make_task(family, role, func, rng.choice(params), rng.choice(ks), split,
+        func = _name(rng, split, "fn")
+        param = _name(rng, split, "param")
+        task = make_task(family, role, func, param, rng.choice(ks), split,
                          variant=rng.randrange(3), judged_correct=rng.random() < 0.5)
         if task.key not in seen:
             seen.add(task.key)

