@@ -41,9 +41,9 @@ AGENT = "learnloop-demo"
 class DemoConfig(BaseModel):
     base_size: str = Field("small", description="Embedded base model size: tiny (tests) or small.")
     coder_tasks: int = Field(900, description="Training tasks for the coder role.")
-    fixer_tasks: int = Field(120, description="Training tasks for the fixer role.")
-    judge_tasks: int = Field(120, description="Training tasks for the judge role.")
-    base_samples: int = Field(200, description="Training tasks the base model answers itself.")
+    fixer_tasks: int = Field(100, description="Training tasks for the fixer role.")
+    judge_tasks: int = Field(100, description="Training tasks for the judge role.")
+    base_samples: int = Field(100, description="Training tasks the base model answers itself.")
     heldout_tasks: int = Field(150, description="Held-out coder tasks answered by base and adapter.")
     min_reward: float = Field(1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
     max_steps: int = Field(300, description="Optimizer steps of the adapter's training.")
@@ -148,8 +148,9 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
     for role, ts in tasks.items():
         for i, t in enumerate(ts):
             rows.append((t, codeenv.solve(t), "reference"))
-            broken = codeenv.broken_answers(t)
-            rows.append((t, broken[i % len(broken)], "broken"))
+            if i % 2 == 0:  # a broken variant for every other task, near misses (0.8) among them
+                broken = codeenv.broken_answers(t)
+                rows.append((t, broken[(i // 2) % len(broken)], "broken"))
     report("population", f"the base model answers {cfg.base_samples} training tasks")
     model, tok = load_model(state["base"])
     sampled = tasks["coder"][:cfg.base_samples]
