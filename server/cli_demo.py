@@ -98,6 +98,9 @@ def register(app: typer.Typer) -> None:
         from learning.home import resolve_home
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # The stages print their own progress; library progress bars and warnings would garble it.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         target = home or str(Path(resolve_home(None)) / "demo")
         if as_json:
             summary = run_demo(target, quick=quick, report=lambda *a, **k: None)
