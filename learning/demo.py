@@ -29,7 +29,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from learning import codeenv
-from learning.home import subdir
 from learning.jobs import FINAL, wait_job
 from learning.runs import import_runs
 from learning.store import Store
@@ -63,7 +62,7 @@ QUICK = DemoConfig(base_size="tiny", coder_tasks=40, fixer_tasks=12, judge_tasks
 
 class StageReport(BaseModel):
     name: str
-    status: Literal["done", "todo", "failed"]
+    status: Literal["done", "failed"]
     seconds: float
     detail: dict[str, Any] = Field(default_factory=dict)
 
@@ -95,10 +94,6 @@ class DemoSummary(BaseModel):
     plot_path: str | None = None
     summary_path: str | None = None
     stages: list[StageReport] = Field(default_factory=list)
-
-
-class StageTodo(Exception):
-    """A stage whose library function is not part of this build yet."""
 
 
 def _log_runs(store: Store, records: list[dict]) -> int:
@@ -170,10 +165,8 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
 
 
 def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    try:
-        from learning.sft import make_sft
-    except ImportError as exc:  # TODO(wire): learning/sft.py (curation) lands with its own branch
-        raise StageTodo("make_sft (learning/sft.py) is not in this build") from exc
+    from learning.sft import make_sft
+
     out = {}
     for role in ("coder", "fixer", "judge"):
         report("curate", f"make_sft for {role} (min reward {cfg.min_reward})")
@@ -213,10 +206,8 @@ def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> d
 
 
 def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    try:
-        from learning.evaluate import evaluate_adapter
-    except ImportError as exc:
-        raise StageTodo("evaluate_adapter (learning/evaluate.py) is not in this build") from exc
+    from learning.evaluate import evaluate_adapter
+
     started = evaluate_adapter(store, state["adapter_id"], max_examples=cfg.eval_examples,
                                max_generate=cfg.eval_generate, max_new_tokens=cfg.max_new_tokens,
                                batch_size=cfg.batch_size)
@@ -301,7 +292,7 @@ STAGES: list[tuple[str, Callable]] = [
 
 def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None,
              report: Report | None = None) -> DemoSummary:
-    """Run every stage in order; a stage whose library is missing is recorded as todo."""
+    """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
     from learning.demo_report import finish_summary
 
     cfg = config or (QUICK if quick else DemoConfig())
@@ -314,13 +305,11 @@ def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoCo
         t0 = time.perf_counter()
         try:
             detail, status = fn(store, cfg, state, report), "done"
-        except StageTodo as exc:
-            detail, status = {"todo": str(exc)}, "todo"
         except Exception as exc:  # a failed stage ends the demo, with what it learnt so far
             detail, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
         stages.append(StageReport(name=name, status=status, seconds=round(time.perf_counter() - t0, 2), detail=detail))
         report(name, status, final=True)
-        if status == "failed" or (status == "todo" and name in ("base", "train")):
+        if status == "failed":
             break
     t0 = time.perf_counter()
     summary = finish_summary(store, cfg, state, stages, quick=quick)

@@ -41,7 +41,7 @@ class StageProgress:
             self.tasks[stage] = self.bar.add_task(stage, total=None, title=TITLES.get(stage, stage), message="")
         task = self.tasks[stage]
         if final:
-            color = {"done": "green", "todo": "yellow", "failed": "red"}.get(message, "white")
+            color = {"done": "green", "failed": "red"}.get(message, "white")
             self.bar.update(task, total=1, completed=1, message=f"[{color}]{message}[/]")
             self.bar.stop_task(task)
             return
@@ -70,7 +70,7 @@ def render_summary(s) -> None:
     for col in ("stage", "status", "seconds", "note"):
         times.add_column(col)
     for st in s.stages:
-        note = st.detail.get("todo") or st.detail.get("error") or ""
+        note = st.detail.get("error") or ""
         times.add_row(TITLES.get(st.name, st.name), st.status, fmt(st.seconds, 1), note[:80])
     times.add_row("report", "done", fmt(s.seconds.get("report"), 1), "")
     console.print(times)
