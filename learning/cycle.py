@@ -111,6 +111,8 @@ def cycle_job(ctx) -> dict:
     def follow(stage: str, job_id: str) -> dict:
         status = wait_for(store, job_id, lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
                           ctx.cancelled)
+        if status.status == "cancelled" and ctx.cancelled():
+            raise JobCancelled(f"cycle cancelled during {stage} (job {job_id} cancelled too)")
         if status.status != "succeeded":
             raise RuntimeError(f"{stage} job {job_id} {status.status}: {status.error}")
         return status.result or {}

@@ -90,9 +90,13 @@ def test_quick_demo_end_to_end(demo_run):
         assert r["reward"] == float(codeenv.parse_verdict(r["output"]) == truth)
     # Both kinds of reward occur: the population is mixed.
     assert {r["reward"] for r in runs} >= {0.0, 1.0} and any(0 < r["reward"] < 1 for r in runs)
-    # The held-out adapter runs carry the adapter and the routing decision.
-    routed = [r for r in runs if r["adapter_id"] == s["adapter_id"]]
-    assert len(routed) == 15 and all(r["decision_id"] for r in routed)
+    # The held-out adapter runs carry the adapter, and the routing decision when the route chose it
+    # (a promoted adapter); when the gate kept it out of production the base was routed instead.
+    adapter_runs = [r for r in runs if r["adapter_id"] == s["adapter_id"]]
+    assert len(adapter_runs) == 15
+    promoted = s["adapter_status"] == "production"
+    assert stages["heldout"]["detail"]["routed_to_adapter"] == (15 if promoted else 0)
+    assert all(bool(r["decision_id"]) == promoted for r in adapter_runs)
 
 
 @pytest.mark.slow
