@@ -1,7 +1,7 @@
 """Curation figures: make_sft over 1,000,000 runs (seconds, peak memory), redaction throughput,
 and redaction recall / false positives on the labelled corpus (learning/redact_corpus.py).
 
-    python bench/curation.py [--runs 1000000] [--keep-db DIR]
+    python bench/curation.py [--runs 1000000] [--keep-db DIR] [--trace]
 
 The database is generated with Store.insert_runs in large batches. make_sft runs in a fresh
 subprocess so that its peak resident memory (ru_maxrss) and tracemalloc peak are its own.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -130,6 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--keep-db", help="Reuse (or create) the database in this folder.")
+    parser.add_argument("--trace", action="store_true", help="Also measure tracemalloc's peak (a slow run).")
     args = parser.parse_args()
 
     quality = corpus_quality()
@@ -157,10 +159,12 @@ def main() -> None:
         print(f"make_sft over {args.runs:,} runs, {label}: {r['seconds']:.2f}s wall ({r['cpu_seconds']:.2f}s CPU), "
               f"{r['rows']:,} rows written "
               f"({r['matched']:,} runs read), peak RSS {r['maxrss_mib']:.0f} MiB (import baseline {base:.0f} MiB)")
-    r = sft_in_child(home, trace=True)
-    print(f"tracemalloc peak of make_sft with default filters: {r['traced_peak_mib']:.1f} MiB "
-          f"(the database holds {db_mib:,.0f} MiB; traced run took {r['seconds']:.1f}s)")
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.trace:
+        r = sft_in_child(home, trace=True)
+        print(f"tracemalloc peak of make_sft with default filters: {r['traced_peak_mib']:.1f} MiB "
+              f"(the database holds {db_mib:,.0f} MiB; traced run took {r['seconds']:.1f}s)")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall time >> CPU time means a busy machine)")
 
 
 if __name__ == "__main__":

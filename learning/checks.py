@@ -1,7 +1,7 @@
 """Generation checks per role: does an answer do the role's job? No torch here.
 
 - coder: the code in the answer (the first fenced block, else the whole answer) is Python
-  that compiles (`compile()`); blocks fenced as another language are not checked (counted
+  that compiles (`compile()`) and is not empty (at least one statement); blocks fenced as another language are not checked (counted
   as unchecked, not as failures). When the test row carries tests (a list of Python
   statements, usually asserts, in `tests`, `signals.tests` or `meta.tests`), the code must
   also pass them, run by learning.sandbox in a subprocess with a timeout and no network.
@@ -17,6 +17,7 @@ Similarity is difflib's ratio between the answer and the reference, averaged.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import re
@@ -63,9 +64,10 @@ def extract_code(answer: str) -> tuple[str, str]:
 
 
 def compiles(code: str) -> bool:
+    """Python that compiles and holds at least one statement (an empty or comment-only answer
+    compiles too, but is no code)."""
     try:
-        compile(code, "<answer>", "exec")
-        return True
+        return bool(ast.parse(code).body) and compile(code, "<answer>", "exec") is not None
     except (SyntaxError, ValueError):
         return False
 
@@ -143,7 +145,7 @@ def check_code(answer: str, tests: list[str]) -> tuple[bool | None, str]:
     if lang not in PYTHON_TAGS:
         return None, f"{lang} code is not checked"
     if not compiles(code):
-        return False, "does not compile"
+        return False, "no code" if not code.strip() or compiles(code + "\npass") else "does not compile"
     if not tests:
         return True, "compiles"
     result = sandbox.run_tests(code, tests)
@@ -172,11 +174,11 @@ def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tu
 
 def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
     """Pass rate over the checked answers, and mean similarity to the references."""
-    from learning.evaluate import _text
+    from learning.evaluate import to_example
 
     details, passed, checked, sims = [], 0, 0, []
     for row, answer in zip(rows, answers):
-        reference = _text(row.get("completion", ""))
+        reference = to_example(row)["completion"]
         ok, why = check_one(role, row, reference, answer)
         if ok is not None:
             checked += 1

@@ -39,8 +39,8 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, lt=1)
     beta: float = Field(0.1, gt=0, le=10, description="DPO/KTO temperature of the implicit reward.")
-    quantize: Quantize = Field("none", description="4bit (QLoRA, nf4), 8bit, none, or auto (4bit when the "
-                                                   "model would not fit in memory).")
+    quantize: Quantize = Field("auto", description="4bit (QLoRA, nf4), 8bit, none, or auto (4bit when the "
+                                                   "model would not fit in memory, else none).")
     seed: int = Field(0, description="Seed of data order, LoRA init and dropout.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
     logging_steps: int = Field(1, ge=1)

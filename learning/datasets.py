@@ -30,7 +30,6 @@ from learning.store import Store, dumps, loads
 
 FILES = ("train.jsonl", "test.jsonl", "metadata.json")
 STALE_TMP_SECONDS = 3600
-_encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps(**kw) builds one per call
 
 
 class DatasetInfo(BaseModel):
@@ -83,14 +82,15 @@ class SplitWriter:
             self._files = {False: open(folder / "train.jsonl", "w", encoding="utf-8"),
                            True: open(folder / "test.jsonl", "w", encoding="utf-8")}
 
-    def add(self, task_key: str, row: dict[str, Any]) -> None:
+    def add(self, task_key: str, line: str) -> None:
+        """One row, already encoded as a JSON line (without the newline)."""
         is_test = self.sides.get(task_key)
         if is_test is None:
             is_test = self.sides[task_key] = task_hash(self.seed, task_key) < self.test_fraction
         self.rows[is_test] += 1
         self.task_rows[task_key] = self.task_rows.get(task_key, 0) + 1
         if self._files is not None:
-            self._files[is_test].write(_encode(row) + "\n")
+            self._files[is_test].write(line + "\n")
             self.keys[is_test].append(task_key)
 
     def close(self) -> None:
@@ -157,8 +157,13 @@ def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str,
     """Write metadata.json, move the folder into place, then record it in the store."""
     with open(tmp / "metadata.json", "w", encoding="utf-8") as f:
         json.dump(metadata, f, ensure_ascii=False, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    for name in FILES:  # on disk before the dataset is recorded, and immutable
+        fd = os.open(tmp / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp / name, 0o444)
     final = tmp.parent / record["id"]
     os.rename(tmp, final)
     try:

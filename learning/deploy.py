@@ -256,17 +256,3 @@ def set_deploy_target(store: Store, role: str, target: str | None, url: str | No
 def list_deploy_targets(store: Store) -> list[DeployTarget]:
     return [DeployTarget(role=r["role"], task_type=r["task_type"], complexity=r["complexity"], target=r["target"],
                          url=r["url"]) for r in store.deploy_targets()]
-
-
-def sync_route(store: Store, role: str, task_type: str | None = None, complexity: str | None = None) -> Deployment | None:
-    """After promote or rollback: deploy the route's production adapter to the route's runtime
-    (replacing the old one there). None when the route has no target or no production adapter.
-    Raises like deploy_adapter when the runtime fails; the registry change stands."""
-    configured = store.deploy_target(role, task_type, complexity)
-    if configured is None:
-        return None
-    with store.read() as conn:
-        current = store.production_for_route(conn, role, task_type, complexity)
-    if current is None:
-        return None
-    return deploy_adapter(store, current["id"], configured["target"], configured["url"])

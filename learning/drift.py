@@ -4,18 +4,18 @@ The two arms are the runs served by the new adapter and by the one it replaced i
 production (from the registry's events), or by the base model (runs of the role with no
 adapter) when it replaced nothing. The statistics and the decision rule are in
 learning.drift_stats; this module picks the runs, calls them, records the check, and with
-auto_rollback undoes a regression through the registry.
+auto_rollback undoes a regression through the registry. numpy and scipy load on the first
+check, not at import (the MCP server and the CLI start without them).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
-from learning import drift_stats as st
 from learning import registry
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.runs import iso, time_window
@@ -104,7 +104,9 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
     return new["role"], new["task_type"], new["complexity"], new_id, old_id, None
 
 
-def _arm(rows: list[tuple[float, float]], adapter_id: str | None) -> tuple[ArmSummary, np.ndarray]:
+def _arm(rows: list[tuple[float, float]], adapter_id: str | None):
+    import numpy as np
+
     rewards = np.array([r for _, r in rows], dtype=float)
     n = len(rewards)
     return ArmSummary(adapter_id=adapter_id, runs=n, mean_reward=round(float(rewards.mean()), 4) if n else None,
@@ -114,7 +116,7 @@ def _arm(rows: list[tuple[float, float]], adapter_id: str | None) -> tuple[ArmSu
 
 def _num(x) -> float | None:
     x = float(x)
-    return round(x, 6) if np.isfinite(x) else None
+    return round(x, 6) if math.isfinite(x) else None
 
 
 def detect_drift(store: Store, role: str | None = None, task_type: str | None = None, complexity: str | None = None,
@@ -124,6 +126,8 @@ def detect_drift(store: Store, role: str | None = None, task_type: str | None = 
                  sequential: bool = False, auto_rollback: bool = False, actor: str = "detect_drift",
                  record: bool = True) -> DriftResult:
     """Compare the rewards of a new adapter with the one it replaced (or the base model)."""
+    from learning import drift_stats as st
+
     problems = []
     if not 0 < threshold < 1:
         problems.append(f"threshold must be a relative drop between 0 and 1 (0.05 = 5%), got {threshold}.")
@@ -137,10 +141,17 @@ def detect_drift(store: Store, role: str | None = None, task_type: str | None = 
     start, end = time_window(since, until, days)
     role, task_type, complexity, new_id, old_id, experiment_id = _resolve(
         store, role, task_type, complexity, new_id, old_id, experiment_id)
-    fetch = dict(role=role, task_type=task_type, complexity=complexity, start=start, end=end, last_n=last_n,
-                 experiment_id=experiment_id)
-    new, r_new = _arm(store.arm_rewards(adapter_id=new_id, **fetch), new_id)
-    old, r_old = _arm(store.arm_rewards(adapter_id=old_id, **fetch), old_id)
+    fetch = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
+
+    def rewards(adapter_id: str | None, arm: str | None):
+        # An experiment's arms are its decisions' arms. Outside one, an adapter's runs are its own,
+        # and the base model's are the role's runs without adapter on the same task_type/complexity.
+        route = dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
+        return store.arm_rewards(adapter_id=adapter_id, arm=arm, **route, **fetch)
+
+    arms = ("candidate", "control") if experiment_id else (None, None)
+    new, r_new = _arm(rewards(new_id, arms[0]), new_id)
+    old, r_old = _arm(rewards(old_id, arms[1]), old_id)
     window = ", ".join(filter(None, [f"since {iso(start)}" if start else None, f"until {iso(end)}" if end else None,
                                      f"last {last_n} runs per arm" if last_n else None,
                                      f"experiment {experiment_id}" if experiment_id else None])) or "all runs"
@@ -211,8 +222,11 @@ def _rollback(store: Store, out: DriftResult, actor: str) -> tuple[bool, str]:
     if previous is None or previous["id"] != out.old.adapter_id:
         return False, (f"No rollback: a rollback would restore {previous['id'] if previous is not None else 'nothing'}, "
                        f"not {_label(out.old)} that this check compared against.")
-    restored, archived = registry.rollback_route(store, *route, actor=actor, reason=reason)
-    return True, f"Rolled back: {restored.id} is in production again, {archived} archived."
+    from learning.lifecycle import rollback  # redeploys the route's runtime, if one is configured
+
+    done = rollback(store, *route, reason=reason, actor=actor)
+    return True, (f"Rolled back: {done.restored.adapter_id} is in production again"
+                  + (f", {done.archived.adapter_id} archived." if done.archived else "."))
 
 
 def latest_drift(store: Store, role: str) -> DriftResult | None:

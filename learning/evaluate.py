@@ -15,6 +15,7 @@ torch / transformers / peft are imported only inside the job's functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from learning import checks, registry
-from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.errors import Conflict, InvalidInput, check
 from learning.jobs import JobCancelled, start_job
 from learning.store import Store
 
@@ -59,7 +60,9 @@ class EvalStarted(BaseModel):
 # ---- input checks and the job's start (no torch here) ------------------------------------
 
 def dataset_dir(store: Store, dataset_id: str) -> Path:
-    return store.home / "datasets" / dataset_id
+    """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
+    row = store.get_dataset(dataset_id)
+    return Path(row["path"]) if row is not None else store.home / "datasets" / dataset_id
 
 
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -186,12 +189,12 @@ def run_job(ctx) -> dict[str, Any]:
                            "adapter": a[:400], "base": b[:400]}
                           for r, a, b in list(zip(gen_rows, answers["adapter"], answers["base"]))[:5]]
     write_outputs(Path(adapter.path), metrics, sanity)
-    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate and adapter.status == "trained" else None
+    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
     stored = {k: v for k, v in metrics.items() if k != "samples"}
-    registry.record_evaluation(store, adapter.id, stored, f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
-                               to_status=to_status, data={"job_id": ctx.job_id, **metrics["summary"]})
+    after = registry.record_evaluation(store, adapter.id, stored, f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
+                                       to_status=to_status, data={"job_id": ctx.job_id, **metrics["summary"]})
     ctx.progress(force=True, stage="done", step=total, total_steps=total, message=_gate_reason(gate))
-    return {**metrics["summary"], "status": to_status or adapter.status, "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json")}
+    return {**metrics["summary"], "status": after.status, "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json")}
 
 
 def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
@@ -218,39 +221,22 @@ def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, 
 # ---- model work (imports torch lazily) ---------------------------------------------------------
 
 def load_model(base: str, adapter_path: str):
-    """The base with the adapter on top, in eval mode; the tokenizer saved with the adapter, else the base's."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The base with the adapter on top, in eval mode (learning.generate.load_model)."""
+    from learning.generate import load_model as load
 
-    folder = Path(adapter_path)
-    tok_src = str(folder) if (folder / "tokenizer_config.json").is_file() else base
-    tok = AutoTokenizer.from_pretrained(tok_src)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
-    model = PeftModel.from_pretrained(model, str(folder)).eval()
-    return model, tok
+    return load(base, adapter_path)
 
 
-class model_variant:
-    """`with model_variant(model, 'base')` runs the peft model with its adapter disabled."""
+@contextlib.contextmanager
+def model_variant(model, name: str):
+    """`with model_variant(model, 'base')`: the same loaded model with its adapter switched off."""
+    from learning.generate import without_adapter
 
-    def __init__(self, model, name: str):
-        self.model, self.name, self.cm = model, name, None
-
-    def __enter__(self):
-        if self.name == "base":
-            self.cm = self.model.disable_adapter()
-            self.cm.__enter__()
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.cm is not None:
-            return self.cm.__exit__(*exc)
-        return False
+    if name == "base":
+        with without_adapter(model):
+            yield model
+    else:
+        yield model
 
 
 def _text(value: Any) -> str:
@@ -262,21 +248,44 @@ def _text(value: Any) -> str:
     raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
 
 
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
 def to_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
+    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
+    list of messages (rendered with the tokenizer's chat template)."""
+    if "conversations" in row:
+        row = {"messages": [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
+                            for t in row["conversations"]]}
+    if "messages" in row:
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise InvalidInput("A messages row must end with the assistant's answer.")
+        return {"prompt": msgs[:-1], "completion": _text(msgs[-1]["content"])}
+    if "instruction" in row and "output" in row:
+        return {"prompt": row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n",
+                "completion": row["output"]}
     if "prompt" not in row or "completion" not in row:
-        raise InvalidInput("Test rows need 'prompt' and 'completion' (a prompt/completion SFT dataset).")
+        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
+                           "(preference datasets are not evaluated).")
     return {"prompt": row["prompt"], "completion": _text(row["completion"])}
 
 
+def is_chat(tok, prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(getattr(tok, "chat_template", None))
+
+
 def prompt_text(tok, prompt: Any) -> str:
-    if isinstance(prompt, list) and getattr(tok, "chat_template", None):
+    if is_chat(tok, prompt):
         return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     return _text(prompt)
 
 
 def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + completion + eos, and how many of them are completion tokens."""
-    p = tok(prompt_text(tok, example["prompt"]))["input_ids"]
+    # A chat template already writes the special tokens (bos); plain text gets the tokenizer's own.
+    p = tok(prompt_text(tok, example["prompt"]), add_special_tokens=not is_chat(tok, example["prompt"]))["input_ids"]
     c = tok(example["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     c = c[: max_length - 1]
     p = p[-(max_length - len(c)):]
@@ -322,27 +331,17 @@ def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, 
 
 
 def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
-    """Greedy answers, batched with left padding, cut at the end-of-sequence token."""
-    import torch
+    """Greedy answers (learning.generate), a few batches at a time so progress can be reported."""
+    from learning.generate import generate as greedy
 
-    device = next(model.parameters()).device
     texts = [prompt_text(tok, p) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
-                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True).to(device)
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                for j, seq in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
-                    out[j] = tok.decode(seq, skip_special_tokens=True)
-                if on_batch:
-                    on_batch(min(i + batch_size, len(order)))
-    finally:
-        tok.padding_side = side
+    out: list[str] = []
+    chunk = batch_size * 4
+    for i in range(0, len(texts), chunk):
+        out += greedy(model, tok, texts[i:i + chunk], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      add_special_tokens=not any(is_chat(tok, p) for p in prompts))
+        if on_batch:
+            on_batch(min(i + chunk, len(texts)))
     return out
 
 
@@ -385,5 +384,3 @@ def load_check_main(argv: list[str]) -> int:
         print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}))
     return 0
 
-
-__all__ = ["GateConfig", "EvalConfig", "EvalStarted", "evaluate_adapter", "apply_gate", "run_job", "NotFound"]

@@ -45,7 +45,8 @@ class Experiment(BaseModel):
     task_type: str | None
     complexity: str | None
     candidate_id: str
-    control_id: str | None = Field(description="Production adapter of the route when the experiment started (None: base).")
+    control_id: str | None = Field(description="Adapter serving the route when the experiment started (its own production "
+                                               "adapter or a less specific route's; None: the base model).")
     mode: Mode
     fraction: float | None = Field(description="Canary share of traffic for the candidate.")
     seed: int
@@ -77,6 +78,17 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
                       stopped=_iso(row["stopped"]), reason=row["reason"], arms=arms)
 
 
+def _control(store: Store, conn, role: str, task_type: str | None, complexity: str | None):
+    """The production adapter that serves the route today (its own, or a less specific one's)."""
+    from learning.router import _keys
+
+    for _, key in _keys(role, task_type, complexity):
+        row = store.production_for_route(conn, *key)
+        if row is not None:
+            return row
+    return None
+
+
 def start_experiment(store: Store, role: str, candidate_id: str, mode: Mode = "canary", fraction: float | None = None,
                      seed: int = 0, reason: str = "") -> Experiment:
     """Start serving `candidate_id` beside its route's production adapter (or the base model).
@@ -106,7 +118,7 @@ def start_experiment(store: Store, role: str, candidate_id: str, mode: Mode = "c
         if running is not None:
             raise Conflict(f"Experiment {running['id']} already runs on this route; stop it first "
                            f"(stop_experiment, CLI: learnloop experiment stop --id {running['id']}).")
-        control = store.production_for_route(conn, *route)
+        control = _control(store, conn, *route)
         experiment_id = f"exp-{role}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         store.insert_experiment(conn, dict(
             id=experiment_id, role=role, task_type=cand["task_type"], complexity=cand["complexity"],

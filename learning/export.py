@@ -66,10 +66,12 @@ def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
     adapter_cfg = _adapter_config(Path(adapter.path))
     recorded = (_metadata(Path(adapter.path)).get("base_model") or {})
     recorded_path = recorded.get("path") if isinstance(recorded, dict) else None
-    for candidate in (base, adapter.base_model, recorded_path, adapter_cfg.get("base_model_name_or_path")):
+    # A base that is given is the only candidate: never fall back to another one silently.
+    candidates = [base] if base else [adapter.base_model, recorded_path, adapter_cfg.get("base_model_name_or_path")]
+    for candidate in candidates:
         if candidate and Path(candidate).expanduser().is_dir():
             return Path(candidate).expanduser().resolve()
-    for candidate in (base, adapter.base_model):
+    for candidate in candidates[:1]:  # a hub id: the given base or the recorded base_model
         if candidate and "/" in candidate and not Path(candidate).is_absolute():
             try:
                 from huggingface_hub import snapshot_download

@@ -4,7 +4,7 @@ Built on learning.registry (statuses, events, the one-production-per-route trans
 `plan_promote` / `plan_rollback` run every check and describe what would change (what is
 replaced, the metrics of both) without changing anything: the MCP tool and the CLI show
 that summary to a person before they confirm. `promote` / `rollback` repeat the checks and
-make the change in one transaction, then call `_after_route_change`.
+deploy to the route's runtime when one is configured, then make the change in one transaction.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LOAD_CHECK_TIMEOUT_S = 600
 
 class AdapterBrief(BaseModel):
     """An adapter as a person deciding on a promotion needs to see it."""
-    id: str
+    adapter_id: str
     status: str
     role: str
     task_type: str | None
@@ -88,7 +88,7 @@ class LifecycleOutcome(BaseModel):
 
 def brief(adapter: registry.Adapter) -> AdapterBrief:
     m = adapter.metrics or {}
-    return AdapterBrief(id=adapter.id, status=adapter.status, role=adapter.role, task_type=adapter.task_type,
+    return AdapterBrief(adapter_id=adapter.id, status=adapter.status, role=adapter.role, task_type=adapter.task_type,
                         complexity=adapter.complexity, base_model=adapter.base_model, dataset_id=adapter.dataset_id,
                         eval_loss=m.get("eval_loss"), base_eval_loss=m.get("base_eval_loss"),
                         pass_rate=m.get("pass_rate"), base_pass_rate=m.get("base_pass_rate"),
@@ -101,8 +101,8 @@ def _num(value: float | None) -> str:
 
 def describe(b: AdapterBrief) -> str:
     if b.eval_loss is None and b.pass_rate is None:
-        return f"{b.id} [{b.status}]: not evaluated"
-    return (f"{b.id} [{b.status}]: eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
+        return f"{b.adapter_id} ({b.status}): not evaluated"
+    return (f"{b.adapter_id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
             f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})")
 
 
@@ -151,9 +151,9 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
         raise Conflict(problem)
     me = brief(adapter)
     replaces = brief(registry.get_adapter(store, old["id"])) if old is not None else None
-    lines = [f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})" + (" [forced]" if force else "") + "."]
+    lines = [f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})" + (" (forced)" if force else "") + "."]
     if to == "production":
-        lines.append(f"It replaces {replaces.id}, which will be archived." if replaces
+        lines.append(f"It replaces {replaces.adapter_id}, which will be archived." if replaces
                      else "The route has no production adapter now; nothing is replaced.")
     elif adapter.status == "production":
         lines.append("The route will have no production adapter (agents get the base model) until another is promoted "
@@ -172,6 +172,8 @@ def promote(store: Store, adapter_id: str, to: Target = "production", force: boo
     reason = reason or f"promoted to {to}"
     from_status = plan.adapter.status
     if to == "production":
+        _deploy_first(store, adapter_id, plan.adapter.role, plan.adapter.task_type, plan.adapter.complexity)
+
         def in_transaction(row, old):
             problem = _promotion_problem(row, old, to, force)
             if problem:
@@ -181,8 +183,6 @@ def promote(store: Store, adapter_id: str, to: Target = "production", force: boo
     else:
         adapter = registry.move(store, adapter_id, to, actor, reason, force=force, data={"forced": force} if force else None)
         replaced_id = None
-    if to == "production" or from_status == "production":
-        _after_route_change(store, adapter.role, adapter.task_type, adapter.complexity)
     replaced = brief(registry.get_adapter(store, replaced_id)) if replaced_id else None
     return PromoteResult(adapter=brief(adapter), from_status=from_status, to_status=to, replaced=replaced,
                          forced=force, reason=reason, summary=plan.summary)
@@ -198,8 +198,8 @@ def plan_rollback(store: Store, role: str, task_type: str | None = None, complex
         current = store.production_for_route(conn, role, task_type, complexity)
     restore = brief(registry.get_adapter(store, prev["id"]))
     archive = brief(registry.get_adapter(store, current["id"])) if current is not None else None
-    lines = [f"Roll back route {_route(role, task_type, complexity)}: {restore.id} goes back to production"
-             + (f", {archive.id} is archived." if archive else " (the route has no production adapter now).")]
+    lines = [f"Roll back route {_route(role, task_type, complexity)}: {restore.adapter_id} goes back to production"
+             + (f", {archive.adapter_id} is archived." if archive else " (the route has no production adapter now).")]
     lines.append("  restore: " + describe(restore))
     if archive:
         lines.append("  archive: " + describe(archive))
@@ -211,17 +211,23 @@ def rollback(store: Store, role: str, task_type: str | None = None, complexity: 
     """The route's most recently replaced production adapter back to production, the current one archived."""
     plan = plan_rollback(store, role, task_type, complexity)
     reason = reason or "rollback requested"
+    _deploy_first(store, plan.restore.adapter_id, role, task_type, complexity)
     restored, archived_id = registry.rollback_route(store, role, task_type, complexity, actor=actor, reason=reason)
-    _after_route_change(store, role, task_type, complexity)
     archived = brief(registry.get_adapter(store, archived_id)) if archived_id else None
     return RollbackResult(route=plan.route, restored=brief(restored), archived=archived, reason=reason,
                           summary=plan.summary)
 
 
-def _after_route_change(store: Store, role: str, task_type: str | None, complexity: str | None) -> None:
-    """Called after every change of a route's production adapter (promote, archive of the
-    production adapter, rollback). The place where deployments are synced to the new state."""
-    return None
+def _deploy_first(store: Store, adapter_id: str, role: str, task_type: str | None, complexity: str | None) -> None:
+    """When the route has a runtime configured (deploy --set-target), put the adapter that is
+    about to serve it on that runtime before the registry changes, and retire the old one there:
+    a deployment that fails raises with its cause and leaves the registry as it was."""
+    target = store.deploy_target(role, task_type, complexity)
+    if target is None:
+        return
+    from learning.deploy import deploy_adapter
+
+    deploy_adapter(store, adapter_id, target["target"], target["url"])
 
 
 # ---- bringing in adapters trained elsewhere ----------------------------------------------
@@ -306,6 +312,8 @@ def register_adapter(store: Store, path: str | Path, role: str, base: str | None
     base = base or config.get("base_model_name_or_path")
     if not base:
         raise InvalidInput(f"{src}/adapter_config.json names no base model; pass the base (--base).")
+    if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
+        raise InvalidInput(f"No base model folder {base}; pass the base the adapter was trained on (--base).")
     adapter_id = safe_id(adapter_id or f"{registry.new_adapter_id(role)}-{secrets.token_hex(2)}", "adapter id")
     if store.adapter_exists(adapter_id):
         raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")

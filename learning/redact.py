@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
 
 TYPES = ("API_KEY", "JWT", "PRIVATE_KEY", "PASSWORD", "TOKEN", "SECRET", "EMAIL", "PHONE")
 
@@ -118,15 +117,19 @@ def looks_secret(value: str, quoted: bool = False) -> bool:
     v = value.strip()
     if len(v) < 8 or v.lower() in _PLACEHOLDER_VALUES or v.startswith("[") or "{" in v or "$" in v:
         return False
+    if "://" in v or v.startswith(("/", "./", "../", "~/")):  # URLs and paths (URL rules cover credentials)
+        return False
     if re.fullmatch(r"[xX*.•<>_-]+|<[^>]*>|your[\w-]*|\w*_?here", v):  # placeholders: xxxx, <token>, your-key-here
         return False
     has_digit = any(c.isdigit() for c in v)
     if has_digit and any(c.isalpha() for c in v):
         return True
-    # Letters only: a bare value is a name (settings.API_KEY); a quoted one is a secret only if
-    # long, mixed-case and high-entropy, and not an ENV_NAME or snake_case / dotted name.
-    if not quoted or re.fullmatch(r"[A-Z][A-Z0-9_]*|[a-z][a-z0-9_.]*|[A-Za-z]+(?:[._-][A-Za-z]+)+", v):
-        return has_digit is False and not re.fullmatch(r"[A-Za-z_][A-Za-z_.]*", v) and len(v) >= 16 and entropy(v) >= 3.5
+    if has_digit:  # digits without letters: a number
+        return False
+    if re.fullmatch(r"[A-Za-z_][A-Za-z_.-]*", v):  # looks like a name (settings.API_KEY, DB_PASSWORD)
+        # bare, it is one; quoted, only a long mixed-case run of letters may be a secret
+        if not quoted or not v.isalpha() or v.islower() or v.isupper():
+            return False
     return len(v) >= 16 and entropy(v) >= 3.5
 
 

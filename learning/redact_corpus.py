@@ -133,6 +133,7 @@ ORDINARY_CODE: list[str] = [
     'password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt())\n',
     'tokenizer = AutoTokenizer.from_pretrained(path)\ntokens = tokenizer(text)["input_ids"]\nmax_tokens = 512\n',
     "cache_key = f\"{user_id}:{page}\"\nsort_key = lambda r: r.created\nprimary_key = 'id'\n",
+    'token_url = "https://oauth2.googleapis.com/token"\nsecrets_dir = "/var/run/secrets/kubernetes.io/token"\n',
     'PASSWORD_MIN_LENGTH = 12\npassword = "changeme"  # placeholder\nAPI_KEY = "<your-api-key>"\n',
     "env:\n  API_TOKEN: ${{ secrets.API_TOKEN }}\n  PASSWORD: $DB_PASSWORD\n",
     # Emails and phones that are not.

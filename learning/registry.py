@@ -148,15 +148,15 @@ def set_metrics(store: Store, adapter_id: str, metrics: dict[str, Any]) -> None:
 def record_evaluation(store: Store, adapter_id: str, metrics: dict[str, Any], reason: str,
                       to_status: Status | None = None, data: dict | None = None, actor: str = "learnloop") -> Adapter:
     """Store an evaluation's metrics and its event (and the gate's move, if any) in one transaction.
-    Without a move, the event keeps the status (from = to) so the history shows every evaluation."""
+    The move (trained -> to_status) happens only if the adapter is still trained when the result
+    is written (it may have been promoted or archived meanwhile). Without a move, the event keeps
+    the status (from = to) so the history shows every evaluation."""
     with store.write() as conn:
         row = store.get_adapter(adapter_id, conn)
         if row is None:
             raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
-        target = to_status or current
-        if target != current and target not in MOVES[current]:
-            raise Conflict(f"Adapter {adapter_id} is {current}; it cannot move to {target}.")
+        target = to_status if to_status and current == "trained" and to_status in MOVES[current] else current
         store.update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
         store.set_adapter_status(conn, adapter_id, current, target, actor, reason, data)
     return get_adapter(store, adapter_id)

@@ -11,9 +11,8 @@ the runs. Nothing is recorded until the files are complete (learning/datasets.py
 
 from __future__ import annotations
 
-import hashlib
-import re
 import itertools
+import re
 import shutil
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from learning import __version__
 from learning.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, iso, list_datasets,
                                new_dataset_id, publish, temp_folder)
 from learning.errors import InvalidInput, check
-from learning.redact import Redactor
+from learning.prepare import RunRedactor, encode, norm_digest, render_prompt
 from learning.runs import ROLE_PATTERN, time_window
 from learning.store import Store
 from learning.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template, sft_row
@@ -104,38 +103,6 @@ def _template(store: Store, role: str, template: str | None, problems: list[str]
         raise
 
 
-def _norm(*texts: str) -> int:
-    """A digest of texts after lower-casing and collapsing white space (near-exact duplicates).
-    Python's string hash: 64 bits, enough for millions of rows, and only compared in-process."""
-    return hash("\x00".join(" ".join(t.split()) for t in texts).lower())
-
-
-class _Redact:
-    """Redacts a run's three texts in one pass; counts only what the caller keeps."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.r, self.kept = enabled, Redactor(), Counter()
-
-    def __call__(self, instruction: str, input_: str, output: str) -> tuple[list[str], Counter]:
-        if not self.enabled:
-            return [instruction, input_, output], Counter()
-        self.r.counts = Counter()
-        joined = f"{instruction}\x00{input_}\x00{output}"
-        parts = self.r(joined).split("\x00")
-        if len(parts) != 3:  # a text held a NUL itself: redact the three apart
-            parts = [self.r(t) for t in (instruction, input_, output)]
-        return parts, self.r.counts
-
-
-def _prompt(template: Compiled, role: str, run: tuple, instruction: str, input_: str,
-            without_input: bool = False) -> tuple[str, str]:
-    """The rendered prompt, and (for alpaca) the prompt without the input block."""
-    fields = {"instruction": instruction, "input": input_, "task_type": run[6] or "", "complexity": run[7] or "",
-              "role": role}
-    prompt = template.render(fields)
-    return prompt, (template.render({**fields, "input": ""}) if without_input else "")
-
-
 def _too_few(store: Store, role: str, filters: dict, kept: int, min_rows: int, counts: dict, extra: str) -> InvalidInput:
     funnel = store.curation_funnel(role, filters)
     if funnel[0][1] == 0:
@@ -160,6 +127,7 @@ def _show(value: Any) -> str:
 def _finish(store, writer, tmp, record, meta, dry_run, result_fields) -> CurationResult:
     writer.close()
     if dry_run:
+        result_fields["seconds"] = round(time.perf_counter() - result_fields.pop("started"), 3)
         return CurationResult(dataset_id=None, dry_run=True, path=None, files={}, content_hash=None,
                               train_rows=writer.rows[False], test_rows=writer.rows[True], **result_fields)
     meta["counts"].update(train=writer.rows[False], test=writer.rows[True])
@@ -168,26 +136,29 @@ def _finish(store, writer, tmp, record, meta, dry_run, result_fields) -> Curatio
     final = publish(store, tmp, record, meta)
     files = {"train": str(final / "train.jsonl"), "test": str(final / "test.jsonl"), "metadata": str(final / "metadata.json")}
     result_fields["counts"].update(train=writer.rows[False], test=writer.rows[True])
+    result_fields["seconds"] = round(time.perf_counter() - result_fields.pop("started"), 3)
     return CurationResult(dataset_id=record["id"], dry_run=False, path=str(final), files=files,
                           content_hash=meta["content_hash"], train_rows=writer.rows[False],
                           test_rows=writer.rows[True], **result_fields)
 
 
-def _run(store, role, kind, fmt, rows: Iterator[tuple[str, dict, list[int], list[float]]], counts: Counter,
-         redactor: _Redact, filters: dict, settings: dict, template: tuple[str, str], seed: int,
+def _run(store, role, kind, fmt, rows: Iterator[tuple[str, str, list[int], list[float]]], counts: Counter,
+         redactor: RunRedactor, filters: dict, settings: dict, template: tuple[str, str], seed: int,
          test_fraction: float, min_rows: int, dry_run: bool, started: float) -> CurationResult:
-    """Write the rows a curation yields (task_key, row, run ids, rewards), then publish."""
+    """Write the rows a curation yields (task_key, JSON line, run ids, rewards), then publish."""
     dataset_id = new_dataset_id(role, kind)
     tmp = None if dry_run else temp_folder(store, dataset_id)
     try:
         writer = SplitWriter(tmp, seed, test_fraction)
         run_ids, reward_sum, reward_n = [], 0.0, 0
-        for task_key, row, ids, rewards in rows:
-            writer.add(task_key, row)
+        for task_key, line, ids, rewards in rows:
+            writer.add(task_key, line)
             run_ids.extend(ids)
             reward_sum += sum(rewards)
             reward_n += len(rewards)
         kept = writer.rows[False] + writer.rows[True]
+        if kind == "sft":
+            counts["after_dedupe"] = counts["matched"] - counts["duplicates"]
         counts["kept"] = kept
         if kept < min_rows:
             writer.close()
@@ -208,8 +179,7 @@ def _run(store, role, kind, fmt, rows: Iterator[tuple[str, dict, list[int], list
                       for n, c in store.curation_funnel(role, filters)]
         return _finish(store, writer, tmp, record, meta, dry_run, dict(
             role=role, kind=kind, format=fmt, counts=dict(counts), mean_reward=mean, redacted=redactor.enabled,
-            redaction_counts=dict(redactor.kept), funnel=funnel, template_source=template[1],
-            seconds=round(time.perf_counter() - started, 3)))
+            redaction_counts=dict(redactor.kept), funnel=funnel, template_source=template[1], started=started))
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -235,7 +205,7 @@ def make_sft(
                       min_reward, min_rows)
     tmpl = _template(store, role, template, problems)
     filters = _filters(min_reward, None, task_type, complexity, agent, since, until, days, min_length, max_length)
-    redactor, counts = _Redact(redact), Counter(matched=0, duplicates=0, over_task_cap=0)
+    redactor, counts = RunRedactor(redact), Counter(matched=0, duplicates=0, over_task_cap=0)
     compiled = Compiled(tmpl[0])
 
     def rows():
@@ -245,20 +215,20 @@ def make_sft(
             for run in stream:
                 counts["matched"] += 1
                 task_key = run[1]
-                if per_task[task_key] >= max_per_task:
+                if per_task[task_key] >= max_per_task:  # checked first: a capped run costs nothing
                     counts["over_task_cap"] += 1
                     continue
                 (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-                prompt, instruction_only = _prompt(compiled, role, run, instruction, input_, format == "alpaca")
                 if dedupe:
-                    digest = _norm(instruction, input_, output)
+                    digest = norm_digest(instruction, input_, output)
                     if digest in seen:
                         counts["duplicates"] += 1
                         continue
                     seen.add(digest)
+                prompt, instruction_only = render_prompt(compiled, role, run, instruction, input_, format == "alpaca")
                 per_task[task_key] += 1
-                redactor.kept.update(found)
-                yield task_key, sft_row(format, prompt, output, instruction_only, input_), [run[0]], [run[2]]
+                redactor.keep(found)
+                yield task_key, encode(sft_row(format, prompt, output, instruction_only, input_)), [run[0]], [run[2]]
                 if limit is not None and counts["matched"] - counts["duplicates"] - counts["over_task_cap"] >= limit:
                     counts["stopped_at_limit"] = 1
                     return
@@ -297,7 +267,7 @@ def make_preferences(
         problems.append(f"need 0 <= low < high <= 1 (undesirable below low, desirable above high), got low={low}, high={high}")
     tmpl = _template(store, role, template, problems)
     filters = _filters(None, None, task_type, complexity, agent, since, until, days, min_length, max_length)
-    redactor, counts = _Redact(redact), Counter(matched=0, tasks=0, duplicates=0, over_task_cap=0)
+    redactor, counts = RunRedactor(redact), Counter(matched=0, tasks=0, duplicates=0, over_task_cap=0)
 
     def rows():
         seen: set[int] = set()
@@ -311,8 +281,8 @@ def make_preferences(
                 for row, ids, rewards, found in make(attempts, redactor, Compiled(tmpl[0]), role, format, seen, counts, dedupe,
                                                      margin=margin, min_chosen=min_chosen, high=high, low=low,
                                                      max_per_task=max_per_task):
-                    redactor.kept.update(found)
-                    yield task_key, row, ids, rewards
+                    redactor.keep(found)
+                    yield task_key, encode(row), ids, rewards
                     written += 1
                     if limit is not None and written >= limit:
                         counts["stopped_at_limit"] = 1
@@ -330,7 +300,7 @@ def _redacted(attempts, redactor, template, role):
     out = []
     for run in attempts:
         (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-        out.append((run, _prompt(template, role, run, instruction, input_)[0], output, found))
+        out.append((run, render_prompt(template, role, run, instruction, input_)[0], output, found))
     return out
 
 
@@ -346,7 +316,7 @@ def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
             if " ".join(c[2].split()) == " ".join(r[2].split()):
                 continue
             if dedupe:
-                digest = _norm(c[1], c[2], r[2])
+                digest = norm_digest(c[1], c[2], r[2])
                 if digest in seen:
                     counts["duplicates"] += 1
                     continue
@@ -355,7 +325,7 @@ def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
                 counts["over_task_cap"] += 1
                 return
             done += 1
-            yield pref_row(fmt, "dpo", c[1], c[2], r[2]), [c[0][0], r[0][0]], [c[0][2], r[0][2]], c[3] + r[3]
+            yield pref_row(fmt, "dpo", c[1], c[2], r[2]), [c[0][0], r[0][0]], [c[0][2], r[0][2]], {k: c[3].get(k, 0) + r[3].get(k, 0) for k in {*c[3], *r[3]}}
 
 
 def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, high, low, max_per_task, **_):
@@ -364,7 +334,7 @@ def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
     for run, prompt, output, found in _redacted(chosen, redactor, template, role):
         label = run[2] >= high
         if dedupe:
-            digest = _norm(prompt, output, str(label))
+            digest = norm_digest(prompt, output, str(label))
             if digest in seen:
                 counts["duplicates"] += 1
                 continue

@@ -183,7 +183,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS deployments_adapter ON deployments(adapter_id, created);
     """,
-    # 4: the runtime each route is kept in step with (learning.deploy.sync_route).
+    # 4: the runtime each route is kept in step with (learning.lifecycle deploys to it on promote and rollback).
     """
     CREATE TABLE deploy_targets (
         role TEXT NOT NULL,
@@ -342,10 +342,6 @@ class Store:
             return conn.execute(sql, args).fetchall()
 
     # ---- datasets -----------------------------------------------------------------------
-
-    def get_dataset_row(self, dataset_id: str) -> sqlite3.Row | None:
-        with self.read() as conn:
-            return conn.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
 
     # Curation filters become WHERE fragments here, in a fixed order that is also the order of
     # the funnel (the count of runs left after each filter). Values are always bound.
@@ -608,10 +604,12 @@ class Store:
 
     def arm_rewards(self, role: str | None, adapter_id: str | None, task_type: str | None = None,
                     complexity: str | None = None, start: float | None = None, end: float | None = None,
-                    last_n: int | None = None, experiment_id: str | None = None) -> list[tuple[float, float]]:
+                    last_n: int | None = None, experiment_id: str | None = None,
+                    arm: str | None = None) -> list[tuple[float, float]]:
         """(ts, reward) of the runs served by one adapter (None: the base model, which needs a role),
-        oldest first; optionally only runs of a route, a time window, the last N, or one experiment."""
-        where, args = ["r.adapter_id IS ?"], [adapter_id]
+        oldest first; optionally only runs of a route, a time window, the last N, or one experiment
+        (with an arm: the runs of that arm, whichever adapter served them)."""
+        where, args = (["r.adapter_id IS ?"], [adapter_id]) if arm is None else ([], [])
         for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
             if value is not None:
                 where.append(f"{col} = ?")
@@ -627,6 +625,9 @@ class Store:
             join = "JOIN decisions d ON d.id = r.decision_id"
             where.append("d.experiment_id = ?")
             args.append(experiment_id)
+            if arm is not None:
+                where.append("d.arm = ?")
+                args.append(arm)
         sql = f"SELECT r.ts, r.reward FROM runs r {join} WHERE {' AND '.join(where)} ORDER BY r.ts DESC, r.id DESC"
         if last_n is not None:
             sql += " LIMIT ?"

@@ -11,7 +11,6 @@ one of the first two.
 from __future__ import annotations
 
 import string
-from pathlib import Path
 from typing import Any, Literal
 
 from learning.errors import InvalidInput

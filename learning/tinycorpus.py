@@ -26,14 +26,18 @@ def made_up(rng: random.Random) -> str:
 
 def ident(rng: random.Random, kind: str = "var") -> str:
     """A snake_case name: real words, made-up words or a mix."""
-    if kind == "fn":
-        parts = [rng.choice(VERBS)] + [rng.choice(WORDS) if rng.random() < 0.5 else made_up(rng)
-                                       for _ in range(rng.randint(0, 2))]
-        return "_".join(parts) if rng.random() < 0.8 else made_up(rng)
+    if kind == "fn":  # mostly names that can only be copied, never recalled
+        r = rng.random()
+        if r < 0.4:
+            return made_up(rng)
+        if r < 0.7:
+            return f"{made_up(rng)}_{made_up(rng)}"
+        return "_".join([rng.choice(VERBS)] + [rng.choice(WORDS) if rng.random() < 0.4 else made_up(rng)
+                                               for _ in range(rng.randint(1, 2))])
     r = rng.random()
-    if r < 0.15:
+    if r < 0.1:
         return rng.choice("abcnxyzijkpqst")
-    if r < 0.55:
+    if r < 0.4:
         return rng.choice(WORDS)
     if r < 0.8:
         return made_up(rng)
@@ -140,16 +144,15 @@ def document(rng: random.Random) -> str:
     """One training document in one of several generic forms."""
     name, code, params, desc = function(rng)
     sig = f"{name}({', '.join(params)})"
-    form = rng.randrange(8)
-    if form == 0:
-        return code
-    if form == 1:
+    form = rng.randrange(1, 9)  # most forms name the function before (or after) defining it
+    if form == 8:
         other = function(rng)[1]
         return f"{code}\n\n{other}"
     if form == 2:
         return f"# {sig}: {desc}.\n{code}"
     if form == 3:
-        return f"Write a Python function `{sig}` that will {desc}.\n\n{code}"
+        shown = f"`{sig}`" if rng.random() < 0.5 else sig
+        return f"Write a {rng.choice(['Python function', 'function'])} {shown} that will {desc}.\n\n{code}"
     if form == 4:
         return f"Question: how do I write {name} in Python? It should {desc}.\nAnswer:\n{code}"
     if form == 5:

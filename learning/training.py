@@ -60,7 +60,7 @@ class TrainStarted(BaseModel):
 # ---- checks of each input; each returns problems instead of raising -------------------
 
 def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], dict | None]:
-    row = store.get_dataset_row(dataset_id)
+    row = store.get_dataset(dataset_id)
     if row is None:
         return [f"No dataset {dataset_id!r}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."], None
     ds = dict(row)
@@ -295,9 +295,11 @@ def train_adapter(store: Store, role: str, dataset_id: str, base: str | None = N
 def _choose_quantization(cfg: TrainConfig, est_memory_mb: float, notes: list[str]) -> TrainConfig:
     if cfg.quantize != "auto":
         return cfg
+    # Compared with free RAM: the front never imports torch, so it cannot ask a GPU.
     available = psutil.virtual_memory().available / 2**20
     choice = "4bit" if est_memory_mb > 0.8 * available else "none"
-    notes.append(f"quantize auto -> {choice} (estimated {est_memory_mb:.0f} MiB, {available:.0f} MiB available)")
+    if choice != "none":
+        notes.append(f"quantize auto -> {choice} (estimated {est_memory_mb:.0f} MiB, {available:.0f} MiB free)")
     return cfg.model_copy(update={"quantize": choice})
 
 

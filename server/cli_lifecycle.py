@@ -36,18 +36,18 @@ def render_outcome(result: lifecycle.LifecycleOutcome) -> None:
         return
     if result.promoted:
         p = result.promoted
-        console.print(f"[green]{p.adapter.id}[/] {p.from_status} -> {p.to_status}"
-                      + (f"; replaced {p.replaced.id} (now archived)" if p.replaced else ""), highlight=False)
+        console.print(f"[green]{p.adapter.adapter_id}[/] {p.from_status} -> {p.to_status}"
+                      + (f"; replaced {p.replaced.adapter_id} (now archived)" if p.replaced else ""), highlight=False)
     if result.rolled_back:
         r = result.rolled_back
-        console.print(f"[green]{r.restored.id}[/] back in production"
-                      + (f"; {r.archived.id} archived" if r.archived else ""), highlight=False)
+        console.print(f"[green]{r.restored.adapter_id}[/] back in production"
+                      + (f"; {r.archived.adapter_id} archived" if r.archived else ""), highlight=False)
 
 
 def render_adapters(rows: list[registry.Adapter]) -> None:
     table = Table(title="adapters (* = production)")
     for col in ("", "id", "role", "status", "created", "base", "dataset", "eval loss", "pass rate"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "status", "eval loss", "pass rate"))
     for a in rows:
         m = a.metrics or {}
         route = "/".join(x for x in (a.role, a.task_type, a.complexity) if x)
@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[Optional[str], typer.Option("--dataset", help="Use this dataset's test split.")] = None,
         max_examples: Annotated[int, typer.Option(help="Test rows for the teacher-forced metrics.")] = 200,
         max_generate: Annotated[int, typer.Option(help="Test prompts answered and checked.")] = 32,
+        max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 256,
         min_pass_rate: Annotated[Optional[float], typer.Option(help="Gate: absolute pass rate to reach (e.g. 0.9).")] = None,
         wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
         home: HomeOpt = None,
@@ -91,7 +92,8 @@ def register(app: typer.Typer) -> None:
         """Evaluate an adapter against its base (a background job); the gate makes it a candidate."""
         store = Store(home)
         started = evaluate.evaluate_adapter(store, adapter_id, dataset, max_examples=max_examples,
-                                            max_generate=max_generate, gate={"min_pass_rate": min_pass_rate})
+                                            max_generate=max_generate, max_new_tokens=max_new_tokens,
+                                            gate={"min_pass_rate": min_pass_rate})
         if not wait:
             emit(started, as_json, render_eval)
             return

@@ -7,20 +7,22 @@ metrics of both; accept -> done, decline/cancel -> nothing changes), otherwise t
 must pass confirm=true after showing the person the same summary (the error carries it).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the SDK reads the Resolve(...) markers of the
+# tools' parameters with typing.get_type_hints, which cannot see the closures they name.
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 from typing_extensions import Annotated
 
 from learning import evaluate, lifecycle, registry
+from learning.errors import LearnloopError
 from learning.store import Store
 from server.mcp import READ_ONLY, register_tool
 
@@ -32,19 +34,31 @@ class Confirmation(BaseModel):
     confirm: bool = Field(True, description="Go ahead with the change.")
 
 
-async def confirm_with_person(ctx: Context, summary: str, confirm: bool) -> Literal["done", "declined", "cancelled"]:
-    """'done' when the change may go ahead, else what the person answered. Raises ToolError when
-    the client cannot ask the person and the caller did not pass confirm=true."""
+def supports_elicitation(ctx: Context) -> bool:
     caps = ctx.client_capabilities
-    if caps is not None and caps.elicitation is not None:
-        answer = await ctx.elicit(summary + "\n\nGo ahead?", Confirmation)
-        if answer.action == "accept":
-            return "done" if answer.data.confirm else "declined"
-        return answer.action
+    return caps is not None and caps.elicitation is not None
+
+
+def ask_person(ctx: Context, plan_fn, confirm: bool):
+    """A Resolve(...) resolver: ask the person through elicitation when the client can (the SDK
+    sends the question in whichever way the negotiated protocol uses), else accept only an
+    explicit confirm=true; refuse with the summary otherwise. Bad input fails here, before asking."""
+    try:
+        plan = plan_fn()
+    except LearnloopError as exc:
+        raise ToolError(str(exc)) from exc
+    if supports_elicitation(ctx):
+        return Elicit(plan.summary + "\n\nGo ahead?", Confirmation)
     if not confirm:
-        raise ToolError(summary + "\n\nThis changes which adapter agents get. Show this summary to the person and, "
-                                  "once they agree, call again with confirm=true.")
-    return "done"
+        raise ToolError(plan.summary + "\n\nThis changes which adapter agents get. Show this summary to the person and, "
+                                       "once they agree, call again with confirm=true.")
+    return Confirmation(confirm=True)
+
+
+def outcome_of(answer) -> Literal["done", "declined", "cancelled"]:
+    if answer.action == "accept":
+        return "done" if answer.data.confirm else "declined"
+    return "declined" if answer.action == "decline" else "cancelled"
 
 
 def register(server: MCPServer, store: Store) -> None:
@@ -67,9 +81,15 @@ def register(server: MCPServer, store: Store) -> None:
         return evaluate.evaluate_adapter(store, adapter_id, dataset_id, max_examples=max_examples,
                                          max_generate=max_generate, max_new_tokens=max_new_tokens, gate=gate)
 
+    def ask_promote(adapter_id: str, to: str, force: bool, confirm: bool, ctx: Context):
+        return ask_person(ctx, lambda: lifecycle.plan_promote(store, adapter_id, to, force), confirm)  # type: ignore[arg-type]
+
+    def ask_rollback(role: str, task_type: str | None, complexity: str | None, confirm: bool, ctx: Context):
+        return ask_person(ctx, lambda: lifecycle.plan_rollback(store, role, task_type, complexity), confirm)
+
     async def promote(
         adapter_id: Annotated[str, Field(description="The adapter to move.")],
-        ctx: Context,
+        answer: Annotated[ElicitationResult[Confirmation], Resolve(ask_promote)],
         to: Annotated[lifecycle.Target, Field(description="candidate, production (replaces and archives the route's current one) or archived.")] = "production",
         force: Annotated[bool, Field(description="Override the checks (production only from candidate; same base as the route's production adapter).")] = False,
         reason: Annotated[str, Field(description="Why, kept in the adapter's history.")] = "",
@@ -78,9 +98,9 @@ def register(server: MCPServer, store: Store) -> None:
         """Promote an adapter (usually a candidate to production). Asks the person to confirm, showing
         what it replaces and the metrics of both; the replaced adapter is archived in the same step
         and rollback undoes it."""
-        plan = await anyio.to_thread.run_sync(lambda: lifecycle.plan_promote(store, adapter_id, to, force))
-        outcome = await confirm_with_person(ctx, plan.summary, confirm)
+        outcome = outcome_of(answer)
         if outcome != "done":
+            plan = await anyio.to_thread.run_sync(lambda: lifecycle.plan_promote(store, adapter_id, to, force))
             return lifecycle.LifecycleOutcome(outcome=outcome, summary=plan.summary)
         done = await anyio.to_thread.run_sync(
             lambda: lifecycle.promote(store, adapter_id, to, force, reason or f"promoted to {to}", actor="mcp"))
@@ -88,7 +108,7 @@ def register(server: MCPServer, store: Store) -> None:
 
     async def rollback(
         role: Annotated[str, Field(description="The route's role, e.g. coder.")],
-        ctx: Context,
+        answer: Annotated[ElicitationResult[Confirmation], Resolve(ask_rollback)],
         task_type: Annotated[str | None, Field(description="The route's task type, if the route has one.")] = None,
         complexity: Annotated[str | None, Field(description="The route's complexity, if the route has one.")] = None,
         reason: Annotated[str, Field(description="Why, kept in the history.")] = "",
@@ -96,9 +116,9 @@ def register(server: MCPServer, store: Store) -> None:
     ) -> lifecycle.LifecycleOutcome:
         """Put the route's previous production adapter back into production and archive the current
         one, in one step. Asks the person to confirm first."""
-        plan = await anyio.to_thread.run_sync(lambda: lifecycle.plan_rollback(store, role, task_type, complexity))
-        outcome = await confirm_with_person(ctx, plan.summary, confirm)
+        outcome = outcome_of(answer)
         if outcome != "done":
+            plan = await anyio.to_thread.run_sync(lambda: lifecycle.plan_rollback(store, role, task_type, complexity))
             return lifecycle.LifecycleOutcome(outcome=outcome, summary=plan.summary)
         done = await anyio.to_thread.run_sync(
             lambda: lifecycle.rollback(store, role, task_type, complexity, reason or "rollback", actor="mcp"))

@@ -129,6 +129,7 @@ def test_preferences_dpo_and_kto(loaded):
     rows = _rows(dpo.files["train"]) + _rows(dpo.files["test"])
     assert rows and all(set(r) == {"prompt", "chosen", "rejected"} and r["chosen"] != r["rejected"] for r in rows)
     assert all(r["rejected"].endswith(" * 3\n") for r in rows)  # only the 0.1 attempt is 0.3 below the others
+    assert set(load_dataset("json", data_files=dpo.files["train"])["train"].column_names) == {"prompt", "chosen", "rejected"}
     train_tasks = {_task(r["prompt"]) for r in _rows(dpo.files["train"])}
     assert not train_tasks & {_task(r["prompt"]) for r in _rows(dpo.files["test"])}
     kto = sft.make_preferences(loaded, "coder", "kto", high=0.9, low=0.2, format="messages")
@@ -279,3 +280,13 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
         trainer = SFTTrainer(model=LlamaForCausalLM(config), args=args, train_dataset=data, processing_class=tokenizer)
         out = trainer.train()
         assert out.global_step == 2 and out.training_loss > 0
+
+
+
+def test_written_files_are_read_only(loaded):
+    import os
+    import stat
+
+    r = sft.make_sft(loaded, "coder")
+    for path in r.files.values():
+        assert not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)

@@ -260,24 +260,29 @@ def test_llamacpp_command_then_scales(store, adapters, runtime):
     assert [a["scale"] for a in server.adapters] == [0.0, 1.0]  # the replaced adapter is off
 
 
-def test_sync_route_follows_promote_and_rollback(store, adapters, runtime):
-    vllm = runtime(VLLM)
-    assert deploy.sync_route(store, "coder") is None  # no target configured
-    deploy.set_deploy_target(store, "coder", "vllm", vllm.url)
-    set_production(store, "coder-a", "test", "first")
-    assert deploy.sync_route(store, "coder").served_name == "learnloop-coder-a"
-    set_production(store, "coder-b", "test", "better")
-    deploy.sync_route(store, "coder")
-    assert set(vllm.loras) == {"learnloop-coder-b"}
+def test_promote_and_rollback_keep_the_runtime_in_step(store, adapters, runtime):
+    from learning import lifecycle
+    from learning.registry import get_adapter
     from learning.router import select_adapter
 
+    vllm = runtime(VLLM)
+    deploy.set_deploy_target(store, "coder", "vllm", vllm.url)
+    lifecycle.promote(store, "coder-a", "production", force=True, reason="first")
+    assert set(vllm.loras) == {"learnloop-coder-a"}
+    lifecycle.promote(store, "coder-b", "production", force=True, reason="better")
+    assert set(vllm.loras) == {"learnloop-coder-b"}  # loaded under a new name, the old one unloaded
     assert select_adapter(store, "coder", record=False).served_name == "learnloop-coder-b"
-    rollback_route(store, "coder", reason="drift")
-    deploy.sync_route(store, "coder")
+    lifecycle.rollback(store, "coder", reason="drift")
     assert set(vllm.loras) == {"learnloop-coder-a"}
     chosen = select_adapter(store, "coder", record=False)
     assert (chosen.served_name, chosen.deployment_url) == ("learnloop-coder-a", vllm.url)
     assert [t.target for t in deploy.list_deploy_targets(store)] == ["vllm"]
+    # A runtime that fails: the deployment error is raised and the registry stays as it was.
+    vllm.fail = "CUDA out of memory"
+    with pytest.raises(Conflict, match="CUDA out of memory"):
+        lifecycle.rollback(store, "coder", reason="again")
+    assert get_adapter(store, "coder-a").status == "production"
+    assert get_adapter(store, "coder-b").status == "archived"
 
 
 def test_cli_and_mcp(store, adapters, runtime, home):

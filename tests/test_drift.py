@@ -245,3 +245,23 @@ def test_cli_drift_and_report(home, tmp_path):
     assert str(png) in out.stdout.replace("\n", "") and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = run_cli("drift", "--role", "nobody", home=home)
     assert out.returncode == 1 and "Known roles" in out.stderr
+
+
+def test_experiment_arms_compared_on_their_own_traffic(store, monkeypatch):
+    from learning import experiments
+
+    promote(store, "prod")
+    put_runs(store, 300, 0.2, "prod", seed=14)  # old history outside the experiment: ignored
+    registry.create_adapter(store, "cand", "coder", "tiny", "/a/cand", status="candidate", task_type="refactor")
+    exp = experiments.start_experiment(store, "coder", "cand", "canary", fraction=0.5, seed=1)
+    assert exp.control_id == "prod"  # the role-level adapter serves refactor tasks today
+    rng = np.random.default_rng(15)
+    for i in range(240):
+        s = router.select_adapter(store, "coder", task_type="refactor", task_key=f"k{i}")
+        mean = 0.5 if s.arm == "candidate" else 0.7
+        runs.log_run(store, {"role": "coder", "output": "x", "reward": float(rng.beta(*st.beta_params(mean, 0.2))),
+                             "decision_id": s.decision_id})  # no task_type repeated: the decision knows
+    result = drift.detect_drift(store, experiment_id=exp.id)
+    assert result.new.adapter_id == "cand" and result.old.adapter_id == "prod"
+    assert result.new.runs + result.old.runs == 240 and abs(result.old.mean_reward - 0.7) < 0.06
+    assert result.decision == "regression" and result.experiment_id == exp.id

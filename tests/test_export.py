@@ -166,6 +166,8 @@ def test_refusals_name_every_reason(store, models, tmp_path):
     assert export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff < 1e-6
     with pytest.raises(InvalidInput, match="differs from the one this adapter was trained on"):
         export_adapter(store, "meta-1", "gguf", base=str(models["other_base"]))
+    with pytest.raises(InvalidInput, match="not found"):
+        export_adapter(store, "meta-1", "gguf", base=str(tmp_path / "no_such_base"))
     assert not (store.home / "exports" / "dora-1").exists() or not any((store.home / "exports" / "dora-1").rglob("*.gguf"))
 
 
@@ -178,7 +180,9 @@ def test_peft_and_ollama_exports(store, models):
     ollama = export_adapter(store, aid, "ollama")
     text = (Path(ollama.out_dir) / "Modelfile").read_text()
     assert f"FROM {models['base']}" in text and "ADAPTER ./adapter.gguf" in text
-    assert "<|im_start|>user\n{{ .Prompt }}<|im_end|>" in text and "{{ .System }}" in text
+    # the user turn holds the role's instruction template around the prompt, as in training
+    assert "<|im_start|>user\nWrite code" in text and "{{ .Prompt }}\n\n### Code<|im_end|>" in text
+    assert "{{ .System }}" in text
     assert "<|im_start|>assistant\n{{ end }}{{ .Response }}" in text
     assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature" in text
     assert "SYSTEM" not in text  # training rows had no system turn; one is written only when recorded

@@ -125,6 +125,8 @@ def test_canary_is_deterministic_and_sends_the_fraction(store):
     assert 0.17 < share < 0.23  # binomial sd 0.009
     again = [router.select_adapter(store, "coder", task_key=f"task-{i}", record=False).arm for i in range(200)]
     assert again == arms[:200]
+    reseeded = [router.select_adapter(store, "coder", task_key=f"task-{i}", seed=8, record=False).arm for i in range(200)]
+    assert reseeded != arms[:200] and 0.1 < reseeded.count("candidate") / 200 < 0.3
     picked = router.select_adapter(store, "coder", task_key="task-0")
     assert picked.experiment_id == exp.id and picked.adapter_id == ("cand" if arms[0] == "candidate" else "prod")
     stopped = experiments.stop_experiment(store, role="coder", reason="done")

@@ -70,7 +70,7 @@ def train_toy_adapter(base: Path, out: Path, rows: list[dict], steps: int = 60, 
         opt.zero_grad()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "metadata.json").write_text(json.dumps({"final_loss": float(loss)}))
+    (out / "metadata.json").write_text(json.dumps({"final_loss": loss.item()}))
     return out
 
 
