@@ -65,9 +65,11 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def _register_commands() -> None:
-    from server import cli_datasets, cli_jobs, cli_lifecycle, cli_routing, cli_runs, cli_serving, cli_train
+    from server import (cli_cycle, cli_datasets, cli_demo, cli_jobs, cli_lifecycle, cli_routing, cli_runs,
+                        cli_serving, cli_train)
 
-    for module in (cli_runs, cli_jobs, cli_datasets, cli_train, cli_lifecycle, cli_routing, cli_serving):
+    for module in (cli_runs, cli_jobs, cli_datasets, cli_train, cli_lifecycle, cli_routing, cli_serving, cli_cycle,
+                   cli_demo):
         module.register(app)
 
 

@@ -67,9 +67,10 @@ def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     reconcile(store)
     server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
-    from server import mcp_datasets, mcp_jobs, mcp_lifecycle, mcp_routing, mcp_runs, mcp_serving, mcp_train
+    from server import (mcp_cycle, mcp_datasets, mcp_jobs, mcp_lifecycle, mcp_routing, mcp_runs, mcp_serving,
+                        mcp_train)
 
-    for module in (mcp_runs, mcp_jobs, mcp_datasets, mcp_train, mcp_lifecycle, mcp_routing, mcp_serving):
+    for module in (mcp_runs, mcp_jobs, mcp_datasets, mcp_train, mcp_lifecycle, mcp_routing, mcp_serving, mcp_cycle):
         module.register(server, store)
     _forbid_unknown_arguments(server)
     return server

@@ -1,0 +1,146 @@
+"""The demo in its --quick form: every stage leaves its artifacts; every reward comes from execution."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from learning import codeenv
+from learning.demo_report import loss_curve, verdict
+from learning.sandbox import run_many
+from tests.conftest import run_cli
+
+STAGES = ["base", "population", "curate", "train", "evaluate", "promote", "heldout", "drift"]
+
+
+def test_verdict_is_honest_both_ways():
+    beat, text = verdict(0.0, 0.4, 100)
+    assert beat and "beat the base" in text and "+0.40" in text and "40 more tasks" in text
+    beat, text = verdict(0.3, 0.3, 50)
+    assert not beat and "did NOT beat" in text
+    beat, text = verdict(0.5, 0.2, 50)
+    assert not beat and "did NOT beat" in text and "-0.30" in text
+    assert verdict(None, None, 0)[0] is False
+
+
+def test_loss_curve_reads_the_last_trainer_state(tmp_path):
+    for step, n in ((50, 2), (100, 4)):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        history = [{"step": i + 1, "loss": 3.0 - i} for i in range(n)] + [{"step": n, "train_runtime": 1.0}]
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert loss_curve(tmp_path) == [(1, 3.0), (2, 2.0), (3, 1.0), (4, 0.0)]
+    assert loss_curve(tmp_path / "nothing") == []
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo") / "home"
+    proc = run_cli("demo", "--quick", "--json", home=home, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return home, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(demo_run):
+    home, s = demo_run
+    stages = {st["name"]: st for st in s["stages"]}
+    assert list(stages) == STAGES
+    assert {name: st["status"] for name, st in stages.items()} == {name: "done" for name in STAGES}, \
+        {n: st["detail"] for n, st in stages.items() if st["status"] != "done"}
+    assert set(s["seconds"]) == set(STAGES) | {"report"}
+
+    # 1. base model folder; 3. datasets, adapter files, evaluation, registry state.
+    assert (Path(s["base_model"]) / "config.json").is_file()
+    for role in ("coder", "fixer", "judge"):
+        assert (home / "datasets" / s["dataset_ids"][role] / "train.jsonl").is_file()
+    adapter_dir = home / "adapters" / s["adapter_id"]
+    assert (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "metadata.json").is_file()
+    assert (adapter_dir / "eval" / "metrics.json").is_file()
+    assert s["eval_loss_base"] is not None and s["eval_loss_adapter"] is not None
+    assert s["adapter_status"] in ("production", "trained")  # production when the gate passed
+    assert stages["promote"]["detail"]["promoted"] == (s["adapter_status"] == "production")
+
+    # 4. held-out figures, 5. drift decision, 6. plot and summary.
+    assert s["heldout_tasks"] == 15
+    assert 0 <= s["base_pass_rate"] <= 1 and 0 <= s["adapter_pass_rate"] <= 1
+    assert s["margin"] == pytest.approx(s["adapter_pass_rate"] - s["base_pass_rate"])
+    assert s["verdict"] and s["adapter_beat_base"] == (s["margin"] > 0)
+    assert s["drift_decision"] in ("regression", "improvement", "no_change", "insufficient_data")
+    assert Path(s["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(Path(s["summary_path"]).read_text())["adapter_pass_rate"] == s["adapter_pass_rate"]
+
+    # Every logged run's reward is what executing its answer against its hidden tests gives.
+    db = sqlite3.connect(home / "learnloop.db")
+    db.row_factory = sqlite3.Row
+    runs = db.execute("SELECT role, output, reward, input, signals, adapter_id, decision_id FROM runs").fetchall()
+    assert len(runs) == s["runs_logged"] == s["executions"]
+    signals = [json.loads(r["signals"]) for r in runs]
+    assert all(sig["executed"] and sig["tests_total"] == 5 for sig in signals)
+    code_runs = [(r, sig) for r, sig in zip(runs, signals) if r["role"] != "judge"]
+    results = run_many([(r["output"], sig["tests"]) for r, sig in code_runs])
+    assert [r["reward"] for r, _ in code_runs] == pytest.approx([res.score for res in results])
+    judge_runs = [(r, sig) for r, sig in zip(runs, signals) if r["role"] == "judge"]
+    truths = run_many([(r["input"], sig["tests"]) for r, sig in judge_runs])
+    for (r, sig), res in zip(judge_runs, truths):
+        truth = "pass" if res.passed == res.total else "fail"
+        assert r["reward"] == float(codeenv.parse_verdict(r["output"]) == truth)
+    # Both kinds of reward occur: the population is mixed.
+    assert {r["reward"] for r in runs} >= {0.0, 1.0} and any(0 < r["reward"] < 1 for r in runs)
+    # The held-out adapter runs carry the adapter, and the routing decision when the route chose it
+    # (a promoted adapter); when the gate kept it out of production the base was routed instead.
+    adapter_runs = [r for r in runs if r["adapter_id"] == s["adapter_id"]]
+    assert len(adapter_runs) == 15
+    promoted = s["adapter_status"] == "production"
+    assert stages["heldout"]["detail"]["routed_to_adapter"] == (15 if promoted else 0)
+    assert all(bool(r["decision_id"]) == promoted for r in adapter_runs)
+
+
+@pytest.mark.slow
+def test_cycle_after_the_demo_chains_every_stage(demo_run):
+    """run_cycle on the demo's home: a new dataset, adapter and evaluation, then drift for the
+    adapter the demo put in production (or a skip when its gate did not pass)."""
+    home, s = demo_run
+    proc = run_cli("cycle", "--role", "coder", "--base", "embedded:tiny", "--max-steps", "4", "--json", home=home,
+                   timeout=900)
+    status = json.loads(proc.stdout)
+    stages = {st["name"]: st for st in (status["result"] or status["progress"])["stages"]}
+    assert proc.returncode == (0 if status["status"] == "succeeded" else 1)
+    assert status["kind"] == "cycle" and status["status"] == "succeeded", status["error"]
+    assert [st for st in stages] == ["make_sft", "train", "evaluate", "promote", "drift"]
+    result = status["result"]
+    assert (home / "datasets" / result["dataset_id"] / "train.jsonl").is_file()
+    assert result["adapter_id"] != s["adapter_id"]
+    assert (home / "adapters" / result["adapter_id"] / "eval" / "metrics.json").is_file()
+    # Without --to-production the new adapter goes no further than candidate.
+    assert result["adapter_status"] in ("candidate", "trained")
+    if s["adapter_status"] == "production":
+        assert stages["drift"]["status"] == "done"
+        assert stages["drift"]["detail"]["decision"] in ("regression", "improvement", "no_change", "insufficient_data")
+    else:
+        assert stages["drift"]["status"] == "skipped"
+
+
+def test_cycle_refuses_bad_input_before_starting(home):
+    proc = run_cli("cycle", "--role", "coder", "--json", home=home)
+    assert proc.returncode == 1 and "no runs or adapters for role 'coder'" in proc.stderr
+    proc = run_cli("cycle", "--role", "coder", "--min-reward", "2", home=home)
+    assert proc.returncode == 1 and "min_reward" in proc.stderr
+
+
+def test_run_cycle_tool_needs_confirm_for_production(home):
+    import anyio
+    from mcp import Client
+
+    from server.mcp import build_server
+
+    async def main():
+        async with Client(build_server(str(home))) as client:
+            result = await client.call_tool("run_cycle", {"role": "coder", "to_production": True})
+            assert result.is_error and "confirm=true" in result.content[0].text
+            result = await client.call_tool("run_cycle", {"role": "coder"})
+            assert result.is_error and "log runs with log_run first" in result.content[0].text
+    anyio.run(main)
