@@ -23,7 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
+    import httpx
 from pydantic import BaseModel, Field
 
 from learning.errors import Conflict, InvalidInput
@@ -34,8 +37,15 @@ from learning.store import Store
 Target = Literal["ollama", "vllm", "llamacpp"]
 TARGETS = ("ollama", "vllm", "llamacpp")
 DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "vllm": "http://127.0.0.1:8000", "llamacpp": "http://127.0.0.1:8080"}
-TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-SLOW = httpx.Timeout(300.0, connect=3.0)  # blob upload and create (the base may be read from disk)
+TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
+SLOW = 300.0  # blob upload and create (the base may be read from disk)
+CONNECT_TIMEOUT = 3.0
+
+
+def _timeout(seconds: float) -> "httpx.Timeout":
+    import httpx
+
+    return httpx.Timeout(seconds, connect=CONNECT_TIMEOUT)
 
 
 class Deployment(BaseModel):
@@ -73,6 +83,8 @@ def _iso(ts: float) -> str:
 def _call(client: httpx.Client, method: str, path: str, runtime: str, allow: tuple[int, ...] = (),
           **kwargs: Any) -> httpx.Response:
     """One request; an unreachable runtime or an error answer becomes a Conflict naming the cause."""
+    import httpx
+
     try:
         response = client.request(method, path, **kwargs)
     except httpx.TimeoutException as exc:
@@ -119,12 +131,12 @@ def _deploy_ollama(client: httpx.Client, store: Store, adapter_id: str, name: st
     digest = "sha256:" + _sha256(gguf_path)
     if _call(client, "HEAD", f"/api/blobs/{digest}", "Ollama", allow=(404,)).status_code != 200:
         with open(gguf_path, "rb") as handle:
-            _call(client, "POST", f"/api/blobs/{digest}", "Ollama", content=handle, timeout=SLOW)
+            _call(client, "POST", f"/api/blobs/{digest}", "Ollama", content=handle, timeout=_timeout(SLOW))
     body = {"model": name, "from": spec["from"], "adapters": {spec["adapter_file"]: digest},
             "template": spec["template"], "parameters": spec["parameters"], "stream": False}
     if spec.get("system"):
         body["system"] = spec["system"]
-    answer = _call(client, "POST", "/api/create", "Ollama", json=body, timeout=SLOW).json()
+    answer = _call(client, "POST", "/api/create", "Ollama", json=body, timeout=_timeout(SLOW)).json()
     if isinstance(answer, dict) and answer.get("error"):
         raise Conflict(f"Ollama refused to create {name}: {answer['error']}. Nothing was recorded.")
     listed = {m.get("name") for m in _call(client, "GET", "/api/tags", "Ollama").json().get("models", [])}
@@ -192,7 +204,9 @@ def deploy_adapter(store: Store, adapter_id: str, target: str, url: str | None =
     old = [d for d in store.active_deployments(target, url)
            if (d["role"], d["task_type"], d["complexity"]) == (adapter.role, adapter.task_type, adapter.complexity)]
     name = served_name(adapter_id)
-    client = httpx.Client(base_url=url, timeout=TIMEOUT) if contact else None
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=_timeout(TIMEOUT)) if contact else None
     try:
         if target == "ollama":
             done = _deploy_ollama(client, store, adapter_id, name, from_model)

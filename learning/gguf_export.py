@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy loads with the first export, not with the server
+    import numpy as np
 
 # HF model_type -> (GGUF architecture as llama.cpp's converter writes it, permute q/k rows?)
 ARCHS: dict[str, tuple[str, bool]] = {
@@ -111,10 +114,12 @@ def _gguf_base_name(tensor_name: str, base: BaseShape) -> str | None:
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's converter (LlamaModel.permute): interleaved rotary halves per head."""
+    import numpy as np
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    import numpy as np
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -143,6 +148,7 @@ def peft_scaling(adapter_config: dict[str, Any]) -> float:
 
 
 def load_peft(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    import numpy as np
     from safetensors.numpy import load_file
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -154,6 +160,7 @@ def write_lora_gguf(adapter_dir: Path, base: BaseShape, out_path: Path, dtype: s
                     name: str = "adapter", permute: bool = True) -> dict[str, tuple[int, ...]]:
     """Write the adapter as a LoRA GGUF; returns {tensor name: numpy shape}. permute=False only
     exists to show in tests that a missing permutation is caught by verify_lora_gguf."""
+    import numpy as np
     import gguf
 
     config, tensors = load_peft(adapter_dir)
@@ -186,6 +193,7 @@ def write_lora_gguf(adapter_dir: Path, base: BaseShape, out_path: Path, dtype: s
 # ---- verifying ----------------------------------------------------------------------------
 
 def read_lora_gguf(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    import numpy as np
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -203,6 +211,7 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
     Keys, tensor names and shapes must be as expected; and for every module the delta llama.cpp
     adds, B·A × alpha/r with B's q/k permutation undone, must equal PEFT's delta B·A × scaling.
     Returns {problems, modules, max_delta_diff, max_delta}."""
+    import numpy as np
     config, peft = load_peft(adapter_dir)
     keys, tensors = read_lora_gguf(path)
     problems = []
