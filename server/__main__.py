@@ -1,5 +1,5 @@
 """`python -m server` is the `learnloop` command."""
 
-from server.cli import main
+from server.entry import main
 
 main()
