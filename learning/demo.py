@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -295,6 +296,9 @@ def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoCo
     """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
     from learning.demo_report import finish_summary
 
+    # The demo's models are tiny: one thread per process (this one and its jobs) is about as fast
+    # as several, and makes a run give the same numbers on any machine. A user's setting wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     cfg = config or (QUICK if quick else DemoConfig())
     report = report or (lambda *a, **k: None)
     store = Store(home)

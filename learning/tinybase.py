@@ -158,7 +158,15 @@ def build_base(out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, st
             tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-5, rope_theta=10000.0)
         model = LlamaForCausalLM(config)
-        final_loss = _pretrain(model, _token_stream(tokenizer, docs), spec, seed, log)
+        # One thread: float sums differ with the thread count, and a base pretrained on 2 threads
+        # differs from one pretrained on 8 (and teaches its adapters differently). One thread gives
+        # the same base on every machine; for a model this small it costs little.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            final_loss = _pretrain(model, _token_stream(tokenizer, docs), spec, seed, log)
+        finally:
+            torch.set_num_threads(threads)
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=128)
