@@ -376,18 +376,7 @@ def run_stats(
     if group_by not in groups:
         raise InvalidInput(f"group_by must be one of {', '.join(groups)}, got {group_by!r}.")
     start, end = time_window(since, until, days)
-    where, args = [], []
-    for col, value in (("role", role), ("adapter_id", adapter_id), ("agent", agent)):
-        if value:
-            where.append(f"{col} = ?")
-            args.append(value)
-    if start is not None:
-        where.append("ts >= ?")
-        args.append(start)
-    if end is not None:
-        where.append("ts < ?")
-        args.append(end)
-    rows = store.run_stats_rows(groups[group_by], " AND ".join(where), args)
+    rows = store.run_stats_rows(groups[group_by], role=role, adapter_id=adapter_id, agent=agent, start=start, end=end)
     result = []
     for row in rows:
         keys = row.keys()

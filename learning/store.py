@@ -316,11 +316,22 @@ class Store:
         with self.read() as conn:
             return conn.execute("SELECT count(*) FROM runs").fetchone()[0]
 
-    def run_stats_rows(self, group_cols: list[str], where: str, args: list) -> list[sqlite3.Row]:
-        """Aggregates of runs grouped by columns (from a fixed list) under a WHERE clause built
-        by learning.runs from fixed fragments (values always bound as parameters)."""
+    def run_stats_rows(self, group_cols: list[str], role: str | None = None, adapter_id: str | None = None,
+                       agent: str | None = None, start: float | None = None,
+                       end: float | None = None) -> list[sqlite3.Row]:
+        """Aggregates of runs grouped by columns (from a fixed list), filtered by the values given."""
         allowed = {"role", "adapter_id", "agent", "model", "task_type"}
         assert set(group_cols) <= allowed, group_cols
+        conditions, args = [], []
+        for col, value in (("role", role), ("adapter_id", adapter_id), ("agent", agent)):
+            if value:
+                conditions.append(f"{col} = ?")
+                args.append(value)
+        for condition, value in (("ts >= ?", start), ("ts < ?", end)):
+            if value is not None:
+                conditions.append(condition)
+                args.append(value)
+        where = " AND ".join(conditions)
         cols = ", ".join(group_cols) if group_cols else "'all'"
         sql = f"""
             SELECT {cols + ',' if group_cols else ''}
