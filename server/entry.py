@@ -9,6 +9,7 @@ the same options.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -21,6 +22,10 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
 
+    # Start-up builds thousands of pydantic objects (the SDK's types and our tool schemas);
+    # collecting garbage while they are built only slows it. serve() freezes them and turns
+    # the collector back on once the server is built.
+    gc.disable()
     from learning.errors import LearnloopError
     from server.mcp import serve
 

@@ -8,6 +8,7 @@ threads, so a slow database read never blocks the event loop.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import sys
 from collections.abc import Callable
@@ -78,6 +79,8 @@ def build_server(home: str | None = None) -> MCPServer:
 
 def serve(home: str | None = None, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
     server = build_server(home)
+    gc.freeze()  # start-up objects live as long as the server: keep them out of every collection
+    gc.enable()
     if transport == "stdio":
         server.run("stdio")
     else:
