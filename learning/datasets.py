@@ -78,6 +78,7 @@ class SplitWriter:
         self.rows = {False: 0, True: 0}
         self.keys: dict[bool, list[str]] = {False: [], True: []}  # task_key of each written line
         self._files = None
+        self._pending: dict[bool, list[str]] = {False: [], True: []}  # lines not yet written, by side
         if folder is not None:
             self._files = {False: open(folder / "train.jsonl", "w", encoding="utf-8"),
                            True: open(folder / "test.jsonl", "w", encoding="utf-8")}
@@ -90,12 +91,23 @@ class SplitWriter:
         self.rows[is_test] += 1
         self.task_rows[task_key] = self.task_rows.get(task_key, 0) + 1
         if self._files is not None:
-            self._files[is_test].write(line + "\n")
+            pending = self._pending[is_test]
+            pending.append(line)
+            if len(pending) >= 1000:  # one write per thousand lines, not per line
+                self._flush(is_test)
             self.keys[is_test].append(task_key)
+
+    def _flush(self, is_test: bool) -> None:
+        pending = self._pending[is_test]
+        if pending:
+            pending.append("")
+            self._files[is_test].write("\n".join(pending))
+            pending.clear()
 
     def close(self) -> None:
         if self._files is not None:
-            for f in self._files.values():
+            for is_test, f in self._files.items():
+                self._flush(is_test)
                 f.close()
         self._rebalance()
 

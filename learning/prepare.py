@@ -8,9 +8,10 @@ import json
 from collections import Counter
 
 from learning.redact import Redactor
-from learning.templates import Compiled
+from learning.templates import Compiled, sft_row
 
 encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps(**kw) builds one per call
+encode_str = json.encoder.encode_basestring  # what that encoder does to a string, without the dict machinery
 _NOTHING: dict[str, int] = {}
 
 
@@ -42,10 +43,39 @@ class RunRedactor:
             self.kept.update(found)
 
 
-def render_prompt(template: Compiled, role: str, run: tuple, instruction: str, input_: str,
-                  without_input: bool = False) -> tuple[str, str]:
+def render_prompt(template: Compiled, role: str, task_type: str | None, complexity: str | None, instruction: str,
+                  input_: str, without_input: bool = False) -> tuple[str, str]:
     """The rendered prompt, and (for alpaca) the prompt without the input block."""
-    fields = {"instruction": instruction, "input": input_, "task_type": run[6] or "", "complexity": run[7] or "",
+    fields = {"instruction": instruction, "input": input_, "task_type": task_type or "", "complexity": complexity or "",
               "role": role}
     prompt = template.render(fields)
     return prompt, (template.render({**fields, "input": ""}) if without_input else "")
+
+
+def sft_line(fmt: str, prompt: str, output: str, instruction_only: str, input_: str) -> str:
+    """The JSON line of an SFT row; the default format is written directly (2x faster than
+    encoding a dict, and byte for byte the same)."""
+    if fmt == "prompt_completion":
+        return f'{{"prompt": {encode_str(prompt)}, "completion": {encode_str(output)}}}'
+    return encode(sft_row(fmt, prompt, output, instruction_only, input_))
+
+
+_prepared_for: dict[tuple, tuple[RunRedactor, Compiled]] = {}
+
+
+def prepare_sft_chunk(config: tuple[bool, str, str, str, bool], runs: list[tuple]) -> list[tuple]:
+    """Each run (instruction, input, output, task_type, complexity) redacted and rendered as an
+    SFT row: [(digest or None, JSON line, redaction counts)]. config = (redact, template text,
+    role, format, dedupe). Runs in a worker process or in the caller's (learning/parallel.py)."""
+    redact, template, role, fmt, dedupe = config
+    if config not in _prepared_for:
+        _prepared_for[config] = (RunRedactor(redact), Compiled(template))
+    redactor, compiled = _prepared_for[config]
+    out = []
+    for instruction, input_, output, task_type, complexity in runs:
+        (instruction, input_, output), found = redactor(instruction, input_, output)
+        digest = norm_digest(instruction, input_, output) if dedupe else None
+        prompt, instruction_only = render_prompt(compiled, role, task_type, complexity, instruction, input_,
+                                                 fmt == "alpaca")
+        out.append((digest, sft_line(fmt, prompt, output, instruction_only, input_), found))
+    return out

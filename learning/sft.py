@@ -26,14 +26,17 @@ from learning import __version__
 from learning.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, iso, list_datasets,
                                new_dataset_id, publish, temp_folder)
 from learning.errors import InvalidInput, check
-from learning.prepare import RunRedactor, encode, norm_digest, render_prompt
+from learning.parallel import map_chunks
+from learning.prepare import RunRedactor, encode, norm_digest, prepare_sft_chunk, render_prompt
 from learning.runs import ROLE_PATTERN, time_window
 from learning.store import Store
-from learning.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template, sft_row
+from learning.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template
 
 __all__ = ["make_sft", "make_preferences", "get_dataset", "list_datasets", "DatasetInfo", "CurationResult"]
 
 DEFAULT_MIN_REWARD = 0.7
+CHUNK = 1_000  # runs prepared together (in a worker process for large curations)
+SERIAL_LIMIT = 20_000  # make_sft with a limit up to this stays in one process
 
 
 class FunnelStep(BaseModel):
@@ -206,32 +209,44 @@ def make_sft(
     tmpl = _template(store, role, template, problems)
     filters = _filters(min_reward, None, task_type, complexity, agent, since, until, days, min_length, max_length)
     redactor, counts = RunRedactor(redact), Counter(matched=0, duplicates=0, over_task_cap=0)
-    compiled = Compiled(tmpl[0])
+    config = (redact, tmpl[0], role, format, dedupe)
+    # A small limit is reached before worker processes would pay for starting.
+    workers = 1 if limit is not None and limit <= SERIAL_LIMIT else None
 
     def rows():
         seen: set[int] = set()
         per_task: Counter = Counter()
-        with closing(store.stream_curation_runs(role, filters, order="reward")) as stream:
-            for run in stream:
-                counts["matched"] += 1
-                task_key = run[1]
-                if per_task[task_key] >= max_per_task:  # checked first: a capped run costs nothing
-                    counts["over_task_cap"] += 1
-                    continue
-                (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-                if dedupe:
-                    digest = norm_digest(instruction, input_, output)
-                    if digest in seen:
-                        counts["duplicates"] += 1
+
+        def chunks():
+            """Chunks of runs; a run whose task is already capped is not prepared at all."""
+            with closing(store.stream_curation_runs(role, filters, order="reward")) as stream:
+                while batch := list(itertools.islice(stream, CHUNK)):
+                    todo = [per_task[run[1]] < max_per_task for run in batch]
+                    yield (batch, todo), [run[3:8] for run, do in zip(batch, todo) if do]
+
+        with closing(map_chunks(prepare_sft_chunk, config, chunks(), workers)) as prepared:
+            for (batch, todo), results in prepared:
+                results = iter(results)
+                for run, do in zip(batch, todo):
+                    counts["matched"] += 1
+                    # Checked again here: rows kept since the chunk was built count too.
+                    if not do or per_task[run[1]] >= max_per_task:
+                        counts["over_task_cap"] += 1
+                        if do:
+                            next(results)
                         continue
-                    seen.add(digest)
-                prompt, instruction_only = render_prompt(compiled, role, run, instruction, input_, format == "alpaca")
-                per_task[task_key] += 1
-                redactor.keep(found)
-                yield task_key, encode(sft_row(format, prompt, output, instruction_only, input_)), [run[0]], [run[2]]
-                if limit is not None and counts["matched"] - counts["duplicates"] - counts["over_task_cap"] >= limit:
-                    counts["stopped_at_limit"] = 1
-                    return
+                    digest, line, found = next(results)
+                    if dedupe:
+                        if digest in seen:
+                            counts["duplicates"] += 1
+                            continue
+                        seen.add(digest)
+                    per_task[run[1]] += 1
+                    redactor.keep(found)
+                    yield run[1], line, [run[0]], [run[2]]
+                    if limit is not None and counts["matched"] - counts["duplicates"] - counts["over_task_cap"] >= limit:
+                        counts["stopped_at_limit"] = 1
+                        return
 
     settings = {"limit": limit, "max_per_task": max_per_task, "dedupe": dedupe}
     return _run(store, role, "sft", format, rows(), counts, redactor, filters, settings, tmpl, seed, test_fraction,
@@ -300,7 +315,7 @@ def _redacted(attempts, redactor, template, role):
     out = []
     for run in attempts:
         (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-        out.append((run, render_prompt(template, role, run, instruction, input_)[0], output, found))
+        out.append((run, render_prompt(template, role, run[6], run[7], instruction, input_)[0], output, found))
     return out
 
 

@@ -2,4 +2,6 @@
 
 from server.entry import main
 
-main()
+# Guarded: worker processes started with "spawn" import the parent's main module again.
+if __name__ == "__main__":
+    main()
