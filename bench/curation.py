@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from learning.parallel import default_workers  # noqa: E402
 from learning.redact import Redactor  # noqa: E402
 from learning.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
 from learning.store import Store  # noqa: E402
@@ -79,9 +80,13 @@ print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu, "rows": r.train_rows 
 """
 
 
-def sft_in_child(home: Path, trace: bool = False, **kwargs) -> dict:
+def sft_in_child(home: Path, trace: bool = False, workers: int | None = None, **kwargs) -> dict:
     code = CHILD.format(root=str(ROOT), home=str(home), kwargs=json.dumps({**kwargs, "_trace": trace}))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    env.pop("LEARNLOOP_WORKERS", None)
+    if workers is not None:
+        env["LEARNLOOP_WORKERS"] = str(workers)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -152,11 +157,14 @@ def main() -> None:
     db_mib = (home / "learnloop.db").stat().st_size / 2**20
     print(f"database: {store.count_runs():,} runs, {db_mib:,.0f} MiB")
     base = baseline_rss()
-    for label, kwargs in (("default filters (min_reward 0.7, max 3 per task)", {}),
-                          ("limit 10,000", {"limit": 10_000}),
-                          ("min_reward 0.9, no redaction", {"min_reward": 0.9, "redact": False})):
-        r = sft_in_child(home, **kwargs)
-        print(f"make_sft over {args.runs:,} runs, {label}: {r['seconds']:.2f}s wall ({r['cpu_seconds']:.2f}s CPU), "
+    print(f"worker processes for large curations: {default_workers()} (of {os.cpu_count()} CPUs)")
+    for label, workers, kwargs in (("default filters (min_reward 0.7, max 3 per task)", None, {}),
+                                   ("the same in one process (LEARNLOOP_WORKERS=1)", 1, {}),
+                                   ("limit 10,000", None, {"limit": 10_000}),
+                                   ("min_reward 0.9, no redaction", None, {"min_reward": 0.9, "redact": False})):
+        r = sft_in_child(home, workers=workers, **kwargs)
+        print(f"make_sft over {args.runs:,} runs, {label}: {r['seconds']:.2f}s wall ({r['cpu_seconds']:.2f}s CPU "
+              "in the calling process), "
               f"{r['rows']:,} rows written "
               f"({r['matched']:,} runs read), peak RSS {r['maxrss_mib']:.0f} MiB (import baseline {base:.0f} MiB)")
     if args.trace:
