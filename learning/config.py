@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learning.errors import InvalidInput
@@ -97,6 +96,8 @@ def build_config(preset: str = "default", overrides: dict[str, Any] | None = Non
 
 def load_yaml(path: str | Path) -> tuple[str, dict[str, Any]]:
     """A YAML file with an optional `preset:` key and any TrainConfig fields -> (preset, overrides)."""
+    import yaml  # here, not at the top: the MCP server imports this module at start
+
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -108,4 +109,6 @@ def load_yaml(path: str | Path) -> tuple[str, dict[str, Any]]:
 
 
 def to_yaml(config: TrainConfig) -> str:
+    import yaml
+
     return yaml.safe_dump(config.model_dump(), sort_keys=False)
