@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -126,7 +127,55 @@ def reconcile(store: Store) -> list[str]:
                                   "restarted). Its log may say why; start it again, with resume where offered."):
             changed.append(row["id"])
             _on_job_died(store, fresh)
+            kill_leftovers(row["id"])
     return changed
+
+
+def kill_leftovers(job_id: str) -> list[int]:
+    """SIGKILL what a dead job left running: the launcher and workers of a distributed run,
+    found by their command line (`... learning.train HOME JOB_ID`). Returns their pids.
+
+    On Linux they die with their parents already (die_with_parent); this is the backstop."""
+    killed = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        argv = proc.info.get("cmdline") or []
+        if proc.info["pid"] == os.getpid() or job_id not in argv or "learning.train" not in argv:
+            continue
+        try:
+            proc.kill()
+            killed.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return killed
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+
+    For a process started by another: a launcher started by a job's process, workers started
+    by the launcher. Nothing else would stop them when their parent is SIGKILLed: the workers
+    of `accelerate launch` (torch.distributed) run in sessions of their own. Safe to call in
+    a preexec_fn (after fork, before exec): the setting survives exec.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # loaded here, not in a forked child
 
 
 def _on_job_died(store: Store, row) -> None:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from learning.jobs import JobCancelled, JobContext
+from learning.jobs import JobCancelled, JobContext, die_with_parent
 from learning.store import Store, loads
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
@@ -57,7 +57,8 @@ def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
     for stale in ("cancelled.json", "result.json"):
         (out / stale).unlink(missing_ok=True)
     ctx.progress(force=True, stage="launching", message=f"accelerate launch with {p['num_processes']} processes")
-    code = subprocess.call(cmd, stdin=subprocess.DEVNULL)
+    # The launcher dies with this process (SIGKILL included), and its workers with it (main()).
+    code = subprocess.call(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     ctx._progress = loads(ctx.store.get_job(ctx.job_id)["progress"]) or {}  # what rank 0 reported
     if (out / "cancelled.json").exists():
         raise JobCancelled(_cancel_message(p, _read_json(out / "cancelled.json").get("step")))
@@ -68,6 +69,8 @@ def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """One process of a distributed run: `python -m learning.train HOME JOB_ID`."""
+    if "LOCAL_RANK" in os.environ and not _bound_to_launcher(argv[1]):
+        return 1  # the launcher is gone already: nobody would wait for this process
     ctx = JobContext(Store(argv[0]), argv[1])
     try:
         result = train(ctx)
@@ -76,6 +79,19 @@ def main(argv: list[str]) -> int:
     if result is not None:
         (Path(ctx.params["adapter_dir"]) / "result.json").write_text(json.dumps(result))
     return 0
+
+
+def _bound_to_launcher(job_id: str) -> bool:
+    """Make this worker die with the launcher that started it (whose command line names the
+    job); False when that launcher is gone already (this process was re-parented)."""
+    die_with_parent()
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return job_id.encode() in parent
 
 
 def _read_json(path: Path) -> dict:
