@@ -76,6 +76,7 @@ seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
 peak = tracemalloc.get_traced_memory()[1] if trace else None
 print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu, "rows": r.train_rows + r.test_rows, "matched": r.counts["matched"],
                   "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_maxrss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "traced_peak_mib": peak / 2**20 if peak else None, "redaction": r.redaction_counts}}))
 """
 
@@ -166,7 +167,8 @@ def main() -> None:
         print(f"make_sft over {args.runs:,} runs, {label}: {r['seconds']:.2f}s wall ({r['cpu_seconds']:.2f}s CPU "
               "in the calling process), "
               f"{r['rows']:,} rows written "
-              f"({r['matched']:,} runs read), peak RSS {r['maxrss_mib']:.0f} MiB (import baseline {base:.0f} MiB)")
+              f"({r['matched']:,} runs read), peak RSS {r['maxrss_mib']:.0f} MiB (import baseline {base:.0f} MiB)"
+              + (f", each worker process at most {r['worker_maxrss_mib']:.0f} MiB" if r["worker_maxrss_mib"] else ""))
     if args.trace:
         r = sft_in_child(home, trace=True)
         print(f"tracemalloc peak of make_sft with default filters: {r['traced_peak_mib']:.1f} MiB "

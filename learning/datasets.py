@@ -168,7 +168,7 @@ def temp_folder(store: Store, dataset_id: str) -> Path:
 def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str, Any]) -> Path:
     """Write metadata.json, move the folder into place, then record it in the store."""
     with open(tmp / "metadata.json", "w", encoding="utf-8") as f:
-        json.dump(metadata, f, ensure_ascii=False, indent=2)
+        f.write(json.dumps(metadata, ensure_ascii=False, indent=2))  # json.dump writes once per list item
     for name in FILES:  # on disk before the dataset is recorded, and immutable
         fd = os.open(tmp / name, os.O_RDONLY)
         try:
