@@ -55,25 +55,37 @@ def register_tool(server: MCPServer, fn: Callable, *, annotations: ToolAnnotatio
     return fn
 
 
-def _forbid_unknown_arguments(server: MCPServer) -> None:
-    """The SDK ignores unknown arguments; an agent's typo should be an error instead."""
+class LearnloopServer(MCPServer):
+    """The SDK's server, except that an unknown argument is an error: the SDK drops it silently,
+    and an agent's typo (`rewrd`) should not pass for a call without that argument."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            known = tool.parameters.get("properties", {})
+            unknown = sorted(set(arguments) - set(known))
+            if unknown:
+                raise ToolError(f"Unknown argument{'s' if len(unknown) > 1 else ''} for {name}: "
+                                f"{', '.join(map(repr, unknown))}. Valid arguments: {', '.join(known)}.")
+        return await super().call_tool(name, arguments, context)
+
+
+def _declare_no_extra_arguments(server: MCPServer) -> None:
+    """Tell clients, in each input schema, that only the listed arguments are accepted."""
     for tool in server._tool_manager.list_tools():
-        model = tool.fn_metadata.arg_model
-        model.model_config["extra"] = "forbid"
-        model.model_rebuild(force=True)
         tool.parameters["additionalProperties"] = False
 
 
 def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     reconcile(store)
-    server = MCPServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    server = LearnloopServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     from server import (mcp_cycle, mcp_datasets, mcp_jobs, mcp_lifecycle, mcp_routing, mcp_runs, mcp_serving,
                         mcp_train)
 
     for module in (mcp_runs, mcp_jobs, mcp_datasets, mcp_train, mcp_lifecycle, mcp_routing, mcp_serving, mcp_cycle):
         module.register(server, store)
-    _forbid_unknown_arguments(server)
+    _declare_no_extra_arguments(server)
     return server
 
 
