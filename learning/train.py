@@ -76,9 +76,20 @@ def main(argv: list[str]) -> int:
         result = train(ctx)
     except JobCancelled:
         return 0  # rank 0 wrote cancelled.json; the job process reports the cancel
+    finally:
+        _leave_process_group()
     if result is not None:
         (Path(ctx.params["adapter_dir"]) / "result.json").write_text(json.dumps(result))
     return 0
+
+
+def _leave_process_group() -> None:
+    """Tear down torch.distributed before exit: left to the interpreter's shutdown, gloo's
+    threads can abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _bound_to_launcher(job_id: str) -> bool:
