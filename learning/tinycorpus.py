@@ -129,38 +129,51 @@ SHAPES: list[Callable] = [shape_binary, shape_const, shape_list_map, shape_list_
                           shape_filter, shape_loop, shape_branch, shape_dict]
 
 
-def function(rng: random.Random) -> tuple[str, str, list[str], str]:
+def function(rng: random.Random, doc_p: float = 0.2) -> tuple[str, str, list[str], str]:
     """One function: (name, code, params, description)."""
     name = ident(rng, "fn")
     params, body, desc = rng.choice(SHAPES)(rng, distinct(rng, 3))
     lines = [f"def {name}({', '.join(params)}):"]
-    if rng.random() < 0.5:
+    if rng.random() < doc_p:
         lines.append(f'    """{desc[0].upper() + desc[1:]}."""')
     lines += [f"    {line}" for line in body]
     return name, "\n".join(lines) + "\n", params, desc
 
 
-def document(rng: random.Random) -> str:
-    """One training document in one of several generic forms."""
-    name, code, params, desc = function(rng)
+def intro(rng: random.Random, name: str, params: list[str], desc: str) -> str:
+    """A comment, request, question or chat turn that names the function (and its parameters)."""
     sig = f"{name}({', '.join(params)})"
-    form = rng.randrange(1, 9)  # most forms name the function before (or after) defining it
-    if form == 8:
-        other = function(rng)[1]
-        return f"{code}\n\n{other}"
-    if form == 2:
-        return f"# {sig}: {desc}.\n{code}"
-    if form == 3:
-        shown = f"`{sig}`" if rng.random() < 0.5 else sig
-        return f"Write a {rng.choice(['Python function', 'function'])} {shown} that will {desc}.\n\n{code}"
-    if form == 4:
-        return f"Question: how do I write {name} in Python? It should {desc}.\nAnswer:\n{code}"
-    if form == 5:
-        call_args = ", ".join(str(const(rng)) for _ in params)
-        return f"{code}\n\nprint({name}({call_args}))\n"
-    if form == 6:
-        return f"{CHAT_USER}\nDefine {name} taking {', '.join(params)} to {desc}.</s>\n{CHAT_ASSISTANT}\n{code}</s>\n"
-    return f"# {desc[0].upper() + desc[1:]}.\n# The function is called {name}.\n{code}"
+    shown = f"`{sig}`" if rng.random() < 0.5 else sig
+    return rng.choice([
+        f"# {sig}: {desc}.\n",
+        f"Write a {rng.choice(['Python function', 'function'])} {shown} that will {desc}.\n\n",
+        f"Question: how do I write {shown} in Python? It should {desc}.\nAnswer:\n",
+        f"Implement {shown}: {desc}.\n",
+        f"{CHAT_USER}\nDefine {shown} to {desc}.</s>\n{CHAT_ASSISTANT}\n",
+        f"# {desc[0].upper() + desc[1:]}.\n# The function is called {name}, taking {', '.join(params)}.\n",
+        f"Here is {shown}, which will {desc}:\n",
+        f"# TODO: write {shown} to {desc}.\n",
+    ])
+
+
+def calls(rng: random.Random, name: str, params: list[str]) -> str:
+    lines = []
+    for _ in range(rng.randint(1, 2)):
+        args = ", ".join(str(const(rng)) for _ in params)
+        lines.append(rng.choice([f"print({name}({args}))", f"{rng.choice(WORDS)} = {name}({args})"]))
+    return "\n".join(lines) + "\n"
+
+
+def document(rng: random.Random) -> str:
+    """One short training document: the function is named (with its parameters) before it is
+    defined, and often called after, so every document holds several copies of made-up names."""
+    name, code, params, desc = function(rng)
+    head = intro(rng, name, params, desc)
+    if head.startswith(CHAT_USER):
+        return f"{head}{code}</s>\n"
+    if rng.random() < 0.4:
+        return head + code
+    return f"{head}{code}\n{calls(rng, name, params)}"
 
 
 def corpus(seed: int, n_docs: int) -> Iterator[str]:
