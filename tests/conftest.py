@@ -28,6 +28,22 @@ def run_cli(*args: str, home: Path | None = None, input: str | None = None, time
                           env=subprocess_env(home), cwd=ROOT)
 
 
+def live_processes(*args: str) -> set[int]:
+    """Pids of live processes whose command line has every one of args as a whole argument."""
+    wanted = {a.encode() for a in args}
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = set((proc / "cmdline").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if wanted <= argv:
+            pids.add(int(proc.name))
+    return pids
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"

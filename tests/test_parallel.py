@@ -12,6 +12,7 @@ import pytest
 
 from learning import parallel, runs, sft
 from learning.redact_corpus import planted_secrets
+from tests.conftest import live_processes
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +33,7 @@ def fail_on_seven(_config: None, numbers: list[int]) -> list[int]:
 
 
 def worker_pids() -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"learning.parallel" in f.read():
-                        found.add(int(entry))
-            except OSError:
-                pass
-    return found
+    return live_processes("learning.parallel")
 
 
 def test_results_come_back_in_order_from_workers():

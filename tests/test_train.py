@@ -18,7 +18,7 @@ import pytest
 from learning import jobs, registry, training
 from learning.errors import InvalidInput
 from learning.store import Store
-from tests.conftest import run_cli
+from tests.conftest import live_processes, run_cli
 from tests.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
@@ -253,19 +253,6 @@ def test_ddp_with_two_cpu_processes_trains(store):
     assert adapter.metrics["epochs"] == 1.0
 
 
-def _processes_of(job_id: str) -> list[int]:
-    """Live processes whose command line names the job (a distributed run's launcher and workers)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if proc.name.isdigit() and job_id.encode() in argv and b"learning.train" in argv:
-            pids.append(int(proc.name))
-    return pids
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_ddp_workers_die_when_the_job_process_is_killed(store):
@@ -278,14 +265,14 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
             break
         time.sleep(0.2)
     assert status.status == "running" and status.progress.get("step", 0) >= 1, (status.error, status.log_tail)
-    assert len(_processes_of(s.job_id)) >= 3  # the launcher and two workers
+    assert len(live_processes("learning.train", s.job_id)) >= 3  # the launcher and two workers
     os.kill(store.get_job(s.job_id)["pid"], signal.SIGKILL)
     # The kernel kills the launcher with the job process and the workers with the launcher:
     # nothing here (no reconcile yet) does it for them.
     deadline = time.monotonic() + 20
-    while _processes_of(s.job_id) and time.monotonic() < deadline:
+    while live_processes("learning.train", s.job_id) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _processes_of(s.job_id) == []
+    assert not live_processes("learning.train", s.job_id)
     status = jobs.job_status(store, s.job_id)
     assert status.status == "failed" and "died" in status.error
     assert registry.get_adapter(store, "coder-ddp-killed").status == "failed"
