@@ -42,9 +42,9 @@ async def measure(client, calls: int) -> list[float]:
 async def scenario(home: Path, calls: int, n_runs: int) -> None:
     from mcp import Client, StdioServerParameters
 
-    from learning import jobs
+    from learning.jobs import manage as jobs
     from learning.store import Store
-    from learning.tinybase import ensure_base
+    from learning.models.tinybase import ensure_base
     from tests.train_helpers import make_dataset
 
     store = Store(home)

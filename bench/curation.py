@@ -1,5 +1,5 @@
 """Curation figures: make_sft over 1,000,000 runs (seconds, peak memory), redaction throughput,
-and redaction recall / false positives on the labelled corpus (learning/redact_corpus.py).
+and redaction recall / false positives on the labelled corpus (tests/redact_corpus.py).
 
     python bench/curation.py [--runs 1000000] [--keep-db DIR] [--trace]
 
@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from learning.parallel import default_workers  # noqa: E402
-from learning.redact import Redactor  # noqa: E402
-from learning.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
+from learning.data.parallel import default_workers  # noqa: E402
+from learning.data.redact import Redactor  # noqa: E402
+from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
 from learning.store import Store  # noqa: E402
 
 CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs.py").read_text()
@@ -63,7 +63,7 @@ CHILD = """
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
 from learning.store import Store
-from learning.sft import make_sft
+from learning.data.curate import make_sft
 kwargs = json.loads({kwargs!r})
 trace = kwargs.pop("_trace")
 store = Store({home!r})
@@ -92,7 +92,7 @@ def sft_in_child(home: Path, trace: bool = False, workers: int | None = None, **
 
 
 def baseline_rss() -> float:
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, learning.sft; " \
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, learning.data.curate; " \
            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 

@@ -37,9 +37,9 @@ def throughput(root: Path, size: str, n: int, batch: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from learning.evaluate import teacher_forced
-    from learning.generate import load_model
-    from learning.tinybase import build_base
+    from learning.evaluate.evaluation import teacher_forced
+    from learning.models.generate import load_model
+    from learning.models.tinybase import build_base
 
     t0 = time.perf_counter()
     base = build_base(root / "base", size)
@@ -56,7 +56,8 @@ def throughput(root: Path, size: str, n: int, batch: int) -> dict:
 
 
 def latency(root: Path, moves: int) -> dict:
-    from learning import lifecycle, registry
+    from learning.routing import lifecycle
+    from learning.registry import adapters as registry
     from learning.store import Store
 
     store = Store(root / "home")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from learning.export import export_adapter  # noqa: E402
-from learning.registry import create_adapter  # noqa: E402
+from learning.serve.export import export_adapter  # noqa: E402
+from learning.registry.adapters import create_adapter  # noqa: E402
 from learning.store import Store  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--base", help="its base model folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    from learning import llamacpp_check as lc
+    import tests.llamacpp_check as lc
 
     if args.adapter:
         adapter, base = Path(args.adapter), Path(args.base)

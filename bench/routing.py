@@ -23,7 +23,8 @@ from mcp import Client, StdioServerParameters
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from learning import experiments, registry, router  # noqa: E402
+from learning.registry import adapters as registry  # noqa: E402
+from learning.routing import experiments, router  # noqa: E402
 from learning.store import Store  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from learning import codeenv  # noqa: E402
-from learning.sandbox import run_many, run_tests  # noqa: E402
+from learning.evaluate import codeenv  # noqa: E402
+from learning.evaluate.sandbox import run_many, run_tests  # noqa: E402
 
 
 def main(n: int = 300) -> None:

@@ -51,7 +51,7 @@ print(json.dumps({"tokens": int(trainer.state.num_input_tokens_seen), "runtime_s
 
 
 def make_rows(n: int) -> list[dict]:
-    from learning.tinycorpus import function
+    from learning.models.tinycorpus import function
     import random
 
     rng = random.Random(0)
@@ -63,7 +63,8 @@ def make_rows(n: int) -> list[dict]:
 
 
 def run_learnloop(home: Path, base: str, steps: int, batch: int) -> dict:
-    from learning import jobs, training
+    from learning.jobs import manage as jobs
+    from learning.train import launch as training
     from learning.store import Store
 
     store = Store(home)
@@ -97,8 +98,8 @@ def write_dataset(home: Path, rows: list[dict]) -> Path:
 
 def cpu_part(args) -> None:
     from learning.home import resolve_home
-    from learning.tinybase import ensure_base
-    from learning.training import EMBEDDED_PREFIX
+    from learning.models.tinybase import ensure_base
+    from learning.train.launch import EMBEDDED_PREFIX
 
     home = Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     base = args.base
@@ -143,7 +144,7 @@ def _gpu_run(features: dict, steps: int) -> dict:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from learning.tinybase import ensure_base
+    from learning.models.tinybase import ensure_base
 
     tok = AutoTokenizer.from_pretrained(ensure_base(Path(tempfile.mkdtemp()), "tiny").path)
     config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -35,7 +35,7 @@ from mcp import Client, StdioServerParameters
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from learning import codeenv  # noqa: E402  (the repository's own environment)
+from learning.evaluate import codeenv  # noqa: E402  (the repository's own environment)
 
 
 def server_params(home: str) -> StdioServerParameters:
@@ -52,7 +52,7 @@ class ModelSolver:
         self.loaded: dict[tuple, tuple] = {}
 
     def __call__(self, task: codeenv.Task, selection: dict) -> str:
-        from learning.generate import generate, load_model
+        from learning.models.generate import generate, load_model
 
         base = selection.get("base_model") or self.default_base
         if base is None:

@@ -183,7 +183,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS deployments_adapter ON deployments(adapter_id, created);
     """,
-    # 4: the runtime each route is kept in step with (learning.lifecycle deploys to it on promote and rollback).
+    # 4: the runtime each route is kept in step with (learning.routing.lifecycle deploys to it on promote and rollback).
     """
     CREATE TABLE deploy_targets (
         role TEXT NOT NULL,

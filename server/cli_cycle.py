@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import cycle
+from learning.loop import cycle
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt
 from server.cli_jobs import follow, render_status

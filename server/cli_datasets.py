@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import sft
-from learning.datasets import list_datasets
+from learning.data import curate as sft
+from learning.data.datasets import list_datasets
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt

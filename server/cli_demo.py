@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
         adapters never mix with yours.
         """
-        from learning.demo import run_demo
+        from learning.demo.demo import run_demo
         from learning.home import resolve_home
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import jobs
+from learning.jobs import manage as jobs
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt
 

@@ -11,7 +11,9 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import evaluate, lifecycle, registry
+from learning.evaluate import evaluation as evaluate
+from learning.routing import lifecycle
+from learning.registry import adapters as registry
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, err_console, fail, fmt
 

@@ -8,7 +8,9 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import drift, experiments, router
+from learning.routing import drift
+from learning.routing import experiments
+from learning.routing import router
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt
@@ -93,7 +95,7 @@ def register(app: typer.Typer) -> None:
                    window: Annotated[int, typer.Option(help="Runs in the rolling mean.")] = 20,
                    home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         """Plot reward over time per adapter, with promotions, rollbacks and the latest drift decision."""
-        from learning.report import write_report
+        from learning.routing.reward_plot import write_report
 
         result = write_report(Store(home), role, out, window)
         emit(result, as_json, lambda r: console.print(f"wrote {r.path} ({r.runs} runs, {len(r.series)} lines)",

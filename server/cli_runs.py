@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import runs
+from learning.runs import record as runs
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from learning import deploy, export
+from learning.serve import deploy
+from learning.serve import export
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Build the embedded base model under <home>/base/<size>/ (reused if it exists)."""
-        from learning.tinybase import ensure_base
+        from learning.models.tinybase import ensure_base
 
         store = Store(home)
         info = ensure_base(store, size, seed=seed, force=force,
@@ -56,8 +56,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Train a LoRA adapter for a role on a dataset, as a background job."""
-        from learning import jobs, training
-        from learning.config import load_yaml
+        from learning.jobs import manage as jobs
+        from learning.train import launch as training
+        from learning.train.config import load_yaml
         from server.cli_jobs import follow, render_status
 
         overrides: dict = {}

@@ -20,7 +20,7 @@ from mcp.types import ToolAnnotations
 
 from learning import __version__
 from learning.errors import LearnloopError
-from learning.jobs import reconcile
+from learning.jobs.manage import reconcile
 from learning.store import Store
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.

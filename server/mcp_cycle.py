@@ -7,7 +7,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from learning import cycle
+from learning.loop import cycle
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.mcp import register_tool

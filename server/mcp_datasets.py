@@ -8,8 +8,8 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 from typing_extensions import Annotated
 
-from learning import sft
-from learning.datasets import DatasetInfo, list_datasets as list_ds
+from learning.data import curate as sft
+from learning.data.datasets import DatasetInfo, list_datasets as list_ds
 from learning.store import Store
 from server.mcp import APPEND, READ_ONLY, register_tool
 

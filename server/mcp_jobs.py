@@ -8,7 +8,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from learning import jobs
+from learning.jobs import manage as jobs
 from learning.store import Store
 from server.mcp import READ_ONLY, register_tool
 

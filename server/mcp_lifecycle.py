@@ -21,7 +21,9 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 from typing_extensions import Annotated
 
-from learning import evaluate, lifecycle, registry
+from learning.evaluate import evaluation as evaluate
+from learning.routing import lifecycle
+from learning.registry import adapters as registry
 from learning.errors import LearnloopError
 from learning.store import Store
 from server.mcp import READ_ONLY, register_tool

@@ -7,7 +7,9 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from learning import drift, experiments, router
+from learning.routing import drift
+from learning.routing import experiments
+from learning.routing import router
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.mcp import APPEND, register_tool

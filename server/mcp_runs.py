@@ -9,7 +9,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 from typing_extensions import Annotated
 
-from learning import runs
+from learning.runs import record as runs
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.mcp import APPEND, READ_ONLY, register_tool

@@ -10,7 +10,9 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 from typing_extensions import Annotated
 
-from learning import deploy, export, jobs
+from learning.serve import deploy
+from learning.serve import export
+from learning.jobs import manage as jobs
 from learning.store import Store
 from server.mcp import register_tool
 

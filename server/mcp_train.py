@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 from typing_extensions import Annotated
 
-from learning import training
+from learning.train import launch as training
 from learning.store import Store
 from server.mcp import register_tool
 

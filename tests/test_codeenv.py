@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from learning import codeenv as ce
-from learning.codeenv import split_of as codeenv_split
-from learning.sandbox import run_many, run_tests
+from learning.evaluate import codeenv as ce
+from learning.evaluate.codeenv import split_of as codeenv_split
+from learning.evaluate.sandbox import run_many, run_tests
 
 
 def test_reference_scores_one_and_broken_variants_less_for_every_role():
@@ -51,7 +51,7 @@ def test_prompts_and_answers_of_a_model_shape():
     assert ce.prompt(task) == ("### Task:\nWrite a Python function `keen_orbit(items)` that returns the list items "
                                "in reverse order.\n### Solution:\n")
     # A model's answer carries text after the function; the stop strings cut it, the reward is execution.
-    from learning.generate import cut_at_stop
+    from learning.models.generate import cut_at_stop
     raw = "def keen_orbit(items):\n    return items[::-1]\n\n### Task:\nmore"
     [score] = ce.score_answers([task], [cut_at_stop(raw, ce.stop_for(task))])
     assert score.reward == 1.0

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, subprocess_env
 WRITER = r"""
 import io, json, sys
 from learning.store import Store
-from learning.runs import log_run, import_runs
+from learning.runs.record import log_run, import_runs
 store = Store(sys.argv[1]); worker = int(sys.argv[2]); n = int(sys.argv[3])
 for i in range(n):
     log_run(store, {"role": "coder", "output": f"w{worker}-{i}", "reward": 0.5, "agent": f"w{worker}"})

@@ -13,10 +13,11 @@ import anyio
 import pytest
 from mcp import Client
 
-from learning import runs, sft
-from learning.datasets import get_dataset, list_datasets
+from learning.runs import record as runs
+from learning.data import curate as sft
+from learning.data.datasets import get_dataset, list_datasets
 from learning.errors import InvalidInput, NotFound
-from learning.redact_corpus import planted_secrets
+from tests.redact_corpus import planted_secrets
 from server.mcp import build_server
 from tests.conftest import run_cli
 
@@ -183,7 +184,7 @@ def test_custom_template_for_a_new_role(loaded):
 
 
 def test_crash_mid_write_leaves_no_dataset(loaded, monkeypatch):
-    import learning.datasets as datasets_module
+    import learning.data.datasets as datasets_module
 
     def disk_full(folder):
         raise OSError(28, "No space left on device")

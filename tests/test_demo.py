@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from learning import codeenv
-from learning.demo_report import loss_curve, verdict
-from learning.sandbox import run_many
+from learning.evaluate import codeenv
+from learning.demo.summary import loss_curve, verdict
+from learning.evaluate.sandbox import run_many
 from tests.conftest import run_cli
 
 STAGES = ["base", "population", "curate", "train", "evaluate", "promote", "heldout", "drift"]

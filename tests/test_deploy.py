@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from learning import deploy
+from learning.serve import deploy
 from learning.errors import Conflict
-from learning.registry import create_adapter, rollback_route, set_production
+from learning.registry.adapters import create_adapter, rollback_route, set_production
 from tests.conftest import run_cli
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -261,9 +261,9 @@ def test_llamacpp_command_then_scales(store, adapters, runtime):
 
 
 def test_promote_and_rollback_keep_the_runtime_in_step(store, adapters, runtime):
-    from learning import lifecycle
-    from learning.registry import get_adapter
-    from learning.router import select_adapter
+    from learning.routing import lifecycle
+    from learning.registry.adapters import get_adapter
+    from learning.routing.router import select_adapter
 
     vllm = runtime(VLLM)
     deploy.set_deploy_target(store, "coder", "vllm", vllm.url)

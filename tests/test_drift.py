@@ -21,8 +21,11 @@ import pytest
 from mcp import Client
 from scipy import integrate, stats
 
-from learning import drift, registry, router, runs
-from learning import drift_stats as st
+from learning.routing import drift
+from learning.registry import adapters as registry
+from learning.routing import router
+from learning.runs import record as runs
+from learning.routing import drift_stats as st
 from learning.errors import Conflict, InvalidInput, NotFound
 from server.mcp import build_server
 from tests.conftest import run_cli
@@ -248,7 +251,7 @@ def test_cli_drift_and_report(home, tmp_path):
 
 
 def test_experiment_arms_compared_on_their_own_traffic(store, monkeypatch):
-    from learning import experiments
+    from learning.routing import experiments
 
     promote(store, "prod")
     put_runs(store, 300, 0.2, "prod", seed=14)  # old history outside the experiment: ignored

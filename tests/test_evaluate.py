@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from learning import checks, evaluate, jobs, lifecycle, registry
+from learning.evaluate import checks
+from learning.evaluate import evaluation as evaluate
+from learning.jobs import manage as jobs
+from learning.routing import lifecycle
+from learning.registry import adapters as registry
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from tests.conftest import run_cli
@@ -215,7 +219,10 @@ def test_pipeline_adapter_from_train_adapter_is_evaluated(store):
     """The real path: embedded tiny base, a dataset from logged runs (make_sft), an adapter from
     the training job; the evaluation measures both on the same examples and the adapter, trained
     on this very task, has the lower loss."""
-    from learning import runs, sft, tinybase, training
+    from learning.runs import record as runs
+    from learning.data import curate as sft
+    from learning.models import tinybase
+    from learning.train import launch as training
 
     tinybase.ensure_base(store, "tiny")
     for i in range(60):

@@ -22,8 +22,8 @@ def test_agent_loop_over_stdio_logs_executed_rewards_with_decisions(home):
 
     from agent_loop import reference_solver, run_agent
 
-    from learning import registry
-    from learning.runs import get_run
+    from learning.registry import adapters as registry
+    from learning.runs.record import get_run
     from learning.store import Store
 
     # Before any adapter: the route gives the base model, each run still carries its decision.
@@ -75,7 +75,7 @@ def test_weekly_script_chains_a_cycle_per_role_and_reports_failure(home):
 
 @pytest.mark.parametrize("name", ["light", "default", "heavy"])
 def test_preset_files_are_the_library_presets(name):
-    from learning.config import build_config, load_yaml
+    from learning.train.config import build_config, load_yaml
 
     preset, overrides = load_yaml(EXAMPLES / "presets" / f"{name}.yaml")
     assert preset == name

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning import gguf_export as gx
+from learning.serve import gguf as gx
 from learning.errors import Conflict, InvalidInput, NotFound
-from learning.export import base_fingerprint, export_adapter
-from learning.registry import create_adapter
+from learning.serve.export import base_fingerprint, export_adapter
+from learning.registry.adapters import create_adapter
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -224,7 +224,7 @@ def test_llamacpp_logits_match_peft(store, tmp_path):
     transformers + PEFT within 1e-3 (f32). Optional: needs llama-cpp-python and llama.cpp's
     convert_hf_to_gguf.py ($LLAMA_CPP_CONVERT); the base uses a SentencePiece tokenizer, which
     the converter accepts (it rejects locally trained byte-level BPE ones)."""
-    from learning import llamacpp_check as lc
+    import tests.llamacpp_check as lc
 
     reason = lc.llamacpp_available()
     if reason:
@@ -244,7 +244,7 @@ def test_llamacpp_logits_match_peft(store, tmp_path):
 def test_modelfile_template_with_generation_markers():
     """A chat template that marks assistant text with {% generation %} (as the embedded base's
     does) renders into an Ollama template; BOS is left to the runtime, eos is the stop."""
-    from learning.modelfile import ollama_template
+    from learning.serve.modelfile import ollama_template
 
     template = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
                 "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n' }}"
@@ -265,7 +265,7 @@ def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
     to the base's q/k rows. Needs $LLAMA_CPP_CONVERT (convert_hf_to_gguf.py)."""
     import os
 
-    from learning import llamacpp_check as lc
+    import tests.llamacpp_check as lc
 
     if not os.environ.get("LLAMA_CPP_CONVERT"):
         pytest.skip("skipped: set LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
@@ -303,7 +303,7 @@ def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
 def test_modelfile_wraps_the_role_prompt():
     """The role's instruction template goes around {{ .Prompt }}: inside the user turn for chat
     training rows, alone for raw prompt/completion rows (as training saw them)."""
-    from learning.modelfile import ollama_template
+    from learning.serve.modelfile import ollama_template
 
     tok = {"chat_template": CHATML, "bos": None, "eos": "<|im_end|>", "added": {"<|im_end|>"}}
     prompt = "Write code.\n\n### Specification\n{{ .Prompt }}\n\n### Code\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from learning.generate import cut_at_stop
+from learning.models.generate import cut_at_stop
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_cut_at_stop_takes_the_earliest():
 
 
 def test_batched_equals_one_by_one_and_is_deterministic(base_dir):
-    from learning.generate import generate, load_model
+    from learning.models.generate import generate, load_model
 
     model, tok = load_model(base_dir, device="cpu")
     prompts = ["def f(x):", "### Task:\nreverse a list\n### Solution:\n", "a", "def total(values):\n    return"]
@@ -66,7 +66,7 @@ def test_batched_equals_one_by_one_and_is_deterministic(base_dir):
 
 
 def test_stop_string_cuts_and_ends_generation_early(base_dir):
-    from learning.generate import generate, load_model
+    from learning.models.generate import generate, load_model
 
     model, tok = load_model(base_dir, device="cpu")
     prompt = "def f(x):"
@@ -83,7 +83,7 @@ def test_adapter_on_and_off_from_one_loaded_model(base_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from learning.generate import generate, has_adapter, load_model, without_adapter
+    from learning.models.generate import generate, has_adapter, load_model, without_adapter
 
     # An adapter with random (non-zero) LoRA weights, so it really changes the answers.
     torch.manual_seed(1)
@@ -111,7 +111,7 @@ def test_adapter_on_and_off_from_one_loaded_model(base_dir, tmp_path):
 
 def test_missing_folders_are_reported(tmp_path, base_dir):
     from learning.errors import NotFound
-    from learning.generate import load_model
+    from learning.models.generate import load_model
 
     with pytest.raises(NotFound, match="No base model folder"):
         load_model(tmp_path / "nope")

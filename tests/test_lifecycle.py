@@ -17,7 +17,8 @@ import pytest
 from mcp import Client
 from mcp import types as mt
 
-from learning import lifecycle, registry
+from learning.routing import lifecycle
+from learning.registry import adapters as registry
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from server.mcp import build_server
@@ -246,7 +247,7 @@ def test_concurrent_promotions_keep_one_production(home):
 
 KILL_LOOP = """
 import sys, random
-from learning import lifecycle
+from learning.routing import lifecycle
 from learning.store import Store
 store = Store(sys.argv[1])
 ids = ["k0", "k1", "k2"]

@@ -1,4 +1,4 @@
-"""Curation's worker processes (learning/parallel.py): results in order, errors reported, no
+"""Curation's worker processes (learning/data/parallel.py): results in order, errors reported, no
 process left behind, and make_sft writing the same dataset with workers as without."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from learning import parallel, runs, sft
-from learning.redact_corpus import planted_secrets
+from learning.data import parallel
+from learning.runs import record as runs
+from learning.data import curate as sft
+from tests.redact_corpus import planted_secrets
 from tests.conftest import live_processes
 
 
@@ -33,7 +35,7 @@ def fail_on_seven(_config: None, numbers: list[int]) -> list[int]:
 
 
 def worker_pids() -> set[int]:
-    return live_processes("learning.parallel")
+    return live_processes("learning.data.parallel")
 
 
 def test_results_come_back_in_order_from_workers():

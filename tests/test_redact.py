@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from learning.redact import TYPES, Redactor, looks_secret, redact
-from learning.redact_corpus import ORDINARY_CODE, planted_secrets
+from learning.data.redact import TYPES, Redactor, looks_secret, redact
+from tests.redact_corpus import ORDINARY_CODE, planted_secrets
 
 PLANTED = planted_secrets()
 

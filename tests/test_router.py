@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from learning import experiments, registry, router, runs
+from learning.routing import experiments
+from learning.registry import adapters as registry
+from learning.routing import router
+from learning.runs import record as runs
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from server.mcp import build_server
@@ -73,7 +76,7 @@ def test_selection_follows_promote_and_rollback_at_once_across_stores(home):
     registry.set_production(reader, "a2", "test", "again")
     assert router.select_adapter(reader, "coder").adapter_id == "a2"
     # A promotion in another process.
-    code = ("from learning.store import Store; from learning import registry; "
+    code = ("from learning.store import Store; from learning.registry import adapters as registry; "
             f"registry.rollback_route(Store({str(home)!r}), 'coder')")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(home), cwd=ROOT)
     assert router.select_adapter(reader, "coder").adapter_id == "a1"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from learning import runs
+from learning.runs import record as runs
 from learning.errors import InvalidInput
 
 

@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 def test_init_base_builds_a_model_that_loads_like_any_other(store, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from learning.tinybase import build_base, ensure_base
+    from learning.models.tinybase import build_base, ensure_base
 
     result = run_cli("init-base", "--size", "tiny", "--json", home=store.home, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -42,7 +42,7 @@ def test_init_base_builds_a_model_that_loads_like_any_other(store, tmp_path):
 
 def test_unknown_size_is_rejected(store):
     from learning.errors import InvalidInput
-    from learning.tinybase import ensure_base
+    from learning.models.tinybase import ensure_base
 
     with pytest.raises(InvalidInput, match="tiny"):
         ensure_base(store, "huge")

@@ -15,7 +15,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from learning import jobs, registry, training
+from learning.jobs import manage as jobs
+from learning.registry import adapters as registry
+from learning.train import launch as training
 from learning.errors import InvalidInput
 from learning.store import Store
 from tests.conftest import live_processes, run_cli
@@ -27,7 +29,7 @@ FAST = {"batch_size": 4, "save_steps": 100}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from learning.tinybase import ensure_base
+    from learning.models.tinybase import ensure_base
 
     home = tmp_path_factory.mktemp("train") / "home"
     s = Store(home)
@@ -125,7 +127,7 @@ def test_sft_changes_lora_weights_not_the_base(store, runs):
     info = json.loads((store.home / "base" / "tiny" / "learnloop_base.json").read_text())
     assert info["size"] == "tiny"
     meta = json.loads((Path(adapter.path) / "metadata.json").read_text())
-    from learning.train import base_fingerprint
+    from learning.train.recipe import base_fingerprint
 
     assert meta["base_model"]["sha256"] == base_fingerprint(str(base_file.parent))["sha256"] == adapter.base_hash
     assert meta["dataset"]["id"] == "ds-sft" and meta["hyperparameters"]["rank"] == 16
@@ -265,14 +267,14 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
             break
         time.sleep(0.2)
     assert status.status == "running" and status.progress.get("step", 0) >= 1, (status.error, status.log_tail)
-    assert len(live_processes("learning.train", s.job_id)) >= 3  # the launcher and two workers
+    assert len(live_processes("learning.train.recipe", s.job_id)) >= 3  # the launcher and two workers
     os.kill(store.get_job(s.job_id)["pid"], signal.SIGKILL)
     # The kernel kills the launcher with the job process and the workers with the launcher:
     # nothing here (no reconcile yet) does it for them.
     deadline = time.monotonic() + 20
-    while live_processes("learning.train", s.job_id) and time.monotonic() < deadline:
+    while live_processes("learning.train.recipe", s.job_id) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not live_processes("learning.train", s.job_id)
+    assert not live_processes("learning.train.recipe", s.job_id)
     status = jobs.job_status(store, s.job_id)
     assert status.status == "failed" and "died" in status.error
     assert registry.get_adapter(store, "coder-ddp-killed").status == "failed"
@@ -291,7 +293,7 @@ def test_cli_train_wait_json(store):
 
 
 def test_presets_and_yaml_file_form(tmp_path):
-    from learning.config import build_config, load_yaml, to_yaml
+    from learning.train.config import build_config, load_yaml, to_yaml
 
     assert [build_config(p).rank for p in ("light", "default", "heavy")] == [8, 16, 64]
     assert build_config("light", {"rank": 4, "learning_rate": None}).rank == 4

@@ -1,0 +1,1 @@
+"""Curation: runs into datasets (redaction, templates, row formats, the split writer)."""

@@ -1,0 +1,1 @@
+"""The demo: the whole loop end to end on the embedded model."""

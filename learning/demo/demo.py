@@ -1,0 +1,324 @@
+"""The demo: the whole loop, end to end, on the embedded base model, with numbers.
+
+Stages (each timed, each reported through `report(stage, message, done, total)`):
+  base        build or reuse the embedded base model
+  population  a first generation of agent runs on training tasks: the base model's own answers,
+              a reference solver's and deliberately broken variants; every reward comes from
+              executing the answer against hidden tests; all logged as runs
+  curate      make_sft for the coder, fixer and judge roles
+  train       train_adapter for the coder role (a job in its own process)
+  evaluate    evaluate_adapter (a job), whose gate moves the adapter to candidate
+  promote     the candidate to production, so routing picks it
+  heldout     select_adapter routes held-out tasks (names, parameters and constants never seen in
+              training); base and adapter answer them from one loaded model; scored and logged
+  drift       detect_drift compares the adapter's rewards with the base's
+  report      the summary and a PNG (training loss, reward by model) under the home
+
+The verdict says plainly whether the adapter beat the base on the held-out tasks, and by how much.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from learning.evaluate import codeenv
+from learning.jobs.manage import FINAL, wait_job
+from learning.runs.record import import_runs
+from learning.store import Store
+
+Report = Callable[..., None]
+AGENT = "learnloop-demo"
+
+
+class DemoConfig(BaseModel):
+    base_size: str = Field("small", description="Embedded base model size: tiny (tests) or small.")
+    coder_tasks: int = Field(900, description="Training tasks for the coder role.")
+    fixer_tasks: int = Field(100, description="Training tasks for the fixer role.")
+    judge_tasks: int = Field(100, description="Training tasks for the judge role.")
+    base_samples: int = Field(100, description="Training tasks the base model answers itself.")
+    heldout_tasks: int = Field(150, description="Held-out coder tasks answered by base and adapter.")
+    min_reward: float = Field(1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
+    max_steps: int = Field(300, description="Optimizer steps of the adapter's training.")
+    learning_rate: float = 2e-3
+    train_batch_size: int = 8
+    preset: str = "default"
+    max_new_tokens: int = 40
+    eval_examples: int = Field(200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
+    eval_generate: int = Field(32, description="Test prompts evaluate_adapter answers with both models.")
+    batch_size: int = 32
+    seed: int = 0
+
+
+QUICK = DemoConfig(base_size="tiny", coder_tasks=40, fixer_tasks=12, judge_tasks=12, base_samples=8,
+                   heldout_tasks=15, max_steps=8, max_new_tokens=24, eval_examples=16, eval_generate=4)
+
+
+class StageReport(BaseModel):
+    name: str
+    status: Literal["done", "failed"]
+    seconds: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class DemoSummary(BaseModel):
+    home: str
+    quick: bool
+    base_model: str | None = None
+    adapter_id: str | None = None
+    dataset_ids: dict[str, str] = Field(default_factory=dict)
+    heldout_tasks: int = 0
+    base_pass_rate: float | None = Field(None, description="Held-out tasks whose answer passed every test, base model.")
+    adapter_pass_rate: float | None = Field(None, description="The same for base + adapter.")
+    margin: float | None = Field(None, description="adapter_pass_rate - base_pass_rate.")
+    base_mean_reward: float | None = None
+    adapter_mean_reward: float | None = None
+    by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
+    eval_loss_base: float | None = None
+    eval_loss_adapter: float | None = None
+    gate_passed: bool | None = None
+    adapter_status: str | None = None
+    drift_decision: str | None = None
+    adapter_beat_base: bool = False
+    verdict: str = ""
+    runs_logged: int = 0
+    executions: int = Field(0, description="Answers whose reward came from running them against hidden tests.")
+    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time of each stage.")
+    total_seconds: float = 0.0
+    plot_path: str | None = None
+    summary_path: str | None = None
+    stages: list[StageReport] = Field(default_factory=list)
+
+
+def _log_runs(store: Store, records: list[dict]) -> int:
+    buf = io.StringIO("".join(json.dumps(r) + "\n" for r in records))
+    return import_runs(store, buf).imported
+
+
+def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) -> tuple[list[str], list[codeenv.Score]]:
+    """The model's greedy answers to `tasks` (grouped by stop strings), scored by execution."""
+    from learning.models import generate
+
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(codeenv.stop_for(t), []).append(i)
+    answers = [""] * len(tasks)
+    for stop, idx in groups.items():
+        outs = generate(model, tok, [codeenv.prompt(tasks[i]) for i in idx], cfg.max_new_tokens, stop=stop,
+                        batch_size=cfg.batch_size)
+        for i, out in zip(idx, outs):
+            answers[i] = out
+    return answers, codeenv.score_answers(tasks, answers)
+
+
+def _rates(scores: list[codeenv.Score]) -> dict[str, float]:
+    n = len(scores) or 1
+    return {"pass_rate": round(sum(s.reward == 1.0 for s in scores) / n, 4),
+            "mean_reward": round(sum(s.reward for s in scores) / n, 4), "n": len(scores)}
+
+
+# ---- stages ----
+
+def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.models.tinybase import ensure_base
+
+    report("base", f"building or reusing the {cfg.base_size} base model")
+    info = ensure_base(store, cfg.base_size, seed=cfg.seed, log=lambda m: report("base", m))
+    state["base"] = info.path
+    return {"path": info.path, "built": info.built, "parameters": info.parameters, "final_loss": info.final_loss}
+
+
+def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.models.generate import load_model
+
+    tasks = {role: codeenv.make_tasks(n, "train", role, seed=cfg.seed) for role, n in
+             (("coder", cfg.coder_tasks), ("fixer", cfg.fixer_tasks), ("judge", cfg.judge_tasks))}
+    rows: list[tuple[codeenv.Task, str, str]] = []  # (task, answer, source)
+    for role, ts in tasks.items():
+        for i, t in enumerate(ts):
+            rows.append((t, codeenv.solve(t), "reference"))
+            if i % 2 == 0:  # a broken variant for every other task, near misses (0.8) among them
+                broken = codeenv.broken_answers(t)
+                rows.append((t, broken[(i // 2) % len(broken)], "broken"))
+    report("population", f"the base model answers {cfg.base_samples} training tasks")
+    model, tok = load_model(state["base"])
+    sampled = tasks["coder"][:cfg.base_samples]
+    base_answers, _ = _answer_and_score(model, tok, sampled, cfg)
+    rows += [(t, a, "base-model") for t, a in zip(sampled, base_answers)]
+    report("population", f"executing {len(rows)} answers against hidden tests", 0, len(rows))
+    scores = codeenv.score_answers([r[0] for r in rows], [r[1] for r in rows])
+    records = [codeenv.run_record(t, a, s, agent=AGENT, model=Path(state["base"]).name if src == "base-model" else src,
+                                  source=src) for (t, a, src), s in zip(rows, scores)]
+    logged = _log_runs(store, records)
+    state["executions"] = state.get("executions", 0) + len(scores)
+    by_source: dict[str, list] = {}
+    for (_, _, src), s in zip(rows, scores):
+        by_source.setdefault(src, []).append(s)
+    return {"runs_logged": logged, "executions": len(scores),
+            "by_source": {src: _rates(ss) for src, ss in by_source.items()}}
+
+
+def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.data.curate import make_sft
+
+    out = {}
+    for role in ("coder", "fixer", "judge"):
+        report("curate", f"make_sft for {role} (min reward {cfg.min_reward})")
+        # Only this demo's runs, in the prompt format the environment asks in.
+        res = make_sft(store, role=role, min_reward=cfg.min_reward, since=state["started_at"], agent=AGENT,
+                       template=codeenv.TEMPLATES[role], max_per_task=1, seed=cfg.seed)
+        out[role] = {"dataset_id": res.dataset_id, "train": res.train_rows, "test": res.test_rows,
+                     "mean_reward": res.mean_reward}
+    state["datasets"] = {role: v["dataset_id"] for role, v in out.items()}
+    return out
+
+
+def _follow(store: Store, job_id: str, stage: str, report: Report) -> Any:
+    while True:
+        status = wait_job(store, job_id, timeout=30, on_progress=lambda s: report(
+            stage, s.progress.get("message") or f"{s.kind} {s.status}", s.progress.get("step"), s.progress.get("total_steps")))
+        if status.status in FINAL:
+            break
+    if status.status != "succeeded":
+        raise RuntimeError(f"{status.kind} job {job_id} {status.status}: {status.error}; log: {status.log_path}")
+    return status
+
+
+def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.train.launch import train_adapter
+
+    started = train_adapter(store, role="coder", dataset_id=state["datasets"]["coder"],
+                            base=f"embedded:{cfg.base_size}", preset=cfg.preset, max_steps=cfg.max_steps,
+                            overrides={"learning_rate": cfg.learning_rate, "batch_size": cfg.train_batch_size,
+                                       "max_length": 256, "save_steps": cfg.max_steps, "dropout": 0.0,
+                                       "seed": cfg.seed})
+    state["adapter_id"] = started.adapter_id
+    status = _follow(store, started.job_id, "train", report)
+    result = status.result or {}
+    return {"adapter_id": started.adapter_id, "job_id": started.job_id, "steps": started.plan.steps,
+            "train_rows": started.plan.train_rows, **(result.get("metrics") or {})}
+
+
+def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.evaluate.evaluation import evaluate_adapter
+
+    started = evaluate_adapter(store, state["adapter_id"], max_examples=cfg.eval_examples,
+                               max_generate=cfg.eval_generate, max_new_tokens=cfg.max_new_tokens,
+                               batch_size=cfg.batch_size)
+    status = _follow(store, started.job_id, "evaluate", report)
+    state["eval"] = status.result or {}
+    return {"job_id": started.job_id, **state["eval"]}
+
+
+def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.routing.lifecycle import promote
+    from learning.registry.adapters import get_adapter
+
+    adapter = get_adapter(store, state["adapter_id"])
+    if adapter.status != "candidate":
+        return {"promoted": False, "status": adapter.status,
+                "reason": "the evaluation gate did not pass, so the adapter stays out of production; "
+                          "the held-out stage still compares it with the base"}
+    # The demo stands in for the person who confirms a promotion to production.
+    res = promote(store, state["adapter_id"], to="production", reason="learnloop demo: gate passed", actor=AGENT)
+    return {"promoted": True, "status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
+
+
+def _route(store: Store, tasks: list[codeenv.Task], fallback: str | None) -> tuple[list[Any], str | None]:
+    """select_adapter for every task; the adapter the route gives (or the trained one when the
+    route has no production adapter, so the comparison still happens)."""
+    from learning.routing.router import select_adapter
+
+    decisions = [select_adapter(store, role="coder", task_type=t.family, task_key=t.key) for t in tasks]
+    routed = {d.adapter_id for d in decisions} - {None}
+    return decisions, (routed.pop() if len(routed) == 1 else fallback)
+
+
+def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.models.generate import load_model, without_adapter
+    from learning.registry.adapters import get_adapter
+
+    state["heldout_started"] = time.time()
+    tasks = codeenv.make_tasks(cfg.heldout_tasks, "heldout", "coder", seed=cfg.seed + 1)
+    decisions, adapter_id = _route(store, tasks, state.get("adapter_id"))
+    report("heldout", f"{len(tasks)} held-out tasks routed to {adapter_id or 'the base model'}")
+    model, tok = load_model(state["base"], get_adapter(store, adapter_id).path if adapter_id else None)
+    adapter_answers, adapter_scores = _answer_and_score(model, tok, tasks, cfg)
+    with without_adapter(model):
+        base_answers, base_scores = _answer_and_score(model, tok, tasks, cfg)
+    name = Path(state["base"]).name
+    records = [codeenv.run_record(t, a, s, agent=AGENT, model=name, adapter_id=adapter_id,
+                                  decision_id=d.decision_id if d.adapter_id == adapter_id else None,
+                                  source="heldout-adapter")
+               for t, a, s, d in zip(tasks, adapter_answers, adapter_scores, decisions)]
+    records += [codeenv.run_record(t, a, s, agent=AGENT, model=name, source="heldout-base")
+                for t, a, s in zip(tasks, base_answers, base_scores)]
+    logged = _log_runs(store, records)
+    state["executions"] = state.get("executions", 0) + 2 * len(tasks)
+    fams = {}
+    for fam in codeenv.FAMILIES:
+        idx = [i for i, t in enumerate(tasks) if t.family == fam]
+        fams[fam] = {"base": _rates([base_scores[i] for i in idx])["pass_rate"],
+                     "adapter": _rates([adapter_scores[i] for i in idx])["pass_rate"], "n": len(idx)}
+    state["heldout"] = {"base": _rates(base_scores), "adapter": _rates(adapter_scores), "by_family": fams}
+    samples = [{"task": t.instruction, "base": b, "adapter": a} for t, b, a in
+               list(zip(tasks, base_answers, adapter_answers))[:3]]
+    return {"adapter_id": adapter_id, "routed_to_adapter": sum(d.adapter_id == adapter_id for d in decisions),
+            "runs_logged": logged, **state["heldout"], "samples": samples}
+
+
+def stage_drift(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    from learning.routing.drift import detect_drift
+
+    # Only the held-out runs: the population's reference answers must not count as the base's.
+    res = detect_drift(store, role="coder", new_id=state["adapter_id"], since=state["heldout_started"],
+                       min_runs=min(30, cfg.heldout_tasks))
+    state["drift"] = res.decision
+    return {"decision": res.decision, "message": res.message, "relative_change": res.relative_change,
+            "p_value": res.p_value}
+
+
+STAGES: list[tuple[str, Callable]] = [
+    ("base", stage_base), ("population", stage_population), ("curate", stage_curate), ("train", stage_train),
+    ("evaluate", stage_evaluate), ("promote", stage_promote), ("heldout", stage_heldout), ("drift", stage_drift),
+]
+
+
+def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None,
+             report: Report | None = None) -> DemoSummary:
+    """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
+    from learning.demo.summary import finish_summary
+
+    # The demo's models are tiny: one thread per process (this one and its jobs) is about as fast
+    # as several, and makes a run give the same numbers on any machine. A user's setting wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = config or (QUICK if quick else DemoConfig())
+    report = report or (lambda *a, **k: None)
+    store = Store(home)
+    state: dict[str, Any] = {"started_at": time.time()}
+    stages: list[StageReport] = []
+    for name, fn in STAGES:
+        report(name, "starting")
+        t0 = time.perf_counter()
+        try:
+            detail, status = fn(store, cfg, state, report), "done"
+        except Exception as exc:  # a failed stage ends the demo, with what it learnt so far
+            detail, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
+        stages.append(StageReport(name=name, status=status, seconds=round(time.perf_counter() - t0, 2), detail=detail))
+        report(name, status, final=True)
+        if status == "failed":
+            break
+    t0 = time.perf_counter()
+    summary = finish_summary(store, cfg, state, stages, quick=quick)
+    summary.seconds["report"] = round(time.perf_counter() - t0, 2)
+    summary.total_seconds = round(sum(summary.seconds.values()), 2)
+    Path(summary.summary_path).write_text(summary.model_dump_json(indent=2))
+    store.close()
+    return summary

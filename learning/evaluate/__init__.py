@@ -1,0 +1,1 @@
+"""Evaluation: the sandbox, per-role checks, the coding environment, the gate."""

@@ -1,0 +1,387 @@
+"""Evaluate an adapter against its base model, and the gate that makes it a candidate.
+
+`evaluate_adapter` checks its input and starts a job (`run_job`, in its own process) that:
+1. loads the base once with the adapter on top (the base's numbers come from the same model
+   with the adapter disabled, on the same examples);
+2. teacher-forced metrics on the completion tokens of the test split: eval loss, perplexity,
+   token accuracy (batched, no gradients);
+3. generation checks per role on up to `max_generate` test prompts (learning.evaluate.checks), pass
+   rates and similarity to the reference;
+4. a fixed set of sanity prompts per role, whose responses are saved for a person to read;
+5. the gate (GateConfig); writes adapters/<id>/eval/{metrics,sanity_responses}.json, stores
+   the metrics and an evaluation event, and moves trained -> candidate when the gate passes.
+torch / transformers / peft are imported only inside the job's functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from learning.evaluate import checks
+from learning.registry import adapters as registry
+from learning.errors import Conflict, InvalidInput, check
+from learning.jobs.manage import JobCancelled, start_job
+from learning.store import Store
+
+
+class GateConfig(BaseModel):
+    """When an evaluated adapter becomes a candidate. Every condition must hold."""
+    min_loss_improvement: float = Field(0.0, ge=0, description="The adapter's eval loss must be below the base's by more than this (0: strictly lower).")
+    pass_rate_tolerance: float = Field(0.0, ge=0, le=1, description="The adapter's pass rate may be at most this much below the base's (0: not below).")
+    min_pass_rate: float | None = Field(None, ge=0, le=1, description="Absolute pass rate the adapter must reach; None: no threshold (0.9 is a common choice).")
+    promote_to_candidate: bool = Field(True, description="Move trained -> candidate when the gate passes.")
+
+
+class EvalConfig(BaseModel):
+    dataset_id: str | None = Field(None, description="Dataset whose test split is used; default: the adapter's own.")
+    max_examples: int = Field(200, ge=1, le=100_000, description="Test rows for the teacher-forced metrics.")
+    max_generate: int = Field(32, ge=0, le=10_000, description="Test prompts for the generation checks (0: skip).")
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    batch_size: int = Field(8, ge=1, le=512)
+    max_length: int = Field(2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt.")
+    sanity: bool = Field(True, description="Answer the role's fixed sanity prompts and save the responses.")
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class EvalStarted(BaseModel):
+    job_id: str = Field(description="Follow it with wait_job / job_status (CLI: learnloop jobs ID --wait).")
+    adapter_id: str
+    dataset_id: str
+    test_rows: int
+    config: EvalConfig
+
+
+# ---- input checks and the job's start (no torch here) ------------------------------------
+
+def dataset_dir(store: Store, dataset_id: str) -> Path:
+    """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
+    row = store.get_dataset(dataset_id)
+    return Path(row["path"]) if row is not None else store.home / "datasets" / dataset_id
+
+
+def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InvalidInput(f"{path} line {number} is not JSON ({exc.msg}); rebuild the dataset.") from exc
+                if limit and len(rows) >= limit:
+                    break
+    return rows
+
+
+def evaluate_adapter(store: Store, adapter_id: str, dataset_id: str | None = None, *, max_examples: int = 200,
+                     max_generate: int = 32, max_new_tokens: int = 256, batch_size: int = 8,
+                     gate: GateConfig | dict | None = None, sanity: bool = True) -> EvalStarted:
+    """Check the adapter's files and the dataset, then start the evaluation job."""
+    from learning.routing.lifecycle import inspect_adapter_folder
+
+    adapter = registry.get_adapter(store, adapter_id)
+    if adapter.status in ("training", "failed"):
+        raise Conflict(f"Adapter {adapter_id} is {adapter.status}; only a trained adapter can be evaluated"
+                       + (" (wait for its training job)." if adapter.status == "training" else "."))
+    inspect_adapter_folder(Path(adapter.path))
+    dataset_id = dataset_id or adapter.dataset_id
+    if not dataset_id:
+        raise InvalidInput(f"Adapter {adapter_id} has no dataset of its own; name one (dataset_id / --dataset).")
+    test = dataset_dir(store, dataset_id) / "test.jsonl"
+    problems = []
+    if not test.is_file():
+        problems.append(f"dataset {dataset_id!r} has no test split ({test}); list datasets or make one with make_sft")
+    rows = read_rows(test) if not problems else []
+    if not problems and not rows:
+        problems.append(f"the test split of dataset {dataset_id!r} is empty; make a dataset with more runs")
+    check(problems, f"Cannot evaluate {adapter_id}:")
+    gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
+    config = EvalConfig(dataset_id=dataset_id, max_examples=max_examples, max_generate=max_generate,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, sanity=sanity, gate=gate)
+    job_id = start_job(store, "evaluate", "learning.evaluate.evaluation:run_job", config.model_dump(), subject=adapter_id)
+    return EvalStarted(job_id=job_id, adapter_id=adapter_id, dataset_id=dataset_id, test_rows=len(rows), config=config)
+
+
+# ---- the gate ------------------------------------------------------------------------------
+
+def apply_gate(adapter: dict[str, Any], base: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    """Each condition with the numbers, whether it held, and by how much it missed."""
+    conditions = []
+    a_loss, b_loss = adapter.get("eval_loss"), base.get("eval_loss")
+    need = (b_loss - gate.min_loss_improvement) if b_loss is not None else None
+    ok = a_loss is not None and need is not None and a_loss < need
+    conditions.append({"name": "eval_loss_below_base", "passed": ok, "adapter": a_loss, "base": b_loss,
+                       "required_below": need, "shortfall": None if ok or need is None or a_loss is None else a_loss - need})
+    a_pass, b_pass = adapter.get("pass_rate"), base.get("pass_rate")
+    if a_pass is None or b_pass is None:
+        conditions.append({"name": "pass_rate_not_below_base", "passed": True, "adapter": a_pass, "base": b_pass,
+                           "skipped": "no generation checks for this role or no prompts checked"})
+    else:
+        ok = a_pass >= b_pass - gate.pass_rate_tolerance - 1e-12
+        conditions.append({"name": "pass_rate_not_below_base", "passed": ok, "adapter": a_pass, "base": b_pass,
+                           "tolerance": gate.pass_rate_tolerance,
+                           "shortfall": None if ok else (b_pass - gate.pass_rate_tolerance) - a_pass})
+    if gate.min_pass_rate is not None:
+        ok = a_pass is not None and a_pass >= gate.min_pass_rate
+        conditions.append({"name": "min_pass_rate", "passed": ok, "adapter": a_pass, "threshold": gate.min_pass_rate,
+                           "shortfall": None if ok else gate.min_pass_rate - (a_pass or 0.0)})
+    failed = [c["name"] for c in conditions if not c["passed"]]
+    return {"passed": not failed, "failed": failed, "conditions": conditions, "config": gate.model_dump()}
+
+
+def _gate_reason(gate: dict[str, Any]) -> str:
+    if gate["passed"]:
+        return "gate passed: " + "; ".join(f"{c['name']} adapter {_fmt(c.get('adapter'))} vs {_fmt(c.get('base', c.get('threshold')))}"
+                                           for c in gate["conditions"])
+    return "gate failed: " + "; ".join(f"{c['name']} short by {_fmt(c.get('shortfall'))} (adapter {_fmt(c.get('adapter'))}, "
+                                       f"needed {_fmt(c.get('required_below', c.get('threshold', c.get('base'))))})"
+                                       for c in gate["conditions"] if not c["passed"])
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---- the job ---------------------------------------------------------------------------------
+
+def run_job(ctx) -> dict[str, Any]:
+    """Evaluate ctx.subject (an adapter id) as EvalConfig(ctx.params) says."""
+    store, cfg = ctx.store, EvalConfig(**ctx.params)
+    adapter = registry.get_adapter(store, ctx.subject)
+    started = time.time()
+    rows = read_rows(dataset_dir(store, cfg.dataset_id) / "test.jsonl", cfg.max_examples)
+    ctx.progress(force=True, stage="loading", message=f"loading {adapter.base_model} + {adapter.id}")
+    model, tok = load_model(adapter.base_model, adapter.path)
+    examples = [to_example(r) for r in rows]
+    total = 2 * len(examples) + 2 * min(cfg.max_generate, len(examples))
+
+    def step(done: int, stage: str) -> None:
+        if ctx.cancelled():
+            raise JobCancelled("evaluation cancelled; nothing was recorded")
+        ctx.progress(stage=stage, step=done, total_steps=total, message=f"{stage} {done}/{total}")
+
+    result: dict[str, dict[str, Any]] = {"base": {}, "adapter": {}}
+    done = 0
+    for name in ("adapter", "base"):
+        with model_variant(model, name):
+            tf = teacher_forced(model, tok, examples, cfg.batch_size, cfg.max_length,
+                                on_batch=lambda n, name=name: step(done + n, f"teacher-forced {name}"))
+        result[name].update(tf)
+        done += len(examples)
+    gen_rows = rows[: cfg.max_generate]
+    answers: dict[str, list[str]] = {}
+    for name in ("adapter", "base"):
+        with model_variant(model, name):
+            answers[name] = generate(model, tok, [to_example(r)["prompt"] for r in gen_rows], cfg.max_new_tokens,
+                                     cfg.batch_size, on_batch=lambda n, name=name: step(done + n, f"generating {name}"))
+        done += len(gen_rows)
+        result[name].update(checks.score(adapter.role, gen_rows, answers[name]))
+    sanity = run_sanity(model, tok, adapter.role, examples, cfg) if cfg.sanity else []
+    gate = apply_gate(result["adapter"], result["base"], cfg.gate)
+    metrics = summarize(adapter, cfg, result, gate, len(examples), len(gen_rows), time.time() - started)
+    metrics["samples"] = [{"prompt": to_example(r)["prompt"][-400:], "reference": to_example(r)["completion"][:400],
+                           "adapter": a[:400], "base": b[:400]}
+                          for r, a, b in list(zip(gen_rows, answers["adapter"], answers["base"]))[:5]]
+    write_outputs(Path(adapter.path), metrics, sanity)
+    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
+    stored = {k: v for k, v in metrics.items() if k != "samples"}
+    after = registry.record_evaluation(store, adapter.id, stored, f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
+                                       to_status=to_status, data={"job_id": ctx.job_id, **metrics["summary"]})
+    ctx.progress(force=True, stage="done", step=total, total_steps=total, message=_gate_reason(gate))
+    return {**metrics["summary"], "status": after.status, "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json")}
+
+
+def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
+    a, b = result["adapter"], result["base"]
+    summary = {"eval_loss": a.get("eval_loss"), "base_eval_loss": b.get("eval_loss"),
+               "perplexity": a.get("perplexity"), "base_perplexity": b.get("perplexity"),
+               "token_accuracy": a.get("token_accuracy"), "base_token_accuracy": b.get("token_accuracy"),
+               "pass_rate": a.get("pass_rate"), "base_pass_rate": b.get("pass_rate"),
+               "similarity": a.get("similarity"), "base_similarity": b.get("similarity"),
+               "gate_passed": gate["passed"], "gate_failed": gate["failed"]}
+    return {**summary, "summary": summary, "adapter_id": adapter.id, "role": adapter.role, "dataset_id": cfg.dataset_id,
+            "base_model": adapter.base_model, "examples": n_tf, "generated": n_gen, "adapter": a, "base": b,
+            "gate": gate, "config": cfg.model_dump(), "elapsed_s": round(elapsed, 2),
+            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, Any]]) -> None:
+    out = folder / "eval"
+    out.mkdir(exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    (out / "sanity_responses.json").write_text(json.dumps(sanity, indent=2, ensure_ascii=False))
+
+
+# ---- model work (imports torch lazily) ---------------------------------------------------------
+
+def load_model(base: str, adapter_path: str):
+    """The base with the adapter on top, in eval mode (learning.generate.load_model)."""
+    from learning.models.generate import load_model as load
+
+    return load(base, adapter_path)
+
+
+@contextlib.contextmanager
+def model_variant(model, name: str):
+    """`with model_variant(model, 'base')`: the same loaded model with its adapter switched off."""
+    from learning.models.generate import without_adapter
+
+    if name == "base":
+        with without_adapter(model):
+            yield model
+    else:
+        yield model
+
+
+def _text(value: Any) -> str:
+    """A prompt or completion as text: strings as they are, chat messages joined by their contents."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def to_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
+    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
+    list of messages (rendered with the tokenizer's chat template)."""
+    if "conversations" in row:
+        row = {"messages": [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
+                            for t in row["conversations"]]}
+    if "messages" in row:
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise InvalidInput("A messages row must end with the assistant's answer.")
+        return {"prompt": msgs[:-1], "completion": _text(msgs[-1]["content"])}
+    if "instruction" in row and "output" in row:
+        return {"prompt": row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n",
+                "completion": row["output"]}
+    if "prompt" not in row or "completion" not in row:
+        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
+                           "(preference datasets are not evaluated).")
+    return {"prompt": row["prompt"], "completion": _text(row["completion"])}
+
+
+def is_chat(tok, prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(getattr(tok, "chat_template", None))
+
+
+def prompt_text(tok, prompt: Any) -> str:
+    if is_chat(tok, prompt):
+        return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return _text(prompt)
+
+
+def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + eos, and how many of them are completion tokens."""
+    # A chat template already writes the special tokens (bos); plain text gets the tokenizer's own.
+    p = tok(prompt_text(tok, example["prompt"]), add_special_tokens=not is_chat(tok, example["prompt"]))["input_ids"]
+    c = tok(example["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    c = c[: max_length - 1]
+    p = p[-(max_length - len(c)):]
+    return p + c, len(c)
+
+
+def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, max_length: int = 2048,
+                   on_batch=None) -> dict[str, Any]:
+    """Loss, perplexity and accuracy on completion tokens only, batched and without gradients.
+    Left padding puts every completion at the end, so only the last logits are computed."""
+    import torch
+    import torch.nn.functional as F
+
+    encoded = sorted((encode(tok, e, max_length) for e in examples), key=lambda x: len(x[0]))
+    device = next(model.parameters()).device
+    loss_sum, correct, count = 0.0, 0, 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(encoded), batch_size):
+            batch = encoded[i:i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            keep = max(n for _, n in batch) + 1
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s, _ in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s, _ in batch], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            logits = logits[:, :-1].float()  # position t predicts token t + 1
+            targets = ids[:, width - keep + 1:]
+            want = torch.zeros_like(targets, dtype=torch.bool)
+            for row, (_, n) in enumerate(batch):
+                want[row, keep - 1 - n:] = True
+            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+            losses = losses.view_as(targets)[want]
+            loss_sum += float(losses.sum())
+            correct += int((logits.argmax(-1) == targets)[want].sum())
+            count += int(want.sum())
+            if on_batch:
+                on_batch(min(i + batch_size, len(encoded)))
+    seconds = time.perf_counter() - start
+    loss = loss_sum / max(count, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(count, 1),
+            "completion_tokens": count, "tokens_per_s": sum(len(s) for s, _ in encoded) / max(seconds, 1e-9)}
+
+
+def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
+    """Greedy answers (learning.models.generate), a few batches at a time so progress can be reported."""
+    from learning.models import generate as greedy
+
+    texts = [prompt_text(tok, p) for p in prompts]
+    out: list[str] = []
+    chunk = batch_size * 4
+    for i in range(0, len(texts), chunk):
+        out += greedy(model, tok, texts[i:i + chunk], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      add_special_tokens=not any(is_chat(tok, p) for p in prompts))
+        if on_batch:
+            on_batch(min(i + chunk, len(texts)))
+    return out
+
+
+def run_sanity(model, tok, role: str, examples: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The role's fixed prompts, answered by the adapter and the base, for a person to read.
+    Prompts follow the dataset's form: chat messages if its prompts are messages."""
+    chat = bool(examples) and isinstance(examples[0]["prompt"], list)
+    prompts = checks.sanity_prompts(role)
+    wrapped = [[{"role": "user", "content": p}] if chat else p for p in prompts]
+    answers = {}
+    for name in ("adapter", "base"):
+        with model_variant(model, name):
+            answers[name] = generate(model, tok, wrapped, min(cfg.max_new_tokens, 200), cfg.batch_size)
+    return [{"prompt": p, "adapter": a, "base": b} for p, a, b in zip(prompts, answers["adapter"], answers["base"])]
+
+
+def load_check_main(argv: list[str]) -> int:
+    """`load_check_main([base, adapter_folder])`: load the adapter on the base, run one forward
+    pass, print one JSON line {"ok", "error", "lora_modules", "params"}."""
+    import warnings
+
+    base, folder = argv
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, tok = load_model(base, folder)
+        missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+        if missing:
+            raise ValueError(missing[0][:300])
+        import torch
+
+        ids = torch.tensor([tok("def f():")["input_ids"]], device=next(model.parameters()).device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits
+        if not torch.isfinite(logits).all():
+            raise ValueError("the adapter gives non-finite logits")
+        lora = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
+        print(json.dumps({"ok": True, "lora_modules": lora, "params": sum(p.numel() for p in model.parameters())}))
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the answer
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}))
+    return 0
+

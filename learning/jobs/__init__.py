@@ -1,0 +1,1 @@
+"""Jobs: long operations in their own processes."""

@@ -1,0 +1,281 @@
+"""Jobs: long operations (training, evaluation, cycles) in their own processes.
+
+A job is a row in the store (status, progress, result, error, log path) plus a process
+started with `python -m learning.jobs.runner HOME JOB_ID`. The server never waits on the
+process; it reads the row. A job whose process died without finishing is marked failed
+the next time anyone looks (reconcile), so a restarted server never shows a ghost job.
+
+Statuses: queued -> running -> succeeded | failed | cancelled.
+Cancel is cooperative: it sets cancel_requested, the job sees it at its next step
+(JobContext.cancelled), saves what it needs to resume, and ends as cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel, Field
+
+from learning.errors import Conflict, NotFound
+from learning.home import subdir
+from learning.store import Store, dumps, loads
+
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+MAX_WAIT_SECONDS = 45.0
+HEARTBEAT_SECONDS = 2.0
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    kind: str = Field(description="train, evaluate, cycle, ...")
+    status: JobState
+    subject: str | None = Field(description="What the job works on, e.g. the adapter id.")
+    progress: dict[str, Any] = Field(description="step, total_steps, loss, tokens_per_s, eta_s, stage, message ...")
+    result: dict[str, Any] | None = Field(description="The job's result once it succeeded.")
+    error: str | None = Field(description="Why it failed, and what to do.")
+    created: str
+    started: str | None
+    finished: str | None
+    elapsed_s: float | None
+    log_path: str
+    log_tail: list[str] = Field(default_factory=list, description="Last lines of the job's log.")
+
+
+def new_job_id(kind: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{kind}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _process_alive(pid: int | None, pid_started: float | None) -> bool:
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # Guard against a recycled pid: the process must be the one we started.
+        return pid_started is None or abs(proc.create_time() - pid_started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def start_job(store: Store, kind: str, target: str, params: dict[str, Any], subject: str | None = None,
+              job_id: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Record a job and start its process; returns at once with the job id.
+
+    target is 'module:function'; the function is called as fn(JobContext) in the new process.
+    """
+    job_id = job_id or new_job_id(kind)
+    log_path = subdir(store.home, "jobs") / f"{job_id}.log"
+    store.insert_job(dict(id=job_id, kind=kind, target=target, status="queued", params=dumps(params),
+                          subject=subject, created=time.time(), progress=dumps({}), log_path=str(log_path)))
+    launch(store, job_id, env=env)
+    return job_id
+
+
+def launch(store: Store, job_id: str, env: dict[str, str] | None = None) -> None:
+    row = store.get_job(job_id)
+    log = open(row["log_path"], "ab")
+    child_env = {**os.environ, **(env or {})}
+    # The job must import this very package, wherever it was imported from.
+    root = str(Path(__file__).resolve().parent.parent)
+    child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "learning.jobs.runner", str(store.home), job_id],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=child_env,
+    )
+    log.close()
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = None
+    store.update_job(job_id, pid=proc.pid, pid_started=created)
+
+
+def reconcile(store: Store) -> list[str]:
+    """Mark active jobs whose process is gone as failed. Returns the ids it changed."""
+    changed = []
+    for row in store.active_jobs():
+        if _process_alive(row["pid"], row["pid_started"]):
+            continue
+        if row["status"] == "queued" and row["pid"] is None and time.time() - row["created"] < 30:
+            continue  # being launched right now
+        # Re-read: the process may have finished between the two reads.
+        fresh = store.get_job(row["id"])
+        if fresh["status"] not in ACTIVE:
+            continue
+        if store.update_job(row["id"], only_if_status=ACTIVE, status="failed", finished=time.time(),
+                            error="The job's process died before finishing (killed, crashed or the machine "
+                                  "restarted). Its log may say why; start it again, with resume where offered."):
+            changed.append(row["id"])
+            _on_job_died(store, fresh)
+            kill_leftovers(row["id"])
+    return changed
+
+
+def kill_leftovers(job_id: str) -> list[int]:
+    """SIGKILL what a dead job left running: the launcher and workers of a distributed run,
+    found by their command line (`... learning.train.recipe HOME JOB_ID`). Returns their pids.
+
+    On Linux they die with their parents already (die_with_parent); this is the backstop."""
+    killed = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        argv = proc.info.get("cmdline") or []
+        if proc.info["pid"] == os.getpid() or job_id not in argv or "learning.train.recipe" not in argv:
+            continue
+        try:
+            proc.kill()
+            killed.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return killed
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+
+    For a process started by another: a launcher started by a job's process, workers started
+    by the launcher. Nothing else would stop them when their parent is SIGKILLed: the workers
+    of `accelerate launch` (torch.distributed) run in sessions of their own. Safe to call in
+    a preexec_fn (after fork, before exec): the setting survives exec.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # loaded here, not in a forked child
+
+
+def _on_job_died(store: Store, row) -> None:
+    """Leave what the job was making in a consistent state."""
+    subject = row["subject"]
+    if row["kind"] == "train" and subject:
+        with store.write() as conn:
+            adapter = store.get_adapter(subject, conn)
+            if adapter is not None and adapter["status"] == "training":
+                store.set_adapter_status(conn, subject, "training", "failed", "learnloop",
+                                         f"training job {row['id']} died before finishing")
+
+
+def _tail(path: str, lines: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 8192))
+            return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def job_status(store: Store, job_id: str, log_lines: int = 10) -> JobStatus:
+    row = store.get_job(job_id)
+    if row is None:
+        raise NotFound(f"No job {job_id!r}. List jobs with `learnloop jobs` (MCP: list_jobs).")
+    if row["status"] in ACTIVE:
+        reconcile(store)
+        row = store.get_job(job_id)
+    end = row["finished"] or (time.time() if row["started"] else None)
+    return JobStatus(
+        job_id=row["id"], kind=row["kind"], status=row["status"], subject=row["subject"],
+        progress=loads(row["progress"]) or {}, result=loads(row["result"]), error=row["error"],
+        created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
+        elapsed_s=round(end - row["started"], 1) if row["started"] and end else None,
+        log_path=row["log_path"], log_tail=_tail(row["log_path"], log_lines) if log_lines else [],
+    )
+
+
+def list_jobs(store: Store, status: str | None = None, limit: int = 50) -> list[JobStatus]:
+    reconcile(store)
+    return [job_status(store, row["id"], log_lines=0) for row in store.list_jobs(status, limit)]
+
+
+def wait_job(store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll: float = 0.25,
+             on_progress=None) -> JobStatus:
+    """Wait until the job finishes or `timeout` seconds pass; returns its status either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = job_status(store, job_id, log_lines=0)
+        if on_progress is not None:
+            on_progress(status)
+        if status.status in FINAL or time.monotonic() >= deadline:
+            return job_status(store, job_id)
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def cancel_job(store: Store, job_id: str) -> JobStatus:
+    """Ask a job to stop. A running job saves a checkpoint and ends as cancelled."""
+    status = job_status(store, job_id, log_lines=0)
+    if status.status in FINAL:
+        raise Conflict(f"Job {job_id} already {status.status}; nothing to cancel.")
+    store.update_job(job_id, only_if_status=ACTIVE, cancel_requested=1)
+    row = store.get_job(job_id)
+    if not _process_alive(row["pid"], row["pid_started"]):
+        store.update_job(job_id, only_if_status=ACTIVE, status="cancelled", finished=time.time(),
+                         error="cancelled before its process started")
+    return job_status(store, job_id, log_lines=0)
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when a cancel was requested and the job has saved its state."""
+
+
+class JobContext:
+    """What a job function gets: its parameters, the store, and ways to report progress."""
+
+    def __init__(self, store: Store, job_id: str):
+        self.store = store
+        self.job_id = job_id
+        row = store.get_job(job_id)
+        self.kind = row["kind"]
+        self.params: dict[str, Any] = loads(row["params"]) or {}
+        self.subject: str | None = row["subject"]
+        self._progress: dict[str, Any] = {}
+        self._last_write = 0.0
+
+    def progress(self, force: bool = False, **fields: Any) -> None:
+        """Merge fields into the job's progress; written at most every 0.5 s unless forced."""
+        self._progress.update(fields)
+        now = time.time()
+        if force or now - self._last_write >= 0.5:
+            self.store.update_job(self.job_id, progress=dumps(self._progress), heartbeat=now)
+            self._last_write = now
+
+    def cancelled(self) -> bool:
+        row = self.store.get_job(self.job_id)
+        return bool(row["cancel_requested"])
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)

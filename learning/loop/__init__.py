@@ -1,0 +1,1 @@
+"""The loop as one job: curate, train, evaluate, promote."""

@@ -1,0 +1,174 @@
+"""run_cycle: one job that turns a role's recent runs into a better adapter, or says why not.
+
+make_sft -> train_adapter -> evaluate_adapter (whose gate moves the adapter to candidate) ->
+promote to production when asked and the gate passed -> detect_drift for the adapter that was
+in production before the cycle. Training and evaluation are jobs of their own; the cycle job
+waits on them. Each stage is reported in the job's progress and result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from learning.errors import InvalidInput, check
+from learning.jobs.manage import FINAL, JobCancelled, start_job, wait_job
+from learning.runs.record import ROLE_PATTERN
+from learning.store import Store
+
+
+class CycleParams(BaseModel):
+    role: str = Field(pattern=ROLE_PATTERN, description="The role whose runs train the adapter.")
+    to_production: bool = Field(False, description="Promote to production when the gate passes (else candidate only).")
+    min_reward: float = Field(0.7, ge=0, le=1, description="make_sft: keep runs with at least this reward.")
+    days: float | None = Field(None, gt=0, description="make_sft: only runs of the last N days.")
+    base: str | None = Field(None, description="Base model folder or hub id; default the embedded base.")
+    preset: str = Field("default", description="Training preset: light, default or heavy.")
+    max_steps: int | None = Field(None, ge=1, description="Training steps (default: the preset's epochs).")
+    auto_rollback: bool = Field(False, description="detect_drift rolls back the previous adapter on a regression.")
+
+
+class CycleStage(BaseModel):
+    name: Literal["make_sft", "train", "evaluate", "promote", "drift"]
+    status: Literal["done", "skipped", "failed"]
+    seconds: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class CycleStarted(BaseModel):
+    job_id: str = Field(description="Follow it with wait_job / job_status (CLI: learnloop jobs ID --wait).")
+    role: str
+    params: CycleParams
+
+
+def run_cycle(store: Store, role: str, to_production: bool = False, **options: Any) -> CycleStarted:
+    """Check the inputs and start the cycle job; returns at once with its id."""
+    try:
+        params = CycleParams(role=role, to_production=to_production, **options)
+    except Exception as exc:  # pydantic's message names each bad field
+        raise InvalidInput(f"Invalid cycle options: {exc}") from exc
+    problems = []
+    if not store.role_known(role):
+        problems.append(f"no runs or adapters for role {role!r}: log runs with log_run first")
+    check(problems, "Cannot start a cycle:")
+    job_id = start_job(store, "cycle", "learning.loop.cycle:cycle_job", params.model_dump(), subject=role)
+    return CycleStarted(job_id=job_id, role=role, params=params)
+
+
+def wait_for(store: Store, job_id: str, on_progress: Callable | None = None, cancelled: Callable[[], bool] | None = None):
+    """Wait for a job of any length (in bounded steps); returns its final status."""
+    while True:
+        status = wait_job(store, job_id, timeout=30, on_progress=on_progress)
+        if status.status in FINAL:
+            return status
+        if cancelled is not None and cancelled():
+            from learning.jobs.manage import cancel_job
+
+            cancel_job(store, job_id)
+
+
+def _stage(stages: list[CycleStage], name: str, fn: Callable[[], dict]) -> dict:
+    t0 = time.perf_counter()
+    try:
+        detail = fn()
+    except Exception as exc:
+        stages.append(CycleStage(name=name, status="failed", seconds=round(time.perf_counter() - t0, 2),
+                                 detail={"error": str(exc)}))
+        raise
+    status = "skipped" if detail.get("skipped") else "done"
+    stages.append(CycleStage(name=name, status=status, seconds=round(time.perf_counter() - t0, 2), detail=detail))
+    return detail
+
+
+def _production_id(store: Store, role: str) -> str | None:
+    with store.read() as conn:
+        row = store.production_for_route(conn, role, None, None)
+    return row["id"] if row is not None else None
+
+
+def cycle_job(ctx) -> dict:
+    """The job: each stage in order; a failed stage ends the cycle and says which."""
+    from learning.routing.drift import detect_drift
+    from learning.evaluate.evaluation import evaluate_adapter
+    from learning.routing.lifecycle import promote
+    from learning.registry.adapters import get_adapter
+    from learning.data.curate import make_sft
+    from learning.train.launch import train_adapter
+
+    p, store = CycleParams(**ctx.params), ctx.store
+    stages: list[CycleStage] = []
+    out: dict[str, Any] = {"role": p.role, "stages": stages}
+    previous = _production_id(store, p.role)
+
+    def progress(stage: str, message: str) -> None:
+        if ctx.cancelled():
+            raise JobCancelled(f"cycle cancelled during {stage}")
+        ctx.progress(force=True, stage=stage, message=message, step=len(stages), total_steps=5)
+
+    def follow(stage: str, job_id: str) -> dict:
+        status = wait_for(store, job_id, lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
+                          ctx.cancelled)
+        if status.status == "cancelled" and ctx.cancelled():
+            raise JobCancelled(f"cycle cancelled during {stage} (job {job_id} cancelled too)")
+        if status.status != "succeeded":
+            raise RuntimeError(f"{stage} job {job_id} {status.status}: {status.error}")
+        return status.result or {}
+
+    def curate() -> dict:
+        progress("make_sft", f"curating {p.role} runs with reward >= {p.min_reward}")
+        res = make_sft(store, role=p.role, min_reward=p.min_reward, days=p.days)
+        out["dataset_id"] = res.dataset_id
+        return res.model_dump(mode="json")
+
+    def train() -> dict:
+        progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
+        started = train_adapter(store, role=p.role, dataset_id=out["dataset_id"], base=p.base, preset=p.preset,
+                                max_steps=p.max_steps)
+        out["adapter_id"] = started.adapter_id
+        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **follow("train", started.job_id)}
+
+    def evaluate() -> dict:
+        progress("evaluate", f"evaluating {out['adapter_id']} against its base")
+        started = evaluate_adapter(store, out["adapter_id"])
+        result = follow("evaluate", started.job_id)
+        out["gate_passed"] = bool(result.get("gate_passed"))
+        return {"job_id": started.job_id, **result}
+
+    def promote_stage() -> dict:
+        status = get_adapter(store, out["adapter_id"]).status
+        if not out["gate_passed"] or status != "candidate":
+            return {"skipped": True, "status": status, "reason": "the gate did not pass; the adapter stays trained"}
+        if not p.to_production:
+            return {"status": "candidate", "reason": "gate passed; production only when asked (to_production)"}
+        progress("promote", f"promoting {out['adapter_id']} to production")
+        res = promote(store, out["adapter_id"], to="production", reason="run_cycle: gate passed", actor="run_cycle")
+        return {"status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
+
+    def drift() -> dict:
+        if previous is None:
+            return {"skipped": True, "reason": f"no adapter of role {p.role} was in production before this cycle"}
+        progress("drift", f"checking {previous} for drift")
+        res = detect_drift(store, new_id=previous, auto_rollback=p.auto_rollback, actor="run_cycle")
+        return res.model_dump(mode="json")
+
+    for name, fn in (("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage),
+                     ("drift", drift)):
+        try:
+            _stage(stages, name, fn)
+        except JobCancelled:
+            raise
+        except Exception as exc:
+            out["failed_stage"] = name
+            out["error"] = str(exc)
+            break
+    out["stages"] = [s.model_dump(mode="json") for s in stages]
+    out["adapter_status"] = get_adapter(store, out["adapter_id"]).status if out.get("adapter_id") else None
+    ctx.progress(force=True, stage="done", step=5, total_steps=5, stages=out["stages"],
+                 message=out.get("error") or f"adapter {out.get('adapter_id')} is {out.get('adapter_status')}")
+    if "failed_stage" in out:
+        # The job fails; its progress keeps the report of every stage, its error names the stage.
+        raise RuntimeError(f"cycle stopped at {out['failed_stage']}: {out['error']}")
+    return out

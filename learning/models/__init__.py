@@ -1,0 +1,1 @@
+"""Models: the embedded base, its corpus, loading and generation."""

@@ -1,0 +1,1 @@
+"""The adapter registry: records, statuses, events, adapter folders."""

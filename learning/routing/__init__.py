@@ -1,0 +1,1 @@
+"""Routing: promotion and rollback, selection, experiments, drift."""

@@ -1,0 +1,234 @@
+"""Drift: does a new adapter earn less than the one it replaced? Roll it back if so.
+
+The two arms are the runs served by the new adapter and by the one it replaced in
+production (from the registry's events), or by the base model (runs of the role with no
+adapter) when it replaced nothing. The statistics and the decision rule are in
+learning.routing.drift_stats; this module picks the runs, calls them, records the check, and with
+auto_rollback undoes a regression through the registry. numpy and scipy load on the first
+check, not at import (the MCP server and the CLI start without them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from learning.registry import adapters as registry
+from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.runs.record import iso, time_window
+from learning.store import Store, dumps, loads
+
+Decision = Literal["regression", "improvement", "no_change", "insufficient_data"]
+
+
+class ArmSummary(BaseModel):
+    adapter_id: str | None = Field(description="None: the base model (runs of the role with no adapter).")
+    runs: int
+    mean_reward: float | None
+    sd: float | None
+    first_time: str | None
+    last_time: str | None
+
+
+class DriftResult(BaseModel):
+    role: str
+    task_type: str | None
+    complexity: str | None
+    new: ArmSummary
+    old: ArmSummary
+    experiment_id: str | None = Field(description="When set, only runs routed through this experiment were compared.")
+    window: str = Field(description="Which runs were compared.")
+    method: Literal["welch", "msprt"] = Field(description="welch: fixed-horizon Welch t-test; msprt: always-valid "
+                                                           "mixture sequential test (safe to check after every batch).")
+    difference: float | None = Field(description="mean(new) - mean(old).")
+    relative_change: float | None = Field(description="mean(new) / mean(old) - 1.")
+    ci_low: float | None = Field(description="Lower end of the 95% interval of the relative change (Welch, delta method).")
+    ci_high: float | None
+    p_value: float | None = Field(description="One-sided p-value in the direction observed (drop or rise).")
+    threshold: float
+    alpha: float
+    min_runs: int
+    decision: Decision
+    runs_per_arm_needed: int = Field(description="Runs per arm for 80% power to flag a relative drop of 2 x threshold.")
+    more_runs_needed: int = Field(description="Runs still missing (both arms together) to reach that size and min_runs.")
+    rolled_back: bool
+    rollback: str | None = Field(description="What auto_rollback did, or why it did nothing.")
+    message: str
+
+
+def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experiment_id):
+    """(role, task_type, complexity, new id, old id or None for base, experiment id)."""
+    if experiment_id is not None:
+        exp = store.get_experiment(experiment_id)
+        if exp is None:
+            raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
+        if role is not None and role != exp["role"]:
+            raise InvalidInput(f"Experiment {experiment_id} is for role {exp['role']!r}, not {role!r}.")
+        return exp["role"], exp["task_type"], exp["complexity"], exp["candidate_id"], exp["control_id"], experiment_id
+    if new_id is None:
+        if role is None:
+            raise InvalidInput("Give a role (compares its production adapter with the one it replaced) or --new ID.")
+        if not store.role_known(role):
+            known = store.known_roles()
+            raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(known) or 'none yet'}.")
+        with store.read() as conn:
+            current = store.production_for_route(conn, role, task_type, complexity)
+        if current is None:
+            raise Conflict(f"Role {role!r}" + (f" task_type {task_type!r}" if task_type else "")
+                           + (f" complexity {complexity!r}" if complexity else "")
+                           + " has no production adapter: nothing to compare. Promote one first, or pass --new and --old.")
+        new_id = current["id"]
+    new = store.get_adapter(new_id)
+    if new is None:
+        raise NotFound(f"No adapter {new_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+    problems = []
+    if role is not None and new["role"] != role:
+        problems.append(f"adapter {new_id} is for role {new['role']!r}, not {role!r}.")
+    if old_id is None:
+        event = store.last_production_event(new_id)
+        data = loads(event["data"]) if event is not None else {}
+        old_id = data.get("replaced") or data.get("rollback_from")
+    else:
+        old = store.get_adapter(old_id)
+        if old is None:
+            raise NotFound(f"No adapter {old_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        if old["role"] != new["role"]:
+            problems.append(f"adapters of different roles cannot be compared: {new_id} is {new['role']!r}, "
+                            f"{old_id} is {old['role']!r}.")
+        if old_id == new_id:
+            problems.append("new and old are the same adapter.")
+    check(problems, "Cannot compare:")
+    return new["role"], new["task_type"], new["complexity"], new_id, old_id, None
+
+
+def _arm(rows: list[tuple[float, float]], adapter_id: str | None):
+    import numpy as np
+
+    rewards = np.array([r for _, r in rows], dtype=float)
+    n = len(rewards)
+    return ArmSummary(adapter_id=adapter_id, runs=n, mean_reward=round(float(rewards.mean()), 4) if n else None,
+                      sd=round(float(rewards.std(ddof=1)), 4) if n > 1 else None,
+                      first_time=iso(rows[0][0]) if n else None, last_time=iso(rows[-1][0]) if n else None), rewards
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def detect_drift(store: Store, role: str | None = None, task_type: str | None = None, complexity: str | None = None,
+                 new_id: str | None = None, old_id: str | None = None, experiment_id: str | None = None,
+                 days: float | None = None, since: str | None = None, until: str | None = None,
+                 last_n: int | None = None, threshold: float = 0.05, alpha: float = 0.05, min_runs: int = 30,
+                 sequential: bool = False, auto_rollback: bool = False, actor: str = "detect_drift",
+                 record: bool = True) -> DriftResult:
+    """Compare the rewards of a new adapter with the one it replaced (or the base model)."""
+    from learning.routing import drift_stats as st
+
+    problems = []
+    if not 0 < threshold < 1:
+        problems.append(f"threshold must be a relative drop between 0 and 1 (0.05 = 5%), got {threshold}.")
+    if not 0 < alpha < 0.5:
+        problems.append(f"alpha must be between 0 and 0.5, got {alpha}.")
+    if min_runs < 2:
+        problems.append("min_runs must be at least 2.")
+    if last_n is not None and last_n < 2:
+        problems.append("last_n must be at least 2.")
+    check(problems)
+    start, end = time_window(since, until, days)
+    role, task_type, complexity, new_id, old_id, experiment_id = _resolve(
+        store, role, task_type, complexity, new_id, old_id, experiment_id)
+    fetch = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
+
+    def rewards(adapter_id: str | None, arm: str | None):
+        # An experiment's arms are its decisions' arms. Outside one, an adapter's runs are its own,
+        # and the base model's are the role's runs without adapter on the same task_type/complexity.
+        route = dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
+        return store.arm_rewards(adapter_id=adapter_id, arm=arm, **route, **fetch)
+
+    arms = ("candidate", "control") if experiment_id else (None, None)
+    new, r_new = _arm(rewards(new_id, arms[0]), new_id)
+    old, r_old = _arm(rewards(old_id, arms[1]), old_id)
+    window = ", ".join(filter(None, [f"since {iso(start)}" if start else None, f"until {iso(end)}" if end else None,
+                                     f"last {last_n} runs per arm" if last_n else None,
+                                     f"experiment {experiment_id}" if experiment_id else None])) or "all runs"
+    v_new = float(r_new.var(ddof=1)) if new.runs > 1 else 0.0
+    v_old = float(r_old.var(ddof=1)) if old.runs > 1 else 0.0
+    m_old = old.mean_reward if old.runs else (new.mean_reward or 0.5)
+    # An arm with fewer than 2 runs borrows the other's variance, else the Bernoulli worst case.
+    fallback = m_old * (1 - m_old) if m_old < 1 else 0.25
+    e_new = v_new if new.runs > 1 else (v_old if old.runs > 1 else fallback)
+    e_old = v_old if old.runs > 1 else (v_new if new.runs > 1 else fallback)
+    needed = max(min_runs, st.runs_per_arm_needed(e_new, e_old, m_old, threshold, alpha))
+    result = dict(role=role, task_type=task_type, complexity=complexity, new=new, old=old, experiment_id=experiment_id,
+                  window=window, method="msprt" if sequential else "welch", threshold=threshold, alpha=alpha,
+                  min_runs=min_runs, runs_per_arm_needed=needed,
+                  more_runs_needed=max(0, needed - new.runs) + max(0, needed - old.runs),
+                  difference=None, relative_change=None, ci_low=None, ci_high=None, p_value=None,
+                  rolled_back=False, rollback=None)
+    if new.runs >= 2 and old.runs >= 2:
+        s = st.compare(new.runs, float(r_new.mean()), v_new, old.runs, float(r_old.mean()), v_old,
+                       threshold=threshold, alpha=alpha, sequential=sequential)
+        p = s["p_drop"] if s["diff"] < 0 else s["p_rise"]
+        result.update(difference=_num(s["diff"]), relative_change=_num(s["rel"]), ci_low=_num(s["rel_lo"]),
+                      ci_high=_num(s["rel_hi"]), p_value=_num(p))
+        code = int(s["code"])
+    if new.runs < min_runs or old.runs < min_runs:
+        decision = "insufficient_data"
+    else:
+        decision = st.DECISIONS[code]
+    result.update(decision=decision, message=_message(decision, new, old, result))
+    out = DriftResult(**result)
+    if auto_rollback:
+        out.rolled_back, out.rollback = _rollback(store, out, actor)
+    if record:
+        store.insert_drift_check(time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
+    return out
+
+
+def _label(arm: ArmSummary) -> str:
+    return arm.adapter_id or "the base model"
+
+
+def _message(decision: str, new: ArmSummary, old: ArmSummary, r: dict) -> str:
+    if decision == "insufficient_data":
+        return (f"Not enough runs to decide: {new.runs} for {_label(new)}, {old.runs} for {_label(old)}; "
+                f"{r['more_runs_needed']} more needed (at least {r['min_runs']} per arm, {r['runs_per_arm_needed']} "
+                "for 80% power). Nothing was rolled back.")
+    change = f"{r['relative_change']:+.1%}" if r["relative_change"] is not None else f"{r['difference']:+.3f}"
+    ci = (f" (95% CI {r['ci_low']:+.1%} to {r['ci_high']:+.1%})" if r["ci_low"] is not None else "")
+    what = {"regression": "earns less than", "improvement": "earns more than",
+            "no_change": "shows no significant change against"}[decision]
+    return f"{_label(new)} {what} {_label(old)}: mean reward {change}{ci}, p = {r['p_value']:.3g}."
+
+
+def _rollback(store: Store, out: DriftResult, actor: str) -> tuple[bool, str]:
+    """Undo a regression: restore the adapter it replaced, or fall back to the base model."""
+    if out.decision != "regression":
+        return False, f"No rollback: the decision is {out.decision}, not regression."
+    route = (out.role, out.task_type, out.complexity)
+    with store.read() as conn:
+        current = store.production_for_route(conn, *route)
+        previous = store.previous_production(conn, *route)
+    if current is None or current["id"] != out.new.adapter_id:
+        return False, f"No rollback: {out.new.adapter_id} is not the production adapter of its route any more."
+    reason = f"drift: {out.message}"
+    if out.old.adapter_id is None and previous is None:
+        registry.move(store, out.new.adapter_id, "archived", actor, reason)
+        return True, f"Archived {out.new.adapter_id}; the route falls back to the next route or the base model."
+    if previous is None or previous["id"] != out.old.adapter_id:
+        return False, (f"No rollback: a rollback would restore {previous['id'] if previous is not None else 'nothing'}, "
+                       f"not {_label(out.old)} that this check compared against.")
+    from learning.routing.lifecycle import rollback  # redeploys the route's runtime, if one is configured
+
+    done = rollback(store, *route, reason=reason, actor=actor)
+    return True, (f"Rolled back: {done.restored.adapter_id} is in production again"
+                  + (f", {done.archived.adapter_id} archived." if done.archived else "."))
+
+
+def latest_drift(store: Store, role: str) -> DriftResult | None:
+    row = store.latest_drift_check(role)
+    return DriftResult.model_validate(loads(row["result"])) if row is not None else None

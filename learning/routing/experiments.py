@@ -1,0 +1,153 @@
+"""Experiments: run a candidate adapter beside a route's production adapter (or the base).
+
+Two modes:
+- canary: a fixed fraction of the route's traffic goes to the candidate. Which task goes
+  where is a hash of (seed, experiment id, task_key), so a task is always served the same way.
+- thompson: Thompson sampling on the rewards each arm has earned. Each arm's mean reward has
+  a Beta posterior with fractional rewards: Beta(1 + sum of rewards, 1 + sum of (1 - reward))
+  over the runs attributed to the arm through their decision_id (a Bernoulli reward r counts
+  as r successes and 1 - r failures, which is exact for 0/1 rewards and keeps the posterior
+  mean at the arm's mean reward for fractional ones). The arm whose posterior draw is higher
+  wins; draws come from a generator seeded by (seed, experiment id, task_key), so a decision
+  is reproducible given the same data.
+
+Every selection under an experiment is a decision row naming the experiment and the arm, so
+detect_drift can compare the two arms on the same traffic over the same period.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.store import Store
+
+Mode = Literal["canary", "thompson"]
+STARTABLE = ("candidate", "trained", "archived")
+
+
+class ArmStats(BaseModel):
+    arm: Literal["control", "candidate"]
+    adapter_id: str | None = Field(description="None: the control arm serves the base model (or the fallback route).")
+    runs: int = Field(description="Runs attributed to this arm through decision_id.")
+    mean_reward: float | None
+
+
+class Experiment(BaseModel):
+    id: str
+    role: str
+    task_type: str | None
+    complexity: str | None
+    candidate_id: str
+    control_id: str | None = Field(description="Adapter serving the route when the experiment started (its own production "
+                                               "adapter or a less specific route's; None: the base model).")
+    mode: Mode
+    fraction: float | None = Field(description="Canary share of traffic for the candidate.")
+    seed: int
+    status: Literal["running", "stopped"]
+    created: str
+    stopped: str | None
+    reason: str
+    arms: list[ArmStats]
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
+    with store.read() as conn:
+        stats = {r["arm"]: r for r in store.experiment_arm_rewards(conn, row["id"])}
+    arms = []
+    for arm, adapter_id in (("control", row["control_id"]), ("candidate", row["candidate_id"])):
+        s = stats.get(arm)
+        runs = s["runs"] if s else 0
+        arms.append(ArmStats(arm=arm, adapter_id=adapter_id, runs=runs,
+                             mean_reward=round(s["reward_sum"] / runs, 4) if runs else None))
+    return Experiment(id=row["id"], role=row["role"], task_type=row["task_type"], complexity=row["complexity"],
+                      candidate_id=row["candidate_id"], control_id=row["control_id"], mode=row["mode"],
+                      fraction=row["fraction"], seed=row["seed"], status=row["status"], created=_iso(row["created"]),
+                      stopped=_iso(row["stopped"]), reason=row["reason"], arms=arms)
+
+
+def _control(store: Store, conn, role: str, task_type: str | None, complexity: str | None):
+    """The production adapter that serves the route today (its own, or a less specific one's)."""
+    from learning.routing.router import _keys
+
+    for _, key in _keys(role, task_type, complexity):
+        row = store.production_for_route(conn, *key)
+        if row is not None:
+            return row
+    return None
+
+
+def start_experiment(store: Store, role: str, candidate_id: str, mode: Mode = "canary", fraction: float | None = None,
+                     seed: int = 0, reason: str = "") -> Experiment:
+    """Start serving `candidate_id` beside its route's production adapter (or the base model).
+    The experiment's route is the candidate's (role, task_type, complexity)."""
+    problems = []
+    if mode not in ("canary", "thompson"):
+        problems.append(f"mode must be canary or thompson, got {mode!r}.")
+    if mode == "canary":
+        fraction = 0.1 if fraction is None else fraction
+        if not 0 < fraction < 1:
+            problems.append(f"fraction must be between 0 and 1 (exclusive) for a canary, got {fraction}.")
+    elif fraction is not None:
+        problems.append("fraction applies to canary experiments only; Thompson sampling sets the split from rewards.")
+    check(problems)
+    with store.write() as conn:
+        cand = store.adapter_brief(conn, candidate_id)
+        if cand is None:
+            raise NotFound(f"No adapter {candidate_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        if cand["role"] != role:
+            raise InvalidInput(f"Adapter {candidate_id} was trained for role {cand['role']!r}, not {role!r}: "
+                               "an experiment compares adapters of one role.")
+        if cand["status"] not in STARTABLE:
+            raise Conflict(f"Adapter {candidate_id} is {cand['status']}; only a {', '.join(STARTABLE)} adapter can "
+                           "be a candidate in an experiment.")
+        route = (role, cand["task_type"], cand["complexity"])
+        running = store.running_experiment(conn, *route)
+        if running is not None:
+            raise Conflict(f"Experiment {running['id']} already runs on this route; stop it first "
+                           f"(stop_experiment, CLI: learnloop experiment stop --id {running['id']}).")
+        control = _control(store, conn, *route)
+        experiment_id = f"exp-{role}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        store.insert_experiment(conn, dict(
+            id=experiment_id, role=role, task_type=cand["task_type"], complexity=cand["complexity"],
+            candidate_id=candidate_id, control_id=control["id"] if control is not None else None, mode=mode,
+            fraction=fraction if mode == "canary" else None, seed=int(seed), status="running",
+            created=time.time(), reason=reason))
+    return to_experiment(store, store.get_experiment(experiment_id))
+
+
+def stop_experiment(store: Store, experiment_id: str | None = None, role: str | None = None,
+                    task_type: str | None = None, complexity: str | None = None, reason: str = "") -> Experiment:
+    """Stop an experiment (by id, or the one running on a route); its decisions stay recorded."""
+    if (experiment_id is None) == (role is None):
+        raise InvalidInput("Give exactly one of an experiment id or a role (with its task_type / complexity).")
+    with store.write() as conn:
+        if experiment_id is not None:
+            row = store.get_experiment(experiment_id, conn)
+            if row is None:
+                raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
+        else:
+            row = store.running_experiment(conn, role, task_type, complexity)
+            if row is None:
+                raise NotFound(f"No experiment runs on role {role!r}" + (f" task_type {task_type!r}" if task_type else "")
+                               + (f" complexity {complexity!r}" if complexity else "") + ". List them with list_experiments.")
+        if row["status"] != "running":
+            raise Conflict(f"Experiment {row['id']} is already stopped.")
+        store.stop_experiment(conn, row["id"], reason)
+    return to_experiment(store, store.get_experiment(row["id"]))
+
+
+def list_experiments(store: Store, role: str | None = None) -> list[Experiment]:
+    return [to_experiment(store, r) for r in store.list_experiments(role)]

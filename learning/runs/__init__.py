@@ -1,0 +1,1 @@
+"""Runs: log one, import many, summarise."""

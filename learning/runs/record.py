@@ -1,0 +1,411 @@
+"""Runs: log one, import many, summarise.
+
+A run is one agent episode with the reward it earned. Field limits (characters):
+agent/model 200, role/task_type/complexity 64, task_key 256, adapter_id/decision_id 128,
+instruction 200,000, input and output 1,000,000 each, signals and meta 64 KiB of JSON each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from learning.errors import InvalidInput, NotFound
+from learning.store import RUN_COLUMNS, Store, dumps, loads
+
+LIMITS = {
+    "agent": 200, "model": 200, "role": 64, "task_type": 64, "complexity": 64, "task_key": 256,
+    "adapter_id": 128, "decision_id": 128, "instruction": 200_000, "input": 1_000_000,
+    "output": 1_000_000, "signals": 65_536, "meta": 65_536,
+}
+ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+IMPORT_BATCH = 2_000
+
+
+class Signals(BaseModel):
+    """What the agent observed about its answer. Known keys are typed; any other key is kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    compiled: bool | None = Field(None, description="Did the answer compile / parse?")
+    tests_passed: int | None = Field(None, ge=0, description="Number of tests that passed.")
+    tests_total: int | None = Field(None, ge=0, description="Number of tests run.")
+    iterations: int | None = Field(None, ge=0, description="Agent iterations used for the task.")
+    verdict: str | None = Field(None, max_length=2000, description="A judge's verdict, e.g. 'pass' or 'fail'.")
+
+
+class RunIn(BaseModel):
+    """One run as an agent reports it. Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    role: str = Field(pattern=ROLE_PATTERN, description="Who acted: coder, fixer, judge, or any lower-case name.")
+    output: str = Field(min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict).")
+    reward: float = Field(ge=0.0, le=1.0, description="How good the output was, in [0, 1].")
+    instruction: str = Field("", max_length=LIMITS["instruction"], description="The task as given to the agent.")
+    input: str = Field("", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context.")
+    agent: str = Field("agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task.")
+    task_type: str | None = Field(None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'.")
+    complexity: str | None = Field(None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text.")
+    task_key: str | None = Field(None, min_length=1, max_length=LIMITS["task_key"],
+                                 description="Groups attempts at one task; derived from the instruction when absent.")
+    signals: Signals = Field(default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ...")
+    model: str | None = Field(None, max_length=LIMITS["model"], description="What served the run (model name, endpoint).")
+    adapter_id: str | None = Field(None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any.")
+    decision_id: str | None = Field(None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any.")
+    meta: dict[str, Any] = Field(default_factory=dict, description="Free metadata (JSON object).")
+    time: datetime | None = Field(None, description="When the run happened (ISO 8601); now when absent.")
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("reward must be a number in [0, 1], e.g. 0.8")
+        if not math.isfinite(value):
+            raise ValueError("reward must be a finite number in [0, 1]")
+        return value
+
+
+class Run(BaseModel):
+    """A stored run."""
+
+    id: int
+    time: str
+    agent: str
+    role: str
+    task_type: str | None
+    complexity: str | None
+    task_key: str
+    instruction: str
+    input: str
+    output: str
+    reward: float
+    signals: dict[str, Any]
+    model: str | None
+    adapter_id: str | None
+    decision_id: str | None
+    meta: dict[str, Any]
+
+
+class LogResult(BaseModel):
+    run_id: int = Field(description="Id of the stored run.")
+    task_key: str = Field(description="The task key stored (derived from the instruction when not given).")
+
+
+class ImportError_(BaseModel):
+    line: int
+    error: str
+
+
+class ImportResult(BaseModel):
+    imported: int = Field(description="Runs written.")
+    skipped: int = Field(description="Bad lines skipped (only with skip_invalid).")
+    lines: int = Field(description="Lines read, blank lines included.")
+    batches: int = Field(description="Transactions committed.")
+    errors: list[ImportError_] = Field(description="Bad lines (first 50) with their line numbers.")
+    seconds: float
+
+
+class StatsGroup(BaseModel):
+    role: str | None = None
+    adapter_id: str | None = None
+    runs: int
+    mean_reward: float | None
+    compile_rate: float | None = Field(description="Share of runs with signals.compiled true, among runs that report it.")
+    test_pass_rate: float | None = Field(description="Mean of tests_passed / tests_total, among runs that report tests.")
+    mean_iterations: float | None
+    first_time: str | None
+    last_time: str | None
+
+
+class RunStats(BaseModel):
+    total_runs: int
+    since: str | None
+    until: str | None
+    group_by: list[str]
+    groups: list[StatsGroup]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def derive_task_key(instruction: str, input_: str = "") -> str:
+    """A stable key for a task: a hash of its normalised instruction (and input if no instruction)."""
+    text = re.sub(r"\s+", " ", (instruction or input_).strip().lower())
+    return "t-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_json_size(run: RunIn) -> tuple[str, str]:
+    signals = run.signals.model_dump_json(exclude_none=True)
+    meta = dumps(run.meta) if run.meta else "{}"
+    for name, text in (("signals", signals), ("meta", meta)):
+        if len(text) > LIMITS[name]:
+            raise InvalidInput(f"Field '{name}' is {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}. Keep it small.")
+    return signals, meta
+
+
+def _row(run: RunIn, known_adapters: set[str] | None = None) -> tuple:
+    signals, meta = _check_json_size(run)
+    ts = run.time.timestamp() if run.time else time.time()
+    task_key = run.task_key or derive_task_key(run.instruction, run.input)
+    return (ts, run.agent, run.role, run.task_type, run.complexity, task_key, run.instruction, run.input,
+            run.output, float(run.reward), signals, run.model, run.adapter_id, run.decision_id, meta)
+
+
+def _check_adapters(store: Store, ids: Iterable[str]) -> None:
+    unknown = sorted({a for a in ids if a and not store.adapter_exists(a)})
+    if unknown:
+        raise InvalidInput(
+            f"Unknown adapter_id {', '.join(map(repr, unknown[:5]))}: log the adapter id that "
+            "select_adapter returned, register an adapter trained elsewhere with register_adapter, "
+            "or leave adapter_id empty for the base model."
+        )
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "run"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it (known fields: " + ", ".join(RunIn.model_fields) + ")"
+        elif err["type"] == "string_too_long":
+            msg = f"too long ({len(err['input']):,} characters; limit {err['ctx']['max_length']:,})"
+        elif err["type"] == "missing":
+            msg = "is required"
+        if field == "reward" and "number in [0, 1]" not in msg:
+            msg += " (reward must be a number in [0, 1], e.g. 0.8)"
+        parts.append(f"'{field}' {msg}")
+    return "; ".join(parts)
+
+
+def parse_run(data: Any) -> RunIn:
+    """Validate one run given as a dict (or RunIn); InvalidInput names every bad field."""
+    if isinstance(data, RunIn):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidInput(f"A run must be a JSON object, got {type(data).__name__}.")
+    try:
+        return RunIn.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"Invalid run: {format_validation_error(exc)}.") from exc
+
+
+def _attribute(store: Store, run: RunIn) -> RunIn:
+    """A run carrying a decision_id is served by the decision's adapter: check the decision
+    exists and fill adapter_id from it (None for the base model) when the run has none."""
+    decision = store.get_decision(run.decision_id)
+    if decision is None:  # it may still sit in this process's write buffer
+        from learning.routing.router import flush_decisions
+
+        flush_decisions(store)
+        decision = store.get_decision(run.decision_id)
+    if decision is None:
+        raise InvalidInput(f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
+                           "returned, or leave it empty.")
+    if decision["role"] != run.role:
+        raise InvalidInput(f"decision {run.decision_id} was made for role {decision['role']!r}, not {run.role!r}.")
+    if run.adapter_id is None:
+        return run.model_copy(update={"adapter_id": decision["adapter_id"]})
+    if run.adapter_id != decision["adapter_id"]:
+        raise InvalidInput(f"adapter_id {run.adapter_id!r} differs from the adapter decision {run.decision_id} chose "
+                           f"({decision['adapter_id'] or 'the base model'}); leave adapter_id empty to take the decision's.")
+    return run
+
+
+def log_run(store: Store, run: RunIn | dict) -> LogResult:
+    """Store one run. Raises InvalidInput naming each bad field."""
+    run = parse_run(run)
+    if run.decision_id:
+        run = _attribute(store, run)
+    if run.adapter_id:
+        _check_adapters(store, [run.adapter_id])
+    row = _row(run)
+    (run_id,) = store.insert_runs([row])
+    return LogResult(run_id=run_id, task_key=row[5])
+
+
+def _lines(source: str | Path | IO[bytes] | IO[str]) -> Iterator[bytes]:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise NotFound(f"No such file: {path}. Give the path of a JSONL file (one run per line) or '-' for stdin.")
+        with open(path, "rb") as handle:
+            yield from handle
+        return
+    for line in source:
+        yield line.encode() if isinstance(line, str) else line
+
+
+def _parse_line(raw: bytes) -> RunIn:
+    try:
+        return RunIn.model_validate_json(raw)  # fast path: pydantic parses and validates in one go
+    except ValidationError:
+        pass
+    # Slow path, only for bad lines: find the precise reason.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"invalid UTF-8 at byte {exc.start}; re-encode the file as UTF-8") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    return parse_run(data)
+
+
+def import_runs(
+    store: Store,
+    source: str | Path | IO[bytes] | IO[str],
+    batch_size: int = IMPORT_BATCH,
+    skip_invalid: bool = False,
+    start_line: int = 1,
+) -> ImportResult:
+    """Import runs from JSONL (one JSON object per line; blank lines ignored).
+
+    Lines are validated and written in batches, one transaction per batch. By default the
+    first batch holding a bad line is not written at all and the import stops, reporting
+    every bad line of that batch; the batches before it stay written, and the error says
+    which line to restart from (start_line). With skip_invalid, bad lines are skipped and
+    reported and every good line is written.
+    """
+    if batch_size < 1:
+        raise InvalidInput("batch_size must be at least 1.")
+    started = time.perf_counter()
+    imported = skipped = batches = 0
+    errors: list[ImportError_] = []
+    batch: list[tuple[int, RunIn]] = []
+    batch_errors: list[ImportError_] = []
+    line_no = 0
+
+    def flush() -> None:
+        nonlocal imported, batches, batch, batch_errors, skipped
+        if batch_errors and not skip_invalid:
+            first_line = batch[0][0] if batch else batch_errors[0].line
+            first_line = min(first_line, batch_errors[0].line)
+            shown = "; ".join(f"line {e.line}: {e.error.rstrip('.')}" for e in batch_errors[:10])
+            raise InvalidInput(
+                f"Import stopped at a bad batch: {shown}. {imported} runs from earlier batches were "
+                f"imported; nothing from line {first_line} on was written. Fix the line(s) and re-run "
+                f"with start_line={first_line} (CLI: --start-line {first_line}), or pass skip_invalid "
+                "(--skip-invalid) to import the good lines and skip the bad ones."
+            )
+        skipped += len(batch_errors)
+        errors.extend(batch_errors[: max(0, 50 - len(errors))])
+        if batch:
+            _check_adapters(store, (r.adapter_id for _, r in batch))
+            store.insert_runs([_row(r) for _, r in batch])
+            imported += len(batch)
+            batches += 1
+        batch, batch_errors = [], []
+
+    for line_no, raw in enumerate(_lines(source), start=1):
+        if line_no < start_line or not raw.strip():
+            continue
+        try:
+            batch.append((line_no, _parse_line(raw)))
+        except InvalidInput as exc:
+            batch_errors.append(ImportError_(line=line_no, error=str(exc)))
+        if len(batch) + len(batch_errors) >= batch_size:
+            flush()
+    flush()
+    return ImportResult(imported=imported, skipped=skipped, lines=line_no, batches=batches,
+                        errors=errors, seconds=round(time.perf_counter() - started, 3))
+
+
+def parse_time(value: str | float | None, what: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(f"'{what}' must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T12:00:00Z, got {value!r}.") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def time_window(since: str | None, until: str | None, days: float | None) -> tuple[float | None, float | None]:
+    """Resolve since/until/days into epoch bounds; contradictory combinations are errors."""
+    problems = []
+    if days is not None and days <= 0:
+        problems.append("'days' must be positive.")
+    if days is not None and since:
+        problems.append("give either 'since' or 'days', not both.")
+    start, end = parse_time(since, "since"), parse_time(until, "until")
+    if days is not None and days > 0 and not since:
+        start = (end or time.time()) - days * 86400
+    if start is not None and end is not None and start >= end:
+        problems.append("'since' must be before 'until'.")
+    if problems:
+        raise InvalidInput("Invalid time window: " + " ".join(problems))
+    return start, end
+
+
+GroupBy = Literal["role", "adapter", "role_adapter", "none"]
+
+
+def run_stats(
+    store: Store,
+    role: str | None = None,
+    adapter_id: str | None = None,
+    agent: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    days: float | None = None,
+    group_by: GroupBy = "role",
+) -> RunStats:
+    """Counts, mean reward, compile rate, test pass rate and mean iterations of runs,
+    grouped by role, by adapter ('base' rows have adapter_id null), or both."""
+    groups = {"role": ["role"], "adapter": ["adapter_id"], "role_adapter": ["role", "adapter_id"], "none": []}
+    if group_by not in groups:
+        raise InvalidInput(f"group_by must be one of {', '.join(groups)}, got {group_by!r}.")
+    start, end = time_window(since, until, days)
+    rows = store.run_stats_rows(groups[group_by], role=role, adapter_id=adapter_id, agent=agent, start=start, end=end)
+    result = []
+    for row in rows:
+        keys = row.keys()
+        result.append(StatsGroup(
+            role=row["role"] if "role" in keys else None,
+            adapter_id=row["adapter_id"] if "adapter_id" in keys else None,
+            runs=row["runs"], mean_reward=_round(row["mean_reward"]), compile_rate=_round(row["compile_rate"]),
+            test_pass_rate=_round(row["test_pass_rate"]), mean_iterations=_round(row["mean_iterations"]),
+            first_time=iso(row["first_ts"]), last_time=iso(row["last_ts"]),
+        ))
+    result = [g for g in result if g.runs > 0]
+    return RunStats(total_runs=sum(g.runs for g in result), since=iso(start), until=iso(end),
+                    group_by=groups[group_by], groups=result)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def row_to_run(row) -> Run:
+    return Run(id=row["id"], time=iso(row["ts"]), agent=row["agent"], role=row["role"], task_type=row["task_type"],
+               complexity=row["complexity"], task_key=row["task_key"], instruction=row["instruction"],
+               input=row["input"], output=row["output"], reward=row["reward"], signals=loads(row["signals"]) or {},
+               model=row["model"], adapter_id=row["adapter_id"], decision_id=row["decision_id"],
+               meta=loads(row["meta"]) or {})
+
+
+def get_run(store: Store, run_id: int) -> Run:
+    row = store.get_run(run_id)
+    if row is None:
+        raise NotFound(f"No run {run_id}. List runs with run_stats or check the id log_run returned.")
+    return row_to_run(row)

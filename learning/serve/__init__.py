@@ -1,0 +1,1 @@
+"""Serving: export to runtimes, deploy, and what they need."""

@@ -1,0 +1,315 @@
+"""Export an adapter for the runtimes people serve with, checked before and after writing.
+
+Formats:
+- peft: a clean PEFT folder (config, weights, tokenizer, README with the base and metrics).
+- merged: base + adapter merged (merge_and_unload) into a full transformers model folder; the
+  reloaded folder's logits are compared with the PEFT model's on a probe input.
+- gguf: a LoRA GGUF for llama.cpp (learning.serve.gguf), read back and its delta compared with
+  PEFT's for every module.
+- ollama: the GGUF plus a Modelfile (learning.serve.modelfile) beside it.
+
+Compatibility is checked first and every problem reported together. Only `merged` imports
+torch; the other formats need numpy, safetensors and gguf, so the server can run them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from learning.serve import gguf as gx
+from learning.errors import Conflict, check
+from learning.home import subdir
+from learning.registry.adapters import Adapter, get_adapter
+from learning.store import Store
+
+Format = Literal["peft", "merged", "gguf", "ollama"]
+FORMATS = ("peft", "merged", "gguf", "ollama")
+DTYPES = ("f32", "f16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+MARKER = ".learnloop-export"
+MERGED_TOL = 1e-5
+
+
+class ExportedFile(BaseModel):
+    path: str
+    bytes: int
+
+
+class ExportResult(BaseModel):
+    adapter_id: str
+    format: Format
+    dtype: str
+    out_dir: str
+    files: list[ExportedFile]
+    total_bytes: int
+    checks: list[str] = Field(description="What was verified, with the figures measured.")
+    max_delta_diff: float | None = Field(None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules.")
+    max_logit_diff: float | None = Field(None, description="merged: max |logits of the merged model - logits of base+adapter|.")
+    warnings: list[str] = Field(default_factory=list)
+    seconds: float
+
+
+# ---- the base model -------------------------------------------------------------------------
+
+def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
+    """The base model's folder: the one given, else the adapter's recorded base (registry,
+    metadata.json, adapter_config.json) when it is a folder or a model in the local Hugging Face
+    cache; None when it cannot be found."""
+    adapter_cfg = _adapter_config(Path(adapter.path))
+    recorded = (_metadata(Path(adapter.path)).get("base_model") or {})
+    recorded_path = recorded.get("path") if isinstance(recorded, dict) else None
+    # A base that is given is the only candidate: never fall back to another one silently.
+    candidates = [base] if base else [adapter.base_model, recorded_path, adapter_cfg.get("base_model_name_or_path")]
+    for candidate in candidates:
+        if candidate and Path(candidate).expanduser().is_dir():
+            return Path(candidate).expanduser().resolve()
+    for candidate in candidates[:1]:  # a hub id: the given base or the recorded base_model
+        if candidate and "/" in candidate and not Path(candidate).is_absolute():
+            try:
+                from huggingface_hub import snapshot_download
+
+                return Path(snapshot_download(candidate, local_files_only=True))
+            except Exception:  # noqa: BLE001 - not cached: reported by the caller
+                pass
+    return None
+
+
+def base_fingerprint(folder: Path) -> str:
+    """How training records its base (metadata.json base_model.sha256 / .revision, registry
+    base_hash): a hub snapshot's revision, else sha256 over config.json and the *.safetensors."""
+    if "snapshots" in folder.parts:
+        return folder.name
+    digest = hashlib.sha256()
+    for name in ["config.json", *sorted(p.name for p in folder.glob("*.safetensors"))]:
+        if (folder / name).exists():
+            with open(folder / name, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _adapter_config(folder: Path) -> dict[str, Any]:
+    path = folder / "adapter_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _metadata(folder: Path) -> dict[str, Any]:
+    path = folder / "metadata.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# ---- checks -------------------------------------------------------------------------------
+
+def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[list[str], Path | None]:
+    """Every reason this export would be wrong, and the base folder it will use."""
+    folder = Path(adapter.path)
+    problems: list[str] = []
+    if not (folder / "adapter_config.json").exists() or not (folder / "adapter_model.safetensors").exists():
+        return [f"the adapter folder {folder} lacks adapter_config.json or adapter_model.safetensors"], None
+    base_dir = resolve_base(adapter, base)  # peft uses it only for the tokenizer
+    if base_dir is None and (fmt != "peft" or base):
+        problems.append(f"base model {base or adapter.base_model!r} not found as a folder or in the local "
+                        "Hugging Face cache; pass the base folder (--base / base)")
+    if base and base_dir is not None:
+        meta = _metadata(folder).get("base_model")
+        meta = meta if isinstance(meta, dict) else {}
+        recorded = meta.get("sha256") or meta.get("revision") or adapter.base_hash
+        given = base_fingerprint(base_dir) if recorded else None
+        if recorded and recorded != given:
+            problems.append(f"the base {base} differs from the one this adapter was trained on (recorded "
+                            f"{recorded[:12]}..., given {given[:12]}...); an adapter only "
+                            "works on its own base")
+    if fmt in ("gguf", "ollama"):
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="numpy") as handle:
+            names = list(handle.keys())
+        shape = None
+        if base_dir is not None and (base_dir / "config.json").exists():
+            shape = gx.BaseShape.from_config(json.loads((base_dir / "config.json").read_text()))
+        problems += gx.lora_problems(_adapter_config(folder), names, shape, target=fmt)
+    return problems, base_dir
+
+
+# ---- the formats ----------------------------------------------------------------------------
+
+def _copy_tokenizer(sources: list[Path | None], out: Path) -> list[str]:
+    for src in sources:
+        if src is not None and any((src / f).exists() for f in TOKENIZER_FILES):
+            copied = [f for f in TOKENIZER_FILES if (src / f).exists()]
+            for name in copied:
+                shutil.copy2(src / name, out / name)
+            return copied
+    return []
+
+
+def _export_peft(adapter: Adapter, base_dir: Path | None, out: Path, dtype: str) -> dict[str, Any]:
+    from safetensors.numpy import load_file, save_file
+    import numpy as np
+
+    folder = Path(adapter.path)
+    cfg = _adapter_config(folder)
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    want = np.float16 if dtype == "f16" else np.float32
+    save_file({k: v.astype(want) for k, v in tensors.items()}, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    tok = _copy_tokenizer([folder, base_dir], out)
+    (out / "README.md").write_text(_readme(adapter, cfg))
+    reread = load_file(str(out / "adapter_model.safetensors"))
+    checks = [f"adapter_model.safetensors re-read: {len(reread)} tensors, same names and shapes"
+              if {k: v.shape for k, v in reread.items()} == {k: v.shape for k, v in tensors.items()}
+              else "tensor names or shapes changed"]
+    warnings = [] if tok else ["no tokenizer files found in the adapter or base folder"]
+    return {"checks": checks, "warnings": warnings}
+
+
+def _readme(adapter: Adapter, cfg: dict[str, Any]) -> str:
+    route = " / ".join(x for x in (adapter.role, adapter.task_type, adapter.complexity) if x)
+    metrics = "\n".join(f"- {k}: {v}" for k, v in sorted(adapter.metrics.items())) or "- (none recorded)"
+    return (f"# learnloop adapter {adapter.id}\n\n"
+            f"- base model: `{adapter.base_model}`" + (f" (hash {adapter.base_hash})" if adapter.base_hash else "") + "\n"
+            f"- route: {route}\n- status: {adapter.status}\n- dataset: {adapter.dataset_id or '-'}\n"
+            f"- LoRA: r={cfg.get('r')}, alpha={cfg.get('lora_alpha')}, rsLoRA={bool(cfg.get('use_rslora'))}, "
+            f"targets={cfg.get('target_modules')}\n\n## Metrics\n\n{metrics}\n\n## Load\n\n"
+            "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+            f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({adapter.base_model!r}), 'THIS_FOLDER')\n```\n")
+
+
+def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dict[str, Any]:
+    shape = gx.BaseShape.from_config(json.loads((base_dir / "config.json").read_text()))
+    path = out / "adapter.gguf"
+    shapes = gx.write_lora_gguf(Path(adapter.path), shape, path, dtype=dtype, name=adapter.id)
+    report = gx.verify_lora_gguf(path, Path(adapter.path), shape)
+    if report["problems"]:
+        raise Conflict(f"The GGUF written for {adapter.id} failed its read-back check", report["problems"])
+    checks = [f"GGUF read back: general.type=adapter, adapter.type=lora, architecture "
+              f"{gx.ARCHS[shape.model_type][0]}, {len(shapes)} tensors with expected names and shapes",
+              f"delta B·A·scale from the GGUF (q/k permutation undone) vs PEFT over {report['modules']} modules: "
+              f"max diff {report['max_delta_diff']:.3g} (max |delta| {report['max_delta']:.3g})"]
+    return {"checks": checks, "max_delta_diff": report["max_delta_diff"], "warnings": []}
+
+
+def _role_prompt(store: Store, adapter: Adapter) -> str | None:
+    """The role's instruction template rendered around `{{ .Prompt }}` (no input block), or None
+    when the role has no template here."""
+    try:
+        from learning.data.templates import render, resolve_template
+
+        text, _ = resolve_template(store, adapter.role, None)
+    except Exception:  # noqa: BLE001 - no templates module or no template for this role
+        return None
+    from learning.serve.modelfile import USR
+
+    fields = {"instruction": USR, "role": adapter.role, "task_type": adapter.task_type, "complexity": adapter.complexity}
+    return render(text, fields).replace(USR, "{{ .Prompt }}")
+
+
+def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str,
+                   from_model: str) -> dict[str, Any]:
+    from learning.serve.modelfile import modelfile_text, read_tokenizer
+
+    done = _export_gguf(adapter, base_dir, out, dtype)
+    folder = Path(adapter.path)
+    tok = read_tokenizer(folder if (folder / "tokenizer_config.json").exists() else base_dir)
+    meta = _metadata(folder)
+    # Prompts as training saw them: the role's instruction template, in a chat turn or raw.
+    prompt = _role_prompt(store, adapter)
+    fmt = (meta.get("dataset") or {}).get("format") if isinstance(meta.get("dataset"), dict) else None
+    raw = fmt in ("prompt_completion", "alpaca")
+    system = meta.get("system") or adapter.params.get("system")
+    params = {"temperature": adapter.params.get("temperature", 0.2)}
+    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, params, prompt, raw)
+    (out / "Modelfile").write_text(text)
+    (out / "ollama.json").write_text(json.dumps({**fields, "from": from_model,
+                                                 "adapter_file": "adapter.gguf"}, indent=2))
+    how = "raw prompt (trained on prompt/completion text)" if raw else \
+        "chat template" if tok["chat_template"] else "default prompt"
+    done["checks"].append(f"Modelfile: TEMPLATE from the {how}" + (" around the role's instruction template" if prompt else "")
+                          + f", stops {fields['parameters']['stop']}")
+    if Path(from_model).expanduser().is_dir():
+        done["warnings"].append(f"FROM is the folder {from_model}: `ollama create -f Modelfile` imports it (safetensors "
+                                "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
+                                "Ollama model name (--from)")
+    if not tok["chat_template"]:
+        done["warnings"].append("the tokenizer has no chat template: the Modelfile uses a plain prompt template")
+    if not fields["parameters"]["stop"]:
+        done["warnings"].append("no eos/end-of-turn token found: generations may run on")
+    return done
+
+
+# ---- the entry point --------------------------------------------------------------------------
+
+def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
+                   base: str | None = None, from_model: str | None = None) -> ExportResult:
+    """Export one adapter; refuses with every reason when the target cannot represent it.
+
+    base: the base model folder to check against the one trained on (and to read config and
+    tokenizer from); from_model: the Modelfile's FROM, the base as Ollama names it (default:
+    the adapter's base_model)."""
+    started = time.perf_counter()
+    check([p for p in (f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
+                       f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None) if p])
+    adapter = get_adapter(store, adapter_id)
+    problems, base_dir = compatibility(adapter, fmt, base)
+    check(problems, f"Cannot export adapter {adapter_id} as {fmt}:")
+    target = Path(out).expanduser().resolve() if out else subdir(store.home, "exports", adapter_id) / fmt
+    if target.exists() and any(target.iterdir()) and not (target / MARKER).exists():
+        raise Conflict(f"{target} exists and holds files learnloop did not write; choose another --out.")
+    work = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        if fmt == "peft":
+            done = _export_peft(adapter, base_dir, work, dtype)
+        elif fmt == "merged":
+            from learning.serve.merge import export_merged
+
+            done = export_merged(Path(adapter.path), base_dir, work, dtype)
+        elif fmt == "gguf":
+            done = _export_gguf(adapter, base_dir, work, dtype)
+        else:
+            done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
+        (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
+        shutil.rmtree(target, ignore_errors=True)
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    files = [ExportedFile(path=str(p), bytes=p.stat().st_size) for p in sorted(target.rglob("*"))
+             if p.is_file() and p.name != MARKER]
+    return ExportResult(adapter_id=adapter_id, format=fmt, dtype=dtype, out_dir=str(target), files=files,
+                        total_bytes=sum(f.bytes for f in files), checks=done["checks"],
+                        max_delta_diff=done.get("max_delta_diff"), max_logit_diff=done.get("max_logit_diff"),
+                        warnings=done.get("warnings", []), seconds=round(time.perf_counter() - started, 3))
+
+
+def export_job(ctx) -> dict[str, Any]:
+    """Job entry point (learning.jobs.manage): runs export_adapter with the job's params."""
+    p = ctx.params
+    ctx.progress(force=True, stage="export", message=f"exporting {p['adapter_id']} as {p['fmt']}")
+    result = export_adapter(ctx.store, p["adapter_id"], p["fmt"], p.get("out"), p.get("dtype", "f32"), p.get("base"),
+                            p.get("from_model"))
+    return result.model_dump(mode="json")
+
+
+def start_export(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
+                 base: str | None = None, from_model: str | None = None) -> str:
+    """Check the request, then run the export as a job (merging a real model takes minutes)."""
+    from learning.jobs.manage import start_job
+
+    check([p for p in (f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
+                       f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None) if p])
+    adapter = get_adapter(store, adapter_id)
+    if not base:  # refuse at once what the job would refuse (hashing a given base is left to the job)
+        check(compatibility(adapter, fmt)[0], f"Cannot export adapter {adapter_id} as {fmt}:")
+    return start_job(store, "export", "learning.serve.export:export_job",
+                     {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base,
+                      "from_model": from_model}, subject=adapter_id)

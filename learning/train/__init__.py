@@ -1,0 +1,1 @@
+"""Training: configuration, the checks and launch, the recipe that runs in the job."""

@@ -1,0 +1,371 @@
+"""Train one LoRA/QLoRA adapter: the recipe that runs inside a job's process.
+
+Reads top to bottom: load the dataset rows, the tokenizer and the base model, build the
+LoRA and trainer configs, run TRL's trainer (SFT, DPO or KTO) as it is, save the adapter
+and its metadata. learning.training.train_adapter validated everything before this runs.
+
+With num_processes > 1 the job process runs `accelerate launch` of this module's main(),
+one process per device (gloo on CPU); rank 0 reports progress and writes the artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
+from learning.store import Store, loads
+
+def run_job(ctx: JobContext) -> dict[str, Any]:
+    """Job entry point (learning.jobs.manage target 'learning.train.recipe:run_job')."""
+    from learning.registry import adapters as registry
+
+    p = ctx.params
+    try:
+        if p.get("num_processes", 1) > 1:
+            result = _launch_distributed(ctx)
+        else:
+            result = train(ctx)
+    except JobCancelled as exc:
+        with ctx.store.write() as conn:
+            ctx.store.set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
+        raise
+    registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
+    registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
+    if result.get("base_hash"):
+        with ctx.store.write() as conn:
+            ctx.store.update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
+    return result
+
+
+def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
+    """Run the recipe in N processes with accelerate (DDP; gloo on CPU) and wait for them."""
+    p = ctx.params
+    # --multi_gpu selects torch.distributed's launcher; without CUDA the trainer's use_cpu makes
+    # it DDP over gloo (accelerate's --cpu flag would start a single process).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           str(p["num_processes"]), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "learning.train.recipe", str(ctx.store.home), ctx.job_id]
+    out = Path(p["adapter_dir"])
+    for stale in ("cancelled.json", "result.json"):
+        (out / stale).unlink(missing_ok=True)
+    ctx.progress(force=True, stage="launching", message=f"accelerate launch with {p['num_processes']} processes")
+    # The launcher dies with this process (SIGKILL included), and its workers with it (main()).
+    code = subprocess.call(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    ctx._progress = loads(ctx.store.get_job(ctx.job_id)["progress"]) or {}  # what rank 0 reported
+    if (out / "cancelled.json").exists():
+        raise JobCancelled(_cancel_message(p, _read_json(out / "cancelled.json").get("step")))
+    if code != 0 or not (out / "result.json").exists():
+        raise RuntimeError(f"accelerate launch exited with status {code}; see the job's log")
+    return _read_json(out / "result.json")
+
+
+def main(argv: list[str]) -> int:
+    """One process of a distributed run: `python -m learning.train.recipe HOME JOB_ID`."""
+    if "LOCAL_RANK" in os.environ and not _bound_to_launcher(argv[1]):
+        return 1  # the launcher is gone already: nobody would wait for this process
+    ctx = JobContext(Store(argv[0]), argv[1])
+    try:
+        result = train(ctx)
+    except JobCancelled:
+        return 0  # rank 0 wrote cancelled.json; the job process reports the cancel
+    finally:
+        _leave_process_group()
+    if result is not None:
+        (Path(ctx.params["adapter_dir"]) / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+def _leave_process_group() -> None:
+    """Tear down torch.distributed before exit: left to the interpreter's shutdown, gloo's
+    threads can abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _bound_to_launcher(job_id: str) -> bool:
+    """Make this worker die with the launcher that started it (whose command line names the
+    job); False when that launcher is gone already (this process was re-parented)."""
+    die_with_parent()
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return job_id.encode() in parent
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _cancel_message(p: dict, step: int | None) -> str:
+    return (f"cancelled at step {step}; checkpoint saved. Continue with train_adapter resume=true "
+            f"adapter_id={p['adapter_id']} (CLI: learnloop train --role {p['role']} --dataset {p['dataset_id']} "
+            f"--resume --adapter-id {p['adapter_id']})")
+
+
+# ---- the recipe ------------------------------------------------------------------------
+
+
+def train(ctx: JobContext) -> dict[str, Any] | None:
+    """Train the adapter described by ctx.params; returns the result on rank 0, None elsewhere."""
+    import torch
+    import transformers
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+
+    p, cfg = ctx.params, ctx.params["config"]
+    started = time.time()
+    out = Path(p["adapter_dir"])
+    ckpt_dir = out / "checkpoints"
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    # 1. The base model: the embedded one is built on first use.
+    base_path = _resolve_base(ctx)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # 2. The dataset, converted to the columns TRL's trainers take.
+    from datasets import Dataset
+
+    rows = _load_rows(Path(p["dataset_path"]) / "train.jsonl", p["dataset_format"], cfg["method"])
+    dataset = Dataset.from_list(rows)
+
+    # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg["quantize"] in ("4bit", "8bit"):
+        model_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=cfg["quantize"] == "4bit", load_in_8bit=cfg["quantize"] == "8bit",
+            bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
+
+    # 4. LoRA on the chosen projections; TRL wraps the model with it.
+    lora = LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                      target_modules=cfg["target_modules"], bias="none", task_type="CAUSAL_LM")
+
+    # 5. Trainer arguments shared by the three methods.
+    common = dict(
+        output_dir=str(ckpt_dir), learning_rate=cfg["learning_rate"], num_train_epochs=cfg["epochs"],
+        max_steps=cfg["max_steps"] or -1, per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["grad_accum"], warmup_steps=cfg["warmup_ratio"],
+        weight_decay=cfg["weight_decay"], lr_scheduler_type="linear", seed=cfg["seed"], data_seed=cfg["seed"],
+        logging_steps=cfg["logging_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
+        save_total_limit=2, report_to=["tensorboard"], disable_tqdm=True, use_cpu=not cuda, bf16=dtype == torch.bfloat16,
+        gradient_checkpointing=_needs_checkpointing(model), dataloader_num_workers=0, max_length=cfg["max_length"],
+        include_num_input_tokens_seen="non_padding", ddp_find_unused_parameters=False,
+    )
+    callback = ProgressCallback(ctx, rank0)
+    if cfg["method"] == "sft":
+        args = SFTConfig(**common, packing=cfg["packing"],
+                         assistant_only_loss="messages" in dataset.column_names and _has_generation(tokenizer))
+        trainer_cls = SFTTrainer
+    elif cfg["method"] == "dpo":
+        args = DPOConfig(**common, beta=cfg["beta"])
+        trainer_cls = DPOTrainer
+    else:
+        args = KTOConfig(**common, beta=cfg["beta"])
+        trainer_cls = KTOTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=lora, callbacks=[callback])
+
+    # 6. Train, from the latest checkpoint when resuming.
+    resume_from = transformers.trainer_utils.get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume_from and rank0:
+        ctx.log(f"[learnloop] resuming from {resume_from}")
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    if callback.cancelled_at is not None:
+        if rank0:
+            (out / "cancelled.json").write_text(json.dumps({"step": callback.cancelled_at}))
+        raise JobCancelled(_cancel_message(p, callback.cancelled_at))
+
+    # 7. Save the adapter, the tokenizer and what produced them.
+    if not trainer.is_world_process_zero():
+        return None
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    metrics = {"train_loss": _final_loss(trainer, output), "steps": trainer.state.global_step,
+               "tokens_seen": int(trainer.state.num_input_tokens_seen or 0), "epochs": round(trainer.state.epoch or 0, 3),
+               "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 2),
+               "tokens_per_s": callback.tokens_per_s, "train_rows": len(dataset), **_peak_memory(cuda)}
+    metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
+    base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
+    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics, "base_hash": base_id}
+
+
+def _peak_memory(cuda: bool) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if cuda:
+        peak["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def _resolve_base(ctx: JobContext) -> str:
+    base = ctx.params["base"]
+    if base["kind"] != "embedded":
+        return base["ref"]
+    from learning.models.tinybase import base_dir, ensure_base, read_info
+
+    if read_info(base_dir(ctx.store.home, base["size"])) is None:
+        ctx.progress(force=True, stage="building base", message=f"building the embedded {base['size']} base model")
+    # A file lock inside makes concurrent processes build it once.
+    return ensure_base(ctx.store, base["size"], log=ctx.log).path
+
+
+def _load_rows(path: Path, fmt: str, method: str) -> list[dict[str, Any]]:
+    """Rows in the columns TRL expects: prompt/completion or messages (sft), prompt/chosen/rejected (dpo),
+    prompt/completion/label (kto). Alpaca and ShareGPT rows are converted."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if method == "dpo":
+        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    if method == "kto":
+        return [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in rows]
+    if fmt == "alpaca":
+        return [{"prompt": r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "") + "\n",
+                 "completion": r["output"]} for r in rows]
+    if fmt == "sharegpt":
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+        return [{"messages": [{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]]}
+                for r in rows]
+    if fmt == "messages":
+        return [{"messages": r["messages"]} for r in rows]
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def _has_generation(tokenizer) -> bool:
+    return "{% generation %}" in (tokenizer.chat_template or "") or "{%- generation %}" in (tokenizer.chat_template or "")
+
+
+def _needs_checkpointing(model) -> bool:
+    """Gradient checkpointing only pays for itself on big models; tiny ones just get slower."""
+    return sum(p.numel() for p in model.parameters()) > 500_000_000
+
+
+def _final_loss(trainer, output) -> float | None:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return round(losses[-1], 5) if losses else (round(output.training_loss, 5) if output.training_loss else None)
+
+
+def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_from: str | None) -> dict:
+    import accelerate
+    import datasets
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    return {
+        "adapter_id": p["adapter_id"], "role": p["role"], "method": p["config"]["method"],
+        "base_model": {**p["base"], "path": base_path, **base_fingerprint(base_path)},
+        "dataset": {"id": p["dataset_id"], "content_hash": p["dataset_hash"], "format": p["dataset_format"]},
+        "hyperparameters": p["config"], "num_processes": p.get("num_processes", 1),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                     "trl": trl.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__},
+        "started": iso(started), "finished": iso(time.time()), "resumed_from": resumed_from, **metrics,
+    }
+
+
+def base_fingerprint(base_path: str) -> dict[str, Any]:
+    """A hub snapshot's revision, else a sha256 over config.json and the weight files."""
+    path = Path(base_path)
+    if not path.is_dir():
+        return {"revision": None}
+    if "snapshots" in path.parts:
+        return {"revision": path.name}
+    digest = hashlib.sha256()
+    for name in ["config.json", *sorted(f.name for f in path.glob("*.safetensors"))]:
+        f = path / name
+        if f.exists():
+            with open(f, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return {"sha256": digest.hexdigest()}
+
+
+# ---- progress and cancel ----------------------------------------------------------------
+
+def _make_callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class ProgressCallback(_make_callback_base()):
+    """Writes step, total_steps, loss, tokens_per_s and eta_s to the job row; stops on cancel.
+
+    On a cancel request the trainer saves a checkpoint at the current step and stops; every
+    process of a distributed run learns of it at the same step (broadcast from rank 0).
+    """
+
+    def __init__(self, ctx: JobContext, rank0: bool):
+        self.ctx, self.rank0 = ctx, rank0
+        self.cancelled_at: int | None = None
+        self.tokens_per_s: float | None = None
+        self._t0 = self._tokens0 = self._step0 = None
+        self._loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t0, self._tokens0, self._step0 = time.time(), state.num_input_tokens_seen or 0, state.global_step
+        if self.rank0:
+            self.ctx.progress(force=True, stage="train", step=state.global_step, total_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self._loss = round(float(logs["loss"]), 5)
+
+    def on_step_end(self, args, state, control, **kw):
+        elapsed = max(1e-9, time.time() - self._t0)
+        done = state.global_step - self._step0
+        tokens = (state.num_input_tokens_seen or 0) - self._tokens0
+        self.tokens_per_s = round(tokens / elapsed, 1) if tokens else None
+        if self.rank0:
+            eta = (state.max_steps - state.global_step) * elapsed / done if done else None
+            self.ctx.progress(step=state.global_step, total_steps=state.max_steps, loss=self._loss,
+                              tokens_per_s=self.tokens_per_s, eta_s=round(eta, 1) if eta is not None else None,
+                              tokens_seen=int(state.num_input_tokens_seen or 0))
+        if self._cancel_requested() and state.global_step < state.max_steps:
+            self.cancelled_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def _cancel_requested(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = self.rank0 and self.ctx.cancelled()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            t = torch.tensor([1 if flag else 0])
+            dist.broadcast(t, 0)
+            flag = bool(t.item())
+        return flag
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
