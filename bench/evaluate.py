@@ -63,16 +63,16 @@ def latency(root: Path, moves: int) -> dict:
     store = Store(root / "home")
     for i in ("a", "b"):
         registry.create_adapter(store, i, "coder", "base", str(root / i), status="candidate")
-    lifecycle.promote(store, "a", "production")
+    lifecycle.promote(store, "a", "production", confirm=True)
     promote_ms, rollback_ms = [], []
     for i in range(moves):
         target = "b" if i % 2 == 0 else "a"
         t = time.perf_counter()
-        lifecycle.promote(store, target, "production", force=True, reason="bench")
+        lifecycle.promote(store, target, "production", force=True, reason="bench", confirm=True)
         promote_ms.append((time.perf_counter() - t) * 1000)
     for _ in range(moves):
         t = time.perf_counter()
-        lifecycle.rollback(store, "coder", reason="bench")
+        lifecycle.rollback(store, "coder", reason="bench", confirm=True)
         rollback_ms.append((time.perf_counter() - t) * 1000)
 
     def pct(xs, q):

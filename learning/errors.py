@@ -38,3 +38,15 @@ def check(problems: list[str], message: str = "Invalid input:") -> None:
         if len(problems) == 1:
             raise InvalidInput(f"{message} {problems[0]}" if message.endswith(":") else problems[0], problems)
         raise InvalidInput(message, problems)
+
+
+class ConfirmationNeeded(LearnloopError):
+    """The change would alter which adapter agents get, and nobody confirmed it.
+
+    `summary` says what would change, with the metrics of the adapters involved; the caller
+    shows it to a person and calls again with confirm=True once they agree."""
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        super().__init__(summary + "\n\nThis changes which adapter agents get: show this to the person and, once they "
+                                   "agree, call again with confirm=true.")

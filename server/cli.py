@@ -1,79 +1,178 @@
-"""The learnloop CLI: the same verbs as the MCP tools, for people and cron.
+"""The learnloop CLI: one command per verb of server/catalog.py, built from the verb's declaration,
+plus the commands only a person needs (serve, demo, init-base, jobs) in server/commands.py.
 
 Every command takes --home and --json (which prints the model the MCP tool returns).
-Commands are declared by the server/cli_*.py modules; this module holds what they share.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, Optional
+import typing
+from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
-from pydantic import BaseModel
-from rich.console import Console
-from typing_extensions import Annotated
+from pydantic import BaseModel, ValidationError, create_model
 
-from learning.errors import LearnloopError
+from learning.errors import LearnloopError, check
+from learning.store import Store
+from server import commands
+from server.catalog import VERBS
+from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fail
+from server.verbs import Argument, Verb, arguments, call, consent_summary
 
-app = typer.Typer(
-    name="learnloop",
-    help="Let coding agents improve their own local model from experience.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-
-HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="LEARNLOOP_HOME",
-                                                 help="learnloop home folder (default ~/.learnloop).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (the MCP tool's output).")]
+SIMPLE = (str, int, float, bool)
 
 
-def to_jsonable(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    if isinstance(result, list):
-        return [to_jsonable(r) for r in result]
-    if isinstance(result, dict):
-        return {k: to_jsonable(v) for k, v in result.items()}
-    return result
+def _is_json(t: Any) -> bool:
+    """Arguments the CLI takes as JSON text: objects, lists of objects, models."""
+    origin = typing.get_origin(t)
+    return t is dict or origin is dict or t is Any or (isinstance(t, type) and issubclass(t, BaseModel)) or (
+        origin is list and typing.get_args(t)[0] not in SIMPLE)
 
 
-def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
-    """Print a result as JSON or through its rich renderer."""
-    if as_json:
-        sys.stdout.write(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False) + "\n")
+def _cli_type(arg: Argument) -> tuple[Any, bool]:
+    """The type typer parses an argument as, and whether the text is JSON to decode."""
+    t = arg.type
+    if typing.get_origin(t) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        members = [m for m in typing.get_args(t) if m is not type(None)]
+        t = members[0] if len(members) == 1 else str
+    if _is_json(t):
+        return str, True
+    if typing.get_origin(t) is Literal or t in SIMPLE or typing.get_origin(t) is list:
+        return t, False
+    return str, False  # datetimes, paths: pydantic parses the text
+
+
+def _parameter(verb: Verb, arg: Argument) -> inspect.Parameter:
+    shape = verb.cli
+    t, _ = _cli_type(arg)
+    help_text = arg.info.description or ""
+    if arg.name == "confirm":  # a person's consent: --yes on a terminal
+        return inspect.Parameter("confirm", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")])
+    if arg.required and arg.name not in shape.stdin:
+        default: Any = inspect.Parameter.empty
     else:
-        render(result)
+        default = None if arg.required else arg.default
+        if default is None:
+            t = Optional[t]
+    if arg.name in shape.arguments:
+        marker = typer.Argument(help=help_text + (" '-' reads stdin." if arg.name in shape.stdin else ""))
+    else:
+        names = [f"--{arg.name.replace('_', '-')}", *shape.aliases.get(arg.name, ())]
+        if t is bool:
+            names = [f"{n}/--no-{n[2:]}" if n.startswith("--") and arg.default is True else n for n in names]
+        marker = typer.Option(*names, help=help_text)
+    return inspect.Parameter(arg.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[t, marker])
 
 
-def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _validated(verb: Verb, args: list[Argument], values: dict[str, Any]) -> dict[str, Any]:
+    """Decode JSON arguments and check every argument against its declaration; all problems at once."""
+    problems = []
+    for arg in args:
+        if _cli_type(arg)[1] and isinstance(values.get(arg.name), str):
+            try:
+                values[arg.name] = json.loads(values[arg.name])
+            except json.JSONDecodeError as exc:
+                problems.append(f"--{arg.name.replace('_', '-')} must be JSON, e.g. '{{\"compiled\": true}}' ({exc.msg})")
+    check(problems, "Invalid arguments:")
+    if verb.request is not None:  # the request model checks everything itself
+        return values
+    fields: dict[str, Any] = {a.name: (a.annotation, ... if a.required else a.default) for a in args}
+    model = create_model(f"{verb.command}_arguments", **fields)
+    try:
+        checked = model.model_validate({k: v for k, v in values.items() if k in fields})
+    except ValidationError as exc:
+        check([f"{e['loc'][0]} (--{str(e['loc'][0]).replace('_', '-')}): {e['msg']}" for e in exc.errors()],
+              "Invalid arguments:")
+        raise
+    return {a.name: getattr(checked, a.name) for a in args if a.name in values}
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+def _ask(verb: Verb, store: Store, values: dict[str, Any], as_json: bool) -> bool:
+    """Show what changes in production and ask; refuse without a terminal unless --yes."""
+    summary = consent_summary(verb, store, values)
+    if summary is None or values.get("confirm"):
+        return True
+    if not sys.stdin.isatty():
+        fail(summary + "\nThis changes which adapter agents get; there is no terminal to confirm on. "
+             "Run it again with --yes to confirm.")
+    (err_console if as_json else console).print(summary, highlight=False)  # stdout stays JSON with --json
+    if not typer.confirm("Go ahead?", default=False, err=as_json):
+        result = verb.refused("declined", summary) if verb.refused else None
+        if result is None:
+            console.print("[yellow]declined[/]: nothing changed.")
+        else:
+            emit(result, as_json, verb.cli.render)
+        return False
+    values["confirm"] = True
+    return True
 
 
-def _register_commands() -> None:
-    from server import (cli_cycle, cli_datasets, cli_demo, cli_jobs, cli_lifecycle, cli_routing, cli_runs,
-                        cli_serving, cli_train)
+def _stdin(verb: Verb, values: dict[str, Any]) -> dict[str, Any]:
+    for name in verb.cli.stdin:
+        if name == "path":
+            continue  # a file argument: the library reads stdin itself for '-'
+        if values.get(name) in (None, "-"):
+            values[name] = sys.stdin.read()
+    return values
 
-    for module in (cli_runs, cli_jobs, cli_datasets, cli_train, cli_lifecycle, cli_routing, cli_serving, cli_cycle,
-                   cli_demo):
-        module.register(app)
+
+def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) -> None:
+    args = arguments(verb)
+    shape = verb.cli
+    params = [_parameter(verb, a) for a in sorted(args, key=lambda a: a.name not in shape.arguments)]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
+               for n, (t, d) in shape.extras.items()]
+    if shape.follow is not None:
+        params.append(inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY, default=shape.follow, annotation=Annotated[
+            bool, typer.Option("--wait/--no-wait", help="Follow the job in the terminal until it ends.")]))
+    params += [inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=HomeOpt),
+               inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt)]
+
+    def command(**values: Any) -> None:
+        home, as_json, wait = values.pop("home"), values.pop("as_json"), values.pop("wait", False)
+        if shape.prepare is not None:
+            values = shape.prepare(values)
+        values = _validated(verb, args, _stdin(verb, values))
+        store = Store(home)
+        if verb.consent is not None and not _ask(verb, store, values, as_json):
+            return
+        result = call(verb, store, values, actor="cli", stdin=sys.stdin.buffer)
+        job_id = getattr(result, "job_id", None)
+        if not wait or job_id is None:
+            emit(result, as_json, shape.render)
+            return
+        commands.follow_to_the_end(store, job_id, as_json, verb.tool)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = verb.doc
+    name = verb.command or ""
+    if " " in name:
+        group, name = name.split(" ", 1)
+        if group not in groups:
+            groups[group] = typer.Typer(help=commands.GROUP_HELP.get(group), no_args_is_help=True)
+            app.add_typer(groups[group], name=group)
+        groups[group].command(name)(command)
+    else:
+        app.command(name)(command)
 
 
-_register_commands()
+def build_app() -> typer.Typer:
+    app = typer.Typer(name="learnloop", help="Let coding agents improve their own local model from experience.",
+                      no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    groups: dict[str, typer.Typer] = {}
+    commands.register(app)
+    for verb in VERBS:
+        if verb.command is not None:
+            add_command(app, groups, verb)
+    return app
+
+
+app = build_app()
 
 
 def main() -> None:

@@ -1,27 +1,35 @@
-"""The MCP server: one tool per library function, registered by the server/mcp_*.py modules.
+"""The MCP server: one tool per verb of server/catalog.py, built from the verb's declaration.
 
 Start-up imports only the MCP SDK, pydantic and learnloop's light modules: torch and
 transformers load inside job processes, never here. Plain `def` tools run in worker
 threads, so a slow database read never blocks the event loop.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the SDK reads the Resolve(...) markers of the
+# tools' parameters with typing.get_type_hints, which cannot see the closures they name.
 import functools
 import gc
 import inspect
+import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import MCPServer
+import anyio
+from mcp.server.elicitation import ElicitationResult
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
 
 from learning import __version__
 from learning.errors import LearnloopError
-from learning.jobs.manage import reconcile
+from learning.jobs import manage as jobs
+from learning.registry import adapters as registry
 from learning.store import Store
+from server.catalog import VERBS
+from server.verbs import Verb, arguments, call, consent_summary
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.
 Log every run with log_run (role, instruction, output, reward in [0, 1]). Curate the best runs
@@ -30,29 +38,94 @@ evaluate it with evaluate_adapter, promote it, and before each task ask select_a
 adapter to use; pass its decision_id back in log_run. detect_drift tells when a new adapter
 earns less than the one it replaced."""
 
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-APPEND = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+EFFECTS = {  # what each kind of verb may do, as MCP tool annotations
+    "read": ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False),
+    "append": ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+    "job": ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+    "destructive": ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+                                   open_world_hint=False),
+    "runtime": ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                               open_world_hint=True),
+}
+REFUSED = ("\n\nThis changes which adapter agents get. Show this summary to the person and, once they agree, "
+           "call again with confirm=true.")
 
 
-def register_tool(server: MCPServer, fn: Callable, *, annotations: ToolAnnotations, title: str | None = None,
-                  name: str | None = None) -> Callable:
-    """Register fn as a tool whose domain errors reach the client as ToolError with their message."""
-    if inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except LearnloopError as exc:
-                raise ToolError(str(exc)) from exc
-    else:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except LearnloopError as exc:
-                raise ToolError(str(exc)) from exc
-    server.tool(name=name, title=title, annotations=annotations, structured_output=True)(wrapper)
+class Confirmation(BaseModel):
+    confirm: bool = Field(True, description="Go ahead with the change.")
+
+
+def _tool_errors(fn: Callable) -> Callable:
+    """Domain errors reach the client as ToolError with their message."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LearnloopError as exc:
+            raise ToolError(str(exc)) from exc
+    return wrapper
+
+
+def _signed(fn: Callable, name: str, doc: str, params: list[inspect.Parameter], returns: Any) -> Callable:
+    """Give fn the signature the SDK reads to build the tool's input and output schemas."""
+    fn.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
+    fn.__name__, fn.__qualname__, fn.__doc__ = name, name, doc
     return fn
+
+
+def _outcome(answer: Any) -> Literal["done", "declined", "cancelled"]:
+    if answer.action == "accept":
+        return "done" if answer.data.confirm else "declined"
+    return "declined" if answer.action == "decline" else "cancelled"
+
+
+def _consent_resolver(verb: Verb, store: Store, names: list[str]) -> Callable:
+    """Runs before the tool body: ask the person through elicitation when the client can (the
+    SDK asks in whichever way the negotiated protocol uses), else accept only confirm=true;
+    refuse with the summary otherwise. Bad input fails here, before anyone is asked."""
+    def resolve(ctx: Context, **values: Any) -> Any:
+        try:
+            summary = consent_summary(verb, store, values)
+        except LearnloopError as exc:
+            raise ToolError(str(exc)) from exc
+        if summary is None:
+            return Confirmation(confirm=True)
+        caps = ctx.client_capabilities
+        if caps is not None and caps.elicitation is not None:
+            return Elicit(summary + "\n\nGo ahead?", Confirmation)
+        if not values.get("confirm"):
+            raise ToolError(summary + REFUSED)
+        return Confirmation(confirm=True)
+
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=Any) for n in names]
+    return _signed(resolve, f"ask_{verb.tool}", "", params, Any)
+
+
+def tool_function(verb: Verb, store: Store) -> Callable:
+    """The tool for one verb: its arguments as parameters, the library call as its body."""
+    args = arguments(verb)
+    params = [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default, annotation=a.annotation)
+              for a in args]
+
+    if verb.consent is None:
+        def body(**values: Any) -> Any:
+            return call(verb, store, values, actor="mcp")
+    else:
+        answer_type = Annotated[ElicitationResult[Confirmation], Resolve(_consent_resolver(verb, store, [a.name for a in args]))]
+        params.append(inspect.Parameter("answer", inspect.Parameter.KEYWORD_ONLY, annotation=answer_type))
+
+        def body(answer: Any, **values: Any) -> Any:
+            outcome = _outcome(answer)
+            if outcome != "done":
+                summary = consent_summary(verb, store, values) or ""
+                if verb.refused is None:
+                    raise ToolError(f"{outcome}: nothing changed.\n{summary}")
+                return verb.refused(outcome, summary)
+            return call(verb, store, {**values, "confirm": True}, actor="mcp")
+
+    return _signed(_tool_errors(body), verb.tool or "", verb.doc, params, verb.returns)
 
 
 class LearnloopServer(MCPServer):
@@ -70,22 +143,61 @@ class LearnloopServer(MCPServer):
         return await super().call_tool(name, arguments, context)
 
 
-def _declare_no_extra_arguments(server: MCPServer) -> None:
-    """Tell clients, in each input schema, that only the listed arguments are accepted."""
-    for tool in server._tool_manager.list_tools():
-        tool.parameters["additionalProperties"] = False
+def _add_wait_job(server: MCPServer, store: Store) -> None:
+    """wait_job is the one tool written by hand: it reports progress to the client while it waits."""
+    async def wait_job(
+        job_id: Annotated[str, Field(description="The job to wait for.")],
+        ctx: Context,
+        timeout_s: Annotated[float, Field(ge=0, le=jobs.MAX_WAIT_SECONDS,
+                                          description="Longest wait in seconds (at most 45).")] = 30,
+    ) -> jobs.JobStatus:
+        """Wait for a job to finish, at most timeout_s seconds (45 max, below client time-outs),
+        sending progress notifications meanwhile. Returns the status; call again if still running."""
+        deadline = anyio.current_time() + timeout_s
+        while True:
+            try:
+                status = await anyio.to_thread.run_sync(lambda: jobs.job_status(store, job_id, log_lines=0))
+            except LearnloopError as exc:
+                raise ToolError(str(exc)) from exc
+            p = status.progress
+            await ctx.report_progress(float(p.get("step", 0)), float(p["total_steps"]) if p.get("total_steps") else None,
+                                      p.get("message") or f"{status.kind} {status.status}")
+            if status.status in jobs.FINAL or anyio.current_time() >= deadline:
+                return await anyio.to_thread.run_sync(lambda: jobs.job_status(store, job_id))
+            await anyio.sleep(min(0.5, max(0.0, deadline - anyio.current_time())))
+
+    server.tool(title="Wait for a job", annotations=EFFECTS["read"], structured_output=True)(wait_job)
+
+
+def _add_resources(server: MCPServer, store: Store) -> None:
+    @server.resource("learnloop://adapters", name="adapters", mime_type="application/json",
+                     description="The adapter registry: every adapter with its status and metrics.")
+    def adapters_resource() -> str:
+        return json.dumps([a.model_dump(mode="json") for a in registry.list_adapters(store)], indent=1)
+
+    @server.resource("learnloop://adapters/{adapter_id}", name="adapter", mime_type="application/json",
+                     description="One adapter: record, history and its last evaluation (metrics.json).")
+    def adapter_resource(adapter_id: str) -> str:
+        adapter = registry.get_adapter(store, adapter_id)
+        metrics_file = Path(adapter.path) / "eval" / "metrics.json"
+        evaluation: Any = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        return json.dumps({"adapter": adapter.model_dump(mode="json"),
+                           "history": [e.model_dump(mode="json") for e in registry.adapter_history(store, adapter_id)],
+                           "evaluation": evaluation}, indent=1)
 
 
 def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
-    reconcile(store)
+    jobs.reconcile(store)
     server = LearnloopServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
-    from server import (mcp_cycle, mcp_datasets, mcp_jobs, mcp_lifecycle, mcp_routing, mcp_runs, mcp_serving,
-                        mcp_train)
-
-    for module in (mcp_runs, mcp_jobs, mcp_datasets, mcp_train, mcp_lifecycle, mcp_routing, mcp_serving, mcp_cycle):
-        module.register(server, store)
-    _declare_no_extra_arguments(server)
+    for verb in VERBS:
+        if verb.tool is not None:
+            server.tool(name=verb.tool, title=verb.title, annotations=EFFECTS[verb.effect],
+                        structured_output=True)(tool_function(verb, store))
+    _add_wait_job(server, store)
+    _add_resources(server, store)
+    for tool in server._tool_manager.list_tools():  # tell clients only the listed arguments are accepted
+        tool.parameters["additionalProperties"] = False
     return server
 
 

@@ -267,12 +267,12 @@ def test_promote_and_rollback_keep_the_runtime_in_step(store, adapters, runtime)
 
     vllm = runtime(VLLM)
     deploy.set_deploy_target(store, "coder", "vllm", vllm.url)
-    lifecycle.promote(store, "coder-a", "production", force=True, reason="first")
+    lifecycle.promote(store, "coder-a", "production", force=True, reason="first", confirm=True)
     assert set(vllm.loras) == {"learnloop-coder-a"}
-    lifecycle.promote(store, "coder-b", "production", force=True, reason="better")
+    lifecycle.promote(store, "coder-b", "production", force=True, reason="better", confirm=True)
     assert set(vllm.loras) == {"learnloop-coder-b"}  # loaded under a new name, the old one unloaded
     assert select_adapter(store, "coder", record=False).served_name == "learnloop-coder-b"
-    lifecycle.rollback(store, "coder", reason="drift")
+    lifecycle.rollback(store, "coder", reason="drift", confirm=True)
     assert set(vllm.loras) == {"learnloop-coder-a"}
     chosen = select_adapter(store, "coder", record=False)
     assert (chosen.served_name, chosen.deployment_url) == ("learnloop-coder-a", vllm.url)
@@ -280,7 +280,7 @@ def test_promote_and_rollback_keep_the_runtime_in_step(store, adapters, runtime)
     # A runtime that fails: the deployment error is raised and the registry stays as it was.
     vllm.fail = "CUDA out of memory"
     with pytest.raises(Conflict, match="CUDA out of memory"):
-        lifecycle.rollback(store, "coder", reason="again")
+        lifecycle.rollback(store, "coder", reason="again", confirm=True)
     assert get_adapter(store, "coder-a").status == "production"
     assert get_adapter(store, "coder-b").status == "archived"
 

@@ -136,7 +136,7 @@ def test_regression_rolls_back_to_the_replaced_adapter(store):
     assert checked.decision == "regression" and not checked.rolled_back
     assert (checked.new.adapter_id, checked.old.adapter_id) == ("a2", "a1")
     assert checked.ci_high < 0 and checked.p_value < 0.05 and checked.relative_change < -0.05
-    result = drift.detect_drift(store, "coder", auto_rollback=True)
+    result = drift.detect_drift(store, "coder", auto_rollback=True, confirm=True)
     assert result.rolled_back and "a1" in result.rollback
     assert router.select_adapter(store, "coder").adapter_id == "a1"
     assert drift.latest_drift(store, "coder").rolled_back
@@ -146,7 +146,7 @@ def test_regression_against_the_base_archives_the_adapter(store):
     put_runs(store, 100, 0.65, seed=3)
     promote(store, "a1")
     put_runs(store, 100, 0.45, "a1", seed=4)
-    result = drift.detect_drift(store, "coder", auto_rollback=True)
+    result = drift.detect_drift(store, "coder", auto_rollback=True, confirm=True)
     assert result.old.adapter_id is None and result.decision == "regression" and result.rolled_back
     assert router.select_adapter(store, "coder").route == "base"
 
@@ -156,7 +156,7 @@ def test_improvement_and_no_change_do_not_roll_back(store):
     put_runs(store, 200, 0.55, "a1", seed=5)
     promote(store, "a2")
     put_runs(store, 200, 0.70, "a2", seed=6)
-    result = drift.detect_drift(store, "coder", auto_rollback=True, sequential=True)
+    result = drift.detect_drift(store, "coder", auto_rollback=True, confirm=True, sequential=True)
     assert result.decision == "improvement" and result.method == "msprt" and not result.rolled_back
     assert registry.get_adapter(store, "a2").status == "production"
 
@@ -166,7 +166,7 @@ def test_insufficient_data_never_rolls_back(store):
     put_runs(store, 200, 0.9, "a1", seed=7)
     promote(store, "a2")
     put_runs(store, 10, 0.1, "a2", seed=8)  # dreadful, but only 10 runs
-    result = drift.detect_drift(store, "coder", auto_rollback=True)
+    result = drift.detect_drift(store, "coder", auto_rollback=True, confirm=True)
     assert result.decision == "insufficient_data" and not result.rolled_back
     assert result.more_runs_needed >= 20 and "more needed" in result.message
     assert registry.get_adapter(store, "a2").status == "production"

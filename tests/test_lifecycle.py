@@ -45,14 +45,14 @@ def production(store, role="coder"):
 def test_promote_promote_rollback_and_history(store):
     make(store, "a", loss=0.9)
     make(store, "b", loss=0.7)
-    first = lifecycle.promote(store, "a", "production", reason="first")
+    first = lifecycle.promote(store, "a", "production", reason="first", confirm=True)
     assert first.replaced is None and first.adapter.status == "production"
     plan = lifecycle.plan_promote(store, "b", "production")
     assert plan.replaces.adapter_id == "a" and "eval loss 0.7" in plan.summary and "eval loss 0.9" in plan.summary
-    second = lifecycle.promote(store, "b", "production", reason="better loss")
+    second = lifecycle.promote(store, "b", "production", reason="better loss", confirm=True)
     assert second.replaced.adapter_id == "a" and second.replaced.status == "archived" and second.replaced.eval_loss == 0.9
     assert production(store) == ["b"]
-    back = lifecycle.rollback(store, "coder", reason="b misbehaves")
+    back = lifecycle.rollback(store, "coder", reason="b misbehaves", confirm=True)
     assert back.restored.adapter_id == "a" and back.archived.adapter_id == "b"
     assert production(store) == ["a"] and registry.get_adapter(store, "b").status == "archived"
     moves = [(e.adapter_id, e.from_status, e.to_status) for e in registry.adapter_history(store)]
@@ -66,12 +66,12 @@ def test_promote_promote_rollback_and_history(store):
 def test_routes_are_independent_and_archive_moves(store):
     make(store, "a")
     make(store, "r", task_type="refactor")
-    lifecycle.promote(store, "a", "production")
-    lifecycle.promote(store, "r", "production")
+    lifecycle.promote(store, "a", "production", confirm=True)
+    lifecycle.promote(store, "r", "production", confirm=True)
     assert sorted(production(store)) == ["a", "r"]
-    archived = lifecycle.promote(store, "a", "archived", reason="retire")
+    archived = lifecycle.promote(store, "a", "archived", reason="retire", confirm=True)
     assert archived.to_status == "archived" and production(store) == ["r"]
-    assert lifecycle.rollback(store, "coder").restored.adapter_id == "a"  # archiving production is undoable too
+    assert lifecycle.rollback(store, "coder", confirm=True).restored.adapter_id == "a"  # archiving production is undoable too
 
 
 def test_bad_input_leaves_the_registry_unchanged(store):
@@ -79,24 +79,24 @@ def test_bad_input_leaves_the_registry_unchanged(store):
     make(store, "dead", status="failed")
     make(store, "fresh", status="trained")
     make(store, "other", base="base-b")
-    lifecycle.promote(store, "good", "production")
+    lifecycle.promote(store, "good", "production", confirm=True)
     before = snapshot(store)
     cases = [
-        (lambda: lifecycle.promote(store, "nope", "production"), NotFound, "list_adapters"),
-        (lambda: lifecycle.promote(store, "dead", "production", force=True), Conflict, "failed"),
-        (lambda: lifecycle.promote(store, "other", "production"), Conflict, "base"),
-        (lambda: lifecycle.promote(store, "fresh", "production"), Conflict, "only a candidate"),
-        (lambda: lifecycle.promote(store, "good", "production"), Conflict, "already production"),
-        (lambda: lifecycle.promote(store, "good", "bogus"), InvalidInput, "candidate, production or archived"),
-        (lambda: lifecycle.rollback(store, "coder"), Conflict, "Nothing to roll back"),
-        (lambda: lifecycle.rollback(store, "judge"), Conflict, "Nothing to roll back"),
+        (lambda: lifecycle.promote(store, "nope", "production", confirm=True), NotFound, "list_adapters"),
+        (lambda: lifecycle.promote(store, "dead", "production", force=True, confirm=True), Conflict, "failed"),
+        (lambda: lifecycle.promote(store, "other", "production", confirm=True), Conflict, "base"),
+        (lambda: lifecycle.promote(store, "fresh", "production", confirm=True), Conflict, "only a candidate"),
+        (lambda: lifecycle.promote(store, "good", "production", confirm=True), Conflict, "already production"),
+        (lambda: lifecycle.promote(store, "good", "bogus", confirm=True), InvalidInput, "candidate, production or archived"),
+        (lambda: lifecycle.rollback(store, "coder", confirm=True), Conflict, "Nothing to roll back"),
+        (lambda: lifecycle.rollback(store, "judge", confirm=True), Conflict, "Nothing to roll back"),
     ]
     for call, error, words in cases:
         with pytest.raises(error, match=words):
             call()
     assert snapshot(store) == before
     # force overrides the base and the candidate-only rules
-    assert lifecycle.promote(store, "other", "production", force=True).replaced.adapter_id == "good"
+    assert lifecycle.promote(store, "other", "production", force=True, confirm=True).replaced.adapter_id == "good"
 
 
 def test_register_rejects_missing_and_corrupt_folders(store, tmp_path):
@@ -133,7 +133,7 @@ def test_mcp_promote_asks_the_person(home, action, outcome, mode):
     store = Store(home)
     make(store, "a", loss=0.9)
     make(store, "b", loss=0.7)
-    lifecycle.promote(store, "a", "production")
+    lifecycle.promote(store, "a", "production", confirm=True)
     callback, seen = _answer(action)
 
     async def main():
@@ -150,7 +150,7 @@ def test_mcp_without_elicitation_requires_confirm(home):
     store = Store(home)
     make(store, "a")
     make(store, "b")
-    lifecycle.promote(store, "a", "production")
+    lifecycle.promote(store, "a", "production", confirm=True)
 
     async def main():
         async with Client(build_server(str(home))) as client:
@@ -206,10 +206,10 @@ def _promoter(home, ids, rounds, seed):
         target = rng.choice(ids)
         try:
             if rng.random() < 0.2:
-                lifecycle.rollback(store, "coder", reason=f"p{seed}")
+                lifecycle.rollback(store, "coder", reason=f"p{seed}", confirm=True)
             else:
                 status = registry.get_adapter(store, target).status
-                lifecycle.promote(store, target, "production", force=status != "candidate", reason=f"p{seed}")
+                lifecycle.promote(store, target, "production", force=status != "candidate", reason=f"p{seed}", confirm=True)
         except Conflict:
             pass  # another process got there first, or nothing to roll back
 
@@ -233,7 +233,7 @@ def test_concurrent_promotions_keep_one_production(home):
     ids = [f"c{i}" for i in range(4)]
     for i in ids:
         make(store, i)
-    lifecycle.promote(store, "c0", "production")
+    lifecycle.promote(store, "c0", "production", confirm=True)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_promoter, args=(str(home), ids, 25, seed)) for seed in range(3)]
     for p in procs:
@@ -255,7 +255,7 @@ print("ready", flush=True)
 while True:
     target = random.choice(ids)
     try:
-        lifecycle.promote(store, target, "production", force=True, reason="loop")
+        lifecycle.promote(store, target, "production", force=True, reason="loop", confirm=True)
     except Exception:
         pass
 """
@@ -276,7 +276,7 @@ def test_kill_9_during_promotions_leaves_one_production(home):
     store = Store(home)
     for i in ("k0", "k1", "k2"):
         make(store, i)
-    lifecycle.promote(store, "k0", "production")
+    lifecycle.promote(store, "k0", "production", confirm=True)
     half = subprocess.run([sys.executable, "-c", HALF_DONE, str(home)], env=subprocess_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert half.returncode == -signal.SIGKILL and "inside" in half.stdout

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +35,29 @@ from learning.data.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_ro
 __all__ = ["make_sft", "make_preferences", "get_dataset", "list_datasets", "DatasetInfo", "CurationResult"]
 
 DEFAULT_MIN_REWARD = 0.7
+
+# The arguments both curation verbs take.
+CurationRole = Annotated[str, Field(description="Whose runs: coder (spec -> code), fixer (diagnostics -> patch), "
+                                                "judge (code -> verdict), or a role of your own with a template.")]
+Limit = Annotated[int | None, Field(ge=1, description="At most this many rows (SFT keeps the highest rewards).")]
+TaskType = Annotated[str | None, Field(description="Only runs of this task_type.")]
+Complexity = Annotated[str | None, Field(description="Only runs of this complexity.")]
+Agent = Annotated[str | None, Field(description="Only runs of this agent.")]
+Since = Annotated[str | None, Field(description="Only runs at or after this time (ISO 8601).")]
+Until = Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")]
+Days = Annotated[float | None, Field(gt=0, description="Only runs of the last N days (instead of since).")]
+MinLength = Annotated[int | None, Field(ge=0, description="Only runs whose instruction + input + output have at least this many characters.")]
+MaxLength = Annotated[int | None, Field(ge=0, description="Only runs whose instruction + input + output have at most this many characters.")]
+MaxPerTask = Annotated[int, Field(ge=1, description="At most this many rows per task_key (attempts at one task).")]
+Template = Annotated[str | None, Field(description="Prompt template for this call. Placeholders: {instruction}, {input}, "
+                                                   "{task_type}, {complexity}, {role}. Default: the role's template.")]
+TestFraction = Annotated[float, Field(ge=0, le=0.5, description="Share of tasks held out for test (split by task_key).")]
+Seed = Annotated[int, Field(description="Seed of the train/test split.")]
+Redact = Annotated[bool, Field(description="Replace secrets and personal data with typed placeholders. Keep true "
+                                           "unless you know the runs hold none; false is recorded in the metadata.")]
+Dedupe = Annotated[bool, Field(description="Drop exact and near-exact duplicates (same text ignoring case and white space).")]
+MinRows = Annotated[int, Field(ge=1, description="Fail (writing nothing) if fewer rows than this are left.")]
+DryRun = Annotated[bool, Field(description="Report what would be written, with the runs left after each filter; write nothing.")]
 CHUNK = 1_000  # runs prepared together (in a worker process for large curations)
 SERIAL_LIMIT = 20_000  # make_sft with a limit up to this stays in one process
 
@@ -190,14 +213,21 @@ def _run(store, role, kind, fmt, rows: Iterator[tuple[str, str, list[int], list[
 
 
 def make_sft(
-    store: Store, role: str, *, min_reward: float = DEFAULT_MIN_REWARD, limit: int | None = None,
-    task_type: str | None = None, complexity: str | None = None, agent: str | None = None,
-    since: str | None = None, until: str | None = None, days: float | None = None,
-    min_length: int | None = None, max_length: int | None = None, max_per_task: int = 3,
-    format: str = "prompt_completion", template: str | None = None, test_fraction: float = 0.1,
-    seed: int = 0, redact: bool = True, dedupe: bool = True, min_rows: int = 10, dry_run: bool = False,
+    store: Store, role: CurationRole, *,
+    min_reward: Annotated[float, Field(ge=0, le=1, description="Only runs with at least this reward.")] = DEFAULT_MIN_REWARD,
+    limit: Limit = None, task_type: TaskType = None, complexity: Complexity = None, agent: Agent = None,
+    since: Since = None, until: Until = None, days: Days = None, min_length: MinLength = None,
+    max_length: MaxLength = None, max_per_task: MaxPerTask = 3,
+    format: Annotated[Literal["prompt_completion", "messages", "alpaca", "sharegpt"],
+                      Field(description="prompt_completion (TRL, loss on the completion only), messages (chat), "
+                                        "alpaca (instruction/input/output) or sharegpt.")] = "prompt_completion",
+    template: Template = None, test_fraction: TestFraction = 0.1, seed: Seed = 0, redact: Redact = True,
+    dedupe: Dedupe = True, min_rows: MinRows = 10, dry_run: DryRun = False,
 ) -> CurationResult:
-    """A supervised fine-tuning dataset of a role's best runs.
+    """Make a supervised fine-tuning dataset from a role's best runs: filter, drop duplicates, cap
+    attempts per task, redact secrets, split train/test by task_key, write
+    datasets/<id>/{train,test}.jsonl + metadata.json. Returns dataset_id and the paths; pass the
+    id to train_adapter. Use dry_run first to see how many runs each filter leaves.
 
     Runs with reward >= min_reward pass the filters (length = characters of instruction + input +
     output); read best first, each kept unless it duplicates a kept row or its task already has
@@ -254,15 +284,24 @@ def make_sft(
 
 
 def make_preferences(
-    store: Store, role: str, kind: Literal["dpo", "kto"] = "dpo", *, margin: float = 0.3,
-    min_chosen: float = 0.5, high: float = DEFAULT_MIN_REWARD, low: float = 0.3, limit: int | None = None,
-    task_type: str | None = None, complexity: str | None = None, agent: str | None = None,
-    since: str | None = None, until: str | None = None, days: float | None = None,
-    min_length: int | None = None, max_length: int | None = None, max_per_task: int = 3,
-    format: str = "prompt_completion", template: str | None = None, test_fraction: float = 0.1,
-    seed: int = 0, redact: bool = True, dedupe: bool = True, min_rows: int = 10, dry_run: bool = False,
+    store: Store, role: CurationRole,
+    kind: Annotated[Literal["dpo", "kto"], Field(description="dpo: (prompt, chosen, rejected) pairs; "
+                                                             "kto: (prompt, completion, label) rows.")] = "dpo", *,
+    margin: Annotated[float, Field(gt=0, le=1, description="DPO: chosen must earn at least this much more than rejected.")] = 0.3,
+    min_chosen: Annotated[float, Field(ge=0, le=1, description="DPO: the chosen answer's minimum reward.")] = 0.5,
+    high: Annotated[float, Field(ge=0, le=1, description="KTO: reward at or above this is desirable.")] = DEFAULT_MIN_REWARD,
+    low: Annotated[float, Field(ge=0, le=1, description="KTO: reward at or below this is undesirable.")] = 0.3,
+    limit: Limit = None, task_type: TaskType = None, complexity: Complexity = None, agent: Agent = None,
+    since: Since = None, until: Until = None, days: Days = None, min_length: MinLength = None,
+    max_length: MaxLength = None, max_per_task: MaxPerTask = 3,
+    format: Annotated[Literal["prompt_completion", "messages"],
+                      Field(description="prompt_completion (strings) or messages (chat turns).")] = "prompt_completion",
+    template: Template = None, test_fraction: TestFraction = 0.1, seed: Seed = 0, redact: Redact = True,
+    dedupe: Dedupe = True, min_rows: MinRows = 10, dry_run: DryRun = False,
 ) -> CurationResult:
-    """Preference rows from attempts at the same task_key.
+    """Make a preference dataset (DPO or KTO) from attempts at the same task_key that earned
+    different rewards: the contrast between good and bad answers. Same filters, split,
+    redaction and files as make_sft.
 
     dpo: (prompt, chosen, rejected) where chosen earned at least min_chosen and at least `margin`
     more than rejected; up to max_per_task pairs per task, best chosen and worst rejected first.

@@ -20,7 +20,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -214,3 +214,19 @@ def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
 def list_datasets(store: Store, role: str | None = None, kind: str | None = None, limit: int = 100) -> list[DatasetInfo]:
     """Recorded datasets, newest first."""
     return [to_info(r) for r in store.list_datasets(role=role, kind=kind, limit=limit)]
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetInfo] = Field(description="Newest first, with absolute file paths.")
+
+
+def dataset_list(
+    store: Store,
+    role: Annotated[str | None, Field(description="Only this role.")] = None,
+    kind: Annotated[Literal["sft", "dpo", "kto"] | None, Field(description="Only this kind.")] = None,
+    limit: Annotated[int, Field(ge=1, le=1000, description="At most this many, newest first.")] = 100,
+) -> DatasetList:
+    """The datasets made so far: id, role, kind, format, row counts, content hash, file paths and
+    metadata (filters, counts, mean reward, redaction counts). Read-only."""
+    return DatasetList(datasets=list_datasets(store, role, kind, limit))
+

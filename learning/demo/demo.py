@@ -227,7 +227,8 @@ def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
                 "reason": "the evaluation gate did not pass, so the adapter stays out of production; "
                           "the held-out stage still compares it with the base"}
     # The demo stands in for the person who confirms a promotion to production.
-    res = promote(store, state["adapter_id"], to="production", reason="learnloop demo: gate passed", actor=AGENT)
+    res = promote(store, state["adapter_id"], to="production", reason="learnloop demo: gate passed", actor=AGENT,
+                  confirm=True)  # the person running the demo asked for the whole loop
     return {"promoted": True, "status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
 
 

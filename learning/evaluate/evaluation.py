@@ -20,7 +20,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -80,10 +80,26 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate_adapter(store: Store, adapter_id: str, dataset_id: str | None = None, *, max_examples: int = 200,
-                     max_generate: int = 32, max_new_tokens: int = 256, batch_size: int = 8,
-                     gate: GateConfig | dict | None = None, sanity: bool = True) -> EvalStarted:
-    """Check the adapter's files and the dataset, then start the evaluation job."""
+def evaluate_adapter(
+    store: Store,
+    adapter_id: Annotated[str, Field(description="The adapter to evaluate (a trained adapter; see list_adapters).")],
+    dataset_id: Annotated[str | None, Field(description="Evaluate on this dataset's test split instead of the adapter's own.")] = None, *,
+    max_examples: Annotated[int, Field(ge=1, le=100_000, description="Test rows for loss / perplexity / token accuracy.")] = 200,
+    max_generate: Annotated[int, Field(ge=0, le=10_000, description="Test prompts answered and checked (compiles, tests, patch form, verdict).")] = 32,
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192, description="Longest generated answer, in tokens.")] = 256,
+    min_pass_rate: Annotated[float | None, Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none.")] = None,
+    min_loss_improvement: Annotated[float, Field(ge=0, description="Gate: eval loss must beat the base's by more than this.")] = 0.0,
+    pass_rate_tolerance: Annotated[float, Field(ge=0, le=1, description="Gate: pass rate may be this much below the base's.")] = 0.0,
+    batch_size: int = 8, gate: GateConfig | dict | None = None, sanity: bool = True,
+) -> EvalStarted:
+    """Evaluate an adapter against its base on held-out examples, as a background job (returns
+    its job id at once; follow it with wait_job). Both models on the same examples: eval loss,
+    perplexity, token accuracy; answers checked per role; sanity prompts saved. If the gate
+    passes (loss below the base's, pass rate not below the base's), the adapter becomes a candidate.
+    Python callers may pass the whole gate as `gate` instead of its three fields."""
+    if gate is None:
+        gate = GateConfig(min_pass_rate=min_pass_rate, min_loss_improvement=min_loss_improvement,
+                          pass_rate_tolerance=pass_rate_tolerance)
     from learning.routing.lifecycle import inspect_adapter_folder
 
     adapter = registry.get_adapter(store, adapter_id)

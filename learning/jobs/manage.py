@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psutil
 from pydantic import BaseModel, Field
@@ -200,7 +200,10 @@ def _tail(path: str, lines: int = 20) -> list[str]:
         return []
 
 
-def job_status(store: Store, job_id: str, log_lines: int = 10) -> JobStatus:
+def job_status(store: Store,
+               job_id: Annotated[str, Field(description="The job id train_adapter / evaluate_adapter / run_cycle returned.")],
+               log_lines: int = 10) -> JobStatus:
+    """Where a background job stands: status, progress (step, loss, tokens/s, ETA), result or error."""
     row = store.get_job(job_id)
     if row is None:
         raise NotFound(f"No job {job_id!r}. List jobs with `learnloop jobs` (MCP: list_jobs).")
@@ -217,7 +220,12 @@ def job_status(store: Store, job_id: str, log_lines: int = 10) -> JobStatus:
     )
 
 
-def list_jobs(store: Store, status: str | None = None, limit: int = 50) -> list[JobStatus]:
+def list_jobs(
+    store: Store,
+    status: Annotated[str | None, Field(description="Only jobs in this state: queued, running, succeeded, failed, cancelled.")] = None,
+    limit: Annotated[int, Field(ge=1, le=500, description="At most this many, newest first.")] = 20,
+) -> list[JobStatus]:
+    """Recent background jobs, newest first."""
     reconcile(store)
     return [job_status(store, row["id"], log_lines=0) for row in store.list_jobs(status, limit)]
 
@@ -235,8 +243,9 @@ def wait_job(store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll:
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
-def cancel_job(store: Store, job_id: str) -> JobStatus:
-    """Ask a job to stop. A running job saves a checkpoint and ends as cancelled."""
+def cancel_job(store: Store, job_id: Annotated[str, Field(description="The job to stop.")]) -> JobStatus:
+    """Stop a running job gracefully: training saves a checkpoint first, so train_adapter
+    with resume=true continues later."""
     status = job_status(store, job_id, log_lines=0)
     if status.status in FINAL:
         raise Conflict(f"Job {job_id} already {status.status}; nothing to cancel.")
@@ -279,3 +288,10 @@ class JobContext:
 
     def log(self, message: str) -> None:
         print(message, flush=True)
+
+
+def wait_until_final(store: Store, job_id: str, on_progress=None) -> JobStatus:
+    """Wait for a job of any length to end (in bounded waits); returns its final status."""
+    while (status := wait_job(store, job_id, timeout=MAX_WAIT_SECONDS, on_progress=on_progress)).status not in FINAL:
+        pass
+    return status

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from learning.errors import InvalidInput, check
+from learning.errors import ConfirmationNeeded, InvalidInput, check
 from learning.jobs.manage import FINAL, JobCancelled, start_job, wait_job
 from learning.runs.record import ROLE_PATTERN
 from learning.store import Store
+from learning.params import Confirm
 
 
 class CycleParams(BaseModel):
@@ -44,18 +45,47 @@ class CycleStarted(BaseModel):
     params: CycleParams
 
 
-def run_cycle(store: Store, role: str, to_production: bool = False, **options: Any) -> CycleStarted:
-    """Check the inputs and start the cycle job; returns at once with its id."""
+def run_cycle(
+    store: Store,
+    role: Annotated[str, Field(description="The role to improve, e.g. coder, fixer, judge.")],
+    to_production: Annotated[bool, Field(description="Promote to production when the gate passes (else candidate only). Needs confirm=true.")] = False,
+    min_reward: Annotated[float, Field(ge=0, le=1, description="Curate runs with at least this reward.")] = 0.7,
+    days: Annotated[float | None, Field(gt=0, description="Only runs of the last N days.")] = None,
+    base: Annotated[str | None, Field(description="Base model folder or hub id (default: the embedded base).")] = None,
+    preset: Annotated[str, Field(description="Training preset: light, default or heavy.")] = "default",
+    max_steps: Annotated[int | None, Field(ge=1, description="Training steps (default: the preset's epochs).")] = None,
+    auto_rollback: Annotated[bool, Field(description="Roll back the previous production adapter if drift shows a regression. Needs confirm=true.")] = False,
+    confirm: Confirm = False,
+) -> CycleStarted:
+    """One background job: make_sft -> train_adapter -> evaluate_adapter (the gate moves a
+    better adapter to candidate) -> promote to production when asked -> detect_drift for the
+    adapter that was in production before. Returns the job id at once; follow it with wait_job.
+    The job's result lists each stage with its status, seconds and figures."""
     try:
-        params = CycleParams(role=role, to_production=to_production, **options)
+        params = CycleParams(role=role, to_production=to_production, min_reward=min_reward, days=days, base=base,
+                             preset=preset, max_steps=max_steps, auto_rollback=auto_rollback)
     except Exception as exc:  # pydantic's message names each bad field
         raise InvalidInput(f"Invalid cycle options: {exc}") from exc
+    summary = cycle_consent(store, role, to_production, auto_rollback)
+    if summary and not confirm:
+        raise ConfirmationNeeded(summary)
     problems = []
     if not store.role_known(role):
         problems.append(f"no runs or adapters for role {role!r}: log runs with log_run first")
     check(problems, "Cannot start a cycle:")
     job_id = start_job(store, "cycle", "learning.loop.cycle:cycle_job", params.model_dump(), subject=role)
     return CycleStarted(job_id=job_id, role=role, params=params)
+
+
+def cycle_consent(store: Store, role: str, to_production: bool = False, auto_rollback: bool = False) -> str | None:
+    """What a person must agree to before a cycle starts (None: it changes no production)."""
+    changes = []
+    if to_production:
+        changes.append(f"if the new {role} adapter passes the gate it goes to production, replacing "
+                       f"{_production_id(store, role) or 'no adapter (the route has none)'}")
+    if auto_rollback:
+        changes.append("if drift shows a regression, the previous production adapter goes back to production")
+    return ("This cycle changes production: " + "; ".join(changes) + ".") if changes else None
 
 
 def wait_for(store: Store, job_id: str, on_progress: Callable | None = None, cancelled: Callable[[], bool] | None = None):
@@ -144,14 +174,16 @@ def cycle_job(ctx) -> dict:
         if not p.to_production:
             return {"status": "candidate", "reason": "gate passed; production only when asked (to_production)"}
         progress("promote", f"promoting {out['adapter_id']} to production")
-        res = promote(store, out["adapter_id"], to="production", reason="run_cycle: gate passed", actor="run_cycle")
+        res = promote(store, out["adapter_id"], to="production", reason="run_cycle: gate passed", actor="run_cycle",
+                      confirm=True)  # a person agreed when the cycle started
         return {"status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
 
     def drift() -> dict:
         if previous is None:
             return {"skipped": True, "reason": f"no adapter of role {p.role} was in production before this cycle"}
         progress("drift", f"checking {previous} for drift")
-        res = detect_drift(store, new_id=previous, auto_rollback=p.auto_rollback, actor="run_cycle")
+        res = detect_drift(store, new_id=previous, auto_rollback=p.auto_rollback, confirm=True,
+                           actor="run_cycle")
         return res.model_dump(mode="json")
 
     for name, fn in (("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage),

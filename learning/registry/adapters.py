@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -107,13 +107,23 @@ def get_adapter(store: Store, adapter_id: str) -> Adapter:
     return to_adapter(row)
 
 
-def list_adapters(store: Store, role: str | None = None, status: str | None = None) -> list[Adapter]:
+def list_adapters(
+    store: Store,
+    role: Annotated[str | None, Field(description="Only this role.")] = None,
+    status: Annotated[str | None, Field(description="Only this status: training, trained, candidate, production, archived, failed.")] = None,
+) -> list[Adapter]:
+    """Every adapter learnloop knows, newest first, with status, base, dataset and eval metrics."""
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.")
     return [to_adapter(r) for r in store.list_adapters(role, status)]
 
 
-def adapter_history(store: Store, adapter_id: str | None = None, role: str | None = None) -> list[AdapterEvent]:
+def adapter_history(
+    store: Store,
+    adapter_id: Annotated[str | None, Field(description="One adapter's moves; without it, all (or a role's).")] = None,
+    role: Annotated[str | None, Field(description="Only adapters of this role.")] = None,
+) -> list[AdapterEvent]:
+    """Every status change (time, actor, from, to, reason), oldest first, evaluations included."""
     if adapter_id:
         get_adapter(store, adapter_id)
     return [AdapterEvent(adapter_id=r["adapter_id"], time=_iso(r["ts"]), actor=r["actor"],

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from learning.registry import adapters as registry
-from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.errors import Conflict, ConfirmationNeeded, InvalidInput, NotFound, check
 from learning.runs.record import iso, time_window
 from learning.store import Store, dumps, loads
+from learning.params import Complexity, Confirm, TaskType
 
 Decision = Literal["regression", "improvement", "no_change", "insufficient_data"]
 
@@ -119,13 +120,32 @@ def _num(x) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
 
 
-def detect_drift(store: Store, role: str | None = None, task_type: str | None = None, complexity: str | None = None,
-                 new_id: str | None = None, old_id: str | None = None, experiment_id: str | None = None,
-                 days: float | None = None, since: str | None = None, until: str | None = None,
-                 last_n: int | None = None, threshold: float = 0.05, alpha: float = 0.05, min_runs: int = 30,
-                 sequential: bool = False, auto_rollback: bool = False, actor: str = "detect_drift",
-                 record: bool = True) -> DriftResult:
-    """Compare the rewards of a new adapter with the one it replaced (or the base model)."""
+def detect_drift(
+    store: Store,
+    role: Annotated[str | None, Field(description="Compare this role's production adapter with the one it replaced (or the base).")] = None,
+    task_type: TaskType = None, complexity: Complexity = None,
+    new_id: Annotated[str | None, Field(description="Or compare this adapter ...")] = None,
+    old_id: Annotated[str | None, Field(description="... with this one (default: the one new_id replaced, or the base).")] = None,
+    experiment_id: Annotated[str | None, Field(description="Compare the two arms of this experiment, on its traffic only.")] = None,
+    days: Annotated[float | None, Field(description="Only runs of the last N days.")] = None,
+    since: Annotated[str | None, Field(description="Only runs from this time (ISO 8601).")] = None,
+    until: Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")] = None,
+    last_n: Annotated[int | None, Field(description="Only the last N runs of each arm.")] = None,
+    threshold: Annotated[float, Field(description="Smallest relative drop that counts (0.05 = 5%).")] = 0.05,
+    alpha: Annotated[float, Field(description="False-alarm rate allowed.")] = 0.05,
+    min_runs: Annotated[int, Field(description="Runs needed in each arm before deciding.")] = 30,
+    sequential: Annotated[bool, Field(description="Use the always-valid sequential test: safe when you check again after every batch of runs.")] = False,
+    auto_rollback: Annotated[bool, Field(description="On a regression, roll the route back. Needs confirm=true.")] = False,
+    confirm: Confirm = False,
+    actor: str = "detect_drift", record: bool = True,
+) -> DriftResult:
+    """Is a new adapter earning less than the one it replaced? Compares rewards of the runs
+    each served: counts, means, relative change with a 95% interval, p-value, and a decision
+    (regression, improvement, no_change, insufficient_data with how many more runs are
+    needed). Records the check. Changes production only with auto_rollback=true and
+    confirm=true, and only on a regression."""
+    if auto_rollback and not confirm:
+        raise ConfirmationNeeded(drift_consent(store, auto_rollback=True) or "")
     from learning.routing import drift_stats as st
 
     problems = []
@@ -183,10 +203,17 @@ def detect_drift(store: Store, role: str | None = None, task_type: str | None = 
     result.update(decision=decision, message=_message(decision, new, old, result))
     out = DriftResult(**result)
     if auto_rollback:
-        out.rolled_back, out.rollback = _rollback(store, out, actor)
+        out.rolled_back, out.rollback = _rollback(store, out, actor, confirm)
     if record:
         store.insert_drift_check(time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
     return out
+
+
+def drift_consent(store: Store, auto_rollback: bool = False) -> str | None:
+    """What a person must agree to before detect_drift (None: it only checks)."""
+    if not auto_rollback:
+        return None
+    return "auto_rollback: on a regression, the route's previous production adapter goes back to production."
 
 
 def _label(arm: ArmSummary) -> str:
@@ -205,7 +232,7 @@ def _message(decision: str, new: ArmSummary, old: ArmSummary, r: dict) -> str:
     return f"{_label(new)} {what} {_label(old)}: mean reward {change}{ci}, p = {r['p_value']:.3g}."
 
 
-def _rollback(store: Store, out: DriftResult, actor: str) -> tuple[bool, str]:
+def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tuple[bool, str]:
     """Undo a regression: restore the adapter it replaced, or fall back to the base model."""
     if out.decision != "regression":
         return False, f"No rollback: the decision is {out.decision}, not regression."
@@ -224,7 +251,7 @@ def _rollback(store: Store, out: DriftResult, actor: str) -> tuple[bool, str]:
                        f"not {_label(out.old)} that this check compared against.")
     from learning.routing.lifecycle import rollback  # redeploys the route's runtime, if one is configured
 
-    done = rollback(store, *route, reason=reason, actor=actor)
+    done = rollback(store, *route, reason=reason, actor=actor, confirm=confirm)
     return True, (f"Rolled back: {done.restored.adapter_id} is in production again"
                   + (f", {done.archived.adapter_id} archived." if done.archived else "."))
 

@@ -21,12 +21,13 @@ import secrets
 import sqlite3
 import time
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.store import Store
+from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 
 Mode = Literal["canary", "thompson"]
 STARTABLE = ("candidate", "trained", "archived")
@@ -89,9 +90,16 @@ def _control(store: Store, conn, role: str, task_type: str | None, complexity: s
     return None
 
 
-def start_experiment(store: Store, role: str, candidate_id: str, mode: Mode = "canary", fraction: float | None = None,
-                     seed: int = 0, reason: str = "") -> Experiment:
-    """Start serving `candidate_id` beside its route's production adapter (or the base model).
+def start_experiment(
+    store: Store, role: Role,
+    candidate_id: Annotated[str, Field(description="Adapter to try beside production on its route.")],
+    mode: Annotated[Mode, Field(description="canary (fixed share of traffic) or thompson (share follows rewards).")] = "canary",
+    fraction: Annotated[float | None, Field(description="Canary share for the candidate, e.g. 0.1.")] = None,
+    seed: Annotated[int, Field(description="Seed of the hash that assigns tasks to arms.")] = 0,
+    reason: Reason = "",
+) -> Experiment:
+    """Serve a candidate adapter beside the route's production adapter (or the base) on part
+    of the traffic. select_adapter then reports the experiment and arm with each decision.
     The experiment's route is the candidate's (role, task_type, complexity)."""
     problems = []
     if mode not in ("canary", "thompson"):
@@ -128,9 +136,14 @@ def start_experiment(store: Store, role: str, candidate_id: str, mode: Mode = "c
     return to_experiment(store, store.get_experiment(experiment_id))
 
 
-def stop_experiment(store: Store, experiment_id: str | None = None, role: str | None = None,
-                    task_type: str | None = None, complexity: str | None = None, reason: str = "") -> Experiment:
-    """Stop an experiment (by id, or the one running on a route); its decisions stay recorded."""
+def stop_experiment(
+    store: Store,
+    experiment_id: Annotated[str | None, Field(description="The experiment to stop ...")] = None,
+    role: Annotated[str | None, Field(description="... or the role whose route runs one.")] = None,
+    task_type: TaskType = None, complexity: Complexity = None, reason: Reason = "",
+) -> Experiment:
+    """Stop an experiment: all traffic goes back to production. Returns each arm's runs and mean
+    reward; its decisions stay recorded."""
     if (experiment_id is None) == (role is None):
         raise InvalidInput("Give exactly one of an experiment id or a role (with its task_type / complexity).")
     with store.write() as conn:
@@ -149,5 +162,6 @@ def stop_experiment(store: Store, experiment_id: str | None = None, role: str | 
     return to_experiment(store, store.get_experiment(row["id"]))
 
 
-def list_experiments(store: Store, role: str | None = None) -> list[Experiment]:
+def list_experiments(store: Store, role: RoleFilter = None) -> list[Experiment]:
+    """Experiments, newest first, with each arm's runs and mean reward."""
     return [to_experiment(store, r) for r in store.list_experiments(role)]

@@ -16,14 +16,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from learning.registry import adapters as registry
-from learning.errors import Conflict, InvalidInput, LearnloopError, NotFound, check
+from learning.errors import Conflict, ConfirmationNeeded, InvalidInput, LearnloopError, NotFound, check
 from learning.home import safe_id, subdir
 from learning.store import Store
+from learning.params import Confirm, Reason
 
 Target = Literal["candidate", "production", "archived"]
 LOAD_CHECK_TIMEOUT_S = 600
@@ -164,11 +165,18 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
     return PromotePlan(adapter=me, to_status=to, replaces=replaces, forced=force, summary="\n".join(lines))
 
 
+def changes_production(plan: PromotePlan) -> bool:
+    return plan.to_status == "production" or plan.adapter.status == "production"
+
+
 def promote(store: Store, adapter_id: str, to: Target = "production", force: bool = False,
-            reason: str = "", actor: str = "learnloop") -> PromoteResult:
+            reason: str = "", actor: str = "learnloop", *, confirm: bool = False) -> PromoteResult:
     """Move an adapter to candidate, production or archived. To production, the route's current
-    production adapter is archived in the same transaction."""
+    production adapter is archived in the same transaction. A move into or out of production
+    needs confirm=True (a person agreed to plan_promote's summary); else ConfirmationNeeded."""
     plan = plan_promote(store, adapter_id, to, force)
+    if changes_production(plan) and not confirm:
+        raise ConfirmationNeeded(plan.summary)
     reason = reason or f"promoted to {to}"
     from_status = plan.adapter.status
     if to == "production":
@@ -207,15 +215,59 @@ def plan_rollback(store: Store, role: str, task_type: str | None = None, complex
 
 
 def rollback(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
-             reason: str = "", actor: str = "learnloop") -> RollbackResult:
-    """The route's most recently replaced production adapter back to production, the current one archived."""
+             reason: str = "", actor: str = "learnloop", *, confirm: bool = False) -> RollbackResult:
+    """The route's most recently replaced production adapter back to production, the current one
+    archived. Needs confirm=True (a person agreed to plan_rollback's summary); else ConfirmationNeeded."""
     plan = plan_rollback(store, role, task_type, complexity)
+    if not confirm:
+        raise ConfirmationNeeded(plan.summary)
     reason = reason or "rollback requested"
     _deploy_first(store, plan.restore.adapter_id, role, task_type, complexity)
     restored, archived_id = registry.rollback_route(store, role, task_type, complexity, actor=actor, reason=reason)
     archived = brief(registry.get_adapter(store, archived_id)) if archived_id else None
     return RollbackResult(route=plan.route, restored=brief(restored), archived=archived, reason=reason,
                           summary=plan.summary)
+
+
+# ---- the verbs, as both faces call them --------------------------------------------------
+
+Target_ = Annotated[Target, Field(description="candidate, production (replaces and archives the route's current one) or archived.")]
+Force = Annotated[bool, Field(description="Override the checks (production only from candidate; same base as the route's production adapter).")]
+
+
+def promote_adapter(store: Store, adapter_id: Annotated[str, Field(description="The adapter to move.")],
+                    to: Target_ = "production", force: Force = False, reason: Reason = "", confirm: Confirm = False,
+                    actor: str = "learnloop") -> LifecycleOutcome:
+    """Promote an adapter (usually a candidate to production). Asks the person to confirm, showing
+    what it replaces and the metrics of both; the replaced adapter is archived in the same step
+    and rollback undoes it."""
+    done = promote(store, adapter_id, to, force, reason or f"promoted to {to}", actor, confirm=confirm)
+    return LifecycleOutcome(outcome="done", summary=done.summary, promoted=done)
+
+
+def promote_consent(store: Store, adapter_id: str, to: Target = "production", force: bool = False) -> str | None:
+    """What a person must agree to before promote_adapter (None: nothing, production is untouched)."""
+    plan = plan_promote(store, adapter_id, to, force)
+    return plan.summary if changes_production(plan) else None
+
+
+def rollback_adapter(store: Store, role: Annotated[str, Field(description="The route's role, e.g. coder.")],
+                     task_type: Annotated[str | None, Field(description="The route's task type, if the route has one.")] = None,
+                     complexity: Annotated[str | None, Field(description="The route's complexity, if the route has one.")] = None,
+                     reason: Reason = "", confirm: Confirm = False, actor: str = "learnloop") -> LifecycleOutcome:
+    """Put the route's previous production adapter back into production and archive the current
+    one, in one step. Asks the person to confirm first."""
+    done = rollback(store, role, task_type, complexity, reason or "rollback", actor, confirm=confirm)
+    return LifecycleOutcome(outcome="done", summary=done.summary, rolled_back=done)
+
+
+def rollback_consent(store: Store, role: str, task_type: str | None = None, complexity: str | None = None) -> str:
+    return plan_rollback(store, role, task_type, complexity).summary
+
+
+def refused_outcome(outcome: str, summary: str) -> LifecycleOutcome:
+    """What promote and rollback return when the person declines: nothing changed."""
+    return LifecycleOutcome(outcome=outcome, summary=summary)  # type: ignore[arg-type]
 
 
 def _deploy_first(store: Store, adapter_id: str, role: str, task_type: str | None, complexity: str | None) -> None:
@@ -298,11 +350,22 @@ def check_loads(base: str, path: Path) -> dict[str, Any]:
     return result
 
 
-def register_adapter(store: Store, path: str | Path, role: str, base: str | None = None, *,
-                     adapter_id: str | None = None, task_type: str | None = None, complexity: str | None = None,
-                     dataset_id: str | None = None, actor: str = "learnloop", load_check: bool = True) -> registry.Adapter:
-    """Bring an adapter trained elsewhere (a PEFT folder) into the registry as trained, after
-    checking that it loads on its base. The files are copied to adapters/<id>/.
+def register_adapter(
+    store: Store,
+    path: Annotated[str | Path, Field(description="Folder of a PEFT adapter on this machine (adapter_config.json + weights), "
+                                                  "e.g. Unsloth, Axolotl or LLaMA-Factory output.")],
+    role: Annotated[str, Field(description="The role it serves: coder, fixer, judge, ...")],
+    base: Annotated[str | None, Field(description="Its base model (local folder or cached hub id); default: "
+                                                  "base_model_name_or_path from adapter_config.json.")] = None, *,
+    adapter_id: str | None = None,
+    task_type: Annotated[str | None, Field(description="Route it to this task type only.")] = None,
+    complexity: Annotated[str | None, Field(description="Route it to this complexity only.")] = None,
+    dataset_id: Annotated[str | None, Field(description="A learnloop dataset to evaluate it on by default.")] = None,
+    actor: str = "learnloop", load_check: bool = True,
+) -> registry.Adapter:
+    """Bring an adapter trained elsewhere into the registry as 'trained', after checking that it
+    loads on its base (takes seconds to minutes: the base is loaded in a separate process).
+    Then evaluate_adapter and promote treat it like any other. The files are copied to adapters/<id>/.
 
     The load check starts a process that imports torch and loads the base (seconds for a small
     model, longer for a large one); it never runs in the server's own process."""

@@ -3,6 +3,8 @@ model, promotions and rollbacks as vertical lines, the latest drift decision in 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +15,7 @@ from learning.routing.drift import latest_drift
 from learning.errors import NotFound
 from learning.home import subdir
 from learning.store import Store, loads
+from learning.params import Role
 
 
 class Report(BaseModel):
@@ -35,7 +38,12 @@ def _rolling(values: list[float], window: int) -> list[float]:
     return out
 
 
-def write_report(store: Store, role: str, out: str | Path | None = None, window: int = 20) -> Report:
+def write_report(
+    store: Store, role: Role,
+    out: Annotated[str | None, Field(description="PNG to write (default: <home>/reports/).")] = None,
+    window: Annotated[int, Field(ge=1, description="Runs in the rolling mean.")] = 20,
+) -> Report:
+    """Plot reward over time per adapter, with promotions, rollbacks and the latest drift decision."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -33,13 +33,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput
 from learning.runs.record import LIMITS, ROLE_PATTERN
 from learning.store import Store
+from learning.params import Complexity, Role, TaskType
 
 Level = Literal["exact", "task_type", "complexity", "role", "base"]
 STATS_TTL_S = 1.0  # how stale Thompson sampling's per-arm reward sums may be
@@ -251,9 +252,15 @@ def _check(role: str, task_type: str | None, complexity: str | None, task_key: s
         raise InvalidInput("Invalid selection request: " + " ".join(problems))
 
 
-def select_adapter(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
-                   task_key: str | None = None, seed: int | None = None, record: bool = True) -> Selection:
-    """Which adapter should serve a task of this role (and task type / complexity).
+def select_adapter(
+    store: Store, role: Role, task_type: TaskType = None, complexity: Complexity = None,
+    task_key: Annotated[str | None, Field(description="Stable key of the task (same key, same choice under an experiment).")] = None,
+    seed: int | None = None, record: bool = True,
+) -> Selection:
+    """Which adapter to use for the next task: adapter id and path (None = the base model),
+    the base model, the served name where it is deployed, and a decision_id. Call it before
+    each task and pass decision_id to log_run afterwards so the reward counts for the
+    adapter that earned it. Never changes the registry; it only logs the decision.
 
     Deterministic for a given task_key under an experiment; without a task_key the
     decision id stands in for it. `seed` overrides the experiment's own seed (for reproducible

@@ -16,10 +16,11 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from learning.params import RoleFilter
 from learning.errors import InvalidInput, NotFound
 from learning.store import RUN_COLUMNS, Store, dumps, loads
 
@@ -227,7 +228,9 @@ def _attribute(store: Store, run: RunIn) -> RunIn:
 
 
 def log_run(store: Store, run: RunIn | dict) -> LogResult:
-    """Store one run. Raises InvalidInput naming each bad field."""
+    """Record one agent run and the reward it earned. Call it after every task, good or bad:
+    learnloop learns from the best runs and from the contrast with the worst. Returns the run id.
+    Raises InvalidInput naming each bad field."""
     run = parse_run(run)
     if run.decision_id:
         run = _attribute(store, run)
@@ -236,6 +239,27 @@ def log_run(store: Store, run: RunIn | dict) -> LogResult:
     row = _row(run)
     (run_id,) = store.insert_runs([row])
     return LogResult(run_id=run_id, task_key=row[5])
+
+
+def import_runs_from(
+    store: Store,
+    path: Annotated[str | None, Field(description="A JSONL file on this machine, one run per line; '-' reads stdin.")] = None,
+    jsonl: Annotated[str | None, Field(description="Or the JSONL text itself.")] = None,
+    skip_invalid: Annotated[bool, Field(description="Skip bad lines (reported) instead of stopping at the first bad batch.")] = False,
+    start_line: Annotated[int, Field(ge=1, description="First line to read (to resume after fixing a bad line).")] = 1,
+    batch_size: Annotated[int, Field(ge=1, le=100_000, description="Runs written per transaction.")] = IMPORT_BATCH,
+    stdin: IO[bytes] | None = None,
+) -> ImportResult:
+    """Import many runs at once from JSONL (each line is an object like log_run's arguments).
+    Written in batches of 2,000, one transaction each; a batch with a bad line is never half
+    written. Returns counts and the bad lines with their numbers."""
+    if (path is None) == (jsonl is None):
+        raise InvalidInput("Give exactly one of 'path' (a JSONL file) or 'jsonl' (the text).")
+    if path == "-" and stdin is not None:
+        source: str | IO[bytes] | IO[str] = stdin
+    else:
+        source = path if path is not None else io.StringIO(jsonl)
+    return import_runs(store, source, batch_size=batch_size, skip_invalid=skip_invalid, start_line=start_line)
 
 
 def _lines(source: str | Path | IO[bytes] | IO[str]) -> Iterator[bytes]:
@@ -362,16 +386,17 @@ GroupBy = Literal["role", "adapter", "role_adapter", "none"]
 
 def run_stats(
     store: Store,
-    role: str | None = None,
-    adapter_id: str | None = None,
-    agent: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    days: float | None = None,
-    group_by: GroupBy = "role",
+    role: RoleFilter = None,
+    adapter_id: Annotated[str | None, Field(description="Only runs served by this adapter.")] = None,
+    agent: Annotated[str | None, Field(description="Only this agent.")] = None,
+    since: Annotated[str | None, Field(description="Start of the window (ISO 8601).")] = None,
+    until: Annotated[str | None, Field(description="End of the window (ISO 8601).")] = None,
+    days: Annotated[float | None, Field(description="The last N days (instead of since).")] = None,
+    group_by: Annotated[GroupBy, Field(description="role, adapter, role_adapter or none.")] = "role",
 ) -> RunStats:
-    """Counts, mean reward, compile rate, test pass rate and mean iterations of runs,
-    grouped by role, by adapter ('base' rows have adapter_id null), or both."""
+    """How runs are going: counts, mean reward, compile rate, test pass rate and mean
+    iterations, by role and/or adapter ('base' rows have adapter_id null), over a time window.
+    Read-only."""
     groups = {"role": ["role"], "adapter": ["adapter_id"], "role_adapter": ["role", "adapter_id"], "none": []}
     if group_by not in groups:
         raise InvalidInput(f"group_by must be one of {', '.join(groups)}, got {group_by!r}.")

@@ -21,7 +21,7 @@ import os
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from learning.errors import Conflict, InvalidInput
 from learning.serve.export import export_adapter
 from learning.registry.adapters import get_adapter
 from learning.store import Store
+from learning.params import Complexity, Role, TaskType
 
 Target = Literal["ollama", "vllm", "llamacpp"]
 TARGETS = ("ollama", "vllm", "llamacpp")
@@ -190,9 +191,18 @@ def _deploy_llamacpp(client: httpx.Client | None, store: Store, adapter_id: str,
 
 # ---- the entry points ---------------------------------------------------------------------------
 
-def deploy_adapter(store: Store, adapter_id: str, target: str, url: str | None = None,
-                   base_gguf: str | None = None, from_model: str | None = None) -> Deployment:
-    """Deploy one adapter to a runtime and record it once the runtime confirmed it.
+def deploy_adapter(
+    store: Store,
+    adapter_id: Annotated[str, Field(description="The adapter to serve.")],
+    target: Annotated[Literal["ollama", "vllm", "llamacpp"], Field(description="The runtime.")],
+    url: Annotated[str | None, Field(description="Runtime URL; defaults: ollama :11434, vllm :8000. llamacpp without "
+                                                 "a URL only writes the llama-server command line.")] = None,
+    base_gguf: Annotated[str | None, Field(description="llamacpp: the base model GGUF for the command line.")] = None,
+    from_model: Annotated[str | None, Field(description="ollama: the base as Ollama names it (default: the adapter's base).")] = None,
+) -> Deployment:
+    """Serve an adapter: Ollama (create model learnloop-<id>), vLLM (load LoRA learnloop-<id>,
+    unload the version it replaces) or a llama.cpp server (set its scale). Recorded only after
+    the runtime confirmed it; on failure nothing is recorded and the error says why.
 
     Active deployments of the same route on the same runtime are replaced (vLLM: unloaded;
     llama.cpp: scale 0; Ollama: the old model stays available, marked replaced)."""
@@ -255,9 +265,16 @@ def _retire(client: httpx.Client, target: str, old: list) -> tuple[list[str], di
     return messages, status
 
 
-def set_deploy_target(store: Store, role: str, target: str | None, url: str | None = None,
-                      task_type: str | None = None, complexity: str | None = None) -> DeployTarget | None:
-    """Keep a route deployed on a runtime (target None: stop). Promote and rollback then redeploy."""
+def set_deploy_target(
+    store: Store, role: Role,
+    target: Annotated[Literal["ollama", "vllm", "llamacpp", "none"] | None,
+                      Field(description="The runtime that serves the route; none stops keeping it deployed.")],
+    url: Annotated[str | None, Field(description="Runtime URL; defaults: ollama :11434, vllm :8000; llamacpp needs one.")] = None,
+    task_type: TaskType = None, complexity: Complexity = None,
+) -> DeployTarget | None:
+    """Keep a route deployed on a runtime: promote and rollback then put the adapter that is about
+    to serve the route on it first (and retire the old one there). target none stops."""
+    target = None if target == "none" else target
     if target is not None and target not in TARGETS:
         raise InvalidInput(f"Unknown target {target!r}; use one of {', '.join(TARGETS)}.")
     if target == "llamacpp" and not url:

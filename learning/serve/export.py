@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -313,3 +313,33 @@ def start_export(store: Store, adapter_id: str, fmt: str, out: str | None = None
     return start_job(store, "export", "learning.serve.export:export_job",
                      {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base,
                       "from_model": from_model}, subject=adapter_id)
+
+
+class ExportJob(BaseModel):
+    job_id: str = Field(description="Follow it with wait_job / job_status; its result is the export result.")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    result: dict[str, Any] | None = Field(description="When finished within wait_s: out_dir, files, checks, max_delta_diff / max_logit_diff, seconds.")
+    error: str | None
+
+
+def export_as_job(
+    store: Store,
+    adapter_id: Annotated[str, Field(description="The adapter to export (list_adapters shows ids).")],
+    format: Annotated[Literal["peft", "merged", "gguf", "ollama"], Field(
+        description="peft: clean PEFT folder; merged: full transformers model (base+adapter); gguf: LoRA GGUF for "
+                    "llama.cpp; ollama: GGUF + Modelfile.")],
+    out: Annotated[str | None, Field(description="Output folder; default <home>/exports/<id>/<format>.")] = None,
+    dtype: Annotated[Literal["f32", "f16"], Field(description="Tensor precision of the written files.")] = "f32",
+    base: Annotated[str | None, Field(description="Base model folder to check against the one trained on.")] = None,
+    from_model: Annotated[str | None, Field(description="ollama: the base as Ollama names it (Modelfile FROM).")] = None,
+    wait_s: Annotated[float, Field(ge=0, le=45, description="Wait this long for the job (45 max).")] = 30,
+) -> ExportJob:
+    """Export an adapter for a runtime, verified after writing (GGUF delta vs PEFT, merged logits
+    vs adapter). Incompatible adapters (DoRA, rank patterns, LoRA on embeddings/lm_head, an
+    unsupported architecture, a different base) are refused with every reason. Runs as a job:
+    returns its result when done within wait_s, else the job id to follow with wait_job."""
+    from learning.jobs.manage import wait_job
+
+    job_id = start_export(store, adapter_id, format, out, dtype, base, from_model)
+    status = wait_job(store, job_id, timeout=wait_s)
+    return ExportJob(job_id=job_id, status=status.status, result=status.result, error=status.error)

@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import psutil
 from pydantic import BaseModel, Field
@@ -233,11 +233,27 @@ def _estimates(config: dict, cfg: TrainConfig, steps: int, row_tokens: int,
 
 # ---- the tool ---------------------------------------------------------------------------
 
-def train_adapter(store: Store, role: str, dataset_id: str, base: str | None = None, method: str = "sft",
-                  preset: str = "default", overrides: dict[str, Any] | None = None, quantize: str | None = None,
-                  resume: bool = False, adapter_id: str | None = None, dry_run: bool = False,
-                  max_steps: int | None = None, num_processes: int = 1) -> TrainStarted:
-    """Check everything, record the adapter as training and start the job; returns at once."""
+def train_adapter(
+    store: Store,
+    role: Annotated[str, Field(description="The role the adapter serves (coder, fixer, judge, ...); the dataset must be of this role.")],
+    dataset_id: Annotated[str, Field(description="A dataset id from make_sft (sft) or make_preferences (dpo/kto).")],
+    base: Annotated[str | None, Field(description="Base model: a local folder, a hub id, or embedded:tiny / embedded:small. "
+                                                  "Default: the embedded small base, built on first use.")] = None,
+    method: Annotated[Literal["sft", "dpo", "kto"], Field(description="sft on prompt/completion or chat data; dpo or kto on preference data.")] = "sft",
+    preset: Annotated[Literal["light", "default", "heavy"], Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections).")] = "default",
+    overrides: Annotated[dict[str, Any] | None, Field(description="Any hyper-parameter by name: rank, alpha, dropout, target_modules, learning_rate, "
+                                                                 "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing.")] = None,
+    quantize: Annotated[Literal["none", "4bit", "8bit", "auto"] | None, Field(description="4bit = QLoRA; auto picks 4bit when the model would not fit in memory.")] = None,
+    resume: Annotated[bool, Field(description="Continue a cancelled or failed adapter from its latest checkpoint (the role's latest, or adapter_id).")] = False,
+    adapter_id: Annotated[str | None, Field(description="The adapter to resume, or an id for a new one (default role-YYYYMMDD-HHMMSS).")] = None,
+    dry_run: Annotated[bool, Field(description="Check everything and return the plan (rows, steps, tokens, time, memory) without training.")] = False,
+    max_steps: Annotated[int | None, Field(ge=1, description="Stop after this many optimizer steps.")] = None,
+    num_processes: Annotated[int, Field(ge=1, le=64, description="Training processes (accelerate DDP): one per GPU, or CPU processes.")] = 1,
+) -> TrainStarted:
+    """Train a LoRA adapter for a role on a curated dataset, in a background job. Returns
+    job_id and adapter_id at once: follow the job with wait_job / job_status, stop it with
+    cancel_job (it checkpoints; resume=true continues). Every input is checked first and all
+    problems are reported together. Use dry_run to see the plan without training."""
     problems: list[str] = []
     try:
         safe_id(role, "role")

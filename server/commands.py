@@ -1,0 +1,207 @@
+"""The CLI commands that are not verbs: serve, demo, init-base and jobs, and following a job
+in the terminal. Agents reach the same through the MCP server itself, `job_status`,
+`wait_job`, `cancel_job` and `list_jobs`, and train_adapter (which builds the base on first use).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn)
+from rich.table import Table
+
+from learning.errors import InvalidInput
+from learning.jobs import manage as jobs
+from learning.store import Store
+from server import render
+from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fmt
+
+GROUP_HELP = {"experiment": "Run a candidate beside production: canary or Thompson sampling."}
+DEMO_TITLES = {
+    "base": "1. base model", "population": "2. agent runs (scored by execution)", "curate": "3a. make_sft",
+    "train": "3b. train_adapter", "evaluate": "3c. evaluate_adapter", "promote": "3d. promote",
+    "heldout": "4. held-out tasks (select_adapter)", "drift": "5. detect_drift",
+}
+
+
+def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
+    """Wait for a job to finish, with a progress bar unless printing JSON."""
+    if as_json:
+        return jobs.wait_until_final(store, job_id)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(job_id, total=None, info="")
+
+        def update(s: jobs.JobStatus) -> None:
+            p = s.progress
+            info = " ".join(f"{k}={fmt(p[k])}" for k in ("stage", "loss", "tokens_per_s", "eta_s") if p.get(k) is not None)
+            bar.update(task, total=p.get("total_steps"), completed=p.get("step", 0),
+                       description=f"{s.kind} {s.status}", info=p.get("message") or info)
+
+        return jobs.wait_until_final(store, job_id, on_progress=update)
+
+
+def follow_to_the_end(store: Store, job_id: str, as_json: bool, tool: str | None) -> None:
+    """Follow a job a command started and print what it ended with; exit 1 unless it succeeded."""
+    status = follow(store, job_id, as_json)
+    if tool == "export_adapter" and status.status == "succeeded":
+        emit(status.result, as_json, render.export_result)
+    elif tool == "run_cycle":
+        emit(status, as_json, render.cycle_report)
+    else:
+        emit(status, as_json, render.job_status)
+    if status.status != "succeeded":
+        raise typer.Exit(1)
+
+
+class StageProgress:
+    """The demo's screen: one progress line per stage, a spinner while it runs, a bar where it knows its total."""
+
+    def __init__(self, out: Console):
+        self.bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[title]:<38}"), BarColumn(bar_width=24),
+                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[message]}"),
+                            console=out, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, stage: str, message: str, done=None, total=None, final: bool = False) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=None, title=DEMO_TITLES.get(stage, stage), message="")
+        task = self.tasks[stage]
+        if final:
+            color = {"done": "green", "failed": "red"}.get(message, "white")
+            self.bar.update(task, total=1, completed=1, message=f"[{color}]{message}[/]")
+            self.bar.stop_task(task)
+            return
+        fields: dict[str, Any] = {"message": str(message)[:70]}
+        if total:
+            fields.update(total=total, completed=done or 0)
+        self.bar.update(task, **fields)
+
+
+def demo_summary(s: Any) -> None:
+    table = Table(title="learnloop demo: held-out coding tasks (rewards from executing the answers)")
+    for col in ("model", "pass rate", "mean reward", "eval loss"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    table.add_row("base", fmt(s.base_pass_rate, 2), fmt(s.base_mean_reward, 2), fmt(s.eval_loss_base))
+    table.add_row(f"base + adapter {s.adapter_id or ''}", fmt(s.adapter_pass_rate, 2), fmt(s.adapter_mean_reward, 2),
+                  fmt(s.eval_loss_adapter))
+    console.print(table)
+    if s.by_family:
+        fam = Table(title="held-out pass rate by task family")
+        for col in ("family", "tasks", "base", "adapter"):
+            fam.add_column(col)
+        for name, v in s.by_family.items():
+            fam.add_row(name, str(int(v["n"])), fmt(v["base"], 2), fmt(v["adapter"], 2))
+        console.print(fam)
+    times = Table(title="stages")
+    for col in ("stage", "status", "seconds", "note"):
+        times.add_column(col)
+    for st in s.stages:
+        note = st.detail.get("error") or ""
+        times.add_row(DEMO_TITLES.get(st.name, st.name), st.status, fmt(st.seconds, 1), note[:80])
+    times.add_row("report", "done", fmt(s.seconds.get("report"), 1), "")
+    console.print(times)
+    style = "bold green" if s.adapter_beat_base else "bold yellow"
+    console.print(f"[{style}]{s.verdict}[/]", highlight=False)
+    console.print(f"gate passed: {fmt(s.gate_passed)}; adapter status: {fmt(s.adapter_status)}; "
+                  f"drift: {fmt(s.drift_decision)}; {s.executions} answers scored by execution; "
+                  f"{s.runs_logged} runs logged; total {s.total_seconds:.0f} s", highlight=False)
+    console.print(f"plot: {s.plot_path}\nsummary: {s.summary_path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        home: HomeOpt = None,
+        transport: Annotated[str, typer.Option(help="stdio (default) or http (streamable HTTP).")] = "stdio",
+        host: Annotated[str, typer.Option(help="HTTP bind address; loopback unless you say otherwise.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    ) -> None:
+        """Run the MCP server (stdio by default)."""
+        from server.mcp import serve as run_server
+
+        if transport not in ("stdio", "http"):
+            raise InvalidInput(f"--transport must be stdio or http, got {transport!r}.")
+        run_server(home, transport, host, port)
+
+    @app.command("jobs")
+    def jobs_cmd(
+        job_id: Annotated[Optional[str], typer.Argument(help="A job id; without it, list recent jobs.")] = None,
+        wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
+        cancel: Annotated[bool, typer.Option("--cancel", help="Stop the job gracefully (it checkpoints).")] = False,
+        status: Annotated[Optional[str], typer.Option(help="List only jobs in this state.")] = None,
+        limit: Annotated[int, typer.Option(help="List at most this many, newest first.")] = 50,
+        home: HomeOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """List jobs, show one, follow it (--wait) or cancel it (--cancel)."""
+        store = Store(home)
+        if job_id is None:
+            emit(jobs.list_jobs(store, status, limit), as_json, render.job_list)
+            return
+        result = jobs.cancel_job(store, job_id) if cancel else None
+        result = follow(store, job_id, as_json) if wait else (result or jobs.job_status(store, job_id))
+        emit(result, as_json, render.job_status)
+        if wait and result.status == "failed":
+            raise typer.Exit(1)
+
+    @app.command("init-base")
+    def init_base(
+        size: Annotated[str, typer.Option("--size", help="tiny (seconds, for tests) or small (about a minute, for the demo).")] = "small",
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer and weights.")] = 0,
+        force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
+        home: HomeOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Build the embedded base model under <home>/base/<size>/ (reused if it exists)."""
+        from learning.models.tinybase import ensure_base
+
+        info = ensure_base(Store(home), size, seed=seed, force=force,
+                           log=None if as_json else (lambda m: console.print(m, highlight=False)))
+
+        def show(i: Any) -> None:
+            built = "built" if i.built else "already there"
+            console.print(f"base [bold]{i.size}[/] {built}: {i.path} ({i.parameters:,} parameters, "
+                          f"pretraining loss {fmt(i.final_loss)}, build {fmt(i.build_s, 1)} s)", highlight=False)
+
+        emit(info, as_json, show)
+
+    @app.command("demo")
+    def demo_cmd(
+        quick: Annotated[bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")] = False,
+        home: HomeOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run the whole loop on the embedded base model and show whether the agent got better.
+
+        Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
+        adapters never mix with yours.
+        """
+        from learning.demo.demo import run_demo
+        from learning.home import resolve_home
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # The stages print their own progress; library progress bars and warnings would garble it.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        target = home or str(Path(resolve_home(None)) / "demo")
+        if as_json:
+            summary = run_demo(target, quick=quick, report=lambda *a, **k: None)
+        else:
+            with StageProgress(err_console) as progress:
+                summary = run_demo(target, quick=quick, report=progress)
+        emit(summary, as_json, demo_summary)
+        if any(st.status == "failed" for st in summary.stages):
+            raise typer.Exit(1)

@@ -1,0 +1,249 @@
+"""The CLI's screenfuls: one function per kind of result. `--json` prints the result instead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from server.terminal import console, fmt
+
+
+def logged(r: Any) -> None:
+    console.print(f"logged run [bold]{r.run_id}[/] (task_key {r.task_key})")
+
+
+def imported(r: Any) -> None:
+    console.print(f"imported [bold]{r.imported}[/] runs from {r.lines} lines in {r.seconds:.2f}s"
+                  + (f", skipped {r.skipped} bad lines" if r.skipped else ""))
+    for e in r.errors[:10]:
+        console.print(f"  line {e.line}: {e.error}", highlight=False)
+
+
+def run_stats(r: Any) -> None:
+    table = Table(title=f"{r.total_runs} runs")
+    for col in ("role", "adapter", "runs", "mean reward", "compile rate", "test pass rate", "mean iterations",
+                "last run"):
+        table.add_column(col)
+    for g in r.groups:
+        table.add_row(fmt(g.role), fmt(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
+                      str(g.runs), fmt(g.mean_reward), fmt(g.compile_rate), fmt(g.test_pass_rate),
+                      fmt(g.mean_iterations, 1), fmt(g.last_time))
+    console.print(table)
+
+
+def job_status(s: Any) -> None:
+    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(s.status, "cyan")
+    console.print(f"job [bold]{s.job_id}[/] ({s.kind}) [{color}]{s.status}[/]"
+                  + (f" subject {s.subject}" if s.subject else "") + (f" in {s.elapsed_s}s" if s.elapsed_s else ""))
+    if s.progress:
+        console.print("  progress: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.progress.items()), highlight=False)
+    if s.error:
+        console.print(f"  [red]error:[/] {s.error}", highlight=False)
+    if s.result:
+        console.print("  result: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.result.items()
+                                              if not isinstance(v, (dict, list))), highlight=False)
+    console.print(f"  log: {s.log_path}", highlight=False)
+
+
+def job_list(rows: list) -> None:
+    table = Table(title="jobs")
+    for col in ("id", "kind", "status", "subject", "created", "elapsed s", "step", "error"):
+        table.add_column(col)
+    for j in rows:
+        table.add_row(j.job_id, j.kind, j.status, fmt(j.subject), j.created, fmt(j.elapsed_s),
+                      fmt(j.progress.get("step")), (j.error or "")[:60])
+    console.print(table)
+
+
+def curation(r: Any) -> None:
+    if r.dry_run:
+        table = Table(title=f"dry run: {r.kind} dataset for role {r.role} (nothing written)")
+        table.add_column("filter")
+        table.add_column("value")
+        table.add_column("runs left", justify="right")
+        for step in r.funnel:
+            table.add_row(step.step, fmt(step.value), str(step.runs_left))
+        console.print(table)
+    else:
+        console.print(f"dataset [bold]{r.dataset_id}[/] written to {r.path}")
+    counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
+    redaction = ", ".join(f"{k} {v}" for k, v in sorted(r.redaction_counts.items())) or "nothing found"
+    console.print(f"{r.train_rows} train / {r.test_rows} test rows ({r.format}); mean reward {fmt(r.mean_reward)}; "
+                  f"{counts}", highlight=False)
+    console.print(f"redaction: {redaction}" if r.redacted else "redaction: OFF (--no-redact)", highlight=False)
+
+
+def datasets(r: Any) -> None:
+    table = Table(title=f"{len(r.datasets)} datasets")
+    for col in ("id", "kind", "format", "train", "test", "mean reward", "redacted", "created"):
+        table.add_column(col)
+    for d in r.datasets:
+        red = d.metadata.get("redaction", {})
+        table.add_row(d.id, d.kind, d.format, str(d.train_rows), str(d.test_rows), fmt(d.metadata.get("mean_reward")),
+                      str(sum(red.get("counts", {}).values())) if red.get("enabled") else "off", d.created)
+    console.print(table)
+
+
+def train_started(s: Any) -> None:
+    p = s.plan
+    head = "plan (dry run)" if s.dry_run else f"job [bold]{s.job_id}[/] started"
+    console.print(f"{head}: adapter [bold]{s.adapter_id}[/], {p.method} on {p.dataset_id} ({p.train_rows} rows), "
+                  f"base {p.base_model}", highlight=False)
+    c = p.config
+    console.print(f"  r={c['rank']} alpha={c['alpha']} lr={c['learning_rate']} batch={c['batch_size']}x{c['grad_accum']} "
+                  f"steps={p.steps} tokens~{p.tokens_estimate:,} time~{fmt(p.est_time_s, 0)}s "
+                  f"memory~{fmt(p.est_memory_mb, 0)}MiB processes={p.num_processes} quantize={c['quantize']}",
+                  highlight=False)
+    for note in p.notes:
+        console.print(f"  note: {note}", highlight=False)
+    if not s.dry_run:
+        console.print(f"  follow it: learnloop jobs {s.job_id} --wait", highlight=False)
+
+
+def eval_started(r: Any) -> None:
+    console.print(f"evaluation job [bold]{r.job_id}[/] started for {r.adapter_id} on {r.dataset_id} "
+                  f"({r.test_rows} test rows); follow it with: learnloop jobs {r.job_id} --wait", highlight=False)
+
+
+def lifecycle_outcome(result: Any) -> None:
+    if result.outcome != "done":
+        console.print(f"[yellow]{result.outcome}[/]: nothing changed.")
+        return
+    if result.promoted:
+        p = result.promoted
+        console.print(f"[green]{p.adapter.adapter_id}[/] {p.from_status} -> {p.to_status}"
+                      + (f"; replaced {p.replaced.adapter_id} (now archived)" if p.replaced else ""), highlight=False)
+    if result.rolled_back:
+        r = result.rolled_back
+        console.print(f"[green]{r.restored.adapter_id}[/] back in production"
+                      + (f"; {r.archived.adapter_id} archived" if r.archived else ""), highlight=False)
+
+
+def registered(a: Any) -> None:
+    console.print(f"registered [bold]{a.id}[/] ({a.role}, base {a.base_model}) as trained; "
+                  f"evaluate it with: learnloop eval {a.id}", highlight=False)
+
+
+def adapters(rows: list) -> None:
+    table = Table(title="adapters (* = production)")
+    for col in ("", "id", "role", "status", "created", "base", "dataset", "eval loss", "pass rate"):
+        table.add_column(col, no_wrap=col in ("id", "status", "eval loss", "pass rate"))
+    for a in rows:
+        m = a.metrics or {}
+        route = "/".join(x for x in (a.role, a.task_type, a.complexity) if x)
+        table.add_row("*" if a.status == "production" else "", a.id, route, a.status, a.created[:16].replace("T", " "),
+                      a.base_model[-30:], fmt(a.dataset_id), fmt(m.get("eval_loss")), fmt(m.get("pass_rate")))
+    console.print(table)
+
+
+def history(rows: list) -> None:
+    table = Table(title="adapter history")
+    for col in ("time", "adapter", "from", "to", "actor", "reason"):
+        table.add_column(col)
+    for e in rows:
+        table.add_row(e.time, e.adapter_id, fmt(e.from_status), e.to_status, e.actor, e.reason[:90])
+    console.print(table)
+
+
+def selection(s: Any) -> None:
+    what = s.adapter_id or f"base model {s.base_model or ''}".strip()
+    console.print(f"[bold]{what}[/] (route: {s.route}"
+                  + (f", experiment {s.experiment_id} arm {s.arm}" if s.experiment_id else "") + ")", highlight=False)
+    if s.adapter_path:
+        console.print(f"  path {s.adapter_path}  base {s.base_model}", highlight=False)
+    if s.served_name:
+        console.print(f"  served as {s.served_name} at {s.deployment_url or '-'}", highlight=False)
+    console.print(f"  decision_id {s.decision_id} (pass it to: learnloop log --decision-id)", highlight=False)
+
+
+def drift(r: Any) -> None:
+    table = Table(title=f"drift of {r.role} ({r.window}, {r.method})")
+    for col in ("arm", "adapter", "runs", "mean reward", "sd"):
+        table.add_column(col)
+    for name, arm in (("new", r.new), ("old", r.old)):
+        table.add_row(name, arm.adapter_id or "base", str(arm.runs), fmt(arm.mean_reward), fmt(arm.sd))
+    console.print(table)
+    color = {"regression": "red", "improvement": "green"}.get(r.decision, "yellow")
+    console.print(f"[{color} bold]{r.decision}[/]: {r.message}", highlight=False)
+    if r.rollback:
+        console.print(r.rollback, highlight=False)
+
+
+def report(r: Any) -> None:
+    console.print(f"wrote {r.path} ({r.runs} runs, {len(r.series)} lines)", highlight=False)
+
+
+def experiment(e: Any) -> None:
+    route = "/".join(x for x in (e.role, e.task_type, e.complexity) if x)
+    share = f" {e.fraction:.0%}" if e.fraction is not None else ""
+    console.print(f"experiment [bold]{e.id}[/] on {route}: {e.candidate_id} vs {e.control_id or 'base'}, "
+                  f"{e.mode}{share}, {e.status}", highlight=False)
+    for a in e.arms:
+        console.print(f"  {a.arm:9} {a.adapter_id or 'base':30} runs {a.runs:6}  mean reward {fmt(a.mean_reward)}",
+                      highlight=False)
+
+
+def experiments(rows: list) -> None:
+    for e in rows:
+        experiment(e)
+    if not rows:
+        console.print("no experiments")
+
+
+def export_result(r: Any) -> None:
+    console.print(f"exported [bold]{r['adapter_id']}[/] as {r['format']} ({r['dtype']}) to {r['out_dir']} in "
+                  f"{r['seconds']}s", highlight=False)
+    for line in r.get("checks", []):
+        console.print(f"  [green]ok[/] {line}", highlight=False)
+    for line in r.get("warnings", []):
+        console.print(f"  [yellow]warning[/] {line}", highlight=False)
+    table = Table(show_header=True)
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    for f in r.get("files", []):
+        table.add_row(f["path"], str(f["bytes"]))
+    console.print(table)
+
+
+def export_job(r: Any) -> None:
+    if r.status == "succeeded" and r.result:
+        export_result(r.result)
+    else:
+        console.print(f"export job [bold]{r.job_id}[/] {r.status}" + (f": {r.error}" if r.error else "")
+                      + ("" if r.error else f"; follow it with: learnloop jobs {r.job_id} --wait"), highlight=False)
+
+
+def deployment(d: Any) -> None:
+    state = "[green]active[/]" if d.status == "active" else f"[yellow]{d.status}[/]"
+    console.print(f"{d.adapter_id} -> {d.target} {d.url} as [bold]{d.served_name}[/] {state}"
+                  + (f" (deployment {d.id})" if d.id else " (not recorded)"), highlight=False)
+    if d.command:
+        console.print("  command: " + " ".join(d.command), highlight=False)
+    for line in d.messages:
+        console.print(f"  {line}", highlight=False)
+
+
+def deploy_target(r: Any) -> None:
+    console.print(f"route {r.role} -> {r.target} {r.url}" if r else "route: no deployment target", highlight=False)
+
+
+def cycle_started(s: Any) -> None:
+    console.print(f"cycle job [bold]{s.job_id}[/] started for role {s.role}; "
+                  f"follow it with: learnloop jobs {s.job_id} --wait")
+
+
+def cycle_report(status: Any) -> None:
+    job_status(status)
+    stages = (status.result or {}).get("stages") or status.progress.get("stages") or []
+    if stages:
+        table = Table(title=f"cycle {status.job_id}")
+        for col in ("stage", "status", "seconds", "detail"):
+            table.add_column(col)
+        for st in stages:
+            d = st.get("detail", {})
+            note = d.get("error") or d.get("reason") or d.get("message") or ", ".join(
+                f"{k}={fmt(d[k])}" for k in ("dataset_id", "adapter_id", "eval_loss", "base_eval_loss", "gate_passed",
+                                            "status", "decision") if k in d)
+            table.add_row(st["name"], st["status"], fmt(st["seconds"], 1), str(note)[:100])
+        console.print(table)

@@ -1,0 +1,49 @@
+"""What every CLI screen shares: the consoles, JSON output, number formatting, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="LEARNLOOP_HOME",
+                                                 help="learnloop home folder (default ~/.learnloop).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (the MCP tool's output).")]
+console = Console()
+err_console = Console(stderr=True)
+
+
+def to_jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [to_jsonable(r) for r in result]
+    if isinstance(result, dict):
+        return {k: to_jsonable(v) for k, v in result.items()}
+    return result
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None) -> None:
+    """Print a result as JSON (the MCP tool's output) or through its renderer."""
+    if as_json or render is None:
+        sys.stdout.write(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False) + "\n")
+    else:
+        render(result)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)

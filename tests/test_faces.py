@@ -1,0 +1,95 @@
+"""The two faces agree: every MCP tool and its CLI command take the same arguments, with the
+same names, defaults and required-ness, and no verb exists in one face only unless listed
+here with its reason. Checked on what the faces actually built, not on the declarations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import pytest
+import typer
+
+from server.catalog import VERBS
+from server.cli import app
+from server.mcp import build_server
+
+# Verbs in one face only, on purpose.
+MCP_ONLY = {
+    "job_status": "the CLI's `jobs ID` shows a job",
+    "wait_job": "the CLI's `jobs ID --wait` follows a job with a progress bar",
+    "cancel_job": "the CLI's `jobs ID --cancel` cancels a job",
+    "list_jobs": "the CLI's `jobs` lists jobs",
+}
+CLI_ONLY = {
+    "serve": "starts the MCP server itself",
+    "demo": "a person's walk through the whole loop, minutes long, in the foreground",
+    "init-base": "builds the embedded base in the foreground; train_adapter builds it on first use",
+    "jobs": "one command for job_status, wait_job, cancel_job and list_jobs",
+    "report": "writes a PNG for a person to look at",
+}
+# Arguments shown differently on purpose, by command.
+CLI_EXTRAS = {  # CLI-only options, folded into the verb's arguments
+    "make-sft": {"template_file"}, "make-preferences": {"template_file"},
+    "train": {"epochs", "lr", "rank", "config", "wait"},  # shortcuts for `overrides`; follow the job
+    "eval": {"wait"}, "export": {"wait"}, "cycle": {"wait"},
+}
+STDIN = {"log": {"output"}}  # required over MCP; on the CLI absent or '-' reads stdin
+
+
+def _commands() -> dict[str, click.Command]:
+    out: dict[str, click.Command] = {}
+
+    def walk(prefix: str, group: Any) -> None:
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):  # a group of sub-commands
+                walk(f"{prefix}{name} ", cmd)
+            else:
+                out[prefix + name] = cmd
+    walk("", typer.main.get_command(app))  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    server = build_server(str(tmp_path_factory.mktemp("home")))
+    tools = {t.name: t.parameters for t in server._tool_manager.list_tools()}
+    return tools, _commands()
+
+
+def test_no_verb_in_one_face_only(faces):
+    tools, commands = faces
+    paired_tools = {v.tool for v in VERBS if v.tool and v.command}
+    paired_commands = {v.command for v in VERBS if v.tool and v.command}
+    assert set(tools) - paired_tools == set(MCP_ONLY)
+    assert set(commands) - paired_commands == set(CLI_ONLY)
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v.tool and v.command], ids=lambda v: v.tool)
+def test_tool_and_command_take_the_same_arguments(faces, verb):
+    tools, commands = faces
+    schema, command = tools[verb.tool], commands[verb.command]
+    props, required = schema["properties"], set(schema.get("required", []))
+    params = {p.name: p for p in command.params if p.name not in ("home", "as_json")}
+    extras = CLI_EXTRAS.get(verb.command, set())
+    assert set(params) - extras == set(props), "names differ"
+    assert not extras - set(params), "a listed extra is gone: update CLI_EXTRAS"
+    for name, prop in props.items():
+        p = params[name]
+        cli_required = p.required or name in STDIN.get(verb.command, set())
+        assert (name in required) == cli_required, f"{name}: required-ness differs"
+        if name not in required:
+            assert prop.get("default") == p.default, f"{name}: default {prop.get('default')!r} vs {p.default!r}"
+        if name == "confirm":  # a person's consent is --yes on a terminal
+            assert "--yes" in p.opts
+
+
+def test_the_mismatches_once_found_are_gone(faces):
+    tools, commands = faces
+    eval_options = {p.name for p in commands["eval"].params}
+    assert {"min_loss_improvement", "pass_rate_tolerance"} <= eval_options
+    drift = {o for p in commands["drift"].params for o in getattr(p, "opts", [])}
+    assert {"--new-id", "--old-id"} <= drift and {"new_id", "old_id"} <= set(tools["detect_drift"]["properties"])
+    assert "--time" in {o for p in commands["log"].params for o in getattr(p, "opts", [])}
+    assert "set_deploy_target" in tools and "deploy-target" in commands
+    assert "confirm" in {p.name for p in commands["cycle"].params}  # --to-production asks, or takes --yes
