@@ -99,6 +99,16 @@ def test_every_cited_file_and_linked_page_exists():
         base = (ROOT / page).parent
         cited = re.findall(r"`((?:learning|server|tests|bench|examples|docs)/[\w./-]+)`", text)
         missing += [f"{page}: {p}" for p in cited if not (ROOT / p.rstrip("/")).exists()]
-        linked = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
-        missing += [f"{page}: {p}" for p in linked if not (base / p).exists()]
+        for path, anchor in re.findall(r"\]\(([^)#:]+)(?:#([^)]*))?\)", text):
+            target = base / path
+            if not target.exists():
+                missing.append(f"{page}: {path}")
+            elif anchor and anchor not in _anchors(target.read_text()):
+                missing.append(f"{page}: {path}#{anchor}")
     assert not missing, f"cited or linked paths that do not exist: {missing}"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as dashes."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
