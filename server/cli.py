@@ -145,7 +145,7 @@ def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) ->
         if not wait or job_id is None:
             emit(result, as_json, shape.render)
             return
-        commands.follow_to_the_end(store, job_id, as_json, verb.tool)
+        commands.follow_to_the_end(store, result, as_json, verb.tool)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}

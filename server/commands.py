@@ -46,10 +46,15 @@ def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
         return jobs.wait_until_final(store, job_id, on_progress=update)
 
 
-def follow_to_the_end(store: Store, job_id: str, as_json: bool, tool: str | None) -> None:
+def follow_to_the_end(store: Store, started: Any, as_json: bool, tool: str | None) -> None:
     """Follow a job a command started and print what it ended with; exit 1 unless it succeeded."""
-    status = follow(store, job_id, as_json)
-    if tool == "export_adapter" and status.status == "succeeded":
+    if tool == "train_adapter" and not as_json:
+        render.train_started(started)
+    status = follow(store, started.job_id, as_json)
+    if tool == "train_adapter":
+        emit({"job_id": started.job_id, "adapter_id": started.adapter_id, "status": status.status, "job": status},
+             as_json, lambda r: render.job_status(r["job"]))
+    elif tool == "export_adapter" and status.status == "succeeded":
         emit(status.result, as_json, render.export_result)
     elif tool == "run_cycle":
         emit(status, as_json, render.cycle_report)
@@ -121,87 +126,89 @@ def demo_summary(s: Any) -> None:
     console.print(f"plot: {s.plot_path}\nsummary: {s.summary_path}", highlight=False)
 
 
+def serve(
+    home: HomeOpt = None,
+    transport: Annotated[str, typer.Option(help="stdio (default) or http (streamable HTTP).")] = "stdio",
+    host: Annotated[str, typer.Option(help="HTTP bind address; loopback unless you say otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+) -> None:
+    """Run the MCP server (stdio by default)."""
+    from server.mcp import serve as run_server
+
+    if transport not in ("stdio", "http"):
+        raise InvalidInput(f"--transport must be stdio or http, got {transport!r}.")
+    run_server(home, transport, host, port)
+
+def jobs_cmd(
+    job_id: Annotated[Optional[str], typer.Argument(help="A job id; without it, list recent jobs.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Stop the job gracefully (it checkpoints).")] = False,
+    status: Annotated[Optional[str], typer.Option(help="List only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="List at most this many, newest first.")] = 50,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, show one, follow it (--wait) or cancel it (--cancel)."""
+    store = Store(home)
+    if job_id is None:
+        emit(jobs.list_jobs(store, status, limit), as_json, render.job_list)
+        return
+    result = jobs.cancel_job(store, job_id) if cancel else None
+    result = follow(store, job_id, as_json) if wait else (result or jobs.job_status(store, job_id))
+    emit(result, as_json, render.job_status)
+    if wait and result.status == "failed":
+        raise typer.Exit(1)
+
+def init_base(
+    size: Annotated[str, typer.Option("--size", help="tiny (seconds, for tests) or small (about a minute, for the demo).")] = "small",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer and weights.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the embedded base model under <home>/base/<size>/ (reused if it exists)."""
+    from learning.models.tinybase import ensure_base
+
+    info = ensure_base(Store(home), size, seed=seed, force=force,
+                       log=None if as_json else (lambda m: console.print(m, highlight=False)))
+
+    def show(i: Any) -> None:
+        built = "built" if i.built else "already there"
+        console.print(f"base [bold]{i.size}[/] {built}: {i.path} ({i.parameters:,} parameters, "
+                      f"pretraining loss {fmt(i.final_loss)}, build {fmt(i.build_s, 1)} s)", highlight=False)
+
+    emit(info, as_json, show)
+
+def demo_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")] = False,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole loop on the embedded base model and show whether the agent got better.
+
+    Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
+    adapters never mix with yours.
+    """
+    from learning.demo.demo import run_demo
+    from learning.home import resolve_home
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The stages print their own progress; library progress bars and warnings would garble it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    target = home or str(Path(resolve_home(None)) / "demo")
+    if as_json:
+        summary = run_demo(target, quick=quick, report=lambda *a, **k: None)
+    else:
+        with StageProgress(err_console) as progress:
+            summary = run_demo(target, quick=quick, report=progress)
+    emit(summary, as_json, demo_summary)
+    if any(st.status == "failed" for st in summary.stages):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def serve(
-        home: HomeOpt = None,
-        transport: Annotated[str, typer.Option(help="stdio (default) or http (streamable HTTP).")] = "stdio",
-        host: Annotated[str, typer.Option(help="HTTP bind address; loopback unless you say otherwise.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
-    ) -> None:
-        """Run the MCP server (stdio by default)."""
-        from server.mcp import serve as run_server
-
-        if transport not in ("stdio", "http"):
-            raise InvalidInput(f"--transport must be stdio or http, got {transport!r}.")
-        run_server(home, transport, host, port)
-
-    @app.command("jobs")
-    def jobs_cmd(
-        job_id: Annotated[Optional[str], typer.Argument(help="A job id; without it, list recent jobs.")] = None,
-        wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
-        cancel: Annotated[bool, typer.Option("--cancel", help="Stop the job gracefully (it checkpoints).")] = False,
-        status: Annotated[Optional[str], typer.Option(help="List only jobs in this state.")] = None,
-        limit: Annotated[int, typer.Option(help="List at most this many, newest first.")] = 50,
-        home: HomeOpt = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """List jobs, show one, follow it (--wait) or cancel it (--cancel)."""
-        store = Store(home)
-        if job_id is None:
-            emit(jobs.list_jobs(store, status, limit), as_json, render.job_list)
-            return
-        result = jobs.cancel_job(store, job_id) if cancel else None
-        result = follow(store, job_id, as_json) if wait else (result or jobs.job_status(store, job_id))
-        emit(result, as_json, render.job_status)
-        if wait and result.status == "failed":
-            raise typer.Exit(1)
-
-    @app.command("init-base")
-    def init_base(
-        size: Annotated[str, typer.Option("--size", help="tiny (seconds, for tests) or small (about a minute, for the demo).")] = "small",
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer and weights.")] = 0,
-        force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
-        home: HomeOpt = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Build the embedded base model under <home>/base/<size>/ (reused if it exists)."""
-        from learning.models.tinybase import ensure_base
-
-        info = ensure_base(Store(home), size, seed=seed, force=force,
-                           log=None if as_json else (lambda m: console.print(m, highlight=False)))
-
-        def show(i: Any) -> None:
-            built = "built" if i.built else "already there"
-            console.print(f"base [bold]{i.size}[/] {built}: {i.path} ({i.parameters:,} parameters, "
-                          f"pretraining loss {fmt(i.final_loss)}, build {fmt(i.build_s, 1)} s)", highlight=False)
-
-        emit(info, as_json, show)
-
-    @app.command("demo")
-    def demo_cmd(
-        quick: Annotated[bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")] = False,
-        home: HomeOpt = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Run the whole loop on the embedded base model and show whether the agent got better.
-
-        Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
-        adapters never mix with yours.
-        """
-        from learning.demo.demo import run_demo
-        from learning.home import resolve_home
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        # The stages print their own progress; library progress bars and warnings would garble it.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        target = home or str(Path(resolve_home(None)) / "demo")
-        if as_json:
-            summary = run_demo(target, quick=quick, report=lambda *a, **k: None)
-        else:
-            with StageProgress(err_console) as progress:
-                summary = run_demo(target, quick=quick, report=progress)
-        emit(summary, as_json, demo_summary)
-        if any(st.status == "failed" for st in summary.stages):
-            raise typer.Exit(1)
+    app.command()(serve)
+    app.command('jobs')(jobs_cmd)
+    app.command('init-base')(init_base)
+    app.command('demo')(demo_cmd)

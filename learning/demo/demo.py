@@ -104,7 +104,7 @@ def _log_runs(store: Store, records: list[dict]) -> int:
 
 def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) -> tuple[list[str], list[codeenv.Score]]:
     """The model's greedy answers to `tasks` (grouped by stop strings), scored by execution."""
-    from learning.models import generate
+    from learning.models.generate import generate
 
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, t in enumerate(tasks):
