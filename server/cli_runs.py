@@ -11,6 +11,7 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from learning.runs import record as runs
+from learning.runs import stats as runstats
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, fmt
@@ -107,10 +108,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Counts, mean reward, compile rate, test pass rate, mean iterations."""
-        result = runs.run_stats(Store(home), role=role, adapter_id=adapter_id, agent=agent, since=since,
+        result = runstats.run_stats(Store(home), role=role, adapter_id=adapter_id, agent=agent, since=since,
                                 until=until, days=days, group_by=by)
 
-        def render(r: runs.RunStats) -> None:
+        def render(r: runstats.RunStats) -> None:
             table = Table(title=f"{r.total_runs} runs")
             for col in ("role", "adapter", "runs", "mean reward", "compile rate", "test pass rate",
                         "mean iterations", "last run"):

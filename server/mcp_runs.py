@@ -10,6 +10,7 @@ from pydantic import Field
 from typing_extensions import Annotated
 
 from learning.runs import record as runs
+from learning.runs import stats as runstats
 from learning.errors import InvalidInput
 from learning.store import Store
 from server.mcp import APPEND, READ_ONLY, register_tool
@@ -59,11 +60,11 @@ def register(server: MCPServer, store: Store) -> None:
         since: Annotated[str | None, Field(description="Start of the window (ISO 8601).")] = None,
         until: Annotated[str | None, Field(description="End of the window (ISO 8601).")] = None,
         days: Annotated[float | None, Field(description="The last N days (instead of since).")] = None,
-        group_by: Annotated[runs.GroupBy, Field(description="role, adapter, role_adapter or none.")] = "role",
-    ) -> runs.RunStats:
+        group_by: Annotated[runstats.GroupBy, Field(description="role, adapter, role_adapter or none.")] = "role",
+    ) -> runstats.RunStats:
         """How runs are going: counts, mean reward, compile rate, test pass rate and mean
         iterations, by role and/or adapter, over a time window. Read-only."""
-        return runs.run_stats(store, role=role, adapter_id=adapter_id, agent=agent, since=since,
+        return runstats.run_stats(store, role=role, adapter_id=adapter_id, agent=agent, since=since,
                               until=until, days=days, group_by=group_by)
 
     register_tool(server, log_run, annotations=APPEND, title="Log a run")
