@@ -26,15 +26,21 @@ sys.path.insert(0, str(ROOT))
 from learning.data.parallel import default_workers  # noqa: E402
 from learning.data.redact import Redactor  # noqa: E402
 from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
-from learning.runs.record import RunRow, count_runs, insert_runs  # noqa: E402
 from learning.store import Store  # noqa: E402
 
 CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs" / "record.py").read_text()
 TASK_TYPES = ("feature", "bugfix", "refactor", "test")
 
 
+def _count_runs(store: Store) -> int:
+    with store.read() as conn:
+        return conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"]
+
+
 def generate(home: Path, n: int, attempts_per_task: int = 4, batch: int = 50_000) -> float:
     """n coder runs over n / attempts_per_task tasks; code-like outputs of 200-700 characters."""
+    from learning.runs.record import RunRow, insert_runs  # here: a child's peak RSS starts at this process's
+
     rng = random.Random(0)
     store = Store(home)
     started = time.perf_counter()
@@ -155,11 +161,11 @@ def main() -> None:
     home = Path(args.keep_db) if args.keep_db else Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     home.mkdir(parents=True, exist_ok=True)
     store = Store(home)
-    if count_runs(store) < args.runs:
-        seconds = generate(home, args.runs - count_runs(store))
+    if _count_runs(store) < args.runs:
+        seconds = generate(home, args.runs - _count_runs(store))
         print(f"generated {args.runs:,} runs in {seconds:.1f}s ({args.runs / seconds:,.0f} runs/s)")
     db_mib = (home / "learnloop.db").stat().st_size / 2**20
-    print(f"database: {count_runs(store):,} runs, {db_mib:,.0f} MiB")
+    print(f"database: {_count_runs(store):,} runs, {db_mib:,.0f} MiB")
     base = baseline_rss()
     print(f"worker processes for large curations: {default_workers()} (of {os.cpu_count()} CPUs)")
     for label, workers, kwargs in (("default filters (min_reward 0.7, max 3 per task)", None, {}),

@@ -1,6 +1,6 @@
 """select_adapter latency, in-process and over MCP stdio.
 
-In-process: the cached router (decision recorded, batched) against an uncached baseline
+In-process: the cached router (decision written in the call) against an uncached baseline
 that resolves the route with one SQL query per level and writes the decision in its own
 transaction, plus the first call after a promotion (cache reload). Over stdio: the
 select_adapter tool against list_tools (the protocol's own round trip).

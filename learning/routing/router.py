@@ -99,7 +99,7 @@ def _load(store: Store, conn) -> _Table:
 
 
 def _table(store: Store, conn, cache: _Cache) -> _Table:
-    probe = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+    probe = (id(conn), conn.execute("PRAGMA data_version").fetchone()["data_version"], conn.total_changes)
     if cache.table is not None and getattr(cache.local, "probe", None) == probe:
         return cache.table
     token = route_token(conn)
