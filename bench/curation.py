@@ -3,7 +3,7 @@ and redaction recall / false positives on the labelled corpus (tests/redact_corp
 
     python bench/curation.py [--runs 1000000] [--keep-db DIR] [--trace]
 
-The database is generated with Store.insert_runs in large batches. make_sft runs in a fresh
+The database is generated with insert_runs (learning/runs/record.py) in large batches. make_sft runs in a fresh
 subprocess so that its peak resident memory (ru_maxrss) and tracemalloc peak are its own.
 """
 
@@ -28,12 +28,19 @@ from learning.data.redact import Redactor  # noqa: E402
 from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
 from learning.store import Store  # noqa: E402
 
-CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs.py").read_text()
+CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs" / "record.py").read_text()
 TASK_TYPES = ("feature", "bugfix", "refactor", "test")
+
+
+def _count_runs(store: Store) -> int:
+    with store.read() as conn:
+        return conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"]
 
 
 def generate(home: Path, n: int, attempts_per_task: int = 4, batch: int = 50_000) -> float:
     """n coder runs over n / attempts_per_task tasks; code-like outputs of 200-700 characters."""
+    from learning.runs.record import RunRow, insert_runs  # here: a child's peak RSS starts at this process's
+
     rng = random.Random(0)
     store = Store(home)
     started = time.perf_counter()
@@ -48,13 +55,14 @@ def generate(home: Path, n: int, attempts_per_task: int = 4, batch: int = 50_000
             output += "\n" + rng.choice(secrets)
         instruction = f"Task {task}: implement step {task % 97} of the {TASK_TYPES[task % 4]} for module m{task % 113}."
         reward = round(rng.betavariate(2, 2), 3)
-        rows.append((now - rng.random() * 90 * 86400, "bench", "coder", TASK_TYPES[task % 4], "medium", f"k{task}",
-                     instruction, "", output, reward, "{}", None, None, None, "{}"))
+        rows.append(RunRow(ts=now - rng.random() * 90 * 86400, agent="bench", role="coder", task_type=TASK_TYPES[task % 4],
+                           complexity="medium", task_key=f"k{task}", instruction=instruction, input="", output=output,
+                           reward=reward, signals="{}", model=None, adapter_id=None, decision_id=None, meta="{}"))
         if len(rows) == batch:
-            store.insert_runs(rows)
+            insert_runs(store, rows)
             rows = []
     if rows:
-        store.insert_runs(rows)
+        insert_runs(store, rows)
     store.close()
     return time.perf_counter() - started
 
@@ -63,11 +71,12 @@ CHILD = """
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
 from learning.store import Store
+from learning.runs.record import count_runs
 from learning.data.curate import make_sft
 kwargs = json.loads({kwargs!r})
 trace = kwargs.pop("_trace")
 store = Store({home!r})
-store.count_runs()
+count_runs(store)
 if trace:
     tracemalloc.start()
 t, cpu = time.perf_counter(), time.process_time()
@@ -152,11 +161,11 @@ def main() -> None:
     home = Path(args.keep_db) if args.keep_db else Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     home.mkdir(parents=True, exist_ok=True)
     store = Store(home)
-    if store.count_runs() < args.runs:
-        seconds = generate(home, args.runs - store.count_runs())
+    if _count_runs(store) < args.runs:
+        seconds = generate(home, args.runs - _count_runs(store))
         print(f"generated {args.runs:,} runs in {seconds:.1f}s ({args.runs / seconds:,.0f} runs/s)")
     db_mib = (home / "learnloop.db").stat().st_size / 2**20
-    print(f"database: {store.count_runs():,} runs, {db_mib:,.0f} MiB")
+    print(f"database: {_count_runs(store):,} runs, {db_mib:,.0f} MiB")
     base = baseline_rss()
     print(f"worker processes for large curations: {default_workers()} (of {os.cpu_count()} CPUs)")
     for label, workers, kwargs in (("default filters (min_reward 0.7, max 3 per task)", None, {}),

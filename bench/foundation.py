@@ -92,7 +92,7 @@ def import_throughput(n: int) -> float:
     t = time.perf_counter()
     result = import_runs(store, path)
     seconds = time.perf_counter() - t
-    assert result.imported == n and store.count_runs() == n
+    assert result.imported == n and count_runs(store) == n
     return n / seconds
 
 
@@ -110,7 +110,7 @@ import_runs(store, io.StringIO("\n".join(json.dumps({"role": "coder", "output": 
 
 def concurrent_writers(workers: int, per_worker: int) -> tuple[int, int, float]:
     home = tempfile.mkdtemp()
-    Store(home).count_runs()  # create the schema once
+    count_runs(Store(home))  # create the schema once
     t = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, home, str(w), str(per_worker)], env=ENV, cwd=ROOT,
                               stderr=subprocess.PIPE, text=True) for w in range(workers)]
@@ -119,7 +119,7 @@ def concurrent_writers(workers: int, per_worker: int) -> tuple[int, int, float]:
     for p, err in zip(procs, errors):
         if p.returncode:
             print(err, file=sys.stderr)
-    return workers * per_worker * 11, Store(home).count_runs(), seconds
+    return workers * per_worker * 11, count_runs(Store(home)), seconds
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """select_adapter latency, in-process and over MCP stdio.
 
-In-process: the cached router (decision recorded, batched) against an uncached baseline
+In-process: the cached router (decision written in the call) against an uncached baseline
 that resolves the route with one SQL query per level and writes the decision in its own
 transaction, plus the first call after a promotion (cache reload). Over stdio: the
 select_adapter tool against list_tools (the protocol's own round trip).
@@ -56,12 +56,13 @@ def uncached_select(store: Store, role: str, task_type, complexity, task_key) ->
     found = None
     with store.read() as conn:
         for key in router._keys(role, task_type, complexity):
-            found = store.production_for_route(conn, *key[1])
+            found = registry.production_for_route(conn, *key[1])
             if found is not None:
                 break
     with store.write() as conn:
-        store.insert_decisions(conn, [("d-" + secrets.token_hex(8), time.time(), role, task_type, complexity,
-                                       task_key, found["id"] if found else None, "x", None, None)])
+        router.insert_decision(conn, router.DecisionRow(
+            id="d-" + secrets.token_hex(8), ts=time.time(), role=role, task_type=task_type, complexity=complexity,
+            task_key=task_key, adapter_id=found["id"] if found else None, route="x", experiment_id=None, arm=None))
     return found["id"] if found else None
 
 
@@ -95,7 +96,6 @@ def in_process(store: Store, calls: int) -> dict[str, list[float]]:
         router.select_adapter(store, "judge")
         reload.append((time.perf_counter() - t) * 1000)
     out["first call after a promotion"] = reload
-    router.flush_decisions(store)
     return out
 
 

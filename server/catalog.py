@@ -19,6 +19,7 @@ from learning.loop import cycle
 from learning.registry import adapters as registry
 from learning.routing import drift, experiments, lifecycle, reward_plot, router
 from learning.runs import record as runs
+from learning.runs import stats as runstats
 from learning.serve import deploy, export
 from learning.train import launch
 from server import render
@@ -70,7 +71,7 @@ VERBS: list[Verb] = [
          cli=CliShape(stdin=("output",), render=render.logged)),
     Verb(runs.import_runs_from, "import_runs", "import", "Import runs (JSONL)", "append",
          cli=CliShape(arguments=("path",), stdin=("path",), render=render.imported)),
-    Verb(runs.run_stats, "run_stats", "stats", "Run statistics", "read",
+    Verb(runstats.run_stats, "run_stats", "stats", "Run statistics", "read",
          cli=CliShape(aliases={"group_by": ("--by",)}, render=render.run_stats)),
     # jobs (the CLI's `jobs` command shows, follows and cancels them)
     Verb(jobs.job_status, "job_status", None, "Job status", "read"),

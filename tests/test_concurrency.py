@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from learning.runs.record import count_runs
 from learning.store import Store
 from tests.conftest import ROOT, subprocess_env
 
@@ -33,7 +34,7 @@ def test_concurrent_writers_lose_nothing(home):
         assert proc.returncode == 0, err
         assert "database is locked" not in err
     store = Store(home)
-    assert store.count_runs() == workers * per_worker * 6
+    assert count_runs(store) == workers * per_worker * 6
     with store.read() as conn:
         per_agent = dict(conn.execute("SELECT agent, count(*) FROM runs GROUP BY agent").fetchall())
         distinct = conn.execute("SELECT count(DISTINCT output) FROM runs").fetchone()[0]

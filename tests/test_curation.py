@@ -197,10 +197,10 @@ def test_crash_mid_write_leaves_no_dataset(loaded, monkeypatch):
 
     monkeypatch.undo()
 
-    def db_gone(row):
+    def db_gone(store, row):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(loaded, "insert_dataset", db_gone)
+    monkeypatch.setattr(datasets_module, "insert_dataset", db_gone)
     with pytest.raises(RuntimeError):
         sft.make_sft(loaded, "coder")
     monkeypatch.undo()

@@ -210,7 +210,7 @@ def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     digest = created["adapters"]["adapter.gguf"]
     assert ollama.blobs[digest] == Path(dep.artifact).read_bytes()  # the verified GGUF itself
     assert "{{ .Prompt }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
-    row = store.latest_deployment("coder-a")
+    row = deploy.latest_deployment(store, "coder-a")
     assert (row["target"], row["url"], row["served_name"], row["status"]) == ("ollama", ollama.url, "learnloop-coder-a", "active")
 
 
@@ -223,7 +223,7 @@ def test_ollama_error_and_unreachable_record_nothing(store, adapters, runtime):
         deploy.deploy_adapter(store, "coder-a", "ollama", ollama.url, from_model="qwen-base")
     with pytest.raises(Conflict, match="Cannot reach"):
         deploy.deploy_adapter(store, "coder-a", "ollama", _dead_url(), from_model="qwen-base")
-    assert store.latest_deployment("coder-a") is None
+    assert deploy.latest_deployment(store, "coder-a") is None
 
 
 def test_vllm_new_name_per_version_and_unload_replaced(store, adapters, runtime):
@@ -234,24 +234,24 @@ def test_vllm_new_name_per_version_and_unload_replaced(store, adapters, runtime)
     second = deploy.deploy_adapter(store, "coder-b", "vllm", vllm.url)
     assert set(vllm.loras) == {"learnloop-coder-b"}  # the replaced version was unloaded
     assert second.replaced == ["learnloop-coder-a"] and first.served_name != second.served_name
-    assert store.latest_deployment("coder-a") is None  # unloaded: no longer served
-    assert store.latest_deployment("coder-b")["status"] == "active"
+    assert deploy.latest_deployment(store, "coder-a") is None  # unloaded: no longer served
+    assert deploy.latest_deployment(store, "coder-b")["status"] == "active"
     vllm.fail = "CUDA out of memory"
     with pytest.raises(Conflict, match="CUDA out of memory"):
         deploy.deploy_adapter(store, "coder-a", "vllm", vllm.url)
-    assert store.latest_deployment("coder-b")["status"] == "active"  # nothing changed
+    assert deploy.latest_deployment(store, "coder-b")["status"] == "active"  # nothing changed
     with pytest.raises(Conflict, match="Cannot reach"):
         deploy.deploy_adapter(store, "coder-a", "vllm", _dead_url())
 
 
 def test_llamacpp_command_then_scales(store, adapters, runtime):
     dep = deploy.deploy_adapter(store, "coder-a", "llamacpp", base_gguf="/models/base.gguf")
-    assert dep.id is None and dep.status == "command_written" and store.latest_deployment("coder-a") is None
+    assert dep.id is None and dep.status == "command_written" and deploy.latest_deployment(store, "coder-a") is None
     assert dep.command == ["llama-server", "-m", "/models/base.gguf", "--lora", dep.artifact]
     server = runtime(LlamaServer)
     with pytest.raises(Conflict, match="has not loaded"):  # started without our adapter
         deploy.deploy_adapter(store, "coder-a", "llamacpp", server.url)
-    assert store.latest_deployment("coder-a") is None
+    assert deploy.latest_deployment(store, "coder-a") is None
     b = deploy.deploy_adapter(store, "coder-b", "llamacpp")
     server.adapters[:] = [{"id": 0, "path": b.artifact, "scale": 1.0}, {"id": 1, "path": dep.artifact, "scale": 0.0}]
     deploy.deploy_adapter(store, "coder-b", "llamacpp", server.url)

@@ -262,11 +262,12 @@ while True:
 
 HALF_DONE = """
 import os, signal, sys
+from learning.registry.adapters import set_adapter_status
 from learning.store import Store
 store = Store(sys.argv[1])
 with store.write() as conn:  # set_production's statements, then death before COMMIT
-    store.set_adapter_status(conn, "k0", "production", "archived", "test", "half")
-    store.set_adapter_status(conn, "k1", "archived", "production", "test", "half")
+    set_adapter_status(conn, "k0", "production", "archived", "test", "half")
+    set_adapter_status(conn, "k1", "archived", "production", "test", "half")
     print("inside", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -87,8 +87,7 @@ def test_decision_is_recorded_and_attributes_the_run(store):
     s = router.select_adapter(store, "coder", task_key="t1")
     stored = runs.get_run(store, log(store, s, 0.7).run_id)
     assert stored.adapter_id == "a1" and stored.decision_id == s.decision_id
-    router.flush_decisions(store)
-    row = store.get_decision(s.decision_id)
+    row = runs.decision_row(store, s.decision_id)
     assert row["adapter_id"] == "a1" and row["route"] == "role" and row["task_key"] == "t1"
     base = router.select_adapter(store, "fixer")
     assert runs.get_run(store, log(store, base, 0.5, role="fixer").run_id).adapter_id is None

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from learning.runs import record as runs
+from learning.runs import stats as runstats
 from learning.errors import InvalidInput
 
 
@@ -35,7 +36,7 @@ def test_bad_runs_name_the_field(store, bad, field):
     data = {k: v for k, v in data.items() if v is not None}
     with pytest.raises(InvalidInput, match=f"'{field}'"):
         runs.log_run(store, data)
-    assert store.count_runs() == 0
+    assert runs.count_runs(store) == 0
 
 
 def test_import_bad_batch_writes_nothing_of_it(store):
@@ -45,7 +46,7 @@ def test_import_bad_batch_writes_nothing_of_it(store):
     with pytest.raises(InvalidInput, match="line 8") as err:
         runs.import_runs(store, source, batch_size=5)
     assert "start_line=6" in str(err.value)
-    assert store.count_runs() == 5  # the first batch only
+    assert runs.count_runs(store) == 5  # the first batch only
 
 
 def test_import_skip_invalid_keeps_good_lines_and_reports_bad(store):
@@ -60,15 +61,15 @@ def test_import_skip_invalid_keeps_good_lines_and_reports_bad(store):
 def test_stats_by_role_and_adapter(store):
     runs.import_runs(store, io.StringIO("\n".join(json.dumps(run(i)) for i in range(20))))
     runs.log_run(store, {"role": "judge", "output": "pass", "reward": 1.0, "signals": {"iterations": 3}})
-    stats = runs.run_stats(store, group_by="role")
+    stats = runstats.run_stats(store, group_by="role")
     by_role = {g.role: g for g in stats.groups}
     assert by_role["coder"].runs == 20 and by_role["judge"].runs == 1
     assert by_role["coder"].compile_rate == pytest.approx(0.5)
     assert by_role["coder"].mean_reward == pytest.approx(sum((i % 10) / 10 for i in range(20)) / 20, abs=1e-4)
     assert by_role["judge"].mean_iterations == 3
-    assert runs.run_stats(store, role="judge", days=1).total_runs == 1
+    assert runstats.run_stats(store, role="judge", days=1).total_runs == 1
     with pytest.raises(InvalidInput, match="since"):
-        runs.run_stats(store, since="2026-01-01", days=3)
+        runstats.run_stats(store, since="2026-01-01", days=3)
 
 
 def test_unwritable_home_is_a_clear_error(tmp_path):

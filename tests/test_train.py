@@ -67,10 +67,10 @@ def wait(store, job_id, timeout=300):
 ])
 def test_bad_input_fails_before_any_job(store, kwargs, message):
     args = {**dict(role="coder", dataset_id="ds-sft", base=BASE), **kwargs}
-    before = len(store.list_jobs())
+    before = len(jobs.job_rows(store))
     with pytest.raises(InvalidInput, match=message):
         training.train_adapter(store, **args)
-    assert len(store.list_jobs()) == before and not store.list_adapters(status="training")
+    assert len(jobs.job_rows(store)) == before and not registry.adapter_rows(store, status="training")
 
 
 def test_all_problems_are_reported_together(store):
@@ -92,7 +92,7 @@ def test_dry_run_reports_the_plan(store):
     assert result.job_id is None and result.dry_run and plan.train_rows == 24
     assert plan.steps == 12 and plan.config["rank"] == 8 and plan.tokens_estimate > 0
     assert plan.est_time_s > 0 and plan.est_memory_mb > 0 and result.adapter_id.startswith("coder-")
-    assert not store.list_adapters()
+    assert not registry.adapter_rows(store)
 
 
 # ---- training jobs -----------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_server_answers_while_training_and_a_killed_job_is_marked_failed(store):
             return started
 
     started = anyio.run(scenario)
-    row = store.get_job(started["job_id"])
+    row = jobs.job_row(store, started["job_id"])
     os.kill(row["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while jobs.job_status(store, started["job_id"], log_lines=0).status == "running" and time.monotonic() < deadline:
@@ -268,7 +268,7 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
         time.sleep(0.2)
     assert status.status == "running" and status.progress.get("step", 0) >= 1, (status.error, status.log_tail)
     assert len(live_processes("learning.train.recipe", s.job_id)) >= 3  # the launcher and two workers
-    os.kill(store.get_job(s.job_id)["pid"], signal.SIGKILL)
+    os.kill(jobs.job_row(store, s.job_id)["pid"], signal.SIGKILL)
     # The kernel kills the launcher with the job process and the workers with the launcher:
     # nothing here (no reconcile yet) does it for them.
     deadline = time.monotonic() + 20

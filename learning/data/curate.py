@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -27,8 +27,10 @@ from learning.data.datasets import (DatasetInfo, SplitWriter, content_hash, get_
                                new_dataset_id, publish, temp_folder)
 from learning.errors import InvalidInput, check
 from learning.data.parallel import map_chunks
-from learning.data.prepare import RunRedactor, encode, norm_digest, prepare_sft_chunk, render_prompt
-from learning.runs.record import ROLE_PATTERN, time_window
+from learning.data.prepare import RunRedactor, SftInputs, encode, norm_digest, prepare_sft_chunk, render_prompt
+from learning.data.run_filters import CurationRun, curation_funnel, stream_curation_runs
+from learning.runs.record import ROLE_PATTERN
+from learning.runs.stats import role_run_counts, time_window
 from learning.store import Store
 from learning.data.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template
 
@@ -130,13 +132,14 @@ def _template(store: Store, role: str, template: str | None, problems: list[str]
 
 
 def _too_few(store: Store, role: str, filters: dict, kept: int, min_rows: int, counts: dict, extra: str) -> InvalidInput:
-    funnel = store.curation_funnel(role, filters)
-    if funnel[0][1] == 0:
-        with_runs = store.role_run_counts()
+    funnel = curation_funnel(store, role, filters)
+    if funnel[0].runs_left == 0:
+        with_runs = role_run_counts(store)
         return InvalidInput(f"No runs of role {role!r}. Roles with runs: "
                             f"{', '.join(f'{r} ({n})' for r, n in with_runs.items()) or 'none'}. Log runs with log_run first.")
-    steps = [f"{name} {_show(filters.get(name))}: {n}" if name != "role" else f"role {role}: {n}" for name, n in funnel]
-    first_short = next((name for name, n in funnel if n < min_rows), None)
+    steps = [f"{f.step} {_show(filters.get(f.step))}: {f.runs_left}" if f.step != "role" else f"role {role}: {f.runs_left}"
+             for f in funnel]
+    first_short = next((f.step for f in funnel if f.runs_left < min_rows), None)
     return InvalidInput(
         f"Too few rows for role {role!r}: {kept} kept, at least {min_rows} needed. Runs left after each filter: "
         + " -> ".join(steps)
@@ -201,8 +204,8 @@ def _run(store, role, kind, fmt, rows: Iterator[tuple[str, str, list[int], list[
         record = {"id": dataset_id, "role": role, "kind": kind, "format": fmt, "created": time.time()}
         funnel = []
         if dry_run:
-            funnel = [FunnelStep(step=n, value=(role if n == "role" else filters.get(n)), runs_left=c)
-                      for n, c in store.curation_funnel(role, filters)]
+            funnel = [FunnelStep(step=f.step, value=(role if f.step == "role" else filters.get(f.step)), runs_left=f.runs_left)
+                      for f in curation_funnel(store, role, filters)]
         return _finish(store, writer, tmp, record, meta, dry_run, dict(
             role=role, kind=kind, format=fmt, counts=dict(counts), mean_reward=mean, redacted=redactor.enabled,
             redaction_counts=dict(redactor.kept), funnel=funnel, template_source=template[1], started=started))
@@ -249,10 +252,10 @@ def make_sft(
 
         def chunks():
             """Chunks of runs; a run whose task is already capped is not prepared at all."""
-            with closing(store.stream_curation_runs(role, filters, order="reward")) as stream:
+            with closing(stream_curation_runs(store, role, filters, order="reward")) as stream:
                 while batch := list(itertools.islice(stream, CHUNK)):
-                    todo = [per_task[run[1]] < max_per_task for run in batch]
-                    yield (batch, todo), [run[3:8] for run, do in zip(batch, todo) if do]
+                    todo = [per_task[run.task_key] < max_per_task for run in batch]
+                    yield (batch, todo), SftInputs.of([run for run, do in zip(batch, todo) if do])
 
         with closing(map_chunks(prepare_sft_chunk, config, chunks(), workers)) as prepared:
             for (batch, todo), results in prepared:
@@ -260,7 +263,7 @@ def make_sft(
                 for run, do in zip(batch, todo):
                     counts["matched"] += 1
                     # Checked again here: rows kept since the chunk was built count too.
-                    if not do or per_task[run[1]] >= max_per_task:
+                    if not do or per_task[run.task_key] >= max_per_task:
                         counts["over_task_cap"] += 1
                         if do:
                             next(results)
@@ -271,9 +274,9 @@ def make_sft(
                             counts["duplicates"] += 1
                             continue
                         seen.add(digest)
-                    per_task[run[1]] += 1
+                    per_task[run.task_key] += 1
                     redactor.keep(found)
-                    yield run[1], line, [run[0]], [run[2]]
+                    yield run.task_key, line, [run.id], [run.reward]
                     if limit is not None and counts["matched"] - counts["duplicates"] - counts["over_task_cap"] >= limit:
                         counts["stopped_at_limit"] = 1
                         return
@@ -326,8 +329,8 @@ def make_preferences(
     def rows():
         seen: set[int] = set()
         written = 0
-        with closing(store.stream_curation_runs(role, filters, order="task_key")) as stream:
-            for task_key, group in itertools.groupby(stream, key=lambda r: r[1]):
+        with closing(stream_curation_runs(store, role, filters, order="task_key")) as stream:
+            for task_key, group in itertools.groupby(stream, key=lambda r: r.task_key):
                 attempts = list(group)  # one task's attempts, best first
                 counts["matched"] += len(attempts)
                 counts["tasks"] += 1
@@ -349,28 +352,36 @@ def make_preferences(
                 min_rows, dry_run, started)
 
 
-def _redacted(attempts, redactor, template, role):
-    """Each attempt redacted once: (run, prompt, output, found)."""
+class _Redacted(NamedTuple):
+    run: CurationRun
+    prompt: str
+    output: str
+    found: dict[str, int]
+
+
+def _redacted(attempts: list[CurationRun], redactor, template, role) -> list[_Redacted]:
+    """Each attempt redacted once."""
     out = []
     for run in attempts:
-        (instruction, input_, output), found = redactor(run[3], run[4], run[5])
-        out.append((run, render_prompt(template, role, run[6], run[7], instruction, input_)[0], output, found))
+        (instruction, input_, output), found = redactor(run.instruction, run.input, run.output)
+        prompt = render_prompt(template, role, run.task_type, run.complexity, instruction, input_)[0]
+        out.append(_Redacted(run, prompt, output, found))
     return out
 
 
 def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, margin, min_chosen, max_per_task, **_):
-    if len(attempts) < 2 or attempts[0][2] - attempts[-1][2] < margin or attempts[0][2] < min_chosen:
+    if len(attempts) < 2 or attempts[0].reward - attempts[-1].reward < margin or attempts[0].reward < min_chosen:
         return
     done = 0
     red = _redacted(attempts, redactor, template, role)
     for c in red:
         for r in reversed(red):
-            if c[0][2] < min_chosen or c[0][2] - r[0][2] < margin:
+            if c.run.reward < min_chosen or c.run.reward - r.run.reward < margin:
                 break
-            if " ".join(c[2].split()) == " ".join(r[2].split()):
+            if " ".join(c.output.split()) == " ".join(r.output.split()):
                 continue
             if dedupe:
-                digest = norm_digest(c[1], c[2], r[2])
+                digest = norm_digest(c.prompt, c.output, r.output)
                 if digest in seen:
                     counts["duplicates"] += 1
                     continue
@@ -379,14 +390,15 @@ def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
                 counts["over_task_cap"] += 1
                 return
             done += 1
-            yield pref_row(fmt, "dpo", c[1], c[2], r[2]), [c[0][0], r[0][0]], [c[0][2], r[0][2]], {k: c[3].get(k, 0) + r[3].get(k, 0) for k in {*c[3], *r[3]}}
+            found = {k: c.found.get(k, 0) + r.found.get(k, 0) for k in {*c.found, *r.found}}
+            yield pref_row(fmt, "dpo", c.prompt, c.output, r.output), [c.run.id, r.run.id], [c.run.reward, r.run.reward], found
 
 
 def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, high, low, max_per_task, **_):
     per_label = Counter()
-    chosen = [a for a in attempts if a[2] >= high or a[2] <= low]
+    chosen = [a for a in attempts if a.reward >= high or a.reward <= low]
     for run, prompt, output, found in _redacted(chosen, redactor, template, role):
-        label = run[2] >= high
+        label = run.reward >= high
         if dedupe:
             digest = norm_digest(prompt, output, str(label))
             if digest in seen:
@@ -398,4 +410,4 @@ def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
             continue
         per_label[label] += 1
         counts["desirable" if label else "undesirable"] += 1
-        yield pref_row(fmt, "kto", prompt, output, label), [run[0]], [run[2]], found
+        yield pref_row(fmt, "kto", prompt, output, label), [run.id], [run.reward], found

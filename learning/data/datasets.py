@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,7 +181,7 @@ def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str,
     os.rename(tmp, final)
     try:
         light = {k: v for k, v in metadata.items() if k != "run_ids"}
-        store.insert_dataset({**record, "path": str(final), "metadata": dumps(light)})
+        insert_dataset(store, {**record, "path": str(final), "metadata": dumps(light)})
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
@@ -199,7 +200,7 @@ def to_info(row) -> DatasetInfo:
 def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
     """The record of a dataset and the absolute paths of its files (what training reads)."""
     safe_id(dataset_id, "dataset id")
-    row = store.get_dataset(dataset_id)
+    row = dataset_row(store, dataset_id)
     if row is None:
         raise NotFound(f"No dataset {dataset_id!r}. List datasets with list_datasets (CLI: learnloop datasets) "
                        "or make one with make_sft / make_preferences.")
@@ -213,7 +214,7 @@ def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
 
 def list_datasets(store: Store, role: str | None = None, kind: str | None = None, limit: int = 100) -> list[DatasetInfo]:
     """Recorded datasets, newest first."""
-    return [to_info(r) for r in store.list_datasets(role=role, kind=kind, limit=limit)]
+    return [to_info(r) for r in dataset_rows(store, role=role, kind=kind, limit=limit)]
 
 
 class DatasetList(BaseModel):
@@ -230,3 +231,27 @@ def dataset_list(
     metadata (filters, counts, mean reward, redaction counts). Read-only."""
     return DatasetList(datasets=list_datasets(store, role, kind, limit))
 
+# ---- SQL: the datasets table -------------------------------------------------------------------
+
+def insert_dataset(store: Store, row: dict[str, Any]) -> None:
+    cols = list(row)
+    with store.write() as conn:
+        conn.execute(f"INSERT INTO datasets ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     [row[c] for c in cols])
+
+
+def dataset_row(store: Store, dataset_id: str) -> sqlite3.Row | None:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+
+
+def dataset_rows(store: Store, role: str | None = None, kind: str | None = None, limit: int = 100) -> list[sqlite3.Row]:
+    where, args = [], []
+    for col, value in (("role", role), ("kind", kind)):
+        if value:
+            where.append(f"{col} = ?")
+            args.append(value)
+    sql = ("SELECT * FROM datasets" + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY created DESC, id DESC LIMIT ?")
+    with store.read() as conn:
+        return conn.execute(sql, args + [limit]).fetchall()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from typing import NamedTuple
 
 from learning.data.redact import Redactor
 from learning.data.templates import Compiled, sft_row
@@ -60,19 +61,37 @@ def sft_line(fmt: str, prompt: str, output: str, instruction_only: str, input_: 
     return encode(sft_row(fmt, prompt, output, instruction_only, input_))
 
 
+class SftInputs(NamedTuple):
+    """The texts of a chunk of runs to prepare, column by column: one small object to send to
+    a worker process, however many runs it holds."""
+
+    instructions: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    task_types: list[str | None]
+    complexities: list[str | None]
+
+    @classmethod
+    def of(cls, runs) -> SftInputs:
+        """From runs that have instruction, input, output, task_type and complexity."""
+        return cls([r.instruction for r in runs], [r.input for r in runs], [r.output for r in runs],
+                   [r.task_type for r in runs], [r.complexity for r in runs])
+
+
 _prepared_for: dict[tuple, tuple[RunRedactor, Compiled]] = {}
 
 
-def prepare_sft_chunk(config: tuple[bool, str, str, str, bool], runs: list[tuple]) -> list[tuple]:
-    """Each run (instruction, input, output, task_type, complexity) redacted and rendered as an
-    SFT row: [(digest or None, JSON line, redaction counts)]. config = (redact, template text,
-    role, format, dedupe). Runs in a worker process or in the caller's (learning/data/parallel.py)."""
+def prepare_sft_chunk(config: tuple[bool, str, str, str, bool], runs: SftInputs) -> list[tuple]:
+    """Each run redacted and rendered as an SFT row: [(digest or None, JSON line, redaction
+    counts)]. config = (redact, template text, role, format, dedupe). Runs in a worker process
+    or in the caller's (learning/data/parallel.py)."""
     redact, template, role, fmt, dedupe = config
     if config not in _prepared_for:
         _prepared_for[config] = (RunRedactor(redact), Compiled(template))
     redactor, compiled = _prepared_for[config]
     out = []
-    for instruction, input_, output, task_type, complexity in runs:
+    for instruction, input_, output, task_type, complexity in zip(runs.instructions, runs.inputs, runs.outputs,
+                                                                 runs.task_types, runs.complexities):
         (instruction, input_, output), found = redactor(instruction, input_, output)
         digest = norm_digest(instruction, input_, output) if dedupe else None
         prompt, instruction_only = render_prompt(compiled, role, task_type, complexity, instruction, input_,

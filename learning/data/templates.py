@@ -14,6 +14,7 @@ import string
 from typing import Any, Literal
 
 from learning.errors import InvalidInput
+from learning.runs.stats import role_run_counts
 from learning.store import Store
 
 PLACEHOLDERS = ("instruction", "input", "task_type", "complexity", "role")
@@ -66,7 +67,7 @@ def resolve_template(store: Store, role: str, template: str | None) -> tuple[str
         text, source = BUILTIN[role], "builtin"
     else:
         custom = sorted(p.stem for p in (store.home / "templates").glob("*.txt"))
-        with_runs = store.role_run_counts()
+        with_runs = role_run_counts(store)
         raise InvalidInput(
             f"Unknown role {role!r}: it has no instruction template. Roles with templates: "
             f"{', '.join(sorted(set(BUILTIN) | set(custom)))}. Roles with runs: "

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from learning.evaluate import checks
 from learning.registry import adapters as registry
 from learning.errors import Conflict, InvalidInput, check
+from learning.data.datasets import dataset_row
 from learning.jobs.manage import JobCancelled, start_job
 from learning.store import Store
 
@@ -62,7 +63,7 @@ class EvalStarted(BaseModel):
 
 def dataset_dir(store: Store, dataset_id: str) -> Path:
     """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
-    row = store.get_dataset(dataset_id)
+    row = dataset_row(store, dataset_id)
     return Path(row["path"]) if row is not None else store.home / "datasets" / dataset_id
 
 

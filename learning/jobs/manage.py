@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -85,14 +86,14 @@ def start_job(store: Store, kind: str, target: str, params: dict[str, Any], subj
     """
     job_id = job_id or new_job_id(kind)
     log_path = subdir(store.home, "jobs") / f"{job_id}.log"
-    store.insert_job(dict(id=job_id, kind=kind, target=target, status="queued", params=dumps(params),
+    insert_job(store, dict(id=job_id, kind=kind, target=target, status="queued", params=dumps(params),
                           subject=subject, created=time.time(), progress=dumps({}), log_path=str(log_path)))
     launch(store, job_id, env=env)
     return job_id
 
 
 def launch(store: Store, job_id: str, env: dict[str, str] | None = None) -> None:
-    row = store.get_job(job_id)
+    row = job_row(store, job_id)
     log = open(row["log_path"], "ab")
     child_env = {**os.environ, **(env or {})}
     # The job must import this very package, wherever it was imported from.
@@ -107,22 +108,22 @@ def launch(store: Store, job_id: str, env: dict[str, str] | None = None) -> None
         created = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
         created = None
-    store.update_job(job_id, pid=proc.pid, pid_started=created)
+    update_job(store, job_id, pid=proc.pid, pid_started=created)
 
 
 def reconcile(store: Store) -> list[str]:
     """Mark active jobs whose process is gone as failed. Returns the ids it changed."""
     changed = []
-    for row in store.active_jobs():
+    for row in active_job_rows(store):
         if _process_alive(row["pid"], row["pid_started"]):
             continue
         if row["status"] == "queued" and row["pid"] is None and time.time() - row["created"] < 30:
             continue  # being launched right now
         # Re-read: the process may have finished between the two reads.
-        fresh = store.get_job(row["id"])
+        fresh = job_row(store, row["id"])
         if fresh["status"] not in ACTIVE:
             continue
-        if store.update_job(row["id"], only_if_status=ACTIVE, status="failed", finished=time.time(),
+        if update_job(store, row["id"], only_if_status=ACTIVE, status="failed", finished=time.time(),
                             error="The job's process died before finishing (killed, crashed or the machine "
                                   "restarted). Its log may say why; start it again, with resume where offered."):
             changed.append(row["id"])
@@ -182,11 +183,7 @@ def _on_job_died(store: Store, row) -> None:
     """Leave what the job was making in a consistent state."""
     subject = row["subject"]
     if row["kind"] == "train" and subject:
-        with store.write() as conn:
-            adapter = store.get_adapter(subject, conn)
-            if adapter is not None and adapter["status"] == "training":
-                store.set_adapter_status(conn, subject, "training", "failed", "learnloop",
-                                         f"training job {row['id']} died before finishing")
+        _fail_training_adapter(store, subject, f"training job {row['id']} died before finishing")
 
 
 def _tail(path: str, lines: int = 20) -> list[str]:
@@ -204,12 +201,12 @@ def job_status(store: Store,
                job_id: Annotated[str, Field(description="The job id train_adapter / evaluate_adapter / run_cycle returned.")],
                log_lines: int = 10) -> JobStatus:
     """Where a background job stands: status, progress (step, loss, tokens/s, ETA), result or error."""
-    row = store.get_job(job_id)
+    row = job_row(store, job_id)
     if row is None:
         raise NotFound(f"No job {job_id!r}. List jobs with `learnloop jobs` (MCP: list_jobs).")
     if row["status"] in ACTIVE:
         reconcile(store)
-        row = store.get_job(job_id)
+        row = job_row(store, job_id)
     end = row["finished"] or (time.time() if row["started"] else None)
     return JobStatus(
         job_id=row["id"], kind=row["kind"], status=row["status"], subject=row["subject"],
@@ -227,7 +224,7 @@ def list_jobs(
 ) -> list[JobStatus]:
     """Recent background jobs, newest first."""
     reconcile(store)
-    return [job_status(store, row["id"], log_lines=0) for row in store.list_jobs(status, limit)]
+    return [job_status(store, row["id"], log_lines=0) for row in job_rows(store, status, limit)]
 
 
 def wait_job(store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll: float = 0.25,
@@ -249,10 +246,10 @@ def cancel_job(store: Store, job_id: Annotated[str, Field(description="The job t
     status = job_status(store, job_id, log_lines=0)
     if status.status in FINAL:
         raise Conflict(f"Job {job_id} already {status.status}; nothing to cancel.")
-    store.update_job(job_id, only_if_status=ACTIVE, cancel_requested=1)
-    row = store.get_job(job_id)
+    update_job(store, job_id, only_if_status=ACTIVE, cancel_requested=1)
+    row = job_row(store, job_id)
     if not _process_alive(row["pid"], row["pid_started"]):
-        store.update_job(job_id, only_if_status=ACTIVE, status="cancelled", finished=time.time(),
+        update_job(store, job_id, only_if_status=ACTIVE, status="cancelled", finished=time.time(),
                          error="cancelled before its process started")
     return job_status(store, job_id, log_lines=0)
 
@@ -267,7 +264,7 @@ class JobContext:
     def __init__(self, store: Store, job_id: str):
         self.store = store
         self.job_id = job_id
-        row = store.get_job(job_id)
+        row = job_row(store, job_id)
         self.kind = row["kind"]
         self.params: dict[str, Any] = loads(row["params"]) or {}
         self.subject: str | None = row["subject"]
@@ -279,11 +276,11 @@ class JobContext:
         self._progress.update(fields)
         now = time.time()
         if force or now - self._last_write >= 0.5:
-            self.store.update_job(self.job_id, progress=dumps(self._progress), heartbeat=now)
+            update_job(self.store, self.job_id, progress=dumps(self._progress), heartbeat=now)
             self._last_write = now
 
     def cancelled(self) -> bool:
-        row = self.store.get_job(self.job_id)
+        row = job_row(self.store, self.job_id)
         return bool(row["cancel_requested"])
 
     def log(self, message: str) -> None:
@@ -295,3 +292,58 @@ def wait_until_final(store: Store, job_id: str, on_progress=None) -> JobStatus:
     while (status := wait_job(store, job_id, timeout=MAX_WAIT_SECONDS, on_progress=on_progress)).status not in FINAL:
         pass
     return status
+
+
+# ---- SQL: the jobs table -----------------------------------------------------------------------
+
+def insert_job(store: Store, row: dict[str, Any]) -> None:
+    cols = list(row)
+    with store.write() as conn:
+        conn.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     [row[c] for c in cols])
+
+
+def job_row(store: Store, job_id: str) -> sqlite3.Row | None:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+def job_rows(store: Store, status: str | None = None, limit: int = 50) -> list[sqlite3.Row]:
+    with store.read() as conn:
+        if status:
+            return conn.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?",
+                                (status, limit)).fetchall()
+        return conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+
+
+def active_job_rows(store: Store) -> list[sqlite3.Row]:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running')").fetchall()
+
+
+def update_job(store: Store, job_id: str, only_if_status: tuple[str, ...] | None = None, **fields: Any) -> bool:
+    """Set job fields; with only_if_status, only when the job is in one of those states.
+    Returns whether a row changed."""
+    allowed = {"status", "started", "finished", "pid", "pid_started", "heartbeat", "progress",
+               "result", "error", "cancel_requested", "params", "subject"}
+    assert set(fields) <= allowed, fields
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    sql = f"UPDATE jobs SET {sets} WHERE id = ?"
+    args = [*fields.values(), job_id]
+    if only_if_status:
+        sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
+        args += list(only_if_status)
+    with store.write() as conn:
+        return conn.execute(sql, args).rowcount > 0
+
+
+def _fail_training_adapter(store: Store, adapter_id: str, reason: str) -> None:
+    """Mark the adapter a dead training job was making as failed, with its event, if it is still
+    training. (The registry's own moves live in learning/registry/adapters.py, above this package.)"""
+    with store.write() as conn:
+        now = time.time()
+        changed = conn.execute("UPDATE adapters SET status = 'failed', updated = ? WHERE id = ? AND status = 'training'",
+                               (now, adapter_id)).rowcount
+        if changed:
+            conn.execute("INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
+                         "VALUES (?, ?, 'learnloop', 'training', 'failed', ?, '{}')", (adapter_id, now, reason))

@@ -16,20 +16,20 @@ import time
 import traceback
 
 from learning.errors import LearnloopError
-from learning.jobs.manage import JobCancelled, JobContext
+from learning.jobs.manage import JobCancelled, JobContext, job_row, update_job
 from learning.store import Store, dumps
 
 
 def main(argv: list[str]) -> int:
     home, job_id = argv[0], argv[1]
     store = Store(home)
-    row = store.get_job(job_id)
+    row = job_row(store, job_id)
     if row is None:
         print(f"no job {job_id} in {home}", file=sys.stderr)
         return 2
     # SIGTERM asks for a graceful stop, like cancel_job.
-    signal.signal(signal.SIGTERM, lambda *_: store.update_job(job_id, cancel_requested=1))
-    if not store.update_job(job_id, only_if_status=("queued",), status="running", started=time.time(),
+    signal.signal(signal.SIGTERM, lambda *_: update_job(store, job_id, cancel_requested=1))
+    if not update_job(store, job_id, only_if_status=("queued",), status="running", started=time.time(),
                             pid=os.getpid(), heartbeat=time.time()):
         print(f"job {job_id} is not queued; not running it", file=sys.stderr)
         return 2
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
         fn = getattr(importlib.import_module(module_name), fn_name)
         result = fn(ctx)
     except JobCancelled as exc:
-        store.update_job(job_id, status="cancelled", finished=time.time(), progress=dumps(ctx._progress),
+        update_job(store, job_id, status="cancelled", finished=time.time(), progress=dumps(ctx._progress),
                          error=str(exc) or "cancelled on request")
         print(f"[learnloop] job {job_id} cancelled", flush=True)
         return 0
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         _fail(store, ctx, f"{type(exc).__name__}: {exc}. See the job's log for the traceback.")
         return 1
-    store.update_job(job_id, status="succeeded", finished=time.time(), progress=dumps(ctx._progress),
+    update_job(store, job_id, status="succeeded", finished=time.time(), progress=dumps(ctx._progress),
                      result=dumps(result if result is not None else {}))
     print(f"[learnloop] job {job_id} succeeded", flush=True)
     return 0
@@ -69,10 +69,10 @@ OLD_TARGETS = {
 
 def _fail(store: Store, ctx: JobContext, error: str) -> None:
     print(f"[learnloop] job {ctx.job_id} failed: {error}", flush=True)
-    store.update_job(ctx.job_id, status="failed", finished=time.time(), progress=dumps(ctx._progress), error=error)
+    update_job(store, ctx.job_id, status="failed", finished=time.time(), progress=dumps(ctx._progress), error=error)
     from learning.jobs.manage import _on_job_died  # the same clean-up as for a dead process
 
-    _on_job_died(store, store.get_job(ctx.job_id))
+    _on_job_died(store, job_row(store, ctx.job_id))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from learning.errors import ConfirmationNeeded, InvalidInput, check
 from learning.jobs.manage import FINAL, JobCancelled, start_job, wait_job
 from learning.runs.record import ROLE_PATTERN
+from learning.registry.adapters import production_for_route, role_known
 from learning.store import Store
 from learning.params import Confirm
 
@@ -70,7 +71,7 @@ def run_cycle(
     if summary and not confirm:
         raise ConfirmationNeeded(summary)
     problems = []
-    if not store.role_known(role):
+    if not role_known(store, role):
         problems.append(f"no runs or adapters for role {role!r}: log runs with log_run first")
     check(problems, "Cannot start a cycle:")
     job_id = start_job(store, "cycle", "learning.loop.cycle:cycle_job", params.model_dump(), subject=role)
@@ -115,7 +116,7 @@ def _stage(stages: list[CycleStage], name: str, fn: Callable[[], dict]) -> dict:
 
 def _production_id(store: Store, role: str) -> str | None:
     with store.read() as conn:
-        row = store.production_for_route(conn, role, None, None)
+        row = production_for_route(conn, role, None, None)
     return row["id"] if row is not None else None
 
 

@@ -8,6 +8,7 @@ production adapter per route (role, task_type, complexity).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -88,9 +89,9 @@ def create_adapter(store: Store, adapter_id: str, role: str, base_model: str, pa
     safe_id(adapter_id, "adapter id")
     now = time.time()
     with store.write() as conn:
-        if store.get_adapter(adapter_id, conn) is not None:
+        if adapter_row(store, adapter_id, conn) is not None:
             raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
-        store.insert_adapter(conn, dict(
+        insert_adapter(conn, dict(
             id=adapter_id, role=role, task_type=task_type, complexity=complexity, base_model=base_model,
             base_hash=base_hash, dataset_id=dataset_id, method=method, status=status, created=now, updated=now,
             path=path, params=dumps(params or {}), metrics=dumps({}), source=source))
@@ -101,7 +102,7 @@ def create_adapter(store: Store, adapter_id: str, role: str, base_model: str, pa
 
 
 def get_adapter(store: Store, adapter_id: str) -> Adapter:
-    row = store.get_adapter(adapter_id)
+    row = adapter_row(store, adapter_id)
     if row is None:
         raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
     return to_adapter(row)
@@ -115,7 +116,7 @@ def list_adapters(
     """Every adapter learnloop knows, newest first, with status, base, dataset and eval metrics."""
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.")
-    return [to_adapter(r) for r in store.list_adapters(role, status)]
+    return [to_adapter(r) for r in adapter_rows(store, role, status)]
 
 
 def adapter_history(
@@ -129,7 +130,7 @@ def adapter_history(
     return [AdapterEvent(adapter_id=r["adapter_id"], time=_iso(r["ts"]), actor=r["actor"],
                          from_status=r["from_status"], to_status=r["to_status"], reason=r["reason"],
                          data=loads(r["data"]) or {})
-            for r in store.adapter_events(adapter_id, role)]
+            for r in adapter_event_rows(store, adapter_id, role)]
 
 
 def move(store: Store, adapter_id: str, to_status: Status, actor: str, reason: str,
@@ -139,20 +140,20 @@ def move(store: Store, adapter_id: str, to_status: Status, actor: str, reason: s
     if to_status not in STATUSES:
         raise InvalidInput(f"Unknown status {to_status!r}; use one of {', '.join(STATUSES)}.")
     with store.write() as conn:
-        row = store.get_adapter(adapter_id, conn)
+        row = adapter_row(store, adapter_id, conn)
         if row is None:
             raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
         if to_status not in MOVES[current] and not force:
             raise Conflict(f"Adapter {adapter_id} is {current}; it cannot move to {to_status} "
                            f"(allowed: {', '.join(sorted(MOVES[current])) or 'none'}).")
-        store.set_adapter_status(conn, adapter_id, current, to_status, actor, reason, data)
+        set_adapter_status(conn, adapter_id, current, to_status, actor, reason, data)
     return get_adapter(store, adapter_id)
 
 
 def set_metrics(store: Store, adapter_id: str, metrics: dict[str, Any]) -> None:
     with store.write() as conn:
-        store.update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
+        update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
 
 
 def record_evaluation(store: Store, adapter_id: str, metrics: dict[str, Any], reason: str,
@@ -162,13 +163,13 @@ def record_evaluation(store: Store, adapter_id: str, metrics: dict[str, Any], re
     is written (it may have been promoted or archived meanwhile). Without a move, the event keeps
     the status (from = to) so the history shows every evaluation."""
     with store.write() as conn:
-        row = store.get_adapter(adapter_id, conn)
+        row = adapter_row(store, adapter_id, conn)
         if row is None:
             raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
         target = to_status if to_status and current == "trained" and to_status in MOVES[current] else current
-        store.update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
-        store.set_adapter_status(conn, adapter_id, current, target, actor, reason, data)
+        update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
+        set_adapter_status(conn, adapter_id, current, target, actor, reason, data)
     return get_adapter(store, adapter_id)
 
 
@@ -183,7 +184,7 @@ def set_production(store: Store, adapter_id: str, actor: str, reason: str, force
     `check(row, old_row)`, if given, runs inside the transaction and may raise to refuse.
     Returns the adapter and the id it replaced (or None)."""
     with store.write() as conn:
-        row = store.get_adapter(adapter_id, conn)
+        row = adapter_row(store, adapter_id, conn)
         if row is None:
             raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
@@ -194,13 +195,13 @@ def set_production(store: Store, adapter_id: str, actor: str, reason: str, force
         if current != "candidate" and not force and current != "archived":
             raise Conflict(f"Adapter {adapter_id} is {current}: only a candidate goes to production. Evaluate it "
                            "(evaluate_adapter) so the gate makes it a candidate, or pass force to override.")
-        old = store.production_for_route(conn, *route_of(row))
+        old = production_for_route(conn, *route_of(row))
         if check is not None:
             check(row, old)
         if old is not None:
-            store.set_adapter_status(conn, old["id"], "production", "archived", actor,
+            set_adapter_status(conn, old["id"], "production", "archived", actor,
                                      f"replaced by {adapter_id}: {reason}", {"replaced_by": adapter_id})
-        store.set_adapter_status(conn, adapter_id, current, "production", actor, reason,
+        set_adapter_status(conn, adapter_id, current, "production", actor, reason,
                                  {"replaced": old["id"] if old is not None else None, "forced": force})
     return get_adapter(store, adapter_id), (old["id"] if old is not None else None)
 
@@ -208,7 +209,7 @@ def set_production(store: Store, adapter_id: str, actor: str, reason: str, force
 def previous_production(store: Store, role: str, task_type: str | None = None, complexity: str | None = None):
     """The adapter a rollback of this route would restore, or None."""
     with store.read() as conn:
-        return store.previous_production(conn, role, task_type, complexity)
+        return previous_production_row(conn, role, task_type, complexity)
 
 
 def rollback_route(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
@@ -216,15 +217,114 @@ def rollback_route(store: Store, role: str, task_type: str | None = None, comple
     """Put the most recently replaced production adapter of a route back into production,
     archiving the current one, in one transaction. Returns (restored adapter, archived id)."""
     with store.write() as conn:
-        prev = store.previous_production(conn, role, task_type, complexity)
+        prev = previous_production_row(conn, role, task_type, complexity)
         if prev is None:
             raise Conflict(f"Nothing to roll back to for role {role!r}"
                            + (f" task_type {task_type!r}" if task_type else "") + (f" complexity {complexity!r}" if complexity else "")
                            + ": no adapter of this route was ever replaced in production.")
-        current = store.production_for_route(conn, role, task_type, complexity)
+        current = production_for_route(conn, role, task_type, complexity)
         if current is not None:
-            store.set_adapter_status(conn, current["id"], "production", "archived", actor,
+            set_adapter_status(conn, current["id"], "production", "archived", actor,
                                      f"rolled back: {reason}", {"rollback_to": prev["id"]})
-        store.set_adapter_status(conn, prev["id"], "archived", "production", actor, f"rollback: {reason}",
+        set_adapter_status(conn, prev["id"], "archived", "production", actor, f"rollback: {reason}",
                                  {"rollback_from": current["id"] if current is not None else None})
     return get_adapter(store, prev["id"]), (current["id"] if current is not None else None)
+
+
+# ---- SQL: the adapters and adapter_events tables ------------------------------------------------
+
+def insert_adapter(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+    cols = list(row)
+    conn.execute(f"INSERT INTO adapters ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                 [row[c] for c in cols])
+
+
+def adapter_row(store: Store, adapter_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+    """An adapter's row, read on the caller's connection (inside its transaction) when given."""
+    sql = "SELECT * FROM adapters WHERE id = ?"
+    if conn is not None:
+        return conn.execute(sql, (adapter_id,)).fetchone()
+    with store.read() as c:
+        return c.execute(sql, (adapter_id,)).fetchone()
+
+
+def adapter_rows(store: Store, role: str | None = None, status: str | None = None) -> list[sqlite3.Row]:
+    where, args = [], []
+    if role:
+        where.append("role = ?")
+        args.append(role)
+    if status:
+        where.append("status = ?")
+        args.append(status)
+    sql = "SELECT * FROM adapters" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
+    with store.read() as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def adapter_brief(conn: sqlite3.Connection, adapter_id: str) -> sqlite3.Row | None:
+    """The columns routing needs of one adapter."""
+    return conn.execute("SELECT id, role, task_type, complexity, base_model, path, status FROM adapters "
+                        "WHERE id = ?", (adapter_id,)).fetchone()
+
+
+def set_adapter_status(conn: sqlite3.Connection, adapter_id: str, from_status: str | None, to_status: str,
+                       actor: str, reason: str, data: dict | None = None) -> None:
+    """Move an adapter to a status and record the event, inside the caller's transaction."""
+    now = time.time()
+    conn.execute("UPDATE adapters SET status = ?, updated = ? WHERE id = ?", (to_status, now, adapter_id))
+    conn.execute(
+        "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (adapter_id, now, actor, from_status, to_status, reason, dumps(data or {})),
+    )
+
+
+def update_adapter_fields(conn: sqlite3.Connection, adapter_id: str, **fields: Any) -> None:
+    allowed = {"metrics", "params", "path", "base_hash", "dataset_id", "updated"}
+    assert set(fields) <= allowed, fields
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    conn.execute(f"UPDATE adapters SET {sets} WHERE id = ?", [*fields.values(), adapter_id])
+
+
+def adapter_event_rows(store: Store, adapter_id: str | None = None, role: str | None = None) -> list[sqlite3.Row]:
+    if adapter_id:
+        sql, args = "SELECT * FROM adapter_events WHERE adapter_id = ? ORDER BY id", [adapter_id]
+    elif role:
+        sql = ("SELECT e.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id "
+               "WHERE a.role = ? ORDER BY e.id")
+        args = [role]
+    else:
+        sql, args = "SELECT * FROM adapter_events ORDER BY id", []
+    with store.read() as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def production_for_route(conn: sqlite3.Connection, role: str, task_type: str | None,
+                         complexity: str | None) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT * FROM adapters WHERE status = 'production' AND role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+        "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+
+def previous_production_row(conn: sqlite3.Connection, role: str, task_type: str | None,
+                            complexity: str | None) -> sqlite3.Row | None:
+    """The adapter of the route most recently moved from production to archived, if still archived."""
+    return conn.execute(
+        "SELECT a.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id "
+        "WHERE e.from_status = 'production' AND e.to_status = 'archived' AND a.status = 'archived' "
+        "AND a.role = ? AND ifnull(a.task_type, '') = ifnull(?, '') AND ifnull(a.complexity, '') = ifnull(?, '') "
+        "ORDER BY e.id DESC LIMIT 1", (role, task_type, complexity)).fetchone()
+
+
+def role_known(store: Store, role: str) -> bool:
+    """Whether any adapter or run has this role."""
+    with store.read() as conn:
+        return conn.execute("SELECT EXISTS(SELECT 1 FROM adapters WHERE role = ?) "
+                            "OR EXISTS(SELECT 1 FROM runs WHERE role = ?) AS known", (role, role)).fetchone()["known"] == 1
+
+
+def known_roles(store: Store) -> list[str]:
+    """Roles of adapters and runs (the first 50, by name)."""
+    with store.read() as conn:
+        return [r["role"] for r in conn.execute("SELECT role FROM adapters UNION SELECT DISTINCT role FROM runs "
+                                                "ORDER BY 1 LIMIT 50")]

@@ -11,14 +11,17 @@ check, not at import (the MCP server and the CLI start without them).
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
 from learning.registry import adapters as registry
 from learning.errors import Conflict, ConfirmationNeeded, InvalidInput, NotFound, check
-from learning.runs.record import iso, time_window
+from learning.runs.record import iso
+from learning.runs.stats import time_window
+from learning.routing.experiments import experiment_row
 from learning.store import Store, dumps, loads
 from learning.params import Complexity, Confirm, TaskType
 
@@ -63,7 +66,7 @@ class DriftResult(BaseModel):
 def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experiment_id):
     """(role, task_type, complexity, new id, old id or None for base, experiment id)."""
     if experiment_id is not None:
-        exp = store.get_experiment(experiment_id)
+        exp = experiment_row(store, experiment_id)
         if exp is None:
             raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
         if role is not None and role != exp["role"]:
@@ -72,28 +75,28 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
     if new_id is None:
         if role is None:
             raise InvalidInput("Give a role (compares its production adapter with the one it replaced) or --new ID.")
-        if not store.role_known(role):
-            known = store.known_roles()
+        if not registry.role_known(store, role):
+            known = registry.known_roles(store)
             raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(known) or 'none yet'}.")
         with store.read() as conn:
-            current = store.production_for_route(conn, role, task_type, complexity)
+            current = registry.production_for_route(conn, role, task_type, complexity)
         if current is None:
             raise Conflict(f"Role {role!r}" + (f" task_type {task_type!r}" if task_type else "")
                            + (f" complexity {complexity!r}" if complexity else "")
                            + " has no production adapter: nothing to compare. Promote one first, or pass --new and --old.")
         new_id = current["id"]
-    new = store.get_adapter(new_id)
+    new = registry.adapter_row(store, new_id)
     if new is None:
         raise NotFound(f"No adapter {new_id!r}. List adapters with list_adapters (CLI: learnloop list).")
     problems = []
     if role is not None and new["role"] != role:
         problems.append(f"adapter {new_id} is for role {new['role']!r}, not {role!r}.")
     if old_id is None:
-        event = store.last_production_event(new_id)
+        event = last_production_event(store, new_id)
         data = loads(event["data"]) if event is not None else {}
         old_id = data.get("replaced") or data.get("rollback_from")
     else:
-        old = store.get_adapter(old_id)
+        old = registry.adapter_row(store, old_id)
         if old is None:
             raise NotFound(f"No adapter {old_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         if old["role"] != new["role"]:
@@ -105,14 +108,14 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
     return new["role"], new["task_type"], new["complexity"], new_id, old_id, None
 
 
-def _arm(rows: list[tuple[float, float]], adapter_id: str | None):
+def _arm(rows: list[RewardPoint], adapter_id: str | None):
     import numpy as np
 
-    rewards = np.array([r for _, r in rows], dtype=float)
+    rewards = np.array([r.reward for r in rows], dtype=float)
     n = len(rewards)
     return ArmSummary(adapter_id=adapter_id, runs=n, mean_reward=round(float(rewards.mean()), 4) if n else None,
                       sd=round(float(rewards.std(ddof=1)), 4) if n > 1 else None,
-                      first_time=iso(rows[0][0]) if n else None, last_time=iso(rows[-1][0]) if n else None), rewards
+                      first_time=iso(rows[0].ts) if n else None, last_time=iso(rows[-1].ts) if n else None), rewards
 
 
 def _num(x) -> float | None:
@@ -167,7 +170,7 @@ def detect_drift(
         # An experiment's arms are its decisions' arms. Outside one, an adapter's runs are its own,
         # and the base model's are the role's runs without adapter on the same task_type/complexity.
         route = dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
-        return store.arm_rewards(adapter_id=adapter_id, arm=arm, **route, **fetch)
+        return arm_rewards(store, adapter_id=adapter_id, arm=arm, **route, **fetch)
 
     arms = ("candidate", "control") if experiment_id else (None, None)
     new, r_new = _arm(rewards(new_id, arms[0]), new_id)
@@ -205,7 +208,7 @@ def detect_drift(
     if auto_rollback:
         out.rolled_back, out.rollback = _rollback(store, out, actor, confirm)
     if record:
-        store.insert_drift_check(time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
+        insert_drift_check(store, time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
     return out
 
 
@@ -238,8 +241,8 @@ def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tupl
         return False, f"No rollback: the decision is {out.decision}, not regression."
     route = (out.role, out.task_type, out.complexity)
     with store.read() as conn:
-        current = store.production_for_route(conn, *route)
-        previous = store.previous_production(conn, *route)
+        current = registry.production_for_route(conn, *route)
+        previous = registry.previous_production_row(conn, *route)
     if current is None or current["id"] != out.new.adapter_id:
         return False, f"No rollback: {out.new.adapter_id} is not the production adapter of its route any more."
     reason = f"drift: {out.message}"
@@ -257,5 +260,65 @@ def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tupl
 
 
 def latest_drift(store: Store, role: str) -> DriftResult | None:
-    row = store.latest_drift_check(role)
+    row = latest_drift_check(store, role)
     return DriftResult.model_validate(loads(row["result"])) if row is not None else None
+
+
+# ---- SQL: the rewards runs earned, production events, and the drift_checks table -----------------
+
+class RewardPoint(NamedTuple):
+    ts: float
+    reward: float
+
+
+def arm_rewards(store: Store, role: str | None, adapter_id: str | None, task_type: str | None = None,
+                complexity: str | None = None, start: float | None = None, end: float | None = None,
+                last_n: int | None = None, experiment_id: str | None = None,
+                arm: str | None = None) -> list[RewardPoint]:
+    """The rewards of the runs served by one adapter (None: the base model, which needs a role),
+    oldest first; optionally only runs of a route, a time window, the last N, or one experiment
+    (with an arm: the runs of that arm, whichever adapter served them)."""
+    where, args = (["r.adapter_id IS ?"], [adapter_id]) if arm is None else ([], [])
+    for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
+        if value is not None:
+            where.append(f"{col} = ?")
+            args.append(value)
+    if start is not None:
+        where.append("r.ts >= ?")
+        args.append(start)
+    if end is not None:
+        where.append("r.ts < ?")
+        args.append(end)
+    join = ""
+    if experiment_id is not None:
+        join = "JOIN decisions d ON d.id = r.decision_id"
+        where.append("d.experiment_id = ?")
+        args.append(experiment_id)
+        if arm is not None:
+            where.append("d.arm = ?")
+            args.append(arm)
+    sql = f"SELECT r.ts, r.reward FROM runs r {join} WHERE {' AND '.join(where)} ORDER BY r.ts DESC, r.id DESC"
+    if last_n is not None:
+        sql += " LIMIT ?"
+        args.append(last_n)
+    with store.read() as conn:
+        rows = conn.execute(sql, args).fetchall()
+    return [RewardPoint(r["ts"], r["reward"]) for r in reversed(rows)]
+
+
+def last_production_event(store: Store, adapter_id: str) -> sqlite3.Row | None:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM adapter_events WHERE adapter_id = ? AND to_status = 'production' "
+                            "ORDER BY id DESC LIMIT 1", (adapter_id,)).fetchone()
+
+
+def insert_drift_check(store: Store, ts: float, role: str | None, new_id: str | None, old_id: str | None,
+                       decision: str, result: str) -> None:
+    with store.write() as conn:
+        conn.execute("INSERT INTO drift_checks (ts, role, new_id, old_id, decision, result) VALUES (?, ?, ?, ?, ?, ?)",
+                     (ts, role, new_id, old_id, decision, result))
+
+
+def latest_drift_check(store: Store, role: str) -> sqlite3.Row | None:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM drift_checks WHERE role = ? ORDER BY id DESC LIMIT 1", (role,)).fetchone()

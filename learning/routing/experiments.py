@@ -21,11 +21,13 @@ import secrets
 import sqlite3
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.registry import adapters as registry
+from learning.routing.router import experiment_arm_rewards
 from learning.store import Store
 from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 
@@ -66,7 +68,7 @@ def _iso(ts: float | None) -> str | None:
 
 def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
     with store.read() as conn:
-        stats = {r["arm"]: r for r in store.experiment_arm_rewards(conn, row["id"])}
+        stats = {r["arm"]: r for r in experiment_arm_rewards(conn, row["id"])}
     arms = []
     for arm, adapter_id in (("control", row["control_id"]), ("candidate", row["candidate_id"])):
         s = stats.get(arm)
@@ -84,7 +86,7 @@ def _control(store: Store, conn, role: str, task_type: str | None, complexity: s
     from learning.routing.router import _keys
 
     for _, key in _keys(role, task_type, complexity):
-        row = store.production_for_route(conn, *key)
+        row = registry.production_for_route(conn, *key)
         if row is not None:
             return row
     return None
@@ -112,7 +114,7 @@ def start_experiment(
         problems.append("fraction applies to canary experiments only; Thompson sampling sets the split from rewards.")
     check(problems)
     with store.write() as conn:
-        cand = store.adapter_brief(conn, candidate_id)
+        cand = registry.adapter_brief(conn, candidate_id)
         if cand is None:
             raise NotFound(f"No adapter {candidate_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         if cand["role"] != role:
@@ -122,18 +124,18 @@ def start_experiment(
             raise Conflict(f"Adapter {candidate_id} is {cand['status']}; only a {', '.join(STARTABLE)} adapter can "
                            "be a candidate in an experiment.")
         route = (role, cand["task_type"], cand["complexity"])
-        running = store.running_experiment(conn, *route)
+        running = running_experiment(conn, *route)
         if running is not None:
             raise Conflict(f"Experiment {running['id']} already runs on this route; stop it first "
                            f"(stop_experiment, CLI: learnloop experiment stop --id {running['id']}).")
         control = _control(store, conn, *route)
         experiment_id = f"exp-{role}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        store.insert_experiment(conn, dict(
+        insert_experiment(conn, dict(
             id=experiment_id, role=role, task_type=cand["task_type"], complexity=cand["complexity"],
             candidate_id=candidate_id, control_id=control["id"] if control is not None else None, mode=mode,
             fraction=fraction if mode == "canary" else None, seed=int(seed), status="running",
             created=time.time(), reason=reason))
-    return to_experiment(store, store.get_experiment(experiment_id))
+    return to_experiment(store, experiment_row(store, experiment_id))
 
 
 def stop_experiment(
@@ -148,20 +150,53 @@ def stop_experiment(
         raise InvalidInput("Give exactly one of an experiment id or a role (with its task_type / complexity).")
     with store.write() as conn:
         if experiment_id is not None:
-            row = store.get_experiment(experiment_id, conn)
+            row = experiment_row(store, experiment_id, conn)
             if row is None:
                 raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
         else:
-            row = store.running_experiment(conn, role, task_type, complexity)
+            row = running_experiment(conn, role, task_type, complexity)
             if row is None:
                 raise NotFound(f"No experiment runs on role {role!r}" + (f" task_type {task_type!r}" if task_type else "")
                                + (f" complexity {complexity!r}" if complexity else "") + ". List them with list_experiments.")
         if row["status"] != "running":
             raise Conflict(f"Experiment {row['id']} is already stopped.")
-        store.stop_experiment(conn, row["id"], reason)
-    return to_experiment(store, store.get_experiment(row["id"]))
+        mark_stopped(conn, row["id"], reason)
+    return to_experiment(store, experiment_row(store, row["id"]))
 
 
 def list_experiments(store: Store, role: RoleFilter = None) -> list[Experiment]:
     """Experiments, newest first, with each arm's runs and mean reward."""
-    return [to_experiment(store, r) for r in store.list_experiments(role)]
+    return [to_experiment(store, r) for r in experiment_rows(store, role)]
+
+
+
+# ---- SQL: the experiments table ----------------------------------------------------------------
+
+def insert_experiment(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+    cols = list(row)
+    conn.execute(f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                 [row[c] for c in cols])
+
+
+def experiment_row(store: Store, experiment_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+    with store.read() as c:
+        return (conn or c).execute("SELECT * FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+
+
+def running_experiment(conn: sqlite3.Connection, role: str, task_type: str | None,
+                       complexity: str | None) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT * FROM experiments WHERE status = 'running' AND role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+        "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+
+def mark_stopped(conn: sqlite3.Connection, experiment_id: str, reason: str) -> None:
+    conn.execute("UPDATE experiments SET status = 'stopped', stopped = ?, reason = ? WHERE id = ?",
+                 (time.time(), reason, experiment_id))
+
+
+def experiment_rows(store: Store, role: str | None = None) -> list[sqlite3.Row]:
+    with store.read() as conn:
+        if role:
+            return conn.execute("SELECT * FROM experiments WHERE role = ? ORDER BY created DESC", (role,)).fetchall()
+        return conn.execute("SELECT * FROM experiments ORDER BY created DESC").fetchall()

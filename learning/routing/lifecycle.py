@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from learning.registry import adapters as registry
 from learning.errors import Conflict, ConfirmationNeeded, InvalidInput, LearnloopError, NotFound, check
 from learning.home import safe_id, subdir
+from learning.serve.deploy import deploy_target_row
 from learning.store import Store
 from learning.params import Confirm, Reason
 
@@ -145,8 +146,8 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
         raise InvalidInput(f"Unknown target {to!r}; promote to candidate, production or archived.")
     adapter = registry.get_adapter(store, adapter_id)
     with store.read() as conn:
-        row = store.get_adapter(adapter_id, conn)
-        old = store.production_for_route(conn, *registry.route_of(row)) if to == "production" else None
+        row = registry.adapter_row(store, adapter_id, conn)
+        old = registry.production_for_route(conn, *registry.route_of(row)) if to == "production" else None
     problem = _promotion_problem(row, old, to, force)
     if problem:
         raise Conflict(problem)
@@ -203,7 +204,7 @@ def plan_rollback(store: Store, role: str, task_type: str | None = None, complex
         raise Conflict(f"Nothing to roll back to for route {_route(role, task_type, complexity)}: "
                        "no adapter of this route was ever replaced in production (see adapter_history).")
     with store.read() as conn:
-        current = store.production_for_route(conn, role, task_type, complexity)
+        current = registry.production_for_route(conn, role, task_type, complexity)
     restore = brief(registry.get_adapter(store, prev["id"]))
     archive = brief(registry.get_adapter(store, current["id"])) if current is not None else None
     lines = [f"Roll back route {_route(role, task_type, complexity)}: {restore.adapter_id} goes back to production"
@@ -274,7 +275,7 @@ def _deploy_first(store: Store, adapter_id: str, role: str, task_type: str | Non
     """When the route has a runtime configured (deploy --set-target), put the adapter that is
     about to serve it on that runtime before the registry changes, and retire the old one there:
     a deployment that fails raises with its cause and leaves the registry as it was."""
-    target = store.deploy_target(role, task_type, complexity)
+    target = deploy_target_row(store, role, task_type, complexity)
     if target is None:
         return
     from learning.serve.deploy import deploy_adapter
@@ -378,7 +379,7 @@ def register_adapter(
     if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
         raise InvalidInput(f"No base model folder {base}; pass the base the adapter was trained on (--base).")
     adapter_id = safe_id(adapter_id or f"{registry.new_adapter_id(role)}-{secrets.token_hex(2)}", "adapter id")
-    if store.adapter_exists(adapter_id):
+    if registry.adapter_row(store, adapter_id) is not None:
         raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
     loaded = check_loads(base, src) if load_check else {}
     dest = subdir(store.home, "adapters") / adapter_id

@@ -4,13 +4,14 @@ model, promotions and rollbacks as vertical lines, the latest drift decision in 
 from __future__ import annotations
 
 from typing import Annotated
-
+import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from learning.registry import adapters as registry
 from learning.routing.drift import latest_drift
 from learning.errors import NotFound
 from learning.home import subdir
@@ -50,9 +51,9 @@ def write_report(
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    rows = store.role_rewards(role)
-    if not rows and not store.role_known(role):
-        raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(store.known_roles()) or 'none yet'}.")
+    rows = role_rewards(store, role)
+    if not rows and not registry.role_known(store, role):
+        raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(registry.known_roles(store)) or 'none yet'}.")
     series: dict[str, tuple[list, list, list]] = {}  # name -> times, rewards, stretch number of each run
     stretch, last = 0, None
     for r in rows:
@@ -63,7 +64,7 @@ def write_report(
         ts.append(datetime.fromtimestamp(r["ts"], tz=timezone.utc))
         rewards.append(r["reward"])
         stretches.append(stretch)
-    events = store.adapter_events(role=role)
+    events = registry.adapter_event_rows(store, role=role)
     fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
     for name, (ts, rewards, stretches) in sorted(series.items(), key=lambda kv: kv[1][0][0]):
         # A line breaks where another adapter served in between (NaN is a gap for matplotlib).
@@ -111,3 +112,9 @@ def write_report(
     plt.close(fig)
     return Report(path=str(path.resolve()), role=role, runs=len(rows), series={k: len(v[1]) for k, v in series.items()},
                   promotions=promotions, rollbacks=rollbacks, drift_decision=check.decision if check else None)
+
+
+def role_rewards(store: Store, role: str) -> list[sqlite3.Row]:
+    """ts, reward and adapter_id of every run of a role, oldest first."""
+    with store.read() as conn:
+        return conn.execute("SELECT ts, reward, adapter_id FROM runs WHERE role = ? ORDER BY ts, id", (role,)).fetchall()

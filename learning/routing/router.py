@@ -25,20 +25,22 @@ back in log_run so the reward is attributed to the adapter (and experiment arm) 
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import random
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput
+from learning.registry.adapters import adapter_brief
 from learning.runs.record import LIMITS, ROLE_PATTERN
+from learning.serve.deploy import latest_deployment
 from learning.store import Store
 from learning.params import Complexity, Role, TaskType
 
@@ -86,11 +88,11 @@ def _cache(store: Store) -> _Cache:
 
 
 def _load(store: Store, conn) -> _Table:
-    production, experiments, bases = store.route_table(conn)
+    production, experiments, bases = route_table(conn)
     key = lambda r: (r["role"], r["task_type"], r["complexity"])  # noqa: E731
     running = {}
     for r in experiments:
-        cand = store.adapter_brief(conn, r["candidate_id"])
+        cand = adapter_brief(conn, r["candidate_id"])
         if cand is not None and cand["status"] not in ("failed", "training"):  # never serve a broken candidate
             running[key(r)] = {**dict(r), "candidate": dict(cand)}
     return _Table(production={key(r): dict(r) for r in production}, experiments=running,
@@ -98,10 +100,10 @@ def _load(store: Store, conn) -> _Table:
 
 
 def _table(store: Store, conn, cache: _Cache) -> _Table:
-    probe = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+    probe = (id(conn), conn.execute("PRAGMA data_version").fetchone()["data_version"], conn.total_changes)
     if cache.table is not None and getattr(cache.local, "probe", None) == probe:
         return cache.table
-    token = store.route_token(conn)
+    token = route_token(conn)
     with cache.lock:
         if token != cache.token or cache.table is None:
             cache.table, cache.token = _load(store, conn), token
@@ -134,7 +136,7 @@ def _arm_stats(store: Store, conn, cache: _Cache, experiment_id: str) -> dict:
     hit = cache.arm_stats.get(experiment_id)
     if hit is not None and now - hit[0] < STATS_TTL_S:
         return hit[1]
-    stats = {r["arm"]: (r["runs"], r["reward_sum"]) for r in store.experiment_arm_rewards(conn, experiment_id)}
+    stats = {r["arm"]: (r["runs"], r["reward_sum"]) for r in experiment_arm_rewards(conn, experiment_id)}
     cache.arm_stats[experiment_id] = (now, stats)
     return stats
 
@@ -173,72 +175,13 @@ def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key
     return None, "base", None, None
 
 
-class _DecisionWriter:
-    """Decisions are written in batches by a background thread, every FLUSH_S seconds: a
-    selection only appends to a list. (Flushing inline from the selecting thread instead put
-    a commit into 1-2% of the calls and pushed their p99 from 0.1 ms to several ms on a busy
-    machine; see bench/routing.py.) The list is also written at exit, by log_run before it
-    looks a decision up, and inline past MAX_ROWS (back-pressure if the disk stalls). A crash
-    loses at most the unwritten decisions; runs logged with them are then refused, never
-    misattributed."""
-
-    FLUSH_S = 0.05
-    MAX_ROWS = 10_000
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.rows: list[tuple] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._loop, name="learnloop-decisions", daemon=True)
-        self.thread.start()
-
-    def add(self, row: tuple) -> None:
-        with self.lock:
-            self.rows.append(row)
-            full = len(self.rows) >= self.MAX_ROWS
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            rows, self.rows = self.rows, []
-            if rows:
-                with self.store.write() as conn:
-                    self.store.insert_decisions(conn, rows)
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.FLUSH_S)
-            if self.rows:
-                try:
-                    self.flush()
-                except Exception as exc:  # keep serving; the next flush retries
-                    import sys
-
-                    print(f"learnloop: writing routing decisions failed: {exc}", file=sys.stderr)
-
-
-_WRITERS: dict[str, _DecisionWriter] = {}
-_WRITERS_LOCK = threading.Lock()
-
-
-def _writer(store: Store) -> _DecisionWriter:
-    key = str(store.path)
-    writer = _WRITERS.get(key)
-    if writer is None:
-        with _WRITERS_LOCK:
-            writer = _WRITERS.get(key) or _WRITERS.setdefault(key, _DecisionWriter(Store(store.home)))
-    return writer
-
-
-def flush_decisions(store: Store | None = None) -> None:
-    """Write buffered decisions now (of one store, or of all)."""
-    for key, writer in list(_WRITERS.items()):
-        if store is None or key == str(store.path):
-            writer.flush()
-
-
-atexit.register(flush_decisions)
+def _remember_own_write(cache: _Cache, conn) -> None:
+    """A decision row is no change to the route table: keep this thread's probe valid after
+    writing one, so the next call does not re-read the registry's generation for it. (Another
+    connection's commit still changes PRAGMA data_version, which the probe holds.)"""
+    probe = getattr(cache.local, "probe", None)
+    if probe is not None and probe[0] == id(conn):
+        cache.local.probe = (probe[0], probe[1], conn.total_changes)
 
 
 def _check(role: str, task_type: str | None, complexity: str | None, task_key: str | None) -> None:
@@ -264,8 +207,9 @@ def select_adapter(
 
     Deterministic for a given task_key under an experiment; without a task_key the
     decision id stands in for it. `seed` overrides the experiment's own seed (for reproducible
-    simulations); leave it out in production so every caller splits traffic the same way. The decision is recorded (batched, see _DecisionWriter);
-    with record=False it is not, and log_run will not accept its id."""
+    simulations); leave it out in production so every caller splits traffic the same way. The
+    decision is written before this returns (one short transaction); with record=False it is
+    not, and log_run will not accept its id."""
     _check(role, task_type, complexity, task_key)
     cache = _cache(store)
     decision_id = "d-" + secrets.token_hex(8)
@@ -273,13 +217,67 @@ def select_adapter(
         table = _table(store, conn, cache)
         adapter, level, experiment_id, arm = _resolve(store, conn, cache, table, role, task_type, complexity,
                                                       task_key or decision_id, seed)
-        deployment = store.latest_deployment(adapter["id"], conn) if adapter is not None else None
+        deployment = latest_deployment(store, adapter["id"], conn) if adapter is not None else None
     if record:
-        _writer(store).add((decision_id, time.time(), role, task_type, complexity, task_key,
-                            adapter["id"] if adapter else None, level, experiment_id, arm))
+        with store.write() as conn:
+            insert_decision(conn, DecisionRow(
+                id=decision_id, ts=time.time(), role=role, task_type=task_type, complexity=complexity,
+                task_key=task_key, adapter_id=adapter["id"] if adapter else None, route=level,
+                experiment_id=experiment_id, arm=arm))
+        _remember_own_write(cache, conn)
     return Selection(
         adapter_id=adapter["id"] if adapter else None, adapter_path=adapter["path"] if adapter else None,
         base_model=adapter["base_model"] if adapter else table.bases.get(role),
         served_name=deployment["served_name"] if deployment is not None else None,
         deployment_url=deployment["url"] if deployment is not None else None,
         route=level, experiment_id=experiment_id, arm=arm, decision_id=decision_id)
+
+
+# ---- SQL: the route table, the registry's generation, and the decisions table ------------------
+
+class DecisionRow(NamedTuple):
+    """One row of the decisions table, its fields in column order."""
+
+    id: str
+    ts: float
+    role: str
+    task_type: str | None
+    complexity: str | None
+    task_key: str | None
+    adapter_id: str | None
+    route: str
+    experiment_id: str | None
+    arm: str | None
+
+
+def insert_decision(conn: sqlite3.Connection, row: DecisionRow) -> None:
+    conn.execute(f"INSERT INTO decisions ({', '.join(DecisionRow._fields)}) "
+                 f"VALUES ({', '.join('?' * len(DecisionRow._fields))})", row)
+
+
+def route_token(conn: sqlite3.Connection) -> tuple:
+    """Changes whenever an adapter moves (every move writes an event) or an experiment
+    starts or stops: the router's cache key."""
+    row = conn.execute(
+        "SELECT (SELECT ifnull(max(id), 0) FROM adapter_events) AS last_event, "
+        "(SELECT count(*) FROM experiments) AS experiments, (SELECT count(stopped) FROM experiments) AS stopped"
+    ).fetchone()
+    return row["last_event"], row["experiments"], row["stopped"]
+
+
+def route_table(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+    """Production adapters, running experiments, and each role's latest base model."""
+    production = conn.execute("SELECT id, role, task_type, complexity, base_model, path FROM adapters "
+                              "WHERE status = 'production'").fetchall()
+    experiments = conn.execute("SELECT * FROM experiments WHERE status = 'running'").fetchall()
+    bases = conn.execute("SELECT role, base_model FROM adapters a WHERE created = "
+                         "(SELECT max(created) FROM adapters b WHERE b.role = a.role)").fetchall()
+    return production, experiments, bases
+
+
+def experiment_arm_rewards(conn: sqlite3.Connection, experiment_id: str) -> list[sqlite3.Row]:
+    """Runs attributed (through their decision) to each arm of an experiment: count and reward sum."""
+    return conn.execute(
+        "SELECT d.arm AS arm, count(r.id) AS runs, ifnull(sum(r.reward), 0) AS reward_sum "
+        "FROM decisions d JOIN runs r ON r.decision_id = d.id WHERE d.experiment_id = ? GROUP BY d.arm",
+        (experiment_id,)).fetchall()

@@ -1,4 +1,4 @@
-"""Runs: log one, import many, summarise.
+"""Runs: log one, import many, read one back (statistics: learning/runs/stats.py).
 
 A run is one agent episode with the reward it earned. Field limits (characters):
 agent/model 200, role/task_type/complexity 64, task_key 256, adapter_id/decision_id 128,
@@ -12,17 +12,17 @@ import io
 import json
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, IO, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from learning.params import RoleFilter
 from learning.errors import InvalidInput, NotFound
-from learning.store import RUN_COLUMNS, Store, dumps, loads
+from learning.store import Store, dumps, loads
 
 LIMITS = {
     "agent": 200, "model": 200, "role": 64, "task_type": 64, "complexity": 64, "task_key": 256,
@@ -31,6 +31,31 @@ LIMITS = {
 }
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 IMPORT_BATCH = 2_000
+
+
+class RunRow(NamedTuple):
+    """One row of the runs table as written, its fields in column order (so a batch of them
+    binds to the INSERT as it is)."""
+
+    ts: float
+    agent: str
+    role: str
+    task_type: str | None
+    complexity: str | None
+    task_key: str
+    instruction: str
+    input: str
+    output: str
+    reward: float
+    signals: str
+    model: str | None
+    adapter_id: str | None
+    decision_id: str | None
+    meta: str
+
+
+RUN_COLUMNS = RunRow._fields
+_INSERT_RUN = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
 
 
 class Signals(BaseModel):
@@ -117,26 +142,6 @@ class ImportResult(BaseModel):
     seconds: float
 
 
-class StatsGroup(BaseModel):
-    role: str | None = None
-    adapter_id: str | None = None
-    runs: int
-    mean_reward: float | None
-    compile_rate: float | None = Field(description="Share of runs with signals.compiled true, among runs that report it.")
-    test_pass_rate: float | None = Field(description="Mean of tests_passed / tests_total, among runs that report tests.")
-    mean_iterations: float | None
-    first_time: str | None
-    last_time: str | None
-
-
-class RunStats(BaseModel):
-    total_runs: int
-    since: str | None
-    until: str | None
-    group_by: list[str]
-    groups: list[StatsGroup]
-
-
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -158,16 +163,18 @@ def _check_json_size(run: RunIn) -> tuple[str, str]:
     return signals, meta
 
 
-def _row(run: RunIn, known_adapters: set[str] | None = None) -> tuple:
+def _row(run: RunIn) -> RunRow:
     signals, meta = _check_json_size(run)
-    ts = run.time.timestamp() if run.time else time.time()
-    task_key = run.task_key or derive_task_key(run.instruction, run.input)
-    return (ts, run.agent, run.role, run.task_type, run.complexity, task_key, run.instruction, run.input,
-            run.output, float(run.reward), signals, run.model, run.adapter_id, run.decision_id, meta)
+    return RunRow(
+        ts=run.time.timestamp() if run.time else time.time(), agent=run.agent, role=run.role,
+        task_type=run.task_type, complexity=run.complexity,
+        task_key=run.task_key or derive_task_key(run.instruction, run.input), instruction=run.instruction,
+        input=run.input, output=run.output, reward=float(run.reward), signals=signals, model=run.model,
+        adapter_id=run.adapter_id, decision_id=run.decision_id, meta=meta)
 
 
 def _check_adapters(store: Store, ids: Iterable[str]) -> None:
-    unknown = sorted({a for a in ids if a and not store.adapter_exists(a)})
+    unknown = sorted({a for a in ids if a and not adapter_exists(store, a)})
     if unknown:
         raise InvalidInput(
             f"Unknown adapter_id {', '.join(map(repr, unknown[:5]))}: log the adapter id that "
@@ -208,12 +215,7 @@ def parse_run(data: Any) -> RunIn:
 def _attribute(store: Store, run: RunIn) -> RunIn:
     """A run carrying a decision_id is served by the decision's adapter: check the decision
     exists and fill adapter_id from it (None for the base model) when the run has none."""
-    decision = store.get_decision(run.decision_id)
-    if decision is None:  # it may still sit in this process's write buffer
-        from learning.routing.router import flush_decisions
-
-        flush_decisions(store)
-        decision = store.get_decision(run.decision_id)
+    decision = decision_row(store, run.decision_id)
     if decision is None:
         raise InvalidInput(f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
                            "returned, or leave it empty.")
@@ -237,8 +239,8 @@ def log_run(store: Store, run: RunIn | dict) -> LogResult:
     if run.adapter_id:
         _check_adapters(store, [run.adapter_id])
     row = _row(run)
-    (run_id,) = store.insert_runs([row])
-    return LogResult(run_id=run_id, task_key=row[5])
+    (run_id,) = insert_runs(store, [row])
+    return LogResult(run_id=run_id, task_key=row.task_key)
 
 
 def import_runs_from(
@@ -331,7 +333,7 @@ def import_runs(
         errors.extend(batch_errors[: max(0, 50 - len(errors))])
         if batch:
             _check_adapters(store, (r.adapter_id for _, r in batch))
-            store.insert_runs([_row(r) for _, r in batch])
+            insert_runs(store, [_row(r) for _, r in batch])
             imported += len(batch)
             batches += 1
         batch, batch_errors = [], []
@@ -350,77 +352,6 @@ def import_runs(
                         errors=errors, seconds=round(time.perf_counter() - started, 3))
 
 
-def parse_time(value: str | float | None, what: str) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidInput(f"'{what}' must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T12:00:00Z, got {value!r}.") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
-
-def time_window(since: str | None, until: str | None, days: float | None) -> tuple[float | None, float | None]:
-    """Resolve since/until/days into epoch bounds; contradictory combinations are errors."""
-    problems = []
-    if days is not None and days <= 0:
-        problems.append("'days' must be positive.")
-    if days is not None and since:
-        problems.append("give either 'since' or 'days', not both.")
-    start, end = parse_time(since, "since"), parse_time(until, "until")
-    if days is not None and days > 0 and not since:
-        start = (end or time.time()) - days * 86400
-    if start is not None and end is not None and start >= end:
-        problems.append("'since' must be before 'until'.")
-    if problems:
-        raise InvalidInput("Invalid time window: " + " ".join(problems))
-    return start, end
-
-
-GroupBy = Literal["role", "adapter", "role_adapter", "none"]
-
-
-def run_stats(
-    store: Store,
-    role: RoleFilter = None,
-    adapter_id: Annotated[str | None, Field(description="Only runs served by this adapter.")] = None,
-    agent: Annotated[str | None, Field(description="Only this agent.")] = None,
-    since: Annotated[str | None, Field(description="Start of the window (ISO 8601).")] = None,
-    until: Annotated[str | None, Field(description="End of the window (ISO 8601).")] = None,
-    days: Annotated[float | None, Field(description="The last N days (instead of since).")] = None,
-    group_by: Annotated[GroupBy, Field(description="role, adapter, role_adapter or none.")] = "role",
-) -> RunStats:
-    """How runs are going: counts, mean reward, compile rate, test pass rate and mean
-    iterations, by role and/or adapter ('base' rows have adapter_id null), over a time window.
-    Read-only."""
-    groups = {"role": ["role"], "adapter": ["adapter_id"], "role_adapter": ["role", "adapter_id"], "none": []}
-    if group_by not in groups:
-        raise InvalidInput(f"group_by must be one of {', '.join(groups)}, got {group_by!r}.")
-    start, end = time_window(since, until, days)
-    rows = store.run_stats_rows(groups[group_by], role=role, adapter_id=adapter_id, agent=agent, start=start, end=end)
-    result = []
-    for row in rows:
-        keys = row.keys()
-        result.append(StatsGroup(
-            role=row["role"] if "role" in keys else None,
-            adapter_id=row["adapter_id"] if "adapter_id" in keys else None,
-            runs=row["runs"], mean_reward=_round(row["mean_reward"]), compile_rate=_round(row["compile_rate"]),
-            test_pass_rate=_round(row["test_pass_rate"]), mean_iterations=_round(row["mean_iterations"]),
-            first_time=iso(row["first_ts"]), last_time=iso(row["last_ts"]),
-        ))
-    result = [g for g in result if g.runs > 0]
-    return RunStats(total_runs=sum(g.runs for g in result), since=iso(start), until=iso(end),
-                    group_by=groups[group_by], groups=result)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
 def row_to_run(row) -> Run:
     return Run(id=row["id"], time=iso(row["ts"]), agent=row["agent"], role=row["role"], task_type=row["task_type"],
                complexity=row["complexity"], task_key=row["task_key"], instruction=row["instruction"],
@@ -430,7 +361,44 @@ def row_to_run(row) -> Run:
 
 
 def get_run(store: Store, run_id: int) -> Run:
-    row = store.get_run(run_id)
+    row = run_row(store, run_id)
     if row is None:
         raise NotFound(f"No run {run_id}. List runs with run_stats or check the id log_run returned.")
     return row_to_run(row)
+
+
+# ---- SQL: the runs table, and what logging a run checks in the registry's tables -------------
+
+def insert_runs(store: Store, rows: Iterable[RunRow], conn: sqlite3.Connection | None = None) -> list[int]:
+    """Insert rows in one transaction (the caller's, when conn is given); returns their ids."""
+    if conn is None:
+        with store.write() as conn:
+            return insert_runs(store, rows, conn)
+    rows = list(rows)
+    if len(rows) == 1:
+        return [conn.execute(_INSERT_RUN, rows[0]).lastrowid]
+    # Inside one write transaction ids are consecutive: nobody else can insert meanwhile.
+    first = conn.execute("SELECT ifnull(max(id), 0) AS last FROM runs").fetchone()["last"] + 1
+    conn.executemany(_INSERT_RUN, rows)
+    return list(range(first, first + len(rows)))
+
+
+def run_row(store: Store, run_id: int) -> sqlite3.Row | None:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+
+def count_runs(store: Store) -> int:
+    with store.read() as conn:
+        return conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"]
+
+
+def decision_row(store: Store, decision_id: str) -> sqlite3.Row | None:
+    """The routing decision a run refers to (written by learning/routing/router.py)."""
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+
+
+def adapter_exists(store: Store, adapter_id: str) -> bool:
+    with store.read() as conn:
+        return conn.execute("SELECT 1 FROM adapters WHERE id = ?", (adapter_id,)).fetchone() is not None

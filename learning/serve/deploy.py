@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import secrets
+import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -211,7 +213,7 @@ def deploy_adapter(
     adapter = get_adapter(store, adapter_id)
     contact = url is not None or target != "llamacpp"
     url = (url or DEFAULT_URLS[target]).rstrip("/")
-    old = [d for d in store.active_deployments(target, url)
+    old = [d for d in active_deployment_rows(store, target, url)
            if (d["role"], d["task_type"], d["complexity"]) == (adapter.role, adapter.task_type, adapter.complexity)]
     name = served_name(adapter_id)
     import httpx
@@ -237,9 +239,9 @@ def deploy_adapter(
     dep_id = f"dep-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     with store.write() as conn:
         for d in old:  # an older row of this very name is superseded by the new one
-            store.set_deployment_status(conn, d["id"], retired.get(d["id"], "replaced"))
-        store.insert_deployment(conn, dep_id, adapter_id, target, url, done["served_name"])
-    row = store.latest_deployment(adapter_id)
+            set_deployment_status(conn, d["id"], retired.get(d["id"], "replaced"))
+        insert_deployment(conn, dep_id, adapter_id, target, url, done["served_name"])
+    row = latest_deployment(store, adapter_id)
     return Deployment(id=dep_id, adapter_id=adapter_id, target=target, url=url, served_name=done["served_name"],
                       created=_iso(row["created"]), status="active", artifact=done["artifact"],
                       command=done.get("command"), replaced=[d["served_name"] for d in old if d["served_name"] != done["served_name"]],
@@ -280,10 +282,62 @@ def set_deploy_target(
     if target == "llamacpp" and not url:
         raise InvalidInput("A llama.cpp target needs the server's --url (its adapters are set through /lora-adapters).")
     url = (url or DEFAULT_URLS[target]).rstrip("/") if target else None
-    store.set_deploy_target(role, task_type, complexity, target, url)
+    write_deploy_target(store, role, task_type, complexity, target, url)
     return DeployTarget(role=role, task_type=task_type, complexity=complexity, target=target, url=url) if target else None
 
 
 def list_deploy_targets(store: Store) -> list[DeployTarget]:
     return [DeployTarget(role=r["role"], task_type=r["task_type"], complexity=r["complexity"], target=r["target"],
-                         url=r["url"]) for r in store.deploy_targets()]
+                         url=r["url"]) for r in deploy_target_rows(store)]
+
+
+# ---- SQL: the deployments and deploy_targets tables ---------------------------------------------
+
+def insert_deployment(conn: sqlite3.Connection, deployment_id: str, adapter_id: str, target: str, url: str,
+                      served_name: str, status: str = "active") -> None:
+    conn.execute(
+        "INSERT INTO deployments (id, adapter_id, target, url, served_name, created, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (deployment_id, adapter_id, target, url, served_name, time.time(), status))
+
+
+def set_deployment_status(conn: sqlite3.Connection, deployment_id: str, status: str) -> None:
+    conn.execute("UPDATE deployments SET status = ? WHERE id = ?", (status, deployment_id))
+
+
+def latest_deployment(store: Store, adapter_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
+    """The newest deployment of an adapter that is not failed or removed."""
+    sql = ("SELECT * FROM deployments WHERE adapter_id = ? AND status NOT IN ('failed', 'removed') "
+           "ORDER BY created DESC LIMIT 1")
+    with store.read() as c:
+        return (conn or c).execute(sql, (adapter_id,)).fetchone()
+
+
+def active_deployment_rows(store: Store, target: str, url: str) -> list[sqlite3.Row]:
+    """Active deployments on one runtime, with their adapter's route."""
+    with store.read() as conn:
+        return conn.execute(
+            "SELECT d.*, a.role, a.task_type, a.complexity FROM deployments d JOIN adapters a ON a.id = d.adapter_id "
+            "WHERE d.target = ? AND d.url = ? AND d.status = 'active' ORDER BY d.created", (target, url)).fetchall()
+
+
+def write_deploy_target(store: Store, role: str, task_type: str | None, complexity: str | None, target: str | None,
+                        url: str | None) -> None:
+    """Set (or, with target None, clear) the runtime a route is deployed to."""
+    with store.write() as conn:
+        conn.execute("DELETE FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+                     "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity))
+        if target is not None:
+            conn.execute("INSERT INTO deploy_targets (role, task_type, complexity, target, url, updated) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (role, task_type, complexity, target, url, time.time()))
+
+
+def deploy_target_row(store: Store, role: str, task_type: str | None, complexity: str | None) -> sqlite3.Row | None:
+    with store.read() as conn:
+        return conn.execute(
+            "SELECT * FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+            "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+
+
+def deploy_target_rows(store: Store) -> list[sqlite3.Row]:
+    with store.read() as conn:
+        return conn.execute("SELECT * FROM deploy_targets ORDER BY role, task_type, complexity").fetchall()

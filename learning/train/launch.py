@@ -21,7 +21,8 @@ from learning.registry import adapters as registry
 from learning.train.config import TrainConfig, build_config
 from learning.errors import Conflict, InvalidInput, LearnloopError, check
 from learning.home import safe_id, subdir
-from learning.jobs.manage import start_job
+from learning.data.datasets import dataset_row
+from learning.jobs.manage import active_job_rows, start_job
 from learning.store import Store, loads
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
@@ -61,7 +62,7 @@ class TrainStarted(BaseModel):
 # ---- checks of each input; each returns problems instead of raising -------------------
 
 def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], dict | None]:
-    row = store.get_dataset(dataset_id)
+    row = dataset_row(store, dataset_id)
     if row is None:
         return [f"No dataset {dataset_id!r}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."], None
     ds = dict(row)
@@ -162,7 +163,7 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
     if adapter_id is None:
         if not resume:
             return [], None
-        rows = [r for r in store.list_adapters(role=role, status="failed")
+        rows = [r for r in registry.adapter_rows(store, role=role, status="failed")
                 if (Path(r["path"]) / "checkpoints").is_dir()]
         if not rows:
             return [f"Nothing to resume for role {role!r}: no failed or cancelled adapter with a checkpoint."], None
@@ -171,7 +172,7 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
         safe_id(adapter_id, "adapter id")
     except InvalidInput as exc:
         return [str(exc)], None
-    row = store.get_adapter(adapter_id)
+    row = registry.adapter_row(store, adapter_id)
     if resume and row is None:
         return [f"No adapter {adapter_id!r} to resume."], None
     if not resume and row is not None:
@@ -268,7 +269,7 @@ def train_adapter(
     id_problems, adapter_id = _resolve_adapter_id(store, role, adapter_id, resume)
     problems += id_problems
     notes: list[str] = []
-    previous = store.get_adapter(adapter_id) if resume and adapter_id else None
+    previous = registry.adapter_row(store, adapter_id) if resume and adapter_id else None
     base = base or (previous["base_model"] if previous is not None else DEFAULT_BASE)
     cfg = None
     try:
@@ -334,7 +335,7 @@ def _start(store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, ex
     params = {"config": plan.config, "dataset_id": plan.dataset_id, "base": base_ref, "num_processes": plan.num_processes}
     if previous is not None:
         adapter_id = previous["id"]
-        if any(j["subject"] == adapter_id for j in store.active_jobs()):
+        if any(j["subject"] == adapter_id for j in active_job_rows(store)):
             raise Conflict(f"Adapter {adapter_id} is being trained by a running job already.")
         registry.move(store, adapter_id, "training", "learnloop", "resumed from its latest checkpoint", force=True)
     else:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
+from learning.jobs.manage import JobCancelled, JobContext, die_with_parent, job_row
 from learning.store import Store, loads
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
@@ -35,13 +35,13 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             result = train(ctx)
     except JobCancelled as exc:
         with ctx.store.write() as conn:
-            ctx.store.set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
+            registry.set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
         raise
     registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
     registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
     if result.get("base_hash"):
         with ctx.store.write() as conn:
-            ctx.store.update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
+            registry.update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
     return result
 
 
@@ -59,7 +59,7 @@ def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(force=True, stage="launching", message=f"accelerate launch with {p['num_processes']} processes")
     # The launcher dies with this process (SIGKILL included), and its workers with it (main()).
     code = subprocess.call(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-    ctx._progress = loads(ctx.store.get_job(ctx.job_id)["progress"]) or {}  # what rank 0 reported
+    ctx._progress = loads(job_row(ctx.store, ctx.job_id)["progress"]) or {}  # what rank 0 reported
     if (out / "cancelled.json").exists():
         raise JobCancelled(_cancel_message(p, _read_json(out / "cancelled.json").get("step")))
     if code != 0 or not (out / "result.json").exists():

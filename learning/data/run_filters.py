@@ -1,0 +1,76 @@
+"""The SQL of curation: a curation's filters as WHERE fragments over the runs table, the runs
+that pass them (streamed), and the funnel (how many runs are left after each filter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from learning.store import Store
+
+
+class CurationRun(NamedTuple):
+    """The columns of a run that curation reads."""
+
+    id: int
+    task_key: str
+    reward: float
+    instruction: str
+    input: str
+    output: str
+    task_type: str | None
+    complexity: str | None
+
+
+class FunnelCount(NamedTuple):
+    step: str
+    runs_left: int
+
+
+# Filters become WHERE fragments here, in a fixed order that is also the order of the funnel.
+# Values are always bound.
+_LENGTH = "(length(instruction) + length(input) + length(output))"
+_FUNNEL = (
+    ("min_reward", "reward >= ?"), ("max_reward", "reward <= ?"), ("task_type", "task_type = ?"),
+    ("complexity", "complexity = ?"), ("agent", "agent = ?"), ("since", "ts >= ?"), ("until", "ts < ?"),
+    ("min_length", _LENGTH + " >= ?"), ("max_length", _LENGTH + " <= ?"),
+)
+_ORDER_BY = {"reward": "reward DESC, id", "task_key": "task_key, reward DESC, id"}
+
+
+def _filters(filters: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(name, SQL fragment, value) of each filter given."""
+    return [(name, sql, filters[name]) for name, sql in _FUNNEL if filters.get(name) is not None]
+
+
+def stream_curation_runs(store: Store, role: str, filters: dict[str, Any], order: str = "reward",
+                         batch: int = 2_000) -> Iterator[CurationRun]:
+    """Runs of a role passing the filters, read in batches from one cursor. order 'reward': best
+    first (the index on (role, reward) gives this order without sorting, so a limit stops the read
+    early); order 'task_key': attempts at one task together, best first."""
+    parts = _filters(filters)
+    where = " AND ".join(["role = ?"] + [sql for _, sql, _ in parts])
+    sql = (f"SELECT {', '.join(CurationRun._fields)} FROM runs WHERE {where} ORDER BY {_ORDER_BY[order]}")
+    make = CurationRun._make
+    with store.read() as conn:
+        cursor = conn.cursor()
+        cursor.row_factory = None  # plain tuples, named below: several times cheaper than sqlite3.Row
+        cursor.execute(sql, [role] + [value for _, _, value in parts])
+        try:
+            while rows := cursor.fetchmany(batch):
+                yield from map(make, rows)
+        finally:
+            cursor.close()
+
+
+def curation_funnel(store: Store, role: str, filters: dict[str, Any]) -> list[FunnelCount]:
+    """How many runs of the role are left after each filter in turn: role first, then each filter."""
+    parts = _filters(filters)
+    # The i-th sum repeats the first i conditions, so it binds their values again.
+    sums = [f"sum({' AND '.join(sql for _, sql, _ in parts[: i + 1])}) AS left_{i}" for i in range(len(parts))]
+    bound = [value for i in range(len(parts)) for _, _, value in parts[: i + 1]]
+    sql = f"SELECT count(*) AS runs{''.join(', ' + s for s in sums)} FROM runs WHERE role = ?"
+    with store.read() as conn:
+        row = conn.execute(sql, bound + [role]).fetchone()
+    return [FunnelCount("role", row["runs"])] + [FunnelCount(name, row[f"left_{i}"] or 0)
+                                                 for i, (name, _, _) in enumerate(parts)]
