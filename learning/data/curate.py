@@ -23,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from learning import __version__
-from learning.data.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, iso, list_datasets,
+from learning.clock import iso
+from learning.data.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, list_datasets,
                                new_dataset_id, publish, temp_folder)
 from learning.errors import InvalidInput, check
 from learning.data.parallel import map_chunks

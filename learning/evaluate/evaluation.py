@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from learning.evaluate import checks
 from learning.registry import adapters as registry
+from learning.clock import iso
 from learning.errors import Conflict, InvalidInput, check
 from learning.jobs.manage import JobCancelled, start_job
 from learning.store import Store
@@ -209,7 +210,7 @@ def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, ela
     return {**summary, "summary": summary, "adapter_id": adapter.id, "role": adapter.role, "dataset_id": cfg.dataset_id,
             "base_model": adapter.base_model, "examples": n_tf, "generated": n_gen, "adapter": a, "base": b,
             "gate": gate, "config": cfg.model_dump(), "elapsed_s": round(elapsed, 2),
-            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "evaluated": iso(time.time())}
 
 
 def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, Any]]) -> None:

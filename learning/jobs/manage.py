@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
 from pydantic import BaseModel, Field
 
+from learning.clock import iso, stamp
 from learning.errors import Conflict, NotFound
 from learning.home import subdir
 from learning.store import Store, dumps, loads
@@ -54,14 +54,7 @@ class JobStatus(BaseModel):
 
 
 def new_job_id(kind: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{kind}-{stamp}-{secrets.token_hex(2)}"
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return f"{kind}-{stamp()}-{secrets.token_hex(2)}"
 
 
 def _process_alive(pid: int | None, pid_started: float | None) -> bool:
@@ -211,7 +204,7 @@ def job_status(store: Store, job_id: str, log_lines: int = 10) -> JobStatus:
     return JobStatus(
         job_id=row["id"], kind=row["kind"], status=row["status"], subject=row["subject"],
         progress=loads(row["progress"]) or {}, result=loads(row["result"]), error=row["error"],
-        created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
+        created=iso(row["created"]), started=iso(row["started"]), finished=iso(row["finished"]),
         elapsed_s=round(end - row["started"], 1) if row["started"] and end else None,
         log_path=row["log_path"], log_tail=_tail(row["log_path"], log_lines) if log_lines else [],
     )

@@ -17,8 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from learning.registry import adapters as registry
+from learning.clock import iso
 from learning.errors import Conflict, InvalidInput, NotFound, check
-from learning.runs.record import iso, time_window
+from learning.runs.record import time_window
 from learning.store import Store, dumps, loads
 
 Decision = Literal["regression", "improvement", "no_change", "insufficient_data"]

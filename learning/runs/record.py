@@ -20,6 +20,7 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
 from learning.store import RUN_COLUMNS, Store, dumps, loads
 
@@ -134,12 +135,6 @@ class RunStats(BaseModel):
     until: str | None
     group_by: list[str]
     groups: list[StatsGroup]
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def derive_task_key(instruction: str, input_: str = "") -> str:

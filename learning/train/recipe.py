@@ -16,10 +16,10 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from learning.clock import iso
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.store import Store, loads
 
@@ -276,9 +276,6 @@ def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_fr
     import torch
     import transformers
     import trl
-
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
     return {
         "adapter_id": p["adapter_id"], "role": p["role"], "method": p["config"]["method"],
