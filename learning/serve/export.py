@@ -14,7 +14,6 @@ torch; the other formats need numpy, safetensors and gguf, so the server can run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -26,6 +25,7 @@ from pydantic import BaseModel, Field
 from learning.serve import gguf as gx
 from learning.errors import Conflict, check
 from learning.home import subdir
+from learning.models.fingerprint import base_fingerprint
 from learning.registry.adapters import Adapter, get_adapter
 from learning.store import Store
 
@@ -82,20 +82,6 @@ def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
     return None
 
 
-def base_fingerprint(folder: Path) -> str:
-    """How training records its base (metadata.json base_model.sha256 / .revision, registry
-    base_hash): a hub snapshot's revision, else sha256 over config.json and the *.safetensors."""
-    if "snapshots" in folder.parts:
-        return folder.name
-    digest = hashlib.sha256()
-    for name in ["config.json", *sorted(p.name for p in folder.glob("*.safetensors"))]:
-        if (folder / name).exists():
-            with open(folder / name, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _adapter_config(folder: Path) -> dict[str, Any]:
     path = folder / "adapter_config.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -122,7 +108,8 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
         meta = _metadata(folder).get("base_model")
         meta = meta if isinstance(meta, dict) else {}
         recorded = meta.get("sha256") or meta.get("revision") or adapter.base_hash
-        given = base_fingerprint(base_dir) if recorded else None
+        given_fingerprint = base_fingerprint(base_dir) if recorded else {}
+        given = given_fingerprint.get("sha256") or given_fingerprint.get("revision")
         if recorded and recorded != given:
             problems.append(f"the base {base} differs from the one this adapter was trained on (recorded "
                             f"{recorded[:12]}..., given {given[:12]}...); an adapter only "

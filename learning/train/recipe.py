@@ -10,7 +10,6 @@ one process per device (gloo on CPU); rank 0 reports progress and writes the art
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.clock import iso
+from learning.models.fingerprint import base_fingerprint
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.store import Store, loads
 
@@ -286,23 +286,6 @@ def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_fr
                      "trl": trl.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__},
         "started": iso(started), "finished": iso(time.time()), "resumed_from": resumed_from, **metrics,
     }
-
-
-def base_fingerprint(base_path: str) -> dict[str, Any]:
-    """A hub snapshot's revision, else a sha256 over config.json and the weight files."""
-    path = Path(base_path)
-    if not path.is_dir():
-        return {"revision": None}
-    if "snapshots" in path.parts:
-        return {"revision": path.name}
-    digest = hashlib.sha256()
-    for name in ["config.json", *sorted(f.name for f in path.glob("*.safetensors"))]:
-        f = path / name
-        if f.exists():
-            with open(f, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return {"sha256": digest.hexdigest()}
 
 
 # ---- progress and cancel ----------------------------------------------------------------
