@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from learning.data.formats import to_example
 from learning.evaluate import checks
 from learning.evaluate import evaluation as evaluate
 from learning.jobs import manage as jobs
@@ -203,7 +204,7 @@ def test_batched_teacher_forcing_equals_one_at_a_time(toy):
     accuracy of the one-example-at-a-time pass, for the adapter and for the base."""
     base, folder = toy
     model, tok = evaluate.load_model(str(base), str(folder))
-    examples = [evaluate.to_example(r) for r in toy_rows(100, 7)]
+    examples = [to_example(r) for r in toy_rows(100, 7)]
     examples[2]["completion"] += "# a longer completion than the others\n" * 3
     for variant in ("adapter", "base"):
         with evaluate.model_variant(model, variant):

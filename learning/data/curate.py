@@ -31,7 +31,8 @@ from learning.data.parallel import map_chunks
 from learning.data.prepare import RunRedactor, encode, norm_digest, prepare_sft_chunk, render_prompt
 from learning.runs.record import ROLE_PATTERN, time_window
 from learning.store import Store
-from learning.data.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template
+from learning.data.formats import PREF_FORMATS, SFT_FORMATS, pref_row
+from learning.data.templates import Compiled, resolve_template
 
 __all__ = ["make_sft", "make_preferences", "get_dataset", "list_datasets", "DatasetInfo", "CurationResult"]
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from learning.evaluate import checks
 from learning.registry import adapters as registry
 from learning.clock import iso
+from learning.data.formats import as_text, to_example
 from learning.errors import Conflict, InvalidInput, check
 from learning.jobs.manage import JobCancelled, start_job
 from learning.store import Store
@@ -241,39 +242,6 @@ def model_variant(model, name: str):
         yield model
 
 
-def _text(value: Any) -> str:
-    """A prompt or completion as text: strings as they are, chat messages joined by their contents."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
-    raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
-
-
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def to_example(row: dict[str, Any]) -> dict[str, Any]:
-    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
-    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
-    list of messages (rendered with the tokenizer's chat template)."""
-    if "conversations" in row:
-        row = {"messages": [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
-                            for t in row["conversations"]]}
-    if "messages" in row:
-        msgs = row["messages"]
-        if not msgs or msgs[-1].get("role") != "assistant":
-            raise InvalidInput("A messages row must end with the assistant's answer.")
-        return {"prompt": msgs[:-1], "completion": _text(msgs[-1]["content"])}
-    if "instruction" in row and "output" in row:
-        return {"prompt": row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n",
-                "completion": row["output"]}
-    if "prompt" not in row or "completion" not in row:
-        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
-                           "(preference datasets are not evaluated).")
-    return {"prompt": row["prompt"], "completion": _text(row["completion"])}
-
-
 def is_chat(tok, prompt: Any) -> bool:
     return isinstance(prompt, list) and bool(getattr(tok, "chat_template", None))
 
@@ -281,7 +249,7 @@ def is_chat(tok, prompt: Any) -> bool:
 def prompt_text(tok, prompt: Any) -> str:
     if is_chat(tok, prompt):
         return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return _text(prompt)
+    return as_text(prompt)
 
 
 def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:

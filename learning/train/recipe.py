@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.clock import iso
+from learning.data.formats import training_rows
 from learning.models.fingerprint import base_fingerprint
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.store import Store, loads
@@ -144,7 +145,8 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     # 2. The dataset, converted to the columns TRL's trainers take.
     from datasets import Dataset
 
-    rows = _load_rows(Path(p["dataset_path"]) / "train.jsonl", p["dataset_format"], cfg["method"])
+    lines = (Path(p["dataset_path"]) / "train.jsonl").read_text().splitlines()
+    rows = training_rows([json.loads(line) for line in lines if line.strip()], p["dataset_format"], cfg["method"])
     dataset = Dataset.from_list(rows)
 
     # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
@@ -233,26 +235,6 @@ def _resolve_base(ctx: JobContext) -> str:
         ctx.progress(force=True, stage="building base", message=f"building the embedded {base['size']} base model")
     # A file lock inside makes concurrent processes build it once.
     return ensure_base(ctx.store, base["size"], log=ctx.log).path
-
-
-def _load_rows(path: Path, fmt: str, method: str) -> list[dict[str, Any]]:
-    """Rows in the columns TRL expects: prompt/completion or messages (sft), prompt/chosen/rejected (dpo),
-    prompt/completion/label (kto). Alpaca and ShareGPT rows are converted."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if method == "dpo":
-        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
-    if method == "kto":
-        return [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in rows]
-    if fmt == "alpaca":
-        return [{"prompt": r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "") + "\n",
-                 "completion": r["output"]} for r in rows]
-    if fmt == "sharegpt":
-        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-        return [{"messages": [{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]]}
-                for r in rows]
-    if fmt == "messages":
-        return [{"messages": r["messages"]} for r in rows]
-    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
 
 
 def _has_generation(tokenizer) -> bool:
