@@ -25,12 +25,15 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from learning.evaluate import codeenv
-from learning.jobs.manage import FINAL, wait_job
+from learning.demo.summary import DemoSummary, finish_summary
+from learning.jobs.manage import follow_job
+from learning.loop.stages import Stage, run_stages
 from learning.runs.record import import_runs
 from learning.store import Store
 
@@ -59,42 +62,6 @@ class DemoConfig(BaseModel):
 
 QUICK = DemoConfig(base_size="tiny", coder_tasks=40, fixer_tasks=12, judge_tasks=12, base_samples=8,
                    heldout_tasks=15, max_steps=8, max_new_tokens=24, eval_examples=16, eval_generate=4)
-
-
-class StageReport(BaseModel):
-    name: str
-    status: Literal["done", "failed"]
-    seconds: float
-    detail: dict[str, Any] = Field(default_factory=dict)
-
-
-class DemoSummary(BaseModel):
-    home: str
-    quick: bool
-    base_model: str | None = None
-    adapter_id: str | None = None
-    dataset_ids: dict[str, str] = Field(default_factory=dict)
-    heldout_tasks: int = 0
-    base_pass_rate: float | None = Field(None, description="Held-out tasks whose answer passed every test, base model.")
-    adapter_pass_rate: float | None = Field(None, description="The same for base + adapter.")
-    margin: float | None = Field(None, description="adapter_pass_rate - base_pass_rate.")
-    base_mean_reward: float | None = None
-    adapter_mean_reward: float | None = None
-    by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
-    eval_loss_base: float | None = None
-    eval_loss_adapter: float | None = None
-    gate_passed: bool | None = None
-    adapter_status: str | None = None
-    drift_decision: str | None = None
-    adapter_beat_base: bool = False
-    verdict: str = ""
-    runs_logged: int = 0
-    executions: int = Field(0, description="Answers whose reward came from running them against hidden tests.")
-    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time of each stage.")
-    total_seconds: float = 0.0
-    plot_path: str | None = None
-    summary_path: str | None = None
-    stages: list[StageReport] = Field(default_factory=list)
 
 
 def _log_runs(store: Store, records: list[dict]) -> int:
@@ -181,11 +148,8 @@ def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> 
 
 
 def _follow(store: Store, job_id: str, stage: str, report: Report) -> Any:
-    while True:
-        status = wait_job(store, job_id, timeout=30, on_progress=lambda s: report(
-            stage, s.progress.get("message") or f"{s.kind} {s.status}", s.progress.get("step"), s.progress.get("total_steps")))
-        if status.status in FINAL:
-            break
+    status = follow_job(store, job_id, on_progress=lambda s: report(
+        stage, s.progress.get("message") or f"{s.kind} {s.status}", s.progress.get("step"), s.progress.get("total_steps")))
     if status.status != "succeeded":
         raise RuntimeError(f"{status.kind} job {job_id} {status.status}: {status.error}; log: {status.log_path}")
     return status
@@ -294,8 +258,6 @@ STAGES: list[tuple[str, Callable]] = [
 def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None,
              report: Report | None = None) -> DemoSummary:
     """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
-    from learning.demo.summary import finish_summary
-
     # The demo's models are tiny: one thread per process (this one and its jobs) is about as fast
     # as several, and makes a run give the same numbers on any machine. A user's setting wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -303,18 +265,17 @@ def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoCo
     report = report or (lambda *a, **k: None)
     store = Store(home)
     state: dict[str, Any] = {"started_at": time.time()}
-    stages: list[StageReport] = []
-    for name, fn in STAGES:
-        report(name, "starting")
-        t0 = time.perf_counter()
-        try:
-            detail, status = fn(store, cfg, state, report), "done"
-        except Exception as exc:  # a failed stage ends the demo, with what it learnt so far
-            detail, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
-        stages.append(StageReport(name=name, status=status, seconds=round(time.perf_counter() - t0, 2), detail=detail))
-        report(name, status, final=True)
-        if status == "failed":
-            break
+    stages: list[Stage] = []
+
+    def on_event(name: str, status: str) -> None:
+        if status == "starting":
+            report(name, status)
+        else:
+            report(name, status, final=True)
+
+    # A failed stage ends the demo, with what it learnt so far.
+    run_stages(((name, partial(fn, store, cfg, state, report)) for name, fn in STAGES), stages,
+               error_text=lambda exc: f"{type(exc).__name__}: {exc}", on_event=on_event)
     t0 = time.perf_counter()
     summary = finish_summary(store, cfg, state, stages, quick=quick)
     summary.seconds["report"] = round(time.perf_counter() - t0, 2)

@@ -228,6 +228,20 @@ def wait_job(store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll:
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
+def follow_job(store: Store, job_id: str, on_progress=None, cancelled=None) -> JobStatus:
+    """Wait for a job of any length until it ends (in bounded waits); returns its final status.
+
+    `on_progress(status)` is called at every poll, so a caller can print or report progress;
+    when `cancelled()` turns true, the job is asked to stop and is followed to its end.
+    """
+    while True:
+        status = wait_job(store, job_id, timeout=30, on_progress=on_progress)
+        if status.status in FINAL:
+            return status
+        if cancelled is not None and cancelled():
+            cancel_job(store, job_id)
+
+
 def cancel_job(store: Store, job_id: str) -> JobStatus:
     """Ask a job to stop. A running job saves a checkpoint and ends as cancelled."""
     status = job_status(store, job_id, log_lines=0)
