@@ -119,7 +119,7 @@ def reconcile(store: Store) -> list[str]:
                             error="The job's process died before finishing (killed, crashed or the machine "
                                   "restarted). Its log may say why; start it again, with resume where offered."):
             changed.append(row["id"])
-            _on_job_died(store, fresh)
+            on_job_died(store, fresh)
             kill_leftovers(row["id"])
     return changed
 
@@ -171,7 +171,7 @@ def _load_prctl():
 _prctl = _load_prctl()  # loaded here, not in a forked child
 
 
-def _on_job_died(store: Store, row) -> None:
+def on_job_died(store: Store, row) -> None:
     """Leave what the job was making in a consistent state."""
     subject = row["subject"]
     if row["kind"] == "train" and subject:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.routing.router import route_keys
 from learning.store import Store
 
 Mode = Literal["canary", "thompson"]
@@ -74,9 +75,7 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
 
 def _control(store: Store, conn, role: str, task_type: str | None, complexity: str | None):
     """The production adapter that serves the route today (its own, or a less specific one's)."""
-    from learning.routing.router import _keys
-
-    for _, key in _keys(role, task_type, complexity):
+    for _, key in route_keys(role, task_type, complexity):
         row = store.production_for_route(conn, *key)
         if row is not None:
             return row
