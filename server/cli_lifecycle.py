@@ -14,6 +14,7 @@ from typing_extensions import Annotated
 from learning.evaluate import evaluation as evaluate
 from learning.routing import lifecycle
 from learning.registry import adapters as registry
+from learning.registry import folders
 from learning.store import Store
 from server.cli import HomeOpt, JsonOpt, console, emit, err_console, fail, fmt
 
@@ -156,8 +157,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Bring an adapter trained elsewhere into the registry (checks that it loads on its base)."""
-        adapter = lifecycle.register_adapter(Store(home), path, role, base, task_type=task_type,
-                                             complexity=complexity, dataset_id=dataset, actor="cli")
+        adapter = folders.register_adapter(Store(home), path, role, base, task_type=task_type,
+                                           complexity=complexity, dataset_id=dataset, actor="cli")
         emit(adapter, as_json, lambda a: console.print(f"registered [bold]{a.id}[/] ({a.role}, base {a.base_model}) "
                                                        f"as trained; evaluate it with: learnloop eval {a.id}", highlight=False))
 

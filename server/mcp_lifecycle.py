@@ -24,6 +24,7 @@ from typing_extensions import Annotated
 from learning.evaluate import evaluation as evaluate
 from learning.routing import lifecycle
 from learning.registry import adapters as registry
+from learning.registry import folders
 from learning.errors import LearnloopError
 from learning.store import Store
 from server.mcp import READ_ONLY, register_tool
@@ -137,8 +138,8 @@ def register(server: MCPServer, store: Store) -> None:
         """Bring an adapter trained elsewhere into the registry as 'trained', after checking that it
         loads on its base (takes seconds to minutes: the base is loaded in a separate process).
         Then evaluate_adapter and promote treat it like any other."""
-        return lifecycle.register_adapter(store, path, role, base, task_type=task_type, complexity=complexity,
-                                          dataset_id=dataset_id, actor="mcp")
+        return folders.register_adapter(store, path, role, base, task_type=task_type, complexity=complexity,
+                                        dataset_id=dataset_id, actor="mcp")
 
     def list_adapters(
         role: Annotated[str | None, Field(description="Only this role.")] = None,

@@ -13,8 +13,8 @@ from learning.data.formats import to_example
 from learning.evaluate import checks
 from learning.evaluate import evaluation as evaluate
 from learning.jobs import manage as jobs
-from learning.routing import lifecycle
 from learning.registry import adapters as registry
+from learning.registry import folders
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from tests.conftest import run_cli
@@ -188,10 +188,10 @@ def test_register_external_adapter(store, toy, tmp_path):
     (outside / "checkpoint-10").mkdir()  # trainer leftovers are not copied
     before = snapshot(store)
     with pytest.raises(InvalidInput, match="No base model folder"):
-        lifecycle.register_adapter(store, outside, "coder", base=str(tmp_path / "no-such-base"))
+        folders.register_adapter(store, outside, "coder", base=str(tmp_path / "no-such-base"))
     assert snapshot(store) == before
     # the base defaults to base_model_name_or_path in adapter_config.json
-    adapter = lifecycle.register_adapter(store, outside, "coder", dataset_id="toy-ds")
+    adapter = folders.register_adapter(store, outside, "coder", dataset_id="toy-ds")
     assert adapter.status == "trained" and adapter.source == "registered" and adapter.base_model == str(base)
     assert (Path(adapter.path) / "adapter_model.safetensors").is_file() and not (Path(adapter.path) / "checkpoint-10").exists()
     assert adapter.params["load_check"]["lora_modules"] > 0

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from learning.evaluate import checks
 from learning.registry import adapters as registry
+from learning.registry.folders import inspect_adapter_folder
 from learning.clock import iso
 from learning.data.formats import as_text, to_example
 from learning.errors import Conflict, InvalidInput, check
@@ -86,8 +87,6 @@ def evaluate_adapter(store: Store, adapter_id: str, dataset_id: str | None = Non
                      max_generate: int = 32, max_new_tokens: int = 256, batch_size: int = 8,
                      gate: GateConfig | dict | None = None, sanity: bool = True) -> EvalStarted:
     """Check the adapter's files and the dataset, then start the evaluation job."""
-    from learning.routing.lifecycle import inspect_adapter_folder
-
     adapter = registry.get_adapter(store, adapter_id)
     if adapter.status in ("training", "failed"):
         raise Conflict(f"Adapter {adapter_id} is {adapter.status}; only a trained adapter can be evaluated"
@@ -326,31 +325,3 @@ def run_sanity(model, tok, role: str, examples: list[dict[str, Any]], cfg: EvalC
         with model_variant(model, name):
             answers[name] = generate(model, tok, wrapped, min(cfg.max_new_tokens, 200), cfg.batch_size)
     return [{"prompt": p, "adapter": a, "base": b} for p, a, b in zip(prompts, answers["adapter"], answers["base"])]
-
-
-def load_check_main(argv: list[str]) -> int:
-    """`load_check_main([base, adapter_folder])`: load the adapter on the base, run one forward
-    pass, print one JSON line {"ok", "error", "lora_modules", "params"}."""
-    import warnings
-
-    base, folder = argv
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model, tok = load_model(base, folder)
-        missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
-        if missing:
-            raise ValueError(missing[0][:300])
-        import torch
-
-        ids = torch.tensor([tok("def f():")["input_ids"]], device=next(model.parameters()).device)
-        with torch.inference_mode():
-            logits = model(input_ids=ids).logits
-        if not torch.isfinite(logits).all():
-            raise ValueError("the adapter gives non-finite logits")
-        lora = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
-        print(json.dumps({"ok": True, "lora_modules": lora, "params": sum(p.numel() for p in model.parameters())}))
-    except Exception as exc:  # noqa: BLE001 - any loading failure is the answer
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}))
-    return 0
-
