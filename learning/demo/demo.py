@@ -30,12 +30,21 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from learning.evaluate import codeenv
+from learning.data.curate import make_sft
 from learning.demo.summary import DemoSummary, finish_summary
+from learning.evaluate import codeenv
+from learning.evaluate.evaluation import evaluate_adapter
 from learning.jobs.manage import follow_job
 from learning.loop.stages import Stage, run_stages
+from learning.models.generate import generate, load_model, without_adapter
+from learning.models.tinybase import ensure_base
+from learning.registry.adapters import get_adapter
+from learning.routing.drift import detect_drift
+from learning.routing.lifecycle import promote
+from learning.routing.router import select_adapter
 from learning.runs.record import import_runs
 from learning.store import Store
+from learning.train.launch import train_adapter
 
 Report = Callable[..., None]
 AGENT = "learnloop-demo"
@@ -71,8 +80,6 @@ def _log_runs(store: Store, records: list[dict]) -> int:
 
 def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) -> tuple[list[str], list[codeenv.Score]]:
     """The model's greedy answers to `tasks` (grouped by stop strings), scored by execution."""
-    from learning.models import generate
-
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, t in enumerate(tasks):
         groups.setdefault(codeenv.stop_for(t), []).append(i)
@@ -94,8 +101,6 @@ def _rates(scores: list[codeenv.Score]) -> dict[str, float]:
 # ---- stages ----
 
 def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.models.tinybase import ensure_base
-
     report("base", f"building or reusing the {cfg.base_size} base model")
     info = ensure_base(store, cfg.base_size, seed=cfg.seed, log=lambda m: report("base", m))
     state["base"] = info.path
@@ -103,8 +108,6 @@ def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> di
 
 
 def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.models.generate import load_model
-
     tasks = {role: codeenv.make_tasks(n, "train", role, seed=cfg.seed) for role, n in
              (("coder", cfg.coder_tasks), ("fixer", cfg.fixer_tasks), ("judge", cfg.judge_tasks))}
     rows: list[tuple[codeenv.Task, str, str]] = []  # (task, answer, source)
@@ -133,8 +136,6 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
 
 
 def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.data.curate import make_sft
-
     out = {}
     for role in ("coder", "fixer", "judge"):
         report("curate", f"make_sft for {role} (min reward {cfg.min_reward})")
@@ -156,8 +157,6 @@ def _follow(store: Store, job_id: str, stage: str, report: Report) -> Any:
 
 
 def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.train.launch import train_adapter
-
     started = train_adapter(store, role="coder", dataset_id=state["datasets"]["coder"],
                             base=f"embedded:{cfg.base_size}", preset=cfg.preset, max_steps=cfg.max_steps,
                             overrides={"learning_rate": cfg.learning_rate, "batch_size": cfg.train_batch_size,
@@ -171,8 +170,6 @@ def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> d
 
 
 def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.evaluate.evaluation import evaluate_adapter
-
     started = evaluate_adapter(store, state["adapter_id"], max_examples=cfg.eval_examples,
                                max_generate=cfg.eval_generate, max_new_tokens=cfg.max_new_tokens,
                                batch_size=cfg.batch_size)
@@ -182,9 +179,6 @@ def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -
 
 
 def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.routing.lifecycle import promote
-    from learning.registry.adapters import get_adapter
-
     adapter = get_adapter(store, state["adapter_id"])
     if adapter.status != "candidate":
         return {"promoted": False, "status": adapter.status,
@@ -198,17 +192,12 @@ def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
 def _route(store: Store, tasks: list[codeenv.Task], fallback: str | None) -> tuple[list[Any], str | None]:
     """select_adapter for every task; the adapter the route gives (or the trained one when the
     route has no production adapter, so the comparison still happens)."""
-    from learning.routing.router import select_adapter
-
     decisions = [select_adapter(store, role="coder", task_type=t.family, task_key=t.key) for t in tasks]
     routed = {d.adapter_id for d in decisions} - {None}
     return decisions, (routed.pop() if len(routed) == 1 else fallback)
 
 
 def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.models.generate import load_model, without_adapter
-    from learning.registry.adapters import get_adapter
-
     state["heldout_started"] = time.time()
     tasks = codeenv.make_tasks(cfg.heldout_tasks, "heldout", "coder", seed=cfg.seed + 1)
     decisions, adapter_id = _route(store, tasks, state.get("adapter_id"))
@@ -239,8 +228,6 @@ def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
 
 
 def stage_drift(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.routing.drift import detect_drift
-
     # Only the held-out runs: the population's reference answers must not count as the base's.
     res = detect_drift(store, role="coder", new_id=state["adapter_id"], since=state["heldout_started"],
                        min_runs=min(30, cfg.heldout_tasks))

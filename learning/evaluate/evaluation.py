@@ -301,7 +301,7 @@ def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, 
 
 def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
     """Greedy answers (learning.models.generate), a few batches at a time so progress can be reported."""
-    from learning.models import generate as greedy
+    from learning.models.generate import generate as greedy
 
     texts = [prompt_text(tok, p) for p in prompts]
     out: list[str] = []

@@ -12,11 +12,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from learning.data.curate import make_sft
 from learning.errors import InvalidInput, check
+from learning.evaluate.evaluation import evaluate_adapter
 from learning.jobs.manage import JobCancelled, follow_job, start_job
 from learning.loop.stages import Stage, run_stages
+from learning.registry.adapters import get_adapter
+from learning.routing.drift import detect_drift
+from learning.routing.lifecycle import promote
 from learning.runs.record import ROLE_PATTERN
 from learning.store import Store
+from learning.train.launch import train_adapter
 
 
 class CycleParams(BaseModel):
@@ -58,13 +64,6 @@ def _production_id(store: Store, role: str) -> str | None:
 
 def cycle_job(ctx) -> dict:
     """The job: each stage in order; a failed stage ends the cycle and says which."""
-    from learning.routing.drift import detect_drift
-    from learning.evaluate.evaluation import evaluate_adapter
-    from learning.routing.lifecycle import promote
-    from learning.registry.adapters import get_adapter
-    from learning.data.curate import make_sft
-    from learning.train.launch import train_adapter
-
     p, store = CycleParams(**ctx.params), ctx.store
     stages: list[Stage] = []
     out: dict[str, Any] = {"role": p.role, "stages": stages}
