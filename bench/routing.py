@@ -55,7 +55,7 @@ def uncached_select(store: Store, role: str, task_type, complexity, task_key) ->
     """What a router without a cache does: a query per route level, a transaction per decision."""
     found = None
     with store.read() as conn:
-        for key in router._keys(role, task_type, complexity):
+        for key in router.route_keys(role, task_type, complexity):
             found = registry.production_for_route(conn, *key[1])
             if found is not None:
                 break

@@ -70,8 +70,7 @@ def run_learnloop(home: Path, base: str, steps: int, batch: int) -> dict:
     store = Store(home)
     started = training.train_adapter(store, "bench", "bench-ds", base=base, max_steps=steps,
                                      overrides={"batch_size": batch, "save_steps": 10_000, "learning_rate": 2e-4})
-    while (status := jobs.wait_job(store, started.job_id, timeout=30)).status not in jobs.FINAL:
-        pass
+    status = jobs.follow_job(store, started.job_id)
     if status.status != "succeeded":
         raise SystemExit(f"train_adapter job {status.status}: {status.error}")
     m = status.result["metrics"]

@@ -17,6 +17,7 @@ from learning.evaluate import evaluation
 from learning.jobs import manage as jobs
 from learning.loop import cycle
 from learning.registry import adapters as registry
+from learning.registry import folders
 from learning.routing import drift, experiments, lifecycle, reward_plot, router
 from learning.runs import record as runs
 from learning.runs import stats as runstats
@@ -98,7 +99,7 @@ VERBS: list[Verb] = [
     Verb(lifecycle.rollback_adapter, "rollback", "rollback", "Roll back a route", "destructive",
          consent=lifecycle.rollback_consent, refused=lifecycle.refused_outcome,
          cli=CliShape(render=render.lifecycle_outcome)),
-    Verb(lifecycle.register_adapter, "register_adapter", "register", "Register an external adapter", "job",
+    Verb(folders.register_adapter, "register_adapter", "register", "Register an external adapter", "job",
          cli=CliShape(arguments=("path",), aliases={"dataset_id": ("--dataset",)}, render=render.registered)),
     Verb(registry.list_adapters, "list_adapters", "list", "List adapters", "read", cli=CliShape(render=render.adapters)),
     Verb(registry.adapter_history, "adapter_history", "history", "Adapter history", "read",

@@ -32,7 +32,7 @@ DEMO_TITLES = {
 def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
     """Wait for a job to finish, with a progress bar unless printing JSON."""
     if as_json:
-        return jobs.wait_until_final(store, job_id)
+        return jobs.follow_job(store, job_id)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(job_id, total=None, info="")
@@ -43,7 +43,7 @@ def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
             bar.update(task, total=p.get("total_steps"), completed=p.get("step", 0),
                        description=f"{s.kind} {s.status}", info=p.get("message") or info)
 
-        return jobs.wait_until_final(store, job_id, on_progress=update)
+        return jobs.follow_job(store, job_id, on_progress=update)
 
 
 def follow_to_the_end(store: Store, started: Any, as_json: bool, tool: str | None) -> None:

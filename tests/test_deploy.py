@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from learning.serve import deploy
 from learning.errors import Conflict
-from learning.registry.adapters import create_adapter, rollback_route, set_production
+from learning.registry.adapters import create_adapter
 from tests.conftest import run_cli
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
-from datetime import datetime, timezone
 
 import anyio
 import numpy as np

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from learning.data.formats import to_example
 from learning.evaluate import checks
 from learning.evaluate import evaluation as evaluate
 from learning.jobs import manage as jobs
-from learning.routing import lifecycle
 from learning.registry import adapters as registry
+from learning.registry import folders
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from tests.conftest import run_cli
@@ -187,10 +188,10 @@ def test_register_external_adapter(store, toy, tmp_path):
     (outside / "checkpoint-10").mkdir()  # trainer leftovers are not copied
     before = snapshot(store)
     with pytest.raises(InvalidInput, match="No base model folder"):
-        lifecycle.register_adapter(store, outside, "coder", base=str(tmp_path / "no-such-base"))
+        folders.register_adapter(store, outside, "coder", base=str(tmp_path / "no-such-base"))
     assert snapshot(store) == before
     # the base defaults to base_model_name_or_path in adapter_config.json
-    adapter = lifecycle.register_adapter(store, outside, "coder", dataset_id="toy-ds")
+    adapter = folders.register_adapter(store, outside, "coder", dataset_id="toy-ds")
     assert adapter.status == "trained" and adapter.source == "registered" and adapter.base_model == str(base)
     assert (Path(adapter.path) / "adapter_model.safetensors").is_file() and not (Path(adapter.path) / "checkpoint-10").exists()
     assert adapter.params["load_check"]["lora_modules"] > 0
@@ -203,7 +204,7 @@ def test_batched_teacher_forcing_equals_one_at_a_time(toy):
     accuracy of the one-example-at-a-time pass, for the adapter and for the base."""
     base, folder = toy
     model, tok = evaluate.load_model(str(base), str(folder))
-    examples = [evaluate.to_example(r) for r in toy_rows(100, 7)]
+    examples = [to_example(r) for r in toy_rows(100, 7)]
     examples[2]["completion"] += "# a longer completion than the others\n" * 3
     for variant in ("adapter", "base"):
         with evaluate.model_variant(model, variant):

@@ -16,7 +16,8 @@ import pytest
 
 from learning.serve import gguf as gx
 from learning.errors import Conflict, InvalidInput, NotFound
-from learning.serve.export import base_fingerprint, export_adapter
+from learning.models.fingerprint import base_fingerprint
+from learning.serve.export import export_adapter
 from learning.registry.adapters import create_adapter
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -161,7 +162,7 @@ def test_refusals_name_every_reason(store, models, tmp_path):
     folder = tmp_path / "withmeta"
     shutil.copytree(models["plain"], folder)
     (folder / "metadata.json").write_text(json.dumps({"base_model": {"path": str(models["base"]),
-                                                                       "sha256": base_fingerprint(models["base"])}}))
+                                                                       **base_fingerprint(models["base"])}}))
     create_adapter(store, "meta-1", "coder", str(models["base"]), str(folder), status="trained")
     assert export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff < 1e-6
     with pytest.raises(InvalidInput, match="differs from the one this adapter was trained on"):

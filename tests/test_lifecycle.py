@@ -19,6 +19,7 @@ from mcp import types as mt
 
 from learning.routing import lifecycle
 from learning.registry import adapters as registry
+from learning.registry import folders
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from server.mcp import build_server
@@ -102,13 +103,13 @@ def test_bad_input_leaves_the_registry_unchanged(store):
 def test_register_rejects_missing_and_corrupt_folders(store, tmp_path):
     before = snapshot(store)
     with pytest.raises(NotFound):
-        lifecycle.register_adapter(store, tmp_path / "missing", "coder", "base")
+        folders.register_adapter(store, tmp_path / "missing", "coder", "base")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "adapter_config.json").write_text("{not json")
     (bad / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(InvalidInput) as err:
-        lifecycle.register_adapter(store, bad, "coder", "base")
+        folders.register_adapter(store, bad, "coder", "base")
     assert "not valid JSON" in str(err.value) and "corrupt" in str(err.value)  # both problems reported together
     assert snapshot(store) == before and not (store.home / "adapters").exists()
 

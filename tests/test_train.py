@@ -127,7 +127,7 @@ def test_sft_changes_lora_weights_not_the_base(store, runs):
     info = json.loads((store.home / "base" / "tiny" / "learnloop_base.json").read_text())
     assert info["size"] == "tiny"
     meta = json.loads((Path(adapter.path) / "metadata.json").read_text())
-    from learning.train.recipe import base_fingerprint
+    from learning.models.fingerprint import base_fingerprint
 
     assert meta["base_model"]["sha256"] == base_fingerprint(str(base_file.parent))["sha256"] == adapter.base_hash
     assert meta["dataset"]["id"] == "ds-sft" and meta["hyperparameters"]["rank"] == 16

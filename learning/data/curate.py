@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from learning import __version__
-from learning.data.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, iso, list_datasets,
+from learning.clock import iso
+from learning.data.datasets import (DatasetInfo, SplitWriter, content_hash, get_dataset, list_datasets,
                                new_dataset_id, publish, temp_folder)
 from learning.errors import InvalidInput, check
 from learning.data.parallel import map_chunks
@@ -32,7 +33,8 @@ from learning.data.run_filters import CurationRun, curation_funnel, stream_curat
 from learning.runs.record import ROLE_PATTERN
 from learning.runs.stats import role_run_counts, time_window
 from learning.store import Store
-from learning.data.templates import PREF_FORMATS, SFT_FORMATS, Compiled, pref_row, resolve_template
+from learning.data.formats import PREF_FORMATS, SFT_FORMATS, pref_row
+from learning.data.templates import Compiled, resolve_template
 
 __all__ = ["make_sft", "make_preferences", "get_dataset", "list_datasets", "DatasetInfo", "CurationResult"]
 

@@ -19,12 +19,12 @@ import secrets
 import shutil
 import sqlite3
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from learning.clock import iso, stamp
 from learning.errors import NotFound
 from learning.home import safe_id, subdir
 from learning.store import Store, dumps, loads
@@ -51,13 +51,8 @@ class DatasetInfo(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="metadata.json without the run ids.")
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def new_dataset_id(role: str, kind: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{role}-{kind}-{stamp}-{secrets.token_hex(2)}"
+    return f"{role}-{kind}-{stamp()}-{secrets.token_hex(2)}"
 
 
 def task_hash(seed: int, task_key: str) -> float:

@@ -9,7 +9,8 @@ from collections import Counter
 from typing import NamedTuple
 
 from learning.data.redact import Redactor
-from learning.data.templates import Compiled, sft_row
+from learning.data.formats import sft_row
+from learning.data.templates import Compiled
 
 encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps(**kw) builds one per call
 encode_str = json.encoder.encode_basestring  # what that encoder does to a string, without the dict machinery

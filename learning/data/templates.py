@@ -1,4 +1,4 @@
-"""Per-role instruction templates and the row formats datasets are written in.
+"""Per-role instruction templates.
 
 A template turns a run into a prompt. Placeholders: {instruction}, {input}, {task_type},
 {complexity}, {role}; nothing else. A template is split into blocks at blank lines; a block
@@ -11,7 +11,7 @@ one of the first two.
 from __future__ import annotations
 
 import string
-from typing import Any, Literal
+from typing import Any
 
 from learning.errors import InvalidInput
 from learning.runs.stats import role_run_counts
@@ -30,11 +30,6 @@ BUILTIN: dict[str, str] = {
     "judge": "Review the code against the task. Reply with a verdict (pass or fail) and the reasons.\n\n"
              "### Task\n{instruction}\n\n### Code\n{input}\n\n### Verdict\n",
 }
-
-SftFormat = Literal["prompt_completion", "messages", "alpaca", "sharegpt"]
-PrefFormat = Literal["prompt_completion", "messages"]
-SFT_FORMATS = ("prompt_completion", "messages", "alpaca", "sharegpt")
-PREF_FORMATS = ("prompt_completion", "messages")
 
 
 def template_problems(text: str) -> list[str]:
@@ -100,31 +95,3 @@ class Compiled:
 
 def render(template: str, fields: dict[str, Any]) -> str:
     return Compiled(template).render({n: fields.get(n) or "" for n in PLACEHOLDERS})
-
-
-def sft_row(fmt: str, prompt: str, completion: str, instruction_only: str, input_: str) -> dict[str, Any]:
-    """One training row in a format. alpaca puts the prompt without the input block in
-    'instruction' and the run's input in 'input'."""
-    if fmt == "prompt_completion":
-        return {"prompt": prompt, "completion": completion}
-    if fmt == "messages":
-        return {"messages": [{"role": "user", "content": prompt.rstrip()},
-                             {"role": "assistant", "content": completion}]}
-    if fmt == "alpaca":
-        return {"instruction": instruction_only.rstrip(), "input": input_, "output": completion}
-    return {"conversations": [{"from": "human", "value": prompt.rstrip()}, {"from": "gpt", "value": completion}]}
-
-
-def pref_row(fmt: str, kind: str, prompt: str, first: str, second: str | bool) -> dict[str, Any]:
-    """A DPO row (prompt, chosen, rejected) or a KTO row (prompt, completion, label)."""
-    if fmt == "messages":
-        p = [{"role": "user", "content": prompt.rstrip()}]
-        if kind == "dpo":
-            return {"prompt": p, "chosen": [{"role": "assistant", "content": first}],
-                    "rejected": [{"role": "assistant", "content": second}]}
-        return {"prompt": p, "completion": [{"role": "assistant", "content": first}], "label": second}
-    if kind == "dpo":
-        return {"prompt": prompt, "chosen": first, "rejected": second}
-    return {"prompt": prompt, "completion": first, "label": second}
-
-

@@ -25,14 +25,26 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from learning.data.curate import make_sft
+from learning.demo.summary import DemoSummary, finish_summary
 from learning.evaluate import codeenv
-from learning.jobs.manage import FINAL, wait_job
+from learning.evaluate.evaluation import evaluate_adapter
+from learning.jobs.manage import follow_job
+from learning.loop.stages import Stage, run_stages
+from learning.models.generate import generate, load_model, without_adapter
+from learning.models.tinybase import ensure_base
+from learning.registry.adapters import get_adapter
+from learning.routing.drift import detect_drift
+from learning.routing.lifecycle import promote
+from learning.routing.router import select_adapter
 from learning.runs.record import import_runs
 from learning.store import Store
+from learning.train.launch import train_adapter
 
 Report = Callable[..., None]
 AGENT = "learnloop-demo"
@@ -61,42 +73,6 @@ QUICK = DemoConfig(base_size="tiny", coder_tasks=40, fixer_tasks=12, judge_tasks
                    heldout_tasks=15, max_steps=8, max_new_tokens=24, eval_examples=16, eval_generate=4)
 
 
-class StageReport(BaseModel):
-    name: str
-    status: Literal["done", "failed"]
-    seconds: float
-    detail: dict[str, Any] = Field(default_factory=dict)
-
-
-class DemoSummary(BaseModel):
-    home: str
-    quick: bool
-    base_model: str | None = None
-    adapter_id: str | None = None
-    dataset_ids: dict[str, str] = Field(default_factory=dict)
-    heldout_tasks: int = 0
-    base_pass_rate: float | None = Field(None, description="Held-out tasks whose answer passed every test, base model.")
-    adapter_pass_rate: float | None = Field(None, description="The same for base + adapter.")
-    margin: float | None = Field(None, description="adapter_pass_rate - base_pass_rate.")
-    base_mean_reward: float | None = None
-    adapter_mean_reward: float | None = None
-    by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
-    eval_loss_base: float | None = None
-    eval_loss_adapter: float | None = None
-    gate_passed: bool | None = None
-    adapter_status: str | None = None
-    drift_decision: str | None = None
-    adapter_beat_base: bool = False
-    verdict: str = ""
-    runs_logged: int = 0
-    executions: int = Field(0, description="Answers whose reward came from running them against hidden tests.")
-    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time of each stage.")
-    total_seconds: float = 0.0
-    plot_path: str | None = None
-    summary_path: str | None = None
-    stages: list[StageReport] = Field(default_factory=list)
-
-
 def _log_runs(store: Store, records: list[dict]) -> int:
     buf = io.StringIO("".join(json.dumps(r) + "\n" for r in records))
     return import_runs(store, buf).imported
@@ -104,8 +80,6 @@ def _log_runs(store: Store, records: list[dict]) -> int:
 
 def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) -> tuple[list[str], list[codeenv.Score]]:
     """The model's greedy answers to `tasks` (grouped by stop strings), scored by execution."""
-    from learning.models.generate import generate
-
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, t in enumerate(tasks):
         groups.setdefault(codeenv.stop_for(t), []).append(i)
@@ -127,8 +101,6 @@ def _rates(scores: list[codeenv.Score]) -> dict[str, float]:
 # ---- stages ----
 
 def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.models.tinybase import ensure_base
-
     report("base", f"building or reusing the {cfg.base_size} base model")
     info = ensure_base(store, cfg.base_size, seed=cfg.seed, log=lambda m: report("base", m))
     state["base"] = info.path
@@ -136,8 +108,6 @@ def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> di
 
 
 def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.models.generate import load_model
-
     tasks = {role: codeenv.make_tasks(n, "train", role, seed=cfg.seed) for role, n in
              (("coder", cfg.coder_tasks), ("fixer", cfg.fixer_tasks), ("judge", cfg.judge_tasks))}
     rows: list[tuple[codeenv.Task, str, str]] = []  # (task, answer, source)
@@ -166,8 +136,6 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
 
 
 def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.data.curate import make_sft
-
     out = {}
     for role in ("coder", "fixer", "judge"):
         report("curate", f"make_sft for {role} (min reward {cfg.min_reward})")
@@ -181,19 +149,14 @@ def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> 
 
 
 def _follow(store: Store, job_id: str, stage: str, report: Report) -> Any:
-    while True:
-        status = wait_job(store, job_id, timeout=30, on_progress=lambda s: report(
-            stage, s.progress.get("message") or f"{s.kind} {s.status}", s.progress.get("step"), s.progress.get("total_steps")))
-        if status.status in FINAL:
-            break
+    status = follow_job(store, job_id, on_progress=lambda s: report(
+        stage, s.progress.get("message") or f"{s.kind} {s.status}", s.progress.get("step"), s.progress.get("total_steps")))
     if status.status != "succeeded":
         raise RuntimeError(f"{status.kind} job {job_id} {status.status}: {status.error}; log: {status.log_path}")
     return status
 
 
 def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.train.launch import train_adapter
-
     started = train_adapter(store, role="coder", dataset_id=state["datasets"]["coder"],
                             base=f"embedded:{cfg.base_size}", preset=cfg.preset, max_steps=cfg.max_steps,
                             overrides={"learning_rate": cfg.learning_rate, "batch_size": cfg.train_batch_size,
@@ -207,8 +170,6 @@ def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> d
 
 
 def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.evaluate.evaluation import evaluate_adapter
-
     started = evaluate_adapter(store, state["adapter_id"], max_examples=cfg.eval_examples,
                                max_generate=cfg.eval_generate, max_new_tokens=cfg.max_new_tokens,
                                batch_size=cfg.batch_size)
@@ -218,9 +179,6 @@ def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -
 
 
 def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.routing.lifecycle import promote
-    from learning.registry.adapters import get_adapter
-
     adapter = get_adapter(store, state["adapter_id"])
     if adapter.status != "candidate":
         return {"promoted": False, "status": adapter.status,
@@ -235,17 +193,12 @@ def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
 def _route(store: Store, tasks: list[codeenv.Task], fallback: str | None) -> tuple[list[Any], str | None]:
     """select_adapter for every task; the adapter the route gives (or the trained one when the
     route has no production adapter, so the comparison still happens)."""
-    from learning.routing.router import select_adapter
-
     decisions = [select_adapter(store, role="coder", task_type=t.family, task_key=t.key) for t in tasks]
     routed = {d.adapter_id for d in decisions} - {None}
     return decisions, (routed.pop() if len(routed) == 1 else fallback)
 
 
 def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.models.generate import load_model, without_adapter
-    from learning.registry.adapters import get_adapter
-
     state["heldout_started"] = time.time()
     tasks = codeenv.make_tasks(cfg.heldout_tasks, "heldout", "coder", seed=cfg.seed + 1)
     decisions, adapter_id = _route(store, tasks, state.get("adapter_id"))
@@ -276,8 +229,6 @@ def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
 
 
 def stage_drift(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    from learning.routing.drift import detect_drift
-
     # Only the held-out runs: the population's reference answers must not count as the base's.
     res = detect_drift(store, role="coder", new_id=state["adapter_id"], since=state["heldout_started"],
                        min_runs=min(30, cfg.heldout_tasks))
@@ -295,8 +246,6 @@ STAGES: list[tuple[str, Callable]] = [
 def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None,
              report: Report | None = None) -> DemoSummary:
     """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
-    from learning.demo.summary import finish_summary
-
     # The demo's models are tiny: one thread per process (this one and its jobs) is about as fast
     # as several, and makes a run give the same numbers on any machine. A user's setting wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -304,18 +253,17 @@ def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoCo
     report = report or (lambda *a, **k: None)
     store = Store(home)
     state: dict[str, Any] = {"started_at": time.time()}
-    stages: list[StageReport] = []
-    for name, fn in STAGES:
-        report(name, "starting")
-        t0 = time.perf_counter()
-        try:
-            detail, status = fn(store, cfg, state, report), "done"
-        except Exception as exc:  # a failed stage ends the demo, with what it learnt so far
-            detail, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
-        stages.append(StageReport(name=name, status=status, seconds=round(time.perf_counter() - t0, 2), detail=detail))
-        report(name, status, final=True)
-        if status == "failed":
-            break
+    stages: list[Stage] = []
+
+    def on_event(name: str, status: str) -> None:
+        if status == "starting":
+            report(name, status)
+        else:
+            report(name, status, final=True)
+
+    # A failed stage ends the demo, with what it learnt so far.
+    run_stages(((name, partial(fn, store, cfg, state, report)) for name, fn in STAGES), stages,
+               error_text=lambda exc: f"{type(exc).__name__}: {exc}", on_event=on_event)
     t0 = time.perf_counter()
     summary = finish_summary(store, cfg, state, stages, quick=quick)
     summary.seconds["report"] = round(time.perf_counter() - t0, 2)

@@ -7,8 +7,41 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from learning.home import subdir
+from learning.loop.stages import Stage
+from learning.registry.adapters import get_adapter
 from learning.store import Store
+
+
+class DemoSummary(BaseModel):
+    home: str
+    quick: bool
+    base_model: str | None = None
+    adapter_id: str | None = None
+    dataset_ids: dict[str, str] = Field(default_factory=dict)
+    heldout_tasks: int = 0
+    base_pass_rate: float | None = Field(None, description="Held-out tasks whose answer passed every test, base model.")
+    adapter_pass_rate: float | None = Field(None, description="The same for base + adapter.")
+    margin: float | None = Field(None, description="adapter_pass_rate - base_pass_rate.")
+    base_mean_reward: float | None = None
+    adapter_mean_reward: float | None = None
+    by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
+    eval_loss_base: float | None = None
+    eval_loss_adapter: float | None = None
+    gate_passed: bool | None = None
+    adapter_status: str | None = None
+    drift_decision: str | None = None
+    adapter_beat_base: bool = False
+    verdict: str = ""
+    runs_logged: int = 0
+    executions: int = Field(0, description="Answers whose reward came from running them against hidden tests.")
+    seconds: dict[str, float] = Field(default_factory=dict, description="Wall time of each stage.")
+    total_seconds: float = 0.0
+    plot_path: str | None = None
+    summary_path: str | None = None
+    stages: list[Stage] = Field(default_factory=list)
 
 
 def _num(value: Any) -> float | None:
@@ -84,9 +117,7 @@ def plot(path: Path, curve: list[tuple[float, float]], held: dict, population: d
     return path
 
 
-def finish_summary(store: Store, cfg, state: dict, stages: list, quick: bool):
-    from learning.demo.demo import DemoSummary
-
+def finish_summary(store: Store, cfg, state: dict, stages: list[Stage], quick: bool) -> DemoSummary:
     out = subdir(store.home, "demo")
     held = state.get("heldout") or {}
     base, adapter = held.get("base"), held.get("adapter")
@@ -106,8 +137,6 @@ def finish_summary(store: Store, cfg, state: dict, stages: list, quick: bool):
     s.eval_loss_base, s.eval_loss_adapter = _num(ev.get("base_eval_loss")), _num(ev.get("eval_loss"))
     s.gate_passed = ev.get("gate_passed")
     s.drift_decision = state.get("drift")
-    from learning.registry.adapters import get_adapter
-
     if s.adapter_id:
         s.adapter_status = get_adapter(store, s.adapter_id).status
     population = next((st.detail.get("by_source", {}) for st in stages if st.name == "population"), {})

@@ -23,6 +23,7 @@ import json
 import re
 from typing import Any
 
+from learning.data.formats import to_example
 from learning.evaluate import sandbox
 
 FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -174,8 +175,6 @@ def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tu
 
 def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
     """Pass rate over the checked answers, and mean similarity to the references."""
-    from learning.evaluate.evaluation import to_example
-
     details, passed, checked, sims = [], 0, 0, []
     for row, answer in zip(rows, answers):
         reference = to_example(row)["completion"]

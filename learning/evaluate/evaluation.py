@@ -26,6 +26,9 @@ from pydantic import BaseModel, Field
 
 from learning.evaluate import checks
 from learning.registry import adapters as registry
+from learning.registry.folders import inspect_adapter_folder
+from learning.clock import iso
+from learning.data.formats import as_text, to_example
 from learning.errors import Conflict, InvalidInput, check
 from learning.data.datasets import dataset_row
 from learning.jobs.manage import JobCancelled, start_job
@@ -101,8 +104,6 @@ def evaluate_adapter(
     if gate is None:
         gate = GateConfig(min_pass_rate=min_pass_rate, min_loss_improvement=min_loss_improvement,
                           pass_rate_tolerance=pass_rate_tolerance)
-    from learning.routing.lifecycle import inspect_adapter_folder
-
     adapter = registry.get_adapter(store, adapter_id)
     if adapter.status in ("training", "failed"):
         raise Conflict(f"Adapter {adapter_id} is {adapter.status}; only a trained adapter can be evaluated"
@@ -226,7 +227,7 @@ def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, ela
     return {**summary, "summary": summary, "adapter_id": adapter.id, "role": adapter.role, "dataset_id": cfg.dataset_id,
             "base_model": adapter.base_model, "examples": n_tf, "generated": n_gen, "adapter": a, "base": b,
             "gate": gate, "config": cfg.model_dump(), "elapsed_s": round(elapsed, 2),
-            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "evaluated": iso(time.time())}
 
 
 def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, Any]]) -> None:
@@ -257,39 +258,6 @@ def model_variant(model, name: str):
         yield model
 
 
-def _text(value: Any) -> str:
-    """A prompt or completion as text: strings as they are, chat messages joined by their contents."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
-    raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
-
-
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def to_example(row: dict[str, Any]) -> dict[str, Any]:
-    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
-    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
-    list of messages (rendered with the tokenizer's chat template)."""
-    if "conversations" in row:
-        row = {"messages": [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
-                            for t in row["conversations"]]}
-    if "messages" in row:
-        msgs = row["messages"]
-        if not msgs or msgs[-1].get("role") != "assistant":
-            raise InvalidInput("A messages row must end with the assistant's answer.")
-        return {"prompt": msgs[:-1], "completion": _text(msgs[-1]["content"])}
-    if "instruction" in row and "output" in row:
-        return {"prompt": row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n",
-                "completion": row["output"]}
-    if "prompt" not in row or "completion" not in row:
-        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
-                           "(preference datasets are not evaluated).")
-    return {"prompt": row["prompt"], "completion": _text(row["completion"])}
-
-
 def is_chat(tok, prompt: Any) -> bool:
     return isinstance(prompt, list) and bool(getattr(tok, "chat_template", None))
 
@@ -297,7 +265,7 @@ def is_chat(tok, prompt: Any) -> bool:
 def prompt_text(tok, prompt: Any) -> str:
     if is_chat(tok, prompt):
         return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return _text(prompt)
+    return as_text(prompt)
 
 
 def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:
@@ -374,31 +342,3 @@ def run_sanity(model, tok, role: str, examples: list[dict[str, Any]], cfg: EvalC
         with model_variant(model, name):
             answers[name] = generate(model, tok, wrapped, min(cfg.max_new_tokens, 200), cfg.batch_size)
     return [{"prompt": p, "adapter": a, "base": b} for p, a, b in zip(prompts, answers["adapter"], answers["base"])]
-
-
-def load_check_main(argv: list[str]) -> int:
-    """`load_check_main([base, adapter_folder])`: load the adapter on the base, run one forward
-    pass, print one JSON line {"ok", "error", "lora_modules", "params"}."""
-    import warnings
-
-    base, folder = argv
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model, tok = load_model(base, folder)
-        missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
-        if missing:
-            raise ValueError(missing[0][:300])
-        import torch
-
-        ids = torch.tensor([tok("def f():")["input_ids"]], device=next(model.parameters()).device)
-        with torch.inference_mode():
-            logits = model(input_ids=ids).logits
-        if not torch.isfinite(logits).all():
-            raise ValueError("the adapter gives non-finite logits")
-        lora = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
-        print(json.dumps({"ok": True, "lora_modules": lora, "params": sum(p.numel() for p in model.parameters())}))
-    except Exception as exc:  # noqa: BLE001 - any loading failure is the answer
-        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}))
-    return 0
-

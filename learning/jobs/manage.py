@@ -19,13 +19,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import psutil
 from pydantic import BaseModel, Field
 
+from learning.clock import iso, stamp
 from learning.errors import Conflict, NotFound
 from learning.home import subdir
 from learning.store import Store, dumps, loads
@@ -55,14 +55,7 @@ class JobStatus(BaseModel):
 
 
 def new_job_id(kind: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{kind}-{stamp}-{secrets.token_hex(2)}"
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return f"{kind}-{stamp()}-{secrets.token_hex(2)}"
 
 
 def _process_alive(pid: int | None, pid_started: float | None) -> bool:
@@ -127,7 +120,7 @@ def reconcile(store: Store) -> list[str]:
                             error="The job's process died before finishing (killed, crashed or the machine "
                                   "restarted). Its log may say why; start it again, with resume where offered."):
             changed.append(row["id"])
-            _on_job_died(store, fresh)
+            on_job_died(store, fresh)
             kill_leftovers(row["id"])
     return changed
 
@@ -179,7 +172,7 @@ def _load_prctl():
 _prctl = _load_prctl()  # loaded here, not in a forked child
 
 
-def _on_job_died(store: Store, row) -> None:
+def on_job_died(store: Store, row) -> None:
     """Leave what the job was making in a consistent state."""
     subject = row["subject"]
     if row["kind"] == "train" and subject:
@@ -211,7 +204,7 @@ def job_status(store: Store,
     return JobStatus(
         job_id=row["id"], kind=row["kind"], status=row["status"], subject=row["subject"],
         progress=loads(row["progress"]) or {}, result=loads(row["result"]), error=row["error"],
-        created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
+        created=iso(row["created"]), started=iso(row["started"]), finished=iso(row["finished"]),
         elapsed_s=round(end - row["started"], 1) if row["started"] and end else None,
         log_path=row["log_path"], log_tail=_tail(row["log_path"], log_lines) if log_lines else [],
     )
@@ -238,6 +231,20 @@ def wait_job(store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll:
         if status.status in FINAL or time.monotonic() >= deadline:
             return job_status(store, job_id)
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def follow_job(store: Store, job_id: str, on_progress=None, cancelled=None) -> JobStatus:
+    """Wait for a job of any length until it ends (in bounded waits); returns its final status.
+
+    `on_progress(status)` is called at every poll, so a caller can print or report progress;
+    when `cancelled()` turns true, the job is asked to stop and is followed to its end.
+    """
+    while True:
+        status = wait_job(store, job_id, timeout=30, on_progress=on_progress)
+        if status.status in FINAL:
+            return status
+        if cancelled is not None and cancelled():
+            cancel_job(store, job_id)
 
 
 def cancel_job(store: Store, job_id: Annotated[str, Field(description="The job to stop.")]) -> JobStatus:
@@ -285,13 +292,6 @@ class JobContext:
 
     def log(self, message: str) -> None:
         print(message, flush=True)
-
-
-def wait_until_final(store: Store, job_id: str, on_progress=None) -> JobStatus:
-    """Wait for a job of any length to end (in bounded waits); returns its final status."""
-    while (status := wait_job(store, job_id, timeout=MAX_WAIT_SECONDS, on_progress=on_progress)).status not in FINAL:
-        pass
-    return status
 
 
 # ---- SQL: the jobs table -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 import traceback
 
 from learning.errors import LearnloopError
-from learning.jobs.manage import JobCancelled, JobContext, job_row, update_job
+from learning.jobs.manage import JobCancelled, JobContext, job_row, on_job_died, update_job
 from learning.store import Store, dumps
 
 
@@ -70,9 +70,7 @@ OLD_TARGETS = {
 def _fail(store: Store, ctx: JobContext, error: str) -> None:
     print(f"[learnloop] job {ctx.job_id} failed: {error}", flush=True)
     update_job(store, ctx.job_id, status="failed", finished=time.time(), progress=dumps(ctx._progress), error=error)
-    from learning.jobs.manage import _on_job_died  # the same clean-up as for a dead process
-
-    _on_job_died(store, job_row(store, ctx.job_id))
+    on_job_died(store, job_row(store, ctx.job_id))  # the same clean-up as for a dead process
 
 
 if __name__ == "__main__":

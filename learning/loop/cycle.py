@@ -8,18 +8,23 @@ waits on them. Each stage is reported in the job's progress and result.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from learning.data.curate import make_sft
 from learning.errors import ConfirmationNeeded, InvalidInput, check
-from learning.jobs.manage import FINAL, JobCancelled, start_job, wait_job
+from learning.evaluate.evaluation import evaluate_adapter
+from learning.jobs.manage import JobCancelled, follow_job, start_job
+from learning.loop.stages import Stage, run_stages
+from learning.registry.adapters import get_adapter
+from learning.routing.drift import detect_drift
+from learning.routing.lifecycle import promote
 from learning.runs.record import ROLE_PATTERN
 from learning.registry.adapters import production_for_route, role_known
 from learning.store import Store
 from learning.params import Confirm
+from learning.train.launch import train_adapter
 
 
 class CycleParams(BaseModel):
@@ -31,13 +36,6 @@ class CycleParams(BaseModel):
     preset: str = Field("default", description="Training preset: light, default or heavy.")
     max_steps: int | None = Field(None, ge=1, description="Training steps (default: the preset's epochs).")
     auto_rollback: bool = Field(False, description="detect_drift rolls back the previous adapter on a regression.")
-
-
-class CycleStage(BaseModel):
-    name: Literal["make_sft", "train", "evaluate", "promote", "drift"]
-    status: Literal["done", "skipped", "failed"]
-    seconds: float
-    detail: dict[str, Any] = Field(default_factory=dict)
 
 
 class CycleStarted(BaseModel):
@@ -89,31 +87,6 @@ def cycle_consent(store: Store, role: str, to_production: bool = False, auto_rol
     return ("This cycle changes production: " + "; ".join(changes) + ".") if changes else None
 
 
-def wait_for(store: Store, job_id: str, on_progress: Callable | None = None, cancelled: Callable[[], bool] | None = None):
-    """Wait for a job of any length (in bounded steps); returns its final status."""
-    while True:
-        status = wait_job(store, job_id, timeout=30, on_progress=on_progress)
-        if status.status in FINAL:
-            return status
-        if cancelled is not None and cancelled():
-            from learning.jobs.manage import cancel_job
-
-            cancel_job(store, job_id)
-
-
-def _stage(stages: list[CycleStage], name: str, fn: Callable[[], dict]) -> dict:
-    t0 = time.perf_counter()
-    try:
-        detail = fn()
-    except Exception as exc:
-        stages.append(CycleStage(name=name, status="failed", seconds=round(time.perf_counter() - t0, 2),
-                                 detail={"error": str(exc)}))
-        raise
-    status = "skipped" if detail.get("skipped") else "done"
-    stages.append(CycleStage(name=name, status=status, seconds=round(time.perf_counter() - t0, 2), detail=detail))
-    return detail
-
-
 def _production_id(store: Store, role: str) -> str | None:
     with store.read() as conn:
         row = production_for_route(conn, role, None, None)
@@ -122,15 +95,8 @@ def _production_id(store: Store, role: str) -> str | None:
 
 def cycle_job(ctx) -> dict:
     """The job: each stage in order; a failed stage ends the cycle and says which."""
-    from learning.routing.drift import detect_drift
-    from learning.evaluate.evaluation import evaluate_adapter
-    from learning.routing.lifecycle import promote
-    from learning.registry.adapters import get_adapter
-    from learning.data.curate import make_sft
-    from learning.train.launch import train_adapter
-
     p, store = CycleParams(**ctx.params), ctx.store
-    stages: list[CycleStage] = []
+    stages: list[Stage] = []
     out: dict[str, Any] = {"role": p.role, "stages": stages}
     previous = _production_id(store, p.role)
 
@@ -140,8 +106,8 @@ def cycle_job(ctx) -> dict:
         ctx.progress(force=True, stage=stage, message=message, step=len(stages), total_steps=5)
 
     def follow(stage: str, job_id: str) -> dict:
-        status = wait_for(store, job_id, lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
-                          ctx.cancelled)
+        status = follow_job(store, job_id, lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
+                            ctx.cancelled)
         if status.status == "cancelled" and ctx.cancelled():
             raise JobCancelled(f"cycle cancelled during {stage} (job {job_id} cancelled too)")
         if status.status != "succeeded":
@@ -187,16 +153,11 @@ def cycle_job(ctx) -> dict:
                            actor="run_cycle")
         return res.model_dump(mode="json")
 
-    for name, fn in (("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage),
-                     ("drift", drift)):
-        try:
-            _stage(stages, name, fn)
-        except JobCancelled:
-            raise
-        except Exception as exc:
-            out["failed_stage"] = name
-            out["error"] = str(exc)
-            break
+    failed = run_stages((("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage),
+                         ("drift", drift)), stages)
+    if failed is not None:
+        out["failed_stage"] = failed.name
+        out["error"] = failed.detail["error"]
     out["stages"] = [s.model_dump(mode="json") for s in stages]
     out["adapter_status"] = get_adapter(store, out["adapter_id"]).status if out.get("adapter_id") else None
     ctx.progress(force=True, stage="done", step=5, total_steps=5, stages=out["stages"],

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.home import safe_id
 from learning.store import Store, dumps, loads
@@ -61,20 +61,16 @@ class AdapterEvent(BaseModel):
     data: dict[str, Any]
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def new_adapter_id(role: str) -> str:
     """Readable and sortable: role and UTC time, e.g. coder-20261122-143012."""
-    return f"{role}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return f"{role}-{stamp()}"
 
 
 def to_adapter(row) -> Adapter:
     return Adapter(
         id=row["id"], role=row["role"], task_type=row["task_type"], complexity=row["complexity"],
         base_model=row["base_model"], base_hash=row["base_hash"], dataset_id=row["dataset_id"],
-        method=row["method"], status=row["status"], created=_iso(row["created"]), updated=_iso(row["updated"]),
+        method=row["method"], status=row["status"], created=iso(row["created"]), updated=iso(row["updated"]),
         path=row["path"], params=loads(row["params"]) or {}, metrics=loads(row["metrics"]) or {},
         source=row["source"],
     )
@@ -127,7 +123,7 @@ def adapter_history(
     """Every status change (time, actor, from, to, reason), oldest first, evaluations included."""
     if adapter_id:
         get_adapter(store, adapter_id)
-    return [AdapterEvent(adapter_id=r["adapter_id"], time=_iso(r["ts"]), actor=r["actor"],
+    return [AdapterEvent(adapter_id=r["adapter_id"], time=iso(r["ts"]), actor=r["actor"],
                          from_status=r["from_status"], to_status=r["to_status"], reason=r["reason"],
                          data=loads(r["data"]) or {})
             for r in adapter_event_rows(store, adapter_id, role)]

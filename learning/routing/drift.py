@@ -18,8 +18,8 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from learning.registry import adapters as registry
+from learning.clock import iso
 from learning.errors import Conflict, ConfirmationNeeded, InvalidInput, NotFound, check
-from learning.runs.record import iso
 from learning.runs.stats import time_window
 from learning.routing.experiments import experiment_row
 from learning.store import Store, dumps, loads

@@ -20,14 +20,14 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.registry import adapters as registry
-from learning.routing.router import experiment_arm_rewards
+from learning.routing.router import experiment_arm_rewards, route_keys
 from learning.store import Store
 from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 
@@ -60,12 +60,6 @@ class Experiment(BaseModel):
     arms: list[ArmStats]
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
     with store.read() as conn:
         stats = {r["arm"]: r for r in experiment_arm_rewards(conn, row["id"])}
@@ -77,15 +71,13 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
                              mean_reward=round(s["reward_sum"] / runs, 4) if runs else None))
     return Experiment(id=row["id"], role=row["role"], task_type=row["task_type"], complexity=row["complexity"],
                       candidate_id=row["candidate_id"], control_id=row["control_id"], mode=row["mode"],
-                      fraction=row["fraction"], seed=row["seed"], status=row["status"], created=_iso(row["created"]),
-                      stopped=_iso(row["stopped"]), reason=row["reason"], arms=arms)
+                      fraction=row["fraction"], seed=row["seed"], status=row["status"], created=iso(row["created"]),
+                      stopped=iso(row["stopped"]), reason=row["reason"], arms=arms)
 
 
 def _control(store: Store, conn, role: str, task_type: str | None, complexity: str | None):
     """The production adapter that serves the route today (its own, or a less specific one's)."""
-    from learning.routing.router import _keys
-
-    for _, key in _keys(role, task_type, complexity):
+    for _, key in route_keys(role, task_type, complexity):
         row = registry.production_for_route(conn, *key)
         if row is not None:
             return row
@@ -129,7 +121,7 @@ def start_experiment(
             raise Conflict(f"Experiment {running['id']} already runs on this route; stop it first "
                            f"(stop_experiment, CLI: learnloop experiment stop --id {running['id']}).")
         control = _control(store, conn, *route)
-        experiment_id = f"exp-{role}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        experiment_id = f"exp-{role}-{stamp()}-{secrets.token_hex(2)}"
         insert_experiment(conn, dict(
             id=experiment_id, role=role, task_type=cand["task_type"], complexity=cand["complexity"],
             candidate_id=candidate_id, control_id=control["id"] if control is not None else None, mode=mode,

@@ -113,7 +113,8 @@ def _table(store: Store, conn, cache: _Cache) -> _Table:
     return table
 
 
-def _keys(role: str, task_type: str | None, complexity: str | None) -> list[tuple[Level, tuple]]:
+def route_keys(role: str, task_type: str | None, complexity: str | None) -> list[tuple[Level, tuple]]:
+    """The routes a task matches, most specific first, each with its level."""
     keys: list[tuple[Level, tuple]] = []
     if task_type and complexity:
         keys.append(("exact", (role, task_type, complexity)))
@@ -159,7 +160,7 @@ def _choose_arm(store: Store, conn, cache: _Cache, exp: dict, key: str) -> str:
 
 def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key: str, seed: int | None):
     """(adapter row or None, level, experiment id, arm)."""
-    keys = _keys(role, task_type, complexity)
+    keys = route_keys(role, task_type, complexity)
     for i, (level, route) in enumerate(keys):
         exp = table.experiments.get(route)
         prod = table.production.get(route)

@@ -15,12 +15,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, IO, Literal, NamedTuple
+from typing import Annotated, Any, IO, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
 from learning.store import Store, dumps, loads
 
@@ -142,10 +143,6 @@ class ImportResult(BaseModel):
     seconds: float
 
 
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def derive_task_key(instruction: str, input_: str = "") -> str:

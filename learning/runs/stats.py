@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput
-from learning.runs.record import iso
+from learning.clock import iso
 from learning.store import Store
 from learning.params import RoleFilter
 

@@ -21,7 +21,6 @@ import os
 import secrets
 import sqlite3
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +30,7 @@ if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
     import httpx
 from pydantic import BaseModel, Field
 
+from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput
 from learning.serve.export import export_adapter
 from learning.registry.adapters import get_adapter
@@ -75,10 +75,6 @@ class DeployTarget(BaseModel):
 
 def served_name(adapter_id: str) -> str:
     return f"learnloop-{adapter_id}".lower()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # ---- HTTP with clear errors -------------------------------------------------------------------
@@ -236,14 +232,14 @@ def deploy_adapter(
     finally:
         if client is not None:
             client.close()
-    dep_id = f"dep-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    dep_id = f"dep-{stamp()}-{secrets.token_hex(3)}"
     with store.write() as conn:
         for d in old:  # an older row of this very name is superseded by the new one
             set_deployment_status(conn, d["id"], retired.get(d["id"], "replaced"))
         insert_deployment(conn, dep_id, adapter_id, target, url, done["served_name"])
     row = latest_deployment(store, adapter_id)
     return Deployment(id=dep_id, adapter_id=adapter_id, target=target, url=url, served_name=done["served_name"],
-                      created=_iso(row["created"]), status="active", artifact=done["artifact"],
+                      created=iso(row["created"]), status="active", artifact=done["artifact"],
                       command=done.get("command"), replaced=[d["served_name"] for d in old if d["served_name"] != done["served_name"]],
                       messages=messages)
 

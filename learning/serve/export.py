@@ -14,7 +14,6 @@ torch; the other formats need numpy, safetensors and gguf, so the server can run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -23,17 +22,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from learning.data.templates import render, resolve_template
 from learning.serve import gguf as gx
 from learning.errors import Conflict, check
 from learning.home import subdir
+from learning.jobs.manage import start_job
+from learning.models.fingerprint import base_fingerprint
 from learning.registry.adapters import Adapter, get_adapter
+from learning.serve.merge import export_merged
+from learning.serve.modelfile import USR, modelfile_text, read_tokenizer
+from learning.serve.tokenizer_files import copy_tokenizer
 from learning.store import Store
 
 Format = Literal["peft", "merged", "gguf", "ollama"]
 FORMATS = ("peft", "merged", "gguf", "ollama")
 DTYPES = ("f32", "f16")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 MARKER = ".learnloop-export"
 MERGED_TOL = 1e-5
 
@@ -82,20 +85,6 @@ def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
     return None
 
 
-def base_fingerprint(folder: Path) -> str:
-    """How training records its base (metadata.json base_model.sha256 / .revision, registry
-    base_hash): a hub snapshot's revision, else sha256 over config.json and the *.safetensors."""
-    if "snapshots" in folder.parts:
-        return folder.name
-    digest = hashlib.sha256()
-    for name in ["config.json", *sorted(p.name for p in folder.glob("*.safetensors"))]:
-        if (folder / name).exists():
-            with open(folder / name, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _adapter_config(folder: Path) -> dict[str, Any]:
     path = folder / "adapter_config.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -122,7 +111,8 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
         meta = _metadata(folder).get("base_model")
         meta = meta if isinstance(meta, dict) else {}
         recorded = meta.get("sha256") or meta.get("revision") or adapter.base_hash
-        given = base_fingerprint(base_dir) if recorded else None
+        given_fingerprint = base_fingerprint(base_dir) if recorded else {}
+        given = given_fingerprint.get("sha256") or given_fingerprint.get("revision")
         if recorded and recorded != given:
             problems.append(f"the base {base} differs from the one this adapter was trained on (recorded "
                             f"{recorded[:12]}..., given {given[:12]}...); an adapter only "
@@ -141,16 +131,6 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
 
 # ---- the formats ----------------------------------------------------------------------------
 
-def _copy_tokenizer(sources: list[Path | None], out: Path) -> list[str]:
-    for src in sources:
-        if src is not None and any((src / f).exists() for f in TOKENIZER_FILES):
-            copied = [f for f in TOKENIZER_FILES if (src / f).exists()]
-            for name in copied:
-                shutil.copy2(src / name, out / name)
-            return copied
-    return []
-
-
 def _export_peft(adapter: Adapter, base_dir: Path | None, out: Path, dtype: str) -> dict[str, Any]:
     from safetensors.numpy import load_file, save_file
     import numpy as np
@@ -161,7 +141,7 @@ def _export_peft(adapter: Adapter, base_dir: Path | None, out: Path, dtype: str)
     want = np.float16 if dtype == "f16" else np.float32
     save_file({k: v.astype(want) for k, v in tensors.items()}, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    tok = _copy_tokenizer([folder, base_dir], out)
+    tok = copy_tokenizer([folder, base_dir], out)
     (out / "README.md").write_text(_readme(adapter, cfg))
     reread = load_file(str(out / "adapter_model.safetensors"))
     checks = [f"adapter_model.safetensors re-read: {len(reread)} tensors, same names and shapes"
@@ -201,21 +181,15 @@ def _role_prompt(store: Store, adapter: Adapter) -> str | None:
     """The role's instruction template rendered around `{{ .Prompt }}` (no input block), or None
     when the role has no template here."""
     try:
-        from learning.data.templates import render, resolve_template
-
         text, _ = resolve_template(store, adapter.role, None)
-    except Exception:  # noqa: BLE001 - no templates module or no template for this role
+    except Exception:  # noqa: BLE001 - no template for this role
         return None
-    from learning.serve.modelfile import USR
-
     fields = {"instruction": USR, "role": adapter.role, "task_type": adapter.task_type, "complexity": adapter.complexity}
     return render(text, fields).replace(USR, "{{ .Prompt }}")
 
 
 def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str,
                    from_model: str) -> dict[str, Any]:
-    from learning.serve.modelfile import modelfile_text, read_tokenizer
-
     done = _export_gguf(adapter, base_dir, out, dtype)
     folder = Path(adapter.path)
     tok = read_tokenizer(folder if (folder / "tokenizer_config.json").exists() else base_dir)
@@ -270,8 +244,6 @@ def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = No
         if fmt == "peft":
             done = _export_peft(adapter, base_dir, work, dtype)
         elif fmt == "merged":
-            from learning.serve.merge import export_merged
-
             done = export_merged(Path(adapter.path), base_dir, work, dtype)
         elif fmt == "gguf":
             done = _export_gguf(adapter, base_dir, work, dtype)
@@ -303,8 +275,6 @@ def export_job(ctx) -> dict[str, Any]:
 def start_export(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
                  base: str | None = None, from_model: str | None = None) -> str:
     """Check the request, then run the export as a job (merging a real model takes minutes)."""
-    from learning.jobs.manage import start_job
-
     check([p for p in (f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
                        f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None) if p])
     adapter = get_adapter(store, adapter_id)

@@ -114,12 +114,10 @@ def _gguf_base_name(tensor_name: str, base: BaseShape) -> str | None:
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's converter (LlamaModel.permute): interleaved rotary halves per head."""
-    import numpy as np
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    import numpy as np
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 

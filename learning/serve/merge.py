@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.errors import Conflict
+from learning.serve.tokenizer_files import copy_tokenizer
 
 TOL_F32 = 1e-5
 TOL_F16 = 5e-2  # f16 weights round to ~3 significant digits; the diff is reported either way
@@ -45,9 +46,7 @@ def export_merged(adapter_dir: Path, base_dir: Path, out: Path, dtype: str) -> d
         if dtype == "f16":
             merged = merged.to(torch.float16)
         merged.save_pretrained(str(out))
-        from learning.serve.export import _copy_tokenizer
-
-        _copy_tokenizer([adapter_dir, base_dir], out)
+        copy_tokenizer([adapter_dir, base_dir], out)
         reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
         diff = float((reloaded(ids).logits - reference).abs().max())
     tol = TOL_F32 if dtype == "f32" else TOL_F16

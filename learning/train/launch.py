@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from learning.registry import adapters as registry
 from learning.train.config import TrainConfig, build_config
+from learning.data.formats import PREF_FORMATS, SFT_FORMATS
 from learning.errors import Conflict, InvalidInput, LearnloopError, check
 from learning.home import safe_id, subdir
 from learning.data.datasets import dataset_row
@@ -26,8 +27,6 @@ from learning.jobs.manage import active_job_rows, start_job
 from learning.store import Store, loads
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
-SFT_FORMATS = ("prompt_completion", "messages", "alpaca", "sharegpt")
-PREF_FORMATS = ("prompt_completion", "messages")  # TRL takes both for DPO and KTO
 MIN_ROWS = 10
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_BASE = "embedded:small"

@@ -10,16 +10,17 @@ one process per device (gloo on CPU); rank 0 reports progress and writes the art
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from learning.clock import iso
+from learning.data.formats import training_rows
+from learning.models.fingerprint import base_fingerprint
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent, job_row
 from learning.store import Store, loads
 
@@ -144,7 +145,8 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     # 2. The dataset, converted to the columns TRL's trainers take.
     from datasets import Dataset
 
-    rows = _load_rows(Path(p["dataset_path"]) / "train.jsonl", p["dataset_format"], cfg["method"])
+    lines = (Path(p["dataset_path"]) / "train.jsonl").read_text().splitlines()
+    rows = training_rows([json.loads(line) for line in lines if line.strip()], p["dataset_format"], cfg["method"])
     dataset = Dataset.from_list(rows)
 
     # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
@@ -235,26 +237,6 @@ def _resolve_base(ctx: JobContext) -> str:
     return ensure_base(ctx.store, base["size"], log=ctx.log).path
 
 
-def _load_rows(path: Path, fmt: str, method: str) -> list[dict[str, Any]]:
-    """Rows in the columns TRL expects: prompt/completion or messages (sft), prompt/chosen/rejected (dpo),
-    prompt/completion/label (kto). Alpaca and ShareGPT rows are converted."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if method == "dpo":
-        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
-    if method == "kto":
-        return [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in rows]
-    if fmt == "alpaca":
-        return [{"prompt": r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "") + "\n",
-                 "completion": r["output"]} for r in rows]
-    if fmt == "sharegpt":
-        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-        return [{"messages": [{"role": roles[t["from"]], "content": t["value"]} for t in r["conversations"]]}
-                for r in rows]
-    if fmt == "messages":
-        return [{"messages": r["messages"]} for r in rows]
-    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
-
-
 def _has_generation(tokenizer) -> bool:
     return "{% generation %}" in (tokenizer.chat_template or "") or "{%- generation %}" in (tokenizer.chat_template or "")
 
@@ -277,9 +259,6 @@ def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_fr
     import transformers
     import trl
 
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
     return {
         "adapter_id": p["adapter_id"], "role": p["role"], "method": p["config"]["method"],
         "base_model": {**p["base"], "path": base_path, **base_fingerprint(base_path)},
@@ -289,23 +268,6 @@ def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_fr
                      "trl": trl.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__},
         "started": iso(started), "finished": iso(time.time()), "resumed_from": resumed_from, **metrics,
     }
-
-
-def base_fingerprint(base_path: str) -> dict[str, Any]:
-    """A hub snapshot's revision, else a sha256 over config.json and the weight files."""
-    path = Path(base_path)
-    if not path.is_dir():
-        return {"revision": None}
-    if "snapshots" in path.parts:
-        return {"revision": path.name}
-    digest = hashlib.sha256()
-    for name in ["config.json", *sorted(f.name for f in path.glob("*.safetensors"))]:
-        f = path / name
-        if f.exists():
-            with open(f, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return {"sha256": digest.hexdigest()}
 
 
 # ---- progress and cancel ----------------------------------------------------------------

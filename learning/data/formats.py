@@ -1,0 +1,105 @@
+"""The row formats datasets are written in, and how they are read back.
+
+SFT rows: prompt_completion, messages, alpaca or sharegpt. Preference rows (DPO, KTO):
+prompt_completion or messages. Curation writes rows with `sft_row` and `pref_row`; training
+reads them with `training_rows` (the columns TRL expects) and evaluation with `to_example`
+(a prompt and its reference completion), both converting alpaca and sharegpt the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from learning.errors import InvalidInput
+
+SftFormat = Literal["prompt_completion", "messages", "alpaca", "sharegpt"]
+PrefFormat = Literal["prompt_completion", "messages"]
+SFT_FORMATS = ("prompt_completion", "messages", "alpaca", "sharegpt")
+PREF_FORMATS = ("prompt_completion", "messages")  # TRL takes both for DPO and KTO
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+def sft_row(fmt: str, prompt: str, completion: str, instruction_only: str, input_: str) -> dict[str, Any]:
+    """One training row in a format. alpaca puts the prompt without the input block in
+    'instruction' and the run's input in 'input'."""
+    if fmt == "prompt_completion":
+        return {"prompt": prompt, "completion": completion}
+    if fmt == "messages":
+        return {"messages": [{"role": "user", "content": prompt.rstrip()},
+                             {"role": "assistant", "content": completion}]}
+    if fmt == "alpaca":
+        return {"instruction": instruction_only.rstrip(), "input": input_, "output": completion}
+    return {"conversations": [{"from": "human", "value": prompt.rstrip()}, {"from": "gpt", "value": completion}]}
+
+
+def pref_row(fmt: str, kind: str, prompt: str, first: str, second: str | bool) -> dict[str, Any]:
+    """A DPO row (prompt, chosen, rejected) or a KTO row (prompt, completion, label)."""
+    if fmt == "messages":
+        p = [{"role": "user", "content": prompt.rstrip()}]
+        if kind == "dpo":
+            return {"prompt": p, "chosen": [{"role": "assistant", "content": first}],
+                    "rejected": [{"role": "assistant", "content": second}]}
+        return {"prompt": p, "completion": [{"role": "assistant", "content": first}], "label": second}
+    if kind == "dpo":
+        return {"prompt": prompt, "chosen": first, "rejected": second}
+    return {"prompt": prompt, "completion": first, "label": second}
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+def alpaca_prompt(row: dict[str, Any]) -> str:
+    """An alpaca row's prompt: the instruction, then the input block when there is one."""
+    return row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n"
+
+
+def sharegpt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sharegpt row's conversation as chat messages."""
+    return [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
+            for t in row["conversations"]]
+
+
+def as_text(value: Any) -> str:
+    """A prompt or completion as text: strings as they are, chat messages joined by their contents."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
+
+
+def to_example(row: dict[str, Any]) -> dict[str, Any]:
+    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
+    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
+    list of messages (rendered with the tokenizer's chat template)."""
+    if "conversations" in row:
+        row = {"messages": sharegpt_messages(row)}
+    if "messages" in row:
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise InvalidInput("A messages row must end with the assistant's answer.")
+        return {"prompt": msgs[:-1], "completion": as_text(msgs[-1]["content"])}
+    if "instruction" in row and "output" in row:
+        return {"prompt": alpaca_prompt(row), "completion": row["output"]}
+    if "prompt" not in row or "completion" not in row:
+        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
+                           "(preference datasets are not evaluated).")
+    return {"prompt": row["prompt"], "completion": as_text(row["completion"])}
+
+
+def training_rows(rows: list[dict[str, Any]], fmt: str, method: str) -> list[dict[str, Any]]:
+    """Rows in the columns TRL expects: prompt/completion or messages (sft), prompt/chosen/rejected (dpo),
+    prompt/completion/label (kto). Alpaca and ShareGPT rows are converted."""
+    if method == "dpo":
+        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    if method == "kto":
+        return [{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])} for r in rows]
+    if fmt == "alpaca":
+        return [{"prompt": alpaca_prompt(r), "completion": r["output"]} for r in rows]
+    if fmt == "sharegpt":
+        return [{"messages": sharegpt_messages(r)} for r in rows]
+    if fmt == "messages":
+        return [{"messages": r["messages"]} for r in rows]
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]

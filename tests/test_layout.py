@@ -1,0 +1,173 @@
+"""The layout keeps its promises: every module imports on its own, imports point one way along
+the loop, and no module reaches into another's private names.
+
+(That starting the MCP server imports no torch, transformers, peft, trl or datasets is checked
+in test_server.py.)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Bottom to top: a module may import from its own level and the levels below it, never above.
+SHARED = ("errors", "home", "clock", "params", "store")
+PACKAGES = ("runs", "jobs", "data", "models", "registry", "train", "evaluate", "serve", "routing", "loop", "demo")
+LEVEL = {**{name: 0 for name in SHARED}, **{name: i + 1 for i, name in enumerate(PACKAGES)}}
+
+# The CLI modules register their commands on the shared app when imported, so importing one
+# alone re-enters server.cli half-initialised.
+
+
+def module_names() -> list[str]:
+    names = []
+    for top in ("learning", "server"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__main__":  # run, not imported
+                continue
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def source_files(top: str) -> list[Path]:
+    return sorted((ROOT / top).rglob("*.py"))
+
+
+def imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, imported module, names taken from it) for every import in a file, at any depth."""
+    found = []
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: resolve against the file's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            found.append((node.lineno, module, [alias.name for alias in node.names]))
+    return found
+
+
+def level_of(module: str, names: list[str]) -> tuple[str, int] | None:
+    """The package (or shared module) of learning an import reaches, with its level."""
+    parts = module.split(".")
+    if parts[0] != "learning":
+        return None
+    if len(parts) > 1:
+        return parts[1], LEVEL.get(parts[1], 0)
+    # `from learning import x`: a package or shared module, or the package's own names
+    reached = [(n, LEVEL[n]) for n in names if n in LEVEL]
+    return max(reached, key=lambda r: r[1]) if reached else ("learning", 0)
+
+
+# ---- (a) every module imports on its own ---------------------------------------------------
+
+# Each module is imported in a forked child of a process that has imported only a few
+# third-party packages (to save their start-up in every child), never a learnloop module.
+IMPORT_EACH = r"""
+import importlib, json, os, sys, traceback
+import pydantic, psutil, anyio, typer, rich  # third-party only: shared by the children
+names = json.loads(sys.argv[1])
+results = {}
+for name in names:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            importlib.import_module(name)
+            message = ""
+        except BaseException:
+            message = traceback.format_exc(limit=4)[-1500:] or "failed"
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as handle:
+        message = handle.read().decode()
+    _, status = os.waitpid(pid, 0)
+    results[name] = message if status == 0 else message or f"exit status {status}"
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def import_results() -> dict[str, str]:
+    if not hasattr(__import__("os"), "fork"):
+        pytest.skip("needs os.fork")
+    out = subprocess.run([sys.executable, "-c", IMPORT_EACH, json.dumps(module_names())], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", [
+    n for n in module_names()])
+def test_each_module_imports_on_its_own(import_results, name):
+    assert import_results[name] == "", f"import {name} in a fresh interpreter failed:\n{import_results[name]}"
+
+
+# ---- (b) imports point down the loop -------------------------------------------------------
+
+def test_imports_point_down_the_loop():
+    wrong = []
+    for path in source_files("learning"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        here = parts[1] if len(parts) > 2 else parts[-1]  # the package, or the shared module
+        own = LEVEL.get(here, 0)
+        for line, module, names in imports(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if module.split(".")[0] == "server":
+                wrong.append(f"{where} imports {module}: the library never imports the faces")
+                continue
+            reached = level_of(module, names)
+            if reached is None or reached[0] == here:
+                continue
+            if reached[1] > own:
+                wrong.append(f"{where} ({here}) imports {module} ({reached[0]}), which is above it")
+    assert not wrong, "imports that point up the loop:\n" + "\n".join(wrong)
+
+
+def test_the_order_names_every_package():
+    on_disk = {p.name for p in (ROOT / "learning").iterdir() if (p / "__init__.py").exists()}
+    shared = {p.stem for p in (ROOT / "learning").glob("*.py") if p.stem != "__init__"}
+    assert on_disk == set(PACKAGES) and shared == set(SHARED), \
+        "a package or shared module was added or removed: place it in the order above"
+
+
+# ---- (c) no private names across modules ---------------------------------------------------
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_module_imports_another_modules_private_names():
+    ours = ("learning", "server")
+    wrong = []
+    for path in source_files("learning") + source_files("server"):
+        this = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = set()  # local names bound to learnloop modules: `from learning.jobs import manage as jobs`
+        for line, module, names in imports(path):
+            if module.split(".")[0] not in ours or module == this:
+                continue
+            wrong += [f"{path.relative_to(ROOT)}:{line} imports {n} from {module}" for n in names if _private(n)]
+            wrong += [f"{path.relative_to(ROOT)}:{line} imports {module}" for part in module.split(".") if _private(part)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ours:
+                modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in ours}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
+                    and node.value.id in modules):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not wrong, "private names used across modules:\n" + "\n".join(wrong)
