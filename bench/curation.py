@@ -28,7 +28,8 @@ from learning.data.redact import Redactor  # noqa: E402
 from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
 from learning.store import Store  # noqa: E402
 
-CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs.py").read_text()
+# Code-like text for the runs' outputs: the library's own source for storing and recording runs.
+CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs" / "record.py").read_text()
 TASK_TYPES = ("feature", "bugfix", "refactor", "test")
 
 
