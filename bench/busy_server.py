@@ -43,25 +43,40 @@ async def scenario(home: Path, calls: int, n_runs: int) -> None:
     from mcp import Client, StdioServerParameters
 
     from learning.jobs import manage as jobs
-    from learning.store import Store
     from learning.models.tinybase import ensure_base
+    from learning.store import Store
     from tests.train_helpers import make_dataset
 
     store = Store(home)
     ensure_base(store, "tiny")
     make_dataset(store, "bench-ds", rows=64)
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server", "serve"], cwd=str(ROOT),
-                                   env={**os.environ, "LEARNLOOP_HOME": str(home), "PYTHONPATH": str(ROOT),
-                                        "HF_HUB_OFFLINE": "1"})
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "server", "serve"],
+        cwd=str(ROOT),
+        env={**os.environ, "LEARNLOOP_HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
     async with Client(params) as client:
-        runs = "".join(f'{{"role": "coder", "output": "def f{i}(): pass", "reward": {i % 10 / 10}, '
-                       f'"instruction": "task {i % 50}", "signals": {{"compiled": true}}}}\n' for i in range(n_runs))
+        runs = "".join(
+            f'{{"role": "coder", "output": "def f{i}(): pass", "reward": {i % 10 / 10}, '
+            f'"instruction": "task {i % 50}", "signals": {{"compiled": true}}}}\n'
+            for i in range(n_runs)
+        )
         await client.call_tool("import_runs", {"jsonl": runs})
         await measure(client, 20)  # warm up
         idle = await measure(client, calls)
-        started = (await client.call_tool("train_adapter", {
-            "role": "coder", "dataset_id": "bench-ds", "base": "embedded:tiny", "max_steps": 100_000,
-            "overrides": {"batch_size": 4, "save_steps": 100_000}})).structured_content
+        started = (
+            await client.call_tool(
+                "train_adapter",
+                {
+                    "role": "coder",
+                    "dataset_id": "bench-ds",
+                    "base": "embedded:tiny",
+                    "max_steps": 100_000,
+                    "overrides": {"batch_size": 4, "save_steps": 100_000},
+                },
+            )
+        ).structured_content
         while jobs.job_status(store, started["job_id"], log_lines=0).progress.get("step", 0) < 2:
             await anyio.sleep(0.2)
         busy = await measure(client, calls)
@@ -71,12 +86,14 @@ async def scenario(home: Path, calls: int, n_runs: int) -> None:
     print(f"run_stats over stdio, {n_runs} runs in the store, {calls} calls each, {os.cpu_count()} CPU cores")
     for name, values in (("idle", idle), ("training", busy)):
         print(f"  {name:9s} p50 {statistics.median(values):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms")
-    print(f"  p99 ratio training / idle: {percentile(busy, 0.99) / percentile(idle, 0.99):.2f}x "
-          f"(the job trained through step {step} meanwhile)")
+    print(
+        f"  p99 ratio training / idle: {percentile(busy, 0.99) / percentile(idle, 0.99):.2f}x "
+        f"(the job trained through step {step} meanwhile)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--runs", type=int, default=2000)
     args = parser.parse_args()

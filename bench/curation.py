@@ -19,15 +19,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from learning.data.parallel import default_workers  # noqa: E402
 from learning.data.redact import Redactor  # noqa: E402
-from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
 from learning.store import Store  # noqa: E402
+from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
 
+# Code-like text for the runs' outputs: the library's own source for storing and recording runs.
 CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs" / "record.py").read_text()
 TASK_TYPES = ("feature", "bugfix", "refactor", "test")
 
@@ -50,7 +52,7 @@ def generate(home: Path, n: int, attempts_per_task: int = 4, batch: int = 50_000
     for i in range(n):
         task = i // attempts_per_task
         start = rng.randrange(len(CODE) - 800)
-        output = CODE[start:start + rng.randrange(200, 700)]
+        output = CODE[start : start + rng.randrange(200, 700)]
         if rng.random() < 0.01:
             output += "\n" + rng.choice(secrets)
         instruction = f"Task {task}: implement step {task % 97} of the {TASK_TYPES[task % 4]} for module m{task % 113}."
@@ -101,8 +103,10 @@ def sft_in_child(home: Path, trace: bool = False, workers: int | None = None, **
 
 
 def baseline_rss() -> float:
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, learning.data.curate; " \
-           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import resource, learning.data.curate; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -112,7 +116,7 @@ def redaction_throughput(mb: float = 20.0) -> dict:
     texts, size = [], 0
     while size < mb * 1e6:
         start = rng.randrange(len(CODE) - 1500)
-        text = CODE[start:start + rng.randrange(300, 1500)]
+        text = CODE[start : start + rng.randrange(300, 1500)]
         if rng.random() < 0.02:
             text += "\n" + rng.choice(secrets)
         texts.append(text)
@@ -127,8 +131,13 @@ def redaction_throughput(mb: float = 20.0) -> dict:
         text.lower()
         " ".join(text.split())
     reference = time.perf_counter() - started
-    return {"mb": size / 1e6, "texts": len(texts), "mb_per_s": size / 1e6 / seconds, "mb_per_cpu_s": size / 1e6 / cpu,
-            "vs_lower_and_split": seconds / reference}
+    return {
+        "mb": size / 1e6,
+        "texts": len(texts),
+        "mb_per_s": size / 1e6 / seconds,
+        "mb_per_cpu_s": size / 1e6 / cpu,
+        "vs_lower_and_split": seconds / reference,
+    }
 
 
 def corpus_quality() -> dict:
@@ -137,9 +146,15 @@ def corpus_quality() -> dict:
     found = sum(1 for p in planted if p.secret not in (out := r(p.text)) and f"[{p.placeholder}]" in out)
     missed = [p.name for p in planted if p.secret in r(p.text)]
     changed = [c for c in ORDINARY_CODE if r(c) != c]
-    return {"planted": len(planted), "redacted": found, "recall": found / len(planted), "missed": missed,
-            "ordinary_snippets": len(ORDINARY_CODE), "false_positives": len(changed),
-            "types": sorted({p.placeholder for p in planted})}
+    return {
+        "planted": len(planted),
+        "redacted": found,
+        "recall": found / len(planted),
+        "missed": missed,
+        "ordinary_snippets": len(ORDINARY_CODE),
+        "false_positives": len(changed),
+        "types": sorted({p.placeholder for p in planted}),
+    }
 
 
 def main() -> None:
@@ -150,13 +165,17 @@ def main() -> None:
     args = parser.parse_args()
 
     quality = corpus_quality()
-    print(f"redaction corpus: {quality['redacted']}/{quality['planted']} planted secrets redacted "
-          f"(recall {quality['recall']:.3f}; types {', '.join(quality['types'])}); "
-          f"false positives {quality['false_positives']}/{quality['ordinary_snippets']} ordinary-code snippets"
-          + (f"; missed {quality['missed']}" if quality["missed"] else ""))
+    print(
+        f"redaction corpus: {quality['redacted']}/{quality['planted']} planted secrets redacted "
+        f"(recall {quality['recall']:.3f}; types {', '.join(quality['types'])}); "
+        f"false positives {quality['false_positives']}/{quality['ordinary_snippets']} ordinary-code snippets"
+        + (f"; missed {quality['missed']}" if quality["missed"] else "")
+    )
     tp = redaction_throughput()
-    print(f"redaction throughput: {tp['mb_per_s']:.1f} MB/s wall, {tp['mb_per_cpu_s']:.1f} MB/s of CPU time, over {tp['mb']:.0f} MB of code-like text "
-          f"({tp['texts']} texts); {tp['vs_lower_and_split']:.1f}x the time of lower() + split/join on the same texts")
+    print(
+        f"redaction throughput: {tp['mb_per_s']:.1f} MB/s wall, {tp['mb_per_cpu_s']:.1f} MB/s of CPU time, over {tp['mb']:.0f} MB of code-like text "
+        f"({tp['texts']} texts); {tp['vs_lower_and_split']:.1f}x the time of lower() + split/join on the same texts"
+    )
 
     home = Path(args.keep_db) if args.keep_db else Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -168,22 +187,31 @@ def main() -> None:
     print(f"database: {_count_runs(store):,} runs, {db_mib:,.0f} MiB")
     base = baseline_rss()
     print(f"worker processes for large curations: {default_workers()} (of {os.cpu_count()} CPUs)")
-    for label, workers, kwargs in (("default filters (min_reward 0.7, max 3 per task)", None, {}),
-                                   ("the same in one process (LEARNLOOP_WORKERS=1)", 1, {}),
-                                   ("limit 10,000", None, {"limit": 10_000}),
-                                   ("min_reward 0.9, no redaction", None, {"min_reward": 0.9, "redact": False})):
+    cases: list[tuple[str, int | None, dict[str, Any]]] = [
+        ("default filters (min_reward 0.7, max 3 per task)", None, {}),
+        ("the same in one process (LEARNLOOP_WORKERS=1)", 1, {}),
+        ("limit 10,000", None, {"limit": 10_000}),
+        ("min_reward 0.9, no redaction", None, {"min_reward": 0.9, "redact": False}),
+    ]
+    for label, workers, kwargs in cases:
         r = sft_in_child(home, workers=workers, **kwargs)
-        print(f"make_sft over {args.runs:,} runs, {label}: {r['seconds']:.2f}s wall ({r['cpu_seconds']:.2f}s CPU "
-              "in the calling process), "
-              f"{r['rows']:,} rows written "
-              f"({r['matched']:,} runs read), peak RSS {r['maxrss_mib']:.0f} MiB (import baseline {base:.0f} MiB)"
-              + (f", each worker process at most {r['worker_maxrss_mib']:.0f} MiB" if r["worker_maxrss_mib"] else ""))
+        print(
+            f"make_sft over {args.runs:,} runs, {label}: {r['seconds']:.2f}s wall ({r['cpu_seconds']:.2f}s CPU "
+            "in the calling process), "
+            f"{r['rows']:,} rows written "
+            f"({r['matched']:,} runs read), peak RSS {r['maxrss_mib']:.0f} MiB (import baseline {base:.0f} MiB)"
+            + (f", each worker process at most {r['worker_maxrss_mib']:.0f} MiB" if r["worker_maxrss_mib"] else "")
+        )
     if args.trace:
         r = sft_in_child(home, trace=True)
-        print(f"tracemalloc peak of make_sft with default filters: {r['traced_peak_mib']:.1f} MiB "
-              f"(the database holds {db_mib:,.0f} MiB; traced run took {r['seconds']:.1f}s)")
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall time >> CPU time means a busy machine)")
+        print(
+            f"tracemalloc peak of make_sft with default filters: {r['traced_peak_mib']:.1f} MiB "
+            f"(the database holds {db_mib:,.0f} MiB; traced run took {r['seconds']:.1f}s)"
+        )
+    print(
+        f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall time >> CPU time means a busy machine)"
+    )
 
 
 if __name__ == "__main__":

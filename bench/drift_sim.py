@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from learning.routing.drift_stats import runs_per_arm_needed, simulate  # noqa: E402
+from learning.routing.drift_stats import runs_per_arm_needed  # noqa: E402
+from tests.drift_simulation import simulate  # noqa: E402
 
 KINDS = {"beta": "Beta, mean 0.65, sd 0.20", "bernoulli": "Bernoulli(0.65) pass/fail"}
 
@@ -39,9 +40,11 @@ def main() -> None:
         for drop in (0.0, 0.05, 0.10, 0.20):
             for n in (100, 200, 400, 800):
                 looks = list(range(20, n + 1, 20))
-                cells = [simulate(rng, args.reps, n, 0.65, drop, kind=kind),
-                         simulate(rng, args.reps, n, 0.65, drop, kind=kind, looks=looks),
-                         simulate(rng, args.reps, n, 0.65, drop, kind=kind, looks=looks, sequential=True)]
+                cells = [
+                    simulate(rng, args.reps, n, 0.65, drop, kind=kind),
+                    simulate(rng, args.reps, n, 0.65, drop, kind=kind, looks=looks),
+                    simulate(rng, args.reps, n, 0.65, drop, kind=kind, looks=looks, sequential=True),
+                ]
                 print(f"| {label} | {drop:.0%} | {n} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
     print("\nruns per arm for 80% power at a 10% drop (fixed horizon, from the formula detect_drift reports):")
     for kind, var in (("beta", 0.04), ("bernoulli", 0.65 * 0.35)):

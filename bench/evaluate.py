@@ -28,8 +28,12 @@ def rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         name = f"f{i}"
         body = "\n".join(f"    x = x + {rng.randint(1, 99)}" for _ in range(rng.randint(1, 12)))
-        out.append({"prompt": f"Write a function {name}(x) that adds some numbers to x.\n",
-                    "completion": f"def {name}(x):\n{body}\n    return x\n"})
+        out.append(
+            {
+                "prompt": f"Write a function {name}(x) that adds some numbers to x.\n",
+                "completion": f"def {name}(x):\n{body}\n    return x\n",
+            }
+        )
     return out
 
 
@@ -50,14 +54,20 @@ def throughput(root: Path, size: str, n: int, batch: int) -> dict:
     teacher_forced(model, tok, examples[:8], batch)  # warm-up
     batched = teacher_forced(model, tok, examples, batch)
     single = teacher_forced(model, tok, examples, 1)
-    return {"examples": n, "batch": batch, "batched_tok_s": batched["tokens_per_s"], "single_tok_s": single["tokens_per_s"],
-            "ratio": batched["tokens_per_s"] / single["tokens_per_s"],
-            "loss_batched": batched["eval_loss"], "loss_single": single["eval_loss"]}
+    return {
+        "examples": n,
+        "batch": batch,
+        "batched_tok_s": batched["tokens_per_s"],
+        "single_tok_s": single["tokens_per_s"],
+        "ratio": batched["tokens_per_s"] / single["tokens_per_s"],
+        "loss_batched": batched["eval_loss"],
+        "loss_single": single["eval_loss"],
+    }
 
 
 def latency(root: Path, moves: int) -> dict:
-    from learning.routing import lifecycle
     from learning.registry import adapters as registry
+    from learning.routing import lifecycle
     from learning.store import Store
 
     store = Store(root / "home")
@@ -77,9 +87,15 @@ def latency(root: Path, moves: int) -> dict:
 
     def pct(xs, q):
         return statistics.quantiles(xs, n=100)[q - 1]
-    return {"moves": moves, "promote_p50": pct(promote_ms, 50), "promote_p99": pct(promote_ms, 99),
-            "rollback_p50": pct(rollback_ms, 50), "rollback_p99": pct(rollback_ms, 99),
-            "events": len(registry.adapter_history(store))}
+
+    return {
+        "moves": moves,
+        "promote_p50": pct(promote_ms, 50),
+        "promote_p99": pct(promote_ms, 99),
+        "rollback_p50": pct(rollback_ms, 50),
+        "rollback_p99": pct(rollback_ms, 99),
+        "events": len(registry.adapter_history(store)),
+    }
 
 
 def main() -> None:

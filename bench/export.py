@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from learning.serve.export import export_adapter  # noqa: E402
 from learning.registry.adapters import create_adapter  # noqa: E402
+from learning.serve.export import export_adapter  # noqa: E402
 from learning.store import Store  # noqa: E402
 
 
@@ -29,8 +29,14 @@ def train_tiny(base: Path, out: Path, steps: int = 30) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     data = torch.randint(3, model.config.vocab_size, (8, 32))
     for _ in range(steps):
@@ -57,7 +63,10 @@ def main() -> None:
         base = lc.build_spm_llama(work / "base")
         adapter = train_tiny(base, work / "adapter")
         source = "tiny trained adapter (Llama hidden 64, 2 layers, 4 heads / 2 kv heads, LoRA r=8 on 7 projections)"
-    import gguf, peft, transformers  # noqa: E401,F401 - imported before timing: each export pays only its own work
+    # Imported before timing: each export pays only its own work.
+    import gguf  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
 
     store = Store(work / "home")
     create_adapter(store, "bench-1", "coder", str(base), str(adapter), status="trained")
@@ -83,8 +92,10 @@ def main() -> None:
     ids = [1] + list(range(3, 40))
     for key in ("gguf/f32", "gguf/f16"):
         d = lc.compare_logits(base, adapter, base_gguf, Path(results[key].out_dir) / "adapter.gguf", ids)
-        print(f"llama.cpp vs PEFT max logit diff ({key}): {d['adapter_max_logit_diff']:.3g} "
-              f"(base conversion {d['base_max_logit_diff']:.3g}, adapter effect {d['adapter_effect']:.3g})")
+        print(
+            f"llama.cpp vs PEFT max logit diff ({key}): {d['adapter_max_logit_diff']:.3g} "
+            f"(base conversion {d['base_max_logit_diff']:.3g}, adapter effect {d['adapter_effect']:.3g})"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ and concurrent writers. Run: python bench/foundation.py [--runs 100000]"""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -26,8 +25,13 @@ from learning.store import Store  # noqa: E402
 # Byte-code caching as on a user's machine (a sandbox may turn it off): the first start writes
 # the .pyc files, the measured ones use them.
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(ROOT)}
-RUN = {"role": "coder", "instruction": "write add(a, b)", "output": "def add(a, b):\n    return a + b\n",
-       "reward": 0.9, "signals": {"compiled": True, "tests_passed": 4, "tests_total": 5, "iterations": 2}}
+RUN = {
+    "role": "coder",
+    "instruction": "write add(a, b)",
+    "output": "def add(a, b):\n    return a + b\n",
+    "reward": 0.9,
+    "signals": {"compiled": True, "tests_passed": 4, "tests_total": 5, "iterations": 2},
+}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -36,13 +40,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def server_params(home: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "server", "serve", "--home", home], env=ENV, cwd=str(ROOT))
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "server", "serve", "--home", home], env=ENV, cwd=str(ROOT)
+    )
 
 
-async def stdio_latency(home: str, calls: int) -> tuple[float, float, float]:
-    started = time.perf_counter()
+async def stdio_latency(home: str, calls: int) -> tuple[tuple[float, float], float, float]:
     async with Client(server_params(home)) as client:
-        start_s = time.perf_counter() - started
         for _ in range(20):  # warm-up
             await client.call_tool("log_run", RUN)
         lat = []
@@ -52,7 +56,7 @@ async def stdio_latency(home: str, calls: int) -> tuple[float, float, float]:
             lat.append((time.perf_counter() - t) * 1000)
             assert not result.is_error
         base = []
-        for i in range(calls):
+        for _ in range(calls):
             t = time.perf_counter()
             await client.call_tool("list_jobs", {"limit": 1})
             base.append((time.perf_counter() - t) * 1000)
@@ -72,8 +76,11 @@ server.run("stdio")
 
 async def start_times(home: str, repeats: int, minimal: bool = False) -> list[float]:
     times = []
-    params = (StdioServerParameters(command=sys.executable, args=["-c", MINIMAL_SERVER], env=ENV, cwd=str(ROOT))
-              if minimal else server_params(home))
+    params = (
+        StdioServerParameters(command=sys.executable, args=["-c", MINIMAL_SERVER], env=ENV, cwd=str(ROOT))
+        if minimal
+        else server_params(home)
+    )
     for _ in range(repeats + 1):
         t = time.perf_counter()
         async with Client(params) as client:
@@ -112,8 +119,16 @@ def concurrent_writers(workers: int, per_worker: int) -> tuple[int, int, float]:
     home = tempfile.mkdtemp()
     count_runs(Store(home))  # create the schema once
     t = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, home, str(w), str(per_worker)], env=ENV, cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for w in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, home, str(w), str(per_worker)],
+            env=ENV,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(workers)
+    ]
     errors = [p.communicate()[1] for p in procs]
     seconds = time.perf_counter() - t
     for p, err in zip(procs, errors):
@@ -130,8 +145,10 @@ def main() -> None:
 
     home = tempfile.mkdtemp()
     (b50, b99), p50, p99 = anyio.run(stdio_latency, home, args.calls)
-    print(f"log_run over stdio ({args.calls} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms); "
-          f"baseline: a trivial read-only tool (list_jobs, limit 1) in the same session: p50 {b50:.2f} ms, p99 {b99:.2f} ms")
+    print(
+        f"log_run over stdio ({args.calls} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms); "
+        f"baseline: a trivial read-only tool (list_jobs, limit 1) in the same session: p50 {b50:.2f} ms, p99 {b99:.2f} ms"
+    )
 
     starts, minimal, bare = [], [], []
     for _ in range(7):  # interleaved, so all three see the same machine
@@ -141,16 +158,20 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", "import mcp.server.mcpserver"], check=True, env=ENV)
         bare.append(time.perf_counter() - t)
     start, floor = statistics.median(starts), statistics.median(minimal)
-    print(f"server start to initialized: median {start:.2f} s over 7 starts (target < 1.5 s, no torch); "
-          f"baselines, interleaved: the SDK's one-tool server {floor:.2f} s (learnloop: {start / floor:.2f}x, "
-          f"{(start - floor) * 1000:+.0f} ms), a bare `import mcp.server.mcpserver` {statistics.median(bare):.2f} s")
+    print(
+        f"server start to initialized: median {start:.2f} s over 7 starts (target < 1.5 s, no torch); "
+        f"baselines, interleaved: the SDK's one-tool server {floor:.2f} s (learnloop: {start / floor:.2f}x, "
+        f"{(start - floor) * 1000:+.0f} ms), a bare `import mcp.server.mcpserver` {statistics.median(bare):.2f} s"
+    )
 
     rate = import_throughput(args.runs)
     print(f"import_runs of {args.runs:,} runs: {rate:,.0f} runs/s (target > 20,000/s)")
 
     sent, written, seconds = concurrent_writers(4, 250)
-    print(f"4 concurrent writer processes: {written:,} runs written of {sent:,} sent in {seconds:.1f} s "
-          f"({'equal' if sent == written else 'LOST RUNS'})")
+    print(
+        f"4 concurrent writer processes: {written:,} runs written of {sent:,} sent in {seconds:.1f} s "
+        f"({'equal' if sent == written else 'LOST RUNS'})"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,11 @@ from learning.routing import experiments, router  # noqa: E402
 from learning.store import Store  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-REQUESTS = [dict(task_type=t, complexity=c) for t in ("refactor", "scaffold", "schema", None)
-            for c in ("easy", "medium", "hard", None)]
+REQUESTS = [
+    dict(task_type=t, complexity=c)
+    for t in ("refactor", "scaffold", "schema", None)
+    for c in ("easy", "medium", "hard", None)
+]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -42,7 +45,9 @@ def setup(home: str) -> Store:
     for role in ("coder", "fixer", "judge"):
         for i, (tt, cx) in enumerate([(None, None), ("refactor", None), (None, "hard"), ("schema", "hard")]):
             aid = f"{role}-{i}"
-            registry.create_adapter(store, aid, role, "tiny", f"/a/{aid}", status="candidate", task_type=tt, complexity=cx)
+            registry.create_adapter(
+                store, aid, role, "tiny", f"/a/{aid}", status="candidate", task_type=tt, complexity=cx
+            )
             registry.set_production(store, aid, "bench", "setup")
     registry.create_adapter(store, "judge-next", "judge", "tiny", "/a/judge-next", status="candidate")
     registry.set_production(store, "judge-next", "bench", "so that rollbacks alternate")
@@ -84,13 +89,19 @@ def timed(fn, calls: int, name: str = "") -> list[float]:
 def in_process(store: Store, calls: int) -> dict[str, list[float]]:
     out = {}
     timed(lambda *a: router.select_adapter(store, *a), 200)  # warm-up
-    out["select_adapter (cached, recorded)"] = timed(lambda *a: router.select_adapter(store, *a), calls, "select_adapter (cached, recorded)")
-    out["select_adapter (record=False)"] = timed(lambda *a: router.select_adapter(store, *a, record=False), calls, "select_adapter (record=False)")
-    out["noise floor: sum(range(400)), no I/O"] = timed(lambda *a: sum(range(400)), calls, "noise floor: sum(range(400)), no I/O")
+    out["select_adapter (cached, recorded)"] = timed(
+        lambda *a: router.select_adapter(store, *a), calls, "select_adapter (cached, recorded)"
+    )
+    out["select_adapter (record=False)"] = timed(
+        lambda *a: router.select_adapter(store, *a, record=False), calls, "select_adapter (record=False)"
+    )
+    out["noise floor: sum(range(400)), no I/O"] = timed(
+        lambda *a: sum(range(400)), calls, "noise floor: sum(range(400)), no I/O"
+    )
     out["uncached baseline"] = timed(lambda *a: uncached_select(store, *a), calls, "uncached baseline")
     reload = []
     other = Store(store.home)  # promotions from another connection, as another process would do
-    for i in range(50):
+    for _ in range(50):
         registry.rollback_route(other, "judge")
         t = time.perf_counter()
         router.select_adapter(store, "judge")
@@ -100,8 +111,9 @@ def in_process(store: Store, calls: int) -> dict[str, list[float]]:
 
 
 async def over_stdio(home: str, calls: int) -> dict[str, list[float]]:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server", "serve", "--home", home],
-                                   env=ENV, cwd=str(ROOT))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "server", "serve", "--home", home], env=ENV, cwd=str(ROOT)
+    )
     out = {"select_adapter over stdio": [], "list_tools over stdio (baseline)": []}
     async with Client(params) as client:
         for i in range(50):
@@ -133,7 +145,9 @@ def main() -> None:
     print("| path | calls | p50 | p99 | p99 CPU time | p50 vs uncached |\n|---|---:|---:|---:|---:|---:|")
     for name, lat in results.items():
         cpu = f"{pct(CPU[name], 0.99):.3f}" if name in CPU else "-"
-        print(f"| {name} | {len(lat)} | {pct(lat, 0.5):.3f} | {pct(lat, 0.99):.3f} | {cpu} | {pct(lat, 0.5) / base:.2f}x |")
+        print(
+            f"| {name} | {len(lat)} | {pct(lat, 0.5):.3f} | {pct(lat, 0.99):.3f} | {cpu} | {pct(lat, 0.5) / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

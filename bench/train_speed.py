@@ -51,8 +51,9 @@ print(json.dumps({"tokens": int(trainer.state.num_input_tokens_seen), "runtime_s
 
 
 def make_rows(n: int) -> list[dict]:
-    from learning.models.tinycorpus import function
     import random
+
+    from learning.models.tinycorpus import function
 
     rng = random.Random(0)
     rows = []
@@ -64,14 +65,15 @@ def make_rows(n: int) -> list[dict]:
 
 def run_learnloop(home: Path, base: str, steps: int, batch: int) -> dict:
     from learning.jobs import manage as jobs
-    from learning.train import launch as training
     from learning.store import Store
+    from learning.train import launch as training
 
     store = Store(home)
     started = training.train_adapter(store, "bench", "bench-ds", base=base, max_steps=steps,
                                      overrides={"batch_size": batch, "save_steps": 10_000, "learning_rate": 2e-4})
+    assert started.job_id is not None  # not a dry run: a job was started
     status = jobs.follow_job(store, started.job_id)
-    if status.status != "succeeded":
+    if status.status != "succeeded" or status.result is None:
         raise SystemExit(f"train_adapter job {status.status}: {status.error}")
     m = status.result["metrics"]
     return {"tokens": m["tokens_seen"], "runtime_s": m["train_runtime_s"], "peak_rss_mb": m["peak_rss_mb"]}
@@ -89,9 +91,12 @@ def write_dataset(home: Path, rows: list[dict]) -> Path:
     (folder / "test.jsonl").write_text("")
     store = Store(home)
     with store.write() as conn:
-        conn.execute("INSERT OR REPLACE INTO datasets (id, role, kind, format, created, path, train_rows, test_rows, "
-                     "content_hash, metadata) VALUES ('bench-ds', 'bench', 'sft', 'prompt_completion', ?, "
-                     "'datasets/bench-ds', ?, 0, ?, '{}')", (time.time(), len(rows), hashlib.sha256(text.encode()).hexdigest()))
+        conn.execute(
+            "INSERT OR REPLACE INTO datasets (id, role, kind, format, created, path, train_rows, test_rows, "
+            "content_hash, metadata) VALUES ('bench-ds', 'bench', 'sft', 'prompt_completion', ?, "
+            "'datasets/bench-ds', ?, 0, ?, '{}')",
+            (time.time(), len(rows), hashlib.sha256(text.encode()).hexdigest()),
+        )
     return folder / "train.jsonl"
 
 
@@ -103,22 +108,32 @@ def cpu_part(args) -> None:
     home = Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     base = args.base
     if base.startswith(EMBEDDED_PREFIX):  # built once in the default home, then reused
-        base = ensure_base(resolve_home(None), base[len(EMBEDDED_PREFIX):]).path
+        base = ensure_base(resolve_home(None), base[len(EMBEDDED_PREFIX) :]).path
     data = write_dataset(home, make_rows(args.rows))
     ours = run_learnloop(home, base, args.steps, args.batch)
-    out = subprocess.run([sys.executable, "-c", BASELINE, base, str(data), str(args.steps), str(args.batch),
-                          str(home / "baseline")], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", BASELINE, base, str(data), str(args.steps), str(args.batch), str(home / "baseline")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
     plain = json.loads(out.stdout.strip().splitlines()[-1])
     tps = {k: v["tokens"] / v["runtime_s"] for k, v in (("learnloop", ours), ("plain", plain))}
-    print(f"base {args.base}, {args.rows} rows, {args.steps} steps, batch {args.batch}, LoRA r=16 all projections (CPU)")
+    print(
+        f"base {args.base}, {args.rows} rows, {args.steps} steps, batch {args.batch}, LoRA r=16 all projections (CPU)"
+    )
     for name, r in (("train_adapter", ours), ("plain SFTTrainer", plain)):
         key = "learnloop" if name == "train_adapter" else "plain"
-        print(f"  {name:17s} {tps[key]:9.0f} tokens/s  ({r['tokens']} tokens in {r['runtime_s']:.1f} s)  "
-              f"peak RSS {r['peak_rss_mb']:.0f} MiB")
-    print(f"  ratio train_adapter / plain SFTTrainer: {tps['learnloop'] / tps['plain']:.2f}x tokens/s, "
-          f"{ours['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x peak memory")
+        print(
+            f"  {name:17s} {tps[key]:9.0f} tokens/s  ({r['tokens']} tokens in {r['runtime_s']:.1f} s)  "
+            f"peak RSS {r['peak_rss_mb']:.0f} MiB"
+        )
+    print(
+        f"  ratio train_adapter / plain SFTTrainer: {tps['learnloop'] / tps['plain']:.2f}x tokens/s, "
+        f"{ours['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x peak memory"
+    )
 
 
 def gpu_part(steps: int = 20) -> None:
@@ -133,7 +148,9 @@ def gpu_part(steps: int = 20) -> None:
         except Exception as exc:  # noqa: BLE001 - a missing optional kernel should not end the benchmark
             print(f"  {features or 'defaults'}: skipped ({type(exc).__name__}: {exc})")
             continue
-        print(f"  {str(features or 'defaults'):28s} {r['tps']:9.0f} tokens/s  peak {r['peak_gb']:.1f} GiB  MFU {r['mfu']:.1%}")
+        print(
+            f"  {str(features or 'defaults'):28s} {r['tps']:9.0f} tokens/s  peak {r['peak_gb']:.1f} GiB  MFU {r['mfu']:.1%}"
+        )
 
 
 def _gpu_run(features: dict, steps: int) -> dict:
@@ -146,18 +163,42 @@ def _gpu_run(features: dict, steps: int) -> dict:
     from learning.models.tinybase import ensure_base
 
     tok = AutoTokenizer.from_pretrained(ensure_base(Path(tempfile.mkdtemp()), "tiny").path)
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    )
+    # transformers wraps Module.to with functools.wraps, which hides its signature from pyright.
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)  # pyright: ignore[reportArgumentType]
     n_params = sum(p.numel() for p in model.parameters())
     rows = [dict(r, completion=r["completion"] * 8) for r in make_rows(2048)]
     torch.cuda.reset_peak_memory_stats()
-    args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=16, bf16=True,
-                     max_length=1024, report_to=[], save_strategy="no", disable_tqdm=True, gradient_checkpointing=False,
-                     include_num_input_tokens_seen="non_padding", learning_rate=2e-4, **features)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        bf16=True,
+        max_length=1024,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        include_num_input_tokens_seen="non_padding",
+        learning_rate=2e-4,
+        **features,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     result = trainer.train()
     tps = trainer.state.num_input_tokens_seen / result.metrics["train_runtime"]
     peak_flops = 989e12 if "H100" in torch.cuda.get_device_name() else 312e12  # bf16 dense (H100 SXM / A100)
@@ -165,7 +206,7 @@ def _gpu_run(features: dict, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--base", default="embedded:small")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)

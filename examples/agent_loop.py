@@ -31,6 +31,7 @@ from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
+from mcp.types import TextContent
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,47 +70,75 @@ def reference_solver(mistake_rate: float, rng: random.Random):
         if rng.random() < mistake_rate:
             return rng.choice(codeenv.broken_answers(task))
         return codeenv.solve(task)
+
     return solve
 
 
-async def run_agent(home: str, role: str, n_tasks: int, solver, split: str = "train", seed: int = 0,
-                    agent: str = "example-agent") -> list[dict]:
+def error_text(result) -> str:
+    """The message of a tool call that failed (its first content block)."""
+    first = result.content[0]
+    return first.text if isinstance(first, TextContent) else str(first)
+
+
+async def run_agent(
+    home: str, role: str, n_tasks: int, solver, split: str = "train", seed: int = 0, agent: str = "example-agent"
+) -> list[dict]:
     """Solve n_tasks tasks through the server; returns one line per task (what was logged)."""
     tasks = codeenv.make_tasks(n_tasks, split, role, seed=seed)
     lines = []
     async with Client(server_params(home)) as client:
         for task in tasks:
-            sel = await client.call_tool("select_adapter", {"role": role, "task_type": task.family, "task_key": task.key})
+            sel = await client.call_tool(
+                "select_adapter", {"role": role, "task_type": task.family, "task_key": task.key}
+            )
             if sel.is_error:
-                raise RuntimeError(sel.content[0].text)
+                raise RuntimeError(error_text(sel))
             selection = sel.structured_content
             answer = solver(task, selection)
             [score] = codeenv.score_answers([task], [answer])  # executes the answer against the hidden tests
-            record = codeenv.run_record(task, answer, score, agent=agent, model=selection.get("base_model"),
-                                        adapter_id=selection.get("adapter_id"), decision_id=selection["decision_id"],
-                                        source="agent-loop")
+            record = codeenv.run_record(
+                task,
+                answer,
+                score,
+                agent=agent,
+                model=selection.get("base_model"),
+                adapter_id=selection.get("adapter_id"),
+                decision_id=selection["decision_id"],
+                source="agent-loop",
+            )
             logged = await client.call_tool("log_run", {k: v for k, v in record.items() if v is not None})
             if logged.is_error:
-                raise RuntimeError(logged.content[0].text)
-            lines.append({"task_key": task.key, "adapter_id": selection.get("adapter_id"),
-                          "decision_id": selection["decision_id"], "reward": score.reward,
-                          "run_id": logged.structured_content["run_id"]})
+                raise RuntimeError(error_text(logged))
+            lines.append(
+                {
+                    "task_key": task.key,
+                    "adapter_id": selection.get("adapter_id"),
+                    "decision_id": selection["decision_id"],
+                    "reward": score.reward,
+                    "run_id": logged.structured_content["run_id"],
+                }
+            )
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--home", required=True, help="learnloop home folder")
     ap.add_argument("--role", default="coder", choices=codeenv.ROLES)
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--solver", choices=("reference", "model"), default="reference")
-    ap.add_argument("--mistake-rate", type=float, default=0.3, help="reference solver: share of deliberately wrong answers")
+    ap.add_argument(
+        "--mistake-rate", type=float, default=0.3, help="reference solver: share of deliberately wrong answers"
+    )
     ap.add_argument("--base", default=None, help="model solver: base model when the route names none")
     ap.add_argument("--split", choices=("train", "heldout"), default="train")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    solver = (ModelSolver(args.base) if args.solver == "model"
-              else reference_solver(args.mistake_rate, random.Random(args.seed)))
+    solver = (
+        ModelSolver(args.base)
+        if args.solver == "model"
+        else reference_solver(args.mistake_rate, random.Random(args.seed))
+    )
     lines = anyio.run(run_agent, args.home, args.role, args.tasks, solver, args.split, args.seed)
     for line in lines:
         print(json.dumps(line))

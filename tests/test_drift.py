@@ -27,6 +27,7 @@ from learning.routing import drift_stats as st
 from learning.errors import Conflict, InvalidInput, NotFound
 from server.mcp import build_server
 from tests.conftest import run_cli
+from tests import drift_simulation as sim
 
 REPS = 4000
 SLACK = 3 * math.sqrt(0.05 * 0.95 / REPS)
@@ -89,32 +90,32 @@ def test_runs_needed_formula():
 
 @pytest.mark.parametrize("kind", ["beta", "bernoulli"])
 def test_false_alarm_rate_at_most_alpha(kind):
-    rate = st.simulate(np.random.default_rng(11), REPS, 200, 0.65, 0.0, kind=kind)
+    rate = sim.simulate(np.random.default_rng(11), REPS, 200, 0.65, 0.0, kind=kind)
     assert rate <= 0.05 + SLACK
 
 
 @pytest.mark.parametrize("kind", ["beta", "bernoulli"])
 def test_sequential_false_alarm_under_repeated_looks(kind):
     rng = np.random.default_rng(12)
-    seq = st.simulate(rng, REPS, 400, 0.65, 0.0, kind=kind, looks=LOOKS, sequential=True)
+    seq = sim.simulate(rng, REPS, 400, 0.65, 0.0, kind=kind, looks=LOOKS, sequential=True)
     assert seq <= 0.05 + SLACK
     # The fixed-horizon test checked at the same 20 looks would alarm far more often.
-    naive = st.simulate(rng, REPS, 400, 0.65, 0.0, kind=kind, looks=LOOKS, sequential=False)
+    naive = sim.simulate(rng, REPS, 400, 0.65, 0.0, kind=kind, looks=LOOKS, sequential=False)
     assert naive > 0.10
 
 
 def test_power_for_a_10_percent_drop_with_200_runs_per_arm():
     rng = np.random.default_rng(13)
-    assert st.simulate(rng, 2000, 200, 0.65, 0.10) >= 0.80
+    assert sim.simulate(rng, 2000, 200, 0.65, 0.10) >= 0.80
     # The sequential test, looking every 20 runs up to 400, finds it too.
-    assert st.simulate(rng, 2000, 400, 0.65, 0.10, looks=LOOKS, sequential=True) >= 0.80
+    assert sim.simulate(rng, 2000, 400, 0.65, 0.10, looks=LOOKS, sequential=True) >= 0.80
 
 
 # ---- detect_drift on a real store ---------------------------------------------------------
 
 def put_runs(store, n, mean, adapter_id=None, role="coder", seed=0, sd=0.2, equal=None, **fields):
     rng = np.random.default_rng(seed)
-    rewards = [equal] * n if equal is not None else rng.beta(*st.beta_params(mean, sd), n)
+    rewards = [equal] * n if equal is not None else rng.beta(*sim.beta_params(mean, sd), n)
     lines = [json.dumps({"role": role, "output": "x", "reward": float(r), **fields,
                          **({"adapter_id": adapter_id} if adapter_id else {})}) for r in rewards]
     runs.import_runs(store, io.StringIO("\n".join(lines)))
@@ -260,7 +261,7 @@ def test_experiment_arms_compared_on_their_own_traffic(store, monkeypatch):
     for i in range(240):
         s = router.select_adapter(store, "coder", task_type="refactor", task_key=f"k{i}")
         mean = 0.5 if s.arm == "candidate" else 0.7
-        runs.log_run(store, {"role": "coder", "output": "x", "reward": float(rng.beta(*st.beta_params(mean, 0.2))),
+        runs.log_run(store, {"role": "coder", "output": "x", "reward": float(rng.beta(*sim.beta_params(mean, 0.2))),
                              "decision_id": s.decision_id})  # no task_type repeated: the decision knows
     result = drift.detect_drift(store, experiment_id=exp.id)
     assert result.new.adapter_id == "cand" and result.old.adapter_id == "prod"

@@ -225,7 +225,8 @@ def _lock(path: Path):
 
 def ensure_base(store_or_home, size: str = "small", seed: int = 0, force: bool = False, log=None) -> BaseInfo:
     """The embedded base of this size under <home>/base/<size>/, built on first use."""
-    home = Path(getattr(store_or_home, "home", store_or_home))
+    # A Store carries its home; a path is the home itself (Path has a `home` classmethod, so no getattr).
+    home = Path(store_or_home if isinstance(store_or_home, (str, os.PathLike)) else store_or_home.home)
     if size not in SIZES:
         raise InvalidInput(f"Unknown base size {size!r}; use one of {', '.join(SIZES)}.")
     path = base_dir(home, size)
