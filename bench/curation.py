@@ -57,9 +57,25 @@ def generate(home: Path, n: int, attempts_per_task: int = 4, batch: int = 50_000
             output += "\n" + rng.choice(secrets)
         instruction = f"Task {task}: implement step {task % 97} of the {TASK_TYPES[task % 4]} for module m{task % 113}."
         reward = round(rng.betavariate(2, 2), 3)
-        rows.append(RunRow(ts=now - rng.random() * 90 * 86400, agent="bench", role="coder", task_type=TASK_TYPES[task % 4],
-                           complexity="medium", task_key=f"k{task}", instruction=instruction, input="", output=output,
-                           reward=reward, signals="{}", model=None, adapter_id=None, decision_id=None, meta="{}"))
+        rows.append(
+            RunRow(
+                ts=now - rng.random() * 90 * 86400,
+                agent="bench",
+                role="coder",
+                task_type=TASK_TYPES[task % 4],
+                complexity="medium",
+                task_key=f"k{task}",
+                instruction=instruction,
+                input="",
+                output=output,
+                reward=reward,
+                signals="{}",
+                model=None,
+                adapter_id=None,
+                decision_id=None,
+                meta="{}",
+            )
+        )
         if len(rows) == batch:
             insert_runs(store, rows)
             rows = []

@@ -65,9 +65,21 @@ def uncached_select(store: Store, role: str, task_type, complexity, task_key) ->
             if found is not None:
                 break
     with store.write() as conn:
-        router.insert_decision(conn, router.DecisionRow(
-            id="d-" + secrets.token_hex(8), ts=time.time(), role=role, task_type=task_type, complexity=complexity,
-            task_key=task_key, adapter_id=found["id"] if found else None, route="x", experiment_id=None, arm=None))
+        router.insert_decision(
+            conn,
+            router.DecisionRow(
+                id="d-" + secrets.token_hex(8),
+                ts=time.time(),
+                role=role,
+                task_type=task_type,
+                complexity=complexity,
+                task_key=task_key,
+                adapter_id=found["id"] if found else None,
+                route="x",
+                experiment_id=None,
+                arm=None,
+            ),
+        )
     return found["id"] if found else None
 
 

@@ -69,8 +69,14 @@ def run_learnloop(home: Path, base: str, steps: int, batch: int) -> dict:
     from learning.train import launch as training
 
     store = Store(home)
-    started = training.train_adapter(store, "bench", "bench-ds", base=base, max_steps=steps,
-                                     overrides={"batch_size": batch, "save_steps": 10_000, "learning_rate": 2e-4})
+    started = training.train_adapter(
+        store,
+        "bench",
+        "bench-ds",
+        base=base,
+        max_steps=steps,
+        overrides={"batch_size": batch, "save_steps": 10_000, "learning_rate": 2e-4},
+    )
     assert started.job_id is not None  # not a dry run: a job was started
     status = jobs.follow_job(store, started.job_id)
     if status.status != "succeeded" or status.result is None:

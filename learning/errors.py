@@ -48,5 +48,7 @@ class ConfirmationNeeded(LearnloopError):
 
     def __init__(self, summary: str):
         self.summary = summary
-        super().__init__(summary + "\n\nThis changes which adapter agents get: show this to the person and, once they "
-                                   "agree, call again with confirm=true.")
+        super().__init__(
+            summary + "\n\nThis changes which adapter agents get: show this to the person and, once they "
+            "agree, call again with confirm=true."
+        )

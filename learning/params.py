@@ -14,11 +14,18 @@ from pydantic import Field
 
 Role = Annotated[str, Field(description="The agent role, e.g. coder, fixer, judge.")]
 RoleFilter = Annotated[str | None, Field(description="Only this role.")]
-TaskType = Annotated[str | None, Field(description="The route's task type, e.g. 'refactor' (more specific routes win).")]
+TaskType = Annotated[
+    str | None, Field(description="The route's task type, e.g. 'refactor' (more specific routes win).")
+]
 Complexity = Annotated[str | None, Field(description="The route's complexity: easy, medium, hard, or free text.")]
 Reason = Annotated[str, Field(description="Why, kept in the record.")]
 Since = Annotated[str | None, Field(description="Only runs at or after this time (ISO 8601).")]
 Until = Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")]
 Days = Annotated[float | None, Field(gt=0, description="Only runs of the last N days (instead of since).")]
-Confirm = Annotated[bool, Field(description="A person agreed to this change of production (the CLI asks, or takes "
-                                            "--yes; an MCP client is asked through elicitation when it can be).")]
+Confirm = Annotated[
+    bool,
+    Field(
+        description="A person agreed to this change of production (the CLI asks, or takes "
+        "--yes; an MCP client is asked through elicitation when it can be)."
+    ),
+]

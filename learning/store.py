@@ -198,6 +198,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 

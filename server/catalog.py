@@ -7,7 +7,7 @@ Each row names one library function; the function's signature declares the verb'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -39,7 +39,9 @@ def _template(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-TEMPLATE_FILE = {"template_file": (Annotated[Optional[Path], typer.Option(help="Read the prompt template from this file.")], None)}
+TEMPLATE_FILE = {
+    "template_file": (Annotated[Path | None, typer.Option(help="Read the prompt template from this file.")], None)
+}
 
 
 def _train_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -60,74 +62,217 @@ def _train_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 TRAIN_OPTIONS = {
-    "epochs": (Annotated[Optional[float], typer.Option(help="Passes over the data (an override).")], None),
-    "lr": (Annotated[Optional[float], typer.Option(help="Peak learning rate (an override).")], None),
-    "rank": (Annotated[Optional[int], typer.Option(help="LoRA rank r (an override).")], None),
-    "config": (Annotated[Optional[str], typer.Option(help="A YAML file: preset and any hyper-parameter.")], None),
+    "epochs": (Annotated[float | None, typer.Option(help="Passes over the data (an override).")], None),
+    "lr": (Annotated[float | None, typer.Option(help="Peak learning rate (an override).")], None),
+    "rank": (Annotated[int | None, typer.Option(help="LoRA rank r (an override).")], None),
+    "config": (Annotated[str | None, typer.Option(help="A YAML file: preset and any hyper-parameter.")], None),
 }
 
 VERBS: list[Verb] = [
     # runs
-    Verb(runs.log_run, "log_run", "log", "Log a run", "append", request=runs.RunIn,
-         cli=CliShape(stdin=("output",), render=render.logged)),
-    Verb(runs.import_runs_from, "import_runs", "import", "Import runs (JSONL)", "append",
-         cli=CliShape(arguments=("path",), stdin=("path",), render=render.imported)),
-    Verb(runstats.run_stats, "run_stats", "stats", "Run statistics", "read",
-         cli=CliShape(aliases={"group_by": ("--by",)}, render=render.run_stats)),
+    Verb(
+        runs.log_run,
+        "log_run",
+        "log",
+        "Log a run",
+        "append",
+        request=runs.RunIn,
+        cli=CliShape(stdin=("output",), render=render.logged),
+    ),
+    Verb(
+        runs.import_runs_from,
+        "import_runs",
+        "import",
+        "Import runs (JSONL)",
+        "append",
+        cli=CliShape(arguments=("path",), stdin=("path",), render=render.imported),
+    ),
+    Verb(
+        runstats.run_stats,
+        "run_stats",
+        "stats",
+        "Run statistics",
+        "read",
+        cli=CliShape(aliases={"group_by": ("--by",)}, render=render.run_stats),
+    ),
     # jobs (the CLI's `jobs` command shows, follows and cancels them)
     Verb(jobs.job_status, "job_status", None, "Job status", "read"),
     Verb(jobs.cancel_job, "cancel_job", None, "Cancel a job", "append"),
     Verb(jobs.list_jobs, "list_jobs", None, "List jobs", "read"),
     # curation
-    Verb(curate.make_sft, "make_sft", "make-sft", "Make an SFT dataset", "append",
-         cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation)),
-    Verb(curate.make_preferences, "make_preferences", "make-preferences", "Make a preference dataset (DPO/KTO)",
-         "append", cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation)),
-    Verb(datasets.dataset_list, "list_datasets", "datasets", "List datasets", "read",
-         cli=CliShape(render=render.datasets)),
+    Verb(
+        curate.make_sft,
+        "make_sft",
+        "make-sft",
+        "Make an SFT dataset",
+        "append",
+        cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation),
+    ),
+    Verb(
+        curate.make_preferences,
+        "make_preferences",
+        "make-preferences",
+        "Make a preference dataset (DPO/KTO)",
+        "append",
+        cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation),
+    ),
+    Verb(
+        datasets.dataset_list,
+        "list_datasets",
+        "datasets",
+        "List datasets",
+        "read",
+        cli=CliShape(render=render.datasets),
+    ),
     # training and evaluation
-    Verb(launch.train_adapter, "train_adapter", "train", "Train an adapter", "job",
-         cli=CliShape(aliases={"dataset_id": ("--dataset",)}, follow=False, extras=TRAIN_OPTIONS,
-                      prepare=_train_options, render=render.train_started)),
-    Verb(evaluation.evaluate_adapter, "evaluate_adapter", "eval", "Evaluate an adapter", "job",
-         cli=CliShape(arguments=("adapter_id",), aliases={"dataset_id": ("--dataset",)}, follow=False,
-                      render=render.eval_started)),
+    Verb(
+        launch.train_adapter,
+        "train_adapter",
+        "train",
+        "Train an adapter",
+        "job",
+        cli=CliShape(
+            aliases={"dataset_id": ("--dataset",)},
+            follow=False,
+            extras=TRAIN_OPTIONS,
+            prepare=_train_options,
+            render=render.train_started,
+        ),
+    ),
+    Verb(
+        evaluation.evaluate_adapter,
+        "evaluate_adapter",
+        "eval",
+        "Evaluate an adapter",
+        "job",
+        cli=CliShape(
+            arguments=("adapter_id",), aliases={"dataset_id": ("--dataset",)}, follow=False, render=render.eval_started
+        ),
+    ),
     # the registry and the lifecycle
-    Verb(lifecycle.promote_adapter, "promote", "promote", "Promote an adapter", "destructive",
-         consent=lifecycle.promote_consent, refused=lifecycle.refused_outcome,
-         cli=CliShape(arguments=("adapter_id",), render=render.lifecycle_outcome)),
-    Verb(lifecycle.rollback_adapter, "rollback", "rollback", "Roll back a route", "destructive",
-         consent=lifecycle.rollback_consent, refused=lifecycle.refused_outcome,
-         cli=CliShape(render=render.lifecycle_outcome)),
-    Verb(folders.register_adapter, "register_adapter", "register", "Register an external adapter", "job",
-         cli=CliShape(arguments=("path",), aliases={"dataset_id": ("--dataset",)}, render=render.registered)),
-    Verb(registry.list_adapters, "list_adapters", "list", "List adapters", "read", cli=CliShape(render=render.adapters)),
-    Verb(registry.adapter_history, "adapter_history", "history", "Adapter history", "read",
-         cli=CliShape(arguments=("adapter_id",), render=render.history)),
+    Verb(
+        lifecycle.promote_adapter,
+        "promote",
+        "promote",
+        "Promote an adapter",
+        "destructive",
+        consent=lifecycle.promote_consent,
+        refused=lifecycle.refused_outcome,
+        cli=CliShape(arguments=("adapter_id",), render=render.lifecycle_outcome),
+    ),
+    Verb(
+        lifecycle.rollback_adapter,
+        "rollback",
+        "rollback",
+        "Roll back a route",
+        "destructive",
+        consent=lifecycle.rollback_consent,
+        refused=lifecycle.refused_outcome,
+        cli=CliShape(render=render.lifecycle_outcome),
+    ),
+    Verb(
+        folders.register_adapter,
+        "register_adapter",
+        "register",
+        "Register an external adapter",
+        "job",
+        cli=CliShape(arguments=("path",), aliases={"dataset_id": ("--dataset",)}, render=render.registered),
+    ),
+    Verb(
+        registry.list_adapters, "list_adapters", "list", "List adapters", "read", cli=CliShape(render=render.adapters)
+    ),
+    Verb(
+        registry.adapter_history,
+        "adapter_history",
+        "history",
+        "Adapter history",
+        "read",
+        cli=CliShape(arguments=("adapter_id",), render=render.history),
+    ),
     # routing, experiments and drift
-    Verb(router.select_adapter, "select_adapter", "select", "Select an adapter", "read",
-         cli=CliShape(render=render.selection)),
-    Verb(drift.detect_drift, "detect_drift", "drift", "Detect drift (optionally roll back)", "destructive",
-         consent=drift.drift_consent,
-         cli=CliShape(aliases={"new_id": ("--new",), "old_id": ("--old",), "experiment_id": ("--experiment",)},
-                      render=render.drift)),
-    Verb(reward_plot.write_report, None, "report", "Reward report (PNG)", "append",
-         cli=CliShape(render=render.report)),
-    Verb(experiments.start_experiment, "start_experiment", "experiment start", "Start an experiment", "append",
-         cli=CliShape(aliases={"candidate_id": ("--candidate",)}, render=render.experiment)),
-    Verb(experiments.stop_experiment, "stop_experiment", "experiment stop", "Stop an experiment", "append",
-         cli=CliShape(aliases={"experiment_id": ("--id",)}, render=render.experiment)),
-    Verb(experiments.list_experiments, "list_experiments", "experiment list", "List experiments", "read",
-         cli=CliShape(render=render.experiments)),
+    Verb(
+        router.select_adapter,
+        "select_adapter",
+        "select",
+        "Select an adapter",
+        "read",
+        cli=CliShape(render=render.selection),
+    ),
+    Verb(
+        drift.detect_drift,
+        "detect_drift",
+        "drift",
+        "Detect drift (optionally roll back)",
+        "destructive",
+        consent=drift.drift_consent,
+        cli=CliShape(
+            aliases={"new_id": ("--new",), "old_id": ("--old",), "experiment_id": ("--experiment",)},
+            render=render.drift,
+        ),
+    ),
+    Verb(reward_plot.write_report, None, "report", "Reward report (PNG)", "append", cli=CliShape(render=render.report)),
+    Verb(
+        experiments.start_experiment,
+        "start_experiment",
+        "experiment start",
+        "Start an experiment",
+        "append",
+        cli=CliShape(aliases={"candidate_id": ("--candidate",)}, render=render.experiment),
+    ),
+    Verb(
+        experiments.stop_experiment,
+        "stop_experiment",
+        "experiment stop",
+        "Stop an experiment",
+        "append",
+        cli=CliShape(aliases={"experiment_id": ("--id",)}, render=render.experiment),
+    ),
+    Verb(
+        experiments.list_experiments,
+        "list_experiments",
+        "experiment list",
+        "List experiments",
+        "read",
+        cli=CliShape(render=render.experiments),
+    ),
     # serving
-    Verb(export.export_as_job, "export_adapter", "export", "Export an adapter", "job",
-         cli=CliShape(arguments=("adapter_id",), aliases={"format": ("-f",), "from_model": ("--from",)}, follow=True,
-                      render=render.export_job)),
-    Verb(deploy.deploy_adapter, "deploy_adapter", "deploy", "Deploy an adapter", "runtime",
-         cli=CliShape(arguments=("adapter_id",), aliases={"from_model": ("--from",)}, render=render.deployment)),
-    Verb(deploy.set_deploy_target, "set_deploy_target", "deploy-target", "Keep a route deployed", "append",
-         cli=CliShape(render=render.deploy_target)),
+    Verb(
+        export.export_as_job,
+        "export_adapter",
+        "export",
+        "Export an adapter",
+        "job",
+        cli=CliShape(
+            arguments=("adapter_id",),
+            aliases={"format": ("-f",), "from_model": ("--from",)},
+            follow=True,
+            render=render.export_job,
+        ),
+    ),
+    Verb(
+        deploy.deploy_adapter,
+        "deploy_adapter",
+        "deploy",
+        "Deploy an adapter",
+        "runtime",
+        cli=CliShape(arguments=("adapter_id",), aliases={"from_model": ("--from",)}, render=render.deployment),
+    ),
+    Verb(
+        deploy.set_deploy_target,
+        "set_deploy_target",
+        "deploy-target",
+        "Keep a route deployed",
+        "append",
+        cli=CliShape(render=render.deploy_target),
+    ),
     # the whole loop
-    Verb(cycle.run_cycle, "run_cycle", "cycle", "Run a training cycle", "destructive", consent=cycle.cycle_consent,
-         cli=CliShape(follow=True, render=render.cycle_started)),
+    Verb(
+        cycle.run_cycle,
+        "run_cycle",
+        "cycle",
+        "Run a training cycle",
+        "destructive",
+        consent=cycle.cycle_consent,
+        cli=CliShape(follow=True, render=render.cycle_started),
+    ),
 ]

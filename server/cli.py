@@ -28,8 +28,13 @@ SIMPLE = (str, int, float, bool)
 def _is_json(t: Any) -> bool:
     """Arguments the CLI takes as JSON text: objects, lists of objects, models."""
     origin = typing.get_origin(t)
-    return t is dict or origin is dict or t is Any or (isinstance(t, type) and issubclass(t, BaseModel)) or (
-        origin is list and typing.get_args(t)[0] not in SIMPLE)
+    return (
+        t is dict
+        or origin is dict
+        or t is Any
+        or (isinstance(t, type) and issubclass(t, BaseModel))
+        or (origin is list and typing.get_args(t)[0] not in SIMPLE)
+    )
 
 
 def _cli_type(arg: Argument) -> tuple[Any, bool]:
@@ -50,14 +55,18 @@ def _parameter(verb: Verb, arg: Argument) -> inspect.Parameter:
     t, _ = _cli_type(arg)
     help_text = arg.info.description or ""
     if arg.name == "confirm":  # a person's consent: --yes on a terminal
-        return inspect.Parameter("confirm", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
-            bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")])
+        return inspect.Parameter(
+            "confirm",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")],
+        )
     if arg.required and arg.name not in shape.stdin:
         default: Any = inspect.Parameter.empty
     else:
         default = None if arg.required else arg.default
         if default is None:
-            t = Optional[t]
+            t = Optional[t]  # noqa: UP045 - a type built at run time, possibly a Literal
     if arg.name in shape.arguments:
         marker = typer.Argument(help=help_text + (" '-' reads stdin." if arg.name in shape.stdin else ""))
     else:
@@ -76,7 +85,9 @@ def _validated(verb: Verb, args: list[Argument], values: dict[str, Any]) -> dict
             try:
                 values[arg.name] = json.loads(values[arg.name])
             except json.JSONDecodeError as exc:
-                problems.append(f"--{arg.name.replace('_', '-')} must be JSON, e.g. '{{\"compiled\": true}}' ({exc.msg})")
+                problems.append(
+                    f"--{arg.name.replace('_', '-')} must be JSON, e.g. '{{\"compiled\": true}}' ({exc.msg})"
+                )
     check(problems, "Invalid arguments:")
     if verb.request is not None:  # the request model checks everything itself
         return values
@@ -85,8 +96,10 @@ def _validated(verb: Verb, args: list[Argument], values: dict[str, Any]) -> dict
     try:
         checked = model.model_validate({k: v for k, v in values.items() if k in fields})
     except ValidationError as exc:
-        check([f"{e['loc'][0]} (--{str(e['loc'][0]).replace('_', '-')}): {e['msg']}" for e in exc.errors()],
-              "Invalid arguments:")
+        check(
+            [f"{e['loc'][0]} (--{str(e['loc'][0]).replace('_', '-')}): {e['msg']}" for e in exc.errors()],
+            "Invalid arguments:",
+        )
         raise
     return {a.name: getattr(checked, a.name) for a in args if a.name in values}
 
@@ -97,8 +110,10 @@ def _ask(verb: Verb, store: Store, values: dict[str, Any], as_json: bool) -> boo
     if summary is None or values.get("confirm"):
         return True
     if not sys.stdin.isatty():
-        fail(summary + "\nThis changes which adapter agents get; there is no terminal to confirm on. "
-             "Run it again with --yes to confirm.")
+        fail(
+            summary + "\nThis changes which adapter agents get; there is no terminal to confirm on. "
+            "Run it again with --yes to confirm."
+        )
     (err_console if as_json else console).print(summary, highlight=False)  # stdout stays JSON with --json
     if not typer.confirm("Go ahead?", default=False, err=as_json):
         result = verb.refused("declined", summary) if verb.refused else None
@@ -124,13 +139,25 @@ def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) ->
     args = arguments(verb)
     shape = verb.cli
     params = [_parameter(verb, a) for a in sorted(args, key=lambda a: a.name not in shape.arguments)]
-    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
-               for n, (t, d) in shape.extras.items()]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
+        for n, (t, d) in shape.extras.items()
+    ]
     if shape.follow is not None:
-        params.append(inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY, default=shape.follow, annotation=Annotated[
-            bool, typer.Option("--wait/--no-wait", help="Follow the job in the terminal until it ends.")]))
-    params += [inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=HomeOpt),
-               inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt)]
+        params.append(
+            inspect.Parameter(
+                "wait",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=shape.follow,
+                annotation=Annotated[
+                    bool, typer.Option("--wait/--no-wait", help="Follow the job in the terminal until it ends.")
+                ],
+            )
+        )
+    params += [
+        inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=HomeOpt),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
+    ]
 
     def command(**values: Any) -> None:
         home, as_json, wait = values.pop("home"), values.pop("as_json"), values.pop("wait", False)
@@ -162,8 +189,13 @@ def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) ->
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(name="learnloop", help="Let coding agents improve their own local model from experience.",
-                      no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(
+        name="learnloop",
+        help="Let coding agents improve their own local model from experience.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
     groups: dict[str, typer.Typer] = {}
     commands.register(app)
     for verb in VERBS:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from learning.errors import InvalidInput
@@ -23,9 +22,14 @@ from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fmt
 
 GROUP_HELP = {"experiment": "Run a candidate beside production: canary or Thompson sampling."}
 DEMO_TITLES = {
-    "base": "1. base model", "population": "2. agent runs (scored by execution)", "curate": "3a. make_sft",
-    "train": "3b. train_adapter", "evaluate": "3c. evaluate_adapter", "promote": "3d. promote",
-    "heldout": "4. held-out tasks (select_adapter)", "drift": "5. detect_drift",
+    "base": "1. base model",
+    "population": "2. agent runs (scored by execution)",
+    "curate": "3a. make_sft",
+    "train": "3b. train_adapter",
+    "evaluate": "3c. evaluate_adapter",
+    "promote": "3d. promote",
+    "heldout": "4. held-out tasks (select_adapter)",
+    "drift": "5. detect_drift",
 }
 
 
@@ -33,15 +37,28 @@ def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
     """Wait for a job to finish, with a progress bar unless printing JSON."""
     if as_json:
         return jobs.follow_job(store, job_id)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(job_id, total=None, info="")
 
         def update(s: jobs.JobStatus) -> None:
             p = s.progress
-            info = " ".join(f"{k}={fmt(p[k])}" for k in ("stage", "loss", "tokens_per_s", "eta_s") if p.get(k) is not None)
-            bar.update(task, total=p.get("total_steps"), completed=p.get("step", 0),
-                       description=f"{s.kind} {s.status}", info=p.get("message") or info)
+            info = " ".join(
+                f"{k}={fmt(p[k])}" for k in ("stage", "loss", "tokens_per_s", "eta_s") if p.get(k) is not None
+            )
+            bar.update(
+                task,
+                total=p.get("total_steps"),
+                completed=p.get("step", 0),
+                description=f"{s.kind} {s.status}",
+                info=p.get("message") or info,
+            )
 
         return jobs.follow_job(store, job_id, on_progress=update)
 
@@ -52,8 +69,11 @@ def follow_to_the_end(store: Store, started: Any, as_json: bool, tool: str | Non
         render.train_started(started)
     status = follow(store, started.job_id, as_json)
     if tool == "train_adapter":
-        emit({"job_id": started.job_id, "adapter_id": started.adapter_id, "status": status.status, "job": status},
-             as_json, lambda r: render.job_status(r["job"]))
+        emit(
+            {"job_id": started.job_id, "adapter_id": started.adapter_id, "status": status.status, "job": status},
+            as_json,
+            lambda r: render.job_status(r["job"]),
+        )
     elif tool == "export_adapter" and status.status == "succeeded":
         emit(status.result, as_json, render.export_result)
     elif tool == "run_cycle":
@@ -68,9 +88,16 @@ class StageProgress:
     """The demo's screen: one progress line per stage, a spinner while it runs, a bar where it knows its total."""
 
     def __init__(self, out: Console):
-        self.bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[title]:<38}"), BarColumn(bar_width=24),
-                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[message]}"),
-                            console=out, transient=False)
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[title]:<38}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[message]}"),
+            console=out,
+            transient=False,
+        )
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self):
@@ -100,8 +127,12 @@ def demo_summary(s: Any) -> None:
     for col in ("model", "pass rate", "mean reward", "eval loss"):
         table.add_column(col, justify="right" if col != "model" else "left")
     table.add_row("base", fmt(s.base_pass_rate, 2), fmt(s.base_mean_reward, 2), fmt(s.eval_loss_base))
-    table.add_row(f"base + adapter {s.adapter_id or ''}", fmt(s.adapter_pass_rate, 2), fmt(s.adapter_mean_reward, 2),
-                  fmt(s.eval_loss_adapter))
+    table.add_row(
+        f"base + adapter {s.adapter_id or ''}",
+        fmt(s.adapter_pass_rate, 2),
+        fmt(s.adapter_mean_reward, 2),
+        fmt(s.eval_loss_adapter),
+    )
     console.print(table)
     if s.by_family:
         fam = Table(title="held-out pass rate by task family")
@@ -120,9 +151,12 @@ def demo_summary(s: Any) -> None:
     console.print(times)
     style = "bold green" if s.adapter_beat_base else "bold yellow"
     console.print(f"[{style}]{s.verdict}[/]", highlight=False)
-    console.print(f"gate passed: {fmt(s.gate_passed)}; adapter status: {fmt(s.adapter_status)}; "
-                  f"drift: {fmt(s.drift_decision)}; {s.executions} answers scored by execution; "
-                  f"{s.runs_logged} runs logged; total {s.total_seconds:.0f} s", highlight=False)
+    console.print(
+        f"gate passed: {fmt(s.gate_passed)}; adapter status: {fmt(s.adapter_status)}; "
+        f"drift: {fmt(s.drift_decision)}; {s.executions} answers scored by execution; "
+        f"{s.runs_logged} runs logged; total {s.total_seconds:.0f} s",
+        highlight=False,
+    )
     console.print(f"plot: {s.plot_path}\nsummary: {s.summary_path}", highlight=False)
 
 
@@ -139,11 +173,12 @@ def serve(
         raise InvalidInput(f"--transport must be stdio or http, got {transport!r}.")
     run_server(home, transport, host, port)
 
+
 def jobs_cmd(
-    job_id: Annotated[Optional[str], typer.Argument(help="A job id; without it, list recent jobs.")] = None,
+    job_id: Annotated[str | None, typer.Argument(help="A job id; without it, list recent jobs.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     cancel: Annotated[bool, typer.Option("--cancel", help="Stop the job gracefully (it checkpoints).")] = False,
-    status: Annotated[Optional[str], typer.Option(help="List only jobs in this state.")] = None,
+    status: Annotated[str | None, typer.Option(help="List only jobs in this state.")] = None,
     limit: Annotated[int, typer.Option(help="List at most this many, newest first.")] = 50,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
@@ -159,8 +194,11 @@ def jobs_cmd(
     if wait and result.status == "failed":
         raise typer.Exit(1)
 
+
 def init_base(
-    size: Annotated[str, typer.Option("--size", help="tiny (seconds, for tests) or small (about a minute, for the demo).")] = "small",
+    size: Annotated[
+        str, typer.Option("--size", help="tiny (seconds, for tests) or small (about a minute, for the demo).")
+    ] = "small",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer and weights.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
     home: HomeOpt = None,
@@ -169,18 +207,29 @@ def init_base(
     """Build the embedded base model under <home>/base/<size>/ (reused if it exists)."""
     from learning.models.tinybase import ensure_base
 
-    info = ensure_base(Store(home), size, seed=seed, force=force,
-                       log=None if as_json else (lambda m: console.print(m, highlight=False)))
+    info = ensure_base(
+        Store(home),
+        size,
+        seed=seed,
+        force=force,
+        log=None if as_json else (lambda m: console.print(m, highlight=False)),
+    )
 
     def show(i: Any) -> None:
         built = "built" if i.built else "already there"
-        console.print(f"base [bold]{i.size}[/] {built}: {i.path} ({i.parameters:,} parameters, "
-                      f"pretraining loss {fmt(i.final_loss)}, build {fmt(i.build_s, 1)} s)", highlight=False)
+        console.print(
+            f"base [bold]{i.size}[/] {built}: {i.path} ({i.parameters:,} parameters, "
+            f"pretraining loss {fmt(i.final_loss)}, build {fmt(i.build_s, 1)} s)",
+            highlight=False,
+        )
 
     emit(info, as_json, show)
 
+
 def demo_cmd(
-    quick: Annotated[bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")
+    ] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -209,6 +258,6 @@ def demo_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
-    app.command('jobs')(jobs_cmd)
-    app.command('init-base')(init_base)
-    app.command('demo')(demo_cmd)
+    app.command("jobs")(jobs_cmd)
+    app.command("init-base")(init_base)
+    app.command("demo")(demo_cmd)

@@ -40,15 +40,21 @@ earns less than the one it replaced."""
 
 EFFECTS = {  # what each kind of verb may do, as MCP tool annotations
     "read": ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False),
-    "append": ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+    "append": ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+    ),
     "job": ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
-    "destructive": ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
-                                   open_world_hint=False),
-    "runtime": ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                               open_world_hint=True),
+    "destructive": ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+    ),
+    "runtime": ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
+    ),
 }
-REFUSED = ("\n\nThis changes which adapter agents get. Show this summary to the person and, once they agree, "
-           "call again with confirm=true.")
+REFUSED = (
+    "\n\nThis changes which adapter agents get. Show this summary to the person and, once they agree, "
+    "call again with confirm=true."
+)
 
 
 class Confirmation(BaseModel):
@@ -57,12 +63,14 @@ class Confirmation(BaseModel):
 
 def _tool_errors(fn: Callable) -> Callable:
     """Domain errors reach the client as ToolError with their message."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except LearnloopError as exc:
             raise ToolError(str(exc)) from exc
+
     return wrapper
 
 
@@ -84,6 +92,7 @@ def _consent_resolver(verb: Verb, store: Store, names: list[str]) -> Callable:
     """Runs before the tool body: ask the person through elicitation when the client can (the
     SDK asks in whichever way the negotiated protocol uses), else accept only confirm=true;
     refuse with the summary otherwise. Bad input fails here, before anyone is asked."""
+
     def resolve(ctx: Context, **values: Any) -> Any:
         try:
             summary = consent_summary(verb, store, values)
@@ -106,14 +115,19 @@ def _consent_resolver(verb: Verb, store: Store, names: list[str]) -> Callable:
 def tool_function(verb: Verb, store: Store) -> Callable:
     """The tool for one verb: its arguments as parameters, the library call as its body."""
     args = arguments(verb)
-    params = [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default, annotation=a.annotation)
-              for a in args]
+    params = [
+        inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default, annotation=a.annotation)
+        for a in args
+    ]
 
     if verb.consent is None:
+
         def body(**values: Any) -> Any:
             return call(verb, store, values, actor="mcp")
     else:
-        answer_type = Annotated[ElicitationResult[Confirmation], Resolve(_consent_resolver(verb, store, [a.name for a in args]))]
+        answer_type = Annotated[
+            ElicitationResult[Confirmation], Resolve(_consent_resolver(verb, store, [a.name for a in args]))
+        ]
         params.append(inspect.Parameter("answer", inspect.Parameter.KEYWORD_ONLY, annotation=answer_type))
 
         def body(answer: Any, **values: Any) -> Any:
@@ -138,18 +152,22 @@ class LearnloopServer(MCPServer):
             known = tool.parameters.get("properties", {})
             unknown = sorted(set(arguments) - set(known))
             if unknown:
-                raise ToolError(f"Unknown argument{'s' if len(unknown) > 1 else ''} for {name}: "
-                                f"{', '.join(map(repr, unknown))}. Valid arguments: {', '.join(known)}.")
+                raise ToolError(
+                    f"Unknown argument{'s' if len(unknown) > 1 else ''} for {name}: "
+                    f"{', '.join(map(repr, unknown))}. Valid arguments: {', '.join(known)}."
+                )
         return await super().call_tool(name, arguments, context)
 
 
 def _add_wait_job(server: MCPServer, store: Store) -> None:
     """wait_job is the one tool written by hand: it reports progress to the client while it waits."""
+
     async def wait_job(
         job_id: Annotated[str, Field(description="The job to wait for.")],
         ctx: Context,
-        timeout_s: Annotated[float, Field(ge=0, le=jobs.MAX_WAIT_SECONDS,
-                                          description="Longest wait in seconds (at most 45).")] = 30,
+        timeout_s: Annotated[
+            float, Field(ge=0, le=jobs.MAX_WAIT_SECONDS, description="Longest wait in seconds (at most 45).")
+        ] = 30,
     ) -> jobs.JobStatus:
         """Wait for a job to finish, at most timeout_s seconds (45 max, below client time-outs),
         sending progress notifications meanwhile. Returns the status; call again if still running."""
@@ -160,8 +178,11 @@ def _add_wait_job(server: MCPServer, store: Store) -> None:
             except LearnloopError as exc:
                 raise ToolError(str(exc)) from exc
             p = status.progress
-            await ctx.report_progress(float(p.get("step", 0)), float(p["total_steps"]) if p.get("total_steps") else None,
-                                      p.get("message") or f"{status.kind} {status.status}")
+            await ctx.report_progress(
+                float(p.get("step", 0)),
+                float(p["total_steps"]) if p.get("total_steps") else None,
+                p.get("message") or f"{status.kind} {status.status}",
+            )
             if status.status in jobs.FINAL or anyio.current_time() >= deadline:
                 return await anyio.to_thread.run_sync(lambda: jobs.job_status(store, job_id))
             await anyio.sleep(min(0.5, max(0.0, deadline - anyio.current_time())))
@@ -170,20 +191,33 @@ def _add_wait_job(server: MCPServer, store: Store) -> None:
 
 
 def _add_resources(server: MCPServer, store: Store) -> None:
-    @server.resource("learnloop://adapters", name="adapters", mime_type="application/json",
-                     description="The adapter registry: every adapter with its status and metrics.")
+    @server.resource(
+        "learnloop://adapters",
+        name="adapters",
+        mime_type="application/json",
+        description="The adapter registry: every adapter with its status and metrics.",
+    )
     def adapters_resource() -> str:
         return json.dumps([a.model_dump(mode="json") for a in registry.list_adapters(store)], indent=1)
 
-    @server.resource("learnloop://adapters/{adapter_id}", name="adapter", mime_type="application/json",
-                     description="One adapter: record, history and its last evaluation (metrics.json).")
+    @server.resource(
+        "learnloop://adapters/{adapter_id}",
+        name="adapter",
+        mime_type="application/json",
+        description="One adapter: record, history and its last evaluation (metrics.json).",
+    )
     def adapter_resource(adapter_id: str) -> str:
         adapter = registry.get_adapter(store, adapter_id)
         metrics_file = Path(adapter.path) / "eval" / "metrics.json"
         evaluation: Any = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-        return json.dumps({"adapter": adapter.model_dump(mode="json"),
-                           "history": [e.model_dump(mode="json") for e in registry.adapter_history(store, adapter_id)],
-                           "evaluation": evaluation}, indent=1)
+        return json.dumps(
+            {
+                "adapter": adapter.model_dump(mode="json"),
+                "history": [e.model_dump(mode="json") for e in registry.adapter_history(store, adapter_id)],
+                "evaluation": evaluation,
+            },
+            indent=1,
+        )
 
 
 def build_server(home: str | None = None) -> MCPServer:
@@ -192,8 +226,9 @@ def build_server(home: str | None = None) -> MCPServer:
     server = LearnloopServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     for verb in VERBS:
         if verb.tool is not None:
-            server.tool(name=verb.tool, title=verb.title, annotations=EFFECTS[verb.effect],
-                        structured_output=True)(tool_function(verb, store))
+            server.tool(name=verb.tool, title=verb.title, annotations=EFFECTS[verb.effect], structured_output=True)(
+                tool_function(verb, store)
+            )
     _add_wait_job(server, store)
     _add_resources(server, store)
     for tool in server._tool_manager.list_tools():  # tell clients only the listed arguments are accepted

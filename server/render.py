@@ -14,35 +14,57 @@ def logged(r: Any) -> None:
 
 
 def imported(r: Any) -> None:
-    console.print(f"imported [bold]{r.imported}[/] runs from {r.lines} lines in {r.seconds:.2f}s"
-                  + (f", skipped {r.skipped} bad lines" if r.skipped else ""))
+    console.print(
+        f"imported [bold]{r.imported}[/] runs from {r.lines} lines in {r.seconds:.2f}s"
+        + (f", skipped {r.skipped} bad lines" if r.skipped else "")
+    )
     for e in r.errors[:10]:
         console.print(f"  line {e.line}: {e.error}", highlight=False)
 
 
 def run_stats(r: Any) -> None:
     table = Table(title=f"{r.total_runs} runs")
-    for col in ("role", "adapter", "runs", "mean reward", "compile rate", "test pass rate", "mean iterations",
-                "last run"):
+    for col in (
+        "role",
+        "adapter",
+        "runs",
+        "mean reward",
+        "compile rate",
+        "test pass rate",
+        "mean iterations",
+        "last run",
+    ):
         table.add_column(col)
     for g in r.groups:
-        table.add_row(fmt(g.role), fmt(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
-                      str(g.runs), fmt(g.mean_reward), fmt(g.compile_rate), fmt(g.test_pass_rate),
-                      fmt(g.mean_iterations, 1), fmt(g.last_time))
+        table.add_row(
+            fmt(g.role),
+            fmt(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
+            str(g.runs),
+            fmt(g.mean_reward),
+            fmt(g.compile_rate),
+            fmt(g.test_pass_rate),
+            fmt(g.mean_iterations, 1),
+            fmt(g.last_time),
+        )
     console.print(table)
 
 
 def job_status(s: Any) -> None:
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(s.status, "cyan")
-    console.print(f"job [bold]{s.job_id}[/] ({s.kind}) [{color}]{s.status}[/]"
-                  + (f" subject {s.subject}" if s.subject else "") + (f" in {s.elapsed_s}s" if s.elapsed_s else ""))
+    console.print(
+        f"job [bold]{s.job_id}[/] ({s.kind}) [{color}]{s.status}[/]"
+        + (f" subject {s.subject}" if s.subject else "")
+        + (f" in {s.elapsed_s}s" if s.elapsed_s else "")
+    )
     if s.progress:
         console.print("  progress: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.progress.items()), highlight=False)
     if s.error:
         console.print(f"  [red]error:[/] {s.error}", highlight=False)
     if s.result:
-        console.print("  result: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.result.items()
-                                              if not isinstance(v, (dict, list))), highlight=False)
+        console.print(
+            "  result: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.result.items() if not isinstance(v, (dict, list))),
+            highlight=False,
+        )
     console.print(f"  log: {s.log_path}", highlight=False)
 
 
@@ -51,8 +73,16 @@ def job_list(rows: list) -> None:
     for col in ("id", "kind", "status", "subject", "created", "elapsed s", "step", "error"):
         table.add_column(col)
     for j in rows:
-        table.add_row(j.job_id, j.kind, j.status, fmt(j.subject), j.created, fmt(j.elapsed_s),
-                      fmt(j.progress.get("step")), (j.error or "")[:60])
+        table.add_row(
+            j.job_id,
+            j.kind,
+            j.status,
+            fmt(j.subject),
+            j.created,
+            fmt(j.elapsed_s),
+            fmt(j.progress.get("step")),
+            (j.error or "")[:60],
+        )
     console.print(table)
 
 
@@ -69,8 +99,10 @@ def curation(r: Any) -> None:
         console.print(f"dataset [bold]{r.dataset_id}[/] written to {r.path}")
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
     redaction = ", ".join(f"{k} {v}" for k, v in sorted(r.redaction_counts.items())) or "nothing found"
-    console.print(f"{r.train_rows} train / {r.test_rows} test rows ({r.format}); mean reward {fmt(r.mean_reward)}; "
-                  f"{counts}", highlight=False)
+    console.print(
+        f"{r.train_rows} train / {r.test_rows} test rows ({r.format}); mean reward {fmt(r.mean_reward)}; {counts}",
+        highlight=False,
+    )
     console.print(f"redaction: {redaction}" if r.redacted else "redaction: OFF (--no-redact)", highlight=False)
 
 
@@ -80,21 +112,34 @@ def datasets(r: Any) -> None:
         table.add_column(col)
     for d in r.datasets:
         red = d.metadata.get("redaction", {})
-        table.add_row(d.id, d.kind, d.format, str(d.train_rows), str(d.test_rows), fmt(d.metadata.get("mean_reward")),
-                      str(sum(red.get("counts", {}).values())) if red.get("enabled") else "off", d.created)
+        table.add_row(
+            d.id,
+            d.kind,
+            d.format,
+            str(d.train_rows),
+            str(d.test_rows),
+            fmt(d.metadata.get("mean_reward")),
+            str(sum(red.get("counts", {}).values())) if red.get("enabled") else "off",
+            d.created,
+        )
     console.print(table)
 
 
 def train_started(s: Any) -> None:
     p = s.plan
     head = "plan (dry run)" if s.dry_run else f"job [bold]{s.job_id}[/] started"
-    console.print(f"{head}: adapter [bold]{s.adapter_id}[/], {p.method} on {p.dataset_id} ({p.train_rows} rows), "
-                  f"base {p.base_model}", highlight=False)
+    console.print(
+        f"{head}: adapter [bold]{s.adapter_id}[/], {p.method} on {p.dataset_id} ({p.train_rows} rows), "
+        f"base {p.base_model}",
+        highlight=False,
+    )
     c = p.config
-    console.print(f"  r={c['rank']} alpha={c['alpha']} lr={c['learning_rate']} batch={c['batch_size']}x{c['grad_accum']} "
-                  f"steps={p.steps} tokens~{p.tokens_estimate:,} time~{fmt(p.est_time_s, 0)}s "
-                  f"memory~{fmt(p.est_memory_mb, 0)}MiB processes={p.num_processes} quantize={c['quantize']}",
-                  highlight=False)
+    console.print(
+        f"  r={c['rank']} alpha={c['alpha']} lr={c['learning_rate']} batch={c['batch_size']}x{c['grad_accum']} "
+        f"steps={p.steps} tokens~{p.tokens_estimate:,} time~{fmt(p.est_time_s, 0)}s "
+        f"memory~{fmt(p.est_memory_mb, 0)}MiB processes={p.num_processes} quantize={c['quantize']}",
+        highlight=False,
+    )
     for note in p.notes:
         console.print(f"  note: {note}", highlight=False)
     if not s.dry_run:
@@ -102,8 +147,11 @@ def train_started(s: Any) -> None:
 
 
 def eval_started(r: Any) -> None:
-    console.print(f"evaluation job [bold]{r.job_id}[/] started for {r.adapter_id} on {r.dataset_id} "
-                  f"({r.test_rows} test rows); follow it with: learnloop jobs {r.job_id} --wait", highlight=False)
+    console.print(
+        f"evaluation job [bold]{r.job_id}[/] started for {r.adapter_id} on {r.dataset_id} "
+        f"({r.test_rows} test rows); follow it with: learnloop jobs {r.job_id} --wait",
+        highlight=False,
+    )
 
 
 def lifecycle_outcome(result: Any) -> None:
@@ -112,17 +160,26 @@ def lifecycle_outcome(result: Any) -> None:
         return
     if result.promoted:
         p = result.promoted
-        console.print(f"[green]{p.adapter.adapter_id}[/] {p.from_status} -> {p.to_status}"
-                      + (f"; replaced {p.replaced.adapter_id} (now archived)" if p.replaced else ""), highlight=False)
+        console.print(
+            f"[green]{p.adapter.adapter_id}[/] {p.from_status} -> {p.to_status}"
+            + (f"; replaced {p.replaced.adapter_id} (now archived)" if p.replaced else ""),
+            highlight=False,
+        )
     if result.rolled_back:
         r = result.rolled_back
-        console.print(f"[green]{r.restored.adapter_id}[/] back in production"
-                      + (f"; {r.archived.adapter_id} archived" if r.archived else ""), highlight=False)
+        console.print(
+            f"[green]{r.restored.adapter_id}[/] back in production"
+            + (f"; {r.archived.adapter_id} archived" if r.archived else ""),
+            highlight=False,
+        )
 
 
 def registered(a: Any) -> None:
-    console.print(f"registered [bold]{a.id}[/] ({a.role}, base {a.base_model}) as trained; "
-                  f"evaluate it with: learnloop eval {a.id}", highlight=False)
+    console.print(
+        f"registered [bold]{a.id}[/] ({a.role}, base {a.base_model}) as trained; "
+        f"evaluate it with: learnloop eval {a.id}",
+        highlight=False,
+    )
 
 
 def adapters(rows: list) -> None:
@@ -132,8 +189,17 @@ def adapters(rows: list) -> None:
     for a in rows:
         m = a.metrics or {}
         route = "/".join(x for x in (a.role, a.task_type, a.complexity) if x)
-        table.add_row("*" if a.status == "production" else "", a.id, route, a.status, a.created[:16].replace("T", " "),
-                      a.base_model[-30:], fmt(a.dataset_id), fmt(m.get("eval_loss")), fmt(m.get("pass_rate")))
+        table.add_row(
+            "*" if a.status == "production" else "",
+            a.id,
+            route,
+            a.status,
+            a.created[:16].replace("T", " "),
+            a.base_model[-30:],
+            fmt(a.dataset_id),
+            fmt(m.get("eval_loss")),
+            fmt(m.get("pass_rate")),
+        )
     console.print(table)
 
 
@@ -148,8 +214,12 @@ def history(rows: list) -> None:
 
 def selection(s: Any) -> None:
     what = s.adapter_id or f"base model {s.base_model or ''}".strip()
-    console.print(f"[bold]{what}[/] (route: {s.route}"
-                  + (f", experiment {s.experiment_id} arm {s.arm}" if s.experiment_id else "") + ")", highlight=False)
+    console.print(
+        f"[bold]{what}[/] (route: {s.route}"
+        + (f", experiment {s.experiment_id} arm {s.arm}" if s.experiment_id else "")
+        + ")",
+        highlight=False,
+    )
     if s.adapter_path:
         console.print(f"  path {s.adapter_path}  base {s.base_model}", highlight=False)
     if s.served_name:
@@ -177,11 +247,16 @@ def report(r: Any) -> None:
 def experiment(e: Any) -> None:
     route = "/".join(x for x in (e.role, e.task_type, e.complexity) if x)
     share = f" {e.fraction:.0%}" if e.fraction is not None else ""
-    console.print(f"experiment [bold]{e.id}[/] on {route}: {e.candidate_id} vs {e.control_id or 'base'}, "
-                  f"{e.mode}{share}, {e.status}", highlight=False)
+    console.print(
+        f"experiment [bold]{e.id}[/] on {route}: {e.candidate_id} vs {e.control_id or 'base'}, "
+        f"{e.mode}{share}, {e.status}",
+        highlight=False,
+    )
     for a in e.arms:
-        console.print(f"  {a.arm:9} {a.adapter_id or 'base':30} runs {a.runs:6}  mean reward {fmt(a.mean_reward)}",
-                      highlight=False)
+        console.print(
+            f"  {a.arm:9} {a.adapter_id or 'base':30} runs {a.runs:6}  mean reward {fmt(a.mean_reward)}",
+            highlight=False,
+        )
 
 
 def experiments(rows: list) -> None:
@@ -192,8 +267,10 @@ def experiments(rows: list) -> None:
 
 
 def export_result(r: Any) -> None:
-    console.print(f"exported [bold]{r['adapter_id']}[/] as {r['format']} ({r['dtype']}) to {r['out_dir']} in "
-                  f"{r['seconds']}s", highlight=False)
+    console.print(
+        f"exported [bold]{r['adapter_id']}[/] as {r['format']} ({r['dtype']}) to {r['out_dir']} in {r['seconds']}s",
+        highlight=False,
+    )
     for line in r.get("checks", []):
         console.print(f"  [green]ok[/] {line}", highlight=False)
     for line in r.get("warnings", []):
@@ -210,14 +287,21 @@ def export_job(r: Any) -> None:
     if r.status == "succeeded" and r.result:
         export_result(r.result)
     else:
-        console.print(f"export job [bold]{r.job_id}[/] {r.status}" + (f": {r.error}" if r.error else "")
-                      + ("" if r.error else f"; follow it with: learnloop jobs {r.job_id} --wait"), highlight=False)
+        console.print(
+            f"export job [bold]{r.job_id}[/] {r.status}"
+            + (f": {r.error}" if r.error else "")
+            + ("" if r.error else f"; follow it with: learnloop jobs {r.job_id} --wait"),
+            highlight=False,
+        )
 
 
 def deployment(d: Any) -> None:
     state = "[green]active[/]" if d.status == "active" else f"[yellow]{d.status}[/]"
-    console.print(f"{d.adapter_id} -> {d.target} {d.url} as [bold]{d.served_name}[/] {state}"
-                  + (f" (deployment {d.id})" if d.id else " (not recorded)"), highlight=False)
+    console.print(
+        f"{d.adapter_id} -> {d.target} {d.url} as [bold]{d.served_name}[/] {state}"
+        + (f" (deployment {d.id})" if d.id else " (not recorded)"),
+        highlight=False,
+    )
     if d.command:
         console.print("  command: " + " ".join(d.command), highlight=False)
     for line in d.messages:
@@ -229,8 +313,9 @@ def deploy_target(r: Any) -> None:
 
 
 def cycle_started(s: Any) -> None:
-    console.print(f"cycle job [bold]{s.job_id}[/] started for role {s.role}; "
-                  f"follow it with: learnloop jobs {s.job_id} --wait")
+    console.print(
+        f"cycle job [bold]{s.job_id}[/] started for role {s.role}; follow it with: learnloop jobs {s.job_id} --wait"
+    )
 
 
 def cycle_report(status: Any) -> None:
@@ -242,8 +327,23 @@ def cycle_report(status: Any) -> None:
             table.add_column(col)
         for st in stages:
             d = st.get("detail", {})
-            note = d.get("error") or d.get("reason") or d.get("message") or ", ".join(
-                f"{k}={fmt(d[k])}" for k in ("dataset_id", "adapter_id", "eval_loss", "base_eval_loss", "gate_passed",
-                                            "status", "decision") if k in d)
+            note = (
+                d.get("error")
+                or d.get("reason")
+                or d.get("message")
+                or ", ".join(
+                    f"{k}={fmt(d[k])}"
+                    for k in (
+                        "dataset_id",
+                        "adapter_id",
+                        "eval_loss",
+                        "base_eval_loss",
+                        "gate_passed",
+                        "status",
+                        "decision",
+                    )
+                    if k in d
+                )
+            )
             table.add_row(st["name"], st["status"], fmt(st["seconds"], 1), str(note)[:100])
         console.print(table)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-HomeOpt = Annotated[Optional[str], typer.Option("--home", envvar="LEARNLOOP_HOME",
-                                                 help="learnloop home folder (default ~/.learnloop).")]
+HomeOpt = Annotated[
+    str | None, typer.Option("--home", envvar="LEARNLOOP_HOME", help="learnloop home folder (default ~/.learnloop).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (the MCP tool's output).")]
 console = Console()
 err_console = Console(stderr=True)

@@ -74,7 +74,11 @@ class Argument:
 
     @property
     def type(self) -> Any:
-        return typing.get_args(self.annotation)[0] if typing.get_origin(self.annotation) is typing.Annotated else self.annotation
+        return (
+            typing.get_args(self.annotation)[0]
+            if typing.get_origin(self.annotation) is typing.Annotated
+            else self.annotation
+        )
 
 
 def arguments(verb: Verb) -> list[Argument]:

@@ -23,9 +23,18 @@ def subprocess_env(home: Path | None = None) -> dict[str, str]:
 LEARNLOOP = [sys.executable, "-m", "server"]
 
 
-def run_cli(*args: str, home: Path | None = None, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*LEARNLOOP, *args], capture_output=True, text=True, input=input, timeout=timeout,
-                          env=subprocess_env(home), cwd=ROOT)
+def run_cli(
+    *args: str, home: Path | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*LEARNLOOP, *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+        env=subprocess_env(home),
+        cwd=ROOT,
+    )
 
 
 def live_processes(*args: str) -> set[int]:

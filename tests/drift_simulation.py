@@ -27,9 +27,20 @@ def beta_params(mean: float, sd: float) -> tuple[float, float]:
     return mean * k, (1 - mean) * k
 
 
-def simulate(rng: np.random.Generator, reps: int, n: int, old_mean: float, rel_drop: float,
-             kind: str = "beta", sd: float = 0.2, looks: list[int] | None = None, threshold: float = 0.05,
-             alpha: float = 0.05, sequential: bool = False, min_runs: int = 20) -> float:
+def simulate(
+    rng: np.random.Generator,
+    reps: int,
+    n: int,
+    old_mean: float,
+    rel_drop: float,
+    kind: str = "beta",
+    sd: float = 0.2,
+    looks: list[int] | None = None,
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    sequential: bool = False,
+    min_runs: int = 20,
+) -> float:
     """Share of repetitions declared a regression: at n runs per arm, or at any of `looks`
     (runs per arm at each look). Rewards are Beta(mean, sd) or Bernoulli(mean)."""
     new_mean = old_mean * (1 - rel_drop)
@@ -44,6 +55,15 @@ def simulate(rng: np.random.Generator, reps: int, n: int, old_mean: float, rel_d
     idx = idx[idx + 1 >= min_runs]
     nn, mn, vn = summaries(new)
     no, mo, vo = summaries(old)
-    res = compare(nn[idx], mn[:, idx], vn[:, idx], no[idx], mo[:, idx], vo[:, idx],
-                  threshold=threshold, alpha=alpha, sequential=sequential)
+    res = compare(
+        nn[idx],
+        mn[:, idx],
+        vn[:, idx],
+        no[idx],
+        mo[:, idx],
+        vo[:, idx],
+        threshold=threshold,
+        alpha=alpha,
+        sequential=sequential,
+    )
     return float(np.mean(np.any(res["code"] == REGRESSION, axis=1)))

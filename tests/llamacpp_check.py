@@ -38,16 +38,33 @@ def build_spm_llama(folder: Path, seed: int = 0) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "corpus.txt").write_text(CORPUS)
-    spm.SentencePieceTrainer.train(input=str(folder / "corpus.txt"), model_prefix=str(folder / "tokenizer"),
-                                   vocab_size=64, model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=64,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     (folder / "corpus.txt").unlink()
     (folder / "tokenizer.vocab").unlink()
     tok = LlamaTokenizer.from_pretrained(str(folder))  # converts tokenizer.model
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -55,15 +72,20 @@ def build_spm_llama(folder: Path, seed: int = 0) -> Path:
 
 def convert_base(base_dir: Path, out: Path) -> Path:
     """Convert a base folder to an f32 GGUF with llama.cpp's own converter."""
-    proc = subprocess.run([sys.executable, os.environ["LLAMA_CPP_CONVERT"], str(base_dir), "--outfile", str(out),
-                           "--outtype", "f32"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.environ["LLAMA_CPP_CONVERT"], str(base_dir), "--outfile", str(out), "--outtype", "f32"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed: {proc.stderr[-2000:]}")
     return out
 
 
-def compare_logits(base_dir: Path, adapter_dir: Path, base_gguf: Path, adapter_gguf: Path,
-                   ids: list[int]) -> dict[str, Any]:
+def compare_logits(
+    base_dir: Path, adapter_dir: Path, base_gguf: Path, adapter_gguf: Path, ids: list[int]
+) -> dict[str, Any]:
     """Max |logits| differences: llama.cpp base vs transformers base (the conversion itself), and
     llama.cpp base + adapter vs transformers + PEFT (the adapter export)."""
     import numpy as np
@@ -74,7 +96,9 @@ def compare_logits(base_dir: Path, adapter_dir: Path, base_gguf: Path, adapter_g
 
     def run(lora: Path | None) -> np.ndarray:
         kwargs = {"lora_path": str(lora)} if lora else {}
-        llm = Llama(model_path=str(base_gguf), n_ctx=len(ids) + 8, logits_all=True, verbose=False, n_threads=2, **kwargs)
+        llm = Llama(
+            model_path=str(base_gguf), n_ctx=len(ids) + 8, logits_all=True, verbose=False, n_threads=2, **kwargs
+        )
         llm.eval(ids)
         out = np.array(llm.scores[: len(ids)], dtype=np.float32)
         llm.close()
@@ -86,9 +110,12 @@ def compare_logits(base_dir: Path, adapter_dir: Path, base_gguf: Path, adapter_g
         model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
         hf_lora = model(torch.tensor([ids])).logits[0].numpy()
     cpp_base, cpp_lora = run(None), run(adapter_gguf)
-    return {"base_max_logit_diff": float(np.abs(cpp_base - hf_base).max()),
-            "adapter_max_logit_diff": float(np.abs(cpp_lora - hf_lora).max()),
-            "adapter_effect": float(np.abs(hf_lora - hf_base).max()), "tokens": len(ids)}
+    return {
+        "base_max_logit_diff": float(np.abs(cpp_base - hf_base).max()),
+        "adapter_max_logit_diff": float(np.abs(cpp_lora - hf_lora).max()),
+        "adapter_effect": float(np.abs(hf_lora - hf_base).max()),
+        "tokens": len(ids),
+    }
 
 
 def main() -> None:  # python -m tests.llamacpp_check BASE_DIR ADAPTER_DIR BASE_GGUF ADAPTER_GGUF

@@ -8,8 +8,21 @@ from tests.conftest import run_cli
 
 
 def test_log_then_stats_json(home):
-    out = run_cli("log", "--role", "coder", "--reward", "0.75", "--output", "print(1)", "--instruction", "say 1",
-                  "--signals", '{"compiled": true, "iterations": 2}', "--json", home=home)
+    out = run_cli(
+        "log",
+        "--role",
+        "coder",
+        "--reward",
+        "0.75",
+        "--output",
+        "print(1)",
+        "--instruction",
+        "say 1",
+        "--signals",
+        '{"compiled": true, "iterations": 2}',
+        "--json",
+        home=home,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["run_id"] == 1
     stats = json.loads(run_cli("stats", "--json", home=home).stdout)

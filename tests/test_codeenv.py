@@ -40,7 +40,9 @@ def test_heldout_tasks_share_no_name_parameter_or_constant_with_training():
     held = ce.make_tasks(100, "heldout", "coder")
     assert len({t.key for t in train}) == 300 and len({t.key for t in held}) == 100
     assert not {t.func for t in train} & {t.func for t in held}
-    assert all(codeenv_split(t.func) == "heldout" for t in held) and all(codeenv_split(t.func) == "train" for t in train)
+    assert all(codeenv_split(t.func) == "heldout" for t in held) and all(
+        codeenv_split(t.func) == "train" for t in train
+    )
     assert not {t.k for t in train if t.k} & {t.k for t in held if t.k}
     assert ce.make_tasks(20, "heldout", seed=3) == ce.make_tasks(20, "heldout", seed=3)
     assert {t.family for t in held} == set(ce.FAMILIES)
@@ -48,10 +50,13 @@ def test_heldout_tasks_share_no_name_parameter_or_constant_with_training():
 
 def test_prompts_and_answers_of_a_model_shape():
     task = ce.make_task("reverse", "coder", "keen_orbit", "items", None, "train")
-    assert ce.prompt(task) == ("### Task:\nWrite a Python function `keen_orbit(items)` that returns the list items "
-                               "in reverse order.\n### Solution:\n")
+    assert ce.prompt(task) == (
+        "### Task:\nWrite a Python function `keen_orbit(items)` that returns the list items "
+        "in reverse order.\n### Solution:\n"
+    )
     # A model's answer carries text after the function; the stop strings cut it, the reward is execution.
     from learning.models.generate import cut_at_stop
+
     raw = "def keen_orbit(items):\n    return items[::-1]\n\n### Task:\nmore"
     [score] = ce.score_answers([task], [cut_at_stop(raw, ce.stop_for(task))])
     assert score.reward == 1.0
@@ -67,8 +72,10 @@ def test_sandbox_blocks_network_stops_hangs_and_isolates_crashes():
         ("import socket\nsocket.create_connection(('127.0.0.1', 9))\n", ["assert True"]),
         ("import os\nos._exit(3)\n", ["assert True"]),
         ("print('noise on stdout')\ndef f(x):\n    return x\n", ["assert f(1) == 1", "assert f(2) == 3"]),
-        ("import urllib.request\ndef f():\n    return urllib.request.urlopen('http://example.com').read()\n",
-         ["assert f()"]),
+        (
+            "import urllib.request\ndef f():\n    return urllib.request.urlopen('http://example.com').read()\n",
+            ["assert f()"],
+        ),
     ]
     started = time.monotonic()
     hang, net, crash, ok, url = run_many(jobs, timeout=1.0)

@@ -25,11 +25,19 @@ print("ok")
 
 def test_concurrent_writers_lose_nothing(home):
     workers, per_worker = 4, 150
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(home), str(w), str(per_worker)],
-                              env=subprocess_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(home), str(w), str(per_worker)],
+            env=subprocess_env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(workers)
+    ]
     outputs = [p.communicate(timeout=240) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err
         assert "database is locked" not in err
     store = Store(home)

@@ -13,13 +13,13 @@ import anyio
 import pytest
 from mcp import Client
 
-from learning.runs import record as runs
 from learning.data import curate as sft
 from learning.data.datasets import get_dataset, list_datasets
 from learning.errors import InvalidInput, NotFound
-from tests.redact_corpus import planted_secrets
+from learning.runs import record as runs
 from server.mcp import build_server
 from tests.conftest import run_cli
+from tests.redact_corpus import planted_secrets
 
 TASKS = 30
 REWARDS = (0.95, 0.8, 0.75, 0.1)  # four attempts per task
@@ -37,13 +37,30 @@ def _runs() -> list[dict]:
                 output = f"DEF   F{k}():\n\treturn {k} * 1\n"
             if k == 5 and a == 0:
                 output += f"# push with {GITHUB.secret}, questions to {EMAIL.secret}\n"
-            out.append({"role": "coder", "instruction": f"Task {k}: write function f{k}", "output": output,
-                        "reward": reward - (k % 3) * 0.01, "task_key": f"task-{k}", "agent": "a" if k % 2 else "b",
-                        "task_type": "feature" if k % 3 else "bugfix", "complexity": "easy",
-                        "time": (now - timedelta(days=200 if k >= 25 else 1)).isoformat()})
+            out.append(
+                {
+                    "role": "coder",
+                    "instruction": f"Task {k}: write function f{k}",
+                    "output": output,
+                    "reward": reward - (k % 3) * 0.01,
+                    "task_key": f"task-{k}",
+                    "agent": "a" if k % 2 else "b",
+                    "task_type": "feature" if k % 3 else "bugfix",
+                    "complexity": "easy",
+                    "time": (now - timedelta(days=200 if k >= 25 else 1)).isoformat(),
+                }
+            )
     for j in range(12):
-        out.append({"role": "judge", "instruction": f"Task {j}: review", "input": f"def g{j}(): pass",
-                    "output": "pass: correct" if j % 2 else "fail: wrong", "reward": 0.9, "task_key": f"judge-{j}"})
+        out.append(
+            {
+                "role": "judge",
+                "instruction": f"Task {j}: review",
+                "input": f"def g{j}(): pass",
+                "output": "pass: correct" if j % 2 else "fail: wrong",
+                "reward": 0.9,
+                "task_key": f"judge-{j}",
+            }
+        )
     return out
 
 
@@ -108,10 +125,15 @@ def test_filters_limit_and_determinism(loaded):
     assert {d.id for d in list_datasets(loaded)} >= {one.dataset_id, two.dataset_id, best.dataset_id}
 
 
-@pytest.mark.parametrize("fmt, columns", [
-    ("prompt_completion", {"prompt", "completion"}), ("messages", {"messages"}),
-    ("alpaca", {"instruction", "input", "output"}), ("sharegpt", {"conversations"}),
-])
+@pytest.mark.parametrize(
+    "fmt, columns",
+    [
+        ("prompt_completion", {"prompt", "completion"}),
+        ("messages", {"messages"}),
+        ("alpaca", {"instruction", "input", "output"}),
+        ("sharegpt", {"conversations"}),
+    ],
+)
 def test_each_sft_format_loads_with_datasets(loaded, fmt, columns):
     from datasets import load_dataset
 
@@ -130,7 +152,11 @@ def test_preferences_dpo_and_kto(loaded):
     rows = _rows(dpo.files["train"]) + _rows(dpo.files["test"])
     assert rows and all(set(r) == {"prompt", "chosen", "rejected"} and r["chosen"] != r["rejected"] for r in rows)
     assert all(r["rejected"].endswith(" * 3\n") for r in rows)  # only the 0.1 attempt is 0.3 below the others
-    assert set(load_dataset("json", data_files=dpo.files["train"])["train"].column_names) == {"prompt", "chosen", "rejected"}
+    assert set(load_dataset("json", data_files=dpo.files["train"])["train"].column_names) == {
+        "prompt",
+        "chosen",
+        "rejected",
+    }
     train_tasks = {_task(r["prompt"]) for r in _rows(dpo.files["train"])}
     assert not train_tasks & {_task(r["prompt"]) for r in _rows(dpo.files["test"])}
     kto = sft.make_preferences(loaded, "coder", "kto", high=0.9, low=0.2, format="messages")
@@ -146,16 +172,25 @@ def _nothing_written(store) -> None:
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"role": "planner"}, r"Unknown role 'planner'.*coder, fixer, judge.*Roles with runs: coder \(120\), judge \(12\)"),
-    ({"role": "coder", "task_type": "refactor"}, r"role coder: 120 -> min_reward 0.7: 90 -> task_type 'refactor': 0"),
-    ({"role": "coder", "min_reward": 0.99}, r"0 kept.*after 'min_reward'"),
-    ({"role": "coder", "min_length": 50, "max_length": 10}, "min_length"),
-    ({"role": "coder", "since": "2026-01-01", "days": 3}, "either 'since' or 'days'"),
-    ({"role": "coder", "template": "Do {instruction} as {persona}"}, r"unknown placeholder.*\{persona\}"),
-    ({"role": "coder", "template": "no placeholders"}, "must use {instruction} or {input}"),
-    ({"role": "coder", "format": "csv"}, "format 'csv'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"role": "planner"},
+            r"Unknown role 'planner'.*coder, fixer, judge.*Roles with runs: coder \(120\), judge \(12\)",
+        ),
+        (
+            {"role": "coder", "task_type": "refactor"},
+            r"role coder: 120 -> min_reward 0.7: 90 -> task_type 'refactor': 0",
+        ),
+        ({"role": "coder", "min_reward": 0.99}, r"0 kept.*after 'min_reward'"),
+        ({"role": "coder", "min_length": 50, "max_length": 10}, "min_length"),
+        ({"role": "coder", "since": "2026-01-01", "days": 3}, "either 'since' or 'days'"),
+        ({"role": "coder", "template": "Do {instruction} as {persona}"}, r"unknown placeholder.*\{persona\}"),
+        ({"role": "coder", "template": "no placeholders"}, "must use {instruction} or {input}"),
+        ({"role": "coder", "format": "csv"}, "format 'csv'"),
+    ],
+)
 def test_bad_input_is_clear_and_writes_nothing(loaded, kwargs, message):
     with pytest.raises(InvalidInput, match=message):
         sft.make_sft(loaded, **kwargs)
@@ -231,6 +266,7 @@ def test_mcp_tools_in_process(loaded):
             assert [d["id"] for d in listed["datasets"]] == [result["dataset_id"]]
             bad = await client.call_tool("make_sft", {"role": "coder", "template": "{instruction} {nope}"})
             assert bad.is_error and "{nope}" in bad.content[0].text
+
     anyio.run(main)
 
 
@@ -239,7 +275,9 @@ def test_cli_json_dry_run_and_listing(loaded):
     dry = run_cli("make-sft", "--role", "coder", "--dry-run", "--json", home=home)
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["dry_run"] is True and not (home / "datasets").exists()
-    out = run_cli("make-sft", "--role", "coder", "--limit", "12", "--format", "alpaca", "--no-redact", "--json", home=home)
+    out = run_cli(
+        "make-sft", "--role", "coder", "--limit", "12", "--format", "alpaca", "--no-redact", "--json", home=home
+    )
     made = json.loads(out.stdout)
     assert made["dataset_id"] and Path(made["files"]["metadata"]).is_file() and made["redacted"] is False
     pref = run_cli("make-preferences", "--role", "coder", "--kind", "dpo", "--json", home=home)
@@ -255,7 +293,7 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
     """Two optimizer steps of TRL's SFTTrainer on each format, with a tiny local Llama."""
     import torch
     from datasets import load_dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from trl import SFTConfig, SFTTrainer
 
@@ -264,24 +302,50 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = [json.dumps(r) for r in _runs()[:40]]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    tokenizer.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>{% endfor %}"
-                               "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     for fmt in ("prompt_completion", "messages"):
         r = sft.make_sft(loaded, "coder", format=fmt, limit=16)
         data = load_dataset("json", data_files=r.files["train"])["train"]
-        args = SFTConfig(output_dir=str(tmp_path / fmt), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-                         bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no", max_length=128,
-                         logging_steps=1, learning_rate=1e-3)
+        args = SFTConfig(
+            output_dir=str(tmp_path / fmt),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to=[],
+            save_strategy="no",
+            max_length=128,
+            logging_steps=1,
+            learning_rate=1e-3,
+        )
         trainer = SFTTrainer(model=LlamaForCausalLM(config), args=args, train_dataset=data, processing_class=tokenizer)
         out = trainer.train()
         assert out.global_step == 2 and out.training_loss > 0
-
 
 
 def test_written_files_are_read_only(loaded):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from learning.evaluate import codeenv
 from learning.demo.summary import loss_curve, verdict
+from learning.evaluate import codeenv
 from learning.evaluate.sandbox import run_many
 from tests.conftest import run_cli
 
@@ -49,8 +49,9 @@ def test_quick_demo_end_to_end(demo_run):
     home, s = demo_run
     stages = {st["name"]: st for st in s["stages"]}
     assert list(stages) == STAGES
-    assert {name: st["status"] for name, st in stages.items()} == {name: "done" for name in STAGES}, \
-        {n: st["detail"] for n, st in stages.items() if st["status"] != "done"}
+    assert {name: st["status"] for name, st in stages.items()} == {name: "done" for name in STAGES}, {
+        n: st["detail"] for n, st in stages.items() if st["status"] != "done"
+    }
     assert set(s["seconds"]) == set(STAGES) | {"report"}
 
     # 1. base model folder; 3. datasets, adapter files, evaluation, registry state.
@@ -85,7 +86,7 @@ def test_quick_demo_end_to_end(demo_run):
     assert [r["reward"] for r, _ in code_runs] == pytest.approx([res.score for res in results])
     judge_runs = [(r, sig) for r, sig in zip(runs, signals) if r["role"] == "judge"]
     truths = run_many([(r["input"], sig["tests"]) for r, sig in judge_runs])
-    for (r, sig), res in zip(judge_runs, truths):
+    for (r, _sig), res in zip(judge_runs, truths):
         truth = "pass" if res.passed == res.total else "fail"
         assert r["reward"] == float(codeenv.parse_verdict(r["output"]) == truth)
     # Both kinds of reward occur: the population is mixed.
@@ -104,8 +105,9 @@ def test_cycle_after_the_demo_chains_every_stage(demo_run):
     """run_cycle on the demo's home: a new dataset, adapter and evaluation, then drift for the
     adapter the demo put in production (or a skip when its gate did not pass)."""
     home, s = demo_run
-    proc = run_cli("cycle", "--role", "coder", "--base", "embedded:tiny", "--max-steps", "4", "--json", home=home,
-                   timeout=900)
+    proc = run_cli(
+        "cycle", "--role", "coder", "--base", "embedded:tiny", "--max-steps", "4", "--json", home=home, timeout=900
+    )
     status = json.loads(proc.stdout)
     stages = {st["name"]: st for st in (status["result"] or status["progress"])["stages"]}
     assert proc.returncode == (0 if status["status"] == "succeeded" else 1)
@@ -143,4 +145,5 @@ def test_run_cycle_tool_needs_confirm_for_production(home):
             assert result.is_error and "confirm=true" in result.content[0].text
             result = await client.call_tool("run_cycle", {"role": "coder"})
             assert result.is_error and "log runs with log_run first" in result.content[0].text
+
     anyio.run(main)

@@ -21,24 +21,45 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from learning.serve import deploy
 from learning.errors import Conflict
 from learning.registry.adapters import create_adapter
+from learning.serve import deploy
 from tests.conftest import run_cli
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 # ---- real adapter files, tiny ----------------------------------------------------------------
 
+
 def _base(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96}))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": CHATML, "eos_token": "<|im_end|>", "added_tokens_decoder": {"0": {"content": "<|im_end|>"}}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 96,
+            }
+        )
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": CHATML,
+                "eos_token": "<|im_end|>",
+                "added_tokens_decoder": {"0": {"content": "<|im_end|>"}},
+            }
+        )
+    )
     return folder
 
 
@@ -53,8 +74,17 @@ def _peft(folder: Path, base: Path, seed: int) -> Path:
             tensors[f"{pre}.lora_B.weight"] = rng.standard_normal((out, 4)).astype(np.float32)
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": list(shapes), "base_model_name_or_path": str(base)}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 4,
+                "lora_alpha": 8,
+                "target_modules": list(shapes),
+                "base_model_name_or_path": str(base),
+            }
+        )
+    )
     return folder
 
 
@@ -67,6 +97,7 @@ def adapters(store, tmp_path):
 
 
 # ---- stand-in runtimes ------------------------------------------------------------------------
+
 
 class Runtime(ThreadingHTTPServer):
     """State shared by a stand-in's handlers; `fail` makes every POST answer 500."""
@@ -141,25 +172,37 @@ class VLLM(Handler):
     def do_POST(self):
         req = json.loads(self._body() or b"{}")
         if self.server.fail:
-            return self._send(500, {"object": "error", "message": self.server.fail, "type": "InternalServerError", "code": 500})
+            return self._send(
+                500, {"object": "error", "message": self.server.fail, "type": "InternalServerError", "code": 500}
+            )
         if self.path == "/v1/load_lora_adapter":
             if req["lora_name"] in self.server.loras:
-                return self._send(400, {"object": "error", "message": f"The lora adapter '{req['lora_name']}' has already been loaded.",
-                                        "type": "InvalidUserInput", "code": 400})
+                return self._send(
+                    400,
+                    {
+                        "object": "error",
+                        "message": f"The lora adapter '{req['lora_name']}' has already been loaded.",
+                        "type": "InvalidUserInput",
+                        "code": 400,
+                    },
+                )
             if not (Path(req["lora_path"]) / "adapter_config.json").exists():
                 return self._send(404, {"object": "error", "message": "No adapter found", "code": 404})
             self.server.loras[req["lora_name"]] = req["lora_path"]
             return self._send(200, text=f"Success: LoRA adapter '{req['lora_name']}' added successfully.")
         if self.path == "/v1/unload_lora_adapter":
             if self.server.loras.pop(req["lora_name"], None) is None:
-                return self._send(404, {"object": "error", "message": f"The lora adapter '{req['lora_name']}' cannot be found."})
+                return self._send(
+                    404, {"object": "error", "message": f"The lora adapter '{req['lora_name']}' cannot be found."}
+                )
             return self._send(200, text=f"Success: LoRA adapter '{req['lora_name']}' removed successfully.")
         self._send(404, {"detail": "Not Found"})
 
     def do_GET(self):
         if self.path == "/v1/models":
-            data = [{"id": "base", "object": "model"}] + [{"id": n, "object": "model", "parent": "base", "root": p}
-                                                            for n, p in self.server.loras.items()]
+            data = [{"id": "base", "object": "model"}] + [
+                {"id": n, "object": "model", "parent": "base", "root": p} for n, p in self.server.loras.items()
+            ]
             return self._send(200, {"object": "list", "data": data})
         self._send(404, {"detail": "Not Found"})
 
@@ -201,6 +244,7 @@ def _dead_url() -> str:
 
 # ---- tests ------------------------------------------------------------------------------------
 
+
 def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     ollama = runtime(Ollama)
     dep = deploy.deploy_adapter(store, "coder-a", "ollama", ollama.url, from_model="qwen-base")
@@ -211,7 +255,12 @@ def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     assert ollama.blobs[digest] == Path(dep.artifact).read_bytes()  # the verified GGUF itself
     assert "{{ .Prompt }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
     row = deploy.latest_deployment(store, "coder-a")
-    assert (row["target"], row["url"], row["served_name"], row["status"]) == ("ollama", ollama.url, "learnloop-coder-a", "active")
+    assert (row["target"], row["url"], row["served_name"], row["status"]) == (
+        "ollama",
+        ollama.url,
+        "learnloop-coder-a",
+        "active",
+    )
 
 
 def test_ollama_error_and_unreachable_record_nothing(store, adapters, runtime):
@@ -261,8 +310,8 @@ def test_llamacpp_command_then_scales(store, adapters, runtime):
 
 
 def test_promote_and_rollback_keep_the_runtime_in_step(store, adapters, runtime):
-    from learning.routing import lifecycle
     from learning.registry.adapters import get_adapter
+    from learning.routing import lifecycle
     from learning.routing.router import select_adapter
 
     vllm = runtime(VLLM)
@@ -302,8 +351,9 @@ def test_cli_and_mcp(store, adapters, runtime, home):
         from server.mcp import build_server
 
         async with Client(build_server(str(home))) as client:
-            res = await client.call_tool("export_adapter", {"adapter_id": "coder-b", "format": "ollama",
-                                                            "from_model": "qwen-base", "wait_s": 40})
+            res = await client.call_tool(
+                "export_adapter", {"adapter_id": "coder-b", "format": "ollama", "from_model": "qwen-base", "wait_s": 40}
+            )
             assert res.structured_content["status"] == "succeeded", res
             assert res.structured_content["result"]["max_delta_diff"] < 1e-6
             res = await client.call_tool("deploy_adapter", {"adapter_id": "coder-b", "target": "vllm", "url": vllm.url})

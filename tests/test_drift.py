@@ -19,15 +19,14 @@ import pytest
 from mcp import Client
 from scipy import integrate, stats
 
-from learning.routing import drift
-from learning.registry import adapters as registry
-from learning.routing import router
-from learning.runs import record as runs
-from learning.routing import drift_stats as st
 from learning.errors import Conflict, InvalidInput, NotFound
+from learning.registry import adapters as registry
+from learning.routing import drift, router
+from learning.routing import drift_stats as st
+from learning.runs import record as runs
 from server.mcp import build_server
-from tests.conftest import run_cli
 from tests import drift_simulation as sim
+from tests.conftest import run_cli
 
 REPS = 4000
 SLACK = 3 * math.sqrt(0.05 * 0.95 / REPS)
@@ -35,6 +34,7 @@ LOOKS = list(range(20, 401, 20))
 
 
 # ---- statistics on known data -------------------------------------------------------------
+
 
 def test_welch_matches_scipy():
     rng = np.random.default_rng(1)
@@ -74,8 +74,13 @@ def test_decision_rule_on_known_summaries():
     same = st.compare(400, 0.65, 0.04, 400, 0.65, 0.04)
     flat = st.compare(50, 1.0, 0.0, 50, 1.0, 0.0)
     up = st.compare(400, 0.75, 0.04, 400, 0.65, 0.04)
-    assert [int(x["code"]) for x in (big, tiny, same, flat, up)] == [st.REGRESSION, st.NO_CHANGE, st.NO_CHANGE,
-                                                                    st.NO_CHANGE, st.IMPROVEMENT]
+    assert [int(x["code"]) for x in (big, tiny, same, flat, up)] == [
+        st.REGRESSION,
+        st.NO_CHANGE,
+        st.NO_CHANGE,
+        st.NO_CHANGE,
+        st.IMPROVEMENT,
+    ]
     assert float(flat["p_drop"]) == 1.0 and float(tiny["p_drop"]) < 0.05
 
 
@@ -87,6 +92,7 @@ def test_runs_needed_formula():
 
 
 # ---- simulation study (seeded) ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["beta", "bernoulli"])
 def test_false_alarm_rate_at_most_alpha(kind):
@@ -113,11 +119,22 @@ def test_power_for_a_10_percent_drop_with_200_runs_per_arm():
 
 # ---- detect_drift on a real store ---------------------------------------------------------
 
+
 def put_runs(store, n, mean, adapter_id=None, role="coder", seed=0, sd=0.2, equal=None, **fields):
     rng = np.random.default_rng(seed)
     rewards = [equal] * n if equal is not None else rng.beta(*sim.beta_params(mean, sd), n)
-    lines = [json.dumps({"role": role, "output": "x", "reward": float(r), **fields,
-                         **({"adapter_id": adapter_id} if adapter_id else {})}) for r in rewards]
+    lines = [
+        json.dumps(
+            {
+                "role": role,
+                "output": "x",
+                "reward": float(r),
+                **fields,
+                **({"adapter_id": adapter_id} if adapter_id else {}),
+            }
+        )
+        for r in rewards
+    ]
     runs.import_runs(store, io.StringIO("\n".join(lines)))
 
 
@@ -217,8 +234,9 @@ def test_mcp_detect_drift_needs_confirm_to_roll_back(home):
             assert refused.is_error and "confirm" in refused.content[0].text
             checked = (await client.call_tool("detect_drift", {"role": "coder"})).structured_content
             assert checked["decision"] == "regression" and checked["rolled_back"] is False
-            done = (await client.call_tool("detect_drift", {"role": "coder", "auto_rollback": True,
-                                                            "confirm": True})).structured_content
+            done = (
+                await client.call_tool("detect_drift", {"role": "coder", "auto_rollback": True, "confirm": True})
+            ).structured_content
             assert done["rolled_back"] is True
             unknown = await client.call_tool("detect_drift", {"role": "nobody"})
             assert unknown.is_error and "Known roles" in unknown.content[0].text
@@ -261,8 +279,15 @@ def test_experiment_arms_compared_on_their_own_traffic(store, monkeypatch):
     for i in range(240):
         s = router.select_adapter(store, "coder", task_type="refactor", task_key=f"k{i}")
         mean = 0.5 if s.arm == "candidate" else 0.7
-        runs.log_run(store, {"role": "coder", "output": "x", "reward": float(rng.beta(*sim.beta_params(mean, 0.2))),
-                             "decision_id": s.decision_id})  # no task_type repeated: the decision knows
+        runs.log_run(
+            store,
+            {
+                "role": "coder",
+                "output": "x",
+                "reward": float(rng.beta(*sim.beta_params(mean, 0.2))),
+                "decision_id": s.decision_id,
+            },
+        )  # no task_type repeated: the decision knows
     result = drift.detect_drift(store, experiment_id=exp.id)
     assert result.new.adapter_id == "cand" and result.old.adapter_id == "prod"
     assert result.new.runs + result.old.runs == 240 and abs(result.old.mean_reward - 0.7) < 0.06

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from learning.data.formats import to_example
+from learning.errors import Conflict, InvalidInput, NotFound
 from learning.evaluate import checks
 from learning.evaluate import evaluation as evaluate
 from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.registry import folders
-from learning.errors import Conflict, InvalidInput, NotFound
 from learning.store import Store
 from tests.conftest import run_cli
 from tests.tiny_models import build_base, toy_rows, train_toy_adapter, write_dataset
@@ -42,9 +42,11 @@ def add_adapter(store: Store, toy, adapter_id: str, dataset_id: str = "toy-ds", 
 
 def snapshot(store):
     with store.read() as conn:
-        return ([tuple(r) for r in conn.execute("SELECT id, status, updated, metrics FROM adapters ORDER BY id")],
-                conn.execute("SELECT count(*) FROM adapter_events").fetchone()[0],
-                conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        return (
+            [tuple(r) for r in conn.execute("SELECT id, status, updated, metrics FROM adapters ORDER BY id")],
+            conn.execute("SELECT count(*) FROM adapter_events").fetchone()[0],
+            conn.execute("SELECT count(*) FROM jobs").fetchone()[0],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +101,20 @@ def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
     store = evaluated[0]
     add_adapter(store, toy, "coder-strict")
     # No generation checks, so no pass rate: an absolute threshold of 0.9 cannot be met.
-    out = run_cli("eval", "coder-strict", "--max-generate", "0", "--max-new-tokens", "16", "--min-pass-rate", "0.9",
-                  "--wait", "--json",
-                  home=store.home, timeout=600)
+    out = run_cli(
+        "eval",
+        "coder-strict",
+        "--max-generate",
+        "0",
+        "--max-new-tokens",
+        "16",
+        "--min-pass-rate",
+        "0.9",
+        "--wait",
+        "--json",
+        home=store.home,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["result"]
     assert result["gate_passed"] is False and result["gate_failed"] == ["min_pass_rate"]
@@ -121,8 +134,11 @@ def test_gate_conditions():
     assert worse["failed"] == ["eval_loss_below_base", "pass_rate_not_below_base"]
     shortfalls = {c["name"]: c["shortfall"] for c in worse["conditions"]}
     assert shortfalls == {"eval_loss_below_base": pytest.approx(0.5), "pass_rate_not_below_base": pytest.approx(0.1)}
-    strict = evaluate.apply_gate({"eval_loss": 1.0, "pass_rate": 0.8}, {"eval_loss": 2.0, "pass_rate": 0.1},
-                                 evaluate.GateConfig(min_pass_rate=0.9))
+    strict = evaluate.apply_gate(
+        {"eval_loss": 1.0, "pass_rate": 0.8},
+        {"eval_loss": 2.0, "pass_rate": 0.1},
+        evaluate.GateConfig(min_pass_rate=0.9),
+    )
     assert strict["failed"] == ["min_pass_rate"] and strict["conditions"][-1]["shortfall"] == pytest.approx(0.1)
     no_checks = evaluate.apply_gate({"eval_loss": 1.0, "pass_rate": None}, {"eval_loss": 2.0, "pass_rate": None}, gate)
     assert no_checks["passed"] and "skipped" in no_checks["conditions"][1]
@@ -130,7 +146,10 @@ def test_gate_conditions():
 
 def test_role_checks():
     assert checks.check_one("coder", {"tests": ["assert f() == 2"]}, "", "```python\ndef f():\n    return 2\n```")[0]
-    assert checks.check_one("coder", {"tests": ["assert f() == 3"]}, "", "def f():\n    return 2\n") == (False, "0/1 tests passed (AssertionError: )")
+    assert checks.check_one("coder", {"tests": ["assert f() == 3"]}, "", "def f():\n    return 2\n") == (
+        False,
+        "0/1 tests passed (AssertionError: )",
+    )
     assert checks.check_one("coder", {}, "", "def f(:\n")[0] is False
     assert checks.check_one("coder", {}, "", "   \n\n  ") == (False, "no code")  # compiles, but is nothing
     assert checks.check_one("coder", {}, "", "# just a comment\n") == (False, "no code")
@@ -144,7 +163,10 @@ def test_role_checks():
     assert checks.check_one("judge", {}, "verdict: pass", "Verdict: fail, it returns min")[0] is False
     assert checks.check_one("judge", {}, "pass", "no idea")[0] is False
     assert checks.check_one("reviewer", {}, "x", "y")[0] is None
-    assert checks.score("coder", [{"prompt": "p", "completion": "def f(): pass\n"}], ["def f(): pass\n"])["similarity"] == 1.0
+    assert (
+        checks.score("coder", [{"prompt": "p", "completion": "def f(): pass\n"}], ["def f(): pass\n"])["similarity"]
+        == 1.0
+    )
 
 
 def test_bad_input_changes_nothing(store, toy):
@@ -193,7 +215,9 @@ def test_register_external_adapter(store, toy, tmp_path):
     # the base defaults to base_model_name_or_path in adapter_config.json
     adapter = folders.register_adapter(store, outside, "coder", dataset_id="toy-ds")
     assert adapter.status == "trained" and adapter.source == "registered" and adapter.base_model == str(base)
-    assert (Path(adapter.path) / "adapter_model.safetensors").is_file() and not (Path(adapter.path) / "checkpoint-10").exists()
+    assert (Path(adapter.path) / "adapter_model.safetensors").is_file() and not (
+        Path(adapter.path) / "checkpoint-10"
+    ).exists()
     assert adapter.params["load_check"]["lora_modules"] > 0
     assert registry.adapter_history(store, adapter.id)[0].reason.startswith("registered from")
 
@@ -220,15 +244,22 @@ def test_pipeline_adapter_from_train_adapter_is_evaluated(store):
     """The real path: embedded tiny base, a dataset from logged runs (make_sft), an adapter from
     the training job; the evaluation measures both on the same examples and the adapter, trained
     on this very task, has the lower loss."""
-    from learning.runs import record as runs
     from learning.data import curate as sft
     from learning.models import tinybase
+    from learning.runs import record as runs
     from learning.train import launch as training
 
     tinybase.ensure_base(store, "tiny")
     for i in range(60):
-        runs.log_run(store, {"role": "coder", "instruction": f"write a function named f{i} that returns {i}",
-                             "output": f"def f{i}():\n    return {i}\n", "reward": 0.9})
+        runs.log_run(
+            store,
+            {
+                "role": "coder",
+                "instruction": f"write a function named f{i} that returns {i}",
+                "output": f"def f{i}():\n    return {i}\n",
+                "reward": 0.9,
+            },
+        )
     ds = sft.make_sft(store, "coder", min_rows=10, test_fraction=0.2)
     trained = training.train_adapter(store, "coder", ds.dataset_id, base="embedded:tiny", max_steps=30)
     assert jobs.wait_job(store, trained.job_id, timeout=600).status == "succeeded"
@@ -236,5 +267,7 @@ def test_pipeline_adapter_from_train_adapter_is_evaluated(store):
     status = jobs.wait_job(store, started.job_id, timeout=600)
     assert status.status == "succeeded", (status.error, status.log_tail)
     m = registry.get_adapter(store, trained.adapter_id).metrics
-    assert m["examples"] == started.test_rows > 0 and m["adapter"]["completion_tokens"] == m["base"]["completion_tokens"]
+    assert (
+        m["examples"] == started.test_rows > 0 and m["adapter"]["completion_tokens"] == m["base"]["completion_tokens"]
+    )
     assert m["eval_loss"] < m["base_eval_loss"]

@@ -34,8 +34,9 @@ def test_agent_loop_over_stdio_logs_executed_rewards_with_decisions(home):
 
     # With a production adapter, select_adapter routes to it and log_run attributes the reward.
     store = Store(home)
-    registry.create_adapter(store, "coder-example", "coder", "embedded:tiny", str(home / "adapters" / "x"),
-                            status="candidate")
+    registry.create_adapter(
+        store, "coder-example", "coder", "embedded:tiny", str(home / "adapters" / "x"), status="candidate"
+    )
     registry.set_production(store, "coder-example", "test", "example")
     lines = anyio.run(run_agent, str(home), "coder", 4, reference_solver(0.0, random.Random(2)), "heldout")
     assert all(x["adapter_id"] == "coder-example" and x["reward"] == 1.0 for x in lines)
@@ -46,8 +47,13 @@ def test_agent_loop_over_stdio_logs_executed_rewards_with_decisions(home):
 
 
 def test_agent_loop_script_runs_as_documented(home):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "agent_loop.py"), "--home", str(home), "--tasks", "4",
-                           "--role", "judge"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent_loop.py"), "--home", str(home), "--tasks", "4", "--role", "judge"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
     assert len(lines) == 4 and "4 runs logged" in proc.stderr

@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.serve import gguf as gx
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.models.fingerprint import base_fingerprint
-from learning.serve.export import export_adapter
 from learning.registry.adapters import create_adapter
+from learning.serve import gguf as gx
+from learning.serve.export import export_adapter
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _tiny_base(folder: Path, model_type: str = "llama"):
@@ -30,13 +32,27 @@ def _tiny_base(folder: Path, model_type: str = "llama"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": None,
-         "added_tokens_decoder": {"0": {"content": "<|im_end|>"}, "1": {"content": "<|im_start|>"}}}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": CHATML,
+                "eos_token": "<|im_end|>",
+                "bos_token": None,
+                "added_tokens_decoder": {"0": {"content": "<|im_end|>"}, "1": {"content": "<|im_start|>"}},
+            }
+        )
+    )
     if model_type != "llama":
         cfg_path = folder / "config.json"
         cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "model_type": model_type}))
@@ -83,7 +99,9 @@ def models(tmp_path_factory):
 
 
 def _register(store, models, name, base_key="base", **kw):
-    return create_adapter(store, f"{name}-1", "coder", str(models[base_key]), str(models[name]), status="trained", **kw).id
+    return create_adapter(
+        store, f"{name}-1", "coder", str(models[base_key]), str(models[name]), status="trained", **kw
+    ).id
 
 
 def test_gguf_read_back_keys_names_shapes_and_delta(store, models):
@@ -95,9 +113,9 @@ def test_gguf_read_back_keys_names_shapes_and_delta(store, models):
     assert keys["adapter.type"] == "lora" and keys["adapter.lora.alpha"] == pytest.approx(8.0)
     # 2 layers x 7 modules x (lora_a, lora_b), named as llama.cpp names the base tensors
     assert len(tensors) == 28
-    assert tensors["blk.0.attn_q.weight.lora_a"].shape == (4, 32)   # (r, in)
-    assert tensors["blk.0.attn_q.weight.lora_b"].shape == (32, 4)   # (out, r)
-    assert tensors["blk.1.attn_k.weight.lora_b"].shape == (16, 4)   # 2 kv heads x 8
+    assert tensors["blk.0.attn_q.weight.lora_a"].shape == (4, 32)  # (r, in)
+    assert tensors["blk.0.attn_q.weight.lora_b"].shape == (32, 4)  # (out, r)
+    assert tensors["blk.1.attn_k.weight.lora_b"].shape == (16, 4)  # 2 kv heads x 8
     assert tensors["blk.1.ffn_down.weight.lora_a"].shape == (4, 64)
     assert result.max_delta_diff is not None and result.max_delta_diff < 1e-6
     # q's lora_B rows really were permuted (by 4 heads), k's by 2 kv heads, v's not at all
@@ -105,7 +123,9 @@ def test_gguf_read_back_keys_names_shapes_and_delta(store, models):
     pre = "base_model.model.model.layers.0.self_attn."
     assert np.array_equal(tensors["blk.0.attn_q.weight.lora_b"], gx.permute_rows(peft[pre + "q_proj.lora_B.weight"], 4))
     assert np.array_equal(tensors["blk.0.attn_k.weight.lora_b"], gx.permute_rows(peft[pre + "k_proj.lora_B.weight"], 2))
-    assert not np.array_equal(tensors["blk.0.attn_k.weight.lora_b"], gx.permute_rows(peft[pre + "k_proj.lora_B.weight"], 4))
+    assert not np.array_equal(
+        tensors["blk.0.attn_k.weight.lora_b"], gx.permute_rows(peft[pre + "k_proj.lora_B.weight"], 4)
+    )
     assert np.array_equal(tensors["blk.0.attn_v.weight.lora_b"], peft[pre + "v_proj.lora_B.weight"])
 
 
@@ -137,8 +157,9 @@ def test_qwen2_is_not_permuted(store, models):
     keys, tensors = gx.read_lora_gguf(Path(result.out_dir) / "adapter.gguf")
     _, peft = gx.load_peft(models["qwen"])
     assert keys["general.architecture"] == "qwen2"
-    assert np.array_equal(tensors["blk.0.attn_q.weight.lora_b"],
-                          peft["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"])
+    assert np.array_equal(
+        tensors["blk.0.attn_q.weight.lora_b"], peft["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    )
 
 
 def test_refusals_name_every_reason(store, models, tmp_path):
@@ -161,15 +182,18 @@ def test_refusals_name_every_reason(store, models, tmp_path):
     # a base other than the one trained on (its hash is in the adapter's metadata.json)
     folder = tmp_path / "withmeta"
     shutil.copytree(models["plain"], folder)
-    (folder / "metadata.json").write_text(json.dumps({"base_model": {"path": str(models["base"]),
-                                                                       **base_fingerprint(models["base"])}}))
+    (folder / "metadata.json").write_text(
+        json.dumps({"base_model": {"path": str(models["base"]), **base_fingerprint(models["base"])}})
+    )
     create_adapter(store, "meta-1", "coder", str(models["base"]), str(folder), status="trained")
     assert export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff < 1e-6
     with pytest.raises(InvalidInput, match="differs from the one this adapter was trained on"):
         export_adapter(store, "meta-1", "gguf", base=str(models["other_base"]))
     with pytest.raises(InvalidInput, match="not found"):
         export_adapter(store, "meta-1", "gguf", base=str(tmp_path / "no_such_base"))
-    assert not (store.home / "exports" / "dora-1").exists() or not any((store.home / "exports" / "dora-1").rglob("*.gguf"))
+    assert not (store.home / "exports" / "dora-1").exists() or not any(
+        (store.home / "exports" / "dora-1").rglob("*.gguf")
+    )
 
 
 def test_peft_and_ollama_exports(store, models):
@@ -201,8 +225,9 @@ def test_merged_logits_match_adapter(store, models):
     assert result.max_logit_diff is not None and result.max_logit_diff < 1e-5
     ids = torch.tensor([[5, 9, 17, 33, 2, 71, 40]])
     merged = AutoModelForCausalLM.from_pretrained(result.out_dir, dtype=torch.float32)
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models["base"], dtype=torch.float32),
-                                           str(models["plain"]))
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(models["base"], dtype=torch.float32), str(models["plain"])
+    )
     with torch.no_grad():
         assert float((merged(ids).logits - peft_model(ids).logits).abs().max()) < 1e-5
         with peft_model.disable_adapter():  # and the adapter really changes the logits
@@ -237,8 +262,8 @@ def test_llamacpp_logits_match_peft(store, tmp_path):
     base_gguf = lc.convert_base(base, tmp_path / "base.gguf")
     ids = [1] + list(range(3, 40))
     diffs = lc.compare_logits(base, tmp_path / "spm_adapter", base_gguf, Path(result.out_dir) / "adapter.gguf", ids)
-    assert diffs["base_max_logit_diff"] < 1e-3, diffs   # the base conversion itself is faithful
-    assert diffs["adapter_effect"] > 1e-2, diffs        # the adapter changes the logits ...
+    assert diffs["base_max_logit_diff"] < 1e-3, diffs  # the base conversion itself is faithful
+    assert diffs["adapter_effect"] > 1e-2, diffs  # the adapter changes the logits ...
     assert diffs["adapter_max_logit_diff"] < 1e-3, diffs  # ... exactly as PEFT does
 
 
@@ -247,13 +272,17 @@ def test_modelfile_template_with_generation_markers():
     does) renders into an Ollama template; BOS is left to the runtime, eos is the stop."""
     from learning.serve.modelfile import ollama_template
 
-    template = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
-                "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n' }}"
-                "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
-                "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+    template = (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
+        "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n' }}"
+        "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    )
     go, stops = ollama_template({"chat_template": template, "bos": "<s>", "eos": "</s>", "added": set()})
-    assert go == ("{{ if .System }}<|system|>\n{{ .System }}</s>\n<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n"
-                  "{{ else }}<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n{{ end }}{{ .Response }}")
+    assert go == (
+        "{{ if .System }}<|system|>\n{{ .System }}</s>\n<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n"
+        "{{ else }}<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n{{ end }}{{ .Response }}"
+    )
     assert stops == ["</s>"]
 
 
@@ -285,7 +314,7 @@ def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
     for key in peft:
         if ".lora_A." not in key:
             continue
-        module = key[len("base_model.model."):].split(".lora_A.")[0]
+        module = key[len("base_model.model.") :].split(".lora_A.")[0]
         stem = gx._gguf_base_name(key, gx.BaseShape.from_config(json.loads((base / "config.json").read_text())))
         w_hf = hf[module + ".weight"].astype(np.float32)
         merged_hf = w_hf + (peft[key.replace("lora_A", "lora_B")] @ peft[key]) * gx.peft_scaling(cfg)
@@ -309,7 +338,9 @@ def test_modelfile_wraps_the_role_prompt():
     tok = {"chat_template": CHATML, "bos": None, "eos": "<|im_end|>", "added": {"<|im_end|>"}}
     prompt = "Write code.\n\n### Specification\n{{ .Prompt }}\n\n### Code\n"
     chat, _ = ollama_template(tok, prompt)
-    assert chat.endswith("{{ else }}<|im_start|>user\nWrite code.\n\n### Specification\n{{ .Prompt }}\n\n### Code"
-                         "<|im_end|>\n<|im_start|>assistant\n{{ end }}{{ .Response }}")
+    assert chat.endswith(
+        "{{ else }}<|im_start|>user\nWrite code.\n\n### Specification\n{{ .Prompt }}\n\n### Code"
+        "<|im_end|>\n<|im_start|>assistant\n{{ end }}{{ .Response }}"
+    )
     raw, stops = ollama_template(tok, prompt, raw=True)
     assert raw == prompt + "{{ .Response }}" and stops == ["<|im_end|>"]

@@ -30,9 +30,12 @@ CLI_ONLY = {
 }
 # Arguments shown differently on purpose, by command.
 CLI_EXTRAS = {  # CLI-only options, folded into the verb's arguments
-    "make-sft": {"template_file"}, "make-preferences": {"template_file"},
+    "make-sft": {"template_file"},
+    "make-preferences": {"template_file"},
     "train": {"epochs", "lr", "rank", "config", "wait"},  # shortcuts for `overrides`; follow the job
-    "eval": {"wait"}, "export": {"wait"}, "cycle": {"wait"},
+    "eval": {"wait"},
+    "export": {"wait"},
+    "cycle": {"wait"},
 }
 STDIN = {"log": {"output"}}  # required over MCP; on the CLI absent or '-' reads stdin
 
@@ -46,6 +49,7 @@ def _commands() -> dict[str, click.Command]:
                 walk(f"{prefix}{name} ", cmd)
             else:
                 out[prefix + name] = cmd
+
     walk("", typer.main.get_command(app))  # type: ignore[arg-type]
     return out
 

@@ -103,19 +103,24 @@ print(json.dumps(results))
 def import_results() -> dict[str, str]:
     if not hasattr(__import__("os"), "fork"):
         pytest.skip("needs os.fork")
-    out = subprocess.run([sys.executable, "-c", IMPORT_EACH, json.dumps(module_names())], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH, json.dumps(module_names())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [
-    n for n in module_names()])
+@pytest.mark.parametrize("name", [n for n in module_names()])
 def test_each_module_imports_on_its_own(import_results, name):
     assert import_results[name] == "", f"import {name} in a fresh interpreter failed:\n{import_results[name]}"
 
 
 # ---- (b) imports point down the loop -------------------------------------------------------
+
 
 def test_imports_point_down_the_loop():
     wrong = []
@@ -139,11 +144,13 @@ def test_imports_point_down_the_loop():
 def test_the_order_names_every_package():
     on_disk = {p.name for p in (ROOT / "learning").iterdir() if (p / "__init__.py").exists()}
     shared = {p.stem for p in (ROOT / "learning").glob("*.py") if p.stem != "__init__"}
-    assert on_disk == set(PACKAGES) and shared == set(SHARED), \
+    assert on_disk == set(PACKAGES) and shared == set(SHARED), (
         "a package or shared module was added or removed: place it in the order above"
+    )
 
 
 # ---- (c) no private names across modules ---------------------------------------------------
+
 
 def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
@@ -160,14 +167,20 @@ def test_no_module_imports_another_modules_private_names():
             if module.split(".")[0] not in ours or module == this:
                 continue
             wrong += [f"{path.relative_to(ROOT)}:{line} imports {n} from {module}" for n in names if _private(n)]
-            wrong += [f"{path.relative_to(ROOT)}:{line} imports {module}" for part in module.split(".") if _private(part)]
+            wrong += [
+                f"{path.relative_to(ROOT)}:{line} imports {module}" for part in module.split(".") if _private(part)
+            ]
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ours:
                 modules |= {a.asname or a.name for a in node.names}
             elif isinstance(node, ast.Import):
                 modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in ours}
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
-                    and node.value.id in modules):
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+            ):
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not wrong, "private names used across modules:\n" + "\n".join(wrong)

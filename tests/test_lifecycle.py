@@ -17,26 +17,33 @@ import pytest
 from mcp import Client
 from mcp import types as mt
 
-from learning.routing import lifecycle
+from learning.errors import Conflict, InvalidInput, NotFound
 from learning.registry import adapters as registry
 from learning.registry import folders
-from learning.errors import Conflict, InvalidInput, NotFound
+from learning.routing import lifecycle
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import ROOT, run_cli, subprocess_env
 
 
 def make(store, adapter_id, status="candidate", base="base-a", loss=1.0, pass_rate=0.5, role="coder", **kw):
-    registry.create_adapter(store, adapter_id, role, base, str(store.home / "adapters" / adapter_id), status=status, **kw)
-    registry.set_metrics(store, adapter_id, {"eval_loss": loss, "base_eval_loss": 2.0, "pass_rate": pass_rate,
-                                             "base_pass_rate": 0.1, "gate_passed": True})
+    registry.create_adapter(
+        store, adapter_id, role, base, str(store.home / "adapters" / adapter_id), status=status, **kw
+    )
+    registry.set_metrics(
+        store,
+        adapter_id,
+        {"eval_loss": loss, "base_eval_loss": 2.0, "pass_rate": pass_rate, "base_pass_rate": 0.1, "gate_passed": True},
+    )
 
 
 def snapshot(store):
     """Everything the registry holds, to prove a refused request changed nothing."""
     with store.read() as conn:
-        return ([tuple(r) for r in conn.execute("SELECT id, status, updated, metrics FROM adapters ORDER BY id")],
-                conn.execute("SELECT count(*) FROM adapter_events").fetchone()[0])
+        return (
+            [tuple(r) for r in conn.execute("SELECT id, status, updated, metrics FROM adapters ORDER BY id")],
+            conn.execute("SELECT count(*) FROM adapter_events").fetchone()[0],
+        )
 
 
 def production(store, role="coder"):
@@ -51,15 +58,23 @@ def test_promote_promote_rollback_and_history(store):
     plan = lifecycle.plan_promote(store, "b", "production")
     assert plan.replaces.adapter_id == "a" and "eval loss 0.7" in plan.summary and "eval loss 0.9" in plan.summary
     second = lifecycle.promote(store, "b", "production", reason="better loss", confirm=True)
-    assert second.replaced.adapter_id == "a" and second.replaced.status == "archived" and second.replaced.eval_loss == 0.9
+    assert (
+        second.replaced.adapter_id == "a" and second.replaced.status == "archived" and second.replaced.eval_loss == 0.9
+    )
     assert production(store) == ["b"]
     back = lifecycle.rollback(store, "coder", reason="b misbehaves", confirm=True)
     assert back.restored.adapter_id == "a" and back.archived.adapter_id == "b"
     assert production(store) == ["a"] and registry.get_adapter(store, "b").status == "archived"
     moves = [(e.adapter_id, e.from_status, e.to_status) for e in registry.adapter_history(store)]
-    assert moves == [("a", None, "candidate"), ("b", None, "candidate"), ("a", "candidate", "production"),
-                     ("a", "production", "archived"), ("b", "candidate", "production"),
-                     ("b", "production", "archived"), ("a", "archived", "production")]
+    assert moves == [
+        ("a", None, "candidate"),
+        ("b", None, "candidate"),
+        ("a", "candidate", "production"),
+        ("a", "production", "archived"),
+        ("b", "candidate", "production"),
+        ("b", "production", "archived"),
+        ("a", "archived", "production"),
+    ]
     reasons = [e.reason for e in registry.adapter_history(store, "b")]
     assert "better loss" in reasons and any("b misbehaves" in r for r in reasons)
 
@@ -72,7 +87,9 @@ def test_routes_are_independent_and_archive_moves(store):
     assert sorted(production(store)) == ["a", "r"]
     archived = lifecycle.promote(store, "a", "archived", reason="retire", confirm=True)
     assert archived.to_status == "archived" and production(store) == ["r"]
-    assert lifecycle.rollback(store, "coder", confirm=True).restored.adapter_id == "a"  # archiving production is undoable too
+    assert (
+        lifecycle.rollback(store, "coder", confirm=True).restored.adapter_id == "a"
+    )  # archiving production is undoable too
 
 
 def test_bad_input_leaves_the_registry_unchanged(store):
@@ -88,7 +105,11 @@ def test_bad_input_leaves_the_registry_unchanged(store):
         (lambda: lifecycle.promote(store, "other", "production", confirm=True), Conflict, "base"),
         (lambda: lifecycle.promote(store, "fresh", "production", confirm=True), Conflict, "only a candidate"),
         (lambda: lifecycle.promote(store, "good", "production", confirm=True), Conflict, "already production"),
-        (lambda: lifecycle.promote(store, "good", "bogus", confirm=True), InvalidInput, "candidate, production or archived"),
+        (
+            lambda: lifecycle.promote(store, "good", "bogus", confirm=True),
+            InvalidInput,
+            "candidate, production or archived",
+        ),
         (lambda: lifecycle.rollback(store, "coder", confirm=True), Conflict, "Nothing to roll back"),
         (lambda: lifecycle.rollback(store, "judge", confirm=True), Conflict, "Nothing to roll back"),
     ]
@@ -116,20 +137,28 @@ def test_register_rejects_missing_and_corrupt_folders(store, tmp_path):
 
 # ---- MCP: confirmation through elicitation, or confirm=true -------------------------------
 
+
 def _answer(action, confirm=True):
     async def callback(context, params: mt.ElicitRequestParams):
         seen.append(params.message)
         if action == "accept":
             return mt.ElicitResult(action="accept", content={"confirm": confirm})
         return mt.ElicitResult(action=action)
+
     seen: list[str] = []
     return callback, seen
 
 
-@pytest.mark.parametrize("action, outcome, mode", [
-    ("accept", "done", "auto"), ("decline", "declined", "auto"), ("cancel", "cancelled", "auto"),
-    ("accept", "done", "legacy"), ("decline", "declined", "legacy"),  # 2025 protocol: elicitation/create mid-call
-])
+@pytest.mark.parametrize(
+    "action, outcome, mode",
+    [
+        ("accept", "done", "auto"),
+        ("decline", "declined", "auto"),
+        ("cancel", "cancelled", "auto"),
+        ("accept", "done", "legacy"),
+        ("decline", "declined", "legacy"),  # 2025 protocol: elicitation/create mid-call
+    ],
+)
 def test_mcp_promote_asks_the_person(home, action, outcome, mode):
     store = Store(home)
     make(store, "a", loss=0.9)
@@ -140,6 +169,7 @@ def test_mcp_promote_asks_the_person(home, action, outcome, mode):
     async def main():
         async with Client(build_server(str(home)), elicitation_callback=callback, mode=mode) as client:
             return await client.call_tool("promote", {"adapter_id": "b", "reason": "test"})
+
     result = anyio.run(main)
     assert not result.is_error, result.content
     assert result.structured_content["outcome"] == outcome
@@ -164,6 +194,7 @@ def test_mcp_without_elicitation_requires_confirm(home):
             hist = await client.call_tool("adapter_history", {"adapter_id": "b"})
             res = await client.read_resource("learnloop://adapters/a")
             return refused, after_refusal, done, no_rb, rb, listed, hist, res
+
     refused, after_refusal, done, no_rb, rb, listed, hist, res = anyio.run(main)
     assert refused.is_error and "confirm=true" in refused.content[0].text and "It replaces a" in refused.content[0].text
     assert after_refusal == ["a"]
@@ -176,6 +207,7 @@ def test_mcp_without_elicitation_requires_confirm(home):
 
 
 # ---- CLI -----------------------------------------------------------------------------------
+
 
 def test_cli_promote_rollback_list_history(home):
     store = Store(home)
@@ -200,6 +232,7 @@ def test_cli_promote_rollback_list_history(home):
 
 # ---- the one-production invariant ------------------------------------------------------------
 
+
 def _promoter(home, ids, rounds, seed):
     store = Store(home)
     rng = random.Random(seed)
@@ -210,7 +243,9 @@ def _promoter(home, ids, rounds, seed):
                 lifecycle.rollback(store, "coder", reason=f"p{seed}", confirm=True)
             else:
                 status = registry.get_adapter(store, target).status
-                lifecycle.promote(store, target, "production", force=status != "candidate", reason=f"p{seed}", confirm=True)
+                lifecycle.promote(
+                    store, target, "production", force=status != "candidate", reason=f"p{seed}", confirm=True
+                )
         except Conflict:
             pass  # another process got there first, or nothing to roll back
 
@@ -224,7 +259,9 @@ def check_consistent(store):
             assert nxt.from_status == prev.to_status, (adapter.id, prev, nxt)
         assert events[-1].to_status == adapter.status
     # every move into production after the first archived the one before it
-    to_prod = [e for e in registry.adapter_history(store) if e.to_status == "production" and e.from_status != "production"]
+    to_prod = [
+        e for e in registry.adapter_history(store) if e.to_status == "production" and e.from_status != "production"
+    ]
     from_prod = [e for e in registry.adapter_history(store) if e.from_status == "production"]
     assert len(to_prod) == len(from_prod) + 1
 
@@ -279,13 +316,24 @@ def test_kill_9_during_promotions_leaves_one_production(home):
     for i in ("k0", "k1", "k2"):
         make(store, i)
     lifecycle.promote(store, "k0", "production", confirm=True)
-    half = subprocess.run([sys.executable, "-c", HALF_DONE, str(home)], env=subprocess_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    half = subprocess.run(
+        [sys.executable, "-c", HALF_DONE, str(home)],
+        env=subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert half.returncode == -signal.SIGKILL and "inside" in half.stdout
     assert production(store) == ["k0"]
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(home)], env=subprocess_env(), cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_LOOP, str(home)],
+            env=subprocess_env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(random.uniform(0.3, 1.0))
         os.kill(proc.pid, signal.SIGKILL)

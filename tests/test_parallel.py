@@ -10,11 +10,11 @@ import time
 
 import pytest
 
+from learning.data import curate as sft
 from learning.data import parallel
 from learning.runs import record as runs
-from learning.data import curate as sft
-from tests.redact_corpus import planted_secrets
 from tests.conftest import live_processes
+from tests.redact_corpus import planted_secrets
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +73,15 @@ def _many_runs() -> list[dict]:
                 output = f"DEF  F{k}(x):\n\treturn x * 0\n"
             if (k + a) % 9 == 0:
                 output += secrets[(k + a) % len(secrets)] + "\n"
-            out.append({"role": "coder", "instruction": f"Task {k}: write f{k}", "output": output,
-                        "reward": round(0.99 - 0.05 * a - 0.001 * k, 3), "task_key": f"t{k}"})
+            out.append(
+                {
+                    "role": "coder",
+                    "instruction": f"Task {k}: write f{k}",
+                    "output": output,
+                    "reward": round(0.99 - 0.05 * a - 0.001 * k, 3),
+                    "task_key": f"t{k}",
+                }
+            )
     return out
 
 

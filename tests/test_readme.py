@@ -88,8 +88,11 @@ def test_every_option_shown_exists():
     for page, text in PAGES.items():
         for command, rest in _shown_commands(text):
             options = _options(cli.commands[command]) if command in cli.commands else set()
-            wrong += [f"{page}: learnloop {command} {o}" for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)
-                      if o not in options]
+            wrong += [
+                f"{page}: learnloop {command} {o}"
+                for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)
+                if o not in options
+            ]
     assert not wrong, f"options shown that the command does not have: {wrong}"
 
 

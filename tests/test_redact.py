@@ -22,8 +22,25 @@ def test_every_planted_secret_is_replaced_by_its_typed_placeholder(planted):
 def test_corpus_covers_every_type_and_provider():
     assert {p.placeholder for p in PLANTED} == set(TYPES)
     names = " ".join(p.name for p in PLANTED)
-    for provider in ("aws", "gcp", "azure", "github", "gitlab", "slack", "stripe", "openai", "anthropic",
-                     "huggingface", "jwt", "private_key", "postgres", "url_token", "generic", "email", "phone"):
+    for provider in (
+        "aws",
+        "gcp",
+        "azure",
+        "github",
+        "gitlab",
+        "slack",
+        "stripe",
+        "openai",
+        "anthropic",
+        "huggingface",
+        "jwt",
+        "private_key",
+        "postgres",
+        "url_token",
+        "generic",
+        "email",
+        "phone",
+    ):
         assert provider in names, provider
 
 
@@ -34,11 +51,14 @@ def test_ordinary_code_is_unchanged(code):
 
 def test_counts_by_type_and_context_kept():
     counts: Counter = Counter()
-    text = ("conn = 'postgresql://app:s3cretPassw0rd@db:5432/x'  # owner: ana@example.org\n"
-            "OPENAI_API_KEY=sk-proj-" + "a1B2" * 12 + "\ncall +1 415 555 2671\n")
+    text = (
+        "conn = 'postgresql://app:s3cretPassw0rd@db:5432/x'  # owner: ana@example.org\n"
+        "OPENAI_API_KEY=sk-proj-" + "a1B2" * 12 + "\ncall +1 415 555 2671\n"
+    )
     out = redact(text, counts)
-    assert out == ("conn = 'postgresql://app:[PASSWORD]@db:5432/x'  # owner: [EMAIL]\n"
-                   "OPENAI_API_KEY=[API_KEY]\ncall [PHONE]\n")
+    assert out == (
+        "conn = 'postgresql://app:[PASSWORD]@db:5432/x'  # owner: [EMAIL]\nOPENAI_API_KEY=[API_KEY]\ncall [PHONE]\n"
+    )
     assert counts == {"PASSWORD": 1, "EMAIL": 1, "API_KEY": 1, "PHONE": 1}
 
 
@@ -50,11 +70,21 @@ def test_redactor_accumulates_and_is_idempotent():
     assert again(once) == once and not again.counts  # placeholders are never redacted again
 
 
-@pytest.mark.parametrize("value, secret", [
-    ("hunter2hunter2", True), ("Zx81kQ0pL2mN", True), ("correcthorsebatterystaple", False),
-    ("settings.API_KEY", False), ("changeme", False), ("<your-token>", False), ("${SECRET}", False),
-    ("short1", False), ("db-credentials", False), ("xxxxxxxxxxxxxxxx", False),
-])
+@pytest.mark.parametrize(
+    "value, secret",
+    [
+        ("hunter2hunter2", True),
+        ("Zx81kQ0pL2mN", True),
+        ("correcthorsebatterystaple", False),
+        ("settings.API_KEY", False),
+        ("changeme", False),
+        ("<your-token>", False),
+        ("${SECRET}", False),
+        ("short1", False),
+        ("db-credentials", False),
+        ("xxxxxxxxxxxxxxxx", False),
+    ],
+)
 def test_generic_values(value, secret):
     assert looks_secret(value) is secret
 

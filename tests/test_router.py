@@ -13,19 +13,26 @@ import numpy as np
 import pytest
 from mcp import Client
 
-from learning.routing import experiments
-from learning.registry import adapters as registry
-from learning.routing import router
-from learning.runs import record as runs
 from learning.errors import Conflict, InvalidInput, NotFound
+from learning.registry import adapters as registry
+from learning.routing import experiments, router
+from learning.runs import record as runs
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import ROOT, run_cli, subprocess_env
 
 
 def adapter(store, adapter_id, role="coder", task_type=None, complexity=None, status="candidate", promote=False):
-    registry.create_adapter(store, adapter_id, role, "tiny-llama", f"/adapters/{adapter_id}", status=status,
-                            task_type=task_type, complexity=complexity)
+    registry.create_adapter(
+        store,
+        adapter_id,
+        role,
+        "tiny-llama",
+        f"/adapters/{adapter_id}",
+        status=status,
+        task_type=task_type,
+        complexity=complexity,
+    )
     if promote:
         registry.set_production(store, adapter_id, "test", "test")
 
@@ -76,8 +83,10 @@ def test_selection_follows_promote_and_rollback_at_once_across_stores(home):
     registry.set_production(reader, "a2", "test", "again")
     assert router.select_adapter(reader, "coder").adapter_id == "a2"
     # A promotion in another process.
-    code = ("from learning.store import Store; from learning.registry import adapters as registry; "
-            f"registry.rollback_route(Store({str(home)!r}), 'coder')")
+    code = (
+        "from learning.store import Store; from learning.registry import adapters as registry; "
+        f"registry.rollback_route(Store({str(home)!r}), 'coder')"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(home), cwd=ROOT)
     assert router.select_adapter(reader, "coder").adapter_id == "a1"
 
@@ -97,15 +106,19 @@ def test_decision_is_recorded_and_attributes_the_run(store):
         runs.log_run(store, {"role": "judge", "output": "x", "reward": 1, "decision_id": s.decision_id})
     adapter(store, "other")
     with pytest.raises(InvalidInput, match="differs"):
-        runs.log_run(store, {"role": "coder", "output": "x", "reward": 1, "decision_id": s.decision_id,
-                             "adapter_id": "other"})
+        runs.log_run(
+            store, {"role": "coder", "output": "x", "reward": 1, "decision_id": s.decision_id, "adapter_id": "other"}
+        )
 
 
 def test_served_name_comes_from_the_latest_deployment(store):
     adapter(store, "a1", promote=True)
     with store.write() as conn:
-        conn.execute("INSERT INTO deployments (id, adapter_id, target, url, served_name, created, status) "
-                     "VALUES ('dep1', 'a1', 'vllm', 'http://127.0.0.1:8000/v1', 'coder-a1', ?, 'active')", (time.time(),))
+        conn.execute(
+            "INSERT INTO deployments (id, adapter_id, target, url, served_name, created, status) "
+            "VALUES ('dep1', 'a1', 'vllm', 'http://127.0.0.1:8000/v1', 'coder-a1', ?, 'active')",
+            (time.time(),),
+        )
     s = router.select_adapter(store, "coder")
     assert s.served_name == "coder-a1" and s.deployment_url.endswith("/v1")
 
@@ -127,7 +140,9 @@ def test_canary_is_deterministic_and_sends_the_fraction(store):
     assert 0.17 < share < 0.23  # binomial sd 0.009
     again = [router.select_adapter(store, "coder", task_key=f"task-{i}", record=False).arm for i in range(200)]
     assert again == arms[:200]
-    reseeded = [router.select_adapter(store, "coder", task_key=f"task-{i}", seed=8, record=False).arm for i in range(200)]
+    reseeded = [
+        router.select_adapter(store, "coder", task_key=f"task-{i}", seed=8, record=False).arm for i in range(200)
+    ]
     assert reseeded != arms[:200] and 0.1 < reseeded.count("candidate") / 200 < 0.3
     picked = router.select_adapter(store, "coder", task_key="task-0")
     assert picked.experiment_id == exp.id and picked.adapter_id == ("cand" if arms[0] == "candidate" else "prod")
@@ -196,12 +211,16 @@ def test_mcp_tools(home):
             assert tools["detect_drift"].annotations.destructive_hint is True
             sel = (await client.call_tool("select_adapter", {"role": "coder", "task_key": "k"})).structured_content
             assert sel["adapter_id"] == "prod" and sel["route"] == "role"
-            logged = await client.call_tool("log_run", {"role": "coder", "output": "x", "reward": 0.9,
-                                                        "decision_id": sel["decision_id"]})
+            logged = await client.call_tool(
+                "log_run", {"role": "coder", "output": "x", "reward": 0.9, "decision_id": sel["decision_id"]}
+            )
             assert not logged.is_error
             assert runs.get_run(store, logged.structured_content["run_id"]).adapter_id == "prod"
-            started = (await client.call_tool("start_experiment", {"role": "coder", "candidate_id": "cand",
-                                                                   "mode": "canary", "fraction": 0.3})).structured_content
+            started = (
+                await client.call_tool(
+                    "start_experiment", {"role": "coder", "candidate_id": "cand", "mode": "canary", "fraction": 0.3}
+                )
+            ).structured_content
             assert started["status"] == "running"
             listed = (await client.call_tool("list_experiments", {})).structured_content
             assert listed["result"][0]["id"] == started["id"]
@@ -220,8 +239,20 @@ def test_cli_select_and_experiment(home):
     store = Store(home)
     adapter(store, "prod", promote=True)
     adapter(store, "cand")
-    out = run_cli("experiment", "start", "--role", "coder", "--candidate", "cand", "--mode", "canary",
-                  "--fraction", "0.5", "--json", home=home)
+    out = run_cli(
+        "experiment",
+        "start",
+        "--role",
+        "coder",
+        "--candidate",
+        "cand",
+        "--mode",
+        "canary",
+        "--fraction",
+        "0.5",
+        "--json",
+        home=home,
+    )
     assert out.returncode == 0, out.stderr
     exp = json.loads(out.stdout)
     sel = json.loads(run_cli("select", "--role", "coder", "--task-key", "k1", "--json", home=home).stdout)

@@ -7,14 +7,20 @@ import json
 
 import pytest
 
+from learning.errors import InvalidInput
 from learning.runs import record as runs
 from learning.runs import stats as runstats
-from learning.errors import InvalidInput
 
 
 def run(i: int = 0, **kw) -> dict:
-    return {"role": "coder", "output": f"def f{i}(): pass", "reward": (i % 10) / 10, "instruction": f"task {i % 7}",
-            "signals": {"compiled": i % 2 == 0, "tests_passed": i % 5, "tests_total": 4 + 1}, **kw}
+    return {
+        "role": "coder",
+        "output": f"def f{i}(): pass",
+        "reward": (i % 10) / 10,
+        "instruction": f"task {i % 7}",
+        "signals": {"compiled": i % 2 == 0, "tests_passed": i % 5, "tests_total": 4 + 1},
+        **kw,
+    }
 
 
 def test_log_run_stores_every_field(store):
@@ -26,11 +32,18 @@ def test_log_run_stores_every_field(store):
     assert stored.task_key == runs.derive_task_key("task 3")
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"reward": 1.5}, "reward"), ({"reward": "high"}, "reward"), ({"reward": float("nan")}, "reward"),
-    ({"role": None}, "role"), ({"output": ""}, "output"), ({"surprise": 1}, "surprise"),
-    ({"output": "x" * 10_000_001}, "output"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"reward": 1.5}, "reward"),
+        ({"reward": "high"}, "reward"),
+        ({"reward": float("nan")}, "reward"),
+        ({"role": None}, "role"),
+        ({"output": ""}, "output"),
+        ({"surprise": 1}, "surprise"),
+        ({"output": "x" * 10_000_001}, "output"),
+    ],
+)
 def test_bad_runs_name_the_field(store, bad, field):
     data = {**run(), **bad}
     data = {k: v for k, v in data.items() if v is not None}
@@ -50,8 +63,15 @@ def test_import_bad_batch_writes_nothing_of_it(store):
 
 
 def test_import_skip_invalid_keeps_good_lines_and_reports_bad(store):
-    body = b"\n".join([json.dumps(run(1)).encode(), b"\xff\xfe bad", json.dumps(run(2)).encode(), b"",
-                       json.dumps({**run(3), "reward": 7}).encode()])
+    body = b"\n".join(
+        [
+            json.dumps(run(1)).encode(),
+            b"\xff\xfe bad",
+            json.dumps(run(2)).encode(),
+            b"",
+            json.dumps({**run(3), "reward": 7}).encode(),
+        ]
+    )
     result = runs.import_runs(store, io.BytesIO(body), skip_invalid=True)
     assert result.imported == 2 and result.skipped == 2
     assert [e.line for e in result.errors] == [2, 5]

@@ -15,8 +15,13 @@ from mcp import Client, StdioServerParameters
 from server.mcp import build_server
 from tests.conftest import LEARNLOOP, ROOT, subprocess_env
 
-RUN = {"role": "coder", "instruction": "add two numbers", "output": "def add(a, b):\n    return a + b",
-       "reward": 1.0, "signals": {"compiled": True, "tests_passed": 3, "tests_total": 3}}
+RUN = {
+    "role": "coder",
+    "instruction": "add two numbers",
+    "output": "def add(a, b):\n    return a + b",
+    "reward": 1.0,
+    "signals": {"compiled": True, "tests_passed": 3, "tests_total": 3},
+}
 
 
 def test_tools_listed_with_schemas_and_annotations(home):
@@ -31,6 +36,7 @@ def test_tools_listed_with_schemas_and_annotations(home):
             assert tools["run_stats"].annotations.read_only_hint is True
             assert tools["log_run"].annotations.read_only_hint is False
             assert "after every task" in log.description
+
     anyio.run(main)
 
 
@@ -46,16 +52,20 @@ def test_log_run_and_stats_in_process(home):
             jsonl = "\n".join(json.dumps({**RUN, "output": f"x{i}"}) for i in range(5))
             imported = (await client.call_tool("import_runs", {"jsonl": jsonl})).structured_content
             assert imported["imported"] == 5
+
     anyio.run(main)
 
 
-@pytest.mark.parametrize("args, expected", [
-    ({**RUN, "reward": 1.5}, "reward"),
-    ({**RUN, "reward": "lots"}, "reward"),
-    ({k: v for k, v in RUN.items() if k != "output"}, "output"),
-    ({**RUN, "rewrd": 1}, "rewrd"),
-    ({**RUN, "adapter_id": "coder-20990101-000000"}, "Unknown adapter_id"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ({**RUN, "reward": 1.5}, "reward"),
+        ({**RUN, "reward": "lots"}, "reward"),
+        ({k: v for k, v in RUN.items() if k != "output"}, "output"),
+        ({**RUN, "rewrd": 1}, "rewrd"),
+        ({**RUN, "adapter_id": "coder-20990101-000000"}, "Unknown adapter_id"),
+    ],
+)
 def test_bad_input_is_a_tool_error_naming_the_field(home, args, expected):
     async def main():
         async with Client(build_server(str(home))) as client:
@@ -64,12 +74,14 @@ def test_bad_input_is_a_tool_error_naming_the_field(home, args, expected):
             assert expected in result.content[0].text
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["total_runs"] == 0
+
     anyio.run(main)
 
 
 def test_stdio_server_spawned_from_the_cli(home):
-    params = StdioServerParameters(command=LEARNLOOP[0], args=[*LEARNLOOP[1:], "serve", "--home", str(home)],
-                                   env=subprocess_env(), cwd=str(ROOT))
+    params = StdioServerParameters(
+        command=LEARNLOOP[0], args=[*LEARNLOOP[1:], "serve", "--home", str(home)], env=subprocess_env(), cwd=str(ROOT)
+    )
 
     async def main():
         async with Client(params) as client:
@@ -78,15 +90,24 @@ def test_stdio_server_spawned_from_the_cli(home):
                 assert result.structured_content["run_id"] == i + 1
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["total_runs"] == 3
+
     anyio.run(main)
 
 
 def test_server_start_does_not_import_torch(home):
-    code = ("import sys; from server.mcp import build_server; build_server(sys.argv[1]); "
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules]; "
-            "print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True,
-                         env=subprocess_env(), cwd=ROOT, check=True)
+    code = (
+        "import sys; from server.mcp import build_server; build_server(sys.argv[1]); "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(home)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=ROOT,
+        check=True,
+    )
     assert out.stdout.strip() == ""
 
 
@@ -98,8 +119,12 @@ def _free_port() -> int:
 
 def test_streamable_http_transport(home):
     port = _free_port()
-    proc = subprocess.Popen([*LEARNLOOP, "serve", "--transport", "http", "--port", str(port), "--home", str(home)],
-                            env=subprocess_env(), cwd=ROOT, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*LEARNLOOP, "serve", "--transport", "http", "--port", str(port), "--home", str(home)],
+        env=subprocess_env(),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -113,6 +138,7 @@ def test_streamable_http_transport(home):
             async with Client(f"http://127.0.0.1:{port}/mcp") as client:
                 result = await client.call_tool("log_run", RUN)
                 assert result.structured_content["run_id"] == 1
+
         anyio.run(main)
     finally:
         proc.terminate()

@@ -15,11 +15,11 @@ from pathlib import Path
 import anyio
 import pytest
 
+from learning.errors import InvalidInput
 from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
-from learning.train import launch as training
-from learning.errors import InvalidInput
 from learning.store import Store
+from learning.train import launch as training
 from tests.conftest import live_processes, run_cli
 from tests.train_helpers import lora_tensors, make_dataset
 
@@ -52,19 +52,23 @@ def wait(store, job_id, timeout=300):
 
 # ---- bad input: errors before any process starts -----------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(base="/no/such/model"), "does not exist"),
-    (dict(dataset_id="nope"), "No dataset 'nope'"),
-    (dict(dataset_id="ds-fixer"), "role 'fixer'"),
-    (dict(method="dpo"), "preference dataset"),
-    (dict(dataset_id="ds-dpo"), "needs an SFT dataset"),
-    (dict(preset="huge"), "Unknown preset"),
-    (dict(overrides={"rank": 0}), "rank"),
-    (dict(overrides={"learning_rate": -1, "dropout": 2}), "dropout"),
-    (dict(adapter_id="../../etc"), "Invalid adapter id"),
-    (dict(dataset_id="ds-small"), "at least 10"),
-    (dict(overrides={"bogus": 1}), "bogus"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(base="/no/such/model"), "does not exist"),
+        (dict(dataset_id="nope"), "No dataset 'nope'"),
+        (dict(dataset_id="ds-fixer"), "role 'fixer'"),
+        (dict(method="dpo"), "preference dataset"),
+        (dict(dataset_id="ds-dpo"), "needs an SFT dataset"),
+        (dict(preset="huge"), "Unknown preset"),
+        (dict(overrides={"rank": 0}), "rank"),
+        (dict(overrides={"learning_rate": -1, "dropout": 2}), "dropout"),
+        (dict(adapter_id="../../etc"), "Invalid adapter id"),
+        (dict(dataset_id="ds-small"), "at least 10"),
+        (dict(overrides={"bogus": 1}), "bogus"),
+    ],
+)
 def test_bad_input_fails_before_any_job(store, kwargs, message):
     args = {**dict(role="coder", dataset_id="ds-sft", base=BASE), **kwargs}
     before = len(jobs.job_rows(store))
@@ -86,8 +90,9 @@ def test_not_a_causal_lm_is_rejected(store, tmp_path):
 
 
 def test_dry_run_reports_the_plan(store):
-    result = training.train_adapter(store, "coder", "ds-sft", base=BASE, preset="light", dry_run=True,
-                                    overrides={"batch_size": 4, "epochs": 2})
+    result = training.train_adapter(
+        store, "coder", "ds-sft", base=BASE, preset="light", dry_run=True, overrides={"batch_size": 4, "epochs": 2}
+    )
     plan = result.plan
     assert result.job_id is None and result.dry_run and plan.train_rows == 24
     assert plan.steps == 12 and plan.config["rank"] == 8 and plan.tokens_estimate > 0
@@ -96,6 +101,7 @@ def test_dry_run_reports_the_plan(store):
 
 
 # ---- training jobs -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def runs(store):
@@ -109,8 +115,9 @@ def runs(store):
     cancelled = wait(store, cut.job_id)
     cut_status = registry.get_adapter(store, "coder-cut").status
     resumed = training.train_adapter(store, "coder", "ds-sft", resume=True, adapter_id="coder-cut")
-    return dict(full=wait(store, full.job_id), cancelled=cancelled, cut_status=cut_status,
-                resumed=wait(store, resumed.job_id))
+    return dict(
+        full=wait(store, full.job_id), cancelled=cancelled, cut_status=cut_status, resumed=wait(store, resumed.job_id)
+    )
 
 
 @pytest.mark.slow
@@ -191,9 +198,19 @@ def test_server_answers_while_training_and_a_killed_job_is_marked_failed(store):
 
     async def scenario():
         async with Client(build_server(str(store.home))) as client:
-            started = (await client.call_tool("train_adapter", {
-                "role": "coder", "dataset_id": "ds-sft", "base": BASE, "max_steps": 400,
-                "overrides": {"batch_size": 4, "save_steps": 2}, "adapter_id": "coder-killed"})).structured_content
+            started = (
+                await client.call_tool(
+                    "train_adapter",
+                    {
+                        "role": "coder",
+                        "dataset_id": "ds-sft",
+                        "base": BASE,
+                        "max_steps": 400,
+                        "overrides": {"batch_size": 4, "save_steps": 2},
+                        "adapter_id": "coder-killed",
+                    },
+                )
+            ).structured_content
             answers = []
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
@@ -227,8 +244,9 @@ def test_dpo_kto_chat_sft_and_qlora_run_a_few_steps(store):
         "dpo": training.train_adapter(store, "coder", "ds-dpo", base=BASE, method="dpo", max_steps=2, overrides=FAST),
         "kto": training.train_adapter(store, "coder", "ds-kto", base=BASE, method="kto", max_steps=2, overrides=FAST),
         "chat": training.train_adapter(store, "coder", "ds-chat", base=BASE, max_steps=2, overrides=FAST),
-        "qlora": training.train_adapter(store, "coder", "ds-sft", base=BASE, max_steps=2, quantize="4bit",
-                                        overrides=FAST),
+        "qlora": training.train_adapter(
+            store, "coder", "ds-sft", base=BASE, max_steps=2, quantize="4bit", overrides=FAST
+        ),
     }
     for name, s in started.items():
         status = wait(store, s.job_id)
@@ -258,8 +276,16 @@ def test_ddp_with_two_cpu_processes_trains(store):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_ddp_workers_die_when_the_job_process_is_killed(store):
-    s = training.train_adapter(store, "coder", "ds-sft", base=BASE, max_steps=5000, num_processes=2,
-                               overrides={"batch_size": 4, "save_steps": 10000}, adapter_id="coder-ddp-killed")
+    s = training.train_adapter(
+        store,
+        "coder",
+        "ds-sft",
+        base=BASE,
+        max_steps=5000,
+        num_processes=2,
+        overrides={"batch_size": 4, "save_steps": 10000},
+        adapter_id="coder-ddp-killed",
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         status = jobs.job_status(store, s.job_id, log_lines=0)
@@ -282,8 +308,23 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
 
 @pytest.mark.slow
 def test_cli_train_wait_json(store):
-    result = run_cli("train", "--role", "coder", "--dataset", "ds-sft", "--base", BASE, "--max-steps", "2",
-                     "--rank", "4", "--wait", "--json", home=store.home, timeout=400)
+    result = run_cli(
+        "train",
+        "--role",
+        "coder",
+        "--dataset",
+        "ds-sft",
+        "--base",
+        BASE,
+        "--max-steps",
+        "2",
+        "--rank",
+        "4",
+        "--wait",
+        "--json",
+        home=store.home,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["status"] == "succeeded" and out["job_id"] and out["adapter_id"].startswith("coder-")
@@ -307,9 +348,21 @@ def test_presets_and_yaml_file_form(tmp_path):
 
 def test_adapter_ids_stay_unique_within_one_second(tmp_path):
     fresh = Store(tmp_path / "ids")
-    plan = training.TrainPlan(adapter_id=registry.new_adapter_id("coder"), role="coder", dataset_id="d",
-                              base_model=BASE, method="sft", config={}, train_rows=10, steps=1, tokens_estimate=1,
-                              est_time_s=1, est_memory_mb=1, num_processes=1, resume=False)
+    plan = training.TrainPlan(
+        adapter_id=registry.new_adapter_id("coder"),
+        role="coder",
+        dataset_id="d",
+        base_model=BASE,
+        method="sft",
+        config={},
+        train_rows=10,
+        steps=1,
+        tokens_estimate=1,
+        est_time_s=1,
+        est_memory_mb=1,
+        num_processes=1,
+        resume=False,
+    )
     params = {"base": {"kind": "embedded", "size": "tiny"}}
     ids = [training._create_unique(fresh, plan, params, explicit=False) for _ in range(3)]
     assert ids == [plan.adapter_id, f"{plan.adapter_id}-2", f"{plan.adapter_id}-3"]

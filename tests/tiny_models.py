@@ -14,8 +14,14 @@ COMPLETION = "def f():\n    return {n}\n"
 
 
 def toy_rows(start: int, count: int) -> list[dict]:
-    return [{"prompt": PROMPT.format(n=n), "completion": COMPLETION.format(n=n),
-             "signals": {"tests": ["assert isinstance(f(), int)"]}} for n in range(start, start + count)]
+    return [
+        {
+            "prompt": PROMPT.format(n=n),
+            "completion": COMPLETION.format(n=n),
+            "signals": {"tests": ["assert isinstance(f(), int)"]},
+        }
+        for n in range(start, start + count)
+    ]
 
 
 def build_base(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
@@ -29,19 +35,36 @@ def build_base(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
 
-def train_toy_adapter(base: Path, out: Path, rows: list[dict], steps: int = 60, seed: int = 0, lr: float = 1e-2) -> Path:
+def train_toy_adapter(
+    base: Path, out: Path, rows: list[dict], steps: int = 60, seed: int = 0, lr: float = 1e-2
+) -> Path:
     """LoRA on every linear layer, a few full-batch steps on prompt+completion (loss on the completion)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -49,8 +72,10 @@ def train_toy_adapter(base: Path, out: Path, rows: list[dict], steps: int = 60, 
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     seqs, labels = [], []
     for r in rows:
         p = tok(r["prompt"])["input_ids"]
@@ -59,7 +84,7 @@ def train_toy_adapter(base: Path, out: Path, rows: list[dict], steps: int = 60, 
         labels.append([-100] * len(p) + c)
     width = max(map(len, seqs))
     ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
-    lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels])
+    lab = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()

@@ -8,8 +8,14 @@ import time
 from pathlib import Path
 
 
-def make_dataset(store, dataset_id: str = "ds-coder", role: str = "coder", kind: str = "sft",
-                 fmt: str = "prompt_completion", rows: int = 24) -> str:
+def make_dataset(
+    store,
+    dataset_id: str = "ds-coder",
+    role: str = "coder",
+    kind: str = "sft",
+    fmt: str = "prompt_completion",
+    rows: int = 24,
+) -> str:
     """Write datasets/<id>/{train,test}.jsonl and metadata.json and insert the datasets row."""
     folder = store.home / "datasets" / dataset_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -31,10 +37,21 @@ def make_dataset(store, dataset_id: str = "ds-coder", role: str = "coder", kind:
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data[:3]))
     (folder / "metadata.json").write_text(json.dumps({"id": dataset_id, "role": role}))
     with store.write() as conn:
-        conn.execute("INSERT INTO datasets (id, role, kind, format, created, path, train_rows, test_rows, content_hash,"
-                     " metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
-                     (dataset_id, role, kind, fmt, time.time(), f"datasets/{dataset_id}", rows, 3,
-                      hashlib.sha256(text.encode()).hexdigest()))
+        conn.execute(
+            "INSERT INTO datasets (id, role, kind, format, created, path, train_rows, test_rows, content_hash,"
+            " metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+            (
+                dataset_id,
+                role,
+                kind,
+                fmt,
+                time.time(),
+                f"datasets/{dataset_id}",
+                rows,
+                3,
+                hashlib.sha256(text.encode()).hexdigest(),
+            ),
+        )
     return dataset_id
 
 

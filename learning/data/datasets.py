@@ -76,8 +76,10 @@ class SplitWriter:
         self._files = None
         self._pending: dict[bool, list[str]] = {False: [], True: []}  # lines not yet written, by side
         if folder is not None:
-            self._files = {False: open(folder / "train.jsonl", "w", encoding="utf-8"),
-                           True: open(folder / "test.jsonl", "w", encoding="utf-8")}
+            self._files = {
+                False: open(folder / "train.jsonl", "w", encoding="utf-8"),
+                True: open(folder / "test.jsonl", "w", encoding="utf-8"),
+            }
 
     def add(self, task_key: str, line: str) -> None:
         """One row, already encoded as a JSON line (without the newline)."""
@@ -128,9 +130,9 @@ class SplitWriter:
         src, dst = ("train.jsonl", "test.jsonl") if to_test else ("test.jsonl", "train.jsonl")
         lines = (self.folder / src).read_text(encoding="utf-8").splitlines(keepends=True)
         keys = self.keys[not to_test]
-        (self.folder / src).write_text("".join(l for l, k in zip(lines, keys) if k != key), encoding="utf-8")
+        (self.folder / src).write_text("".join(line for line, k in zip(lines, keys) if k != key), encoding="utf-8")
         with open(self.folder / dst, "a", encoding="utf-8") as f:
-            f.write("".join(l for l, k in zip(lines, keys) if k == key))
+            f.write("".join(line for line, k in zip(lines, keys) if k == key))
         self.keys[not to_test] = [k for k in keys if k != key]
         self.keys[to_test] += [key] * n
 
@@ -185,11 +187,21 @@ def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str,
 
 def to_info(row) -> DatasetInfo:
     path = Path(row["path"])
-    return DatasetInfo(id=row["id"], role=row["role"], kind=row["kind"], format=row["format"],
-                       created=iso(row["created"]), path=str(path), train_path=str(path / "train.jsonl"),
-                       test_path=str(path / "test.jsonl"), metadata_path=str(path / "metadata.json"),
-                       train_rows=row["train_rows"], test_rows=row["test_rows"], content_hash=row["content_hash"],
-                       metadata=loads(row["metadata"]) or {})
+    return DatasetInfo(
+        id=row["id"],
+        role=row["role"],
+        kind=row["kind"],
+        format=row["format"],
+        created=iso(row["created"]),
+        path=str(path),
+        train_path=str(path / "train.jsonl"),
+        test_path=str(path / "test.jsonl"),
+        metadata_path=str(path / "metadata.json"),
+        train_rows=row["train_rows"],
+        test_rows=row["test_rows"],
+        content_hash=row["content_hash"],
+        metadata=loads(row["metadata"]) or {},
+    )
 
 
 def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
@@ -197,17 +209,23 @@ def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
     safe_id(dataset_id, "dataset id")
     row = dataset_row(store, dataset_id)
     if row is None:
-        raise NotFound(f"No dataset {dataset_id!r}. List datasets with list_datasets (CLI: learnloop datasets) "
-                       "or make one with make_sft / make_preferences.")
+        raise NotFound(
+            f"No dataset {dataset_id!r}. List datasets with list_datasets (CLI: learnloop datasets) "
+            "or make one with make_sft / make_preferences."
+        )
     info = to_info(row)
     missing = [n for n in FILES if not (Path(info.path) / n).is_file()]
     if missing:
-        raise NotFound(f"Dataset {dataset_id} is recorded but {', '.join(missing)} is missing under {info.path}. "
-                       "Make the dataset again with make_sft / make_preferences.")
+        raise NotFound(
+            f"Dataset {dataset_id} is recorded but {', '.join(missing)} is missing under {info.path}. "
+            "Make the dataset again with make_sft / make_preferences."
+        )
     return info
 
 
-def list_datasets(store: Store, role: str | None = None, kind: str | None = None, limit: int = 100) -> list[DatasetInfo]:
+def list_datasets(
+    store: Store, role: str | None = None, kind: str | None = None, limit: int = 100
+) -> list[DatasetInfo]:
     """Recorded datasets, newest first."""
     return [to_info(r) for r in dataset_rows(store, role=role, kind=kind, limit=limit)]
 
@@ -226,13 +244,16 @@ def dataset_list(
     metadata (filters, counts, mean reward, redaction counts). Read-only."""
     return DatasetList(datasets=list_datasets(store, role, kind, limit))
 
+
 # ---- SQL: the datasets table -------------------------------------------------------------------
+
 
 def insert_dataset(store: Store, row: dict[str, Any]) -> None:
     cols = list(row)
     with store.write() as conn:
-        conn.execute(f"INSERT INTO datasets ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                     [row[c] for c in cols])
+        conn.execute(
+            f"INSERT INTO datasets ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols]
+        )
 
 
 def dataset_row(store: Store, dataset_id: str) -> sqlite3.Row | None:
@@ -246,7 +267,10 @@ def dataset_rows(store: Store, role: str | None = None, kind: str | None = None,
         if value:
             where.append(f"{col} = ?")
             args.append(value)
-    sql = ("SELECT * FROM datasets" + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY created DESC, id DESC LIMIT ?")
+    sql = (
+        "SELECT * FROM datasets"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY created DESC, id DESC LIMIT ?"
+    )
     with store.read() as conn:
         return conn.execute(sql, args + [limit]).fetchall()

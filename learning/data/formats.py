@@ -22,14 +22,16 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 # ---- writing ------------------------------------------------------------------------------
 
+
 def sft_row(fmt: str, prompt: str, completion: str, instruction_only: str, input_: str) -> dict[str, Any]:
     """One training row in a format. alpaca puts the prompt without the input block in
     'instruction' and the run's input in 'input'."""
     if fmt == "prompt_completion":
         return {"prompt": prompt, "completion": completion}
     if fmt == "messages":
-        return {"messages": [{"role": "user", "content": prompt.rstrip()},
-                             {"role": "assistant", "content": completion}]}
+        return {
+            "messages": [{"role": "user", "content": prompt.rstrip()}, {"role": "assistant", "content": completion}]
+        }
     if fmt == "alpaca":
         return {"instruction": instruction_only.rstrip(), "input": input_, "output": completion}
     return {"conversations": [{"from": "human", "value": prompt.rstrip()}, {"from": "gpt", "value": completion}]}
@@ -40,8 +42,11 @@ def pref_row(fmt: str, kind: str, prompt: str, first: str, second: str | bool) -
     if fmt == "messages":
         p = [{"role": "user", "content": prompt.rstrip()}]
         if kind == "dpo":
-            return {"prompt": p, "chosen": [{"role": "assistant", "content": first}],
-                    "rejected": [{"role": "assistant", "content": second}]}
+            return {
+                "prompt": p,
+                "chosen": [{"role": "assistant", "content": first}],
+                "rejected": [{"role": "assistant", "content": second}],
+            }
         return {"prompt": p, "completion": [{"role": "assistant", "content": first}], "label": second}
     if kind == "dpo":
         return {"prompt": prompt, "chosen": first, "rejected": second}
@@ -50,6 +55,7 @@ def pref_row(fmt: str, kind: str, prompt: str, first: str, second: str | bool) -
 
 # ---- reading ------------------------------------------------------------------------------
 
+
 def alpaca_prompt(row: dict[str, Any]) -> str:
     """An alpaca row's prompt: the instruction, then the input block when there is one."""
     return row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "") + "\n"
@@ -57,8 +63,9 @@ def alpaca_prompt(row: dict[str, Any]) -> str:
 
 def sharegpt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
     """A sharegpt row's conversation as chat messages."""
-    return [{"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")}
-            for t in row["conversations"]]
+    return [
+        {"role": SHAREGPT_ROLES.get(t.get("from"), "user"), "content": t.get("value", "")} for t in row["conversations"]
+    ]
 
 
 def as_text(value: Any) -> str:
@@ -84,8 +91,10 @@ def to_example(row: dict[str, Any]) -> dict[str, Any]:
     if "instruction" in row and "output" in row:
         return {"prompt": alpaca_prompt(row), "completion": row["output"]}
     if "prompt" not in row or "completion" not in row:
-        raise InvalidInput("Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
-                           "(preference datasets are not evaluated).")
+        raise InvalidInput(
+            "Test rows need an SFT format: prompt/completion, messages, alpaca or sharegpt "
+            "(preference datasets are not evaluated)."
+        )
     return {"prompt": row["prompt"], "completion": as_text(row["completion"])}
 
 

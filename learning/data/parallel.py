@@ -54,8 +54,9 @@ class _Worker:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen([sys.executable, "-m", "learning.data.parallel"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "learning.data.parallel"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
         self.jobs: queue.Queue = queue.Queue()
         self.writer = threading.Thread(target=self._write, daemon=True)
         self.writer.start()
@@ -80,8 +81,10 @@ class _Worker:
         try:
             ok, value = pickle.load(self.proc.stdout)
         except EOFError:
-            raise RuntimeError(f"A curation worker process exited unexpectedly (status {self.proc.wait()}); "
-                               "see its error output above, and run again.") from None
+            raise RuntimeError(
+                f"A curation worker process exited unexpectedly (status {self.proc.wait()}); "
+                "see its error output above, and run again."
+            ) from None
         if not ok:
             raise RuntimeError(f"A curation worker failed:\n{value}")
         return value
@@ -98,8 +101,13 @@ class _Worker:
         self.proc.stdout.close()
 
 
-def map_chunks(fn: Callable[[Any, Any], Any], config: Any, chunks: Iterator[tuple[Meta, Any]],
-               workers: int | None = None, serial_chunks: int | None = None) -> Iterator[tuple[Meta, Any]]:
+def map_chunks(
+    fn: Callable[[Any, Any], Any],
+    config: Any,
+    chunks: Iterator[tuple[Meta, Any]],
+    workers: int | None = None,
+    serial_chunks: int | None = None,
+) -> Iterator[tuple[Meta, Any]]:
     """(meta, fn(config, payload)) for each (meta, payload) of chunks, in order.
 
     fn must be a module-level function, and config and payload picklable. Only the payload
@@ -108,7 +116,7 @@ def map_chunks(fn: Callable[[Any, Any], Any], config: Any, chunks: Iterator[tupl
     """
     workers = default_workers() if workers is None else workers
     serial_chunks = SERIAL_CHUNKS if serial_chunks is None else serial_chunks
-    for meta, payload in (chunks if workers <= 1 else itertools.islice(chunks, serial_chunks)):
+    for meta, payload in chunks if workers <= 1 else itertools.islice(chunks, serial_chunks):
         yield meta, fn(config, payload)
     if workers <= 1:
         return

@@ -8,8 +8,8 @@ import json
 from collections import Counter
 from typing import NamedTuple
 
-from learning.data.redact import Redactor
 from learning.data.formats import sft_row
+from learning.data.redact import Redactor
 from learning.data.templates import Compiled
 
 encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps(**kw) builds one per call
@@ -45,11 +45,23 @@ class RunRedactor:
             self.kept.update(found)
 
 
-def render_prompt(template: Compiled, role: str, task_type: str | None, complexity: str | None, instruction: str,
-                  input_: str, without_input: bool = False) -> tuple[str, str]:
+def render_prompt(
+    template: Compiled,
+    role: str,
+    task_type: str | None,
+    complexity: str | None,
+    instruction: str,
+    input_: str,
+    without_input: bool = False,
+) -> tuple[str, str]:
     """The rendered prompt, and (for alpaca) the prompt without the input block."""
-    fields = {"instruction": instruction, "input": input_, "task_type": task_type or "", "complexity": complexity or "",
-              "role": role}
+    fields = {
+        "instruction": instruction,
+        "input": input_,
+        "task_type": task_type or "",
+        "complexity": complexity or "",
+        "role": role,
+    }
     prompt = template.render(fields)
     return prompt, (template.render({**fields, "input": ""}) if without_input else "")
 
@@ -75,8 +87,13 @@ class SftInputs(NamedTuple):
     @classmethod
     def of(cls, runs) -> SftInputs:
         """From runs that have instruction, input, output, task_type and complexity."""
-        return cls([r.instruction for r in runs], [r.input for r in runs], [r.output for r in runs],
-                   [r.task_type for r in runs], [r.complexity for r in runs])
+        return cls(
+            [r.instruction for r in runs],
+            [r.input for r in runs],
+            [r.output for r in runs],
+            [r.task_type for r in runs],
+            [r.complexity for r in runs],
+        )
 
 
 _prepared_for: dict[tuple, tuple[RunRedactor, Compiled]] = {}
@@ -91,11 +108,13 @@ def prepare_sft_chunk(config: tuple[bool, str, str, str, bool], runs: SftInputs)
         _prepared_for[config] = (RunRedactor(redact), Compiled(template))
     redactor, compiled = _prepared_for[config]
     out = []
-    for instruction, input_, output, task_type, complexity in zip(runs.instructions, runs.inputs, runs.outputs,
-                                                                 runs.task_types, runs.complexities):
+    for instruction, input_, output, task_type, complexity in zip(
+        runs.instructions, runs.inputs, runs.outputs, runs.task_types, runs.complexities
+    ):
         (instruction, input_, output), found = redactor(instruction, input_, output)
         digest = norm_digest(instruction, input_, output) if dedupe else None
-        prompt, instruction_only = render_prompt(compiled, role, task_type, complexity, instruction, input_,
-                                                 fmt == "alpaca")
+        prompt, instruction_only = render_prompt(
+            compiled, role, task_type, complexity, instruction, input_, fmt == "alpaca"
+        )
         out.append((digest, sft_line(fmt, prompt, output, instruction_only, input_), found))
     return out

@@ -53,56 +53,69 @@ _LOCAL_CHARS = frozenset(_WORD | {".", "%", "+", "-"})
 
 # Provider keys and JWTs. No groups and every alternative starts with a literal (see Speed).
 _PROVIDER = re.compile(
-    r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}"                       # AWS access key ids
-    r"|AIza[0-9A-Za-z_-]{35}|GOCSPX-[0-9A-Za-z_-]{20,}"          # GCP API key, OAuth client secret
-    r"|ya29\.[0-9A-Za-z_-]{20,}"                                # GCP OAuth access token
+    r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}"  # AWS access key ids
+    r"|AIza[0-9A-Za-z_-]{35}|GOCSPX-[0-9A-Za-z_-]{20,}"  # GCP API key, OAuth client secret
+    r"|ya29\.[0-9A-Za-z_-]{20,}"  # GCP OAuth access token
     r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}"  # GitHub
     r"|glpat-[0-9A-Za-z_-]{20,}|gldt-[0-9A-Za-z_-]{20,}|glrt-[0-9A-Za-z_-]{20,}"  # GitLab
     r"|xox[abposr]-[0-9A-Za-z-]{10,}|xapp-\d-[0-9A-Za-z-]{10,}"  # Slack tokens
-    r"|hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,}"           # Slack webhook
+    r"|hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,}"  # Slack webhook
     r"|sk_live_[0-9A-Za-z]{16,}|sk_test_[0-9A-Za-z]{16,}|rk_live_[0-9A-Za-z]{16,}"
     r"|rk_test_[0-9A-Za-z]{16,}|pk_live_[0-9A-Za-z]{16,}|whsec_[0-9A-Za-z]{24,}"  # Stripe
-    r"|sk-ant-[0-9A-Za-z_-]{20,}"                               # Anthropic
-    r"|sk-[0-9A-Za-z_-]{20,}"                                   # OpenAI (sk-, sk-proj-, ...)
-    r"|hf_[A-Za-z0-9]{30,}"                                     # Hugging Face
+    r"|sk-ant-[0-9A-Za-z_-]{20,}"  # Anthropic
+    r"|sk-[0-9A-Za-z_-]{20,}"  # OpenAI (sk-, sk-proj-, ...)
+    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
     r"|eyJ[0-9A-Za-z_-]{8,}\.eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]*"  # JWT
 )
 # Gates for _PROVIDER, one per anchor: the rarer character inside each prefix ('J', 'I', '_',
 # '-', '.') checked backwards. Each pattern starts with a literal, so the regex engine finds
 # candidates with a fast literal search; one pattern over a set of anchor characters would
 # test every position (about 2x slower in total).
-_PROVIDER_GATES = tuple(re.compile(p).search for p in (
-    r"J(?<=eyJ)",
-    r"I(?:(?<=AKI)A|(?<=ASI)A|(?<=AI)za)",
-    r"_(?<=[pousrtfec]_)(?:(?<=gh[pousr]_)|(?<=github_pat_)|(?<=hf_)|(?<=[sr]k_live_)|(?<=[sr]k_test_)|(?<=pk_live_)"
-    r"|(?<=whsec_))",
-    r"-(?<=[kXtpabosr]-)(?:(?<=sk-)|(?<=GOCSPX-)|(?<=glpat-)|(?<=gl[dr]t-)|(?<=xox[abposr]-)|(?<=xapp-))",
-    r"\.(?<=[9s]\.)(?:(?<=ya29\.)|(?<=hooks\.))",
-))
+_PROVIDER_GATES = tuple(
+    re.compile(p).search
+    for p in (
+        r"J(?<=eyJ)",
+        r"I(?:(?<=AKI)A|(?<=ASI)A|(?<=AI)za)",
+        r"_(?<=[pousrtfec]_)(?:(?<=gh[pousr]_)|(?<=github_pat_)|(?<=hf_)|(?<=[sr]k_live_)|(?<=[sr]k_test_)|(?<=pk_live_)"
+        r"|(?<=whsec_))",
+        r"-(?<=[kXtpabosr]-)(?:(?<=sk-)|(?<=GOCSPX-)|(?<=glpat-)|(?<=gl[dr]t-)|(?<=xox[abposr]-)|(?<=xapp-))",
+        r"\.(?<=[9s]\.)(?:(?<=ya29\.)|(?<=hooks\.))",
+    )
+)
 # Azure AD client secrets (xxx8Q~...) and storage account keys inside connection strings.
 _AZURE_CLIENT = re.compile(r"(?<![\w~.-])[\w~.-]{3}\dQ~[\w~.-]{31,34}(?![\w~.-])")
 _AZURE_ACCOUNT = re.compile(r"(AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{30,}={0,2})")
-_PEM = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----"
-                  r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:-]*)", re.S)
+_PEM = re.compile(
+    r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----"
+    r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:-]*)",
+    re.S,
+)
 _URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>\[\]]{1,256})@(?=[\w.\[-])")
 _URL_QUERY = re.compile(
     r"(?i)[?&]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
     r"|secret|client_secret|password|passwd|pwd|x-amz-signature|x-amz-credential|x-amz-security-token)"
-    r"=([^&#\s'\"<>{}()$\[\]]{6,})")
+    r"=([^&#\s'\"<>{}()$\[\]]{6,})"
+)
 _AUTH_HEADER = re.compile(r"(B(?:earer|asic|EARER|ASIC)|b(?:earer|asic))[ \t]+([A-Za-z0-9._~+/-]{16,}=*)")
 _CONN_PASSWORD = re.compile(r"(?i)[;\"'][ \t]*(password|pwd)=([^;'\"\s()\[\]]{1,256})(?=;|[\"']|$)", re.M)
 # Generic assignments: the name is found by plain substring search (_SECRET_WORDS), widened to
 # the whole name, checked against _NAME, then the assignment and value are matched after it.
 _SECRET_WORDS = ("secret", "token", "passw", "pwd", "credential", "key")
-_NAME = re.compile(r"(?i)-{0,2}[A-Za-z0-9_.-]*(?:secret|token|passw(?:or)?d|passphrase|pwd|credentials?|api[_-]?key"
-                   r"|apikey|(?:access|private|auth|account|signing|encryption|master|client|session)[_-]?key)"
-                   r"[A-Za-z0-9_]*")
+_NAME = re.compile(
+    r"(?i)-{0,2}[A-Za-z0-9_.-]*(?:secret|token|passw(?:or)?d|passphrase|pwd|credentials?|api[_-]?key"
+    r"|apikey|(?:access|private|auth|account|signing|encryption|master|client|session)[_-]?key)"
+    r"[A-Za-z0-9_]*"
+)
 _NAME_REST = re.compile(r"[A-Za-z0-9_]*")
-_ASSIGN_TAIL = re.compile(r"(['\"]?[ \t]*(?::=|=>|[:=])[ \t]*)(?:(['\"])([^'\"\n\\]{1,512})\2|([^\s'\"`,;(){}\[\]]{1,512}))")
+_ASSIGN_TAIL = re.compile(
+    r"(['\"]?[ \t]*(?::=|=>|[:=])[ \t]*)(?:(['\"])([^'\"\n\\]{1,512})\2|([^\s'\"`,;(){}\[\]]{1,512}))"
+)
 _EMAIL_DOMAIN = re.compile(
     r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+)"
     r"(com|org|net|edu|gov|mil|int|io|ai|dev|app|info|biz|me|tech|cloud|online|site|xyz|email|mail"
-    r"|name|pro|inc|company|team|[a-z]{2})(?![\w-]|\.\w)", re.I)
+    r"|name|pro|inc|company|team|[a-z]{2})(?![\w-]|\.\w)",
+    re.I,
+)
 # Gate for _PHONE: literal-led pieces every phone number contains; _PHONE then runs in a window.
 # _PHONE_GATES is the same set as separate patterns, for the fast "any?" check (see above).
 _PHONE_PIECES = (r"-\d{3}[-.]\d{4}", r"\.\d{3}[-.]\d{4}", r"\+\d{1,3}[ .(-]", r"\(\d{3}\)[ ]?\d{3}[ .-]\d{4}")
@@ -112,7 +125,8 @@ _PHONE_GATES = tuple(re.compile(p).search for p in _PHONE_PIECES)
 _QUERY_GATES = (re.compile(r"\?[\w-]+=").search, re.compile(r"&[\w-]+=").search)
 _PHONE = re.compile(
     r"(?<![\w.+/-])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"
-    r"|\(\d{3}\)[ ]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w.-]*\d)")
+    r"|\(\d{3}\)[ ]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w.-]*\d)"
+)
 
 _PLACEHOLDER_VALUES = {"changeme", "password", "secret", "token", "none", "null", "true", "false", "undefined"}
 
@@ -203,7 +217,7 @@ class Redactor:
                 continue
             m = _PHONE.search(text, max(pos, gate.start() - 16), gate.end() + 48)
             if m and m.end() <= len(text) and 10 <= sum(c.isdigit() for c in m.group(0)) <= 15:
-                parts += [text[pos:m.start()], self._count("PHONE")]
+                parts += [text[pos : m.start()], self._count("PHONE")]
                 pos = m.end()
         return "".join(parts) + text[pos:] if parts else text
 
@@ -226,7 +240,7 @@ class Redactor:
                 if start in spans or (start > 0 and text[start - 1] in _WORD) or not _NAME.fullmatch(text, start, end):
                     continue
                 group = 3 if m.group(3) is not None else 4
-                if group == 4 and text[m.end():m.end() + 1] in ("(", "["):  # a call or a subscript
+                if group == 4 and text[m.end() : m.end() + 1] in ("(", "["):  # a call or a subscript
                     continue
                 if looks_secret(m.group(group), quoted=group == 3):
                     spans[start] = (m.start(group), m.end(group))

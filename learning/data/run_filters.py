@@ -31,9 +31,15 @@ class FunnelCount(NamedTuple):
 # Values are always bound.
 _LENGTH = "(length(instruction) + length(input) + length(output))"
 _FUNNEL = (
-    ("min_reward", "reward >= ?"), ("max_reward", "reward <= ?"), ("task_type", "task_type = ?"),
-    ("complexity", "complexity = ?"), ("agent", "agent = ?"), ("since", "ts >= ?"), ("until", "ts < ?"),
-    ("min_length", _LENGTH + " >= ?"), ("max_length", _LENGTH + " <= ?"),
+    ("min_reward", "reward >= ?"),
+    ("max_reward", "reward <= ?"),
+    ("task_type", "task_type = ?"),
+    ("complexity", "complexity = ?"),
+    ("agent", "agent = ?"),
+    ("since", "ts >= ?"),
+    ("until", "ts < ?"),
+    ("min_length", _LENGTH + " >= ?"),
+    ("max_length", _LENGTH + " <= ?"),
 )
 _ORDER_BY = {"reward": "reward DESC, id", "task_key": "task_key, reward DESC, id"}
 
@@ -43,14 +49,15 @@ def _filters(filters: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return [(name, sql, filters[name]) for name, sql in _FUNNEL if filters.get(name) is not None]
 
 
-def stream_curation_runs(store: Store, role: str, filters: dict[str, Any], order: str = "reward",
-                         batch: int = 2_000) -> Iterator[CurationRun]:
+def stream_curation_runs(
+    store: Store, role: str, filters: dict[str, Any], order: str = "reward", batch: int = 2_000
+) -> Iterator[CurationRun]:
     """Runs of a role passing the filters, read in batches from one cursor. order 'reward': best
     first (the index on (role, reward) gives this order without sorting, so a limit stops the read
     early); order 'task_key': attempts at one task together, best first."""
     parts = _filters(filters)
     where = " AND ".join(["role = ?"] + [sql for _, sql, _ in parts])
-    sql = (f"SELECT {', '.join(CurationRun._fields)} FROM runs WHERE {where} ORDER BY {_ORDER_BY[order]}")
+    sql = f"SELECT {', '.join(CurationRun._fields)} FROM runs WHERE {where} ORDER BY {_ORDER_BY[order]}"
     make = CurationRun._make
     with store.read() as conn:
         cursor = conn.cursor()
@@ -72,5 +79,6 @@ def curation_funnel(store: Store, role: str, filters: dict[str, Any]) -> list[Fu
     sql = f"SELECT count(*) AS runs{''.join(', ' + s for s in sums)} FROM runs WHERE role = ?"
     with store.read() as conn:
         row = conn.execute(sql, bound + [role]).fetchone()
-    return [FunnelCount("role", row["runs"])] + [FunnelCount(name, row[f"left_{i}"] or 0)
-                                                 for i, (name, _, _) in enumerate(parts)]
+    return [FunnelCount("role", row["runs"])] + [
+        FunnelCount(name, row[f"left_{i}"] or 0) for i, (name, _, _) in enumerate(parts)
+    ]

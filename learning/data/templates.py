@@ -22,13 +22,13 @@ PLACEHOLDERS = ("instruction", "input", "task_type", "complexity", "role")
 BUILTIN: dict[str, str] = {
     # spec -> code
     "coder": "Write code that meets the specification.\n\n### Specification\n{instruction}\n\n"
-             "### Context\n{input}\n\n### Code\n",
+    "### Context\n{input}\n\n### Code\n",
     # diagnostics -> patch
     "fixer": "Fix the code so that the diagnostics are resolved. Reply with the patch.\n\n### Task\n{instruction}\n\n"
-             "### Code and diagnostics\n{input}\n\n### Patch\n",
+    "### Code and diagnostics\n{input}\n\n### Patch\n",
     # code -> verdict
     "judge": "Review the code against the task. Reply with a verdict (pass or fail) and the reasons.\n\n"
-             "### Task\n{instruction}\n\n### Code\n{input}\n\n### Verdict\n",
+    "### Task\n{instruction}\n\n### Code\n{input}\n\n### Verdict\n",
 }
 
 
@@ -36,17 +36,23 @@ def template_problems(text: str) -> list[str]:
     """Everything wrong with a template (empty list when it is fine)."""
     try:
         fields = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
-        specs = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None and (spec or conv)]
+        specs = [
+            (f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None and (spec or conv)
+        ]
     except ValueError as exc:
         return [f"the template is malformed ({exc}); write literal braces as {{{{ and }}}}"]
     problems = []
     unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
     if unknown:
-        problems.append(f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; "
-                        f"use only {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+        problems.append(
+            f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; "
+            f"use only {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+        )
     if specs:
-        problems.append("placeholders take no format spec or conversion (write {instruction}, not "
-                        f"{{{specs[0][0]}{'!' + specs[0][2] if specs[0][2] else ''}{':' + specs[0][1] if specs[0][1] else ''}}})")
+        problems.append(
+            "placeholders take no format spec or conversion (write {instruction}, not "
+            f"{{{specs[0][0]}{'!' + specs[0][2] if specs[0][2] else ''}{':' + specs[0][1] if specs[0][1] else ''}}})"
+        )
     if not {"instruction", "input"} & set(fields):
         problems.append("the template must use {instruction} or {input}, or every prompt would be the same")
     return problems
@@ -67,7 +73,8 @@ def resolve_template(store: Store, role: str, template: str | None) -> tuple[str
             f"Unknown role {role!r}: it has no instruction template. Roles with templates: "
             f"{', '.join(sorted(set(BUILTIN) | set(custom)))}. Roles with runs: "
             f"{', '.join(f'{r} ({n})' for r, n in with_runs.items()) or 'none'}. For a new role pass a template "
-            f"(placeholders {', '.join('{' + p + '}' for p in PLACEHOLDERS)}) or write {store.home / 'templates' / (role + '.txt')}.")
+            f"(placeholders {', '.join('{' + p + '}' for p in PLACEHOLDERS)}) or write {store.home / 'templates' / (role + '.txt')}."
+        )
     problems = template_problems(text)
     if problems:
         raise InvalidInput(f"Template for role {role!r} ({source}): " + "; ".join(problems) + ".", problems)
@@ -79,8 +86,9 @@ class Compiled:
 
     def __init__(self, text: str):
         self.text = text
-        self.blocks = [(block, [f for _, f, _, _ in string.Formatter().parse(block) if f])
-                       for block in text.split("\n\n")]
+        self.blocks = [
+            (block, [f for _, f, _, _ in string.Formatter().parse(block) if f]) for block in text.split("\n\n")
+        ]
 
     def render(self, fields: dict[str, Any]) -> str:
         """The prompt for one run: blocks whose placeholders are all empty are dropped."""

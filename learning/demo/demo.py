@@ -24,8 +24,8 @@ import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -69,8 +69,18 @@ class DemoConfig(BaseModel):
     seed: int = 0
 
 
-QUICK = DemoConfig(base_size="tiny", coder_tasks=40, fixer_tasks=12, judge_tasks=12, base_samples=8,
-                   heldout_tasks=15, max_steps=8, max_new_tokens=24, eval_examples=16, eval_generate=4)
+QUICK = DemoConfig(
+    base_size="tiny",
+    coder_tasks=40,
+    fixer_tasks=12,
+    judge_tasks=12,
+    base_samples=8,
+    heldout_tasks=15,
+    max_steps=8,
+    max_new_tokens=24,
+    eval_examples=16,
+    eval_generate=4,
+)
 
 
 def _log_runs(store: Store, records: list[dict]) -> int:
@@ -85,8 +95,14 @@ def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) ->
         groups.setdefault(codeenv.stop_for(t), []).append(i)
     answers = [""] * len(tasks)
     for stop, idx in groups.items():
-        outs = generate(model, tok, [codeenv.prompt(tasks[i]) for i in idx], cfg.max_new_tokens, stop=stop,
-                        batch_size=cfg.batch_size)
+        outs = generate(
+            model,
+            tok,
+            [codeenv.prompt(tasks[i]) for i in idx],
+            cfg.max_new_tokens,
+            stop=stop,
+            batch_size=cfg.batch_size,
+        )
         for i, out in zip(idx, outs):
             answers[i] = out
     return answers, codeenv.score_answers(tasks, answers)
@@ -94,11 +110,15 @@ def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) ->
 
 def _rates(scores: list[codeenv.Score]) -> dict[str, float]:
     n = len(scores) or 1
-    return {"pass_rate": round(sum(s.reward == 1.0 for s in scores) / n, 4),
-            "mean_reward": round(sum(s.reward for s in scores) / n, 4), "n": len(scores)}
+    return {
+        "pass_rate": round(sum(s.reward == 1.0 for s in scores) / n, 4),
+        "mean_reward": round(sum(s.reward for s in scores) / n, 4),
+        "n": len(scores),
+    }
 
 
 # ---- stages ----
+
 
 def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
     report("base", f"building or reusing the {cfg.base_size} base model")
@@ -108,10 +128,12 @@ def stage_base(store: Store, cfg: DemoConfig, state: dict, report: Report) -> di
 
 
 def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    tasks = {role: codeenv.make_tasks(n, "train", role, seed=cfg.seed) for role, n in
-             (("coder", cfg.coder_tasks), ("fixer", cfg.fixer_tasks), ("judge", cfg.judge_tasks))}
+    tasks = {
+        role: codeenv.make_tasks(n, "train", role, seed=cfg.seed)
+        for role, n in (("coder", cfg.coder_tasks), ("fixer", cfg.fixer_tasks), ("judge", cfg.judge_tasks))
+    }
     rows: list[tuple[codeenv.Task, str, str]] = []  # (task, answer, source)
-    for role, ts in tasks.items():
+    for ts in tasks.values():
         for i, t in enumerate(ts):
             rows.append((t, codeenv.solve(t), "reference"))
             if i % 2 == 0:  # a broken variant for every other task, near misses (0.8) among them
@@ -119,20 +141,27 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
                 rows.append((t, broken[(i // 2) % len(broken)], "broken"))
     report("population", f"the base model answers {cfg.base_samples} training tasks")
     model, tok = load_model(state["base"])
-    sampled = tasks["coder"][:cfg.base_samples]
+    sampled = tasks["coder"][: cfg.base_samples]
     base_answers, _ = _answer_and_score(model, tok, sampled, cfg)
     rows += [(t, a, "base-model") for t, a in zip(sampled, base_answers)]
     report("population", f"executing {len(rows)} answers against hidden tests", 0, len(rows))
     scores = codeenv.score_answers([r[0] for r in rows], [r[1] for r in rows])
-    records = [codeenv.run_record(t, a, s, agent=AGENT, model=Path(state["base"]).name if src == "base-model" else src,
-                                  source=src) for (t, a, src), s in zip(rows, scores)]
+    records = [
+        codeenv.run_record(
+            t, a, s, agent=AGENT, model=Path(state["base"]).name if src == "base-model" else src, source=src
+        )
+        for (t, a, src), s in zip(rows, scores)
+    ]
     logged = _log_runs(store, records)
     state["executions"] = state.get("executions", 0) + len(scores)
     by_source: dict[str, list] = {}
     for (_, _, src), s in zip(rows, scores):
         by_source.setdefault(src, []).append(s)
-    return {"runs_logged": logged, "executions": len(scores),
-            "by_source": {src: _rates(ss) for src, ss in by_source.items()}}
+    return {
+        "runs_logged": logged,
+        "executions": len(scores),
+        "by_source": {src: _rates(ss) for src, ss in by_source.items()},
+    }
 
 
 def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
@@ -140,39 +169,80 @@ def stage_curate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> 
     for role in ("coder", "fixer", "judge"):
         report("curate", f"make_sft for {role} (min reward {cfg.min_reward})")
         # Only this demo's runs, in the prompt format the environment asks in.
-        res = make_sft(store, role=role, min_reward=cfg.min_reward, since=state["started_at"], agent=AGENT,
-                       template=codeenv.TEMPLATES[role], max_per_task=1, seed=cfg.seed)
-        out[role] = {"dataset_id": res.dataset_id, "train": res.train_rows, "test": res.test_rows,
-                     "mean_reward": res.mean_reward}
+        res = make_sft(
+            store,
+            role=role,
+            min_reward=cfg.min_reward,
+            since=state["started_at"],
+            agent=AGENT,
+            template=codeenv.TEMPLATES[role],
+            max_per_task=1,
+            seed=cfg.seed,
+        )
+        out[role] = {
+            "dataset_id": res.dataset_id,
+            "train": res.train_rows,
+            "test": res.test_rows,
+            "mean_reward": res.mean_reward,
+        }
     state["datasets"] = {role: v["dataset_id"] for role, v in out.items()}
     return out
 
 
 def _follow(store: Store, job_id: str, stage: str, report: Report) -> Any:
-    status = follow_job(store, job_id, on_progress=lambda s: report(
-        stage, s.progress.get("message") or f"{s.kind} {s.status}", s.progress.get("step"), s.progress.get("total_steps")))
+    status = follow_job(
+        store,
+        job_id,
+        on_progress=lambda s: report(
+            stage,
+            s.progress.get("message") or f"{s.kind} {s.status}",
+            s.progress.get("step"),
+            s.progress.get("total_steps"),
+        ),
+    )
     if status.status != "succeeded":
         raise RuntimeError(f"{status.kind} job {job_id} {status.status}: {status.error}; log: {status.log_path}")
     return status
 
 
 def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    started = train_adapter(store, role="coder", dataset_id=state["datasets"]["coder"],
-                            base=f"embedded:{cfg.base_size}", preset=cfg.preset, max_steps=cfg.max_steps,
-                            overrides={"learning_rate": cfg.learning_rate, "batch_size": cfg.train_batch_size,
-                                       "max_length": 256, "save_steps": cfg.max_steps, "dropout": 0.0,
-                                       "seed": cfg.seed})
+    started = train_adapter(
+        store,
+        role="coder",
+        dataset_id=state["datasets"]["coder"],
+        base=f"embedded:{cfg.base_size}",
+        preset=cfg.preset,
+        max_steps=cfg.max_steps,
+        overrides={
+            "learning_rate": cfg.learning_rate,
+            "batch_size": cfg.train_batch_size,
+            "max_length": 256,
+            "save_steps": cfg.max_steps,
+            "dropout": 0.0,
+            "seed": cfg.seed,
+        },
+    )
     state["adapter_id"] = started.adapter_id
     status = _follow(store, started.job_id, "train", report)
     result = status.result or {}
-    return {"adapter_id": started.adapter_id, "job_id": started.job_id, "steps": started.plan.steps,
-            "train_rows": started.plan.train_rows, **(result.get("metrics") or {})}
+    return {
+        "adapter_id": started.adapter_id,
+        "job_id": started.job_id,
+        "steps": started.plan.steps,
+        "train_rows": started.plan.train_rows,
+        **(result.get("metrics") or {}),
+    }
 
 
 def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    started = evaluate_adapter(store, state["adapter_id"], max_examples=cfg.eval_examples,
-                               max_generate=cfg.eval_generate, max_new_tokens=cfg.max_new_tokens,
-                               batch_size=cfg.batch_size)
+    started = evaluate_adapter(
+        store,
+        state["adapter_id"],
+        max_examples=cfg.eval_examples,
+        max_generate=cfg.eval_generate,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+    )
     status = _follow(store, started.job_id, "evaluate", report)
     state["eval"] = status.result or {}
     return {"job_id": started.job_id, **state["eval"]}
@@ -181,12 +251,16 @@ def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -
 def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
     adapter = get_adapter(store, state["adapter_id"])
     if adapter.status != "candidate":
-        return {"promoted": False, "status": adapter.status,
-                "reason": "the evaluation gate did not pass, so the adapter stays out of production; "
-                          "the held-out stage still compares it with the base"}
+        return {
+            "promoted": False,
+            "status": adapter.status,
+            "reason": "the evaluation gate did not pass, so the adapter stays out of production; "
+            "the held-out stage still compares it with the base",
+        }
     # The demo stands in for the person who confirms a promotion to production.
-    res = promote(store, state["adapter_id"], to="production", reason="learnloop demo: gate passed", actor=AGENT,
-                  confirm=True)  # the person running the demo asked for the whole loop
+    res = promote(
+        store, state["adapter_id"], to="production", reason="learnloop demo: gate passed", actor=AGENT, confirm=True
+    )  # the person running the demo asked for the whole loop
     return {"promoted": True, "status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
 
 
@@ -208,43 +282,80 @@ def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
     with without_adapter(model):
         base_answers, base_scores = _answer_and_score(model, tok, tasks, cfg)
     name = Path(state["base"]).name
-    records = [codeenv.run_record(t, a, s, agent=AGENT, model=name, adapter_id=adapter_id,
-                                  decision_id=d.decision_id if d.adapter_id == adapter_id else None,
-                                  source="heldout-adapter")
-               for t, a, s, d in zip(tasks, adapter_answers, adapter_scores, decisions)]
-    records += [codeenv.run_record(t, a, s, agent=AGENT, model=name, source="heldout-base")
-                for t, a, s in zip(tasks, base_answers, base_scores)]
+    records = [
+        codeenv.run_record(
+            t,
+            a,
+            s,
+            agent=AGENT,
+            model=name,
+            adapter_id=adapter_id,
+            decision_id=d.decision_id if d.adapter_id == adapter_id else None,
+            source="heldout-adapter",
+        )
+        for t, a, s, d in zip(tasks, adapter_answers, adapter_scores, decisions)
+    ]
+    records += [
+        codeenv.run_record(t, a, s, agent=AGENT, model=name, source="heldout-base")
+        for t, a, s in zip(tasks, base_answers, base_scores)
+    ]
     logged = _log_runs(store, records)
     state["executions"] = state.get("executions", 0) + 2 * len(tasks)
     fams = {}
     for fam in codeenv.FAMILIES:
         idx = [i for i, t in enumerate(tasks) if t.family == fam]
-        fams[fam] = {"base": _rates([base_scores[i] for i in idx])["pass_rate"],
-                     "adapter": _rates([adapter_scores[i] for i in idx])["pass_rate"], "n": len(idx)}
+        fams[fam] = {
+            "base": _rates([base_scores[i] for i in idx])["pass_rate"],
+            "adapter": _rates([adapter_scores[i] for i in idx])["pass_rate"],
+            "n": len(idx),
+        }
     state["heldout"] = {"base": _rates(base_scores), "adapter": _rates(adapter_scores), "by_family": fams}
-    samples = [{"task": t.instruction, "base": b, "adapter": a} for t, b, a in
-               list(zip(tasks, base_answers, adapter_answers))[:3]]
-    return {"adapter_id": adapter_id, "routed_to_adapter": sum(d.adapter_id == adapter_id for d in decisions),
-            "runs_logged": logged, **state["heldout"], "samples": samples}
+    samples = [
+        {"task": t.instruction, "base": b, "adapter": a}
+        for t, b, a in list(zip(tasks, base_answers, adapter_answers))[:3]
+    ]
+    return {
+        "adapter_id": adapter_id,
+        "routed_to_adapter": sum(d.adapter_id == adapter_id for d in decisions),
+        "runs_logged": logged,
+        **state["heldout"],
+        "samples": samples,
+    }
 
 
 def stage_drift(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
     # Only the held-out runs: the population's reference answers must not count as the base's.
-    res = detect_drift(store, role="coder", new_id=state["adapter_id"], since=state["heldout_started"],
-                       min_runs=min(30, cfg.heldout_tasks))
+    res = detect_drift(
+        store,
+        role="coder",
+        new_id=state["adapter_id"],
+        since=state["heldout_started"],
+        min_runs=min(30, cfg.heldout_tasks),
+    )
     state["drift"] = res.decision
-    return {"decision": res.decision, "message": res.message, "relative_change": res.relative_change,
-            "p_value": res.p_value}
+    return {
+        "decision": res.decision,
+        "message": res.message,
+        "relative_change": res.relative_change,
+        "p_value": res.p_value,
+    }
 
 
 STAGES: list[tuple[str, Callable]] = [
-    ("base", stage_base), ("population", stage_population), ("curate", stage_curate), ("train", stage_train),
-    ("evaluate", stage_evaluate), ("promote", stage_promote), ("heldout", stage_heldout), ("drift", stage_drift),
+    ("base", stage_base),
+    ("population", stage_population),
+    ("curate", stage_curate),
+    ("train", stage_train),
+    ("evaluate", stage_evaluate),
+    ("promote", stage_promote),
+    ("heldout", stage_heldout),
+    ("drift", stage_drift),
 ]
 
 
-def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None,
-             report: Report | None = None) -> DemoSummary:
+def run_demo(
+    home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None, report: Report | None = None
+) -> DemoSummary:
     """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
     # The demo's models are tiny: one thread per process (this one and its jobs) is about as fast
     # as several, and makes a run give the same numbers on any machine. A user's setting wins.
@@ -262,8 +373,12 @@ def run_demo(home: str | Path | None = None, quick: bool = False, config: DemoCo
             report(name, status, final=True)
 
     # A failed stage ends the demo, with what it learnt so far.
-    run_stages(((name, partial(fn, store, cfg, state, report)) for name, fn in STAGES), stages,
-               error_text=lambda exc: f"{type(exc).__name__}: {exc}", on_event=on_event)
+    run_stages(
+        ((name, partial(fn, store, cfg, state, report)) for name, fn in STAGES),
+        stages,
+        error_text=lambda exc: f"{type(exc).__name__}: {exc}",
+        on_event=on_event,
+    )
     t0 = time.perf_counter()
     summary = finish_summary(store, cfg, state, stages, quick=quick)
     summary.seconds["report"] = round(time.perf_counter() - t0, 2)

@@ -54,8 +54,10 @@ def _num(value: Any) -> float | None:
 
 def loss_curve(adapter_dir: Path) -> list[tuple[float, float]]:
     """(step, training loss) points from the adapter's metadata or its trainer logs."""
-    states = sorted(adapter_dir.glob("**/checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit() else 0)
+    states = sorted(
+        adapter_dir.glob("**/checkpoint-*/trainer_state.json"),
+        key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit() else 0,
+    )
     candidates = [adapter_dir / "metadata.json", *reversed(states)]
     for path in candidates:
         try:
@@ -81,12 +83,16 @@ def verdict(base: float | None, adapter: float | None, n: int) -> tuple[bool, st
         return False, "No comparison: the held-out stage did not run, so nothing can be said about the adapter."
     margin = adapter - base
     if margin > 0:
-        return True, (f"The adapter beat the base on {n} held-out tasks: pass rate {adapter:.2f} vs {base:.2f} "
-                      f"(+{margin:.2f}, {round(margin * n)} more tasks solved).")
+        return True, (
+            f"The adapter beat the base on {n} held-out tasks: pass rate {adapter:.2f} vs {base:.2f} "
+            f"(+{margin:.2f}, {round(margin * n)} more tasks solved)."
+        )
     if margin == 0:
         return False, (f"The adapter did NOT beat the base on {n} held-out tasks: both pass {adapter:.2f}.")
-    return False, (f"The adapter did NOT beat the base on {n} held-out tasks: pass rate {adapter:.2f} vs "
-                   f"{base:.2f} ({margin:+.2f}).")
+    return False, (
+        f"The adapter did NOT beat the base on {n} held-out tasks: pass rate {adapter:.2f} vs "
+        f"{base:.2f} ({margin:+.2f})."
+    )
 
 
 def plot(path: Path, curve: list[tuple[float, float]], held: dict, population: dict) -> Path | None:
@@ -121,10 +127,16 @@ def finish_summary(store: Store, cfg, state: dict, stages: list[Stage], quick: b
     out = subdir(store.home, "demo")
     held = state.get("heldout") or {}
     base, adapter = held.get("base"), held.get("adapter")
-    s = DemoSummary(home=str(store.home), quick=quick, base_model=state.get("base"),
-                    adapter_id=state.get("adapter_id"), dataset_ids=state.get("datasets", {}),
-                    executions=state.get("executions", 0), stages=stages,
-                    seconds={st.name: st.seconds for st in stages})
+    s = DemoSummary(
+        home=str(store.home),
+        quick=quick,
+        base_model=state.get("base"),
+        adapter_id=state.get("adapter_id"),
+        dataset_ids=state.get("datasets", {}),
+        executions=state.get("executions", 0),
+        stages=stages,
+        seconds={st.name: st.seconds for st in stages},
+    )
     s.runs_logged = sum(st.detail.get("runs_logged", 0) for st in stages if isinstance(st.detail, dict))
     if base and adapter:
         s.heldout_tasks = base["n"]

@@ -48,8 +48,11 @@ SANITY_PROMPTS: dict[str, list[str]] = {
         "Task: check if a string is empty.\nAnswer:\ndef empty(s):\n    return len(s) == 0\nGive your verdict.",
     ],
 }
-GENERIC_SANITY = ["Say in one sentence what you can help with.", "Write a Python function that adds two numbers.",
-                  "Summarize: the build failed because a test timed out."]
+GENERIC_SANITY = [
+    "Say in one sentence what you can help with.",
+    "Write a Python function that adds two numbers.",
+    "Summarize: the build failed because a test timed out.",
+]
 
 
 def sanity_prompts(role: str) -> list[str]:
@@ -150,7 +153,9 @@ def check_code(answer: str, tests: list[str]) -> tuple[bool | None, str]:
     if not tests:
         return True, "compiles"
     result = sandbox.run_tests(code, tests)
-    return result.passed == result.total, f"{result.passed}/{result.total} tests passed" + (f" ({result.error})" if result.error else "")
+    return result.passed == result.total, f"{result.passed}/{result.total} tests passed" + (
+        f" ({result.error})" if result.error else ""
+    )
 
 
 def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tuple[bool | None, str]:
@@ -184,5 +189,10 @@ def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str
             passed += bool(ok)
         sims.append(difflib.SequenceMatcher(None, answer, reference).ratio())
         details.append({"passed": ok, "why": why})
-    return {"pass_rate": passed / checked if checked else None, "checked": checked, "passed": passed,
-            "similarity": sum(sims) / len(sims) if sims else None, "checks": details}
+    return {
+        "pass_rate": passed / checked if checked else None,
+        "checked": checked,
+        "passed": passed,
+        "similarity": sum(sims) / len(sims) if sims else None,
+        "checks": details,
+    }

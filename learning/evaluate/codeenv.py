@@ -45,54 +45,97 @@ class Family:
     """One kind of function: its spec, its correct body, its test inputs, and wrong bodies."""
 
     name: str
-    spec: str                      # what the function returns, with {p} and {k}
-    body: str                      # the correct return expression
-    inputs: tuple                  # five test inputs
-    expected: object               # callable (value, k) -> expected output
+    spec: str  # what the function returns, with {p} and {k}
+    body: str  # the correct return expression
+    inputs: tuple  # five test inputs
+    expected: object  # callable (value, k) -> expected output
     broken: tuple[tuple[str, str], ...]  # (wrong body, description of the bug); the first is a 0.8 near miss
     uses_k: bool = True
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("add", "{p} plus {k}", "{p} + {k}", (1, 0, -3, 10, 57), lambda v, k: v + k,
-           (("abs({p}) + {k}", "it gives the wrong answer for negative numbers"),
-            ("{p} - {k}", "it subtracts instead of adding"),
-            ("{p} + {k1}", "it is off by one"))),
-    Family("multiply", "{p} multiplied by {k}", "{p} * {k}", (1, 0, -3, 10, 57), lambda v, k: v * k,
-           (("abs({p}) * {k}", "it gives the wrong answer for negative numbers"),
-            ("{p} + {k}", "it adds instead of multiplying"),
-            ("{p} * {k1}", "it multiplies by the wrong number"))),
-    Family("reverse", "the list {p} in reverse order", "{p}[::-1]",
-           ([1, 2, 3], [5, 1, 4, 2], [], [7], ["a", "b"]), lambda v, k: v[::-1],
-           (("sorted({p}, reverse=True)", "it sorts the list instead of reversing it"),
-            ("{p}", "it returns the list unchanged"),
-            ("{p}[1:][::-1]", "it drops the first element")), uses_k=False),
-    Family("upper", "the string {p} in upper case", "{p}.upper()",
-           ("hello", "Mixed Case", "", "abc1", " pad "), lambda v, k: v.upper(),
-           (("{p}.upper().strip()", "it also strips the surrounding spaces"),
-            ("{p}.lower()", "it lower-cases instead of upper-casing"),
-            ("{p}.title()", "it only capitalises the first letter of each word")), uses_k=False),
-    Family("sum", "the sum of the numbers in the list {p}", "sum({p})",
-           ([1, 2, 3], [], [10], [-4, 4, 5], [0, 0]), lambda v, k: sum(v),
-           (("sum(v for v in {p} if v > 0)", "it ignores negative numbers"),
-            ("len({p})", "it counts the numbers instead of adding them"),
-            ("max({p})", "it returns the largest number instead of the sum")), uses_k=False),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "add",
+            "{p} plus {k}",
+            "{p} + {k}",
+            (1, 0, -3, 10, 57),
+            lambda v, k: v + k,
+            (
+                ("abs({p}) + {k}", "it gives the wrong answer for negative numbers"),
+                ("{p} - {k}", "it subtracts instead of adding"),
+                ("{p} + {k1}", "it is off by one"),
+            ),
+        ),
+        Family(
+            "multiply",
+            "{p} multiplied by {k}",
+            "{p} * {k}",
+            (1, 0, -3, 10, 57),
+            lambda v, k: v * k,
+            (
+                ("abs({p}) * {k}", "it gives the wrong answer for negative numbers"),
+                ("{p} + {k}", "it adds instead of multiplying"),
+                ("{p} * {k1}", "it multiplies by the wrong number"),
+            ),
+        ),
+        Family(
+            "reverse",
+            "the list {p} in reverse order",
+            "{p}[::-1]",
+            ([1, 2, 3], [5, 1, 4, 2], [], [7], ["a", "b"]),
+            lambda v, k: v[::-1],
+            (
+                ("sorted({p}, reverse=True)", "it sorts the list instead of reversing it"),
+                ("{p}", "it returns the list unchanged"),
+                ("{p}[1:][::-1]", "it drops the first element"),
+            ),
+            uses_k=False,
+        ),
+        Family(
+            "upper",
+            "the string {p} in upper case",
+            "{p}.upper()",
+            ("hello", "Mixed Case", "", "abc1", " pad "),
+            lambda v, k: v.upper(),
+            (
+                ("{p}.upper().strip()", "it also strips the surrounding spaces"),
+                ("{p}.lower()", "it lower-cases instead of upper-casing"),
+                ("{p}.title()", "it only capitalises the first letter of each word"),
+            ),
+            uses_k=False,
+        ),
+        Family(
+            "sum",
+            "the sum of the numbers in the list {p}",
+            "sum({p})",
+            ([1, 2, 3], [], [10], [-4, 4, 5], [0, 0]),
+            lambda v, k: sum(v),
+            (
+                ("sum(v for v in {p} if v > 0)", "it ignores negative numbers"),
+                ("len({p})", "it counts the numbers instead of adding them"),
+                ("max({p})", "it returns the largest number instead of the sum"),
+            ),
+            uses_k=False,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
 class Task:
-    key: str                 # task_key: groups every attempt at this task
-    role: str                # coder | fixer | judge
+    key: str  # task_key: groups every attempt at this task
+    role: str  # coder | fixer | judge
     family: str
-    split: str               # train | heldout
+    split: str  # train | heldout
     instruction: str
-    input: str               # the code to fix or judge; "" for coder tasks
+    input: str  # the code to fix or judge; "" for coder tasks
     func: str
     param: str
     k: int | None
     tests: tuple[str, ...] = field(repr=False)
-    reference: str = field(repr=False)   # what the reference solver answers
+    reference: str = field(repr=False)  # what the reference solver answers
 
 
 class Score(BaseModel):
@@ -104,9 +147,9 @@ class Score(BaseModel):
     tests_total: int
     timed_out: bool = False
     error: str | None = None
-    verdict: str | None = None        # judge tasks: the verdict given
-    truth: str | None = None          # judge tasks: what execution showed ('pass' / 'fail')
-    executed: bool = True             # always True: every reward comes from a sandbox execution
+    verdict: str | None = None  # judge tasks: the verdict given
+    truth: str | None = None  # judge tasks: what execution showed ('pass' / 'fail')
+    executed: bool = True  # always True: every reward comes from a sandbox execution
 
 
 def _code(func: str, param: str, body: str) -> str:
@@ -121,8 +164,16 @@ def tests_for(family: Family, func: str, k: int | None) -> tuple[str, ...]:
     return tuple(f"assert {func}({v!r}) == {family.expected(v, k)!r}" for v in family.inputs)
 
 
-def make_task(family: str, role: str, func: str, param: str, k: int | None, split: str,
-              variant: int = 0, judged_correct: bool = True) -> Task:
+def make_task(
+    family: str,
+    role: str,
+    func: str,
+    param: str,
+    k: int | None,
+    split: str,
+    variant: int = 0,
+    judged_correct: bool = True,
+) -> Task:
     """One task. variant picks the bug (fixer) or the wrong code (judge, when judged_correct is False)."""
     fam = FAMILIES[family]
     k = k if fam.uses_k else None
@@ -133,17 +184,48 @@ def make_task(family: str, role: str, func: str, param: str, k: int | None, spli
     tests = tests_for(fam, func, k)
     base_key = f"{family}:{func}:{param}:{k}"
     if role == "coder":
-        return Task(f"coder:{base_key}", role, family, split,
-                    f"Write a Python function `{func}({param})` that returns {spec}.", "", func, param, k, tests, correct)
+        return Task(
+            f"coder:{base_key}",
+            role,
+            family,
+            split,
+            f"Write a Python function `{func}({param})` that returns {spec}.",
+            "",
+            func,
+            param,
+            k,
+            tests,
+            correct,
+        )
     if role == "fixer":
-        return Task(f"fixer:{base_key}:{variant}", role, family, split,
-                    f"Fix the bug in `{func}({param})`, which should return {spec}: {bug}.",
-                    wrong, func, param, k, tests, correct)
+        return Task(
+            f"fixer:{base_key}:{variant}",
+            role,
+            family,
+            split,
+            f"Fix the bug in `{func}({param})`, which should return {spec}: {bug}.",
+            wrong,
+            func,
+            param,
+            k,
+            tests,
+            correct,
+        )
     if role == "judge":
         code = correct if judged_correct else wrong
-        return Task(f"judge:{base_key}:{'ok' if judged_correct else variant}", role, family, split,
-                    f"Does `{func}({param})` return {spec}? Answer pass or fail.",
-                    code, func, param, k, tests, "pass" if judged_correct else "fail")
+        return Task(
+            f"judge:{base_key}:{'ok' if judged_correct else variant}",
+            role,
+            family,
+            split,
+            f"Does `{func}({param})` return {spec}? Answer pass or fail.",
+            code,
+            func,
+            param,
+            k,
+            tests,
+            "pass" if judged_correct else "fail",
+        )
     raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
 
 
@@ -163,8 +245,9 @@ def _name(rng: random.Random, split: str, kind: str) -> str:
             return name
 
 
-def make_tasks(n: int, split: str = "train", role: str = "coder", families: Sequence[str] | None = None,
-               seed: int = 0) -> list[Task]:
+def make_tasks(
+    n: int, split: str = "train", role: str = "coder", families: Sequence[str] | None = None, seed: int = 0
+) -> list[Task]:
     """`n` distinct tasks of one role, cycling through the families; deterministic for a seed.
 
     split 'train' draws names and constants from the training vocabulary, 'heldout' from the
@@ -183,8 +266,16 @@ def make_tasks(n: int, split: str = "train", role: str = "coder", families: Sequ
         family = fams[len(tasks) % len(fams)]
         func = _name(rng, split, "fn")
         param = _name(rng, split, "param")
-        task = make_task(family, role, func, param, rng.choice(ks), split,
-                         variant=rng.randrange(3), judged_correct=rng.random() < 0.5)
+        task = make_task(
+            family,
+            role,
+            func,
+            param,
+            rng.choice(ks),
+            split,
+            variant=rng.randrange(3),
+            judged_correct=rng.random() < 0.5,
+        )
         if task.key not in seen:
             seen.add(task.key)
             tasks.append(task)
@@ -229,8 +320,7 @@ def parse_verdict(answer: str) -> str | None:
     return word if word in ("pass", "fail") else None
 
 
-def score_answers(tasks: Sequence[Task], answers: Sequence[str], timeout: float = 2.0,
-                  workers: int = 2) -> list[Score]:
+def score_answers(tasks: Sequence[Task], answers: Sequence[str], timeout: float = 2.0, workers: int = 2) -> list[Score]:
     """Execute each answer against its task's hidden tests (judges: execute the judged code) and
     turn the outcome into a reward in [0, 1]."""
     if len(tasks) != len(answers):
@@ -239,8 +329,13 @@ def score_answers(tasks: Sequence[Task], answers: Sequence[str], timeout: float 
     results = run_many(jobs, timeout=timeout, workers=workers)
     scores = []
     for task, answer, res in zip(tasks, answers, results):
-        common = dict(compiled=res.compiled, tests_passed=res.passed, tests_total=res.total,
-                      timed_out=res.timed_out, error=res.error)
+        common = dict(
+            compiled=res.compiled,
+            tests_passed=res.passed,
+            tests_total=res.total,
+            timed_out=res.timed_out,
+            error=res.error,
+        )
         if task.role == "judge":
             truth = "pass" if res.total and res.passed == res.total else "fail"
             verdict = parse_verdict(answer)
@@ -250,17 +345,41 @@ def score_answers(tasks: Sequence[Task], answers: Sequence[str], timeout: float 
     return scores
 
 
-def run_record(task: Task, answer: str, score: Score, *, agent: str, model: str | None = None,
-               adapter_id: str | None = None, decision_id: str | None = None, source: str = "") -> dict:
+def run_record(
+    task: Task,
+    answer: str,
+    score: Score,
+    *,
+    agent: str,
+    model: str | None = None,
+    adapter_id: str | None = None,
+    decision_id: str | None = None,
+    source: str = "",
+) -> dict:
     """A run in the shape log_run takes, with the reward and signals from execution."""
-    signals = {"compiled": score.compiled, "tests_passed": score.tests_passed, "tests_total": score.tests_total,
-               "timed_out": score.timed_out, "executed": score.executed, "tests": list(task.tests)}
+    signals = {
+        "compiled": score.compiled,
+        "tests_passed": score.tests_passed,
+        "tests_total": score.tests_total,
+        "timed_out": score.timed_out,
+        "executed": score.executed,
+        "tests": list(task.tests),
+    }
     if score.verdict is not None or task.role == "judge":
         signals["verdict"] = score.verdict or "unparsed"
         signals["truth"] = score.truth
     return {
-        "role": task.role, "output": answer if answer.strip() else "(empty answer)", "reward": score.reward,
-        "instruction": task.instruction, "input": task.input, "agent": agent, "task_type": task.family,
-        "task_key": task.key, "signals": signals, "model": model, "adapter_id": adapter_id,
-        "decision_id": decision_id, "meta": {"source": source, "split": task.split, "error": score.error},
+        "role": task.role,
+        "output": answer if answer.strip() else "(empty answer)",
+        "reward": score.reward,
+        "instruction": task.instruction,
+        "input": task.input,
+        "agent": agent,
+        "task_type": task.family,
+        "task_key": task.key,
+        "signals": signals,
+        "model": model,
+        "adapter_id": adapter_id,
+        "decision_id": decision_id,
+        "meta": {"source": source, "split": task.split, "error": score.error},
     }

@@ -24,22 +24,32 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from learning.evaluate import checks
-from learning.registry import adapters as registry
-from learning.registry.folders import inspect_adapter_folder
 from learning.clock import iso
+from learning.data.datasets import dataset_row
 from learning.data.formats import as_text, to_example
 from learning.errors import Conflict, InvalidInput, check
-from learning.data.datasets import dataset_row
+from learning.evaluate import checks
 from learning.jobs.manage import JobCancelled, start_job
+from learning.registry import adapters as registry
+from learning.registry.folders import inspect_adapter_folder
 from learning.store import Store
 
 
 class GateConfig(BaseModel):
     """When an evaluated adapter becomes a candidate. Every condition must hold."""
-    min_loss_improvement: float = Field(0.0, ge=0, description="The adapter's eval loss must be below the base's by more than this (0: strictly lower).")
-    pass_rate_tolerance: float = Field(0.0, ge=0, le=1, description="The adapter's pass rate may be at most this much below the base's (0: not below).")
-    min_pass_rate: float | None = Field(None, ge=0, le=1, description="Absolute pass rate the adapter must reach; None: no threshold (0.9 is a common choice).")
+
+    min_loss_improvement: float = Field(
+        0.0, ge=0, description="The adapter's eval loss must be below the base's by more than this (0: strictly lower)."
+    )
+    pass_rate_tolerance: float = Field(
+        0.0, ge=0, le=1, description="The adapter's pass rate may be at most this much below the base's (0: not below)."
+    )
+    min_pass_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Absolute pass rate the adapter must reach; None: no threshold (0.9 is a common choice).",
+    )
     promote_to_candidate: bool = Field(True, description="Move trained -> candidate when the gate passes.")
 
 
@@ -49,7 +59,9 @@ class EvalConfig(BaseModel):
     max_generate: int = Field(32, ge=0, le=10_000, description="Test prompts for the generation checks (0: skip).")
     max_new_tokens: int = Field(256, ge=1, le=8192)
     batch_size: int = Field(8, ge=1, le=512)
-    max_length: int = Field(2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt.")
+    max_length: int = Field(
+        2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt."
+    )
     sanity: bool = Field(True, description="Answer the role's fixed sanity prompts and save the responses.")
     gate: GateConfig = Field(default_factory=GateConfig)
 
@@ -63,6 +75,7 @@ class EvalStarted(BaseModel):
 
 
 # ---- input checks and the job's start (no torch here) ------------------------------------
+
 
 def dataset_dir(store: Store, dataset_id: str) -> Path:
     """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
@@ -87,14 +100,31 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 def evaluate_adapter(
     store: Store,
     adapter_id: Annotated[str, Field(description="The adapter to evaluate (a trained adapter; see list_adapters).")],
-    dataset_id: Annotated[str | None, Field(description="Evaluate on this dataset's test split instead of the adapter's own.")] = None, *,
-    max_examples: Annotated[int, Field(ge=1, le=100_000, description="Test rows for loss / perplexity / token accuracy.")] = 200,
-    max_generate: Annotated[int, Field(ge=0, le=10_000, description="Test prompts answered and checked (compiles, tests, patch form, verdict).")] = 32,
+    dataset_id: Annotated[
+        str | None, Field(description="Evaluate on this dataset's test split instead of the adapter's own.")
+    ] = None,
+    *,
+    max_examples: Annotated[
+        int, Field(ge=1, le=100_000, description="Test rows for loss / perplexity / token accuracy.")
+    ] = 200,
+    max_generate: Annotated[
+        int,
+        Field(ge=0, le=10_000, description="Test prompts answered and checked (compiles, tests, patch form, verdict)."),
+    ] = 32,
     max_new_tokens: Annotated[int, Field(ge=1, le=8192, description="Longest generated answer, in tokens.")] = 256,
-    min_pass_rate: Annotated[float | None, Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none.")] = None,
-    min_loss_improvement: Annotated[float, Field(ge=0, description="Gate: eval loss must beat the base's by more than this.")] = 0.0,
-    pass_rate_tolerance: Annotated[float, Field(ge=0, le=1, description="Gate: pass rate may be this much below the base's.")] = 0.0,
-    batch_size: int = 8, gate: GateConfig | dict | None = None, sanity: bool = True,
+    min_pass_rate: Annotated[
+        float | None,
+        Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none."),
+    ] = None,
+    min_loss_improvement: Annotated[
+        float, Field(ge=0, description="Gate: eval loss must beat the base's by more than this.")
+    ] = 0.0,
+    pass_rate_tolerance: Annotated[
+        float, Field(ge=0, le=1, description="Gate: pass rate may be this much below the base's.")
+    ] = 0.0,
+    batch_size: int = 8,
+    gate: GateConfig | dict | None = None,
+    sanity: bool = True,
 ) -> EvalStarted:
     """Evaluate an adapter against its base on held-out examples, as a background job (returns
     its job id at once; follow it with wait_job). Both models on the same examples: eval loss,
@@ -102,12 +132,17 @@ def evaluate_adapter(
     passes (loss below the base's, pass rate not below the base's), the adapter becomes a candidate.
     Python callers may pass the whole gate as `gate` instead of its three fields."""
     if gate is None:
-        gate = GateConfig(min_pass_rate=min_pass_rate, min_loss_improvement=min_loss_improvement,
-                          pass_rate_tolerance=pass_rate_tolerance)
+        gate = GateConfig(
+            min_pass_rate=min_pass_rate,
+            min_loss_improvement=min_loss_improvement,
+            pass_rate_tolerance=pass_rate_tolerance,
+        )
     adapter = registry.get_adapter(store, adapter_id)
     if adapter.status in ("training", "failed"):
-        raise Conflict(f"Adapter {adapter_id} is {adapter.status}; only a trained adapter can be evaluated"
-                       + (" (wait for its training job)." if adapter.status == "training" else "."))
+        raise Conflict(
+            f"Adapter {adapter_id} is {adapter.status}; only a trained adapter can be evaluated"
+            + (" (wait for its training job)." if adapter.status == "training" else ".")
+        )
     inspect_adapter_folder(Path(adapter.path))
     dataset_id = dataset_id or adapter.dataset_id
     if not dataset_id:
@@ -121,13 +156,23 @@ def evaluate_adapter(
         problems.append(f"the test split of dataset {dataset_id!r} is empty; make a dataset with more runs")
     check(problems, f"Cannot evaluate {adapter_id}:")
     gate = gate if isinstance(gate, GateConfig) else GateConfig(**(gate or {}))
-    config = EvalConfig(dataset_id=dataset_id, max_examples=max_examples, max_generate=max_generate,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, sanity=sanity, gate=gate)
-    job_id = start_job(store, "evaluate", "learning.evaluate.evaluation:run_job", config.model_dump(), subject=adapter_id)
+    config = EvalConfig(
+        dataset_id=dataset_id,
+        max_examples=max_examples,
+        max_generate=max_generate,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        sanity=sanity,
+        gate=gate,
+    )
+    job_id = start_job(
+        store, "evaluate", "learning.evaluate.evaluation:run_job", config.model_dump(), subject=adapter_id
+    )
     return EvalStarted(job_id=job_id, adapter_id=adapter_id, dataset_id=dataset_id, test_rows=len(rows), config=config)
 
 
 # ---- the gate ------------------------------------------------------------------------------
+
 
 def apply_gate(adapter: dict[str, Any], base: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
     """Each condition with the numbers, whether it held, and by how much it missed."""
@@ -135,32 +180,66 @@ def apply_gate(adapter: dict[str, Any], base: dict[str, Any], gate: GateConfig) 
     a_loss, b_loss = adapter.get("eval_loss"), base.get("eval_loss")
     need = (b_loss - gate.min_loss_improvement) if b_loss is not None else None
     ok = a_loss is not None and need is not None and a_loss < need
-    conditions.append({"name": "eval_loss_below_base", "passed": ok, "adapter": a_loss, "base": b_loss,
-                       "required_below": need, "shortfall": None if ok or need is None or a_loss is None else a_loss - need})
+    conditions.append(
+        {
+            "name": "eval_loss_below_base",
+            "passed": ok,
+            "adapter": a_loss,
+            "base": b_loss,
+            "required_below": need,
+            "shortfall": None if ok or need is None or a_loss is None else a_loss - need,
+        }
+    )
     a_pass, b_pass = adapter.get("pass_rate"), base.get("pass_rate")
     if a_pass is None or b_pass is None:
-        conditions.append({"name": "pass_rate_not_below_base", "passed": True, "adapter": a_pass, "base": b_pass,
-                           "skipped": "no generation checks for this role or no prompts checked"})
+        conditions.append(
+            {
+                "name": "pass_rate_not_below_base",
+                "passed": True,
+                "adapter": a_pass,
+                "base": b_pass,
+                "skipped": "no generation checks for this role or no prompts checked",
+            }
+        )
     else:
         ok = a_pass >= b_pass - gate.pass_rate_tolerance - 1e-12
-        conditions.append({"name": "pass_rate_not_below_base", "passed": ok, "adapter": a_pass, "base": b_pass,
-                           "tolerance": gate.pass_rate_tolerance,
-                           "shortfall": None if ok else (b_pass - gate.pass_rate_tolerance) - a_pass})
+        conditions.append(
+            {
+                "name": "pass_rate_not_below_base",
+                "passed": ok,
+                "adapter": a_pass,
+                "base": b_pass,
+                "tolerance": gate.pass_rate_tolerance,
+                "shortfall": None if ok else (b_pass - gate.pass_rate_tolerance) - a_pass,
+            }
+        )
     if gate.min_pass_rate is not None:
         ok = a_pass is not None and a_pass >= gate.min_pass_rate
-        conditions.append({"name": "min_pass_rate", "passed": ok, "adapter": a_pass, "threshold": gate.min_pass_rate,
-                           "shortfall": None if ok else gate.min_pass_rate - (a_pass or 0.0)})
+        conditions.append(
+            {
+                "name": "min_pass_rate",
+                "passed": ok,
+                "adapter": a_pass,
+                "threshold": gate.min_pass_rate,
+                "shortfall": None if ok else gate.min_pass_rate - (a_pass or 0.0),
+            }
+        )
     failed = [c["name"] for c in conditions if not c["passed"]]
     return {"passed": not failed, "failed": failed, "conditions": conditions, "config": gate.model_dump()}
 
 
 def _gate_reason(gate: dict[str, Any]) -> str:
     if gate["passed"]:
-        return "gate passed: " + "; ".join(f"{c['name']} adapter {_fmt(c.get('adapter'))} vs {_fmt(c.get('base', c.get('threshold')))}"
-                                           for c in gate["conditions"])
-    return "gate failed: " + "; ".join(f"{c['name']} short by {_fmt(c.get('shortfall'))} (adapter {_fmt(c.get('adapter'))}, "
-                                       f"needed {_fmt(c.get('required_below', c.get('threshold', c.get('base'))))})"
-                                       for c in gate["conditions"] if not c["passed"])
+        return "gate passed: " + "; ".join(
+            f"{c['name']} adapter {_fmt(c.get('adapter'))} vs {_fmt(c.get('base', c.get('threshold')))}"
+            for c in gate["conditions"]
+        )
+    return "gate failed: " + "; ".join(
+        f"{c['name']} short by {_fmt(c.get('shortfall'))} (adapter {_fmt(c.get('adapter'))}, "
+        f"needed {_fmt(c.get('required_below', c.get('threshold', c.get('base'))))})"
+        for c in gate["conditions"]
+        if not c["passed"]
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -168,6 +247,7 @@ def _fmt(value: Any) -> str:
 
 
 # ---- the job ---------------------------------------------------------------------------------
+
 
 def run_job(ctx) -> dict[str, Any]:
     """Evaluate ctx.subject (an adapter id) as EvalConfig(ctx.params) says."""
@@ -189,45 +269,93 @@ def run_job(ctx) -> dict[str, Any]:
     done = 0
     for name in ("adapter", "base"):
         with model_variant(model, name):
-            tf = teacher_forced(model, tok, examples, cfg.batch_size, cfg.max_length,
-                                on_batch=lambda n, name=name: step(done + n, f"teacher-forced {name}"))
+            tf = teacher_forced(
+                model,
+                tok,
+                examples,
+                cfg.batch_size,
+                cfg.max_length,
+                on_batch=lambda n, name=name, done=done: step(done + n, f"teacher-forced {name}"),
+            )
         result[name].update(tf)
         done += len(examples)
     gen_rows = rows[: cfg.max_generate]
     answers: dict[str, list[str]] = {}
     for name in ("adapter", "base"):
         with model_variant(model, name):
-            answers[name] = generate(model, tok, [to_example(r)["prompt"] for r in gen_rows], cfg.max_new_tokens,
-                                     cfg.batch_size, on_batch=lambda n, name=name: step(done + n, f"generating {name}"))
+            answers[name] = generate(
+                model,
+                tok,
+                [to_example(r)["prompt"] for r in gen_rows],
+                cfg.max_new_tokens,
+                cfg.batch_size,
+                on_batch=lambda n, name=name, done=done: step(done + n, f"generating {name}"),
+            )
         done += len(gen_rows)
         result[name].update(checks.score(adapter.role, gen_rows, answers[name]))
     sanity = run_sanity(model, tok, adapter.role, examples, cfg) if cfg.sanity else []
     gate = apply_gate(result["adapter"], result["base"], cfg.gate)
     metrics = summarize(adapter, cfg, result, gate, len(examples), len(gen_rows), time.time() - started)
-    metrics["samples"] = [{"prompt": to_example(r)["prompt"][-400:], "reference": to_example(r)["completion"][:400],
-                           "adapter": a[:400], "base": b[:400]}
-                          for r, a, b in list(zip(gen_rows, answers["adapter"], answers["base"]))[:5]]
+    metrics["samples"] = [
+        {
+            "prompt": to_example(r)["prompt"][-400:],
+            "reference": to_example(r)["completion"][:400],
+            "adapter": a[:400],
+            "base": b[:400],
+        }
+        for r, a, b in list(zip(gen_rows, answers["adapter"], answers["base"]))[:5]
+    ]
     write_outputs(Path(adapter.path), metrics, sanity)
     to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
     stored = {k: v for k, v in metrics.items() if k != "samples"}
-    after = registry.record_evaluation(store, adapter.id, stored, f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
-                                       to_status=to_status, data={"job_id": ctx.job_id, **metrics["summary"]})
+    after = registry.record_evaluation(
+        store,
+        adapter.id,
+        stored,
+        f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
+        to_status=to_status,
+        data={"job_id": ctx.job_id, **metrics["summary"]},
+    )
     ctx.progress(force=True, stage="done", step=total, total_steps=total, message=_gate_reason(gate))
-    return {**metrics["summary"], "status": after.status, "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json")}
+    return {
+        **metrics["summary"],
+        "status": after.status,
+        "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json"),
+    }
 
 
 def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
     a, b = result["adapter"], result["base"]
-    summary = {"eval_loss": a.get("eval_loss"), "base_eval_loss": b.get("eval_loss"),
-               "perplexity": a.get("perplexity"), "base_perplexity": b.get("perplexity"),
-               "token_accuracy": a.get("token_accuracy"), "base_token_accuracy": b.get("token_accuracy"),
-               "pass_rate": a.get("pass_rate"), "base_pass_rate": b.get("pass_rate"),
-               "similarity": a.get("similarity"), "base_similarity": b.get("similarity"),
-               "gate_passed": gate["passed"], "gate_failed": gate["failed"]}
-    return {**summary, "summary": summary, "adapter_id": adapter.id, "role": adapter.role, "dataset_id": cfg.dataset_id,
-            "base_model": adapter.base_model, "examples": n_tf, "generated": n_gen, "adapter": a, "base": b,
-            "gate": gate, "config": cfg.model_dump(), "elapsed_s": round(elapsed, 2),
-            "evaluated": iso(time.time())}
+    summary = {
+        "eval_loss": a.get("eval_loss"),
+        "base_eval_loss": b.get("eval_loss"),
+        "perplexity": a.get("perplexity"),
+        "base_perplexity": b.get("perplexity"),
+        "token_accuracy": a.get("token_accuracy"),
+        "base_token_accuracy": b.get("token_accuracy"),
+        "pass_rate": a.get("pass_rate"),
+        "base_pass_rate": b.get("pass_rate"),
+        "similarity": a.get("similarity"),
+        "base_similarity": b.get("similarity"),
+        "gate_passed": gate["passed"],
+        "gate_failed": gate["failed"],
+    }
+    return {
+        **summary,
+        "summary": summary,
+        "adapter_id": adapter.id,
+        "role": adapter.role,
+        "dataset_id": cfg.dataset_id,
+        "base_model": adapter.base_model,
+        "examples": n_tf,
+        "generated": n_gen,
+        "adapter": a,
+        "base": b,
+        "gate": gate,
+        "config": cfg.model_dump(),
+        "elapsed_s": round(elapsed, 2),
+        "evaluated": iso(time.time()),
+    }
 
 
 def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, Any]]) -> None:
@@ -238,6 +366,7 @@ def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, 
 
 
 # ---- model work (imports torch lazily) ---------------------------------------------------------
+
 
 def load_model(base: str, adapter_path: str):
     """The base with the adapter on top, in eval mode (learning.generate.load_model)."""
@@ -274,12 +403,13 @@ def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], in
     p = tok(prompt_text(tok, example["prompt"]), add_special_tokens=not is_chat(tok, example["prompt"]))["input_ids"]
     c = tok(example["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     c = c[: max_length - 1]
-    p = p[-(max_length - len(c)):]
+    p = p[-(max_length - len(c)) :]
     return p + c, len(c)
 
 
-def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, max_length: int = 2048,
-                   on_batch=None) -> dict[str, Any]:
+def teacher_forced(
+    model, tok, examples: list[dict[str, Any]], batch_size: int, max_length: int = 2048, on_batch=None
+) -> dict[str, Any]:
     """Loss, perplexity and accuracy on completion tokens only, batched and without gradients.
     Left padding puts every completion at the end, so only the last logits are computed."""
     import torch
@@ -291,7 +421,7 @@ def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, 
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(encoded), batch_size):
-            batch = encoded[i:i + batch_size]
+            batch = encoded[i : i + batch_size]
             width = max(len(ids) for ids, _ in batch)
             keep = max(n for _, n in batch) + 1
             ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s, _ in batch], device=device)
@@ -299,10 +429,10 @@ def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, 
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
             logits = logits[:, :-1].float()  # position t predicts token t + 1
-            targets = ids[:, width - keep + 1:]
+            targets = ids[:, width - keep + 1 :]
             want = torch.zeros_like(targets, dtype=torch.bool)
             for row, (_, n) in enumerate(batch):
-                want[row, keep - 1 - n:] = True
+                want[row, keep - 1 - n :] = True
             losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
             losses = losses.view_as(targets)[want]
             loss_sum += float(losses.sum())
@@ -312,8 +442,13 @@ def teacher_forced(model, tok, examples: list[dict[str, Any]], batch_size: int, 
                 on_batch(min(i + batch_size, len(encoded)))
     seconds = time.perf_counter() - start
     loss = loss_sum / max(count, 1)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(count, 1),
-            "completion_tokens": count, "tokens_per_s": sum(len(s) for s, _ in encoded) / max(seconds, 1e-9)}
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "token_accuracy": correct / max(count, 1),
+        "completion_tokens": count,
+        "tokens_per_s": sum(len(s) for s, _ in encoded) / max(seconds, 1e-9),
+    }
 
 
 def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
@@ -324,8 +459,14 @@ def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: in
     out: list[str] = []
     chunk = batch_size * 4
     for i in range(0, len(texts), chunk):
-        out += greedy(model, tok, texts[i:i + chunk], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      add_special_tokens=not any(is_chat(tok, p) for p in prompts))
+        out += greedy(
+            model,
+            tok,
+            texts[i : i + chunk],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            add_special_tokens=not any(is_chat(tok, p) for p in prompts),
+        )
         if on_batch:
             on_batch(min(i + chunk, len(texts)))
     return out

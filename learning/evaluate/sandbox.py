@@ -52,10 +52,13 @@ def _compiles(code):
 """
 
 # One answer: the child reads {"code", "tests", "cpu"} as JSON on stdin and prints one JSON line.
-_CHILD = _ANSWER + r"""
+_CHILD = (
+    _ANSWER
+    + r"""
 job = json.loads(sys.stdin.read())
 sys.stdout.write("\n" + json.dumps(_one(job["code"], job["tests"], job["cpu"])) + "\n")
 """
+)
 
 
 @dataclass
@@ -79,17 +82,27 @@ def run_tests(code: str, tests: list[str], timeout: float = 2.0) -> ExecResult:
     """Execute `code`, then each test statement; count the passes."""
     job = {"code": code, "tests": tests, "cpu": max(1, int(timeout) + 1)}
     try:
-        proc = subprocess.run([sys.executable, "-I", "-S", "-c", _CHILD], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _CHILD],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
-        return ExecResult(compiled=_compiles(code), passed=0, total=len(tests), timed_out=True,
-                          error=f"timed out after {timeout}s")
+        return ExecResult(
+            compiled=_compiles(code), passed=0, total=len(tests), timed_out=True, error=f"timed out after {timeout}s"
+        )
     lines = proc.stdout.strip().splitlines()
     try:
         out = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        return ExecResult(compiled=_compiles(code), passed=0, total=len(tests),
-                          error=(proc.stderr.strip().splitlines() or ["the answer crashed the interpreter"])[-1][:200])
+        return ExecResult(
+            compiled=_compiles(code),
+            passed=0,
+            total=len(tests),
+            error=(proc.stderr.strip().splitlines() or ["the answer crashed the interpreter"])[-1][:200],
+        )
     return ExecResult(**out)
 
 
@@ -97,7 +110,9 @@ def run_tests(code: str, tests: list[str], timeout: float = 2.0) -> ExecResult:
 # discarded), reads the child's result from a pipe and kills it when the per-answer timeout passes.
 # A fork costs about a millisecond where a fresh interpreter costs tens, so a batch scores hundreds
 # of answers per second while each answer stays isolated from the others.
-_BATCH = _ANSWER + r"""
+_BATCH = (
+    _ANSWER
+    + r"""
 batch = json.loads(sys.stdin.read())
 timeout, results = batch["timeout"], []
 devnull = os.open(os.devnull, os.O_RDWR)
@@ -143,14 +158,20 @@ for job in batch["jobs"]:
     results.append(res)
 sys.stdout.write("\n" + json.dumps(results) + "\n")
 """
+)
 
 
 def _run_batch(jobs: list[tuple[str, list[str]]], timeout: float) -> list[ExecResult]:
     """Score a batch in one interpreter that forks per answer; falls back to run_tests on failure."""
     payload = json.dumps({"timeout": timeout, "jobs": [{"code": c, "tests": t} for c, t in jobs]})
     try:
-        proc = subprocess.run([sys.executable, "-I", "-S", "-c", _BATCH], input=payload, capture_output=True,
-                              text=True, timeout=timeout * len(jobs) + 30)
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _BATCH],
+            input=payload,
+            capture_output=True,
+            text=True,
+            timeout=timeout * len(jobs) + 30,
+        )
         results = json.loads(proc.stdout.strip().splitlines()[-1])
         if len(results) == len(jobs):
             return [ExecResult(**res) for res in results]
@@ -159,8 +180,9 @@ def _run_batch(jobs: list[tuple[str, list[str]]], timeout: float) -> list[ExecRe
     return [run_tests(code, tests, timeout) for code, tests in jobs]
 
 
-def run_many(jobs: list[tuple[str, list[str]]], timeout: float = 2.0, workers: int = 2,
-             batch_size: int = 64) -> list[ExecResult]:
+def run_many(
+    jobs: list[tuple[str, list[str]]], timeout: float = 2.0, workers: int = 2, batch_size: int = 64
+) -> list[ExecResult]:
     """run_tests over many (code, tests) pairs; results in order.
 
     Each answer runs in its own forked process with the same limits as run_tests; batches of
@@ -174,7 +196,7 @@ def run_many(jobs: list[tuple[str, list[str]]], timeout: float = 2.0, workers: i
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda job: run_tests(job[0], job[1], timeout), jobs))
     size = max(1, min(batch_size, -(-len(jobs) // workers)))
-    batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [res for batch in pool.map(lambda b: _run_batch(b, timeout), batches) for res in batch]
 

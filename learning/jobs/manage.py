@@ -71,16 +71,35 @@ def _process_alive(pid: int | None, pid_started: float | None) -> bool:
         return False
 
 
-def start_job(store: Store, kind: str, target: str, params: dict[str, Any], subject: str | None = None,
-              job_id: str | None = None, env: dict[str, str] | None = None) -> str:
+def start_job(
+    store: Store,
+    kind: str,
+    target: str,
+    params: dict[str, Any],
+    subject: str | None = None,
+    job_id: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Record a job and start its process; returns at once with the job id.
 
     target is 'module:function'; the function is called as fn(JobContext) in the new process.
     """
     job_id = job_id or new_job_id(kind)
     log_path = subdir(store.home, "jobs") / f"{job_id}.log"
-    insert_job(store, dict(id=job_id, kind=kind, target=target, status="queued", params=dumps(params),
-                          subject=subject, created=time.time(), progress=dumps({}), log_path=str(log_path)))
+    insert_job(
+        store,
+        dict(
+            id=job_id,
+            kind=kind,
+            target=target,
+            status="queued",
+            params=dumps(params),
+            subject=subject,
+            created=time.time(),
+            progress=dumps({}),
+            log_path=str(log_path),
+        ),
+    )
     launch(store, job_id, env=env)
     return job_id
 
@@ -94,7 +113,11 @@ def launch(store: Store, job_id: str, env: dict[str, str] | None = None) -> None
     child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(
         [sys.executable, "-m", "learning.jobs.runner", str(store.home), job_id],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=child_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=child_env,
     )
     log.close()
     try:
@@ -116,9 +139,15 @@ def reconcile(store: Store) -> list[str]:
         fresh = job_row(store, row["id"])
         if fresh["status"] not in ACTIVE:
             continue
-        if update_job(store, row["id"], only_if_status=ACTIVE, status="failed", finished=time.time(),
-                            error="The job's process died before finishing (killed, crashed or the machine "
-                                  "restarted). Its log may say why; start it again, with resume where offered."):
+        if update_job(
+            store,
+            row["id"],
+            only_if_status=ACTIVE,
+            status="failed",
+            finished=time.time(),
+            error="The job's process died before finishing (killed, crashed or the machine "
+            "restarted). Its log may say why; start it again, with resume where offered.",
+        ):
             changed.append(row["id"])
             on_job_died(store, fresh)
             kill_leftovers(row["id"])
@@ -190,9 +219,11 @@ def _tail(path: str, lines: int = 20) -> list[str]:
         return []
 
 
-def job_status(store: Store,
-               job_id: Annotated[str, Field(description="The job id train_adapter / evaluate_adapter / run_cycle returned.")],
-               log_lines: int = 10) -> JobStatus:
+def job_status(
+    store: Store,
+    job_id: Annotated[str, Field(description="The job id train_adapter / evaluate_adapter / run_cycle returned.")],
+    log_lines: int = 10,
+) -> JobStatus:
     """Where a background job stands: status, progress (step, loss, tokens/s, ETA), result or error."""
     row = job_row(store, job_id)
     if row is None:
@@ -202,17 +233,27 @@ def job_status(store: Store,
         row = job_row(store, job_id)
     end = row["finished"] or (time.time() if row["started"] else None)
     return JobStatus(
-        job_id=row["id"], kind=row["kind"], status=row["status"], subject=row["subject"],
-        progress=loads(row["progress"]) or {}, result=loads(row["result"]), error=row["error"],
-        created=iso(row["created"]), started=iso(row["started"]), finished=iso(row["finished"]),
+        job_id=row["id"],
+        kind=row["kind"],
+        status=row["status"],
+        subject=row["subject"],
+        progress=loads(row["progress"]) or {},
+        result=loads(row["result"]),
+        error=row["error"],
+        created=iso(row["created"]),
+        started=iso(row["started"]),
+        finished=iso(row["finished"]),
         elapsed_s=round(end - row["started"], 1) if row["started"] and end else None,
-        log_path=row["log_path"], log_tail=_tail(row["log_path"], log_lines) if log_lines else [],
+        log_path=row["log_path"],
+        log_tail=_tail(row["log_path"], log_lines) if log_lines else [],
     )
 
 
 def list_jobs(
     store: Store,
-    status: Annotated[str | None, Field(description="Only jobs in this state: queued, running, succeeded, failed, cancelled.")] = None,
+    status: Annotated[
+        str | None, Field(description="Only jobs in this state: queued, running, succeeded, failed, cancelled.")
+    ] = None,
     limit: Annotated[int, Field(ge=1, le=500, description="At most this many, newest first.")] = 20,
 ) -> list[JobStatus]:
     """Recent background jobs, newest first."""
@@ -220,8 +261,9 @@ def list_jobs(
     return [job_status(store, row["id"], log_lines=0) for row in job_rows(store, status, limit)]
 
 
-def wait_job(store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll: float = 0.25,
-             on_progress=None) -> JobStatus:
+def wait_job(
+    store: Store, job_id: str, timeout: float = MAX_WAIT_SECONDS, poll: float = 0.25, on_progress=None
+) -> JobStatus:
     """Wait until the job finishes or `timeout` seconds pass; returns its status either way."""
     deadline = time.monotonic() + timeout
     while True:
@@ -256,8 +298,14 @@ def cancel_job(store: Store, job_id: Annotated[str, Field(description="The job t
     update_job(store, job_id, only_if_status=ACTIVE, cancel_requested=1)
     row = job_row(store, job_id)
     if not _process_alive(row["pid"], row["pid_started"]):
-        update_job(store, job_id, only_if_status=ACTIVE, status="cancelled", finished=time.time(),
-                         error="cancelled before its process started")
+        update_job(
+            store,
+            job_id,
+            only_if_status=ACTIVE,
+            status="cancelled",
+            finished=time.time(),
+            error="cancelled before its process started",
+        )
     return job_status(store, job_id, log_lines=0)
 
 
@@ -296,11 +344,13 @@ class JobContext:
 
 # ---- SQL: the jobs table -----------------------------------------------------------------------
 
+
 def insert_job(store: Store, row: dict[str, Any]) -> None:
     cols = list(row)
     with store.write() as conn:
-        conn.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                     [row[c] for c in cols])
+        conn.execute(
+            f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols]
+        )
 
 
 def job_row(store: Store, job_id: str) -> sqlite3.Row | None:
@@ -311,8 +361,9 @@ def job_row(store: Store, job_id: str) -> sqlite3.Row | None:
 def job_rows(store: Store, status: str | None = None, limit: int = 50) -> list[sqlite3.Row]:
     with store.read() as conn:
         if status:
-            return conn.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?",
-                                (status, limit)).fetchall()
+            return conn.execute(
+                "SELECT * FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?", (status, limit)
+            ).fetchall()
         return conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
 
 
@@ -324,8 +375,20 @@ def active_job_rows(store: Store) -> list[sqlite3.Row]:
 def update_job(store: Store, job_id: str, only_if_status: tuple[str, ...] | None = None, **fields: Any) -> bool:
     """Set job fields; with only_if_status, only when the job is in one of those states.
     Returns whether a row changed."""
-    allowed = {"status", "started", "finished", "pid", "pid_started", "heartbeat", "progress",
-               "result", "error", "cancel_requested", "params", "subject"}
+    allowed = {
+        "status",
+        "started",
+        "finished",
+        "pid",
+        "pid_started",
+        "heartbeat",
+        "progress",
+        "result",
+        "error",
+        "cancel_requested",
+        "params",
+        "subject",
+    }
     assert set(fields) <= allowed, fields
     sets = ", ".join(f"{k} = ?" for k in fields)
     sql = f"UPDATE jobs SET {sets} WHERE id = ?"
@@ -342,8 +405,12 @@ def _fail_training_adapter(store: Store, adapter_id: str, reason: str) -> None:
     training. (The registry's own moves live in learning/registry/adapters.py, above this package.)"""
     with store.write() as conn:
         now = time.time()
-        changed = conn.execute("UPDATE adapters SET status = 'failed', updated = ? WHERE id = ? AND status = 'training'",
-                               (now, adapter_id)).rowcount
+        changed = conn.execute(
+            "UPDATE adapters SET status = 'failed', updated = ? WHERE id = ? AND status = 'training'", (now, adapter_id)
+        ).rowcount
         if changed:
-            conn.execute("INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
-                         "VALUES (?, ?, 'learnloop', 'training', 'failed', ?, '{}')", (adapter_id, now, reason))
+            conn.execute(
+                "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
+                "VALUES (?, ?, 'learnloop', 'training', 'failed', ?, '{}')",
+                (adapter_id, now, reason),
+            )

@@ -29,8 +29,15 @@ def main(argv: list[str]) -> int:
         return 2
     # SIGTERM asks for a graceful stop, like cancel_job.
     signal.signal(signal.SIGTERM, lambda *_: update_job(store, job_id, cancel_requested=1))
-    if not update_job(store, job_id, only_if_status=("queued",), status="running", started=time.time(),
-                            pid=os.getpid(), heartbeat=time.time()):
+    if not update_job(
+        store,
+        job_id,
+        only_if_status=("queued",),
+        status="running",
+        started=time.time(),
+        pid=os.getpid(),
+        heartbeat=time.time(),
+    ):
         print(f"job {job_id} is not queued; not running it", file=sys.stderr)
         return 2
     ctx = JobContext(store, job_id)
@@ -40,8 +47,14 @@ def main(argv: list[str]) -> int:
         fn = getattr(importlib.import_module(module_name), fn_name)
         result = fn(ctx)
     except JobCancelled as exc:
-        update_job(store, job_id, status="cancelled", finished=time.time(), progress=dumps(ctx._progress),
-                         error=str(exc) or "cancelled on request")
+        update_job(
+            store,
+            job_id,
+            status="cancelled",
+            finished=time.time(),
+            progress=dumps(ctx._progress),
+            error=str(exc) or "cancelled on request",
+        )
         print(f"[learnloop] job {job_id} cancelled", flush=True)
         return 0
     except LearnloopError as exc:
@@ -51,8 +64,14 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         _fail(store, ctx, f"{type(exc).__name__}: {exc}. See the job's log for the traceback.")
         return 1
-    update_job(store, job_id, status="succeeded", finished=time.time(), progress=dumps(ctx._progress),
-                     result=dumps(result if result is not None else {}))
+    update_job(
+        store,
+        job_id,
+        status="succeeded",
+        finished=time.time(),
+        progress=dumps(ctx._progress),
+        result=dumps(result if result is not None else {}),
+    )
     print(f"[learnloop] job {job_id} succeeded", flush=True)
     return 0
 

@@ -17,13 +17,12 @@ from learning.errors import ConfirmationNeeded, InvalidInput, check
 from learning.evaluate.evaluation import evaluate_adapter
 from learning.jobs.manage import JobCancelled, follow_job, start_job
 from learning.loop.stages import Stage, run_stages
-from learning.registry.adapters import get_adapter
+from learning.params import Confirm
+from learning.registry.adapters import get_adapter, production_for_route, role_known
 from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
 from learning.runs.record import ROLE_PATTERN
-from learning.registry.adapters import production_for_route, role_known
 from learning.store import Store
-from learning.params import Confirm
 from learning.train.launch import train_adapter
 
 
@@ -47,13 +46,18 @@ class CycleStarted(BaseModel):
 def run_cycle(
     store: Store,
     role: Annotated[str, Field(description="The role to improve, e.g. coder, fixer, judge.")],
-    to_production: Annotated[bool, Field(description="Promote to production when the gate passes (else candidate only). Needs confirm=true.")] = False,
+    to_production: Annotated[
+        bool, Field(description="Promote to production when the gate passes (else candidate only). Needs confirm=true.")
+    ] = False,
     min_reward: Annotated[float, Field(ge=0, le=1, description="Curate runs with at least this reward.")] = 0.7,
     days: Annotated[float | None, Field(gt=0, description="Only runs of the last N days.")] = None,
     base: Annotated[str | None, Field(description="Base model folder or hub id (default: the embedded base).")] = None,
     preset: Annotated[str, Field(description="Training preset: light, default or heavy.")] = "default",
     max_steps: Annotated[int | None, Field(ge=1, description="Training steps (default: the preset's epochs).")] = None,
-    auto_rollback: Annotated[bool, Field(description="Roll back the previous production adapter if drift shows a regression. Needs confirm=true.")] = False,
+    auto_rollback: Annotated[
+        bool,
+        Field(description="Roll back the previous production adapter if drift shows a regression. Needs confirm=true."),
+    ] = False,
     confirm: Confirm = False,
 ) -> CycleStarted:
     """One background job: make_sft -> train_adapter -> evaluate_adapter (the gate moves a
@@ -61,8 +65,16 @@ def run_cycle(
     adapter that was in production before. Returns the job id at once; follow it with wait_job.
     The job's result lists each stage with its status, seconds and figures."""
     try:
-        params = CycleParams(role=role, to_production=to_production, min_reward=min_reward, days=days, base=base,
-                             preset=preset, max_steps=max_steps, auto_rollback=auto_rollback)
+        params = CycleParams(
+            role=role,
+            to_production=to_production,
+            min_reward=min_reward,
+            days=days,
+            base=base,
+            preset=preset,
+            max_steps=max_steps,
+            auto_rollback=auto_rollback,
+        )
     except Exception as exc:  # pydantic's message names each bad field
         raise InvalidInput(f"Invalid cycle options: {exc}") from exc
     summary = cycle_consent(store, role, to_production, auto_rollback)
@@ -80,8 +92,10 @@ def cycle_consent(store: Store, role: str, to_production: bool = False, auto_rol
     """What a person must agree to before a cycle starts (None: it changes no production)."""
     changes = []
     if to_production:
-        changes.append(f"if the new {role} adapter passes the gate it goes to production, replacing "
-                       f"{_production_id(store, role) or 'no adapter (the route has none)'}")
+        changes.append(
+            f"if the new {role} adapter passes the gate it goes to production, replacing "
+            f"{_production_id(store, role) or 'no adapter (the route has none)'}"
+        )
     if auto_rollback:
         changes.append("if drift shows a regression, the previous production adapter goes back to production")
     return ("This cycle changes production: " + "; ".join(changes) + ".") if changes else None
@@ -106,8 +120,12 @@ def cycle_job(ctx) -> dict:
         ctx.progress(force=True, stage=stage, message=message, step=len(stages), total_steps=5)
 
     def follow(stage: str, job_id: str) -> dict:
-        status = follow_job(store, job_id, lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
-                            ctx.cancelled)
+        status = follow_job(
+            store,
+            job_id,
+            lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
+            ctx.cancelled,
+        )
         if status.status == "cancelled" and ctx.cancelled():
             raise JobCancelled(f"cycle cancelled during {stage} (job {job_id} cancelled too)")
         if status.status != "succeeded":
@@ -122,8 +140,9 @@ def cycle_job(ctx) -> dict:
 
     def train() -> dict:
         progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
-        started = train_adapter(store, role=p.role, dataset_id=out["dataset_id"], base=p.base, preset=p.preset,
-                                max_steps=p.max_steps)
+        started = train_adapter(
+            store, role=p.role, dataset_id=out["dataset_id"], base=p.base, preset=p.preset, max_steps=p.max_steps
+        )
         out["adapter_id"] = started.adapter_id
         return {"job_id": started.job_id, "adapter_id": started.adapter_id, **follow("train", started.job_id)}
 
@@ -141,27 +160,35 @@ def cycle_job(ctx) -> dict:
         if not p.to_production:
             return {"status": "candidate", "reason": "gate passed; production only when asked (to_production)"}
         progress("promote", f"promoting {out['adapter_id']} to production")
-        res = promote(store, out["adapter_id"], to="production", reason="run_cycle: gate passed", actor="run_cycle",
-                      confirm=True)  # a person agreed when the cycle started
+        res = promote(
+            store, out["adapter_id"], to="production", reason="run_cycle: gate passed", actor="run_cycle", confirm=True
+        )  # a person agreed when the cycle started
         return {"status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
 
     def drift() -> dict:
         if previous is None:
             return {"skipped": True, "reason": f"no adapter of role {p.role} was in production before this cycle"}
         progress("drift", f"checking {previous} for drift")
-        res = detect_drift(store, new_id=previous, auto_rollback=p.auto_rollback, confirm=True,
-                           actor="run_cycle")
+        res = detect_drift(store, new_id=previous, auto_rollback=p.auto_rollback, confirm=True, actor="run_cycle")
         return res.model_dump(mode="json")
 
-    failed = run_stages((("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage),
-                         ("drift", drift)), stages)
+    failed = run_stages(
+        (("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage), ("drift", drift)),
+        stages,
+    )
     if failed is not None:
         out["failed_stage"] = failed.name
         out["error"] = failed.detail["error"]
     out["stages"] = [s.model_dump(mode="json") for s in stages]
     out["adapter_status"] = get_adapter(store, out["adapter_id"]).status if out.get("adapter_id") else None
-    ctx.progress(force=True, stage="done", step=5, total_steps=5, stages=out["stages"],
-                 message=out.get("error") or f"adapter {out.get('adapter_id')} is {out.get('adapter_status')}")
+    ctx.progress(
+        force=True,
+        stage="done",
+        step=5,
+        total_steps=5,
+        stages=out["stages"],
+        message=out.get("error") or f"adapter {out.get('adapter_id')} is {out.get('adapter_status')}",
+    )
     if "failed_stage" in out:
         # The job fails; its progress keeps the report of every stage, its error names the stage.
         raise RuntimeError(f"cycle stopped at {out['failed_stage']}: {out['error']}")

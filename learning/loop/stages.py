@@ -18,9 +18,12 @@ class Stage(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-def run_stages(steps: Iterable[tuple[str, Callable[[], dict]]], stages: list[Stage],
-               error_text: Callable[[Exception], str] = str,
-               on_event: Callable[[str, str], None] | None = None) -> Stage | None:
+def run_stages(
+    steps: Iterable[tuple[str, Callable[[], dict]]],
+    stages: list[Stage],
+    error_text: Callable[[Exception], str] = str,
+    on_event: Callable[[str, str], None] | None = None,
+) -> Stage | None:
     """Run each step in order, appending its timed Stage to `stages`; returns the stage that failed, if any.
 
     A step returns its detail (a detail with `skipped` true marks the stage skipped); an exception

@@ -28,8 +28,12 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(base: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
-               device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+def load_model(
+    base: str | os.PathLike,
+    adapter_path: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> tuple[Any, Any]:
     """(model, tokenizer) for `base` (a folder or a hub id), with the adapter at `adapter_path` on top.
 
     The model is in eval mode on `device`; the tokenizer pads on the left (for batched generation)
@@ -44,11 +48,15 @@ def load_model(base: str | os.PathLike, adapter_path: str | os.PathLike | None =
     if Path(base).expanduser().exists():
         base = str(Path(base).expanduser())
     elif base.startswith((".", "/", "~")):
-        raise NotFound(f"No base model folder {base}. Build the embedded one with `learnloop base build`, "
-                       "or give a hub id / an existing folder.")
+        raise NotFound(
+            f"No base model folder {base}. Build the embedded one with `learnloop base build`, "
+            "or give a hub id / an existing folder."
+        )
     if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():
-        raise NotFound(f"No adapter at {adapter_path} (adapter_config.json missing). "
-                       "List adapters with `learnloop adapters` and use one whose training finished.")
+        raise NotFound(
+            f"No adapter at {adapter_path} (adapter_config.json missing). "
+            "List adapters with `learnloop adapters` and use one whose training finished."
+        )
     if dtype is None:
         torch_dtype = torch.float32 if device == "cpu" else "auto"
     else:
@@ -119,8 +127,15 @@ def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int):
     return StopOnStrings()
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 128,
-             stop: Sequence[str] = (), batch_size: int = 16, add_special_tokens: bool = True) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 128,
+    stop: Sequence[str] = (),
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+) -> list[str]:
     """Greedy completions of `prompts`, each cut at its first stop string; in the prompts' order.
 
     Prompts are grouped by length into batches of `batch_size` (less padding), left-padded, and
@@ -140,14 +155,21 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                              add_special_tokens=add_special_tokens).to(device)
+            idx = order[start : start + batch_size]
+            batch = tokenizer(
+                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+            ).to(device)
             prompt_len = batch["input_ids"].shape[1]
             criteria = StoppingCriteriaList([_stop_criteria(tokenizer, stop, prompt_len)]) if stop else None
             generated = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
                 stopping_criteria=criteria,
             )
             for row, i in enumerate(idx):

@@ -74,10 +74,34 @@ class BaseSpec(BaseModel):
 
 
 SIZES: dict[str, BaseSpec] = {
-    "tiny": BaseSpec(size="tiny", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                     max_positions=512, corpus_docs=1500, steps=30, batch_size=8, seq_len=64, lr=3e-3),
-    "small": BaseSpec(size="small", vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
-                      max_positions=1024, corpus_docs=20000, steps=760, batch_size=16, seq_len=64, lr=3e-3),
+    "tiny": BaseSpec(
+        size="tiny",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=2,
+        max_positions=512,
+        corpus_docs=1500,
+        steps=30,
+        batch_size=8,
+        seq_len=64,
+        lr=3e-3,
+    ),
+    "small": BaseSpec(
+        size="small",
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=256,
+        num_layers=2,
+        num_heads=4,
+        max_positions=1024,
+        corpus_docs=20000,
+        steps=760,
+        batch_size=16,
+        seq_len=64,
+        lr=3e-3,
+    ),
 }
 
 
@@ -97,18 +121,46 @@ def _train_tokenizer(docs: list[str], spec: BaseSpec, seed: int, out: Path) -> N
 
     lines = [line for doc in docs for line in doc.replace("</s>", "").split("\n") if line]
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(out / "tokenizer"), vocab_size=spec.vocab_size,
-        model_type="bpe", byte_fallback=True, split_digits=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", add_dummy_prefix=False, allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0, hard_vocab_limit=False,
-        user_defined_symbols=[CHAT_USER, CHAT_ASSISTANT, "<|system|>"], num_threads=1,
-        shuffle_input_sentence=False, minloglevel=2)
+        sentence_iterator=iter(lines),
+        model_prefix=str(out / "tokenizer"),
+        vocab_size=spec.vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        user_defined_symbols=[CHAT_USER, CHAT_ASSISTANT, "<|system|>"],
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
     (out / "tokenizer.vocab").unlink(missing_ok=True)
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-        "add_prefix_space": False, "model_max_length": spec.max_positions, "chat_template": CHAT_TEMPLATE,
-    }, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": False,
+                "add_prefix_space": False,
+                "model_max_length": spec.max_positions,
+                "chat_template": CHAT_TEMPLATE,
+            },
+            indent=2,
+        )
+    )
 
 
 def _token_stream(tokenizer, docs: list[str]):
@@ -129,16 +181,15 @@ def _pretrain(model, stream, spec: BaseSpec, seed: int, log) -> float | None:
     gen = torch.Generator().manual_seed(seed)
     # Every window starts at a document's start (its bos), so a window holds the name's first
     # mention as well as the def line that copies it.
-    doc_starts = (stream[:len(stream) - spec.seq_len - 1] == stream[0]).nonzero().flatten()
+    doc_starts = (stream[: len(stream) - spec.seq_len - 1] == stream[0]).nonzero().flatten()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, spec.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / spec.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / spec.steps))
     model.train()
     smooth = None
     for step in range(spec.steps):
         starts = doc_starts[torch.randint(0, len(doc_starts), (spec.batch_size,), generator=gen)]
-        batch = torch.stack([stream[s:s + spec.seq_len] for s in starts.tolist()])
+        batch = torch.stack([stream[s : s + spec.seq_len] for s in starts.tolist()])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -152,8 +203,9 @@ def _pretrain(model, stream, spec: BaseSpec, seed: int, log) -> float | None:
     return round(smooth, 4)
 
 
-def build_base(out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, steps: int | None = None,
-               log=None) -> Path:
+def build_base(
+    out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, steps: int | None = None, log=None
+) -> Path:
     """Build the embedded base model into out_dir (replaced if it exists); returns the folder."""
     if size not in SIZES:
         raise InvalidInput(f"Unknown base size {size!r}; use one of {', '.join(SIZES)}.")
@@ -171,11 +223,20 @@ def build_base(out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, st
         tokenizer = AutoTokenizer.from_pretrained(work)
         torch.manual_seed(seed)
         config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_positions,
-            tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-5, rope_theta=10000.0)
+            vocab_size=len(tokenizer),
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_heads,
+            max_position_embeddings=spec.max_positions,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+        )
         model = LlamaForCausalLM(config)
         # One thread: float sums differ with the thread count, and a base pretrained on 2 threads
         # differs from one pretrained on 8 (and teaches its adapters differently). One thread gives
@@ -187,13 +248,23 @@ def build_base(out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, st
         finally:
             torch.set_num_threads(threads)
         model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=128)
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
+            max_new_tokens=128,
+        )
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)  # tokenizer.json next to the SentencePiece model
-        info = dict(size=size, seed=seed, spec=spec.model_dump(), final_loss=final_loss,
-                    parameters=sum(p.numel() for p in model.parameters()),
-                    build_s=round(time.time() - started, 1), torch=torch.__version__)
+        info = dict(
+            size=size,
+            seed=seed,
+            spec=spec.model_dump(),
+            final_loss=final_loss,
+            parameters=sum(p.numel() for p in model.parameters()),
+            build_s=round(time.time() - started, 1),
+            torch=torch.__version__,
+        )
         (work / MARKER).write_text(json.dumps(info, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -236,5 +307,12 @@ def ensure_base(store_or_home, size: str = "small", seed: int = 0, force: bool =
         if built:
             build_base(path, size, seed=seed, log=log)
             info = read_info(path)
-    return BaseInfo(path=str(path), size=size, seed=seed, built=built, parameters=info["parameters"],
-                    final_loss=info["final_loss"], build_s=info["build_s"])
+    return BaseInfo(
+        path=str(path),
+        size=size,
+        seed=seed,
+        built=built,
+        parameters=info["parameters"],
+        final_loss=info["final_loss"],
+        build_s=info["build_s"],
+    )

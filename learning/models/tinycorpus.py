@@ -11,11 +11,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-WORDS = ("total count value item items data result name text line lines word words number numbers key keys "
-         "index size score scores price prices user users node nodes row rows col path file record records "
-         "amount limit offset left right first last head tail temp acc buf chunk part parts label").split()
-VERBS = ("get compute make build find count sum scale shift double add mul apply parse format clean merge "
-         "split join filter pick check load save update reset to flip sort rev upper lower strip").split()
+WORDS = (
+    "total count value item items data result name text line lines word words number numbers key keys "
+    "index size score scores price prices user users node nodes row rows col path file record records "
+    "amount limit offset left right first last head tail temp acc buf chunk part parts label"
+).split()
+VERBS = (
+    "get compute make build find count sum scale shift double add mul apply parse format clean merge "
+    "split join filter pick check load save update reset to flip sort rev upper lower strip"
+).split()
 SYLLABLES = ("ka lo mi ra ve zu ti po ne sa qu fe bo xi da lu ri ma ko pe ny gi ho wa ze").split()
 CHAT_USER, CHAT_ASSISTANT = "<|user|>", "<|assistant|>"
 
@@ -32,8 +36,10 @@ def ident(rng: random.Random, kind: str = "var") -> str:
             return made_up(rng)
         if r < 0.7:
             return f"{made_up(rng)}_{made_up(rng)}"
-        return "_".join([rng.choice(VERBS)] + [rng.choice(WORDS) if rng.random() < 0.4 else made_up(rng)
-                                               for _ in range(rng.randint(1, 2))])
+        return "_".join(
+            [rng.choice(VERBS)]
+            + [rng.choice(WORDS) if rng.random() < 0.4 else made_up(rng) for _ in range(rng.randint(1, 2))]
+        )
     r = rng.random()
     if r < 0.1:
         return rng.choice("abcnxyzijkpqst")
@@ -60,8 +66,16 @@ def const(rng: random.Random) -> int:
 # Each shape returns (signature params, body lines, English description).
 def shape_binary(rng, p):
     a, b = p[0], p[1]
-    op, word = rng.choice([("+", "the sum of"), ("-", "the difference of"), ("*", "the product of"),
-                           ("//", "the floor division of"), ("%", "the remainder of"), ("**", "the power of")])
+    op, word = rng.choice(
+        [
+            ("+", "the sum of"),
+            ("-", "the difference of"),
+            ("*", "the product of"),
+            ("//", "the floor division of"),
+            ("%", "the remainder of"),
+            ("**", "the power of"),
+        ]
+    )
     return [a, b], [f"return {a} {op} {b}"], f"return {word} {a} and {b}"
 
 
@@ -79,20 +93,36 @@ def shape_list_map(rng, p):
 
 def shape_list_reduce(rng, p):
     xs = p[0]
-    expr, word = rng.choice([(f"sum({xs})", "the sum of"), (f"max({xs})", "the largest element of"),
-                             (f"min({xs})", "the smallest element of"), (f"len({xs})", "the length of"),
-                             (f"{xs}[::-1]", "the reverse of"), (f"sorted({xs})", "a sorted copy of"),
-                             (f"list(reversed({xs}))", "the elements in reverse order of"),
-                             (f"{xs}[0]", "the first element of"), (f"{xs}[-1]", "the last element of")])
+    expr, word = rng.choice(
+        [
+            (f"sum({xs})", "the sum of"),
+            (f"max({xs})", "the largest element of"),
+            (f"min({xs})", "the smallest element of"),
+            (f"len({xs})", "the length of"),
+            (f"{xs}[::-1]", "the reverse of"),
+            (f"sorted({xs})", "a sorted copy of"),
+            (f"list(reversed({xs}))", "the elements in reverse order of"),
+            (f"{xs}[0]", "the first element of"),
+            (f"{xs}[-1]", "the last element of"),
+        ]
+    )
     return [xs], [f"return {expr}"], f"return {word} {xs}"
 
 
 def shape_string(rng, p):
     s = p[0]
-    expr, word = rng.choice([(f"{s}.upper()", "in upper case"), (f"{s}.lower()", "in lower case"),
-                             (f"{s}.strip()", "without surrounding spaces"), (f"{s}[::-1]", "reversed"),
-                             (f"{s}.title()", "in title case"), (f"{s}.split()", "split into words"),
-                             (f"len({s})", "as its length"), (f"{s} + {s}", "repeated twice")])
+    expr, word = rng.choice(
+        [
+            (f"{s}.upper()", "in upper case"),
+            (f"{s}.lower()", "in lower case"),
+            (f"{s}.strip()", "without surrounding spaces"),
+            (f"{s}[::-1]", "reversed"),
+            (f"{s}.title()", "in title case"),
+            (f"{s}.split()", "split into words"),
+            (f"len({s})", "as its length"),
+            (f"{s} + {s}", "repeated twice"),
+        ]
+    )
     return [s], [f"return {expr}"], f"return {s} {word}"
 
 
@@ -107,8 +137,11 @@ def shape_loop(rng, p):
     op = rng.choice(["+", "*"])
     start = 0 if op == "+" else 1
     word = "add up" if op == "+" else "multiply"
-    return [xs], [f"{acc} = {start}", f"for {x} in {xs}:", f"    {acc} = {acc} {op} {x}", f"return {acc}"], \
-        f"{word} the elements of {xs} with a loop"
+    return (
+        [xs],
+        [f"{acc} = {start}", f"for {x} in {xs}:", f"    {acc} = {acc} {op} {x}", f"return {acc}"],
+        f"{word} the elements of {xs} with a loop",
+    )
 
 
 def shape_branch(rng, p):
@@ -119,14 +152,28 @@ def shape_branch(rng, p):
 
 def shape_dict(rng, p):
     d, key = p[0], p[1]
-    expr, word = rng.choice([(f"{d}.get({key!r}, 0)", f"the value for {key!r} in {d}, or 0"),
-                             (f"sorted({d})", f"the sorted keys of {d}"), (f"len({d})", f"the number of keys in {d}"),
-                             (f"{{v: k for k, v in {d}.items()}}", f"{d} with keys and values swapped")])
+    expr, word = rng.choice(
+        [
+            (f"{d}.get({key!r}, 0)", f"the value for {key!r} in {d}, or 0"),
+            (f"sorted({d})", f"the sorted keys of {d}"),
+            (f"len({d})", f"the number of keys in {d}"),
+            (f"{{v: k for k, v in {d}.items()}}", f"{d} with keys and values swapped"),
+        ]
+    )
     return [d], [f"return {expr}"], f"return {word}"
 
 
-SHAPES: list[Callable] = [shape_binary, shape_const, shape_list_map, shape_list_reduce, shape_string,
-                          shape_filter, shape_loop, shape_branch, shape_dict]
+SHAPES: list[Callable] = [
+    shape_binary,
+    shape_const,
+    shape_list_map,
+    shape_list_reduce,
+    shape_string,
+    shape_filter,
+    shape_loop,
+    shape_branch,
+    shape_dict,
+]
 
 
 def function(rng: random.Random, doc_p: float = 0.2) -> tuple[str, str, list[str], str]:
@@ -144,16 +191,18 @@ def intro(rng: random.Random, name: str, params: list[str], desc: str) -> str:
     """A comment, request, question or chat turn that names the function (and its parameters)."""
     sig = f"{name}({', '.join(params)})"
     shown = f"`{sig}`" if rng.random() < 0.5 else sig
-    return rng.choice([
-        f"# {sig}: {desc}.\n",
-        f"Write a {rng.choice(['Python function', 'function'])} {shown} that will {desc}.\n\n",
-        f"Question: how do I write {shown} in Python? It should {desc}.\nAnswer:\n",
-        f"Implement {shown}: {desc}.\n",
-        f"{CHAT_USER}\nDefine {shown} to {desc}.</s>\n{CHAT_ASSISTANT}\n",
-        f"# {desc[0].upper() + desc[1:]}.\n# The function is called {name}, taking {', '.join(params)}.\n",
-        f"Here is {shown}, which will {desc}:\n",
-        f"# TODO: write {shown} to {desc}.\n",
-    ])
+    return rng.choice(
+        [
+            f"# {sig}: {desc}.\n",
+            f"Write a {rng.choice(['Python function', 'function'])} {shown} that will {desc}.\n\n",
+            f"Question: how do I write {shown} in Python? It should {desc}.\nAnswer:\n",
+            f"Implement {shown}: {desc}.\n",
+            f"{CHAT_USER}\nDefine {shown} to {desc}.</s>\n{CHAT_ASSISTANT}\n",
+            f"# {desc[0].upper() + desc[1:]}.\n# The function is called {name}, taking {', '.join(params)}.\n",
+            f"Here is {shown}, which will {desc}:\n",
+            f"# TODO: write {shown} to {desc}.\n",
+        ]
+    )
 
 
 def calls(rng: random.Random, name: str, params: list[str]) -> str:

@@ -68,32 +68,73 @@ def new_adapter_id(role: str) -> str:
 
 def to_adapter(row) -> Adapter:
     return Adapter(
-        id=row["id"], role=row["role"], task_type=row["task_type"], complexity=row["complexity"],
-        base_model=row["base_model"], base_hash=row["base_hash"], dataset_id=row["dataset_id"],
-        method=row["method"], status=row["status"], created=iso(row["created"]), updated=iso(row["updated"]),
-        path=row["path"], params=loads(row["params"]) or {}, metrics=loads(row["metrics"]) or {},
+        id=row["id"],
+        role=row["role"],
+        task_type=row["task_type"],
+        complexity=row["complexity"],
+        base_model=row["base_model"],
+        base_hash=row["base_hash"],
+        dataset_id=row["dataset_id"],
+        method=row["method"],
+        status=row["status"],
+        created=iso(row["created"]),
+        updated=iso(row["updated"]),
+        path=row["path"],
+        params=loads(row["params"]) or {},
+        metrics=loads(row["metrics"]) or {},
         source=row["source"],
     )
 
 
-def create_adapter(store: Store, adapter_id: str, role: str, base_model: str, path: str, *,
-                   status: Status = "training", task_type: str | None = None, complexity: str | None = None,
-                   dataset_id: str | None = None, method: str = "sft", params: dict | None = None,
-                   base_hash: str | None = None, source: str = "trained", actor: str = "learnloop",
-                   reason: str = "created") -> Adapter:
+def create_adapter(
+    store: Store,
+    adapter_id: str,
+    role: str,
+    base_model: str,
+    path: str,
+    *,
+    status: Status = "training",
+    task_type: str | None = None,
+    complexity: str | None = None,
+    dataset_id: str | None = None,
+    method: str = "sft",
+    params: dict | None = None,
+    base_hash: str | None = None,
+    source: str = "trained",
+    actor: str = "learnloop",
+    reason: str = "created",
+) -> Adapter:
     """Record a new adapter and its first event, in one transaction."""
     safe_id(adapter_id, "adapter id")
     now = time.time()
     with store.write() as conn:
         if adapter_row(store, adapter_id, conn) is not None:
             raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
-        insert_adapter(conn, dict(
-            id=adapter_id, role=role, task_type=task_type, complexity=complexity, base_model=base_model,
-            base_hash=base_hash, dataset_id=dataset_id, method=method, status=status, created=now, updated=now,
-            path=path, params=dumps(params or {}), metrics=dumps({}), source=source))
+        insert_adapter(
+            conn,
+            dict(
+                id=adapter_id,
+                role=role,
+                task_type=task_type,
+                complexity=complexity,
+                base_model=base_model,
+                base_hash=base_hash,
+                dataset_id=dataset_id,
+                method=method,
+                status=status,
+                created=now,
+                updated=now,
+                path=path,
+                params=dumps(params or {}),
+                metrics=dumps({}),
+                source=source,
+            ),
+        )
         conn.execute(
             "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
-            "VALUES (?, ?, ?, NULL, ?, ?, '{}')", (adapter_id, now, actor, status, reason))
+            "VALUES (?, ?, ?, NULL, ?, ?, '{}')",
+            (adapter_id, now, actor, status, reason),
+        )
     return get_adapter(store, adapter_id)
 
 
@@ -107,7 +148,9 @@ def get_adapter(store: Store, adapter_id: str) -> Adapter:
 def list_adapters(
     store: Store,
     role: Annotated[str | None, Field(description="Only this role.")] = None,
-    status: Annotated[str | None, Field(description="Only this status: training, trained, candidate, production, archived, failed.")] = None,
+    status: Annotated[
+        str | None, Field(description="Only this status: training, trained, candidate, production, archived, failed.")
+    ] = None,
 ) -> list[Adapter]:
     """Every adapter learnloop knows, newest first, with status, base, dataset and eval metrics."""
     if status is not None and status not in STATUSES:
@@ -123,14 +166,29 @@ def adapter_history(
     """Every status change (time, actor, from, to, reason), oldest first, evaluations included."""
     if adapter_id:
         get_adapter(store, adapter_id)
-    return [AdapterEvent(adapter_id=r["adapter_id"], time=iso(r["ts"]), actor=r["actor"],
-                         from_status=r["from_status"], to_status=r["to_status"], reason=r["reason"],
-                         data=loads(r["data"]) or {})
-            for r in adapter_event_rows(store, adapter_id, role)]
+    return [
+        AdapterEvent(
+            adapter_id=r["adapter_id"],
+            time=iso(r["ts"]),
+            actor=r["actor"],
+            from_status=r["from_status"],
+            to_status=r["to_status"],
+            reason=r["reason"],
+            data=loads(r["data"]) or {},
+        )
+        for r in adapter_event_rows(store, adapter_id, role)
+    ]
 
 
-def move(store: Store, adapter_id: str, to_status: Status, actor: str, reason: str,
-         force: bool = False, data: dict | None = None) -> Adapter:
+def move(
+    store: Store,
+    adapter_id: str,
+    to_status: Status,
+    actor: str,
+    reason: str,
+    force: bool = False,
+    data: dict | None = None,
+) -> Adapter:
     """Change one adapter's status (not to production: that is promote's job, which keeps
     the one-production-per-route rule)."""
     if to_status not in STATUSES:
@@ -141,8 +199,10 @@ def move(store: Store, adapter_id: str, to_status: Status, actor: str, reason: s
             raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
         if to_status not in MOVES[current] and not force:
-            raise Conflict(f"Adapter {adapter_id} is {current}; it cannot move to {to_status} "
-                           f"(allowed: {', '.join(sorted(MOVES[current])) or 'none'}).")
+            raise Conflict(
+                f"Adapter {adapter_id} is {current}; it cannot move to {to_status} "
+                f"(allowed: {', '.join(sorted(MOVES[current])) or 'none'})."
+            )
         set_adapter_status(conn, adapter_id, current, to_status, actor, reason, data)
     return get_adapter(store, adapter_id)
 
@@ -152,8 +212,15 @@ def set_metrics(store: Store, adapter_id: str, metrics: dict[str, Any]) -> None:
         update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
 
 
-def record_evaluation(store: Store, adapter_id: str, metrics: dict[str, Any], reason: str,
-                      to_status: Status | None = None, data: dict | None = None, actor: str = "learnloop") -> Adapter:
+def record_evaluation(
+    store: Store,
+    adapter_id: str,
+    metrics: dict[str, Any],
+    reason: str,
+    to_status: Status | None = None,
+    data: dict | None = None,
+    actor: str = "learnloop",
+) -> Adapter:
     """Store an evaluation's metrics and its event (and the gate's move, if any) in one transaction.
     The move (trained -> to_status) happens only if the adapter is still trained when the result
     is written (it may have been promoted or archived meanwhile). Without a move, the event keeps
@@ -173,8 +240,9 @@ def route_of(row) -> tuple[str, str | None, str | None]:
     return row["role"], row["task_type"], row["complexity"]
 
 
-def set_production(store: Store, adapter_id: str, actor: str, reason: str, force: bool = False,
-                   check=None) -> tuple[Adapter, str | None]:
+def set_production(
+    store: Store, adapter_id: str, actor: str, reason: str, force: bool = False, check=None
+) -> tuple[Adapter, str | None]:
     """Make an adapter the production adapter of its route, archiving the one it replaces,
     in one transaction (a crash at any point leaves exactly one production adapter).
     `check(row, old_row)`, if given, runs inside the transaction and may raise to refuse.
@@ -187,18 +255,36 @@ def set_production(store: Store, adapter_id: str, actor: str, reason: str, force
         if current == "production":
             raise Conflict(f"Adapter {adapter_id} is already in production for its route.")
         if current in ("failed", "training"):
-            raise Conflict(f"Adapter {adapter_id} is {current}; only a trained, candidate or archived adapter can be promoted.")
+            raise Conflict(
+                f"Adapter {adapter_id} is {current}; only a trained, candidate or archived adapter can be promoted."
+            )
         if current != "candidate" and not force and current != "archived":
-            raise Conflict(f"Adapter {adapter_id} is {current}: only a candidate goes to production. Evaluate it "
-                           "(evaluate_adapter) so the gate makes it a candidate, or pass force to override.")
+            raise Conflict(
+                f"Adapter {adapter_id} is {current}: only a candidate goes to production. Evaluate it "
+                "(evaluate_adapter) so the gate makes it a candidate, or pass force to override."
+            )
         old = production_for_route(conn, *route_of(row))
         if check is not None:
             check(row, old)
         if old is not None:
-            set_adapter_status(conn, old["id"], "production", "archived", actor,
-                                     f"replaced by {adapter_id}: {reason}", {"replaced_by": adapter_id})
-        set_adapter_status(conn, adapter_id, current, "production", actor, reason,
-                                 {"replaced": old["id"] if old is not None else None, "forced": force})
+            set_adapter_status(
+                conn,
+                old["id"],
+                "production",
+                "archived",
+                actor,
+                f"replaced by {adapter_id}: {reason}",
+                {"replaced_by": adapter_id},
+            )
+        set_adapter_status(
+            conn,
+            adapter_id,
+            current,
+            "production",
+            actor,
+            reason,
+            {"replaced": old["id"] if old is not None else None, "forced": force},
+        )
     return get_adapter(store, adapter_id), (old["id"] if old is not None else None)
 
 
@@ -208,31 +294,56 @@ def previous_production(store: Store, role: str, task_type: str | None = None, c
         return previous_production_row(conn, role, task_type, complexity)
 
 
-def rollback_route(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
-                   actor: str = "learnloop", reason: str = "rollback") -> tuple[Adapter, str | None]:
+def rollback_route(
+    store: Store,
+    role: str,
+    task_type: str | None = None,
+    complexity: str | None = None,
+    actor: str = "learnloop",
+    reason: str = "rollback",
+) -> tuple[Adapter, str | None]:
     """Put the most recently replaced production adapter of a route back into production,
     archiving the current one, in one transaction. Returns (restored adapter, archived id)."""
     with store.write() as conn:
         prev = previous_production_row(conn, role, task_type, complexity)
         if prev is None:
-            raise Conflict(f"Nothing to roll back to for role {role!r}"
-                           + (f" task_type {task_type!r}" if task_type else "") + (f" complexity {complexity!r}" if complexity else "")
-                           + ": no adapter of this route was ever replaced in production.")
+            raise Conflict(
+                f"Nothing to roll back to for role {role!r}"
+                + (f" task_type {task_type!r}" if task_type else "")
+                + (f" complexity {complexity!r}" if complexity else "")
+                + ": no adapter of this route was ever replaced in production."
+            )
         current = production_for_route(conn, role, task_type, complexity)
         if current is not None:
-            set_adapter_status(conn, current["id"], "production", "archived", actor,
-                                     f"rolled back: {reason}", {"rollback_to": prev["id"]})
-        set_adapter_status(conn, prev["id"], "archived", "production", actor, f"rollback: {reason}",
-                                 {"rollback_from": current["id"] if current is not None else None})
+            set_adapter_status(
+                conn,
+                current["id"],
+                "production",
+                "archived",
+                actor,
+                f"rolled back: {reason}",
+                {"rollback_to": prev["id"]},
+            )
+        set_adapter_status(
+            conn,
+            prev["id"],
+            "archived",
+            "production",
+            actor,
+            f"rollback: {reason}",
+            {"rollback_from": current["id"] if current is not None else None},
+        )
     return get_adapter(store, prev["id"]), (current["id"] if current is not None else None)
 
 
 # ---- SQL: the adapters and adapter_events tables ------------------------------------------------
 
+
 def insert_adapter(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
     cols = list(row)
-    conn.execute(f"INSERT INTO adapters ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                 [row[c] for c in cols])
+    conn.execute(
+        f"INSERT INTO adapters ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols]
+    )
 
 
 def adapter_row(store: Store, adapter_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
@@ -252,19 +363,31 @@ def adapter_rows(store: Store, role: str | None = None, status: str | None = Non
     if status:
         where.append("status = ?")
         args.append(status)
-    sql = "SELECT * FROM adapters" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC, id DESC"
+    sql = (
+        "SELECT * FROM adapters"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY created DESC, id DESC"
+    )
     with store.read() as conn:
         return conn.execute(sql, args).fetchall()
 
 
 def adapter_brief(conn: sqlite3.Connection, adapter_id: str) -> sqlite3.Row | None:
     """The columns routing needs of one adapter."""
-    return conn.execute("SELECT id, role, task_type, complexity, base_model, path, status FROM adapters "
-                        "WHERE id = ?", (adapter_id,)).fetchone()
+    return conn.execute(
+        "SELECT id, role, task_type, complexity, base_model, path, status FROM adapters WHERE id = ?", (adapter_id,)
+    ).fetchone()
 
 
-def set_adapter_status(conn: sqlite3.Connection, adapter_id: str, from_status: str | None, to_status: str,
-                       actor: str, reason: str, data: dict | None = None) -> None:
+def set_adapter_status(
+    conn: sqlite3.Connection,
+    adapter_id: str,
+    from_status: str | None,
+    to_status: str,
+    actor: str,
+    reason: str,
+    data: dict | None = None,
+) -> None:
     """Move an adapter to a status and record the event, inside the caller's transaction."""
     now = time.time()
     conn.execute("UPDATE adapters SET status = ?, updated = ? WHERE id = ?", (to_status, now, adapter_id))
@@ -286,8 +409,7 @@ def adapter_event_rows(store: Store, adapter_id: str | None = None, role: str | 
     if adapter_id:
         sql, args = "SELECT * FROM adapter_events WHERE adapter_id = ? ORDER BY id", [adapter_id]
     elif role:
-        sql = ("SELECT e.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id "
-               "WHERE a.role = ? ORDER BY e.id")
+        sql = "SELECT e.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id WHERE a.role = ? ORDER BY e.id"
         args = [role]
     else:
         sql, args = "SELECT * FROM adapter_events ORDER BY id", []
@@ -295,32 +417,46 @@ def adapter_event_rows(store: Store, adapter_id: str | None = None, role: str | 
         return conn.execute(sql, args).fetchall()
 
 
-def production_for_route(conn: sqlite3.Connection, role: str, task_type: str | None,
-                         complexity: str | None) -> sqlite3.Row | None:
+def production_for_route(
+    conn: sqlite3.Connection, role: str, task_type: str | None, complexity: str | None
+) -> sqlite3.Row | None:
     return conn.execute(
         "SELECT * FROM adapters WHERE status = 'production' AND role = ? AND ifnull(task_type, '') = ifnull(?, '') "
-        "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+        "AND ifnull(complexity, '') = ifnull(?, '')",
+        (role, task_type, complexity),
+    ).fetchone()
 
 
-def previous_production_row(conn: sqlite3.Connection, role: str, task_type: str | None,
-                            complexity: str | None) -> sqlite3.Row | None:
+def previous_production_row(
+    conn: sqlite3.Connection, role: str, task_type: str | None, complexity: str | None
+) -> sqlite3.Row | None:
     """The adapter of the route most recently moved from production to archived, if still archived."""
     return conn.execute(
         "SELECT a.* FROM adapter_events e JOIN adapters a ON a.id = e.adapter_id "
         "WHERE e.from_status = 'production' AND e.to_status = 'archived' AND a.status = 'archived' "
         "AND a.role = ? AND ifnull(a.task_type, '') = ifnull(?, '') AND ifnull(a.complexity, '') = ifnull(?, '') "
-        "ORDER BY e.id DESC LIMIT 1", (role, task_type, complexity)).fetchone()
+        "ORDER BY e.id DESC LIMIT 1",
+        (role, task_type, complexity),
+    ).fetchone()
 
 
 def role_known(store: Store, role: str) -> bool:
     """Whether any adapter or run has this role."""
     with store.read() as conn:
-        return conn.execute("SELECT EXISTS(SELECT 1 FROM adapters WHERE role = ?) "
-                            "OR EXISTS(SELECT 1 FROM runs WHERE role = ?) AS known", (role, role)).fetchone()["known"] == 1
+        return (
+            conn.execute(
+                "SELECT EXISTS(SELECT 1 FROM adapters WHERE role = ?) "
+                "OR EXISTS(SELECT 1 FROM runs WHERE role = ?) AS known",
+                (role, role),
+            ).fetchone()["known"]
+            == 1
+        )
 
 
 def known_roles(store: Store) -> list[str]:
     """Roles of adapters and runs (the first 50, by name)."""
     with store.read() as conn:
-        return [r["role"] for r in conn.execute("SELECT role FROM adapters UNION SELECT DISTINCT role FROM runs "
-                                                "ORDER BY 1 LIMIT 50")]
+        return [
+            r["role"]
+            for r in conn.execute("SELECT role FROM adapters UNION SELECT DISTINCT role FROM runs ORDER BY 1 LIMIT 50")
+        ]

@@ -33,8 +33,10 @@ def inspect_adapter_folder(path: Path) -> dict[str, Any]:
     problems: list[str] = []
     config: dict[str, Any] = {}
     if not path.is_dir():
-        raise NotFound(f"No adapter folder at {path}. Give the folder holding adapter_config.json "
-                       "(the output_dir of Unsloth, Axolotl or LLaMA-Factory).")
+        raise NotFound(
+            f"No adapter folder at {path}. Give the folder holding adapter_config.json "
+            "(the output_dir of Unsloth, Axolotl or LLaMA-Factory)."
+        )
     cfg = path / "adapter_config.json"
     if not cfg.is_file():
         problems.append(f"{cfg.name} is missing: this is not a PEFT adapter folder")
@@ -79,30 +81,53 @@ def check_loads(base: str, path: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = "import sys; from learning.registry.folders import load_check_main; sys.exit(load_check_main(sys.argv[1:]))"
     try:
-        proc = subprocess.run([sys.executable, "-c", code, base, str(path)], capture_output=True, text=True,
-                              timeout=LOAD_CHECK_TIMEOUT_S, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, base, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=LOAD_CHECK_TIMEOUT_S,
+            env=env,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise InvalidInput(f"Loading the adapter on {base!r} took over {LOAD_CHECK_TIMEOUT_S}s; check the base.") from exc
+        raise InvalidInput(
+            f"Loading the adapter on {base!r} took over {LOAD_CHECK_TIMEOUT_S}s; check the base."
+        ) from exc
     lines = proc.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"ok": False, "error": proc.stderr[-600:]}
+    result = (
+        json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"ok": False, "error": proc.stderr[-600:]}
+    )
     if not result.get("ok"):
-        raise InvalidInput(f"The adapter at {path} does not load on base {base!r}: {result.get('error')}. "
-                           "Pass the base it was trained on (--base, a local model folder or a cached hub id).")
+        raise InvalidInput(
+            f"The adapter at {path} does not load on base {base!r}: {result.get('error')}. "
+            "Pass the base it was trained on (--base, a local model folder or a cached hub id)."
+        )
     return result
 
 
 def register_adapter(
     store: Store,
-    path: Annotated[str | Path, Field(description="Folder of a PEFT adapter on this machine (adapter_config.json + weights), "
-                                                  "e.g. Unsloth, Axolotl or LLaMA-Factory output.")],
+    path: Annotated[
+        str | Path,
+        Field(
+            description="Folder of a PEFT adapter on this machine (adapter_config.json + weights), "
+            "e.g. Unsloth, Axolotl or LLaMA-Factory output."
+        ),
+    ],
     role: Annotated[str, Field(description="The role it serves: coder, fixer, judge, ...")],
-    base: Annotated[str | None, Field(description="Its base model (local folder or cached hub id); default: "
-                                                  "base_model_name_or_path from adapter_config.json.")] = None, *,
+    base: Annotated[
+        str | None,
+        Field(
+            description="Its base model (local folder or cached hub id); default: "
+            "base_model_name_or_path from adapter_config.json."
+        ),
+    ] = None,
+    *,
     adapter_id: str | None = None,
     task_type: Annotated[str | None, Field(description="Route it to this task type only.")] = None,
     complexity: Annotated[str | None, Field(description="Route it to this complexity only.")] = None,
     dataset_id: Annotated[str | None, Field(description="A learnloop dataset to evaluate it on by default.")] = None,
-    actor: str = "learnloop", load_check: bool = True,
+    actor: str = "learnloop",
+    load_check: bool = True,
 ) -> registry.Adapter:
     """Bring an adapter trained elsewhere into the registry as 'trained', after checking that it
     loads on its base (takes seconds to minutes: the base is loaded in a separate process).
@@ -127,9 +152,21 @@ def register_adapter(
     lora = {k: config.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "task_type")}
     try:
         return registry.create_adapter(
-            store, adapter_id, role, base, str(dest), status="trained", task_type=task_type, complexity=complexity,
-            dataset_id=dataset_id, method="external", source="registered", actor=actor, reason=f"registered from {src}",
-            params={"lora": lora, "registered_from": str(src), "load_check": loaded})
+            store,
+            adapter_id,
+            role,
+            base,
+            str(dest),
+            status="trained",
+            task_type=task_type,
+            complexity=complexity,
+            dataset_id=dataset_id,
+            method="external",
+            source="registered",
+            actor=actor,
+            reason=f"registered from {src}",
+            params={"lora": lora, "registered_from": str(src), "load_check": loaded},
+        )
     except LearnloopError:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -17,13 +17,13 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from learning.registry import adapters as registry
 from learning.clock import iso
-from learning.errors import Conflict, ConfirmationNeeded, InvalidInput, NotFound, check
-from learning.runs.stats import time_window
-from learning.routing.experiments import experiment_row
-from learning.store import Store, dumps, loads
+from learning.errors import ConfirmationNeeded, Conflict, InvalidInput, NotFound, check
 from learning.params import Complexity, Confirm, TaskType
+from learning.registry import adapters as registry
+from learning.routing.experiments import experiment_row
+from learning.runs.stats import time_window
+from learning.store import Store, dumps, loads
 
 Decision = Literal["regression", "improvement", "no_change", "insufficient_data"]
 
@@ -45,11 +45,15 @@ class DriftResult(BaseModel):
     old: ArmSummary
     experiment_id: str | None = Field(description="When set, only runs routed through this experiment were compared.")
     window: str = Field(description="Which runs were compared.")
-    method: Literal["welch", "msprt"] = Field(description="welch: fixed-horizon Welch t-test; msprt: always-valid "
-                                                           "mixture sequential test (safe to check after every batch).")
+    method: Literal["welch", "msprt"] = Field(
+        description="welch: fixed-horizon Welch t-test; msprt: always-valid "
+        "mixture sequential test (safe to check after every batch)."
+    )
     difference: float | None = Field(description="mean(new) - mean(old).")
     relative_change: float | None = Field(description="mean(new) / mean(old) - 1.")
-    ci_low: float | None = Field(description="Lower end of the 95% interval of the relative change (Welch, delta method).")
+    ci_low: float | None = Field(
+        description="Lower end of the 95% interval of the relative change (Welch, delta method)."
+    )
     ci_high: float | None
     p_value: float | None = Field(description="One-sided p-value in the direction observed (drop or rise).")
     threshold: float
@@ -57,7 +61,9 @@ class DriftResult(BaseModel):
     min_runs: int
     decision: Decision
     runs_per_arm_needed: int = Field(description="Runs per arm for 80% power to flag a relative drop of 2 x threshold.")
-    more_runs_needed: int = Field(description="Runs still missing (both arms together) to reach that size and min_runs.")
+    more_runs_needed: int = Field(
+        description="Runs still missing (both arms together) to reach that size and min_runs."
+    )
     rolled_back: bool
     rollback: str | None = Field(description="What auto_rollback did, or why it did nothing.")
     message: str
@@ -81,9 +87,12 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
         with store.read() as conn:
             current = registry.production_for_route(conn, role, task_type, complexity)
         if current is None:
-            raise Conflict(f"Role {role!r}" + (f" task_type {task_type!r}" if task_type else "")
-                           + (f" complexity {complexity!r}" if complexity else "")
-                           + " has no production adapter: nothing to compare. Promote one first, or pass --new and --old.")
+            raise Conflict(
+                f"Role {role!r}"
+                + (f" task_type {task_type!r}" if task_type else "")
+                + (f" complexity {complexity!r}" if complexity else "")
+                + " has no production adapter: nothing to compare. Promote one first, or pass --new and --old."
+            )
         new_id = current["id"]
     new = registry.adapter_row(store, new_id)
     if new is None:
@@ -100,8 +109,10 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
         if old is None:
             raise NotFound(f"No adapter {old_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         if old["role"] != new["role"]:
-            problems.append(f"adapters of different roles cannot be compared: {new_id} is {new['role']!r}, "
-                            f"{old_id} is {old['role']!r}.")
+            problems.append(
+                f"adapters of different roles cannot be compared: {new_id} is {new['role']!r}, "
+                f"{old_id} is {old['role']!r}."
+            )
         if old_id == new_id:
             problems.append("new and old are the same adapter.")
     check(problems, "Cannot compare:")
@@ -113,9 +124,14 @@ def _arm(rows: list[RewardPoint], adapter_id: str | None):
 
     rewards = np.array([r.reward for r in rows], dtype=float)
     n = len(rewards)
-    return ArmSummary(adapter_id=adapter_id, runs=n, mean_reward=round(float(rewards.mean()), 4) if n else None,
-                      sd=round(float(rewards.std(ddof=1)), 4) if n > 1 else None,
-                      first_time=iso(rows[0].ts) if n else None, last_time=iso(rows[-1].ts) if n else None), rewards
+    return ArmSummary(
+        adapter_id=adapter_id,
+        runs=n,
+        mean_reward=round(float(rewards.mean()), 4) if n else None,
+        sd=round(float(rewards.std(ddof=1)), 4) if n > 1 else None,
+        first_time=iso(rows[0].ts) if n else None,
+        last_time=iso(rows[-1].ts) if n else None,
+    ), rewards
 
 
 def _num(x) -> float | None:
@@ -125,11 +141,18 @@ def _num(x) -> float | None:
 
 def detect_drift(
     store: Store,
-    role: Annotated[str | None, Field(description="Compare this role's production adapter with the one it replaced (or the base).")] = None,
-    task_type: TaskType = None, complexity: Complexity = None,
+    role: Annotated[
+        str | None, Field(description="Compare this role's production adapter with the one it replaced (or the base).")
+    ] = None,
+    task_type: TaskType = None,
+    complexity: Complexity = None,
     new_id: Annotated[str | None, Field(description="Or compare this adapter ...")] = None,
-    old_id: Annotated[str | None, Field(description="... with this one (default: the one new_id replaced, or the base).")] = None,
-    experiment_id: Annotated[str | None, Field(description="Compare the two arms of this experiment, on its traffic only.")] = None,
+    old_id: Annotated[
+        str | None, Field(description="... with this one (default: the one new_id replaced, or the base).")
+    ] = None,
+    experiment_id: Annotated[
+        str | None, Field(description="Compare the two arms of this experiment, on its traffic only.")
+    ] = None,
     days: Annotated[float | None, Field(description="Only runs of the last N days.")] = None,
     since: Annotated[str | None, Field(description="Only runs from this time (ISO 8601).")] = None,
     until: Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")] = None,
@@ -137,10 +160,16 @@ def detect_drift(
     threshold: Annotated[float, Field(description="Smallest relative drop that counts (0.05 = 5%).")] = 0.05,
     alpha: Annotated[float, Field(description="False-alarm rate allowed.")] = 0.05,
     min_runs: Annotated[int, Field(description="Runs needed in each arm before deciding.")] = 30,
-    sequential: Annotated[bool, Field(description="Use the always-valid sequential test: safe when you check again after every batch of runs.")] = False,
-    auto_rollback: Annotated[bool, Field(description="On a regression, roll the route back. Needs confirm=true.")] = False,
+    sequential: Annotated[
+        bool,
+        Field(description="Use the always-valid sequential test: safe when you check again after every batch of runs."),
+    ] = False,
+    auto_rollback: Annotated[
+        bool, Field(description="On a regression, roll the route back. Needs confirm=true.")
+    ] = False,
     confirm: Confirm = False,
-    actor: str = "detect_drift", record: bool = True,
+    actor: str = "detect_drift",
+    record: bool = True,
 ) -> DriftResult:
     """Is a new adapter earning less than the one it replaced? Compares rewards of the runs
     each served: counts, means, relative change with a 95% interval, p-value, and a decision
@@ -163,7 +192,8 @@ def detect_drift(
     check(problems)
     start, end = time_window(since, until, days)
     role, task_type, complexity, new_id, old_id, experiment_id = _resolve(
-        store, role, task_type, complexity, new_id, old_id, experiment_id)
+        store, role, task_type, complexity, new_id, old_id, experiment_id
+    )
     fetch = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
 
     def rewards(adapter_id: str | None, arm: str | None):
@@ -175,9 +205,20 @@ def detect_drift(
     arms = ("candidate", "control") if experiment_id else (None, None)
     new, r_new = _arm(rewards(new_id, arms[0]), new_id)
     old, r_old = _arm(rewards(old_id, arms[1]), old_id)
-    window = ", ".join(filter(None, [f"since {iso(start)}" if start else None, f"until {iso(end)}" if end else None,
-                                     f"last {last_n} runs per arm" if last_n else None,
-                                     f"experiment {experiment_id}" if experiment_id else None])) or "all runs"
+    window = (
+        ", ".join(
+            filter(
+                None,
+                [
+                    f"since {iso(start)}" if start else None,
+                    f"until {iso(end)}" if end else None,
+                    f"last {last_n} runs per arm" if last_n else None,
+                    f"experiment {experiment_id}" if experiment_id else None,
+                ],
+            )
+        )
+        or "all runs"
+    )
     v_new = float(r_new.var(ddof=1)) if new.runs > 1 else 0.0
     v_old = float(r_old.var(ddof=1)) if old.runs > 1 else 0.0
     m_old = old.mean_reward if old.runs else (new.mean_reward or 0.5)
@@ -186,18 +227,48 @@ def detect_drift(
     e_new = v_new if new.runs > 1 else (v_old if old.runs > 1 else fallback)
     e_old = v_old if old.runs > 1 else (v_new if new.runs > 1 else fallback)
     needed = max(min_runs, st.runs_per_arm_needed(e_new, e_old, m_old, threshold, alpha))
-    result = dict(role=role, task_type=task_type, complexity=complexity, new=new, old=old, experiment_id=experiment_id,
-                  window=window, method="msprt" if sequential else "welch", threshold=threshold, alpha=alpha,
-                  min_runs=min_runs, runs_per_arm_needed=needed,
-                  more_runs_needed=max(0, needed - new.runs) + max(0, needed - old.runs),
-                  difference=None, relative_change=None, ci_low=None, ci_high=None, p_value=None,
-                  rolled_back=False, rollback=None)
+    result = dict(
+        role=role,
+        task_type=task_type,
+        complexity=complexity,
+        new=new,
+        old=old,
+        experiment_id=experiment_id,
+        window=window,
+        method="msprt" if sequential else "welch",
+        threshold=threshold,
+        alpha=alpha,
+        min_runs=min_runs,
+        runs_per_arm_needed=needed,
+        more_runs_needed=max(0, needed - new.runs) + max(0, needed - old.runs),
+        difference=None,
+        relative_change=None,
+        ci_low=None,
+        ci_high=None,
+        p_value=None,
+        rolled_back=False,
+        rollback=None,
+    )
     if new.runs >= 2 and old.runs >= 2:
-        s = st.compare(new.runs, float(r_new.mean()), v_new, old.runs, float(r_old.mean()), v_old,
-                       threshold=threshold, alpha=alpha, sequential=sequential)
+        s = st.compare(
+            new.runs,
+            float(r_new.mean()),
+            v_new,
+            old.runs,
+            float(r_old.mean()),
+            v_old,
+            threshold=threshold,
+            alpha=alpha,
+            sequential=sequential,
+        )
         p = s["p_drop"] if s["diff"] < 0 else s["p_rise"]
-        result.update(difference=_num(s["diff"]), relative_change=_num(s["rel"]), ci_low=_num(s["rel_lo"]),
-                      ci_high=_num(s["rel_hi"]), p_value=_num(p))
+        result.update(
+            difference=_num(s["diff"]),
+            relative_change=_num(s["rel"]),
+            ci_low=_num(s["rel_lo"]),
+            ci_high=_num(s["rel_hi"]),
+            p_value=_num(p),
+        )
         code = int(s["code"])
     if new.runs < min_runs or old.runs < min_runs:
         decision = "insufficient_data"
@@ -225,13 +296,18 @@ def _label(arm: ArmSummary) -> str:
 
 def _message(decision: str, new: ArmSummary, old: ArmSummary, r: dict) -> str:
     if decision == "insufficient_data":
-        return (f"Not enough runs to decide: {new.runs} for {_label(new)}, {old.runs} for {_label(old)}; "
-                f"{r['more_runs_needed']} more needed (at least {r['min_runs']} per arm, {r['runs_per_arm_needed']} "
-                "for 80% power). Nothing was rolled back.")
+        return (
+            f"Not enough runs to decide: {new.runs} for {_label(new)}, {old.runs} for {_label(old)}; "
+            f"{r['more_runs_needed']} more needed (at least {r['min_runs']} per arm, {r['runs_per_arm_needed']} "
+            "for 80% power). Nothing was rolled back."
+        )
     change = f"{r['relative_change']:+.1%}" if r["relative_change"] is not None else f"{r['difference']:+.3f}"
-    ci = (f" (95% CI {r['ci_low']:+.1%} to {r['ci_high']:+.1%})" if r["ci_low"] is not None else "")
-    what = {"regression": "earns less than", "improvement": "earns more than",
-            "no_change": "shows no significant change against"}[decision]
+    ci = f" (95% CI {r['ci_low']:+.1%} to {r['ci_high']:+.1%})" if r["ci_low"] is not None else ""
+    what = {
+        "regression": "earns less than",
+        "improvement": "earns more than",
+        "no_change": "shows no significant change against",
+    }[decision]
     return f"{_label(new)} {what} {_label(old)}: mean reward {change}{ci}, p = {r['p_value']:.3g}."
 
 
@@ -250,13 +326,17 @@ def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tupl
         registry.move(store, out.new.adapter_id, "archived", actor, reason)
         return True, f"Archived {out.new.adapter_id}; the route falls back to the next route or the base model."
     if previous is None or previous["id"] != out.old.adapter_id:
-        return False, (f"No rollback: a rollback would restore {previous['id'] if previous is not None else 'nothing'}, "
-                       f"not {_label(out.old)} that this check compared against.")
+        return False, (
+            f"No rollback: a rollback would restore {previous['id'] if previous is not None else 'nothing'}, "
+            f"not {_label(out.old)} that this check compared against."
+        )
     from learning.routing.lifecycle import rollback  # redeploys the route's runtime, if one is configured
 
     done = rollback(store, *route, reason=reason, actor=actor, confirm=confirm)
-    return True, (f"Rolled back: {done.restored.adapter_id} is in production again"
-                  + (f", {done.archived.adapter_id} archived." if done.archived else "."))
+    return True, (
+        f"Rolled back: {done.restored.adapter_id} is in production again"
+        + (f", {done.archived.adapter_id} archived." if done.archived else ".")
+    )
 
 
 def latest_drift(store: Store, role: str) -> DriftResult | None:
@@ -266,15 +346,24 @@ def latest_drift(store: Store, role: str) -> DriftResult | None:
 
 # ---- SQL: the rewards runs earned, production events, and the drift_checks table -----------------
 
+
 class RewardPoint(NamedTuple):
     ts: float
     reward: float
 
 
-def arm_rewards(store: Store, role: str | None, adapter_id: str | None, task_type: str | None = None,
-                complexity: str | None = None, start: float | None = None, end: float | None = None,
-                last_n: int | None = None, experiment_id: str | None = None,
-                arm: str | None = None) -> list[RewardPoint]:
+def arm_rewards(
+    store: Store,
+    role: str | None,
+    adapter_id: str | None,
+    task_type: str | None = None,
+    complexity: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    last_n: int | None = None,
+    experiment_id: str | None = None,
+    arm: str | None = None,
+) -> list[RewardPoint]:
     """The rewards of the runs served by one adapter (None: the base model, which needs a role),
     oldest first; optionally only runs of a route, a time window, the last N, or one experiment
     (with an arm: the runs of that arm, whichever adapter served them)."""
@@ -308,15 +397,20 @@ def arm_rewards(store: Store, role: str | None, adapter_id: str | None, task_typ
 
 def last_production_event(store: Store, adapter_id: str) -> sqlite3.Row | None:
     with store.read() as conn:
-        return conn.execute("SELECT * FROM adapter_events WHERE adapter_id = ? AND to_status = 'production' "
-                            "ORDER BY id DESC LIMIT 1", (adapter_id,)).fetchone()
+        return conn.execute(
+            "SELECT * FROM adapter_events WHERE adapter_id = ? AND to_status = 'production' ORDER BY id DESC LIMIT 1",
+            (adapter_id,),
+        ).fetchone()
 
 
-def insert_drift_check(store: Store, ts: float, role: str | None, new_id: str | None, old_id: str | None,
-                       decision: str, result: str) -> None:
+def insert_drift_check(
+    store: Store, ts: float, role: str | None, new_id: str | None, old_id: str | None, decision: str, result: str
+) -> None:
     with store.write() as conn:
-        conn.execute("INSERT INTO drift_checks (ts, role, new_id, old_id, decision, result) VALUES (?, ?, ?, ?, ?, ?)",
-                     (ts, role, new_id, old_id, decision, result))
+        conn.execute(
+            "INSERT INTO drift_checks (ts, role, new_id, old_id, decision, result) VALUES (?, ?, ?, ?, ?, ?)",
+            (ts, role, new_id, old_id, decision, result),
+        )
 
 
 def latest_drift_check(store: Store, role: str) -> sqlite3.Row | None:

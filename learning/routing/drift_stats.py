@@ -82,8 +82,18 @@ def msprt(diff, se, tau) -> tuple[np.ndarray, np.ndarray]:
     return log_drop, log_rise
 
 
-def compare(n_new, m_new, v_new, n_old, m_old, v_old, threshold: float = 0.05, alpha: float = 0.05,
-            sequential: bool = False, level: float = 0.95) -> dict:
+def compare(
+    n_new,
+    m_new,
+    v_new,
+    n_old,
+    m_old,
+    v_old,
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    sequential: bool = False,
+    level: float = 0.95,
+) -> dict:
     """All the statistics and the decision code (NO_CHANGE / REGRESSION / IMPROVEMENT)."""
     w = welch(n_new, m_new, v_new, n_old, m_old, v_old)
     rel, lo, hi = relative_ci(n_new, m_new, v_new, n_old, m_old, v_old, w["df"], level)
@@ -100,8 +110,9 @@ def compare(n_new, m_new, v_new, n_old, m_old, v_old, threshold: float = 0.05, a
     return out
 
 
-def runs_per_arm_needed(var_new: float, var_old: float, m_old: float, threshold: float = 0.05,
-                        alpha: float = 0.05, power: float = POWER) -> int:
+def runs_per_arm_needed(
+    var_new: float, var_old: float, m_old: float, threshold: float = 0.05, alpha: float = 0.05, power: float = POWER
+) -> int:
     """Runs per arm at which a true relative drop of 2 x threshold is declared a regression
     (fixed horizon) with the given power. The rule fires when the estimated drop exceeds
     both z_(1-alpha) standard errors and the threshold, so with effect e = 2*threshold*m_old
@@ -113,4 +124,3 @@ def runs_per_arm_needed(var_new: float, var_old: float, m_old: float, threshold:
     effect, thr = 2 * threshold * m, threshold * m
     za, zb = float(ndtri(1 - alpha)), float(ndtri(power))
     return int(math.ceil(s2 * max(((za + zb) / effect) ** 2, (zb / (effect - thr)) ** 2)))
-

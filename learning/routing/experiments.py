@@ -26,10 +26,10 @@ from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 from learning.registry import adapters as registry
 from learning.routing.router import experiment_arm_rewards, route_keys
 from learning.store import Store
-from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 
 Mode = Literal["canary", "thompson"]
 STARTABLE = ("candidate", "trained", "archived")
@@ -48,8 +48,10 @@ class Experiment(BaseModel):
     task_type: str | None
     complexity: str | None
     candidate_id: str
-    control_id: str | None = Field(description="Adapter serving the route when the experiment started (its own production "
-                                               "adapter or a less specific route's; None: the base model).")
+    control_id: str | None = Field(
+        description="Adapter serving the route when the experiment started (its own production "
+        "adapter or a less specific route's; None: the base model)."
+    )
     mode: Mode
     fraction: float | None = Field(description="Canary share of traffic for the candidate.")
     seed: int
@@ -67,12 +69,30 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
     for arm, adapter_id in (("control", row["control_id"]), ("candidate", row["candidate_id"])):
         s = stats.get(arm)
         runs = s["runs"] if s else 0
-        arms.append(ArmStats(arm=arm, adapter_id=adapter_id, runs=runs,
-                             mean_reward=round(s["reward_sum"] / runs, 4) if runs else None))
-    return Experiment(id=row["id"], role=row["role"], task_type=row["task_type"], complexity=row["complexity"],
-                      candidate_id=row["candidate_id"], control_id=row["control_id"], mode=row["mode"],
-                      fraction=row["fraction"], seed=row["seed"], status=row["status"], created=iso(row["created"]),
-                      stopped=iso(row["stopped"]), reason=row["reason"], arms=arms)
+        arms.append(
+            ArmStats(
+                arm=arm,
+                adapter_id=adapter_id,
+                runs=runs,
+                mean_reward=round(s["reward_sum"] / runs, 4) if runs else None,
+            )
+        )
+    return Experiment(
+        id=row["id"],
+        role=row["role"],
+        task_type=row["task_type"],
+        complexity=row["complexity"],
+        candidate_id=row["candidate_id"],
+        control_id=row["control_id"],
+        mode=row["mode"],
+        fraction=row["fraction"],
+        seed=row["seed"],
+        status=row["status"],
+        created=iso(row["created"]),
+        stopped=iso(row["stopped"]),
+        reason=row["reason"],
+        arms=arms,
+    )
 
 
 def _control(store: Store, conn, role: str, task_type: str | None, complexity: str | None):
@@ -85,9 +105,12 @@ def _control(store: Store, conn, role: str, task_type: str | None, complexity: s
 
 
 def start_experiment(
-    store: Store, role: Role,
+    store: Store,
+    role: Role,
     candidate_id: Annotated[str, Field(description="Adapter to try beside production on its route.")],
-    mode: Annotated[Mode, Field(description="canary (fixed share of traffic) or thompson (share follows rewards).")] = "canary",
+    mode: Annotated[
+        Mode, Field(description="canary (fixed share of traffic) or thompson (share follows rewards).")
+    ] = "canary",
     fraction: Annotated[float | None, Field(description="Canary share for the candidate, e.g. 0.1.")] = None,
     seed: Annotated[int, Field(description="Seed of the hash that assigns tasks to arms.")] = 0,
     reason: Reason = "",
@@ -110,23 +133,41 @@ def start_experiment(
         if cand is None:
             raise NotFound(f"No adapter {candidate_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         if cand["role"] != role:
-            raise InvalidInput(f"Adapter {candidate_id} was trained for role {cand['role']!r}, not {role!r}: "
-                               "an experiment compares adapters of one role.")
+            raise InvalidInput(
+                f"Adapter {candidate_id} was trained for role {cand['role']!r}, not {role!r}: "
+                "an experiment compares adapters of one role."
+            )
         if cand["status"] not in STARTABLE:
-            raise Conflict(f"Adapter {candidate_id} is {cand['status']}; only a {', '.join(STARTABLE)} adapter can "
-                           "be a candidate in an experiment.")
+            raise Conflict(
+                f"Adapter {candidate_id} is {cand['status']}; only a {', '.join(STARTABLE)} adapter can "
+                "be a candidate in an experiment."
+            )
         route = (role, cand["task_type"], cand["complexity"])
         running = running_experiment(conn, *route)
         if running is not None:
-            raise Conflict(f"Experiment {running['id']} already runs on this route; stop it first "
-                           f"(stop_experiment, CLI: learnloop experiment stop --id {running['id']}).")
+            raise Conflict(
+                f"Experiment {running['id']} already runs on this route; stop it first "
+                f"(stop_experiment, CLI: learnloop experiment stop --id {running['id']})."
+            )
         control = _control(store, conn, *route)
         experiment_id = f"exp-{role}-{stamp()}-{secrets.token_hex(2)}"
-        insert_experiment(conn, dict(
-            id=experiment_id, role=role, task_type=cand["task_type"], complexity=cand["complexity"],
-            candidate_id=candidate_id, control_id=control["id"] if control is not None else None, mode=mode,
-            fraction=fraction if mode == "canary" else None, seed=int(seed), status="running",
-            created=time.time(), reason=reason))
+        insert_experiment(
+            conn,
+            dict(
+                id=experiment_id,
+                role=role,
+                task_type=cand["task_type"],
+                complexity=cand["complexity"],
+                candidate_id=candidate_id,
+                control_id=control["id"] if control is not None else None,
+                mode=mode,
+                fraction=fraction if mode == "canary" else None,
+                seed=int(seed),
+                status="running",
+                created=time.time(),
+                reason=reason,
+            ),
+        )
     return to_experiment(store, experiment_row(store, experiment_id))
 
 
@@ -134,7 +175,9 @@ def stop_experiment(
     store: Store,
     experiment_id: Annotated[str | None, Field(description="The experiment to stop ...")] = None,
     role: Annotated[str | None, Field(description="... or the role whose route runs one.")] = None,
-    task_type: TaskType = None, complexity: Complexity = None, reason: Reason = "",
+    task_type: TaskType = None,
+    complexity: Complexity = None,
+    reason: Reason = "",
 ) -> Experiment:
     """Stop an experiment: all traffic goes back to production. Returns each arm's runs and mean
     reward; its decisions stay recorded."""
@@ -148,8 +191,12 @@ def stop_experiment(
         else:
             row = running_experiment(conn, role, task_type, complexity)
             if row is None:
-                raise NotFound(f"No experiment runs on role {role!r}" + (f" task_type {task_type!r}" if task_type else "")
-                               + (f" complexity {complexity!r}" if complexity else "") + ". List them with list_experiments.")
+                raise NotFound(
+                    f"No experiment runs on role {role!r}"
+                    + (f" task_type {task_type!r}" if task_type else "")
+                    + (f" complexity {complexity!r}" if complexity else "")
+                    + ". List them with list_experiments."
+                )
         if row["status"] != "running":
             raise Conflict(f"Experiment {row['id']} is already stopped.")
         mark_stopped(conn, row["id"], reason)
@@ -161,13 +208,14 @@ def list_experiments(store: Store, role: RoleFilter = None) -> list[Experiment]:
     return [to_experiment(store, r) for r in experiment_rows(store, role)]
 
 
-
 # ---- SQL: the experiments table ----------------------------------------------------------------
+
 
 def insert_experiment(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
     cols = list(row)
-    conn.execute(f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                 [row[c] for c in cols])
+    conn.execute(
+        f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols]
+    )
 
 
 def experiment_row(store: Store, experiment_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
@@ -175,16 +223,21 @@ def experiment_row(store: Store, experiment_id: str, conn: sqlite3.Connection | 
         return (conn or c).execute("SELECT * FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
 
 
-def running_experiment(conn: sqlite3.Connection, role: str, task_type: str | None,
-                       complexity: str | None) -> sqlite3.Row | None:
+def running_experiment(
+    conn: sqlite3.Connection, role: str, task_type: str | None, complexity: str | None
+) -> sqlite3.Row | None:
     return conn.execute(
         "SELECT * FROM experiments WHERE status = 'running' AND role = ? AND ifnull(task_type, '') = ifnull(?, '') "
-        "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+        "AND ifnull(complexity, '') = ifnull(?, '')",
+        (role, task_type, complexity),
+    ).fetchone()
 
 
 def mark_stopped(conn: sqlite3.Connection, experiment_id: str, reason: str) -> None:
-    conn.execute("UPDATE experiments SET status = 'stopped', stopped = ?, reason = ? WHERE id = ?",
-                 (time.time(), reason, experiment_id))
+    conn.execute(
+        "UPDATE experiments SET status = 'stopped', stopped = ?, reason = ? WHERE id = ?",
+        (time.time(), reason, experiment_id),
+    )
 
 
 def experiment_rows(store: Store, role: str | None = None) -> list[sqlite3.Row]:

@@ -13,17 +13,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from learning.errors import ConfirmationNeeded, Conflict, InvalidInput
+from learning.params import Confirm, Reason
 from learning.registry import adapters as registry
-from learning.errors import Conflict, ConfirmationNeeded, InvalidInput
 from learning.serve.deploy import deploy_target_row
 from learning.store import Store
-from learning.params import Confirm, Reason
 
 Target = Literal["candidate", "production", "archived"]
 
 
 class AdapterBrief(BaseModel):
     """An adapter as a person deciding on a promotion needs to see it."""
+
     adapter_id: str
     status: str
     role: str
@@ -41,7 +42,9 @@ class AdapterBrief(BaseModel):
 class PromotePlan(BaseModel):
     adapter: AdapterBrief
     to_status: str
-    replaces: AdapterBrief | None = Field(description="The production adapter this one replaces (archived by the move).")
+    replaces: AdapterBrief | None = Field(
+        description="The production adapter this one replaces (archived by the move)."
+    )
     forced: bool
     summary: str = Field(description="What will change, with the metrics of both adapters, for a person to confirm.")
 
@@ -73,7 +76,8 @@ class RollbackResult(BaseModel):
 
 class LifecycleOutcome(BaseModel):
     outcome: Literal["done", "declined", "cancelled"] = Field(
-        description="done: the change was made; declined / cancelled: the person said no and nothing changed.")
+        description="done: the change was made; declined / cancelled: the person said no and nothing changed."
+    )
     summary: str = Field(description="What the change does, with the metrics of the adapters involved.")
     promoted: PromoteResult | None = None
     rolled_back: RollbackResult | None = None
@@ -81,11 +85,20 @@ class LifecycleOutcome(BaseModel):
 
 def brief(adapter: registry.Adapter) -> AdapterBrief:
     m = adapter.metrics or {}
-    return AdapterBrief(adapter_id=adapter.id, status=adapter.status, role=adapter.role, task_type=adapter.task_type,
-                        complexity=adapter.complexity, base_model=adapter.base_model, dataset_id=adapter.dataset_id,
-                        eval_loss=m.get("eval_loss"), base_eval_loss=m.get("base_eval_loss"),
-                        pass_rate=m.get("pass_rate"), base_pass_rate=m.get("base_pass_rate"),
-                        gate_passed=m.get("gate_passed"))
+    return AdapterBrief(
+        adapter_id=adapter.id,
+        status=adapter.status,
+        role=adapter.role,
+        task_type=adapter.task_type,
+        complexity=adapter.complexity,
+        base_model=adapter.base_model,
+        dataset_id=adapter.dataset_id,
+        eval_loss=m.get("eval_loss"),
+        base_eval_loss=m.get("base_eval_loss"),
+        pass_rate=m.get("pass_rate"),
+        base_pass_rate=m.get("base_pass_rate"),
+        gate_passed=m.get("gate_passed"),
+    )
 
 
 def _num(value: float | None) -> str:
@@ -95,8 +108,10 @@ def _num(value: float | None) -> str:
 def describe(b: AdapterBrief) -> str:
     if b.eval_loss is None and b.pass_rate is None:
         return f"{b.adapter_id} ({b.status}): not evaluated"
-    return (f"{b.adapter_id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
-            f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})")
+    return (
+        f"{b.adapter_id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
+        f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})"
+    )
 
 
 def _route(role: str, task_type: str | None = None, complexity: str | None = None) -> str:
@@ -119,15 +134,21 @@ def _promotion_problem(row, old, to: str, force: bool) -> str | None:
         return f"Adapter {aid} is {current}; only a trained, candidate or archived adapter can be promoted."
     if to == "production":
         if current != "candidate" and not force:
-            return (f"Adapter {aid} is {current}: only a candidate goes to production. Evaluate it (evaluate_adapter; "
-                    "the gate makes it a candidate) or pass force to override.")
+            return (
+                f"Adapter {aid} is {current}: only a candidate goes to production. Evaluate it (evaluate_adapter; "
+                "the gate makes it a candidate) or pass force to override."
+            )
         if old is not None and not same_base(row, old) and not force:
-            return (f"Adapter {aid} was trained on base {row['base_model']!r} but the route's production adapter "
-                    f"{old['id']} uses {old['base_model']!r}; agents served by that base cannot load it. "
-                    "Pass force to switch the route's base anyway.")
+            return (
+                f"Adapter {aid} was trained on base {row['base_model']!r} but the route's production adapter "
+                f"{old['id']} uses {old['base_model']!r}; agents served by that base cannot load it. "
+                "Pass force to switch the route's base anyway."
+            )
     elif to not in registry.MOVES[current] and not force:
-        return (f"Adapter {aid} is {current}; it cannot move to {to} "
-                f"(allowed: {', '.join(sorted(registry.MOVES[current])) or 'none'}; force overrides).")
+        return (
+            f"Adapter {aid} is {current}; it cannot move to {to} "
+            f"(allowed: {', '.join(sorted(registry.MOVES[current])) or 'none'}; force overrides)."
+        )
     return None
 
 
@@ -144,13 +165,22 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
         raise Conflict(problem)
     me = brief(adapter)
     replaces = brief(registry.get_adapter(store, old["id"])) if old is not None else None
-    lines = [f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})" + (" (forced)" if force else "") + "."]
+    lines = [
+        f"Promote {adapter_id} from {adapter.status} to {to} (route {_route(adapter.role, adapter.task_type, adapter.complexity)})"
+        + (" (forced)" if force else "")
+        + "."
+    ]
     if to == "production":
-        lines.append(f"It replaces {replaces.adapter_id}, which will be archived." if replaces
-                     else "The route has no production adapter now; nothing is replaced.")
+        lines.append(
+            f"It replaces {replaces.adapter_id}, which will be archived."
+            if replaces
+            else "The route has no production adapter now; nothing is replaced."
+        )
     elif adapter.status == "production":
-        lines.append("The route will have no production adapter (agents get the base model) until another is promoted "
-                     "or you roll back.")
+        lines.append(
+            "The route will have no production adapter (agents get the base model) until another is promoted "
+            "or you roll back."
+        )
     lines.append("  new: " + describe(me))
     if replaces:
         lines.append("  old: " + describe(replaces))
@@ -161,8 +191,16 @@ def changes_production(plan: PromotePlan) -> bool:
     return plan.to_status == "production" or plan.adapter.status == "production"
 
 
-def promote(store: Store, adapter_id: str, to: Target = "production", force: bool = False,
-            reason: str = "", actor: str = "learnloop", *, confirm: bool = False) -> PromoteResult:
+def promote(
+    store: Store,
+    adapter_id: str,
+    to: Target = "production",
+    force: bool = False,
+    reason: str = "",
+    actor: str = "learnloop",
+    *,
+    confirm: bool = False,
+) -> PromoteResult:
     """Move an adapter to candidate, production or archived. To production, the route's current
     production adapter is archived in the same transaction. A move into or out of production
     needs confirm=True (a person agreed to plan_promote's summary); else ConfirmationNeeded."""
@@ -179,35 +217,58 @@ def promote(store: Store, adapter_id: str, to: Target = "production", force: boo
             if problem:
                 raise Conflict(problem)
 
-        adapter, replaced_id = registry.set_production(store, adapter_id, actor, reason, force=force, check=in_transaction)
+        adapter, replaced_id = registry.set_production(
+            store, adapter_id, actor, reason, force=force, check=in_transaction
+        )
     else:
-        adapter = registry.move(store, adapter_id, to, actor, reason, force=force, data={"forced": force} if force else None)
+        adapter = registry.move(
+            store, adapter_id, to, actor, reason, force=force, data={"forced": force} if force else None
+        )
         replaced_id = None
     replaced = brief(registry.get_adapter(store, replaced_id)) if replaced_id else None
-    return PromoteResult(adapter=brief(adapter), from_status=from_status, to_status=to, replaced=replaced,
-                         forced=force, reason=reason, summary=plan.summary)
+    return PromoteResult(
+        adapter=brief(adapter),
+        from_status=from_status,
+        to_status=to,
+        replaced=replaced,
+        forced=force,
+        reason=reason,
+        summary=plan.summary,
+    )
 
 
 def plan_rollback(store: Store, role: str, task_type: str | None = None, complexity: str | None = None) -> RollbackPlan:
     route = {"role": role, "task_type": task_type, "complexity": complexity}
     prev = registry.previous_production(store, role, task_type, complexity)
     if prev is None:
-        raise Conflict(f"Nothing to roll back to for route {_route(role, task_type, complexity)}: "
-                       "no adapter of this route was ever replaced in production (see adapter_history).")
+        raise Conflict(
+            f"Nothing to roll back to for route {_route(role, task_type, complexity)}: "
+            "no adapter of this route was ever replaced in production (see adapter_history)."
+        )
     with store.read() as conn:
         current = registry.production_for_route(conn, role, task_type, complexity)
     restore = brief(registry.get_adapter(store, prev["id"]))
     archive = brief(registry.get_adapter(store, current["id"])) if current is not None else None
-    lines = [f"Roll back route {_route(role, task_type, complexity)}: {restore.adapter_id} goes back to production"
-             + (f", {archive.adapter_id} is archived." if archive else " (the route has no production adapter now).")]
+    lines = [
+        f"Roll back route {_route(role, task_type, complexity)}: {restore.adapter_id} goes back to production"
+        + (f", {archive.adapter_id} is archived." if archive else " (the route has no production adapter now).")
+    ]
     lines.append("  restore: " + describe(restore))
     if archive:
         lines.append("  archive: " + describe(archive))
     return RollbackPlan(route=route, restore=restore, archive=archive, summary="\n".join(lines))
 
 
-def rollback(store: Store, role: str, task_type: str | None = None, complexity: str | None = None,
-             reason: str = "", actor: str = "learnloop", *, confirm: bool = False) -> RollbackResult:
+def rollback(
+    store: Store,
+    role: str,
+    task_type: str | None = None,
+    complexity: str | None = None,
+    reason: str = "",
+    actor: str = "learnloop",
+    *,
+    confirm: bool = False,
+) -> RollbackResult:
     """The route's most recently replaced production adapter back to production, the current one
     archived. Needs confirm=True (a person agreed to plan_rollback's summary); else ConfirmationNeeded."""
     plan = plan_rollback(store, role, task_type, complexity)
@@ -217,19 +278,33 @@ def rollback(store: Store, role: str, task_type: str | None = None, complexity: 
     _deploy_first(store, plan.restore.adapter_id, role, task_type, complexity)
     restored, archived_id = registry.rollback_route(store, role, task_type, complexity, actor=actor, reason=reason)
     archived = brief(registry.get_adapter(store, archived_id)) if archived_id else None
-    return RollbackResult(route=plan.route, restored=brief(restored), archived=archived, reason=reason,
-                          summary=plan.summary)
+    return RollbackResult(
+        route=plan.route, restored=brief(restored), archived=archived, reason=reason, summary=plan.summary
+    )
 
 
 # ---- the verbs, as both faces call them --------------------------------------------------
 
-Target_ = Annotated[Target, Field(description="candidate, production (replaces and archives the route's current one) or archived.")]
-Force = Annotated[bool, Field(description="Override the checks (production only from candidate; same base as the route's production adapter).")]
+Target_ = Annotated[
+    Target, Field(description="candidate, production (replaces and archives the route's current one) or archived.")
+]
+Force = Annotated[
+    bool,
+    Field(
+        description="Override the checks (production only from candidate; same base as the route's production adapter)."
+    ),
+]
 
 
-def promote_adapter(store: Store, adapter_id: Annotated[str, Field(description="The adapter to move.")],
-                    to: Target_ = "production", force: Force = False, reason: Reason = "", confirm: Confirm = False,
-                    actor: str = "learnloop") -> LifecycleOutcome:
+def promote_adapter(
+    store: Store,
+    adapter_id: Annotated[str, Field(description="The adapter to move.")],
+    to: Target_ = "production",
+    force: Force = False,
+    reason: Reason = "",
+    confirm: Confirm = False,
+    actor: str = "learnloop",
+) -> LifecycleOutcome:
     """Promote an adapter (usually a candidate to production). Asks the person to confirm, showing
     what it replaces and the metrics of both; the replaced adapter is archived in the same step
     and rollback undoes it."""
@@ -243,10 +318,15 @@ def promote_consent(store: Store, adapter_id: str, to: Target = "production", fo
     return plan.summary if changes_production(plan) else None
 
 
-def rollback_adapter(store: Store, role: Annotated[str, Field(description="The route's role, e.g. coder.")],
-                     task_type: Annotated[str | None, Field(description="The route's task type, if the route has one.")] = None,
-                     complexity: Annotated[str | None, Field(description="The route's complexity, if the route has one.")] = None,
-                     reason: Reason = "", confirm: Confirm = False, actor: str = "learnloop") -> LifecycleOutcome:
+def rollback_adapter(
+    store: Store,
+    role: Annotated[str, Field(description="The route's role, e.g. coder.")],
+    task_type: Annotated[str | None, Field(description="The route's task type, if the route has one.")] = None,
+    complexity: Annotated[str | None, Field(description="The route's complexity, if the route has one.")] = None,
+    reason: Reason = "",
+    confirm: Confirm = False,
+    actor: str = "learnloop",
+) -> LifecycleOutcome:
     """Put the route's previous production adapter back into production and archive the current
     one, in one step. Asks the person to confirm first."""
     done = rollback(store, role, task_type, complexity, reason or "rollback", actor, confirm=confirm)

@@ -3,20 +3,20 @@ model, promotions and rollbacks as vertical lines, the latest drift decision in 
 
 from __future__ import annotations
 
-from typing import Annotated
 import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from learning.registry import adapters as registry
-from learning.routing.drift import latest_drift
 from learning.errors import NotFound
 from learning.home import subdir
-from learning.store import Store, loads
 from learning.params import Role
+from learning.registry import adapters as registry
+from learning.routing.drift import latest_drift
+from learning.store import Store, loads
 
 
 class Report(BaseModel):
@@ -40,7 +40,8 @@ def _rolling(values: list[float], window: int) -> list[float]:
 
 
 def write_report(
-    store: Store, role: Role,
+    store: Store,
+    role: Role,
     out: Annotated[str | None, Field(description="PNG to write (default: <home>/reports/).")] = None,
     window: Annotated[int, Field(ge=1, description="Runs in the rolling mean.")] = 20,
 ) -> Report:
@@ -53,7 +54,9 @@ def write_report(
 
     rows = role_rewards(store, role)
     if not rows and not registry.role_known(store, role):
-        raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(registry.known_roles(store)) or 'none yet'}.")
+        raise NotFound(
+            f"No adapters or runs for role {role!r}. Known roles: {', '.join(registry.known_roles(store)) or 'none yet'}."
+        )
     series: dict[str, tuple[list, list, list]] = {}  # name -> times, rewards, stretch number of each run
     stretch, last = 0, None
     for r in rows:
@@ -75,7 +78,7 @@ def write_report(
                 ys.append(float("nan"))
             xs.append(t)
             ys.append(y)
-        line, = ax.plot(xs, ys, lw=1.8, label=f"{name} ({len(rewards)} runs)")
+        (line,) = ax.plot(xs, ys, lw=1.8, label=f"{name} ({len(rewards)} runs)")
         ax.scatter(ts, rewards, s=6, alpha=0.15, color=line.get_color())
     promotions = rollbacks = 0
     marked = 0
@@ -88,8 +91,15 @@ def write_report(
         promotions += not is_rollback
         x = datetime.fromtimestamp(e["ts"], tz=timezone.utc)
         ax.axvline(x, color="red" if is_rollback else "black", ls="--" if is_rollback else "-", lw=1.2, alpha=0.8)
-        ax.annotate(("rollback to " if is_rollback else "promote ") + e["adapter_id"], (x, 0.99 - 0.2 * (marked % 3)),
-                    xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=7)
+        ax.annotate(
+            ("rollback to " if is_rollback else "promote ") + e["adapter_id"],
+            (x, 0.99 - 0.2 * (marked % 3)),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+        )
     check = latest_drift(store, role)
     title = f"{role}: reward (rolling mean of {window} runs)"
     if check is not None:
@@ -110,11 +120,20 @@ def write_report(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return Report(path=str(path.resolve()), role=role, runs=len(rows), series={k: len(v[1]) for k, v in series.items()},
-                  promotions=promotions, rollbacks=rollbacks, drift_decision=check.decision if check else None)
+    return Report(
+        path=str(path.resolve()),
+        role=role,
+        runs=len(rows),
+        series={k: len(v[1]) for k, v in series.items()},
+        promotions=promotions,
+        rollbacks=rollbacks,
+        drift_decision=check.decision if check else None,
+    )
 
 
 def role_rewards(store: Store, role: str) -> list[sqlite3.Row]:
     """ts, reward and adapter_id of every run of a role, oldest first."""
     with store.read() as conn:
-        return conn.execute("SELECT ts, reward, adapter_id FROM runs WHERE role = ? ORDER BY ts, id", (role,)).fetchall()
+        return conn.execute(
+            "SELECT ts, reward, adapter_id FROM runs WHERE role = ? ORDER BY ts, id", (role,)
+        ).fetchall()

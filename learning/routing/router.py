@@ -38,11 +38,11 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput
+from learning.params import Complexity, Role, TaskType
 from learning.registry.adapters import adapter_brief
 from learning.runs.record import LIMITS, ROLE_PATTERN
 from learning.serve.deploy import latest_deployment
 from learning.store import Store
-from learning.params import Complexity, Role, TaskType
 
 Level = Literal["exact", "task_type", "complexity", "role", "base"]
 STATS_TTL_S = 1.0  # how stale Thompson sampling's per-arm reward sums may be
@@ -51,7 +51,9 @@ STATS_TTL_S = 1.0  # how stale Thompson sampling's per-arm reward sums may be
 class Selection(BaseModel):
     adapter_id: str | None = Field(description="Adapter to use; None means the base model.")
     adapter_path: str | None = Field(description="Folder with the adapter's weights (None for the base).")
-    base_model: str | None = Field(description="Base model the adapter was trained on (None when the role has no adapters).")
+    base_model: str | None = Field(
+        description="Base model the adapter was trained on (None when the role has no adapters)."
+    )
     served_name: str | None = Field(description="Name under which a runtime serves this adapter, if it was deployed.")
     deployment_url: str | None = Field(description="Where that deployment listens, if known.")
     route: Level = Field(description="Which route level matched: exact, task_type, complexity, role or base.")
@@ -95,8 +97,11 @@ def _load(store: Store, conn) -> _Table:
         cand = adapter_brief(conn, r["candidate_id"])
         if cand is not None and cand["status"] not in ("failed", "training"):  # never serve a broken candidate
             running[key(r)] = {**dict(r), "candidate": dict(cand)}
-    return _Table(production={key(r): dict(r) for r in production}, experiments=running,
-                  bases={r["role"]: r["base_model"] for r in bases})
+    return _Table(
+        production={key(r): dict(r) for r in production},
+        experiments=running,
+        bases={r["role"]: r["base_model"] for r in bases},
+    )
 
 
 def _table(store: Store, conn, cache: _Cache) -> _Table:
@@ -197,9 +202,15 @@ def _check(role: str, task_type: str | None, complexity: str | None, task_key: s
 
 
 def select_adapter(
-    store: Store, role: Role, task_type: TaskType = None, complexity: Complexity = None,
-    task_key: Annotated[str | None, Field(description="Stable key of the task (same key, same choice under an experiment).")] = None,
-    seed: int | None = None, record: bool = True,
+    store: Store,
+    role: Role,
+    task_type: TaskType = None,
+    complexity: Complexity = None,
+    task_key: Annotated[
+        str | None, Field(description="Stable key of the task (same key, same choice under an experiment).")
+    ] = None,
+    seed: int | None = None,
+    record: bool = True,
 ) -> Selection:
     """Which adapter to use for the next task: adapter id and path (None = the base model),
     the base model, the served name where it is deployed, and a decision_id. Call it before
@@ -216,25 +227,43 @@ def select_adapter(
     decision_id = "d-" + secrets.token_hex(8)
     with store.read() as conn:
         table = _table(store, conn, cache)
-        adapter, level, experiment_id, arm = _resolve(store, conn, cache, table, role, task_type, complexity,
-                                                      task_key or decision_id, seed)
+        adapter, level, experiment_id, arm = _resolve(
+            store, conn, cache, table, role, task_type, complexity, task_key or decision_id, seed
+        )
         deployment = latest_deployment(store, adapter["id"], conn) if adapter is not None else None
     if record:
         with store.write() as conn:
-            insert_decision(conn, DecisionRow(
-                id=decision_id, ts=time.time(), role=role, task_type=task_type, complexity=complexity,
-                task_key=task_key, adapter_id=adapter["id"] if adapter else None, route=level,
-                experiment_id=experiment_id, arm=arm))
+            insert_decision(
+                conn,
+                DecisionRow(
+                    id=decision_id,
+                    ts=time.time(),
+                    role=role,
+                    task_type=task_type,
+                    complexity=complexity,
+                    task_key=task_key,
+                    adapter_id=adapter["id"] if adapter else None,
+                    route=level,
+                    experiment_id=experiment_id,
+                    arm=arm,
+                ),
+            )
         _remember_own_write(cache, conn)
     return Selection(
-        adapter_id=adapter["id"] if adapter else None, adapter_path=adapter["path"] if adapter else None,
+        adapter_id=adapter["id"] if adapter else None,
+        adapter_path=adapter["path"] if adapter else None,
         base_model=adapter["base_model"] if adapter else table.bases.get(role),
         served_name=deployment["served_name"] if deployment is not None else None,
         deployment_url=deployment["url"] if deployment is not None else None,
-        route=level, experiment_id=experiment_id, arm=arm, decision_id=decision_id)
+        route=level,
+        experiment_id=experiment_id,
+        arm=arm,
+        decision_id=decision_id,
+    )
 
 
 # ---- SQL: the route table, the registry's generation, and the decisions table ------------------
+
 
 class DecisionRow(NamedTuple):
     """One row of the decisions table, its fields in column order."""
@@ -252,8 +281,11 @@ class DecisionRow(NamedTuple):
 
 
 def insert_decision(conn: sqlite3.Connection, row: DecisionRow) -> None:
-    conn.execute(f"INSERT INTO decisions ({', '.join(DecisionRow._fields)}) "
-                 f"VALUES ({', '.join('?' * len(DecisionRow._fields))})", row)
+    conn.execute(
+        f"INSERT INTO decisions ({', '.join(DecisionRow._fields)}) "
+        f"VALUES ({', '.join('?' * len(DecisionRow._fields))})",
+        row,
+    )
 
 
 def route_token(conn: sqlite3.Connection) -> tuple:
@@ -268,11 +300,14 @@ def route_token(conn: sqlite3.Connection) -> tuple:
 
 def route_table(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
     """Production adapters, running experiments, and each role's latest base model."""
-    production = conn.execute("SELECT id, role, task_type, complexity, base_model, path FROM adapters "
-                              "WHERE status = 'production'").fetchall()
+    production = conn.execute(
+        "SELECT id, role, task_type, complexity, base_model, path FROM adapters WHERE status = 'production'"
+    ).fetchall()
     experiments = conn.execute("SELECT * FROM experiments WHERE status = 'running'").fetchall()
-    bases = conn.execute("SELECT role, base_model FROM adapters a WHERE created = "
-                         "(SELECT max(created) FROM adapters b WHERE b.role = a.role)").fetchall()
+    bases = conn.execute(
+        "SELECT role, base_model FROM adapters a WHERE created = "
+        "(SELECT max(created) FROM adapters b WHERE b.role = a.role)"
+    ).fetchall()
     return production, experiments, bases
 
 
@@ -281,4 +316,5 @@ def experiment_arm_rewards(conn: sqlite3.Connection, experiment_id: str) -> list
     return conn.execute(
         "SELECT d.arm AS arm, count(r.id) AS runs, ifnull(sum(r.reward), 0) AS reward_sum "
         "FROM decisions d JOIN runs r ON r.decision_id = d.id WHERE d.experiment_id = ? GROUP BY d.arm",
-        (experiment_id,)).fetchall()
+        (experiment_id,),
+    ).fetchall()

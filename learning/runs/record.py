@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, IO, NamedTuple
+from typing import IO, Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -26,9 +26,19 @@ from learning.errors import InvalidInput, NotFound
 from learning.store import Store, dumps, loads
 
 LIMITS = {
-    "agent": 200, "model": 200, "role": 64, "task_type": 64, "complexity": 64, "task_key": 256,
-    "adapter_id": 128, "decision_id": 128, "instruction": 200_000, "input": 1_000_000,
-    "output": 1_000_000, "signals": 65_536, "meta": 65_536,
+    "agent": 200,
+    "model": 200,
+    "role": 64,
+    "task_type": 64,
+    "complexity": 64,
+    "task_key": 256,
+    "adapter_id": 128,
+    "decision_id": 128,
+    "instruction": 200_000,
+    "input": 1_000_000,
+    "output": 1_000_000,
+    "signals": 65_536,
+    "meta": 65_536,
 }
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 IMPORT_BATCH = 2_000
@@ -77,19 +87,35 @@ class RunIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     role: str = Field(pattern=ROLE_PATTERN, description="Who acted: coder, fixer, judge, or any lower-case name.")
-    output: str = Field(min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict).")
+    output: str = Field(
+        min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict)."
+    )
     reward: float = Field(ge=0.0, le=1.0, description="How good the output was, in [0, 1].")
     instruction: str = Field("", max_length=LIMITS["instruction"], description="The task as given to the agent.")
     input: str = Field("", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context.")
     agent: str = Field("agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task.")
     task_type: str | None = Field(None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'.")
-    complexity: str | None = Field(None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text.")
-    task_key: str | None = Field(None, min_length=1, max_length=LIMITS["task_key"],
-                                 description="Groups attempts at one task; derived from the instruction when absent.")
-    signals: Signals = Field(default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ...")
-    model: str | None = Field(None, max_length=LIMITS["model"], description="What served the run (model name, endpoint).")
-    adapter_id: str | None = Field(None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any.")
-    decision_id: str | None = Field(None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any.")
+    complexity: str | None = Field(
+        None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text."
+    )
+    task_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=LIMITS["task_key"],
+        description="Groups attempts at one task; derived from the instruction when absent.",
+    )
+    signals: Signals = Field(
+        default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ..."
+    )
+    model: str | None = Field(
+        None, max_length=LIMITS["model"], description="What served the run (model name, endpoint)."
+    )
+    adapter_id: str | None = Field(
+        None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any."
+    )
+    decision_id: str | None = Field(
+        None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
+    )
     meta: dict[str, Any] = Field(default_factory=dict, description="Free metadata (JSON object).")
     time: datetime | None = Field(None, description="When the run happened (ISO 8601); now when absent.")
 
@@ -143,8 +169,6 @@ class ImportResult(BaseModel):
     seconds: float
 
 
-
-
 def derive_task_key(instruction: str, input_: str = "") -> str:
     """A stable key for a task: a hash of its normalised instruction (and input if no instruction)."""
     text = re.sub(r"\s+", " ", (instruction or input_).strip().lower())
@@ -156,18 +180,31 @@ def _check_json_size(run: RunIn) -> tuple[str, str]:
     meta = dumps(run.meta) if run.meta else "{}"
     for name, text in (("signals", signals), ("meta", meta)):
         if len(text) > LIMITS[name]:
-            raise InvalidInput(f"Field '{name}' is {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}. Keep it small.")
+            raise InvalidInput(
+                f"Field '{name}' is {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}. Keep it small."
+            )
     return signals, meta
 
 
 def _row(run: RunIn) -> RunRow:
     signals, meta = _check_json_size(run)
     return RunRow(
-        ts=run.time.timestamp() if run.time else time.time(), agent=run.agent, role=run.role,
-        task_type=run.task_type, complexity=run.complexity,
-        task_key=run.task_key or derive_task_key(run.instruction, run.input), instruction=run.instruction,
-        input=run.input, output=run.output, reward=float(run.reward), signals=signals, model=run.model,
-        adapter_id=run.adapter_id, decision_id=run.decision_id, meta=meta)
+        ts=run.time.timestamp() if run.time else time.time(),
+        agent=run.agent,
+        role=run.role,
+        task_type=run.task_type,
+        complexity=run.complexity,
+        task_key=run.task_key or derive_task_key(run.instruction, run.input),
+        instruction=run.instruction,
+        input=run.input,
+        output=run.output,
+        reward=float(run.reward),
+        signals=signals,
+        model=run.model,
+        adapter_id=run.adapter_id,
+        decision_id=run.decision_id,
+        meta=meta,
+    )
 
 
 def _check_adapters(store: Store, ids: Iterable[str]) -> None:
@@ -214,15 +251,19 @@ def _attribute(store: Store, run: RunIn) -> RunIn:
     exists and fill adapter_id from it (None for the base model) when the run has none."""
     decision = decision_row(store, run.decision_id)
     if decision is None:
-        raise InvalidInput(f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
-                           "returned, or leave it empty.")
+        raise InvalidInput(
+            f"Unknown decision_id {run.decision_id!r}: pass the decision_id that select_adapter "
+            "returned, or leave it empty."
+        )
     if decision["role"] != run.role:
         raise InvalidInput(f"decision {run.decision_id} was made for role {decision['role']!r}, not {run.role!r}.")
     if run.adapter_id is None:
         return run.model_copy(update={"adapter_id": decision["adapter_id"]})
     if run.adapter_id != decision["adapter_id"]:
-        raise InvalidInput(f"adapter_id {run.adapter_id!r} differs from the adapter decision {run.decision_id} chose "
-                           f"({decision['adapter_id'] or 'the base model'}); leave adapter_id empty to take the decision's.")
+        raise InvalidInput(
+            f"adapter_id {run.adapter_id!r} differs from the adapter decision {run.decision_id} chose "
+            f"({decision['adapter_id'] or 'the base model'}); leave adapter_id empty to take the decision's."
+        )
     return run
 
 
@@ -242,9 +283,13 @@ def log_run(store: Store, run: RunIn | dict) -> LogResult:
 
 def import_runs_from(
     store: Store,
-    path: Annotated[str | None, Field(description="A JSONL file on this machine, one run per line; '-' reads stdin.")] = None,
+    path: Annotated[
+        str | None, Field(description="A JSONL file on this machine, one run per line; '-' reads stdin.")
+    ] = None,
     jsonl: Annotated[str | None, Field(description="Or the JSONL text itself.")] = None,
-    skip_invalid: Annotated[bool, Field(description="Skip bad lines (reported) instead of stopping at the first bad batch.")] = False,
+    skip_invalid: Annotated[
+        bool, Field(description="Skip bad lines (reported) instead of stopping at the first bad batch.")
+    ] = False,
     start_line: Annotated[int, Field(ge=1, description="First line to read (to resume after fixing a bad line).")] = 1,
     batch_size: Annotated[int, Field(ge=1, le=100_000, description="Runs written per transaction.")] = IMPORT_BATCH,
     stdin: IO[bytes] | None = None,
@@ -345,16 +390,35 @@ def import_runs(
         if len(batch) + len(batch_errors) >= batch_size:
             flush()
     flush()
-    return ImportResult(imported=imported, skipped=skipped, lines=line_no, batches=batches,
-                        errors=errors, seconds=round(time.perf_counter() - started, 3))
+    return ImportResult(
+        imported=imported,
+        skipped=skipped,
+        lines=line_no,
+        batches=batches,
+        errors=errors,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def row_to_run(row) -> Run:
-    return Run(id=row["id"], time=iso(row["ts"]), agent=row["agent"], role=row["role"], task_type=row["task_type"],
-               complexity=row["complexity"], task_key=row["task_key"], instruction=row["instruction"],
-               input=row["input"], output=row["output"], reward=row["reward"], signals=loads(row["signals"]) or {},
-               model=row["model"], adapter_id=row["adapter_id"], decision_id=row["decision_id"],
-               meta=loads(row["meta"]) or {})
+    return Run(
+        id=row["id"],
+        time=iso(row["ts"]),
+        agent=row["agent"],
+        role=row["role"],
+        task_type=row["task_type"],
+        complexity=row["complexity"],
+        task_key=row["task_key"],
+        instruction=row["instruction"],
+        input=row["input"],
+        output=row["output"],
+        reward=row["reward"],
+        signals=loads(row["signals"]) or {},
+        model=row["model"],
+        adapter_id=row["adapter_id"],
+        decision_id=row["decision_id"],
+        meta=loads(row["meta"]) or {},
+    )
 
 
 def get_run(store: Store, run_id: int) -> Run:
@@ -365,6 +429,7 @@ def get_run(store: Store, run_id: int) -> Run:
 
 
 # ---- SQL: the runs table, and what logging a run checks in the registry's tables -------------
+
 
 def insert_runs(store: Store, rows: Iterable[RunRow], conn: sqlite3.Connection | None = None) -> list[int]:
     """Insert rows in one transaction (the caller's, when conn is given); returns their ids."""

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from learning.errors import InvalidInput
 from learning.clock import iso
-from learning.store import Store
+from learning.errors import InvalidInput
 from learning.params import RoleFilter
+from learning.store import Store
 
 
 class StatsGroup(BaseModel):
@@ -21,8 +21,12 @@ class StatsGroup(BaseModel):
     adapter_id: str | None = None
     runs: int
     mean_reward: float | None
-    compile_rate: float | None = Field(description="Share of runs with signals.compiled true, among runs that report it.")
-    test_pass_rate: float | None = Field(description="Mean of tests_passed / tests_total, among runs that report tests.")
+    compile_rate: float | None = Field(
+        description="Share of runs with signals.compiled true, among runs that report it."
+    )
+    test_pass_rate: float | None = Field(
+        description="Mean of tests_passed / tests_total, among runs that report tests."
+    )
     mean_iterations: float | None
     first_time: str | None
     last_time: str | None
@@ -44,7 +48,9 @@ def parse_time(value: str | float | None, what: str) -> float | None:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise InvalidInput(f"'{what}' must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T12:00:00Z, got {value!r}.") from exc
+        raise InvalidInput(
+            f"'{what}' must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T12:00:00Z, got {value!r}."
+        ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
@@ -91,25 +97,42 @@ def run_stats(
     result = []
     for row in rows:
         keys = row.keys()
-        result.append(StatsGroup(
-            role=row["role"] if "role" in keys else None,
-            adapter_id=row["adapter_id"] if "adapter_id" in keys else None,
-            runs=row["runs"], mean_reward=_round(row["mean_reward"]), compile_rate=_round(row["compile_rate"]),
-            test_pass_rate=_round(row["test_pass_rate"]), mean_iterations=_round(row["mean_iterations"]),
-            first_time=iso(row["first_ts"]), last_time=iso(row["last_ts"]),
-        ))
+        result.append(
+            StatsGroup(
+                role=row["role"] if "role" in keys else None,
+                adapter_id=row["adapter_id"] if "adapter_id" in keys else None,
+                runs=row["runs"],
+                mean_reward=_round(row["mean_reward"]),
+                compile_rate=_round(row["compile_rate"]),
+                test_pass_rate=_round(row["test_pass_rate"]),
+                mean_iterations=_round(row["mean_iterations"]),
+                first_time=iso(row["first_ts"]),
+                last_time=iso(row["last_ts"]),
+            )
+        )
     result = [g for g in result if g.runs > 0]
-    return RunStats(total_runs=sum(g.runs for g in result), since=iso(start), until=iso(end),
-                    group_by=groups[group_by], groups=result)
+    return RunStats(
+        total_runs=sum(g.runs for g in result),
+        since=iso(start),
+        until=iso(end),
+        group_by=groups[group_by],
+        groups=result,
+    )
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _grouped_stats(store: Store, group_cols: list[str], role: str | None = None, adapter_id: str | None = None,
-                   agent: str | None = None, start: float | None = None,
-                   end: float | None = None) -> list[sqlite3.Row]:
+def _grouped_stats(
+    store: Store,
+    group_cols: list[str],
+    role: str | None = None,
+    adapter_id: str | None = None,
+    agent: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[sqlite3.Row]:
     """Aggregates of runs grouped by columns (from a fixed list), filtered by the values given."""
     allowed = {"role", "adapter_id", "agent", "model", "task_type"}
     assert set(group_cols) <= allowed, group_cols
@@ -125,7 +148,7 @@ def _grouped_stats(store: Store, group_cols: list[str], role: str | None = None,
     where = " AND ".join(conditions)
     cols = ", ".join(group_cols) if group_cols else "'all'"
     sql = f"""
-        SELECT {cols + ',' if group_cols else ''}
+        SELECT {cols + "," if group_cols else ""}
             count(*) AS runs,
             avg(reward) AS mean_reward,
             avg(CASE json_extract(signals, '$.compiled') WHEN 1 THEN 1.0 WHEN 0 THEN 0.0 END) AS compile_rate,
@@ -136,8 +159,8 @@ def _grouped_stats(store: Store, group_cols: list[str], role: str | None = None,
             avg(json_extract(signals, '$.iterations')) AS mean_iterations,
             min(ts) AS first_ts,
             max(ts) AS last_ts
-        FROM runs {('WHERE ' + where) if where else ''}
-        {('GROUP BY ' + cols) if group_cols else ''}
+        FROM runs {("WHERE " + where) if where else ""}
+        {("GROUP BY " + cols) if group_cols else ""}
         ORDER BY runs DESC
     """
     with store.read() as conn:
@@ -147,5 +170,7 @@ def _grouped_stats(store: Store, group_cols: list[str], role: str | None = None,
 def role_run_counts(store: Store) -> dict[str, int]:
     """Runs per role, most first."""
     with store.read() as conn:
-        return {r["role"]: r["runs"] for r in conn.execute(
-            "SELECT role, count(*) AS runs FROM runs GROUP BY role ORDER BY runs DESC")}
+        return {
+            r["role"]: r["runs"]
+            for r in conn.execute("SELECT role, count(*) AS runs FROM runs GROUP BY role ORDER BY runs DESC")
+        }

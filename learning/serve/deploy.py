@@ -22,9 +22,7 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
     import httpx
@@ -32,36 +30,48 @@ from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput
-from learning.serve.export import export_adapter
-from learning.registry.adapters import get_adapter
-from learning.store import Store
 from learning.params import Complexity, Role, TaskType
+from learning.registry.adapters import get_adapter
+from learning.serve.export import export_adapter
+from learning.store import Store
 
 Target = Literal["ollama", "vllm", "llamacpp"]
 TARGETS = ("ollama", "vllm", "llamacpp")
-DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "vllm": "http://127.0.0.1:8000", "llamacpp": "http://127.0.0.1:8080"}
+DEFAULT_URLS = {
+    "ollama": "http://127.0.0.1:11434",
+    "vllm": "http://127.0.0.1:8000",
+    "llamacpp": "http://127.0.0.1:8080",
+}
 TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
 SLOW = 300.0  # blob upload and create (the base may be read from disk)
 CONNECT_TIMEOUT = 3.0
 
 
-def _timeout(seconds: float) -> "httpx.Timeout":
+def _timeout(seconds: float) -> httpx.Timeout:
     import httpx
 
     return httpx.Timeout(seconds, connect=CONNECT_TIMEOUT)
 
 
 class Deployment(BaseModel):
-    id: str | None = Field(description="Deployment id in the store; None when nothing was recorded (llama.cpp command only).")
+    id: str | None = Field(
+        description="Deployment id in the store; None when nothing was recorded (llama.cpp command only)."
+    )
     adapter_id: str
     target: Target
     url: str
-    served_name: str = Field(description="The name requests use: the Ollama/vLLM model name, or 'lora:<id>' for llama.cpp.")
+    served_name: str = Field(
+        description="The name requests use: the Ollama/vLLM model name, or 'lora:<id>' for llama.cpp."
+    )
     created: str | None
     status: str = Field(description="active (confirmed by the runtime) or command_written (llama.cpp, not contacted).")
     artifact: str = Field(description="What the runtime loads: the GGUF file or the PEFT folder.")
-    command: list[str] | None = Field(None, description="llama.cpp: the llama-server command line that loads the adapter.")
-    replaced: list[str] = Field(default_factory=list, description="Served names this deployment replaced on the runtime.")
+    command: list[str] | None = Field(
+        None, description="llama.cpp: the llama-server command line that loads the adapter."
+    )
+    replaced: list[str] = Field(
+        default_factory=list, description="Served names this deployment replaced on the runtime."
+    )
     messages: list[str] = Field(default_factory=list)
 
 
@@ -79,22 +89,30 @@ def served_name(adapter_id: str) -> str:
 
 # ---- HTTP with clear errors -------------------------------------------------------------------
 
-def _call(client: httpx.Client, method: str, path: str, runtime: str, allow: tuple[int, ...] = (),
-          **kwargs: Any) -> httpx.Response:
+
+def _call(
+    client: httpx.Client, method: str, path: str, runtime: str, allow: tuple[int, ...] = (), **kwargs: Any
+) -> httpx.Response:
     """One request; an unreachable runtime or an error answer becomes a Conflict naming the cause."""
     import httpx
 
     try:
         response = client.request(method, path, **kwargs)
     except httpx.TimeoutException as exc:
-        raise Conflict(f"{runtime} at {client.base_url} did not answer {method} {path} in time ({exc!s}); "
-                       "check that it is running and not overloaded. Nothing was recorded.") from exc
+        raise Conflict(
+            f"{runtime} at {client.base_url} did not answer {method} {path} in time ({exc!s}); "
+            "check that it is running and not overloaded. Nothing was recorded."
+        ) from exc
     except httpx.HTTPError as exc:
-        raise Conflict(f"Cannot reach {runtime} at {client.base_url} ({exc!s}); start it or pass the right --url. "
-                       "Nothing was recorded.") from exc
+        raise Conflict(
+            f"Cannot reach {runtime} at {client.base_url} ({exc!s}); start it or pass the right --url. "
+            "Nothing was recorded."
+        ) from exc
     if response.status_code >= 400 and response.status_code not in allow:
-        raise Conflict(f"{runtime} answered HTTP {response.status_code} to {method} {path}: {_error_text(response)}. "
-                       "Nothing was recorded.")
+        raise Conflict(
+            f"{runtime} answered HTTP {response.status_code} to {method} {path}: {_error_text(response)}. "
+            "Nothing was recorded."
+        )
     return response
 
 
@@ -122,6 +140,7 @@ def _sha256(path: Path) -> str:
 
 # ---- the three runtimes ---------------------------------------------------------------------
 
+
 def _deploy_ollama(client: httpx.Client, store: Store, adapter_id: str, name: str, from_model: str | None) -> dict:
     exported = export_adapter(store, adapter_id, "ollama", from_model=from_model)
     folder = Path(exported.out_dir)
@@ -131,8 +150,14 @@ def _deploy_ollama(client: httpx.Client, store: Store, adapter_id: str, name: st
     if _call(client, "HEAD", f"/api/blobs/{digest}", "Ollama", allow=(404,)).status_code != 200:
         with open(gguf_path, "rb") as handle:
             _call(client, "POST", f"/api/blobs/{digest}", "Ollama", content=handle, timeout=_timeout(SLOW))
-    body = {"model": name, "from": spec["from"], "adapters": {spec["adapter_file"]: digest},
-            "template": spec["template"], "parameters": spec["parameters"], "stream": False}
+    body = {
+        "model": name,
+        "from": spec["from"],
+        "adapters": {spec["adapter_file"]: digest},
+        "template": spec["template"],
+        "parameters": spec["parameters"],
+        "stream": False,
+    }
     if spec.get("system"):
         body["system"] = spec["system"]
     answer = _call(client, "POST", "/api/create", "Ollama", json=body, timeout=_timeout(SLOW)).json()
@@ -164,8 +189,9 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _deploy_llamacpp(client: httpx.Client | None, store: Store, adapter_id: str, base_gguf: str | None,
-                     replaced_paths: list[str]) -> dict:
+def _deploy_llamacpp(
+    client: httpx.Client | None, store: Store, adapter_id: str, base_gguf: str | None, replaced_paths: list[str]
+) -> dict:
     exported = export_adapter(store, adapter_id, "gguf")
     gguf_path = str(Path(exported.out_dir) / "adapter.gguf")
     command = ["llama-server", "-m", base_gguf or "BASE.gguf", "--lora", gguf_path]
@@ -175,28 +201,42 @@ def _deploy_llamacpp(client: httpx.Client | None, store: Store, adapter_id: str,
     loaded = _call(client, "GET", "/lora-adapters", "llama.cpp server").json()
     ours = next((a for a in loaded if _same_file(a.get("path", ""), gguf_path)), None)
     if ours is None:
-        raise Conflict(f"The llama.cpp server at {client.base_url} has not loaded {gguf_path} (adapters load only "
-                       f"at start). Restart it with: {' '.join(command)} and deploy again. Nothing was recorded.")
+        raise Conflict(
+            f"The llama.cpp server at {client.base_url} has not loaded {gguf_path} (adapters load only "
+            f"at start). Restart it with: {' '.join(command)} and deploy again. Nothing was recorded."
+        )
     scales = [{"id": ours["id"], "scale": 1.0}] + [
-        {"id": a["id"], "scale": 0.0} for a in loaded
-        if a is not ours and any(_same_file(a.get("path", ""), p) for p in replaced_paths)]
+        {"id": a["id"], "scale": 0.0}
+        for a in loaded
+        if a is not ours and any(_same_file(a.get("path", ""), p) for p in replaced_paths)
+    ]
     _call(client, "POST", "/lora-adapters", "llama.cpp server", json=scales)
     now = {a["id"]: a.get("scale") for a in _call(client, "GET", "/lora-adapters", "llama.cpp server").json()}
     if now.get(ours["id"]) != 1.0:
-        raise Conflict(f"The llama.cpp server did not take scale 1.0 for adapter id {ours['id']}. Nothing was recorded.")
+        raise Conflict(
+            f"The llama.cpp server did not take scale 1.0 for adapter id {ours['id']}. Nothing was recorded."
+        )
     return {"artifact": gguf_path, "command": command, "served_name": f"lora:{ours['id']}"}
 
 
 # ---- the entry points ---------------------------------------------------------------------------
 
+
 def deploy_adapter(
     store: Store,
     adapter_id: Annotated[str, Field(description="The adapter to serve.")],
     target: Annotated[Literal["ollama", "vllm", "llamacpp"], Field(description="The runtime.")],
-    url: Annotated[str | None, Field(description="Runtime URL; defaults: ollama :11434, vllm :8000. llamacpp without "
-                                                 "a URL only writes the llama-server command line.")] = None,
+    url: Annotated[
+        str | None,
+        Field(
+            description="Runtime URL; defaults: ollama :11434, vllm :8000. llamacpp without "
+            "a URL only writes the llama-server command line."
+        ),
+    ] = None,
     base_gguf: Annotated[str | None, Field(description="llamacpp: the base model GGUF for the command line.")] = None,
-    from_model: Annotated[str | None, Field(description="ollama: the base as Ollama names it (default: the adapter's base).")] = None,
+    from_model: Annotated[
+        str | None, Field(description="ollama: the base as Ollama names it (default: the adapter's base).")
+    ] = None,
 ) -> Deployment:
     """Serve an adapter: Ollama (create model learnloop-<id>), vLLM (load LoRA learnloop-<id>,
     unload the version it replaces) or a llama.cpp server (set its scale). Recorded only after
@@ -209,8 +249,11 @@ def deploy_adapter(
     adapter = get_adapter(store, adapter_id)
     contact = url is not None or target != "llamacpp"
     url = (url or DEFAULT_URLS[target]).rstrip("/")
-    old = [d for d in active_deployment_rows(store, target, url)
-           if (d["role"], d["task_type"], d["complexity"]) == (adapter.role, adapter.task_type, adapter.complexity)]
+    old = [
+        d
+        for d in active_deployment_rows(store, target, url)
+        if (d["role"], d["task_type"], d["complexity"]) == (adapter.role, adapter.task_type, adapter.complexity)
+    ]
     name = served_name(adapter_id)
     import httpx
 
@@ -224,10 +267,21 @@ def deploy_adapter(
             old_paths = [str(Path(store.home, "exports", d["adapter_id"], "gguf", "adapter.gguf")) for d in old]
             done = _deploy_llamacpp(client, store, adapter_id, base_gguf, old_paths)
         if client is None:
-            return Deployment(id=None, adapter_id=adapter_id, target=target, url=url, served_name=done["served_name"],
-                              created=None, status="command_written", artifact=done["artifact"], command=done["command"],
-                              messages=["Start llama-server with this command, then deploy again with --url to set "
-                                        "its scales and record the deployment."])
+            return Deployment(
+                id=None,
+                adapter_id=adapter_id,
+                target=target,
+                url=url,
+                served_name=done["served_name"],
+                created=None,
+                status="command_written",
+                artifact=done["artifact"],
+                command=done["command"],
+                messages=[
+                    "Start llama-server with this command, then deploy again with --url to set "
+                    "its scales and record the deployment."
+                ],
+            )
         messages, retired = _retire(client, target, [d for d in old if d["served_name"] != done["served_name"]])
     finally:
         if client is not None:
@@ -238,10 +292,19 @@ def deploy_adapter(
             set_deployment_status(conn, d["id"], retired.get(d["id"], "replaced"))
         insert_deployment(conn, dep_id, adapter_id, target, url, done["served_name"])
     row = latest_deployment(store, adapter_id)
-    return Deployment(id=dep_id, adapter_id=adapter_id, target=target, url=url, served_name=done["served_name"],
-                      created=iso(row["created"]), status="active", artifact=done["artifact"],
-                      command=done.get("command"), replaced=[d["served_name"] for d in old if d["served_name"] != done["served_name"]],
-                      messages=messages)
+    return Deployment(
+        id=dep_id,
+        adapter_id=adapter_id,
+        target=target,
+        url=url,
+        served_name=done["served_name"],
+        created=iso(row["created"]),
+        status="active",
+        artifact=done["artifact"],
+        command=done.get("command"),
+        replaced=[d["served_name"] for d in old if d["served_name"] != done["served_name"]],
+        messages=messages,
+    )
 
 
 def _retire(client: httpx.Client, target: str, old: list) -> tuple[list[str], dict[str, str]]:
@@ -259,16 +322,24 @@ def _retire(client: httpx.Client, target: str, old: list) -> tuple[list[str], di
         elif target == "llamacpp":
             status[d["id"]] = "removed"
         else:
-            messages.append(f"{d['served_name']} stays in Ollama (marked replaced); remove it with `ollama rm` if unwanted")
+            messages.append(
+                f"{d['served_name']} stays in Ollama (marked replaced); remove it with `ollama rm` if unwanted"
+            )
     return messages, status
 
 
 def set_deploy_target(
-    store: Store, role: Role,
-    target: Annotated[Literal["ollama", "vllm", "llamacpp", "none"] | None,
-                      Field(description="The runtime that serves the route; none stops keeping it deployed.")],
-    url: Annotated[str | None, Field(description="Runtime URL; defaults: ollama :11434, vllm :8000; llamacpp needs one.")] = None,
-    task_type: TaskType = None, complexity: Complexity = None,
+    store: Store,
+    role: Role,
+    target: Annotated[
+        Literal["ollama", "vllm", "llamacpp", "none"] | None,
+        Field(description="The runtime that serves the route; none stops keeping it deployed."),
+    ],
+    url: Annotated[
+        str | None, Field(description="Runtime URL; defaults: ollama :11434, vllm :8000; llamacpp needs one.")
+    ] = None,
+    task_type: TaskType = None,
+    complexity: Complexity = None,
 ) -> DeployTarget | None:
     """Keep a route deployed on a runtime: promote and rollback then put the adapter that is about
     to serve the route on it first (and retire the old one there). target none stops."""
@@ -279,21 +350,36 @@ def set_deploy_target(
         raise InvalidInput("A llama.cpp target needs the server's --url (its adapters are set through /lora-adapters).")
     url = (url or DEFAULT_URLS[target]).rstrip("/") if target else None
     write_deploy_target(store, role, task_type, complexity, target, url)
-    return DeployTarget(role=role, task_type=task_type, complexity=complexity, target=target, url=url) if target else None
+    return (
+        DeployTarget(role=role, task_type=task_type, complexity=complexity, target=target, url=url) if target else None
+    )
 
 
 def list_deploy_targets(store: Store) -> list[DeployTarget]:
-    return [DeployTarget(role=r["role"], task_type=r["task_type"], complexity=r["complexity"], target=r["target"],
-                         url=r["url"]) for r in deploy_target_rows(store)]
+    return [
+        DeployTarget(
+            role=r["role"], task_type=r["task_type"], complexity=r["complexity"], target=r["target"], url=r["url"]
+        )
+        for r in deploy_target_rows(store)
+    ]
 
 
 # ---- SQL: the deployments and deploy_targets tables ---------------------------------------------
 
-def insert_deployment(conn: sqlite3.Connection, deployment_id: str, adapter_id: str, target: str, url: str,
-                      served_name: str, status: str = "active") -> None:
+
+def insert_deployment(
+    conn: sqlite3.Connection,
+    deployment_id: str,
+    adapter_id: str,
+    target: str,
+    url: str,
+    served_name: str,
+    status: str = "active",
+) -> None:
     conn.execute(
         "INSERT INTO deployments (id, adapter_id, target, url, served_name, created, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (deployment_id, adapter_id, target, url, served_name, time.time(), status))
+        (deployment_id, adapter_id, target, url, served_name, time.time(), status),
+    )
 
 
 def set_deployment_status(conn: sqlite3.Connection, deployment_id: str, status: str) -> None:
@@ -302,8 +388,10 @@ def set_deployment_status(conn: sqlite3.Connection, deployment_id: str, status: 
 
 def latest_deployment(store: Store, adapter_id: str, conn: sqlite3.Connection | None = None) -> sqlite3.Row | None:
     """The newest deployment of an adapter that is not failed or removed."""
-    sql = ("SELECT * FROM deployments WHERE adapter_id = ? AND status NOT IN ('failed', 'removed') "
-           "ORDER BY created DESC LIMIT 1")
+    sql = (
+        "SELECT * FROM deployments WHERE adapter_id = ? AND status NOT IN ('failed', 'removed') "
+        "ORDER BY created DESC LIMIT 1"
+    )
     with store.read() as c:
         return (conn or c).execute(sql, (adapter_id,)).fetchone()
 
@@ -313,25 +401,36 @@ def active_deployment_rows(store: Store, target: str, url: str) -> list[sqlite3.
     with store.read() as conn:
         return conn.execute(
             "SELECT d.*, a.role, a.task_type, a.complexity FROM deployments d JOIN adapters a ON a.id = d.adapter_id "
-            "WHERE d.target = ? AND d.url = ? AND d.status = 'active' ORDER BY d.created", (target, url)).fetchall()
+            "WHERE d.target = ? AND d.url = ? AND d.status = 'active' ORDER BY d.created",
+            (target, url),
+        ).fetchall()
 
 
-def write_deploy_target(store: Store, role: str, task_type: str | None, complexity: str | None, target: str | None,
-                        url: str | None) -> None:
+def write_deploy_target(
+    store: Store, role: str, task_type: str | None, complexity: str | None, target: str | None, url: str | None
+) -> None:
     """Set (or, with target None, clear) the runtime a route is deployed to."""
     with store.write() as conn:
-        conn.execute("DELETE FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
-                     "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity))
+        conn.execute(
+            "DELETE FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
+            "AND ifnull(complexity, '') = ifnull(?, '')",
+            (role, task_type, complexity),
+        )
         if target is not None:
-            conn.execute("INSERT INTO deploy_targets (role, task_type, complexity, target, url, updated) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (role, task_type, complexity, target, url, time.time()))
+            conn.execute(
+                "INSERT INTO deploy_targets (role, task_type, complexity, target, url, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (role, task_type, complexity, target, url, time.time()),
+            )
 
 
 def deploy_target_row(store: Store, role: str, task_type: str | None, complexity: str | None) -> sqlite3.Row | None:
     with store.read() as conn:
         return conn.execute(
             "SELECT * FROM deploy_targets WHERE role = ? AND ifnull(task_type, '') = ifnull(?, '') "
-            "AND ifnull(complexity, '') = ifnull(?, '')", (role, task_type, complexity)).fetchone()
+            "AND ifnull(complexity, '') = ifnull(?, '')",
+            (role, task_type, complexity),
+        ).fetchone()
 
 
 def deploy_target_rows(store: Store) -> list[sqlite3.Row]:

@@ -23,12 +23,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from learning.data.templates import render, resolve_template
-from learning.serve import gguf as gx
 from learning.errors import Conflict, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.models.fingerprint import base_fingerprint
 from learning.registry.adapters import Adapter, get_adapter
+from learning.serve import gguf as gx
 from learning.serve.merge import export_merged
 from learning.serve.modelfile import USR, modelfile_text, read_tokenizer
 from learning.serve.tokenizer_files import copy_tokenizer
@@ -54,20 +54,25 @@ class ExportResult(BaseModel):
     files: list[ExportedFile]
     total_bytes: int
     checks: list[str] = Field(description="What was verified, with the figures measured.")
-    max_delta_diff: float | None = Field(None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules.")
-    max_logit_diff: float | None = Field(None, description="merged: max |logits of the merged model - logits of base+adapter|.")
+    max_delta_diff: float | None = Field(
+        None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules."
+    )
+    max_logit_diff: float | None = Field(
+        None, description="merged: max |logits of the merged model - logits of base+adapter|."
+    )
     warnings: list[str] = Field(default_factory=list)
     seconds: float
 
 
 # ---- the base model -------------------------------------------------------------------------
 
+
 def resolve_base(adapter: Adapter, base: str | None = None) -> Path | None:
     """The base model's folder: the one given, else the adapter's recorded base (registry,
     metadata.json, adapter_config.json) when it is a folder or a model in the local Hugging Face
     cache; None when it cannot be found."""
     adapter_cfg = _adapter_config(Path(adapter.path))
-    recorded = (_metadata(Path(adapter.path)).get("base_model") or {})
+    recorded = _metadata(Path(adapter.path)).get("base_model") or {}
     recorded_path = recorded.get("path") if isinstance(recorded, dict) else None
     # A base that is given is the only candidate: never fall back to another one silently.
     candidates = [base] if base else [adapter.base_model, recorded_path, adapter_cfg.get("base_model_name_or_path")]
@@ -97,6 +102,7 @@ def _metadata(folder: Path) -> dict[str, Any]:
 
 # ---- checks -------------------------------------------------------------------------------
 
+
 def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[list[str], Path | None]:
     """Every reason this export would be wrong, and the base folder it will use."""
     folder = Path(adapter.path)
@@ -105,8 +111,10 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
         return [f"the adapter folder {folder} lacks adapter_config.json or adapter_model.safetensors"], None
     base_dir = resolve_base(adapter, base)  # peft uses it only for the tokenizer
     if base_dir is None and (fmt != "peft" or base):
-        problems.append(f"base model {base or adapter.base_model!r} not found as a folder or in the local "
-                        "Hugging Face cache; pass the base folder (--base / base)")
+        problems.append(
+            f"base model {base or adapter.base_model!r} not found as a folder or in the local "
+            "Hugging Face cache; pass the base folder (--base / base)"
+        )
     if base and base_dir is not None:
         meta = _metadata(folder).get("base_model")
         meta = meta if isinstance(meta, dict) else {}
@@ -114,9 +122,11 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
         given_fingerprint = base_fingerprint(base_dir) if recorded else {}
         given = given_fingerprint.get("sha256") or given_fingerprint.get("revision")
         if recorded and recorded != given:
-            problems.append(f"the base {base} differs from the one this adapter was trained on (recorded "
-                            f"{recorded[:12]}..., given {given[:12]}...); an adapter only "
-                            "works on its own base")
+            problems.append(
+                f"the base {base} differs from the one this adapter was trained on (recorded "
+                f"{recorded[:12]}..., given {given[:12]}...); an adapter only "
+                "works on its own base"
+            )
     if fmt in ("gguf", "ollama"):
         from safetensors import safe_open
 
@@ -131,9 +141,10 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
 
 # ---- the formats ----------------------------------------------------------------------------
 
+
 def _export_peft(adapter: Adapter, base_dir: Path | None, out: Path, dtype: str) -> dict[str, Any]:
-    from safetensors.numpy import load_file, save_file
     import numpy as np
+    from safetensors.numpy import load_file, save_file
 
     folder = Path(adapter.path)
     cfg = _adapter_config(folder)
@@ -144,9 +155,11 @@ def _export_peft(adapter: Adapter, base_dir: Path | None, out: Path, dtype: str)
     tok = copy_tokenizer([folder, base_dir], out)
     (out / "README.md").write_text(_readme(adapter, cfg))
     reread = load_file(str(out / "adapter_model.safetensors"))
-    checks = [f"adapter_model.safetensors re-read: {len(reread)} tensors, same names and shapes"
-              if {k: v.shape for k, v in reread.items()} == {k: v.shape for k, v in tensors.items()}
-              else "tensor names or shapes changed"]
+    checks = [
+        f"adapter_model.safetensors re-read: {len(reread)} tensors, same names and shapes"
+        if {k: v.shape for k, v in reread.items()} == {k: v.shape for k, v in tensors.items()}
+        else "tensor names or shapes changed"
+    ]
     warnings = [] if tok else ["no tokenizer files found in the adapter or base folder"]
     return {"checks": checks, "warnings": warnings}
 
@@ -154,13 +167,15 @@ def _export_peft(adapter: Adapter, base_dir: Path | None, out: Path, dtype: str)
 def _readme(adapter: Adapter, cfg: dict[str, Any]) -> str:
     route = " / ".join(x for x in (adapter.role, adapter.task_type, adapter.complexity) if x)
     metrics = "\n".join(f"- {k}: {v}" for k, v in sorted(adapter.metrics.items())) or "- (none recorded)"
-    return (f"# learnloop adapter {adapter.id}\n\n"
-            f"- base model: `{adapter.base_model}`" + (f" (hash {adapter.base_hash})" if adapter.base_hash else "") + "\n"
-            f"- route: {route}\n- status: {adapter.status}\n- dataset: {adapter.dataset_id or '-'}\n"
-            f"- LoRA: r={cfg.get('r')}, alpha={cfg.get('lora_alpha')}, rsLoRA={bool(cfg.get('use_rslora'))}, "
-            f"targets={cfg.get('target_modules')}\n\n## Metrics\n\n{metrics}\n\n## Load\n\n"
-            "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
-            f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({adapter.base_model!r}), 'THIS_FOLDER')\n```\n")
+    return (
+        f"# learnloop adapter {adapter.id}\n\n"
+        f"- base model: `{adapter.base_model}`" + (f" (hash {adapter.base_hash})" if adapter.base_hash else "") + "\n"
+        f"- route: {route}\n- status: {adapter.status}\n- dataset: {adapter.dataset_id or '-'}\n"
+        f"- LoRA: r={cfg.get('r')}, alpha={cfg.get('lora_alpha')}, rsLoRA={bool(cfg.get('use_rslora'))}, "
+        f"targets={cfg.get('target_modules')}\n\n## Metrics\n\n{metrics}\n\n## Load\n\n"
+        "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({adapter.base_model!r}), 'THIS_FOLDER')\n```\n"
+    )
 
 
 def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dict[str, Any]:
@@ -170,10 +185,12 @@ def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dic
     report = gx.verify_lora_gguf(path, Path(adapter.path), shape)
     if report["problems"]:
         raise Conflict(f"The GGUF written for {adapter.id} failed its read-back check", report["problems"])
-    checks = [f"GGUF read back: general.type=adapter, adapter.type=lora, architecture "
-              f"{gx.ARCHS[shape.model_type][0]}, {len(shapes)} tensors with expected names and shapes",
-              f"delta B·A·scale from the GGUF (q/k permutation undone) vs PEFT over {report['modules']} modules: "
-              f"max diff {report['max_delta_diff']:.3g} (max |delta| {report['max_delta']:.3g})"]
+    checks = [
+        f"GGUF read back: general.type=adapter, adapter.type=lora, architecture "
+        f"{gx.ARCHS[shape.model_type][0]}, {len(shapes)} tensors with expected names and shapes",
+        f"delta B·A·scale from the GGUF (q/k permutation undone) vs PEFT over {report['modules']} modules: "
+        f"max diff {report['max_delta_diff']:.3g} (max |delta| {report['max_delta']:.3g})",
+    ]
     return {"checks": checks, "max_delta_diff": report["max_delta_diff"], "warnings": []}
 
 
@@ -184,12 +201,18 @@ def _role_prompt(store: Store, adapter: Adapter) -> str | None:
         text, _ = resolve_template(store, adapter.role, None)
     except Exception:  # noqa: BLE001 - no template for this role
         return None
-    fields = {"instruction": USR, "role": adapter.role, "task_type": adapter.task_type, "complexity": adapter.complexity}
+    fields = {
+        "instruction": USR,
+        "role": adapter.role,
+        "task_type": adapter.task_type,
+        "complexity": adapter.complexity,
+    }
     return render(text, fields).replace(USR, "{{ .Prompt }}")
 
 
-def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str,
-                   from_model: str) -> dict[str, Any]:
+def _export_ollama(
+    store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str, from_model: str
+) -> dict[str, Any]:
     done = _export_gguf(adapter, base_dir, out, dtype)
     folder = Path(adapter.path)
     tok = read_tokenizer(folder if (folder / "tokenizer_config.json").exists() else base_dir)
@@ -202,16 +225,27 @@ def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dt
     params = {"temperature": adapter.params.get("temperature", 0.2)}
     text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, params, prompt, raw)
     (out / "Modelfile").write_text(text)
-    (out / "ollama.json").write_text(json.dumps({**fields, "from": from_model,
-                                                 "adapter_file": "adapter.gguf"}, indent=2))
-    how = "raw prompt (trained on prompt/completion text)" if raw else \
-        "chat template" if tok["chat_template"] else "default prompt"
-    done["checks"].append(f"Modelfile: TEMPLATE from the {how}" + (" around the role's instruction template" if prompt else "")
-                          + f", stops {fields['parameters']['stop']}")
+    (out / "ollama.json").write_text(
+        json.dumps({**fields, "from": from_model, "adapter_file": "adapter.gguf"}, indent=2)
+    )
+    how = (
+        "raw prompt (trained on prompt/completion text)"
+        if raw
+        else "chat template"
+        if tok["chat_template"]
+        else "default prompt"
+    )
+    done["checks"].append(
+        f"Modelfile: TEMPLATE from the {how}"
+        + (" around the role's instruction template" if prompt else "")
+        + f", stops {fields['parameters']['stop']}"
+    )
     if Path(from_model).expanduser().is_dir():
-        done["warnings"].append(f"FROM is the folder {from_model}: `ollama create -f Modelfile` imports it (safetensors "
-                                "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
-                                "Ollama model name (--from)")
+        done["warnings"].append(
+            f"FROM is the folder {from_model}: `ollama create -f Modelfile` imports it (safetensors "
+            "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
+            "Ollama model name (--from)"
+        )
     if not tok["chat_template"]:
         done["warnings"].append("the tokenizer has no chat template: the Modelfile uses a plain prompt template")
     if not fields["parameters"]["stop"]:
@@ -221,16 +255,32 @@ def _export_ollama(store: Store, adapter: Adapter, base_dir: Path, out: Path, dt
 
 # ---- the entry point --------------------------------------------------------------------------
 
-def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
-                   base: str | None = None, from_model: str | None = None) -> ExportResult:
+
+def export_adapter(
+    store: Store,
+    adapter_id: str,
+    fmt: str,
+    out: str | None = None,
+    dtype: str = "f32",
+    base: str | None = None,
+    from_model: str | None = None,
+) -> ExportResult:
     """Export one adapter; refuses with every reason when the target cannot represent it.
 
     base: the base model folder to check against the one trained on (and to read config and
     tokenizer from); from_model: the Modelfile's FROM, the base as Ollama names it (default:
     the adapter's base_model)."""
     started = time.perf_counter()
-    check([p for p in (f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
-                       f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None) if p])
+    check(
+        [
+            p
+            for p in (
+                f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
+                f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None,
+            )
+            if p
+        ]
+    )
     adapter = get_adapter(store, adapter_id)
     problems, base_dir = compatibility(adapter, fmt, base)
     check(problems, f"Cannot export adapter {adapter_id} as {fmt}:")
@@ -255,53 +305,93 @@ def export_adapter(store: Store, adapter_id: str, fmt: str, out: str | None = No
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    files = [ExportedFile(path=str(p), bytes=p.stat().st_size) for p in sorted(target.rglob("*"))
-             if p.is_file() and p.name != MARKER]
-    return ExportResult(adapter_id=adapter_id, format=fmt, dtype=dtype, out_dir=str(target), files=files,
-                        total_bytes=sum(f.bytes for f in files), checks=done["checks"],
-                        max_delta_diff=done.get("max_delta_diff"), max_logit_diff=done.get("max_logit_diff"),
-                        warnings=done.get("warnings", []), seconds=round(time.perf_counter() - started, 3))
+    files = [
+        ExportedFile(path=str(p), bytes=p.stat().st_size)
+        for p in sorted(target.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    ]
+    return ExportResult(
+        adapter_id=adapter_id,
+        format=fmt,
+        dtype=dtype,
+        out_dir=str(target),
+        files=files,
+        total_bytes=sum(f.bytes for f in files),
+        checks=done["checks"],
+        max_delta_diff=done.get("max_delta_diff"),
+        max_logit_diff=done.get("max_logit_diff"),
+        warnings=done.get("warnings", []),
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def export_job(ctx) -> dict[str, Any]:
     """Job entry point (learning.jobs.manage): runs export_adapter with the job's params."""
     p = ctx.params
     ctx.progress(force=True, stage="export", message=f"exporting {p['adapter_id']} as {p['fmt']}")
-    result = export_adapter(ctx.store, p["adapter_id"], p["fmt"], p.get("out"), p.get("dtype", "f32"), p.get("base"),
-                            p.get("from_model"))
+    result = export_adapter(
+        ctx.store, p["adapter_id"], p["fmt"], p.get("out"), p.get("dtype", "f32"), p.get("base"), p.get("from_model")
+    )
     return result.model_dump(mode="json")
 
 
-def start_export(store: Store, adapter_id: str, fmt: str, out: str | None = None, dtype: str = "f32",
-                 base: str | None = None, from_model: str | None = None) -> str:
+def start_export(
+    store: Store,
+    adapter_id: str,
+    fmt: str,
+    out: str | None = None,
+    dtype: str = "f32",
+    base: str | None = None,
+    from_model: str | None = None,
+) -> str:
     """Check the request, then run the export as a job (merging a real model takes minutes)."""
-    check([p for p in (f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
-                       f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None) if p])
+    check(
+        [
+            p
+            for p in (
+                f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
+                f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None,
+            )
+            if p
+        ]
+    )
     adapter = get_adapter(store, adapter_id)
     if not base:  # refuse at once what the job would refuse (hashing a given base is left to the job)
         check(compatibility(adapter, fmt)[0], f"Cannot export adapter {adapter_id} as {fmt}:")
-    return start_job(store, "export", "learning.serve.export:export_job",
-                     {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base,
-                      "from_model": from_model}, subject=adapter_id)
+    return start_job(
+        store,
+        "export",
+        "learning.serve.export:export_job",
+        {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base, "from_model": from_model},
+        subject=adapter_id,
+    )
 
 
 class ExportJob(BaseModel):
     job_id: str = Field(description="Follow it with wait_job / job_status; its result is the export result.")
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
-    result: dict[str, Any] | None = Field(description="When finished within wait_s: out_dir, files, checks, max_delta_diff / max_logit_diff, seconds.")
+    result: dict[str, Any] | None = Field(
+        description="When finished within wait_s: out_dir, files, checks, max_delta_diff / max_logit_diff, seconds."
+    )
     error: str | None
 
 
 def export_as_job(
     store: Store,
     adapter_id: Annotated[str, Field(description="The adapter to export (list_adapters shows ids).")],
-    format: Annotated[Literal["peft", "merged", "gguf", "ollama"], Field(
-        description="peft: clean PEFT folder; merged: full transformers model (base+adapter); gguf: LoRA GGUF for "
-                    "llama.cpp; ollama: GGUF + Modelfile.")],
+    format: Annotated[
+        Literal["peft", "merged", "gguf", "ollama"],
+        Field(
+            description="peft: clean PEFT folder; merged: full transformers model (base+adapter); gguf: LoRA GGUF for "
+            "llama.cpp; ollama: GGUF + Modelfile."
+        ),
+    ],
     out: Annotated[str | None, Field(description="Output folder; default <home>/exports/<id>/<format>.")] = None,
     dtype: Annotated[Literal["f32", "f16"], Field(description="Tensor precision of the written files.")] = "f32",
     base: Annotated[str | None, Field(description="Base model folder to check against the one trained on.")] = None,
-    from_model: Annotated[str | None, Field(description="ollama: the base as Ollama names it (Modelfile FROM).")] = None,
+    from_model: Annotated[
+        str | None, Field(description="ollama: the base as Ollama names it (Modelfile FROM).")
+    ] = None,
     wait_s: Annotated[float, Field(ge=0, le=45, description="Wait this long for the job (45 max).")] = 30,
 ) -> ExportJob:
     """Export an adapter for a runtime, verified after writing (GGUF delta vs PEFT, merged logits

@@ -19,9 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # numpy loads with the first export, not with the server
     import numpy as np
@@ -43,50 +41,70 @@ FORBIDDEN_TARGETS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed
 @dataclass
 class BaseShape:
     """What the export needs of the base model's config.json."""
+
     model_type: str
     n_layers: int
     n_heads: int
     n_kv_heads: int
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "BaseShape":
+    def from_config(cls, config: dict[str, Any]) -> BaseShape:
         n_heads = int(config["num_attention_heads"])
-        return cls(model_type=str(config.get("model_type", "")), n_layers=int(config["num_hidden_layers"]),
-                   n_heads=n_heads, n_kv_heads=int(config.get("num_key_value_heads") or n_heads))
+        return cls(
+            model_type=str(config.get("model_type", "")),
+            n_layers=int(config["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
+        )
 
 
 # ---- checks -------------------------------------------------------------------------------
 
-def lora_problems(adapter_config: dict[str, Any], tensor_names: list[str], base: BaseShape | None,
-                  target: str = "gguf") -> list[str]:
+
+def lora_problems(
+    adapter_config: dict[str, Any], tensor_names: list[str], base: BaseShape | None, target: str = "gguf"
+) -> list[str]:
     """Every reason this adapter cannot become a correct LoRA GGUF (empty when it can)."""
     problems = []
     if adapter_config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"the adapter is {adapter_config.get('peft_type')}, not LoRA; only LoRA adapters export to {target}")
+        problems.append(
+            f"the adapter is {adapter_config.get('peft_type')}, not LoRA; only LoRA adapters export to {target}"
+        )
     if adapter_config.get("use_dora"):
         problems.append(f"the adapter uses DoRA, which has no {target} equivalent; export it as 'merged' instead")
     for key in ("rank_pattern", "alpha_pattern"):
         if adapter_config.get(key):
-            problems.append(f"the adapter sets {key} (per-module ranks/alphas); a LoRA GGUF has one alpha and "
-                            f"llama.cpp cannot express it; retrain without {key} or export as 'merged'")
+            problems.append(
+                f"the adapter sets {key} (per-module ranks/alphas); a LoRA GGUF has one alpha and "
+                f"llama.cpp cannot express it; retrain without {key} or export as 'merged'"
+            )
     if adapter_config.get("modules_to_save"):
-        problems.append(f"the adapter fully trains modules_to_save={adapter_config['modules_to_save']}, which a LoRA "
-                        f"{target} cannot carry; export as 'merged'")
+        problems.append(
+            f"the adapter fully trains modules_to_save={adapter_config['modules_to_save']}, which a LoRA "
+            f"{target} cannot carry; export as 'merged'"
+        )
     bad = sorted({n for n in tensor_names if any(f".{t}." in f".{n}." for t in FORBIDDEN_TARGETS)})
     if bad:
-        problems.append(f"LoRA on embeddings or lm_head ({', '.join(_module(n) for n in bad[:4])}): llama.cpp rejects or "
-                        "drops it; retrain with target_modules limited to the attention/MLP projections or export as 'merged'")
+        problems.append(
+            f"LoRA on embeddings or lm_head ({', '.join(_module(n) for n in bad[:4])}): llama.cpp rejects or "
+            "drops it; retrain with target_modules limited to the attention/MLP projections or export as 'merged'"
+        )
     extra = sorted({n for n in tensor_names if ".lora_A." not in n and ".lora_B." not in n and n not in bad})
     if extra:
-        problems.append(f"the adapter holds tensors other than lora_A/lora_B ({', '.join(extra[:3])}); "
-                        f"{target} cannot carry them")
+        problems.append(
+            f"the adapter holds tensors other than lora_A/lora_B ({', '.join(extra[:3])}); {target} cannot carry them"
+        )
     if base is not None:
         supported = OLLAMA_ARCHS if target == "ollama" else tuple(ARCHS)
         if base.model_type not in supported:
-            problems.append(f"base architecture {base.model_type!r} is not supported for {target} export "
-                            f"(supported: {', '.join(supported)}); export as 'peft' or 'merged'")
+            problems.append(
+                f"base architecture {base.model_type!r} is not supported for {target} export "
+                f"(supported: {', '.join(supported)}); export as 'peft' or 'merged'"
+            )
         else:
-            unmapped = [n for n in tensor_names if n not in bad and ".lora_A." in n and _gguf_base_name(n, base) is None]
+            unmapped = [
+                n for n in tensor_names if n not in bad and ".lora_A." in n and _gguf_base_name(n, base) is None
+            ]
             if unmapped:
                 problems.append(f"no GGUF tensor name for {', '.join(_module(n) for n in unmapped[:3])}")
     return problems
@@ -94,7 +112,7 @@ def lora_problems(adapter_config: dict[str, Any], tensor_names: list[str], base:
 
 def _module(tensor_name: str) -> str:
     """base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj"""
-    name = tensor_name[len(PREFIX):] if tensor_name.startswith(PREFIX) else tensor_name
+    name = tensor_name[len(PREFIX) :] if tensor_name.startswith(PREFIX) else tensor_name
     for part in (".lora_A.", ".lora_B."):
         if part in name:
             return name.split(part)[0]
@@ -111,6 +129,7 @@ def _gguf_base_name(tensor_name: str, base: BaseShape) -> str | None:
 
 
 # ---- the q/k permutation ------------------------------------------------------------------
+
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's converter (LlamaModel.permute): interleaved rotary halves per head."""
@@ -134,6 +153,7 @@ def heads_for(module: str, base: BaseShape) -> int | None:
 
 # ---- writing ------------------------------------------------------------------------------
 
+
 def gguf_alpha(adapter_config: dict[str, Any]) -> float:
     """The alpha to write so that llama.cpp's alpha / r equals PEFT's scaling."""
     alpha, r = float(adapter_config["lora_alpha"]), int(adapter_config["r"])
@@ -154,12 +174,13 @@ def load_peft(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     return config, {k: v.astype(np.float32) for k, v in tensors.items()}
 
 
-def write_lora_gguf(adapter_dir: Path, base: BaseShape, out_path: Path, dtype: str = "f32",
-                    name: str = "adapter", permute: bool = True) -> dict[str, tuple[int, ...]]:
+def write_lora_gguf(
+    adapter_dir: Path, base: BaseShape, out_path: Path, dtype: str = "f32", name: str = "adapter", permute: bool = True
+) -> dict[str, tuple[int, ...]]:
     """Write the adapter as a LoRA GGUF; returns {tensor name: numpy shape}. permute=False only
     exists to show in tests that a missing permutation is caught by verify_lora_gguf."""
-    import numpy as np
     import gguf
+    import numpy as np
 
     config, tensors = load_peft(adapter_dir)
     np_dtype = np.float16 if dtype == "f16" else np.float32
@@ -190,9 +211,10 @@ def write_lora_gguf(adapter_dir: Path, base: BaseShape, out_path: Path, dtype: s
 
 # ---- verifying ----------------------------------------------------------------------------
 
+
 def read_lora_gguf(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    import numpy as np
     import gguf
+    import numpy as np
 
     reader = gguf.GGUFReader(str(path))
     keys: dict[str, Any] = {}
@@ -210,6 +232,7 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
     adds, B·A × alpha/r with B's q/k permutation undone, must equal PEFT's delta B·A × scaling.
     Returns {problems, modules, max_delta_diff, max_delta}."""
     import numpy as np
+
     config, peft = load_peft(adapter_dir)
     keys, tensors = read_lora_gguf(path)
     problems = []
@@ -251,7 +274,8 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
     # Rounding only: relative to the largest |B|·|A| sum, f16 storage allows ~1e-3, f32 ~1e-6.
     tol = (2e-3 if keys["f16"] else 1e-5) * max(bound, 1e-12)
     if max_diff > tol:
-        problems.append(f"reconstructed delta differs from PEFT's by {max_diff:.3g} (tolerance {tol:.3g}): "
-                        "wrong permutation or scaling")
+        problems.append(
+            f"reconstructed delta differs from PEFT's by {max_diff:.3g} (tolerance {tol:.3g}): "
+            "wrong permutation or scaling"
+        )
     return {"problems": problems, "modules": modules, "max_delta_diff": max_diff, "max_delta": max_delta}
-

@@ -38,8 +38,9 @@ def export_merged(adapter_dir: Path, base_dir: Path, out: Path, dtype: str) -> d
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-    ids = probe_ids(adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir,
-                    base.config.vocab_size)
+    ids = probe_ids(
+        adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir, base.config.vocab_size
+    )
     with torch.no_grad():
         reference = model(ids).logits
         merged = model.merge_and_unload()
@@ -51,8 +52,15 @@ def export_merged(adapter_dir: Path, base_dir: Path, out: Path, dtype: str) -> d
         diff = float((reloaded(ids).logits - reference).abs().max())
     tol = TOL_F32 if dtype == "f32" else TOL_F16
     if not diff <= tol:
-        raise Conflict(f"The merged model's logits differ from base+adapter by {diff:.3g} (tolerance {tol}); "
-                       "the merge is not faithful. Export as 'peft' instead and report this adapter.")
-    return {"checks": [f"merged folder reloaded with transformers; logits on a {ids.shape[1]}-token probe vs "
-                       f"base+adapter: max diff {diff:.3g} <= {tol}"],
-            "max_logit_diff": diff, "warnings": []}
+        raise Conflict(
+            f"The merged model's logits differ from base+adapter by {diff:.3g} (tolerance {tol}); "
+            "the merge is not faithful. Export as 'peft' instead and report this adapter."
+        )
+    return {
+        "checks": [
+            f"merged folder reloaded with transformers; logits on a {ids.shape[1]}-token probe vs "
+            f"base+adapter: max diff {diff:.3g} <= {tol}"
+        ],
+        "max_logit_diff": diff,
+        "warnings": [],
+    }

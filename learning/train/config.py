@@ -27,8 +27,9 @@ class TrainConfig(BaseModel):
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] | str = Field(default_factory=lambda: list(ALL_LINEAR),
-                                            description="Module names to adapt, or 'all-linear'.")
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: list(ALL_LINEAR), description="Module names to adapt, or 'all-linear'."
+    )
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
     epochs: float = Field(2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -38,15 +39,17 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, lt=1)
     beta: float = Field(0.1, gt=0, le=10, description="DPO/KTO temperature of the implicit reward.")
-    quantize: Quantize = Field("auto", description="4bit (QLoRA, nf4), 8bit, none, or auto (4bit when the "
-                                                   "model would not fit in memory, else none).")
+    quantize: Quantize = Field(
+        "auto",
+        description="4bit (QLoRA, nf4), 8bit, none, or auto (4bit when the model would not fit in memory, else none).",
+    )
     seed: int = Field(0, description="Seed of data order, LoRA init and dropout.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
     logging_steps: int = Field(1, ge=1)
     packing: bool = Field(False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
 
     @model_validator(mode="after")
-    def _coherent(self) -> "TrainConfig":
+    def _coherent(self) -> TrainConfig:
         problems = []
         if self.method == "kto" and self.batch_size < 2:
             problems.append("KTO needs batch_size >= 2 (it compares rows within a batch).")
@@ -63,12 +66,22 @@ class TrainConfig(BaseModel):
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Attention only, small rank: quick, least likely to forget what the base knew.
-    "light": dict(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"], learning_rate=2e-4,
-                  epochs=1, batch_size=4, grad_accum=1, max_length=1024),
+    "light": dict(
+        rank=8,
+        alpha=16,
+        dropout=0.05,
+        target_modules=["q_proj", "v_proj"],
+        learning_rate=2e-4,
+        epochs=1,
+        batch_size=4,
+        grad_accum=1,
+        max_length=1024,
+    ),
     "default": {},
     # Every linear projection at rank 64: most capacity, most memory.
-    "heavy": dict(rank=64, alpha=128, dropout=0.1, learning_rate=1e-4, epochs=3, batch_size=4, grad_accum=2,
-                  max_length=2048),
+    "heavy": dict(
+        rank=64, alpha=128, dropout=0.1, learning_rate=1e-4, epochs=3, batch_size=4, grad_accum=2, max_length=2048
+    ),
 }
 
 

@@ -17,14 +17,14 @@ from typing import Annotated, Any, Literal
 import psutil
 from pydantic import BaseModel, Field
 
-from learning.registry import adapters as registry
-from learning.train.config import TrainConfig, build_config
+from learning.data.datasets import dataset_row
 from learning.data.formats import PREF_FORMATS, SFT_FORMATS
 from learning.errors import Conflict, InvalidInput, LearnloopError, check
 from learning.home import safe_id, subdir
-from learning.data.datasets import dataset_row
 from learning.jobs.manage import active_job_rows, start_job
+from learning.registry import adapters as registry
 from learning.store import Store, loads
+from learning.train.config import TrainConfig, build_config
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
 MIN_ROWS = 10
@@ -60,6 +60,7 @@ class TrainStarted(BaseModel):
 
 # ---- checks of each input; each returns problems instead of raising -------------------
 
+
 def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], dict | None]:
     row = dataset_row(store, dataset_id)
     if row is None:
@@ -69,8 +70,13 @@ def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tup
     if ds["role"] != role:
         problems.append(f"Dataset {dataset_id} is for role {ds['role']!r}, not {role!r}; use a dataset of this role.")
     if ds["kind"] not in METHOD_KINDS[method]:
-        need = "a preference dataset (prompt/chosen/rejected)" if method == "dpo" else \
-            "a KTO dataset (prompt/completion/label)" if method == "kto" else "an SFT dataset"
+        need = (
+            "a preference dataset (prompt/chosen/rejected)"
+            if method == "dpo"
+            else "a KTO dataset (prompt/completion/label)"
+            if method == "kto"
+            else "an SFT dataset"
+        )
         problems.append(f"Method {method} needs {need}; dataset {dataset_id} is kind {ds['kind']!r}.")
     formats = SFT_FORMATS if method == "sft" else PREF_FORMATS
     if ds["format"] not in formats:
@@ -79,8 +85,10 @@ def _check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tup
     if store.home not in path.parents or not (path / "train.jsonl").is_file():
         problems.append(f"Dataset {dataset_id}'s train.jsonl is missing under {path}; make the dataset again.")
     elif ds["train_rows"] < MIN_ROWS:
-        problems.append(f"Dataset {dataset_id} has {ds['train_rows']} training rows; at least {MIN_ROWS} are needed. "
-                        "Log more runs or lower make_sft's reward threshold.")
+        problems.append(
+            f"Dataset {dataset_id} has {ds['train_rows']} training rows; at least {MIN_ROWS} are needed. "
+            "Log more runs or lower make_sft's reward threshold."
+        )
     ds["abs_path"] = str(path)
     return problems, ds
 
@@ -102,19 +110,34 @@ def check_base(base: str) -> tuple[list[str], dict, dict]:
     if base.startswith(EMBEDDED_PREFIX):
         from learning.models.tinybase import SIZES
 
-        size = base[len(EMBEDDED_PREFIX):]
+        size = base[len(EMBEDDED_PREFIX) :]
         if size not in SIZES:
             return [f"Unknown embedded base {base!r}; use {', '.join(EMBEDDED_PREFIX + s for s in SIZES)}."], {}, {}
         spec = SIZES[size]
-        return [], {"kind": "embedded", "size": size}, dict(
-            hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, intermediate_size=spec.intermediate_size,
-            vocab_size=spec.vocab_size, num_attention_heads=spec.num_heads, tie_word_embeddings=True)
+        return (
+            [],
+            {"kind": "embedded", "size": size},
+            dict(
+                hidden_size=spec.hidden_size,
+                num_hidden_layers=spec.num_layers,
+                intermediate_size=spec.intermediate_size,
+                vocab_size=spec.vocab_size,
+                num_attention_heads=spec.num_heads,
+                tie_word_embeddings=True,
+            ),
+        )
     path = Path(base).expanduser()
     if not path.exists():
         if base.count("/") == 1 and not base.startswith((".", "/", "~")):
             return _check_hub(base)
-        return [f"Base model {base!r} does not exist. Pass a folder with config.json and weights, a hub id, or "
-                "leave --base out to use the embedded base."], {}, {}
+        return (
+            [
+                f"Base model {base!r} does not exist. Pass a folder with config.json and weights, a hub id, or "
+                "leave --base out to use the embedded base."
+            ],
+            {},
+            {},
+        )
     config = _read_json(path / "config.json")
     problems = []
     if not config:
@@ -122,8 +145,10 @@ def check_base(base: str) -> tuple[list[str], dict, dict]:
         return problems, {}, {}
     archs = config.get("architectures") or []
     if not any(a.endswith("ForCausalLM") for a in archs):
-        problems.append(f"{path} is not a causal language model (architectures {archs or 'missing'}); "
-                        "train_adapter needs a *ForCausalLM model.")
+        problems.append(
+            f"{path} is not a causal language model (architectures {archs or 'missing'}); "
+            "train_adapter needs a *ForCausalLM model."
+        )
     if not (list(path.glob("*.safetensors")) or list(path.glob("*.bin"))):
         problems.append(f"{path} has no weights (*.safetensors or *.bin).")
     problems += _check_tokenizer_files(path, config)
@@ -148,8 +173,14 @@ def _check_hub(repo: str) -> tuple[list[str], dict, dict]:
     if isinstance(cached, str):
         return _check_hub_snapshot(repo, Path(cached).parent)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return [f"Base model {repo!r} is not in the local hub cache and HF_HUB_OFFLINE=1; download it first "
-                "or pass a local folder."], {}, {}
+        return (
+            [
+                f"Base model {repo!r} is not in the local hub cache and HF_HUB_OFFLINE=1; download it first "
+                "or pass a local folder."
+            ],
+            {},
+            {},
+        )
     return [], {"kind": "hub", "ref": repo}, {}
 
 
@@ -162,8 +193,11 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
     if adapter_id is None:
         if not resume:
             return [], None
-        rows = [r for r in registry.adapter_rows(store, role=role, status="failed")
-                if (Path(r["path"]) / "checkpoints").is_dir()]
+        rows = [
+            r
+            for r in registry.adapter_rows(store, role=role, status="failed")
+            if (Path(r["path"]) / "checkpoints").is_dir()
+        ]
         if not rows:
             return [f"Nothing to resume for role {role!r}: no failed or cancelled adapter with a checkpoint."], None
         return [], rows[0]["id"]
@@ -183,6 +217,7 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
 
 # ---- estimates --------------------------------------------------------------------------
 
+
 def estimate_steps(rows: int, cfg: TrainConfig, num_processes: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
@@ -197,11 +232,20 @@ def _param_counts(config: dict, cfg: TrainConfig) -> tuple[int, int]:
     inter = config.get("intermediate_size") or 4 * h
     heads = config.get("num_attention_heads") or 1
     kv = (config.get("num_key_value_heads") or heads) * (config.get("head_dim") or h // max(1, heads))
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
     embed = (config.get("vocab_size") or 0) * h * (1 if config.get("tie_word_embeddings") else 2)
     base = embed + n * sum(a * b for a, b in shapes.values())
-    targets = shapes if cfg.target_modules == "all-linear" else {k: v for k, v in shapes.items() if k in cfg.target_modules}
+    targets = (
+        shapes if cfg.target_modules == "all-linear" else {k: v for k, v in shapes.items() if k in cfg.target_modules}
+    )
     lora = n * sum(cfg.rank * (a + b) for a, b in targets.values())
     return base, lora
 
@@ -217,8 +261,9 @@ def _avg_row_tokens(path: Path, max_length: int) -> int:
     return min(max_length, int(sum(lengths) / max(1, len(lengths)) / 3.5) + 1)
 
 
-def _estimates(config: dict, cfg: TrainConfig, steps: int, row_tokens: int,
-               num_processes: int) -> tuple[int, float, float, int]:
+def _estimates(
+    config: dict, cfg: TrainConfig, steps: int, row_tokens: int, num_processes: int
+) -> tuple[int, float, float, int]:
     """(tokens, seconds, MiB per process, LoRA parameters): rough, for the plan."""
     base, lora = _param_counts(config, cfg)
     factor = 2 if cfg.method in ("dpo", "kto") else 1  # chosen and rejected, or policy and reference
@@ -226,29 +271,66 @@ def _estimates(config: dict, cfg: TrainConfig, steps: int, row_tokens: int,
     flops = 6 * base * tokens  # forward + backward through the frozen base dominates
     est_time = steps * 0.05 + flops / (20e9 * num_processes)  # ~20 GFLOP/s per CPU process, plus overhead
     bytes_per = 0.55 if cfg.quantize == "4bit" else 1.1 if cfg.quantize == "8bit" else 4
-    activations = cfg.batch_size * row_tokens * (config.get("hidden_size") or 0) * (config.get("num_hidden_layers") or 0) * 40
+    activations = (
+        cfg.batch_size * row_tokens * (config.get("hidden_size") or 0) * (config.get("num_hidden_layers") or 0) * 40
+    )
     memory = (base * bytes_per + lora * 16 + activations) / 2**20 + 600  # + the Python, torch and TRL runtime
     return tokens, round(est_time, 1), round(memory, 1), lora
 
 
 # ---- the tool ---------------------------------------------------------------------------
 
+
 def train_adapter(
     store: Store,
-    role: Annotated[str, Field(description="The role the adapter serves (coder, fixer, judge, ...); the dataset must be of this role.")],
+    role: Annotated[
+        str,
+        Field(description="The role the adapter serves (coder, fixer, judge, ...); the dataset must be of this role."),
+    ],
     dataset_id: Annotated[str, Field(description="A dataset id from make_sft (sft) or make_preferences (dpo/kto).")],
-    base: Annotated[str | None, Field(description="Base model: a local folder, a hub id, or embedded:tiny / embedded:small. "
-                                                  "Default: the embedded small base, built on first use.")] = None,
-    method: Annotated[Literal["sft", "dpo", "kto"], Field(description="sft on prompt/completion or chat data; dpo or kto on preference data.")] = "sft",
-    preset: Annotated[Literal["light", "default", "heavy"], Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections).")] = "default",
-    overrides: Annotated[dict[str, Any] | None, Field(description="Any hyper-parameter by name: rank, alpha, dropout, target_modules, learning_rate, "
-                                                                 "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing.")] = None,
-    quantize: Annotated[Literal["none", "4bit", "8bit", "auto"] | None, Field(description="4bit = QLoRA; auto picks 4bit when the model would not fit in memory.")] = None,
-    resume: Annotated[bool, Field(description="Continue a cancelled or failed adapter from its latest checkpoint (the role's latest, or adapter_id).")] = False,
-    adapter_id: Annotated[str | None, Field(description="The adapter to resume, or an id for a new one (default role-YYYYMMDD-HHMMSS).")] = None,
-    dry_run: Annotated[bool, Field(description="Check everything and return the plan (rows, steps, tokens, time, memory) without training.")] = False,
+    base: Annotated[
+        str | None,
+        Field(
+            description="Base model: a local folder, a hub id, or embedded:tiny / embedded:small. "
+            "Default: the embedded small base, built on first use."
+        ),
+    ] = None,
+    method: Annotated[
+        Literal["sft", "dpo", "kto"],
+        Field(description="sft on prompt/completion or chat data; dpo or kto on preference data."),
+    ] = "sft",
+    preset: Annotated[
+        Literal["light", "default", "heavy"],
+        Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections)."),
+    ] = "default",
+    overrides: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="Any hyper-parameter by name: rank, alpha, dropout, target_modules, learning_rate, "
+            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing."
+        ),
+    ] = None,
+    quantize: Annotated[
+        Literal["none", "4bit", "8bit", "auto"] | None,
+        Field(description="4bit = QLoRA; auto picks 4bit when the model would not fit in memory."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        Field(
+            description="Continue a cancelled or failed adapter from its latest checkpoint (the role's latest, or adapter_id)."
+        ),
+    ] = False,
+    adapter_id: Annotated[
+        str | None, Field(description="The adapter to resume, or an id for a new one (default role-YYYYMMDD-HHMMSS).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        Field(description="Check everything and return the plan (rows, steps, tokens, time, memory) without training."),
+    ] = False,
     max_steps: Annotated[int | None, Field(ge=1, description="Stop after this many optimizer steps.")] = None,
-    num_processes: Annotated[int, Field(ge=1, le=64, description="Training processes (accelerate DDP): one per GPU, or CPU processes.")] = 1,
+    num_processes: Annotated[
+        int, Field(ge=1, le=64, description="Training processes (accelerate DDP): one per GPU, or CPU processes.")
+    ] = 1,
 ) -> TrainStarted:
     """Train a LoRA adapter for a role on a curated dataset, in a background job. Returns
     job_id and adapter_id at once: follow the job with wait_job / job_status, stop it with
@@ -296,15 +378,27 @@ def train_adapter(
             notes.append(f"the embedded {base_ref['size']} base is built first (about a minute or two on a CPU)")
 
     steps = estimate_steps(ds["train_rows"], cfg, num_processes)
-    tokens, est_time, est_memory, lora_params = _estimates(model_config, cfg, steps,
-                                                           _avg_row_tokens(Path(ds["abs_path"]) / "train.jsonl", cfg.max_length),
-                                                           num_processes)
+    tokens, est_time, est_memory, lora_params = _estimates(
+        model_config, cfg, steps, _avg_row_tokens(Path(ds["abs_path"]) / "train.jsonl", cfg.max_length), num_processes
+    )
     cfg = _choose_quantization(cfg, est_memory, notes)
     _check_disk(store, lora_params)
-    plan = TrainPlan(adapter_id=adapter_id or registry.new_adapter_id(role), role=role, dataset_id=dataset_id,
-                     base_model=base, method=cfg.method, config=cfg.model_dump(), train_rows=ds["train_rows"],
-                     steps=steps, tokens_estimate=tokens, est_time_s=est_time, est_memory_mb=est_memory,
-                     num_processes=num_processes, resume=resume, notes=notes)
+    plan = TrainPlan(
+        adapter_id=adapter_id or registry.new_adapter_id(role),
+        role=role,
+        dataset_id=dataset_id,
+        base_model=base,
+        method=cfg.method,
+        config=cfg.model_dump(),
+        train_rows=ds["train_rows"],
+        steps=steps,
+        tokens_estimate=tokens,
+        est_time_s=est_time,
+        est_memory_mb=est_memory,
+        num_processes=num_processes,
+        resume=resume,
+        notes=notes,
+    )
     if dry_run:
         return TrainStarted(job_id=None, adapter_id=plan.adapter_id, dry_run=True, plan=plan)
     return _start(store, plan, base_ref, ds, previous, explicit_id=explicit_id)
@@ -326,12 +420,19 @@ def _check_disk(store: Store, lora_params: int) -> None:
     need = 200 * 2**20 + 3 * 12 * lora_params
     free = shutil.disk_usage(store.home).free
     if free < need:
-        raise InvalidInput(f"Not enough disk space under {store.home}: {free // 2**20} MiB free, about "
-                           f"{need // 2**20} MiB needed for checkpoints. Free some space or use another home.")
+        raise InvalidInput(
+            f"Not enough disk space under {store.home}: {free // 2**20} MiB free, about "
+            f"{need // 2**20} MiB needed for checkpoints. Free some space or use another home."
+        )
 
 
 def _start(store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, explicit_id: bool) -> TrainStarted:
-    params = {"config": plan.config, "dataset_id": plan.dataset_id, "base": base_ref, "num_processes": plan.num_processes}
+    params = {
+        "config": plan.config,
+        "dataset_id": plan.dataset_id,
+        "base": base_ref,
+        "num_processes": plan.num_processes,
+    }
     if previous is not None:
         adapter_id = previous["id"]
         if any(j["subject"] == adapter_id for j in active_job_rows(store)):
@@ -340,15 +441,23 @@ def _start(store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, ex
     else:
         adapter_id = _create_unique(store, plan, params, explicit=explicit_id)
     adapter_dir = subdir(store.home, "adapters", adapter_id)
-    job_params = {**params, "adapter_id": adapter_id, "role": plan.role, "adapter_dir": str(adapter_dir),
-                  "dataset_path": ds["abs_path"], "dataset_format": ds["format"], "dataset_hash": ds["content_hash"]}
+    job_params = {
+        **params,
+        "adapter_id": adapter_id,
+        "role": plan.role,
+        "adapter_dir": str(adapter_dir),
+        "dataset_path": ds["abs_path"],
+        "dataset_format": ds["format"],
+        "dataset_hash": ds["content_hash"],
+    }
     try:
         job_id = start_job(store, "train", "learning.train.recipe:run_job", job_params, subject=adapter_id)
     except Exception:
         registry.move(store, adapter_id, "failed", "learnloop", "the training job could not start")
         raise
-    return TrainStarted(job_id=job_id, adapter_id=adapter_id, dry_run=False,
-                        plan=plan.model_copy(update={"adapter_id": adapter_id}))
+    return TrainStarted(
+        job_id=job_id, adapter_id=adapter_id, dry_run=False, plan=plan.model_copy(update={"adapter_id": adapter_id})
+    )
 
 
 def _create_unique(store: Store, plan: TrainPlan, params: dict, explicit: bool) -> str:
@@ -356,9 +465,17 @@ def _create_unique(store: Store, plan: TrainPlan, params: dict, explicit: bool) 
     for n in range(1, 100):
         candidate = plan.adapter_id if n == 1 else f"{plan.adapter_id}-{n}"
         try:
-            registry.create_adapter(store, candidate, plan.role, _loadable_base(store, params["base"]),
-                                    str(subdir(store.home, "adapters", candidate)), dataset_id=plan.dataset_id,
-                                    method=plan.method, params=params, reason="training started")
+            registry.create_adapter(
+                store,
+                candidate,
+                plan.role,
+                _loadable_base(store, params["base"]),
+                str(subdir(store.home, "adapters", candidate)),
+                dataset_id=plan.dataset_id,
+                method=plan.method,
+                params=params,
+                reason="training started",
+            )
             return candidate
         except Conflict:
             if explicit:

@@ -20,9 +20,10 @@ from typing import Any
 
 from learning.clock import iso
 from learning.data.formats import training_rows
-from learning.models.fingerprint import base_fingerprint
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent, job_row
+from learning.models.fingerprint import base_fingerprint
 from learning.store import Store, loads
+
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
     """Job entry point (learning.jobs.manage target 'learning.train.recipe:run_job')."""
@@ -51,9 +52,24 @@ def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     # --multi_gpu selects torch.distributed's launcher; without CUDA the trainer's use_cpu makes
     # it DDP over gloo (accelerate's --cpu flag would start a single process).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           str(p["num_processes"]), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "learning.train.recipe", str(ctx.store.home), ctx.job_id]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(p["num_processes"]),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "learning.train.recipe",
+        str(ctx.store.home),
+        ctx.job_id,
+    ]
     out = Path(p["adapter_dir"])
     for stale in ("cancelled.json", "result.json"):
         (out / stale).unlink(missing_ok=True)
@@ -114,9 +130,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _cancel_message(p: dict, step: int | None) -> str:
-    return (f"cancelled at step {step}; checkpoint saved. Continue with train_adapter resume=true "
-            f"adapter_id={p['adapter_id']} (CLI: learnloop train --role {p['role']} --dataset {p['dataset_id']} "
-            f"--resume --adapter-id {p['adapter_id']})")
+    return (
+        f"cancelled at step {step}; checkpoint saved. Continue with train_adapter resume=true "
+        f"adapter_id={p['adapter_id']} (CLI: learnloop train --role {p['role']} --dataset {p['dataset_id']} "
+        f"--resume --adapter-id {p['adapter_id']})"
+    )
 
 
 # ---- the recipe ------------------------------------------------------------------------
@@ -155,29 +173,58 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     model_kwargs: dict[str, Any] = {"dtype": dtype}
     if cfg["quantize"] in ("4bit", "8bit"):
         model_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=cfg["quantize"] == "4bit", load_in_8bit=cfg["quantize"] == "8bit",
-            bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+            load_in_4bit=cfg["quantize"] == "4bit",
+            load_in_8bit=cfg["quantize"] == "8bit",
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
 
     # 4. LoRA on the chosen projections; TRL wraps the model with it.
-    lora = LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                      target_modules=cfg["target_modules"], bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg["rank"],
+        lora_alpha=cfg["alpha"],
+        lora_dropout=cfg["dropout"],
+        target_modules=cfg["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
     # 5. Trainer arguments shared by the three methods.
     common = dict(
-        output_dir=str(ckpt_dir), learning_rate=cfg["learning_rate"], num_train_epochs=cfg["epochs"],
-        max_steps=cfg["max_steps"] or -1, per_device_train_batch_size=cfg["batch_size"],
-        gradient_accumulation_steps=cfg["grad_accum"], warmup_steps=cfg["warmup_ratio"],
-        weight_decay=cfg["weight_decay"], lr_scheduler_type="linear", seed=cfg["seed"], data_seed=cfg["seed"],
-        logging_steps=cfg["logging_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
-        save_total_limit=2, report_to=["tensorboard"], disable_tqdm=True, use_cpu=not cuda, bf16=dtype == torch.bfloat16,
-        gradient_checkpointing=_needs_checkpointing(model), dataloader_num_workers=0, max_length=cfg["max_length"],
-        include_num_input_tokens_seen="non_padding", ddp_find_unused_parameters=False,
+        output_dir=str(ckpt_dir),
+        learning_rate=cfg["learning_rate"],
+        num_train_epochs=cfg["epochs"],
+        max_steps=cfg["max_steps"] or -1,
+        per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["grad_accum"],
+        warmup_steps=cfg["warmup_ratio"],
+        weight_decay=cfg["weight_decay"],
+        lr_scheduler_type="linear",
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        logging_steps=cfg["logging_steps"],
+        save_strategy="steps",
+        save_steps=cfg["save_steps"],
+        save_total_limit=2,
+        report_to=["tensorboard"],
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        bf16=dtype == torch.bfloat16,
+        gradient_checkpointing=_needs_checkpointing(model),
+        dataloader_num_workers=0,
+        max_length=cfg["max_length"],
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
     )
     callback = ProgressCallback(ctx, rank0)
     if cfg["method"] == "sft":
-        args = SFTConfig(**common, packing=cfg["packing"],
-                         assistant_only_loss="messages" in dataset.column_names and _has_generation(tokenizer))
+        args = SFTConfig(
+            **common,
+            packing=cfg["packing"],
+            assistant_only_loss="messages" in dataset.column_names and _has_generation(tokenizer),
+        )
         trainer_cls = SFTTrainer
     elif cfg["method"] == "dpo":
         args = DPOConfig(**common, beta=cfg["beta"])
@@ -185,8 +232,14 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     else:
         args = KTOConfig(**common, beta=cfg["beta"])
         trainer_cls = KTOTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=lora, callbacks=[callback])
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[callback],
+    )
 
     # 6. Train, from the latest checkpoint when resuming.
     resume_from = transformers.trainer_utils.get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
@@ -203,10 +256,16 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         return None
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    metrics = {"train_loss": _final_loss(trainer, output), "steps": trainer.state.global_step,
-               "tokens_seen": int(trainer.state.num_input_tokens_seen or 0), "epochs": round(trainer.state.epoch or 0, 3),
-               "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 2),
-               "tokens_per_s": callback.tokens_per_s, "train_rows": len(dataset), **_peak_memory(cuda)}
+    metrics = {
+        "train_loss": _final_loss(trainer, output),
+        "steps": trainer.state.global_step,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+        "epochs": round(trainer.state.epoch or 0, 3),
+        "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 2),
+        "tokens_per_s": callback.tokens_per_s,
+        "train_rows": len(dataset),
+        **_peak_memory(cuda),
+    }
     metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
@@ -238,7 +297,9 @@ def _resolve_base(ctx: JobContext) -> str:
 
 
 def _has_generation(tokenizer) -> bool:
-    return "{% generation %}" in (tokenizer.chat_template or "") or "{%- generation %}" in (tokenizer.chat_template or "")
+    return "{% generation %}" in (tokenizer.chat_template or "") or "{%- generation %}" in (
+        tokenizer.chat_template or ""
+    )
 
 
 def _needs_checkpointing(model) -> bool:
@@ -260,17 +321,30 @@ def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_fr
     import trl
 
     return {
-        "adapter_id": p["adapter_id"], "role": p["role"], "method": p["config"]["method"],
+        "adapter_id": p["adapter_id"],
+        "role": p["role"],
+        "method": p["config"]["method"],
         "base_model": {**p["base"], "path": base_path, **base_fingerprint(base_path)},
         "dataset": {"id": p["dataset_id"], "content_hash": p["dataset_hash"], "format": p["dataset_format"]},
-        "hyperparameters": p["config"], "num_processes": p.get("num_processes", 1),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                     "trl": trl.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__},
-        "started": iso(started), "finished": iso(time.time()), "resumed_from": resumed_from, **metrics,
+        "hyperparameters": p["config"],
+        "num_processes": p.get("num_processes", 1),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+            "accelerate": accelerate.__version__,
+            "datasets": datasets.__version__,
+        },
+        "started": iso(started),
+        "finished": iso(time.time()),
+        "resumed_from": resumed_from,
+        **metrics,
     }
 
 
 # ---- progress and cancel ----------------------------------------------------------------
+
 
 def _make_callback_base():
     from transformers import TrainerCallback
@@ -308,9 +382,14 @@ class ProgressCallback(_make_callback_base()):
         self.tokens_per_s = round(tokens / elapsed, 1) if tokens else None
         if self.rank0:
             eta = (state.max_steps - state.global_step) * elapsed / done if done else None
-            self.ctx.progress(step=state.global_step, total_steps=state.max_steps, loss=self._loss,
-                              tokens_per_s=self.tokens_per_s, eta_s=round(eta, 1) if eta is not None else None,
-                              tokens_seen=int(state.num_input_tokens_seen or 0))
+            self.ctx.progress(
+                step=state.global_step,
+                total_steps=state.max_steps,
+                loss=self._loss,
+                tokens_per_s=self.tokens_per_s,
+                eta_s=round(eta, 1) if eta is not None else None,
+                tokens_seen=int(state.num_input_tokens_seen or 0),
+            )
         if self._cancel_requested() and state.global_step < state.max_steps:
             self.cancelled_at = state.global_step
             control.should_save = True
