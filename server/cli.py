@@ -45,7 +45,9 @@ def _cli_type(arg: Argument) -> tuple[Any, bool]:
         t = members[0] if len(members) == 1 else str
     if _is_json(t):
         return str, True
-    if typing.get_origin(t) is Literal or t in SIMPLE or typing.get_origin(t) is list:
+    if typing.get_origin(t) is Literal:  # the library names the valid choices in its own error
+        return str, False
+    if t in SIMPLE or typing.get_origin(t) is list:
         return t, False
     return str, False  # datetimes, paths: pydantic parses the text
 
@@ -54,6 +56,8 @@ def _parameter(verb: Verb, arg: Argument) -> inspect.Parameter:
     shape = verb.cli
     t, _ = _cli_type(arg)
     help_text = arg.info.description or ""
+    if (choices := _choices(arg.type)) is not None:
+        help_text += f" One of: {', '.join(map(str, choices))}."
     if arg.name == "confirm":  # a person's consent: --yes on a terminal
         return inspect.Parameter(
             "confirm",
@@ -77,6 +81,23 @@ def _parameter(verb: Verb, arg: Argument) -> inspect.Parameter:
     return inspect.Parameter(arg.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[t, marker])
 
 
+def _choices(t: Any) -> tuple | None:
+    """The values of a Literal (possibly optional), or None."""
+    for member in (t, *typing.get_args(t)):
+        if typing.get_origin(member) is Literal:
+            return typing.get_args(member)
+    return None
+
+
+def _checked_type(arg: Argument) -> Any:
+    """What the CLI checks before the call: the declaration, except that a choice among names is
+    left to the library, whose error says which names are valid."""
+    if _choices(arg.type) is None:
+        return arg.annotation
+    loose: Any = str if arg.required else Optional[str]  # noqa: UP045 - a type built at run time
+    return Annotated[loose, arg.info]
+
+
 def _validated(verb: Verb, args: list[Argument], values: dict[str, Any]) -> dict[str, Any]:
     """Decode JSON arguments and check every argument against its declaration; all problems at once."""
     problems = []
@@ -91,7 +112,7 @@ def _validated(verb: Verb, args: list[Argument], values: dict[str, Any]) -> dict
     check(problems, "Invalid arguments:")
     if verb.request is not None:  # the request model checks everything itself
         return values
-    fields: dict[str, Any] = {a.name: (a.annotation, ... if a.required else a.default) for a in args}
+    fields: dict[str, Any] = {a.name: (_checked_type(a), ... if a.required else a.default) for a in args}
     model = create_model(f"{verb.command}_arguments", **fields)
     try:
         checked = model.model_validate({k: v for k, v in values.items() if k in fields})
