@@ -171,21 +171,27 @@ def _add_wait_job(server: MCPServer, store: Store) -> None:
     ) -> jobs.JobStatus:
         """Wait for a job to finish, at most timeout_s seconds (45 max, below client time-outs),
         sending progress notifications meanwhile. Returns the status; call again if still running."""
-        deadline = anyio.current_time() + timeout_s
-        while True:
-            try:
-                status = await anyio.to_thread.run_sync(lambda: jobs.job_status(store, job_id, log_lines=0))
-            except LearnloopError as exc:
-                raise ToolError(str(exc)) from exc
+
+        async def report(status: jobs.JobStatus) -> None:
             p = status.progress
+            total = float(p["total_steps"]) if p.get("total_steps") else None
             await ctx.report_progress(
-                float(p.get("step", 0)),
-                float(p["total_steps"]) if p.get("total_steps") else None,
-                p.get("message") or f"{status.kind} {status.status}",
+                float(p.get("step", 0)), total, p.get("message") or f"{status.kind} {status.status}"
             )
-            if status.status in jobs.FINAL or anyio.current_time() >= deadline:
-                return await anyio.to_thread.run_sync(lambda: jobs.job_status(store, job_id))
-            await anyio.sleep(min(0.5, max(0.0, deadline - anyio.current_time())))
+
+        def wait() -> jobs.JobStatus:  # in a worker thread; progress goes back through the event loop
+            return jobs.wait_job(
+                store,
+                job_id,
+                timeout=timeout_s,
+                poll=0.5,
+                on_progress=lambda status: anyio.from_thread.run(report, status),
+            )
+
+        try:
+            return await anyio.to_thread.run_sync(wait)
+        except LearnloopError as exc:
+            raise ToolError(str(exc)) from exc
 
     server.tool(title="Wait for a job", annotations=EFFECTS["read"], structured_output=True)(wait_job)
 
