@@ -18,7 +18,7 @@ from learning.data.datasets import get_dataset, list_datasets
 from learning.errors import InvalidInput, NotFound
 from learning.runs import record as runs
 from server.mcp import build_server
-from tests.conftest import run_cli
+from tests.conftest import run_cli, text_of
 from tests.redact_corpus import planted_secrets
 
 TASKS = 30
@@ -265,7 +265,7 @@ def test_mcp_tools_in_process(loaded):
             listed = (await client.call_tool("list_datasets", {"role": "coder"})).structured_content
             assert [d["id"] for d in listed["datasets"]] == [result["dataset_id"]]
             bad = await client.call_tool("make_sft", {"role": "coder", "template": "{instruction} {nope}"})
-            assert bad.is_error and "{nope}" in bad.content[0].text
+            assert bad.is_error and "{nope}" in text_of(bad.content[0])
 
     anyio.run(main)
 

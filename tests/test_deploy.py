@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 from learning.errors import Conflict
 from learning.registry.adapters import create_adapter
 from learning.serve import deploy
-from tests.conftest import run_cli
+from tests.conftest import run_cli, text_of
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -359,6 +359,6 @@ def test_cli_and_mcp(store, adapters, runtime, home):
             res = await client.call_tool("deploy_adapter", {"adapter_id": "coder-b", "target": "vllm", "url": vllm.url})
             assert res.structured_content["served_name"] == "learnloop-coder-b"
             res = await client.call_tool("deploy_adapter", {"adapter_id": "nope", "target": "vllm", "url": vllm.url})
-            assert res.is_error and "No adapter 'nope'" in res.content[0].text
+            assert res.is_error and "No adapter 'nope'" in text_of(res.content[0])
 
     anyio.run(main)

@@ -26,7 +26,7 @@ from learning.routing import drift_stats as st
 from learning.runs import record as runs
 from server.mcp import build_server
 from tests import drift_simulation as sim
-from tests.conftest import run_cli
+from tests.conftest import run_cli, text_of
 
 REPS = 4000
 SLACK = 3 * math.sqrt(0.05 * 0.95 / REPS)
@@ -231,7 +231,7 @@ def test_mcp_detect_drift_needs_confirm_to_roll_back(home):
     async def main():
         async with Client(build_server(str(home))) as client:
             refused = await client.call_tool("detect_drift", {"role": "coder", "auto_rollback": True})
-            assert refused.is_error and "confirm" in refused.content[0].text
+            assert refused.is_error and "confirm" in text_of(refused.content[0])
             checked = (await client.call_tool("detect_drift", {"role": "coder"})).structured_content
             assert checked["decision"] == "regression" and checked["rolled_back"] is False
             done = (
@@ -239,7 +239,7 @@ def test_mcp_detect_drift_needs_confirm_to_roll_back(home):
             ).structured_content
             assert done["rolled_back"] is True
             unknown = await client.call_tool("detect_drift", {"role": "nobody"})
-            assert unknown.is_error and "Known roles" in unknown.content[0].text
+            assert unknown.is_error and "Known roles" in text_of(unknown.content[0])
 
     anyio.run(main)
     assert registry.get_adapter(store, "a1").status == "production"

@@ -23,7 +23,7 @@ from learning.registry import folders
 from learning.routing import lifecycle
 from learning.store import Store
 from server.mcp import build_server
-from tests.conftest import ROOT, run_cli, subprocess_env
+from tests.conftest import ROOT, run_cli, subprocess_env, text_of
 
 
 def make(store, adapter_id, status="candidate", base="base-a", loss=1.0, pass_rate=0.5, role="coder", **kw):
@@ -196,13 +196,17 @@ def test_mcp_without_elicitation_requires_confirm(home):
             return refused, after_refusal, done, no_rb, rb, listed, hist, res
 
     refused, after_refusal, done, no_rb, rb, listed, hist, res = anyio.run(main)
-    assert refused.is_error and "confirm=true" in refused.content[0].text and "It replaces a" in refused.content[0].text
+    assert (
+        refused.is_error
+        and "confirm=true" in text_of(refused.content[0])
+        and "It replaces a" in text_of(refused.content[0])
+    )
     assert after_refusal == ["a"]
     assert done.structured_content["promoted"]["replaced"]["adapter_id"] == "a"
     assert no_rb.is_error and rb.structured_content["rolled_back"]["restored"]["adapter_id"] == "a"
     assert [a["id"] for a in listed.structured_content["result"]] == ["a"]
     assert [e["to_status"] for e in hist.structured_content["result"]] == ["candidate", "production", "archived"]
-    body = json.loads(res.contents[0].text)
+    body = json.loads(text_of(res.contents[0]))
     assert body["adapter"]["status"] == "production" and len(body["history"]) == 4
 
 

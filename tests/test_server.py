@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from server.mcp import build_server
-from tests.conftest import LEARNLOOP, ROOT, subprocess_env
+from tests.conftest import LEARNLOOP, ROOT, subprocess_env, text_of
 
 RUN = {
     "role": "coder",
@@ -71,7 +71,7 @@ def test_bad_input_is_a_tool_error_naming_the_field(home, args, expected):
         async with Client(build_server(str(home))) as client:
             result = await client.call_tool("log_run", args)
             assert result.is_error
-            assert expected in result.content[0].text
+            assert expected in text_of(result.content[0])
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["total_runs"] == 0
 
