@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from server.mcp import build_server
-from tests.conftest import LEARNLOOP, ROOT, subprocess_env, text_of
+from tests.conftest import LEARNLOOP, ROOT, annotations_of, subprocess_env, text_of
 
 RUN = {
     "role": "coder",
@@ -32,10 +32,11 @@ def test_tools_listed_with_schemas_and_annotations(home):
             log = tools["log_run"]
             assert set(log.input_schema["required"]) == {"role", "output", "reward"}
             assert log.input_schema.get("additionalProperties") is False
+            assert log.output_schema is not None
             assert log.output_schema["properties"]["run_id"]
-            assert tools["run_stats"].annotations.read_only_hint is True
-            assert tools["log_run"].annotations.read_only_hint is False
-            assert "after every task" in log.description
+            assert annotations_of(tools["run_stats"]).read_only_hint is True
+            assert annotations_of(tools["log_run"]).read_only_hint is False
+            assert "after every task" in (log.description or "")
 
     anyio.run(main)
 
