@@ -255,12 +255,19 @@ def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     assert ollama.blobs[digest] == Path(dep.artifact).read_bytes()  # the verified GGUF itself
     assert "{{ .Prompt }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
     row = deploy.latest_deployment(store, "coder-a")
+    assert row is not None
     assert (row["target"], row["url"], row["served_name"], row["status"]) == (
         "ollama",
         ollama.url,
         "learnloop-coder-a",
         "active",
     )
+
+
+def _deployment(store, adapter_id):
+    row = deploy.latest_deployment(store, adapter_id)
+    assert row is not None, f"no deployment of {adapter_id}"
+    return row
 
 
 def test_ollama_error_and_unreachable_record_nothing(store, adapters, runtime):
@@ -284,11 +291,11 @@ def test_vllm_new_name_per_version_and_unload_replaced(store, adapters, runtime)
     assert set(vllm.loras) == {"learnloop-coder-b"}  # the replaced version was unloaded
     assert second.replaced == ["learnloop-coder-a"] and first.served_name != second.served_name
     assert deploy.latest_deployment(store, "coder-a") is None  # unloaded: no longer served
-    assert deploy.latest_deployment(store, "coder-b")["status"] == "active"
+    assert _deployment(store, "coder-b")["status"] == "active"
     vllm.fail = "CUDA out of memory"
     with pytest.raises(Conflict, match="CUDA out of memory"):
         deploy.deploy_adapter(store, "coder-a", "vllm", vllm.url)
-    assert deploy.latest_deployment(store, "coder-b")["status"] == "active"  # nothing changed
+    assert _deployment(store, "coder-b")["status"] == "active"  # nothing changed
     with pytest.raises(Conflict, match="Cannot reach"):
         deploy.deploy_adapter(store, "coder-a", "vllm", _dead_url())
 
