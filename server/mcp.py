@@ -122,15 +122,17 @@ def tool_function(verb: Verb, store: Store) -> Callable:
 
     if verb.consent is None:
 
-        def body(**values: Any) -> Any:
+        def direct_body(**values: Any) -> Any:
             return call(verb, store, values, actor="mcp")
+
+        body = direct_body
     else:
         answer_type = Annotated[
             ElicitationResult[Confirmation], Resolve(_consent_resolver(verb, store, [a.name for a in args]))
         ]
         params.append(inspect.Parameter("answer", inspect.Parameter.KEYWORD_ONLY, annotation=answer_type))
 
-        def body(answer: Any, **values: Any) -> Any:
+        def consent_body(answer: Any, **values: Any) -> Any:
             outcome = _outcome(answer)
             if outcome != "done":
                 summary = consent_summary(verb, store, values) or ""
@@ -138,6 +140,8 @@ def tool_function(verb: Verb, store: Store) -> Callable:
                     raise ToolError(f"{outcome}: nothing changed.\n{summary}")
                 return verb.refused(outcome, summary)
             return call(verb, store, {**values, "confirm": True}, actor="mcp")
+
+        body = consent_body
 
     return _signed(_tool_errors(body), verb.tool or "", verb.doc, params, verb.returns)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mcp.types import TextContent, TextResourceContents, Tool, ToolAnnotations
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,18 @@ def run_cli(
         env=subprocess_env(home),
         cwd=ROOT,
     )
+
+
+def text_of(block: object) -> str:
+    """The text of one MCP content block (of a tool result or a resource), which must be text."""
+    assert isinstance(block, (TextContent, TextResourceContents)), block
+    return block.text
+
+
+def annotations_of(tool: Tool) -> ToolAnnotations:
+    """A listed tool's annotations, which every learnloop tool declares."""
+    assert tool.annotations is not None, tool.name
+    return tool.annotations
 
 
 def live_processes(*args: str) -> set[int]:

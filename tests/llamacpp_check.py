@@ -21,7 +21,7 @@ CORPUS = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i *
 def llamacpp_available() -> str | None:
     """None when the check can run, else why not."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp  # noqa: F401  # pyright: ignore[reportMissingImports]  (an optional extra)
     except ImportError:
         return "skipped: llama-cpp-python not installed (pip install 'learnloop[llamacpp]')"
     convert = os.environ.get("LLAMA_CPP_CONVERT")
@@ -90,7 +90,7 @@ def compare_logits(
     llama.cpp base + adapter vs transformers + PEFT (the adapter export)."""
     import numpy as np
     import torch
-    from llama_cpp import Llama
+    from llama_cpp import Llama  # pyright: ignore[reportMissingImports]  (an optional extra)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -18,8 +18,9 @@ from learning.data.datasets import get_dataset, list_datasets
 from learning.errors import InvalidInput, NotFound
 from learning.runs import record as runs
 from server.mcp import build_server
-from tests.conftest import run_cli
+from tests.conftest import annotations_of, run_cli, text_of
 from tests.redact_corpus import planted_secrets
+from tests.tiny_models import token_id
 
 TASKS = 30
 REWARDS = (0.95, 0.8, 0.75, 0.1)  # four attempts per task
@@ -76,7 +77,9 @@ def _rows(path: str) -> list[dict]:
 
 
 def _task(text: str) -> int:
-    return int(re.search(r"Task (\d+):", text).group(1))
+    match = re.search(r"Task (\d+):", text)
+    assert match is not None, text
+    return int(match.group(1))
 
 
 def test_sft_split_by_task_dedupe_cap_and_metadata(loaded):
@@ -113,6 +116,7 @@ def test_sft_never_writes_a_secret(loaded):
 def test_filters_limit_and_determinism(loaded):
     best = sft.make_sft(loaded, "coder", limit=10, max_per_task=1)
     rows = _rows(best.files["train"]) + _rows(best.files["test"])
+    assert best.mean_reward is not None
     assert len(rows) == 10 and best.mean_reward >= 0.93  # the best attempts (0.95, 0.94) first
     assert sft.make_sft(loaded, "coder", task_type="bugfix", min_rows=1).counts["matched"] == 10 * 3
     assert sft.make_sft(loaded, "coder", agent="a", min_rows=1).counts["matched"] == 15 * 3
@@ -121,6 +125,7 @@ def test_filters_limit_and_determinism(loaded):
     one = sft.make_sft(loaded, "coder", seed=7)
     two = sft.make_sft(loaded, "coder", seed=7)
     assert one.dataset_id != two.dataset_id and one.content_hash == two.content_hash
+    assert one.dataset_id is not None
     assert get_dataset(loaded, one.dataset_id).train_path == one.files["train"]
     assert {d.id for d in list_datasets(loaded)} >= {one.dataset_id, two.dataset_id, best.dataset_id}
 
@@ -254,8 +259,8 @@ def test_mcp_tools_in_process(loaded):
     async def main():
         async with Client(build_server(str(loaded.home))) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
-            assert tools["list_datasets"].annotations.read_only_hint is True
-            assert tools["make_sft"].annotations.read_only_hint is False
+            assert annotations_of(tools["list_datasets"]).read_only_hint is True
+            assert annotations_of(tools["make_sft"]).read_only_hint is False
             made = await client.call_tool("make_sft", {"role": "coder", "format": "messages", "limit": 20})
             assert not made.is_error, made
             result = made.structured_content
@@ -265,7 +270,7 @@ def test_mcp_tools_in_process(loaded):
             listed = (await client.call_tool("list_datasets", {"role": "coder"})).structured_content
             assert [d["id"] for d in listed["datasets"]] == [result["dataset_id"]]
             bad = await client.call_tool("make_sft", {"role": "coder", "template": "{instruction} {nope}"})
-            assert bad.is_error and "{nope}" in bad.content[0].text
+            assert bad.is_error and "{nope}" in text_of(bad.content[0])
 
     anyio.run(main)
 
@@ -323,7 +328,7 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=token_id(tokenizer.pad_token_id),
         bos_token_id=1,
         eos_token_id=2,
     )

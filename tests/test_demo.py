@@ -11,7 +11,7 @@ import pytest
 from learning.demo.summary import loss_curve, verdict
 from learning.evaluate import codeenv
 from learning.evaluate.sandbox import run_many
-from tests.conftest import run_cli
+from tests.conftest import run_cli, text_of
 
 STAGES = ["base", "population", "curate", "train", "evaluate", "promote", "heldout", "drift"]
 
@@ -142,8 +142,8 @@ def test_run_cycle_tool_needs_confirm_for_production(home):
     async def main():
         async with Client(build_server(str(home))) as client:
             result = await client.call_tool("run_cycle", {"role": "coder", "to_production": True})
-            assert result.is_error and "confirm=true" in result.content[0].text
+            assert result.is_error and "confirm=true" in text_of(result.content[0])
             result = await client.call_tool("run_cycle", {"role": "coder"})
-            assert result.is_error and "log runs with log_run first" in result.content[0].text
+            assert result.is_error and "log runs with log_run first" in text_of(result.content[0])
 
     anyio.run(main)

@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 from learning.errors import Conflict
 from learning.registry.adapters import create_adapter
 from learning.serve import deploy
-from tests.conftest import run_cli
+from tests.conftest import run_cli, text_of
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -255,12 +255,19 @@ def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     assert ollama.blobs[digest] == Path(dep.artifact).read_bytes()  # the verified GGUF itself
     assert "{{ .Prompt }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
     row = deploy.latest_deployment(store, "coder-a")
+    assert row is not None
     assert (row["target"], row["url"], row["served_name"], row["status"]) == (
         "ollama",
         ollama.url,
         "learnloop-coder-a",
         "active",
     )
+
+
+def _deployment(store, adapter_id):
+    row = deploy.latest_deployment(store, adapter_id)
+    assert row is not None, f"no deployment of {adapter_id}"
+    return row
 
 
 def test_ollama_error_and_unreachable_record_nothing(store, adapters, runtime):
@@ -284,11 +291,11 @@ def test_vllm_new_name_per_version_and_unload_replaced(store, adapters, runtime)
     assert set(vllm.loras) == {"learnloop-coder-b"}  # the replaced version was unloaded
     assert second.replaced == ["learnloop-coder-a"] and first.served_name != second.served_name
     assert deploy.latest_deployment(store, "coder-a") is None  # unloaded: no longer served
-    assert deploy.latest_deployment(store, "coder-b")["status"] == "active"
+    assert _deployment(store, "coder-b")["status"] == "active"
     vllm.fail = "CUDA out of memory"
     with pytest.raises(Conflict, match="CUDA out of memory"):
         deploy.deploy_adapter(store, "coder-a", "vllm", vllm.url)
-    assert deploy.latest_deployment(store, "coder-b")["status"] == "active"  # nothing changed
+    assert _deployment(store, "coder-b")["status"] == "active"  # nothing changed
     with pytest.raises(Conflict, match="Cannot reach"):
         deploy.deploy_adapter(store, "coder-a", "vllm", _dead_url())
 
@@ -359,6 +366,6 @@ def test_cli_and_mcp(store, adapters, runtime, home):
             res = await client.call_tool("deploy_adapter", {"adapter_id": "coder-b", "target": "vllm", "url": vllm.url})
             assert res.structured_content["served_name"] == "learnloop-coder-b"
             res = await client.call_tool("deploy_adapter", {"adapter_id": "nope", "target": "vllm", "url": vllm.url})
-            assert res.is_error and "No adapter 'nope'" in res.content[0].text
+            assert res.is_error and "No adapter 'nope'" in text_of(res.content[0])
 
     anyio.run(main)

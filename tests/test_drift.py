@@ -26,7 +26,7 @@ from learning.routing import drift_stats as st
 from learning.runs import record as runs
 from server.mcp import build_server
 from tests import drift_simulation as sim
-from tests.conftest import run_cli
+from tests.conftest import run_cli, text_of
 
 REPS = 4000
 SLACK = 3 * math.sqrt(0.05 * 0.95 / REPS)
@@ -41,8 +41,10 @@ def test_welch_matches_scipy():
     new, old = rng.beta(2, 2, 40), rng.beta(3, 2, 55)
     w = st.welch(len(new), new.mean(), new.var(ddof=1), len(old), old.mean(), old.var(ddof=1))
     ref = stats.ttest_ind(new, old, equal_var=False, alternative="less")
-    assert w["t"] == pytest.approx(ref.statistic) and w["p_drop"] == pytest.approx(ref.pvalue)
-    assert w["p_rise"] == pytest.approx(1 - ref.pvalue)
+    # scipy builds TtestResult's fields at run time, where pyright cannot see them
+    statistic, pvalue = ref.statistic, ref.pvalue  # pyright: ignore[reportAttributeAccessIssue]
+    assert w["t"] == pytest.approx(statistic) and w["p_drop"] == pytest.approx(pvalue)
+    assert w["p_rise"] == pytest.approx(1 - pvalue)
 
 
 def test_relative_change_and_interval():
@@ -151,11 +153,14 @@ def test_regression_rolls_back_to_the_replaced_adapter(store):
     checked = drift.detect_drift(store, "coder")
     assert checked.decision == "regression" and not checked.rolled_back
     assert (checked.new.adapter_id, checked.old.adapter_id) == ("a2", "a1")
+    assert checked.ci_high is not None and checked.p_value is not None and checked.relative_change is not None
     assert checked.ci_high < 0 and checked.p_value < 0.05 and checked.relative_change < -0.05
     result = drift.detect_drift(store, "coder", auto_rollback=True, confirm=True)
-    assert result.rolled_back and "a1" in result.rollback
+    assert result.rolled_back and "a1" in (result.rollback or "")
     assert router.select_adapter(store, "coder").adapter_id == "a1"
-    assert drift.latest_drift(store, "coder").rolled_back
+    latest = drift.latest_drift(store, "coder")
+    assert latest is not None
+    assert latest.rolled_back
 
 
 def test_regression_against_the_base_archives_the_adapter(store):
@@ -231,7 +236,7 @@ def test_mcp_detect_drift_needs_confirm_to_roll_back(home):
     async def main():
         async with Client(build_server(str(home))) as client:
             refused = await client.call_tool("detect_drift", {"role": "coder", "auto_rollback": True})
-            assert refused.is_error and "confirm" in refused.content[0].text
+            assert refused.is_error and "confirm" in text_of(refused.content[0])
             checked = (await client.call_tool("detect_drift", {"role": "coder"})).structured_content
             assert checked["decision"] == "regression" and checked["rolled_back"] is False
             done = (
@@ -239,7 +244,7 @@ def test_mcp_detect_drift_needs_confirm_to_roll_back(home):
             ).structured_content
             assert done["rolled_back"] is True
             unknown = await client.call_tool("detect_drift", {"role": "nobody"})
-            assert unknown.is_error and "Known roles" in unknown.content[0].text
+            assert unknown.is_error and "Known roles" in text_of(unknown.content[0])
 
     anyio.run(main)
     assert registry.get_adapter(store, "a1").status == "production"
@@ -290,5 +295,6 @@ def test_experiment_arms_compared_on_their_own_traffic(store, monkeypatch):
         )  # no task_type repeated: the decision knows
     result = drift.detect_drift(store, experiment_id=exp.id)
     assert result.new.adapter_id == "cand" and result.old.adapter_id == "prod"
+    assert result.old.mean_reward is not None
     assert result.new.runs + result.old.runs == 240 and abs(result.old.mean_reward - 0.7) < 0.06
     assert result.decision == "regression" and result.experiment_id == exp.id

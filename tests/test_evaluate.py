@@ -30,7 +30,9 @@ def toy(tmp_path_factory):
     return base, adapter
 
 
-def add_adapter(store: Store, toy, adapter_id: str, dataset_id: str = "toy-ds", status: str = "trained") -> Path:
+def add_adapter(
+    store: Store, toy, adapter_id: str, dataset_id: str = "toy-ds", status: registry.Status = "trained"
+) -> Path:
     base, folder = toy
     dest = store.home / "adapters" / adapter_id
     shutil.copytree(folder, dest)
@@ -127,7 +129,7 @@ def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
 
 
 def test_gate_conditions():
-    gate = evaluate.GateConfig()
+    gate = evaluate.GateConfig.model_validate({})  # all defaults
     ok = evaluate.apply_gate({"eval_loss": 1.0, "pass_rate": 0.5}, {"eval_loss": 2.0, "pass_rate": 0.5}, gate)
     assert ok["passed"]
     worse = evaluate.apply_gate({"eval_loss": 2.5, "pass_rate": 0.4}, {"eval_loss": 2.0, "pass_rate": 0.5}, gate)
@@ -137,7 +139,7 @@ def test_gate_conditions():
     strict = evaluate.apply_gate(
         {"eval_loss": 1.0, "pass_rate": 0.8},
         {"eval_loss": 2.0, "pass_rate": 0.1},
-        evaluate.GateConfig(min_pass_rate=0.9),
+        evaluate.GateConfig.model_validate({"min_pass_rate": 0.9}),
     )
     assert strict["failed"] == ["min_pass_rate"] and strict["conditions"][-1]["shortfall"] == pytest.approx(0.1)
     no_checks = evaluate.apply_gate({"eval_loss": 1.0, "pass_rate": None}, {"eval_loss": 2.0, "pass_rate": None}, gate)
@@ -261,7 +263,9 @@ def test_pipeline_adapter_from_train_adapter_is_evaluated(store):
             },
         )
     ds = sft.make_sft(store, "coder", min_rows=10, test_fraction=0.2)
+    assert ds.dataset_id is not None
     trained = training.train_adapter(store, "coder", ds.dataset_id, base="embedded:tiny", max_steps=30)
+    assert trained.job_id is not None
     assert jobs.wait_job(store, trained.job_id, timeout=600).status == "succeeded"
     started = evaluate.evaluate_adapter(store, trained.adapter_id, max_generate=2, max_new_tokens=16, sanity=False)
     status = jobs.wait_job(store, started.job_id, timeout=600)

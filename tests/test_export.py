@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,10 +67,10 @@ def _adapter(base_folder: Path, folder: Path, seed: int = 1, **lora):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
-    cfg = dict(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
+    cfg: dict[str, Any] = dict(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
     cfg.update(lora)
     peft_model = get_peft_model(model, LoraConfig(**cfg))
-    peft_model.save_pretrained(folder)
+    peft_model.save_pretrained(str(folder))
     return folder
 
 
@@ -148,6 +149,7 @@ def test_rslora_alpha_and_f16(store, models):
     # PEFT scales rsLoRA by alpha/sqrt(r); llama.cpp by alpha/r: the file carries alpha*sqrt(r)
     assert keys["adapter.lora.alpha"] == pytest.approx(16 * math.sqrt(8))
     assert keys["f16"] and tensors["blk.0.attn_q.weight.lora_a"].shape == (8, 32)
+    assert result.max_delta_diff is not None
     assert result.max_delta_diff < 1e-2
 
 
@@ -186,7 +188,9 @@ def test_refusals_name_every_reason(store, models, tmp_path):
         json.dumps({"base_model": {"path": str(models["base"]), **base_fingerprint(models["base"])}})
     )
     create_adapter(store, "meta-1", "coder", str(models["base"]), str(folder), status="trained")
-    assert export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff < 1e-6
+    diff = export_adapter(store, "meta-1", "gguf", base=str(models["base"])).max_delta_diff
+    assert diff is not None
+    assert diff < 1e-6
     with pytest.raises(InvalidInput, match="differs from the one this adapter was trained on"):
         export_adapter(store, "meta-1", "gguf", base=str(models["other_base"]))
     with pytest.raises(InvalidInput, match="not found"):
@@ -316,6 +320,7 @@ def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
             continue
         module = key[len("base_model.model.") :].split(".lora_A.")[0]
         stem = gx._gguf_base_name(key, gx.BaseShape.from_config(json.loads((base / "config.json").read_text())))
+        assert stem is not None, key
         w_hf = hf[module + ".weight"].astype(np.float32)
         merged_hf = w_hf + (peft[key.replace("lora_A", "lora_B")] @ peft[key]) * gx.peft_scaling(cfg)
         # what the converter does to this weight: learn it from the base tensor it wrote

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from learning.models.generate import cut_at_stop
+from tests.tiny_models import token_id
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +46,9 @@ def build_tiny(folder: Path) -> Path:
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        bos_token_id=token_id(tok.bos_token_id),
+        eos_token_id=token_id(tok.eos_token_id),
+        pad_token_id=token_id(tok.pad_token_id),
     )
     model = LlamaForCausalLM(config)
     folder.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def test_imports_point_down_the_loop():
     wrong = []
     for path in source_files("learning"):
         parts = path.relative_to(ROOT).with_suffix("").parts
-        here = parts[1] if len(parts) > 2 else parts[-1]  # the package, or the shared module
+        here = parts[1] if len(parts) > 2 else path.stem  # the package, or the shared module
         own = LEVEL.get(here, 0)
         for line, module, names in imports(path):
             where = f"{path.relative_to(ROOT)}:{line}"

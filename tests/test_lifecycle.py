@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -23,10 +24,12 @@ from learning.registry import folders
 from learning.routing import lifecycle
 from learning.store import Store
 from server.mcp import build_server
-from tests.conftest import ROOT, run_cli, subprocess_env
+from tests.conftest import ROOT, run_cli, subprocess_env, text_of
 
 
-def make(store, adapter_id, status="candidate", base="base-a", loss=1.0, pass_rate=0.5, role="coder", **kw):
+def make(
+    store, adapter_id, status: registry.Status = "candidate", base="base-a", loss=1.0, pass_rate=0.5, role="coder", **kw
+):
     registry.create_adapter(
         store, adapter_id, role, base, str(store.home / "adapters" / adapter_id), status=status, **kw
     )
@@ -56,13 +59,16 @@ def test_promote_promote_rollback_and_history(store):
     first = lifecycle.promote(store, "a", "production", reason="first", confirm=True)
     assert first.replaced is None and first.adapter.status == "production"
     plan = lifecycle.plan_promote(store, "b", "production")
+    assert plan.replaces is not None
     assert plan.replaces.adapter_id == "a" and "eval loss 0.7" in plan.summary and "eval loss 0.9" in plan.summary
     second = lifecycle.promote(store, "b", "production", reason="better loss", confirm=True)
+    assert second.replaced is not None
     assert (
         second.replaced.adapter_id == "a" and second.replaced.status == "archived" and second.replaced.eval_loss == 0.9
     )
     assert production(store) == ["b"]
     back = lifecycle.rollback(store, "coder", reason="b misbehaves", confirm=True)
+    assert back.archived is not None
     assert back.restored.adapter_id == "a" and back.archived.adapter_id == "b"
     assert production(store) == ["a"] and registry.get_adapter(store, "b").status == "archived"
     moves = [(e.adapter_id, e.from_status, e.to_status) for e in registry.adapter_history(store)]
@@ -106,7 +112,7 @@ def test_bad_input_leaves_the_registry_unchanged(store):
         (lambda: lifecycle.promote(store, "fresh", "production", confirm=True), Conflict, "only a candidate"),
         (lambda: lifecycle.promote(store, "good", "production", confirm=True), Conflict, "already production"),
         (
-            lambda: lifecycle.promote(store, "good", "bogus", confirm=True),
+            lambda: lifecycle.promote(store, "good", cast(Any, "bogus"), confirm=True),
             InvalidInput,
             "candidate, production or archived",
         ),
@@ -118,7 +124,9 @@ def test_bad_input_leaves_the_registry_unchanged(store):
             call()
     assert snapshot(store) == before
     # force overrides the base and the candidate-only rules
-    assert lifecycle.promote(store, "other", "production", force=True, confirm=True).replaced.adapter_id == "good"
+    forced = lifecycle.promote(store, "other", "production", force=True, confirm=True)
+    assert forced.replaced is not None
+    assert forced.replaced.adapter_id == "good"
 
 
 def test_register_rejects_missing_and_corrupt_folders(store, tmp_path):
@@ -196,13 +204,17 @@ def test_mcp_without_elicitation_requires_confirm(home):
             return refused, after_refusal, done, no_rb, rb, listed, hist, res
 
     refused, after_refusal, done, no_rb, rb, listed, hist, res = anyio.run(main)
-    assert refused.is_error and "confirm=true" in refused.content[0].text and "It replaces a" in refused.content[0].text
+    assert (
+        refused.is_error
+        and "confirm=true" in text_of(refused.content[0])
+        and "It replaces a" in text_of(refused.content[0])
+    )
     assert after_refusal == ["a"]
     assert done.structured_content["promoted"]["replaced"]["adapter_id"] == "a"
     assert no_rb.is_error and rb.structured_content["rolled_back"]["restored"]["adapter_id"] == "a"
     assert [a["id"] for a in listed.structured_content["result"]] == ["a"]
     assert [e["to_status"] for e in hist.structured_content["result"]] == ["candidate", "production", "archived"]
-    body = json.loads(res.contents[0].text)
+    body = json.loads(text_of(res.contents[0]))
     assert body["adapter"]["status"] == "production" and len(body["history"]) == 4
 
 
@@ -334,6 +346,7 @@ def test_kill_9_during_promotions_leaves_one_production(home):
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(random.uniform(0.3, 1.0))
         os.kill(proc.pid, signal.SIGKILL)

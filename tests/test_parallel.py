@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Generator
 
 import pytest
 
@@ -56,6 +57,7 @@ def test_a_worker_error_is_raised_with_its_traceback():
 def test_closing_early_stops_the_workers():
     before = worker_pids()
     gen = parallel.map_chunks(square_all, 0, ((i, [i]) for i in range(1000)), workers=2, serial_chunks=0)
+    assert isinstance(gen, Generator)  # map_chunks returns a generator, to be closed early
     assert [next(gen) for _ in range(3)][2] == (2, [4])
     assert worker_pids() - before  # they were running
     gen.close()

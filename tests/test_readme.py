@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import typer
+from typer.core import TyperGroup
 
 from tests.conftest import ROOT
 
@@ -16,10 +17,12 @@ BENCH_README = (ROOT / "bench" / "README.md").read_text()
 PAGES = {"README.md": README, **DOCS, "bench/README.md": BENCH_README}
 
 
-def _cli():
+def _cli() -> TyperGroup:
     from server.cli import app
 
-    return typer.main.get_command(app)
+    cli = typer.main.get_command(app)
+    assert isinstance(cli, TyperGroup)  # an app of several commands
+    return cli
 
 
 def _commands() -> set[str]:

@@ -19,10 +19,18 @@ from learning.routing import experiments, router
 from learning.runs import record as runs
 from learning.store import Store
 from server.mcp import build_server
-from tests.conftest import ROOT, run_cli, subprocess_env
+from tests.conftest import ROOT, annotations_of, run_cli, subprocess_env
 
 
-def adapter(store, adapter_id, role="coder", task_type=None, complexity=None, status="candidate", promote=False):
+def adapter(
+    store,
+    adapter_id,
+    role="coder",
+    task_type=None,
+    complexity=None,
+    status: registry.Status = "candidate",
+    promote=False,
+):
     registry.create_adapter(
         store,
         adapter_id,
@@ -97,6 +105,7 @@ def test_decision_is_recorded_and_attributes_the_run(store):
     stored = runs.get_run(store, log(store, s, 0.7).run_id)
     assert stored.adapter_id == "a1" and stored.decision_id == s.decision_id
     row = runs.decision_row(store, s.decision_id)
+    assert row is not None
     assert row["adapter_id"] == "a1" and row["route"] == "role" and row["task_key"] == "t1"
     base = router.select_adapter(store, "fixer")
     assert runs.get_run(store, log(store, base, 0.5, role="fixer").run_id).adapter_id is None
@@ -120,6 +129,7 @@ def test_served_name_comes_from_the_latest_deployment(store):
             (time.time(),),
         )
     s = router.select_adapter(store, "coder")
+    assert s.deployment_url is not None
     assert s.served_name == "coder-a1" and s.deployment_url.endswith("/v1")
 
 
@@ -169,6 +179,7 @@ def test_thompson_sends_most_traffic_to_the_better_arm(store, monkeypatch):
     for i in range(300):
         s = router.select_adapter(store, "coder", task_key=f"t{i}")
         chosen.append(s.adapter_id)
+        assert s.adapter_id is not None
         log(store, s, float(rng.random() < means[s.adapter_id]))
     assert chosen[150:].count("cand") / 150 > 0.8
     arms = {a.arm: a for a in experiments.list_experiments(store, "coder")[0].arms}
@@ -207,8 +218,8 @@ def test_mcp_tools(home):
         adapter(store, "cand")
         async with Client(build_server(str(home))) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
-            assert tools["select_adapter"].annotations.read_only_hint is True
-            assert tools["detect_drift"].annotations.destructive_hint is True
+            assert annotations_of(tools["select_adapter"]).read_only_hint is True
+            assert annotations_of(tools["detect_drift"]).destructive_hint is True
             sel = (await client.call_tool("select_adapter", {"role": "coder", "task_key": "k"})).structured_content
             assert sel["adapter_id"] == "prod" and sel["route"] == "role"
             logged = await client.call_tool(

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from server.mcp import build_server
-from tests.conftest import LEARNLOOP, ROOT, subprocess_env
+from tests.conftest import LEARNLOOP, ROOT, annotations_of, subprocess_env, text_of
 
 RUN = {
     "role": "coder",
@@ -32,10 +32,11 @@ def test_tools_listed_with_schemas_and_annotations(home):
             log = tools["log_run"]
             assert set(log.input_schema["required"]) == {"role", "output", "reward"}
             assert log.input_schema.get("additionalProperties") is False
+            assert log.output_schema is not None
             assert log.output_schema["properties"]["run_id"]
-            assert tools["run_stats"].annotations.read_only_hint is True
-            assert tools["log_run"].annotations.read_only_hint is False
-            assert "after every task" in log.description
+            assert annotations_of(tools["run_stats"]).read_only_hint is True
+            assert annotations_of(tools["log_run"]).read_only_hint is False
+            assert "after every task" in (log.description or "")
 
     anyio.run(main)
 
@@ -71,7 +72,7 @@ def test_bad_input_is_a_tool_error_naming_the_field(home, args, expected):
         async with Client(build_server(str(home))) as client:
             result = await client.call_tool("log_run", args)
             assert result.is_error
-            assert expected in result.content[0].text
+            assert expected in text_of(result.content[0])
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["total_runs"] == 0
 

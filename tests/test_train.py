@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -79,7 +80,7 @@ def test_bad_input_fails_before_any_job(store, kwargs, message):
 
 def test_all_problems_are_reported_together(store):
     with pytest.raises(InvalidInput) as exc:
-        training.train_adapter(store, "coder", "nope", base="/no/such", preset="huge")
+        training.train_adapter(store, "coder", "nope", base="/no/such", preset=cast(Any, "huge"))
     assert len(exc.value.problems) == 3
 
 
@@ -107,10 +108,11 @@ def test_dry_run_reports_the_plan(store):
 def runs(store):
     """One uninterrupted run, and the same run cancelled then resumed; side by side. The cancel is
     sent at once, so the job stops at its first step whatever the machine's speed."""
-    cfg = dict(base=BASE, max_steps=8, overrides=FAST)
+    cfg: dict[str, Any] = dict(base=BASE, max_steps=8, overrides=FAST)
     full = training.train_adapter(store, "coder", "ds-sft", adapter_id="coder-full", **cfg)
     cut = training.train_adapter(store, "coder", "ds-sft", adapter_id="coder-cut", **cfg)
     assert full.job_id and full.adapter_id == "coder-full"
+    assert cut.job_id is not None
     jobs.cancel_job(store, cut.job_id)
     cancelled = wait(store, cut.job_id)
     cut_status = registry.get_adapter(store, "coder-cut").status
@@ -226,12 +228,13 @@ def test_server_answers_while_training_and_a_killed_job_is_marked_failed(store):
 
     started = anyio.run(scenario)
     row = jobs.job_row(store, started["job_id"])
+    assert row is not None
     os.kill(row["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while jobs.job_status(store, started["job_id"], log_lines=0).status == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
     status = jobs.job_status(store, started["job_id"])
-    assert status.status == "failed" and "died" in status.error
+    assert status.status == "failed" and "died" in (status.error or "")
     assert registry.get_adapter(store, "coder-killed").status == "failed"
     # It can be resumed from its latest checkpoint (checked, not run, to keep the suite short).
     plan = training.train_adapter(store, "coder", "ds-sft", resume=True, adapter_id="coder-killed", dry_run=True)
@@ -286,6 +289,7 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
         overrides={"batch_size": 4, "save_steps": 10000},
         adapter_id="coder-ddp-killed",
     )
+    assert s.job_id is not None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         status = jobs.job_status(store, s.job_id, log_lines=0)
@@ -294,7 +298,9 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
         time.sleep(0.2)
     assert status.status == "running" and status.progress.get("step", 0) >= 1, (status.error, status.log_tail)
     assert len(live_processes("learning.train.recipe", s.job_id)) >= 3  # the launcher and two workers
-    os.kill(jobs.job_row(store, s.job_id)["pid"], signal.SIGKILL)
+    row = jobs.job_row(store, s.job_id)
+    assert row is not None
+    os.kill(row["pid"], signal.SIGKILL)
     # The kernel kills the launcher with the job process and the workers with the launcher:
     # nothing here (no reconcile yet) does it for them.
     deadline = time.monotonic() + 20
@@ -302,7 +308,7 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
         time.sleep(0.1)
     assert not live_processes("learning.train.recipe", s.job_id)
     status = jobs.job_status(store, s.job_id)
-    assert status.status == "failed" and "died" in status.error
+    assert status.status == "failed" and "died" in (status.error or "")
     assert registry.get_adapter(store, "coder-ddp-killed").status == "failed"
 
 

@@ -13,6 +13,13 @@ PROMPT = "### Task: write a function that returns {n}\n### Code:\n"
 COMPLETION = "def f():\n    return {n}\n"
 
 
+def token_id(value: object) -> int:
+    """A special token's id, which the tokenizers built here all set. Transformers resolves
+    `tokenizer.pad_token_id` and the like in __getattr__, so type checkers see a wide union."""
+    assert isinstance(value, int), value
+    return value
+
+
 def toy_rows(start: int, count: int) -> list[dict]:
     return [
         {
@@ -54,9 +61,9 @@ def build_base(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        pad_token_id=fast.pad_token_id,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
+        pad_token_id=token_id(fast.pad_token_id),
+        bos_token_id=token_id(fast.bos_token_id),
+        eos_token_id=token_id(fast.eos_token_id),
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
@@ -93,7 +100,7 @@ def train_toy_adapter(
         loss.backward()
         opt.step()
         opt.zero_grad()
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     tok.save_pretrained(out)
     (out / "metadata.json").write_text(json.dumps({"final_loss": loss.item()}))
     return out
