@@ -51,20 +51,20 @@ AGENT = "learnloop-demo"
 
 
 class DemoConfig(BaseModel):
-    base_size: str = Field("small", description="Embedded base model size: tiny (tests) or small.")
-    coder_tasks: int = Field(900, description="Training tasks for the coder role.")
-    fixer_tasks: int = Field(100, description="Training tasks for the fixer role.")
-    judge_tasks: int = Field(100, description="Training tasks for the judge role.")
-    base_samples: int = Field(100, description="Training tasks the base model answers itself.")
-    heldout_tasks: int = Field(150, description="Held-out coder tasks answered by base and adapter.")
-    min_reward: float = Field(1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
-    max_steps: int = Field(300, description="Optimizer steps of the adapter's training.")
+    base_size: str = Field(default="small", description="Embedded base model size: tiny (tests) or small.")
+    coder_tasks: int = Field(default=900, description="Training tasks for the coder role.")
+    fixer_tasks: int = Field(default=100, description="Training tasks for the fixer role.")
+    judge_tasks: int = Field(default=100, description="Training tasks for the judge role.")
+    base_samples: int = Field(default=100, description="Training tasks the base model answers itself.")
+    heldout_tasks: int = Field(default=150, description="Held-out coder tasks answered by base and adapter.")
+    min_reward: float = Field(default=1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
+    max_steps: int = Field(default=300, description="Optimizer steps of the adapter's training.")
     learning_rate: float = 2e-3
     train_batch_size: int = 8
     preset: str = "default"
     max_new_tokens: int = 40
-    eval_examples: int = Field(200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
-    eval_generate: int = Field(32, description="Test prompts evaluate_adapter answers with both models.")
+    eval_examples: int = Field(default=200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
+    eval_generate: int = Field(default=32, description="Test prompts evaluate_adapter answers with both models.")
     batch_size: int = 32
     seed: int = 0
 

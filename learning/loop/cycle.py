@@ -28,13 +28,17 @@ from learning.train.launch import train_adapter
 
 class CycleParams(BaseModel):
     role: str = Field(pattern=ROLE_PATTERN, description="The role whose runs train the adapter.")
-    to_production: bool = Field(False, description="Promote to production when the gate passes (else candidate only).")
-    min_reward: float = Field(0.7, ge=0, le=1, description="make_sft: keep runs with at least this reward.")
-    days: float | None = Field(None, gt=0, description="make_sft: only runs of the last N days.")
-    base: str | None = Field(None, description="Base model folder or hub id; default the embedded base.")
-    preset: str = Field("default", description="Training preset: light, default or heavy.")
-    max_steps: int | None = Field(None, ge=1, description="Training steps (default: the preset's epochs).")
-    auto_rollback: bool = Field(False, description="detect_drift rolls back the previous adapter on a regression.")
+    to_production: bool = Field(
+        default=False, description="Promote to production when the gate passes (else candidate only)."
+    )
+    min_reward: float = Field(default=0.7, ge=0, le=1, description="make_sft: keep runs with at least this reward.")
+    days: float | None = Field(default=None, gt=0, description="make_sft: only runs of the last N days.")
+    base: str | None = Field(default=None, description="Base model folder or hub id; default the embedded base.")
+    preset: str = Field(default="default", description="Training preset: light, default or heavy.")
+    max_steps: int | None = Field(default=None, ge=1, description="Training steps (default: the preset's epochs).")
+    auto_rollback: bool = Field(
+        default=False, description="detect_drift rolls back the previous adapter on a regression."
+    )
 
 
 class CycleStarted(BaseModel):

@@ -67,7 +67,7 @@ class Deployment(BaseModel):
     status: str = Field(description="active (confirmed by the runtime) or command_written (llama.cpp, not contacted).")
     artifact: str = Field(description="What the runtime loads: the GGUF file or the PEFT folder.")
     command: list[str] | None = Field(
-        None, description="llama.cpp: the llama-server command line that loads the adapter."
+        default=None, description="llama.cpp: the llama-server command line that loads the adapter."
     )
     replaced: list[str] = Field(
         default_factory=list, description="Served names this deployment replaced on the runtime."

@@ -55,10 +55,10 @@ class ExportResult(BaseModel):
     total_bytes: int
     checks: list[str] = Field(description="What was verified, with the figures measured.")
     max_delta_diff: float | None = Field(
-        None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules."
+        default=None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules."
     )
     max_logit_diff: float | None = Field(
-        None, description="merged: max |logits of the merged model - logits of base+adapter|."
+        default=None, description="merged: max |logits of the merged model - logits of base+adapter|."
     )
     warnings: list[str] = Field(default_factory=list)
     seconds: float
