@@ -8,7 +8,7 @@ waits on them. Each stage is reported in the job's progress and result.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,7 @@ from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
 from learning.runs.record import ROLE_PATTERN
 from learning.store import Store
+from learning.train.config import Preset
 from learning.train.launch import train_adapter
 
 
@@ -145,9 +146,15 @@ def cycle_job(ctx) -> dict:
     def train() -> dict:
         progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
         started = train_adapter(
-            store, role=p.role, dataset_id=out["dataset_id"], base=p.base, preset=p.preset, max_steps=p.max_steps
+            store,
+            role=p.role,
+            dataset_id=out["dataset_id"],
+            base=p.base,
+            preset=cast(Preset, p.preset),  # train_adapter reports an unknown one
+            max_steps=p.max_steps,
         )
         out["adapter_id"] = started.adapter_id
+        assert started.job_id is not None  # not a dry run
         return {"job_id": started.job_id, "adapter_id": started.adapter_id, **follow("train", started.job_id)}
 
     def evaluate() -> dict:

@@ -15,6 +15,7 @@ from learning.errors import InvalidInput
 
 Method = Literal["sft", "dpo", "kto"]
 Quantize = Literal["none", "4bit", "8bit", "auto"]
+Preset = Literal["light", "default", "heavy"]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -24,7 +24,7 @@ from learning.home import safe_id, subdir
 from learning.jobs.manage import active_job_rows, start_job
 from learning.registry import adapters as registry
 from learning.store import Store, loads
-from learning.train.config import TrainConfig, build_config
+from learning.train.config import Preset, TrainConfig, build_config
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
 MIN_ROWS = 10
@@ -300,7 +300,7 @@ def train_adapter(
         Field(description="sft on prompt/completion or chat data; dpo or kto on preference data."),
     ] = "sft",
     preset: Annotated[
-        Literal["light", "default", "heavy"],
+        Preset,
         Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections)."),
     ] = "default",
     overrides: Annotated[
