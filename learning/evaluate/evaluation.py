@@ -261,6 +261,7 @@ def _fmt(value: Any) -> str:
 def run_job(ctx) -> dict[str, Any]:
     """Evaluate ctx.subject (an adapter id) as EvalConfig(ctx.params) says."""
     store, cfg = ctx.store, EvalConfig(**ctx.params)
+    assert cfg.dataset_id is not None  # evaluate_adapter resolved it before starting the job
     adapter = registry.get_adapter(store, ctx.subject)
     started = time.time()
     rows = read_rows(dataset_dir(store, cfg.dataset_id) / "test.jsonl", cfg.max_examples)
