@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,7 +109,7 @@ def map_chunks(
     chunks: Iterator[tuple[Meta, Any]],
     workers: int | None = None,
     serial_chunks: int | None = None,
-) -> Iterator[tuple[Meta, Any]]:
+) -> Generator[tuple[Meta, Any], None, None]:
     """(meta, fn(config, payload)) for each (meta, payload) of chunks, in order.
 
     fn must be a module-level function, and config and payload picklable. Only the payload
