@@ -32,11 +32,12 @@ from learning.routing.router import experiment_arm_rewards, route_keys
 from learning.store import Store
 
 Mode = Literal["canary", "thompson"]
+Arm = Literal["control", "candidate"]
 STARTABLE = ("candidate", "trained", "archived")
 
 
 class ArmStats(BaseModel):
-    arm: Literal["control", "candidate"]
+    arm: Arm
     adapter_id: str | None = Field(description="None: the control arm serves the base model (or the fallback route).")
     runs: int = Field(description="Runs attributed to this arm through decision_id.")
     mean_reward: float | None
@@ -66,7 +67,8 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
     with store.read() as conn:
         stats = {r["arm"]: r for r in experiment_arm_rewards(conn, row["id"])}
     arms = []
-    for arm, adapter_id in (("control", row["control_id"]), ("candidate", row["candidate_id"])):
+    sides: tuple[tuple[Arm, str | None], ...] = (("control", row["control_id"]), ("candidate", row["candidate_id"]))
+    for arm, adapter_id in sides:
         s = stats.get(arm)
         runs = s["runs"] if s else 0
         arms.append(
@@ -74,7 +76,7 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
                 arm=arm,
                 adapter_id=adapter_id,
                 runs=runs,
-                mean_reward=round(s["reward_sum"] / runs, 4) if runs else None,
+                mean_reward=round(s["reward_sum"] / runs, 4) if s and runs else None,
             )
         )
     return Experiment(
@@ -168,7 +170,9 @@ def start_experiment(
                 reason=reason,
             ),
         )
-    return to_experiment(store, experiment_row(store, experiment_id))
+    row = experiment_row(store, experiment_id)
+    assert row is not None  # just inserted
+    return to_experiment(store, row)
 
 
 def stop_experiment(
@@ -189,6 +193,7 @@ def stop_experiment(
             if row is None:
                 raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
         else:
+            assert role is not None  # exactly one of the two was given
             row = running_experiment(conn, role, task_type, complexity)
             if row is None:
                 raise NotFound(
@@ -200,7 +205,9 @@ def stop_experiment(
         if row["status"] != "running":
             raise Conflict(f"Experiment {row['id']} is already stopped.")
         mark_stopped(conn, row["id"], reason)
-    return to_experiment(store, experiment_row(store, row["id"]))
+    stopped = experiment_row(store, row["id"])
+    assert stopped is not None  # experiments are never deleted
+    return to_experiment(store, stopped)
 
 
 def list_experiments(store: Store, role: RoleFilter = None) -> list[Experiment]:
