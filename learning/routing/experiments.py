@@ -28,11 +28,10 @@ from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 from learning.registry import adapters as registry
-from learning.routing.router import experiment_arm_rewards, route_keys
+from learning.routing.router import Arm, experiment_arm_rewards, route_keys
 from learning.store import Store
 
 Mode = Literal["canary", "thompson"]
-Arm = Literal["control", "candidate"]
 STARTABLE = ("candidate", "trained", "archived")
 
 
