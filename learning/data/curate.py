@@ -545,7 +545,9 @@ def make_preferences(
                         counts["stopped_at_limit"] = 1
                         return
 
-    settings = {"margin": margin, "min_chosen": min_chosen} if kind == "dpo" else {"high": high, "low": low}
+    settings: dict[str, Any] = (
+        {"margin": margin, "min_chosen": min_chosen} if kind == "dpo" else {"high": high, "low": low}
+    )
     settings.update(
         limit=limit,
         max_per_task=max_per_task,

@@ -98,6 +98,7 @@ class SplitWriter:
     def _flush(self, is_test: bool) -> None:
         pending = self._pending[is_test]
         if pending:
+            assert self._files is not None  # only lines bound for files are pending
             pending.append("")
             self._files[is_test].write("\n".join(pending))
             pending.clear()

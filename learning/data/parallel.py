@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +57,8 @@ class _Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "learning.data.parallel"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         self.jobs: queue.Queue = queue.Queue()
         self.writer = threading.Thread(target=self._write, daemon=True)
         self.writer.start()
@@ -64,13 +66,13 @@ class _Worker:
     def _write(self) -> None:
         try:
             while (job := self.jobs.get()) is not None:
-                pickle.dump(job, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                self.proc.stdin.flush()
+                pickle.dump(job, self.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
             pass  # the worker died; the reader reports it
         finally:
             try:
-                self.proc.stdin.close()
+                self.stdin.close()
             except OSError:
                 pass
 
@@ -79,7 +81,7 @@ class _Worker:
 
     def result(self) -> Any:
         try:
-            ok, value = pickle.load(self.proc.stdout)
+            ok, value = pickle.load(self.stdout)
         except EOFError:
             raise RuntimeError(
                 f"A curation worker process exited unexpectedly (status {self.proc.wait()}); "
@@ -98,7 +100,7 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.proc.stdout.close()
+        self.stdout.close()
 
 
 def map_chunks(
@@ -107,7 +109,7 @@ def map_chunks(
     chunks: Iterator[tuple[Meta, Any]],
     workers: int | None = None,
     serial_chunks: int | None = None,
-) -> Iterator[tuple[Meta, Any]]:
+) -> Generator[tuple[Meta, Any], None, None]:
     """(meta, fn(config, payload)) for each (meta, payload) of chunks, in order.
 
     fn must be a module-level function, and config and payload picklable. Only the payload

@@ -230,7 +230,9 @@ class Redactor:
                 # arguments, tokens of a parser) are not assigned a value, and two C-level
                 # matches reject them before the Python loop that widens the name.
                 at = start = i
-                end = _NAME_REST.match(text, i + len(word)).end()
+                name_rest = _NAME_REST.match(text, i + len(word))
+                assert name_rest is not None  # the pattern matches the empty string too
+                end = name_rest.end()
                 m = _ASSIGN_TAIL.match(text, end)
                 i = low.find(word, end)
                 if not m or (word == "key" and (not at or text[at - 1] not in _NAME_CHARS)):

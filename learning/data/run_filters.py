@@ -3,7 +3,7 @@ that pass them (streamed), and the funnel (how many runs are left after each fil
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, NamedTuple
 
 from learning.store import Store
@@ -51,7 +51,7 @@ def _filters(filters: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 def stream_curation_runs(
     store: Store, role: str, filters: dict[str, Any], order: str = "reward", batch: int = 2_000
-) -> Iterator[CurationRun]:
+) -> Generator[CurationRun, None, None]:
     """Runs of a role passing the filters, read in batches from one cursor. order 'reward': best
     first (the index on (role, reward) gives this order without sorting, so a limit stops the read
     early); order 'task_key': attempts at one task together, best first."""

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,7 @@ from learning.routing.lifecycle import promote
 from learning.routing.router import select_adapter
 from learning.runs.record import import_runs
 from learning.store import Store
+from learning.train.config import Preset
 from learning.train.launch import train_adapter
 
 Report = Callable[..., None]
@@ -51,20 +52,20 @@ AGENT = "learnloop-demo"
 
 
 class DemoConfig(BaseModel):
-    base_size: str = Field("small", description="Embedded base model size: tiny (tests) or small.")
-    coder_tasks: int = Field(900, description="Training tasks for the coder role.")
-    fixer_tasks: int = Field(100, description="Training tasks for the fixer role.")
-    judge_tasks: int = Field(100, description="Training tasks for the judge role.")
-    base_samples: int = Field(100, description="Training tasks the base model answers itself.")
-    heldout_tasks: int = Field(150, description="Held-out coder tasks answered by base and adapter.")
-    min_reward: float = Field(1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
-    max_steps: int = Field(300, description="Optimizer steps of the adapter's training.")
+    base_size: str = Field(default="small", description="Embedded base model size: tiny (tests) or small.")
+    coder_tasks: int = Field(default=900, description="Training tasks for the coder role.")
+    fixer_tasks: int = Field(default=100, description="Training tasks for the fixer role.")
+    judge_tasks: int = Field(default=100, description="Training tasks for the judge role.")
+    base_samples: int = Field(default=100, description="Training tasks the base model answers itself.")
+    heldout_tasks: int = Field(default=150, description="Held-out coder tasks answered by base and adapter.")
+    min_reward: float = Field(default=1.0, description="Curation threshold: 1.0 keeps near misses (0.8) out.")
+    max_steps: int = Field(default=300, description="Optimizer steps of the adapter's training.")
     learning_rate: float = 2e-3
     train_batch_size: int = 8
     preset: str = "default"
     max_new_tokens: int = 40
-    eval_examples: int = Field(200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
-    eval_generate: int = Field(32, description="Test prompts evaluate_adapter answers with both models.")
+    eval_examples: int = Field(default=200, description="Test rows for evaluate_adapter's teacher-forced metrics.")
+    eval_generate: int = Field(default=32, description="Test prompts evaluate_adapter answers with both models.")
     batch_size: int = 32
     seed: int = 0
 
@@ -211,7 +212,7 @@ def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> d
         role="coder",
         dataset_id=state["datasets"]["coder"],
         base=f"embedded:{cfg.base_size}",
-        preset=cfg.preset,
+        preset=cast(Preset, cfg.preset),  # train_adapter reports an unknown one
         max_steps=cfg.max_steps,
         overrides={
             "learning_rate": cfg.learning_rate,
@@ -223,6 +224,7 @@ def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> d
         },
     )
     state["adapter_id"] = started.adapter_id
+    assert started.job_id is not None  # not a dry run
     status = _follow(store, started.job_id, "train", report)
     result = status.result or {}
     return {
@@ -383,6 +385,7 @@ def run_demo(
     summary = finish_summary(store, cfg, state, stages, quick=quick)
     summary.seconds["report"] = round(time.perf_counter() - t0, 2)
     summary.total_seconds = round(sum(summary.seconds.values()), 2)
+    assert summary.summary_path is not None  # finish_summary sets it
     Path(summary.summary_path).write_text(summary.model_dump_json(indent=2))
     store.close()
     return summary

@@ -22,9 +22,11 @@ class DemoSummary(BaseModel):
     adapter_id: str | None = None
     dataset_ids: dict[str, str] = Field(default_factory=dict)
     heldout_tasks: int = 0
-    base_pass_rate: float | None = Field(None, description="Held-out tasks whose answer passed every test, base model.")
-    adapter_pass_rate: float | None = Field(None, description="The same for base + adapter.")
-    margin: float | None = Field(None, description="adapter_pass_rate - base_pass_rate.")
+    base_pass_rate: float | None = Field(
+        default=None, description="Held-out tasks whose answer passed every test, base model."
+    )
+    adapter_pass_rate: float | None = Field(default=None, description="The same for base + adapter.")
+    margin: float | None = Field(default=None, description="adapter_pass_rate - base_pass_rate.")
     base_mean_reward: float | None = None
     adapter_mean_reward: float | None = None
     by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -36,7 +38,7 @@ class DemoSummary(BaseModel):
     adapter_beat_base: bool = False
     verdict: str = ""
     runs_logged: int = 0
-    executions: int = Field(0, description="Answers whose reward came from running them against hidden tests.")
+    executions: int = Field(default=0, description="Answers whose reward came from running them against hidden tests.")
     seconds: dict[str, float] = Field(default_factory=dict, description="Wall time of each stage.")
     total_seconds: float = 0.0
     plot_path: str | None = None

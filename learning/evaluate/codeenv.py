@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -48,7 +49,7 @@ class Family:
     spec: str  # what the function returns, with {p} and {k}
     body: str  # the correct return expression
     inputs: tuple  # five test inputs
-    expected: object  # callable (value, k) -> expected output
+    expected: Callable[[Any, int | None], Any]  # (value, k) -> expected output
     broken: tuple[tuple[str, str], ...]  # (wrong body, description of the bug); the first is a 0.8 near miss
     uses_k: bool = True
 
@@ -329,7 +330,7 @@ def score_answers(tasks: Sequence[Task], answers: Sequence[str], timeout: float 
     results = run_many(jobs, timeout=timeout, workers=workers)
     scores = []
     for task, answer, res in zip(tasks, answers, results):
-        common = dict(
+        common: dict[str, Any] = dict(
             compiled=res.compiled,
             tests_passed=res.passed,
             tests_total=res.total,

@@ -39,30 +39,39 @@ class GateConfig(BaseModel):
     """When an evaluated adapter becomes a candidate. Every condition must hold."""
 
     min_loss_improvement: float = Field(
-        0.0, ge=0, description="The adapter's eval loss must be below the base's by more than this (0: strictly lower)."
+        default=0.0,
+        ge=0,
+        description="The adapter's eval loss must be below the base's by more than this (0: strictly lower).",
     )
     pass_rate_tolerance: float = Field(
-        0.0, ge=0, le=1, description="The adapter's pass rate may be at most this much below the base's (0: not below)."
+        default=0.0,
+        ge=0,
+        le=1,
+        description="The adapter's pass rate may be at most this much below the base's (0: not below).",
     )
     min_pass_rate: float | None = Field(
-        None,
+        default=None,
         ge=0,
         le=1,
         description="Absolute pass rate the adapter must reach; None: no threshold (0.9 is a common choice).",
     )
-    promote_to_candidate: bool = Field(True, description="Move trained -> candidate when the gate passes.")
+    promote_to_candidate: bool = Field(default=True, description="Move trained -> candidate when the gate passes.")
 
 
 class EvalConfig(BaseModel):
-    dataset_id: str | None = Field(None, description="Dataset whose test split is used; default: the adapter's own.")
-    max_examples: int = Field(200, ge=1, le=100_000, description="Test rows for the teacher-forced metrics.")
-    max_generate: int = Field(32, ge=0, le=10_000, description="Test prompts for the generation checks (0: skip).")
-    max_new_tokens: int = Field(256, ge=1, le=8192)
-    batch_size: int = Field(8, ge=1, le=512)
-    max_length: int = Field(
-        2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt."
+    dataset_id: str | None = Field(
+        default=None, description="Dataset whose test split is used; default: the adapter's own."
     )
-    sanity: bool = Field(True, description="Answer the role's fixed sanity prompts and save the responses.")
+    max_examples: int = Field(default=200, ge=1, le=100_000, description="Test rows for the teacher-forced metrics.")
+    max_generate: int = Field(
+        default=32, ge=0, le=10_000, description="Test prompts for the generation checks (0: skip)."
+    )
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    batch_size: int = Field(default=8, ge=1, le=512)
+    max_length: int = Field(
+        default=2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt."
+    )
+    sanity: bool = Field(default=True, description="Answer the role's fixed sanity prompts and save the responses.")
     gate: GateConfig = Field(default_factory=GateConfig)
 
 
@@ -252,6 +261,7 @@ def _fmt(value: Any) -> str:
 def run_job(ctx) -> dict[str, Any]:
     """Evaluate ctx.subject (an adapter id) as EvalConfig(ctx.params) says."""
     store, cfg = ctx.store, EvalConfig(**ctx.params)
+    assert cfg.dataset_id is not None  # evaluate_adapter resolved it before starting the job
     adapter = registry.get_adapter(store, ctx.subject)
     started = time.time()
     rows = read_rows(dataset_dir(store, cfg.dataset_id) / "test.jsonl", cfg.max_examples)

@@ -105,7 +105,7 @@ def start_job(
 
 
 def launch(store: Store, job_id: str, env: dict[str, str] | None = None) -> None:
-    row = job_row(store, job_id)
+    row = _known_job_row(store, job_id)
     log = open(row["log_path"], "ab")
     child_env = {**os.environ, **(env or {})}
     # The job must import this very package, wherever it was imported from.
@@ -136,7 +136,7 @@ def reconcile(store: Store) -> list[str]:
         if row["status"] == "queued" and row["pid"] is None and time.time() - row["created"] < 30:
             continue  # being launched right now
         # Re-read: the process may have finished between the two reads.
-        fresh = job_row(store, row["id"])
+        fresh = _known_job_row(store, row["id"])
         if fresh["status"] not in ACTIVE:
             continue
         if update_job(
@@ -230,7 +230,7 @@ def job_status(
         raise NotFound(f"No job {job_id!r}. List jobs with `learnloop jobs` (MCP: list_jobs).")
     if row["status"] in ACTIVE:
         reconcile(store)
-        row = job_row(store, job_id)
+        row = _known_job_row(store, job_id)
     end = row["finished"] or (time.time() if row["started"] else None)
     return JobStatus(
         job_id=row["id"],
@@ -296,7 +296,7 @@ def cancel_job(store: Store, job_id: Annotated[str, Field(description="The job t
     if status.status in FINAL:
         raise Conflict(f"Job {job_id} already {status.status}; nothing to cancel.")
     update_job(store, job_id, only_if_status=ACTIVE, cancel_requested=1)
-    row = job_row(store, job_id)
+    row = _known_job_row(store, job_id)
     if not _process_alive(row["pid"], row["pid_started"]):
         update_job(
             store,
@@ -319,7 +319,7 @@ class JobContext:
     def __init__(self, store: Store, job_id: str):
         self.store = store
         self.job_id = job_id
-        row = job_row(store, job_id)
+        row = _known_job_row(store, job_id)
         self.kind = row["kind"]
         self.params: dict[str, Any] = loads(row["params"]) or {}
         self.subject: str | None = row["subject"]
@@ -335,7 +335,7 @@ class JobContext:
             self._last_write = now
 
     def cancelled(self) -> bool:
-        row = job_row(self.store, self.job_id)
+        row = _known_job_row(self.store, self.job_id)
         return bool(row["cancel_requested"])
 
     def log(self, message: str) -> None:
@@ -356,6 +356,13 @@ def insert_job(store: Store, row: dict[str, Any]) -> None:
 def job_row(store: Store, job_id: str) -> sqlite3.Row | None:
     with store.read() as conn:
         return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+def _known_job_row(store: Store, job_id: str) -> sqlite3.Row:
+    """The row of a job known to exist: jobs are recorded before anything runs and never deleted."""
+    row = job_row(store, job_id)
+    assert row is not None, f"job {job_id} has no row"
+    return row
 
 
 def job_rows(store: Store, status: str | None = None, limit: int = 50) -> list[sqlite3.Row]:

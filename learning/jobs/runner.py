@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
         print(f"job {job_id} is not queued; not running it", file=sys.stderr)
         return 2
     ctx = JobContext(store, job_id)
-    module_name, _, fn_name = OLD_TARGETS.get(row["target"], row["target"]).partition(":")
+    target: str = row["target"]
+    module_name, _, fn_name = OLD_TARGETS.get(target, target).partition(":")
     print(f"[learnloop] job {job_id} ({row['kind']}) started, pid {os.getpid()}", flush=True)
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)

@@ -8,7 +8,7 @@ waits on them. Each stage is reported in the job's progress and result.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, Field
 
@@ -23,18 +23,23 @@ from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
 from learning.runs.record import ROLE_PATTERN
 from learning.store import Store
+from learning.train.config import Preset
 from learning.train.launch import train_adapter
 
 
 class CycleParams(BaseModel):
     role: str = Field(pattern=ROLE_PATTERN, description="The role whose runs train the adapter.")
-    to_production: bool = Field(False, description="Promote to production when the gate passes (else candidate only).")
-    min_reward: float = Field(0.7, ge=0, le=1, description="make_sft: keep runs with at least this reward.")
-    days: float | None = Field(None, gt=0, description="make_sft: only runs of the last N days.")
-    base: str | None = Field(None, description="Base model folder or hub id; default the embedded base.")
-    preset: str = Field("default", description="Training preset: light, default or heavy.")
-    max_steps: int | None = Field(None, ge=1, description="Training steps (default: the preset's epochs).")
-    auto_rollback: bool = Field(False, description="detect_drift rolls back the previous adapter on a regression.")
+    to_production: bool = Field(
+        default=False, description="Promote to production when the gate passes (else candidate only)."
+    )
+    min_reward: float = Field(default=0.7, ge=0, le=1, description="make_sft: keep runs with at least this reward.")
+    days: float | None = Field(default=None, gt=0, description="make_sft: only runs of the last N days.")
+    base: str | None = Field(default=None, description="Base model folder or hub id; default the embedded base.")
+    preset: str = Field(default="default", description="Training preset: light, default or heavy.")
+    max_steps: int | None = Field(default=None, ge=1, description="Training steps (default: the preset's epochs).")
+    auto_rollback: bool = Field(
+        default=False, description="detect_drift rolls back the previous adapter on a regression."
+    )
 
 
 class CycleStarted(BaseModel):
@@ -141,9 +146,15 @@ def cycle_job(ctx) -> dict:
     def train() -> dict:
         progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
         started = train_adapter(
-            store, role=p.role, dataset_id=out["dataset_id"], base=p.base, preset=p.preset, max_steps=p.max_steps
+            store,
+            role=p.role,
+            dataset_id=out["dataset_id"],
+            base=p.base,
+            preset=cast(Preset, p.preset),  # train_adapter reports an unknown one
+            max_steps=p.max_steps,
         )
         out["adapter_id"] = started.adapter_id
+        assert started.job_id is not None  # not a dry run
         return {"job_id": started.job_id, "adapter_id": started.adapter_id, **follow("train", started.job_id)}
 
     def evaluate() -> dict:

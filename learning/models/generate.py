@@ -74,7 +74,7 @@ def load_model(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_path))
-    model.to(device)
+    model.to(device)  # pyright: ignore[reportArgumentType]  # .to is wrapped with functools.wraps in transformers
     model.eval()
     return model, tokenizer
 

@@ -200,6 +200,7 @@ def _pretrain(model, stream, spec: BaseSpec, seed: int, log) -> float | None:
         if log and (step % 200 == 0 or step == spec.steps - 1):
             log(f"pretrain step {step + 1}/{spec.steps} loss {smooth:.3f}")
     model.eval()
+    assert smooth is not None  # spec.steps > 0: the loop ran
     return round(smooth, 4)
 
 
@@ -235,7 +236,7 @@ def build_base(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             rms_norm_eps=1e-5,
-            rope_theta=10000.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         )
         model = LlamaForCausalLM(config)
         # One thread: float sums differ with the thread count, and a base pretrained on 2 threads
@@ -307,6 +308,7 @@ def ensure_base(store_or_home, size: str = "small", seed: int = 0, force: bool =
         if built:
             build_base(path, size, seed=seed, log=log)
             info = read_info(path)
+    assert info is not None  # read back after the build
     return BaseInfo(
         path=str(path),
         size=size,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -194,12 +194,14 @@ def detect_drift(
     role, task_type, complexity, new_id, old_id, experiment_id = _resolve(
         store, role, task_type, complexity, new_id, old_id, experiment_id
     )
-    fetch = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
+    fetch: dict[str, Any] = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
 
     def rewards(adapter_id: str | None, arm: str | None):
         # An experiment's arms are its decisions' arms. Outside one, an adapter's runs are its own,
         # and the base model's are the role's runs without adapter on the same task_type/complexity.
-        route = dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
+        route: dict[str, Any] = (
+            dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
+        )
         return arm_rewards(store, adapter_id=adapter_id, arm=arm, **route, **fetch)
 
     arms = ("candidate", "control") if experiment_id else (None, None)
@@ -221,13 +223,13 @@ def detect_drift(
     )
     v_new = float(r_new.var(ddof=1)) if new.runs > 1 else 0.0
     v_old = float(r_old.var(ddof=1)) if old.runs > 1 else 0.0
-    m_old = old.mean_reward if old.runs else (new.mean_reward or 0.5)
+    m_old = old.mean_reward if old.mean_reward is not None else (new.mean_reward or 0.5)  # None: no runs
     # An arm with fewer than 2 runs borrows the other's variance, else the Bernoulli worst case.
     fallback = m_old * (1 - m_old) if m_old < 1 else 0.25
     e_new = v_new if new.runs > 1 else (v_old if old.runs > 1 else fallback)
     e_old = v_old if old.runs > 1 else (v_new if new.runs > 1 else fallback)
     needed = max(min_runs, st.runs_per_arm_needed(e_new, e_old, m_old, threshold, alpha))
-    result = dict(
+    result: dict[str, Any] = dict(
         role=role,
         task_type=task_type,
         complexity=complexity,
@@ -321,6 +323,7 @@ def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tupl
         previous = registry.previous_production_row(conn, *route)
     if current is None or current["id"] != out.new.adapter_id:
         return False, f"No rollback: {out.new.adapter_id} is not the production adapter of its route any more."
+    assert out.new.adapter_id is not None  # it is the production adapter's id
     reason = f"drift: {out.message}"
     if out.old.adapter_id is None and previous is None:
         registry.move(store, out.new.adapter_id, "archived", actor, reason)
@@ -367,6 +370,8 @@ def arm_rewards(
     """The rewards of the runs served by one adapter (None: the base model, which needs a role),
     oldest first; optionally only runs of a route, a time window, the last N, or one experiment
     (with an arm: the runs of that arm, whichever adapter served them)."""
+    where: list[str]
+    args: list[Any]
     where, args = (["r.adapter_id IS ?"], [adapter_id]) if arm is None else ([], [])
     for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
         if value is not None:

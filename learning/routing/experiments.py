@@ -28,7 +28,7 @@ from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 from learning.registry import adapters as registry
-from learning.routing.router import experiment_arm_rewards, route_keys
+from learning.routing.router import Arm, experiment_arm_rewards, route_keys
 from learning.store import Store
 
 Mode = Literal["canary", "thompson"]
@@ -36,7 +36,7 @@ STARTABLE = ("candidate", "trained", "archived")
 
 
 class ArmStats(BaseModel):
-    arm: Literal["control", "candidate"]
+    arm: Arm
     adapter_id: str | None = Field(description="None: the control arm serves the base model (or the fallback route).")
     runs: int = Field(description="Runs attributed to this arm through decision_id.")
     mean_reward: float | None
@@ -66,7 +66,8 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
     with store.read() as conn:
         stats = {r["arm"]: r for r in experiment_arm_rewards(conn, row["id"])}
     arms = []
-    for arm, adapter_id in (("control", row["control_id"]), ("candidate", row["candidate_id"])):
+    sides: tuple[tuple[Arm, str | None], ...] = (("control", row["control_id"]), ("candidate", row["candidate_id"]))
+    for arm, adapter_id in sides:
         s = stats.get(arm)
         runs = s["runs"] if s else 0
         arms.append(
@@ -74,7 +75,7 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
                 arm=arm,
                 adapter_id=adapter_id,
                 runs=runs,
-                mean_reward=round(s["reward_sum"] / runs, 4) if runs else None,
+                mean_reward=round(s["reward_sum"] / runs, 4) if s and runs else None,
             )
         )
     return Experiment(
@@ -168,7 +169,9 @@ def start_experiment(
                 reason=reason,
             ),
         )
-    return to_experiment(store, experiment_row(store, experiment_id))
+    row = experiment_row(store, experiment_id)
+    assert row is not None  # just inserted
+    return to_experiment(store, row)
 
 
 def stop_experiment(
@@ -189,6 +192,7 @@ def stop_experiment(
             if row is None:
                 raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
         else:
+            assert role is not None  # exactly one of the two was given
             row = running_experiment(conn, role, task_type, complexity)
             if row is None:
                 raise NotFound(
@@ -200,7 +204,9 @@ def stop_experiment(
         if row["status"] != "running":
             raise Conflict(f"Experiment {row['id']} is already stopped.")
         mark_stopped(conn, row["id"], reason)
-    return to_experiment(store, experiment_row(store, row["id"]))
+    stopped = experiment_row(store, row["id"])
+    assert stopped is not None  # experiments are never deleted
+    return to_experiment(store, stopped)
 
 
 def list_experiments(store: Store, role: RoleFilter = None) -> list[Experiment]:

@@ -32,9 +32,9 @@ class AdapterBrief(BaseModel):
     complexity: str | None
     base_model: str
     dataset_id: str | None
-    eval_loss: float | None = Field(None, description="The adapter's eval loss on its test split.")
-    base_eval_loss: float | None = Field(None, description="The base model's eval loss on the same examples.")
-    pass_rate: float | None = Field(None, description="Share of generation checks passed by the adapter.")
+    eval_loss: float | None = Field(default=None, description="The adapter's eval loss on its test split.")
+    base_eval_loss: float | None = Field(default=None, description="The base model's eval loss on the same examples.")
+    pass_rate: float | None = Field(default=None, description="Share of generation checks passed by the adapter.")
     base_pass_rate: float | None = None
     gate_passed: bool | None = None
 

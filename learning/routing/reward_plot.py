@@ -90,7 +90,13 @@ def write_report(
         rollbacks += is_rollback
         promotions += not is_rollback
         x = datetime.fromtimestamp(e["ts"], tz=timezone.utc)
-        ax.axvline(x, color="red" if is_rollback else "black", ls="--" if is_rollback else "-", lw=1.2, alpha=0.8)
+        ax.axvline(
+            x,  # pyright: ignore[reportArgumentType]  # a date on a date axis; the stubs only declare float
+            color="red" if is_rollback else "black",
+            ls="--" if is_rollback else "-",
+            lw=1.2,
+            alpha=0.8,
+        )
         ax.annotate(
             ("rollback to " if is_rollback else "promote ") + e["adapter_id"],
             (x, 0.99 - 0.2 * (marked % 3)),

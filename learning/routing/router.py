@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -45,6 +45,7 @@ from learning.serve.deploy import latest_deployment
 from learning.store import Store
 
 Level = Literal["exact", "task_type", "complexity", "role", "base"]
+Arm = Literal["control", "candidate"]
 STATS_TTL_S = 1.0  # how stale Thompson sampling's per-arm reward sums may be
 
 
@@ -58,7 +59,7 @@ class Selection(BaseModel):
     deployment_url: str | None = Field(description="Where that deployment listens, if known.")
     route: Level = Field(description="Which route level matched: exact, task_type, complexity, role or base.")
     experiment_id: str | None = Field(description="The experiment this decision belongs to, if any.")
-    arm: Literal["control", "candidate"] | None = Field(description="Experiment arm chosen, if any.")
+    arm: Arm | None = Field(description="Experiment arm chosen, if any.")
     decision_id: str = Field(description="Pass this to log_run (decision_id) so the reward is attributed.")
 
 
@@ -163,14 +164,21 @@ def _choose_arm(store: Store, conn, cache: _Cache, exp: dict, key: str) -> str:
     return thompson_arm(_arm_stats(store, conn, cache, exp["id"]), exp["seed"], exp["id"], key)
 
 
-def _resolve(store, conn, cache, table: _Table, role, task_type, complexity, key: str, seed: int | None):
+def _resolve(
+    store, conn, cache, table: _Table, role, task_type, complexity, key: str, seed: int | None
+) -> tuple[Any, Level, str | None, Arm | None]:
     """(adapter row or None, level, experiment id, arm)."""
     keys = route_keys(role, task_type, complexity)
     for i, (level, route) in enumerate(keys):
         exp = table.experiments.get(route)
         prod = table.production.get(route)
         if exp is not None:
-            control = next(((lv, table.production[r]) for lv, r in keys[i:] if r in table.production), ("base", None))
+            # The control arm: the first route from here on with a production adapter, else the base.
+            control: tuple[Level, Any] = ("base", None)
+            for lv, r in keys[i:]:
+                if r in table.production:
+                    control = (lv, table.production[r])
+                    break
             if control[1] is None or control[1]["id"] != exp["candidate_id"]:
                 arm = _choose_arm(store, conn, cache, exp if seed is None else {**exp, "seed": seed}, key)
                 if arm == "candidate":

@@ -74,11 +74,11 @@ class Signals(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    compiled: bool | None = Field(None, description="Did the answer compile / parse?")
-    tests_passed: int | None = Field(None, ge=0, description="Number of tests that passed.")
-    tests_total: int | None = Field(None, ge=0, description="Number of tests run.")
-    iterations: int | None = Field(None, ge=0, description="Agent iterations used for the task.")
-    verdict: str | None = Field(None, max_length=2000, description="A judge's verdict, e.g. 'pass' or 'fail'.")
+    compiled: bool | None = Field(default=None, description="Did the answer compile / parse?")
+    tests_passed: int | None = Field(default=None, ge=0, description="Number of tests that passed.")
+    tests_total: int | None = Field(default=None, ge=0, description="Number of tests run.")
+    iterations: int | None = Field(default=None, ge=0, description="Agent iterations used for the task.")
+    verdict: str | None = Field(default=None, max_length=2000, description="A judge's verdict, e.g. 'pass' or 'fail'.")
 
 
 class RunIn(BaseModel):
@@ -91,15 +91,23 @@ class RunIn(BaseModel):
         min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict)."
     )
     reward: float = Field(ge=0.0, le=1.0, description="How good the output was, in [0, 1].")
-    instruction: str = Field("", max_length=LIMITS["instruction"], description="The task as given to the agent.")
-    input: str = Field("", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context.")
-    agent: str = Field("agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task.")
-    task_type: str | None = Field(None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'.")
+    instruction: str = Field(
+        default="", max_length=LIMITS["instruction"], description="The task as given to the agent."
+    )
+    input: str = Field(
+        default="", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context."
+    )
+    agent: str = Field(
+        default="agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task."
+    )
+    task_type: str | None = Field(
+        default=None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'."
+    )
     complexity: str | None = Field(
-        None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text."
+        default=None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text."
     )
     task_key: str | None = Field(
-        None,
+        default=None,
         min_length=1,
         max_length=LIMITS["task_key"],
         description="Groups attempts at one task; derived from the instruction when absent.",
@@ -108,16 +116,16 @@ class RunIn(BaseModel):
         default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ..."
     )
     model: str | None = Field(
-        None, max_length=LIMITS["model"], description="What served the run (model name, endpoint)."
+        default=None, max_length=LIMITS["model"], description="What served the run (model name, endpoint)."
     )
     adapter_id: str | None = Field(
-        None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any."
+        default=None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any."
     )
     decision_id: str | None = Field(
-        None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
+        default=None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
     )
     meta: dict[str, Any] = Field(default_factory=dict, description="Free metadata (JSON object).")
-    time: datetime | None = Field(None, description="When the run happened (ISO 8601); now when absent.")
+    time: datetime | None = Field(default=None, description="When the run happened (ISO 8601); now when absent.")
 
     @field_validator("reward", mode="before")
     @classmethod
@@ -207,7 +215,7 @@ def _row(run: RunIn) -> RunRow:
     )
 
 
-def _check_adapters(store: Store, ids: Iterable[str]) -> None:
+def _check_adapters(store: Store, ids: Iterable[str | None]) -> None:
     unknown = sorted({a for a in ids if a and not adapter_exists(store, a)})
     if unknown:
         raise InvalidInput(
@@ -225,6 +233,7 @@ def format_validation_error(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it (known fields: " + ", ".join(RunIn.model_fields) + ")"
         elif err["type"] == "string_too_long":
+            assert "ctx" in err  # pydantic gives this error the limit it broke
             msg = f"too long ({len(err['input']):,} characters; limit {err['ctx']['max_length']:,})"
         elif err["type"] == "missing":
             msg = "is required"
@@ -249,6 +258,7 @@ def parse_run(data: Any) -> RunIn:
 def _attribute(store: Store, run: RunIn) -> RunIn:
     """A run carrying a decision_id is served by the decision's adapter: check the decision
     exists and fill adapter_id from it (None for the base model) when the run has none."""
+    assert run.decision_id is not None  # called for runs that carry one
     decision = decision_row(store, run.decision_id)
     if decision is None:
         raise InvalidInput(
@@ -438,7 +448,9 @@ def insert_runs(store: Store, rows: Iterable[RunRow], conn: sqlite3.Connection |
             return insert_runs(store, rows, conn)
     rows = list(rows)
     if len(rows) == 1:
-        return [conn.execute(_INSERT_RUN, rows[0]).lastrowid]
+        run_id = conn.execute(_INSERT_RUN, rows[0]).lastrowid
+        assert run_id is not None  # an INSERT sets it
+        return [run_id]
     # Inside one write transaction ids are consecutive: nobody else can insert meanwhile.
     first = conn.execute("SELECT ifnull(max(id), 0) AS last FROM runs").fetchone()["last"] + 1
     conn.executemany(_INSERT_RUN, rows)

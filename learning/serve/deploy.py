@@ -67,7 +67,7 @@ class Deployment(BaseModel):
     status: str = Field(description="active (confirmed by the runtime) or command_written (llama.cpp, not contacted).")
     artifact: str = Field(description="What the runtime loads: the GGUF file or the PEFT folder.")
     command: list[str] | None = Field(
-        None, description="llama.cpp: the llama-server command line that loads the adapter."
+        default=None, description="llama.cpp: the llama-server command line that loads the adapter."
     )
     replaced: list[str] = Field(
         default_factory=list, description="Served names this deployment replaced on the runtime."
@@ -259,13 +259,15 @@ def deploy_adapter(
 
     client = httpx.Client(base_url=url, timeout=_timeout(TIMEOUT)) if contact else None
     try:
-        if target == "ollama":
-            done = _deploy_ollama(client, store, adapter_id, name, from_model)
-        elif target == "vllm":
-            done = _deploy_vllm(client, store, adapter_id, name)
-        else:
+        if target == "llamacpp":
             old_paths = [str(Path(store.home, "exports", d["adapter_id"], "gguf", "adapter.gguf")) for d in old]
             done = _deploy_llamacpp(client, store, adapter_id, base_gguf, old_paths)
+        else:
+            assert client is not None  # Ollama and vLLM are always contacted
+            if target == "ollama":
+                done = _deploy_ollama(client, store, adapter_id, name, from_model)
+            else:
+                done = _deploy_vllm(client, store, adapter_id, name)
         if client is None:
             return Deployment(
                 id=None,
@@ -292,6 +294,7 @@ def deploy_adapter(
             set_deployment_status(conn, d["id"], retired.get(d["id"], "replaced"))
         insert_deployment(conn, dep_id, adapter_id, target, url, done["served_name"])
     row = latest_deployment(store, adapter_id)
+    assert row is not None  # the deployment just inserted
     return Deployment(
         id=dep_id,
         adapter_id=adapter_id,
@@ -348,11 +351,12 @@ def set_deploy_target(
         raise InvalidInput(f"Unknown target {target!r}; use one of {', '.join(TARGETS)}.")
     if target == "llamacpp" and not url:
         raise InvalidInput("A llama.cpp target needs the server's --url (its adapters are set through /lora-adapters).")
-    url = (url or DEFAULT_URLS[target]).rstrip("/") if target else None
+    if target is None:
+        write_deploy_target(store, role, task_type, complexity, None, None)
+        return None
+    url = (url or DEFAULT_URLS[target]).rstrip("/")
     write_deploy_target(store, role, task_type, complexity, target, url)
-    return (
-        DeployTarget(role=role, task_type=task_type, complexity=complexity, target=target, url=url) if target else None
-    )
+    return DeployTarget(role=role, task_type=task_type, complexity=complexity, target=target, url=url)
 
 
 def list_deploy_targets(store: Store) -> list[DeployTarget]:

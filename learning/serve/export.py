@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -55,10 +55,10 @@ class ExportResult(BaseModel):
     total_bytes: int
     checks: list[str] = Field(description="What was verified, with the figures measured.")
     max_delta_diff: float | None = Field(
-        None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules."
+        default=None, description="gguf/ollama: max |delta from GGUF - delta from PEFT| over all modules."
     )
     max_logit_diff: float | None = Field(
-        None, description="merged: max |logits of the merged model - logits of base+adapter|."
+        default=None, description="merged: max |logits of the merged model - logits of base+adapter|."
     )
     warnings: list[str] = Field(default_factory=list)
     seconds: float
@@ -122,6 +122,7 @@ def compatibility(adapter: Adapter, fmt: str, base: str | None = None) -> tuple[
         given_fingerprint = base_fingerprint(base_dir) if recorded else {}
         given = given_fingerprint.get("sha256") or given_fingerprint.get("revision")
         if recorded and recorded != given:
+            assert given is not None  # base_dir is a folder: its fingerprint has a value
             problems.append(
                 f"the base {base} differs from the one this adapter was trained on (recorded "
                 f"{recorded[:12]}..., given {given[:12]}...); an adapter only "
@@ -293,12 +294,14 @@ def export_adapter(
     try:
         if fmt == "peft":
             done = _export_peft(adapter, base_dir, work, dtype)
-        elif fmt == "merged":
-            done = export_merged(Path(adapter.path), base_dir, work, dtype)
-        elif fmt == "gguf":
-            done = _export_gguf(adapter, base_dir, work, dtype)
         else:
-            done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
+            assert base_dir is not None  # compatibility() reports a missing base for these formats
+            if fmt == "merged":
+                done = export_merged(Path(adapter.path), base_dir, work, dtype)
+            elif fmt == "gguf":
+                done = _export_gguf(adapter, base_dir, work, dtype)
+            else:
+                done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
         (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
         shutil.rmtree(target, ignore_errors=True)
         work.rename(target)
@@ -312,7 +315,7 @@ def export_adapter(
     ]
     return ExportResult(
         adapter_id=adapter_id,
-        format=fmt,
+        format=cast(Format, fmt),  # checked against FORMATS above
         dtype=dtype,
         out_dir=str(target),
         files=files,

@@ -198,6 +198,7 @@ def write_lora_gguf(
         if n is not None and permute:
             b = permute_rows(b, n)
         stem = _gguf_base_name(key, base)
+        assert stem is not None  # the export's checks refuse adapters with unmapped modules first
         for suffix, value in ((".lora_a", a), (".lora_b", b)):
             arr = np.ascontiguousarray(value.astype(np_dtype))
             writer.add_tensor(stem + suffix, arr)
@@ -249,6 +250,7 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
         if ".lora_A." not in key:
             continue
         stem = _gguf_base_name(key, base)
+        assert stem is not None  # the export's checks refuse adapters with unmapped modules first
         expected_names |= {stem + ".lora_a", stem + ".lora_b"}
         a_peft, b_peft = peft[key], peft[key.replace(".lora_A.", ".lora_B.")]
         a, b = tensors.get(stem + ".lora_a"), tensors.get(stem + ".lora_b")

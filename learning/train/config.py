@@ -15,6 +15,7 @@ from learning.errors import InvalidInput
 
 Method = Literal["sft", "dpo", "kto"]
 Quantize = Literal["none", "4bit", "8bit", "auto"]
+Preset = Literal["light", "default", "heavy"]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -23,30 +24,32 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = Field("sft", description="sft on prompt/completion or messages; dpo or kto on preference data.")
-    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
-    alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    method: Method = Field(
+        default="sft", description="sft on prompt/completion or messages; dpo or kto on preference data."
+    )
+    rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(default=32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | str = Field(
         default_factory=lambda: list(ALL_LINEAR), description="Module names to adapt, or 'all-linear'."
     )
-    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
-    epochs: float = Field(2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(4, ge=1, le=4096, description="Rows per device per step.")
-    grad_accum: int = Field(1, ge=1, le=1024, description="Gradient accumulation steps.")
-    max_length: int = Field(1024, ge=16, le=262144, description="Longest tokenized row; longer rows are cut.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, lt=1)
-    beta: float = Field(0.1, gt=0, le=10, description="DPO/KTO temperature of the implicit reward.")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
+    epochs: float = Field(default=2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(default=4, ge=1, le=4096, description="Rows per device per step.")
+    grad_accum: int = Field(default=1, ge=1, le=1024, description="Gradient accumulation steps.")
+    max_length: int = Field(default=1024, ge=16, le=262144, description="Longest tokenized row; longer rows are cut.")
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, lt=1)
+    beta: float = Field(default=0.1, gt=0, le=10, description="DPO/KTO temperature of the implicit reward.")
     quantize: Quantize = Field(
-        "auto",
+        default="auto",
         description="4bit (QLoRA, nf4), 8bit, none, or auto (4bit when the model would not fit in memory, else none).",
     )
-    seed: int = Field(0, description="Seed of data order, LoRA init and dropout.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
-    logging_steps: int = Field(1, ge=1)
-    packing: bool = Field(False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
+    seed: int = Field(default=0, description="Seed of data order, LoRA init and dropout.")
+    save_steps: int = Field(default=50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
+    logging_steps: int = Field(default=1, ge=1)
+    packing: bool = Field(default=False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:

@@ -24,7 +24,7 @@ from learning.home import safe_id, subdir
 from learning.jobs.manage import active_job_rows, start_job
 from learning.registry import adapters as registry
 from learning.store import Store, loads
-from learning.train.config import TrainConfig, build_config
+from learning.train.config import Preset, TrainConfig, build_config
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
 MIN_ROWS = 10
@@ -210,7 +210,7 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
         return [f"No adapter {adapter_id!r} to resume."], None
     if not resume and row is not None:
         return [f"Adapter {adapter_id} already exists; pass resume to continue it, or another id."], None
-    if resume and row["status"] != "failed":
+    if resume and row is not None and row["status"] != "failed":  # (resume without a row returned above)
         return [f"Adapter {adapter_id} is {row['status']}; only a failed or cancelled adapter can be resumed."], None
     return [], adapter_id
 
@@ -300,7 +300,7 @@ def train_adapter(
         Field(description="sft on prompt/completion or chat data; dpo or kto on preference data."),
     ] = "sft",
     preset: Annotated[
-        Literal["light", "default", "heavy"],
+        Preset,
         Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections)."),
     ] = "default",
     overrides: Annotated[
@@ -351,7 +351,8 @@ def train_adapter(
     problems += id_problems
     notes: list[str] = []
     previous = registry.adapter_row(store, adapter_id) if resume and adapter_id else None
-    base = base or (previous["base_model"] if previous is not None else DEFAULT_BASE)
+    previous_base: str = previous["base_model"] if previous is not None else DEFAULT_BASE
+    base = base or previous_base
     cfg = None
     try:
         if previous is not None:  # a resumed run keeps the configuration it started with
@@ -371,6 +372,7 @@ def train_adapter(
     ds_problems, ds = _check_dataset(store, dataset_id, role, cfg.method if cfg else method)
     problems += ds_problems
     check(problems, "Cannot train:")
+    assert cfg is not None and ds is not None  # else there were problems and check() raised
     if base_ref["kind"] == "embedded":
         from learning.models.tinybase import base_dir, read_info
 

@@ -35,6 +35,7 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             result = _launch_distributed(ctx)
         else:
             result = train(ctx)
+            assert result is not None  # a single process is rank 0, which returns the result
     except JobCancelled as exc:
         with ctx.store.write() as conn:
             registry.set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
@@ -76,7 +77,9 @@ def _launch_distributed(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(force=True, stage="launching", message=f"accelerate launch with {p['num_processes']} processes")
     # The launcher dies with this process (SIGKILL included), and its workers with it (main()).
     code = subprocess.call(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-    ctx._progress = loads(job_row(ctx.store, ctx.job_id)["progress"]) or {}  # what rank 0 reported
+    row = job_row(ctx.store, ctx.job_id)
+    assert row is not None  # this job's own row
+    ctx._progress = loads(row["progress"]) or {}  # what rank 0 reported
     if (out / "cancelled.json").exists():
         raise JobCancelled(_cancel_message(p, _read_json(out / "cancelled.json").get("step")))
     if code != 0 or not (out / "result.json").exists():
@@ -192,7 +195,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     )
 
     # 5. Trainer arguments shared by the three methods.
-    common = dict(
+    common: dict[str, Any] = dict(
         output_dir=str(ckpt_dir),
         learning_rate=cfg["learning_rate"],
         num_train_epochs=cfg["epochs"],
@@ -219,27 +222,24 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         ddp_find_unused_parameters=False,
     )
     callback = ProgressCallback(ctx, rank0)
+    inputs: dict[str, Any] = dict(
+        model=model,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[callback],
+    )
     if cfg["method"] == "sft":
         args = SFTConfig(
             **common,
             packing=cfg["packing"],
             assistant_only_loss="messages" in dataset.column_names and _has_generation(tokenizer),
         )
-        trainer_cls = SFTTrainer
+        trainer = SFTTrainer(args=args, **inputs)
     elif cfg["method"] == "dpo":
-        args = DPOConfig(**common, beta=cfg["beta"])
-        trainer_cls = DPOTrainer
+        trainer = DPOTrainer(args=DPOConfig(**common, beta=cfg["beta"]), **inputs)
     else:
-        args = KTOConfig(**common, beta=cfg["beta"])
-        trainer_cls = KTOTrainer
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[callback],
-    )
+        trainer = KTOTrainer(args=KTOConfig(**common, beta=cfg["beta"]), **inputs)
 
     # 6. Train, from the latest checkpoint when resuming.
     resume_from = transformers.trainer_utils.get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
@@ -363,7 +363,9 @@ class ProgressCallback(_make_callback_base()):
         self.ctx, self.rank0 = ctx, rank0
         self.cancelled_at: int | None = None
         self.tokens_per_s: float | None = None
-        self._t0 = self._tokens0 = self._step0 = None
+        self._t0: float | None = None
+        self._tokens0: int | None = None
+        self._step0: int | None = None
         self._loss: float | None = None
 
     def on_train_begin(self, args, state, control, **kw):
@@ -376,6 +378,7 @@ class ProgressCallback(_make_callback_base()):
             self._loss = round(float(logs["loss"]), 5)
 
     def on_step_end(self, args, state, control, **kw):
+        assert self._t0 is not None and self._tokens0 is not None and self._step0 is not None  # on_train_begin
         elapsed = max(1e-9, time.time() - self._t0)
         done = state.global_step - self._step0
         tokens = (state.num_input_tokens_seen or 0) - self._tokens0
