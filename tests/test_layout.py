@@ -184,3 +184,38 @@ def test_no_module_imports_another_modules_private_names():
             ):
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not wrong, "private names used across modules:\n" + "\n".join(wrong)
+
+
+# ---- (e) small modules, functions that fit on a screen ------------------------------------
+
+MAX_MODULE_LINES = 420  # "about 400"
+MAX_FUNCTION_LINES = 60  # the body, after the signature and the docstring
+LONG_MARK = "# Long:"  # a comment right above a longer function says why it stays whole
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = node.body
+    first = (
+        body[1]
+        if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+        else body[0]
+    )
+    return (node.end_lineno or node.lineno) - first.lineno + 1
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for path in source_files("learning") + source_files("server"):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        where = path.relative_to(ROOT)
+        if len(lines) > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {len(lines)} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES:
+                top = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                if not lines[top - 2].strip().startswith(LONG_MARK):
+                    too_long.append(f"{where}:{node.lineno} {node.name}: {_body_lines(node)} lines")
+    assert not too_long, "split these, or say above the function why it stays whole (# Long: ...):\n" + "\n".join(
+        too_long
+    )
