@@ -76,7 +76,7 @@ def _parameter(verb: Verb, arg: Argument) -> inspect.Parameter:
     else:
         names = [f"--{arg.name.replace('_', '-')}", *shape.aliases.get(arg.name, ())]
         if t is bool:
-            names = [f"{n}/--no-{n[2:]}" if n.startswith("--") and arg.default is True else n for n in names]
+            names = [f"{n}/--no-{n[2:]}" if n.startswith("--") else n for n in names]  # a switch both ways
         marker = typer.Option(*names, help=help_text)
     return inspect.Parameter(arg.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[t, marker])
 
