@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import types
 import typing
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -40,7 +41,7 @@ def _is_json(t: Any) -> bool:
 def _cli_type(arg: Argument) -> tuple[Any, bool]:
     """The type typer parses an argument as, and whether the text is JSON to decode."""
     t = arg.type
-    if typing.get_origin(t) in (Union, getattr(__import__("types"), "UnionType", Union)):
+    if typing.get_origin(t) in (Union, types.UnionType):  # X | None: the CLI passes None by leaving it out
         members = [m for m in typing.get_args(t) if m is not type(None)]
         t = members[0] if len(members) == 1 else str
     if _is_json(t):
