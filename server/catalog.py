@@ -21,6 +21,7 @@ from learning.registry import folders
 from learning.routing import drift, experiments, lifecycle, reward_plot, router
 from learning.runs import record as runs
 from learning.runs import stats as runstats
+from learning.runs.schema import RunIn
 from learning.serve import deploy, export
 from learning.train import launch
 from server import render
@@ -76,7 +77,7 @@ VERBS: list[Verb] = [
         "log",
         "Log a run",
         "append",
-        request=runs.RunIn,
+        request=RunIn,
         cli=CliShape(stdin=("output",), render=render.logged),
     ),
     Verb(
