@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from learning.data import curate, datasets
+from learning.data import curate, datasets, preferences
 from learning.errors import InvalidInput
 from learning.evaluate import evaluation
 from learning.jobs import manage as jobs
@@ -110,7 +110,7 @@ VERBS: list[Verb] = [
         cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation),
     ),
     Verb(
-        curate.make_preferences,
+        preferences.make_preferences,
         "make_preferences",
         "make-preferences",
         "Make a preference dataset (DPO/KTO)",
