@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from learning.data import curate, datasets
+from learning.data import curate, datasets, preferences
 from learning.errors import InvalidInput
 from learning.evaluate import evaluation
 from learning.jobs import manage as jobs
@@ -21,6 +21,7 @@ from learning.registry import folders
 from learning.routing import drift, experiments, lifecycle, reward_plot, router
 from learning.runs import record as runs
 from learning.runs import stats as runstats
+from learning.runs.schema import RunIn
 from learning.serve import deploy, export
 from learning.train import launch
 from server import render
@@ -76,7 +77,7 @@ VERBS: list[Verb] = [
         "log",
         "Log a run",
         "append",
-        request=runs.RunIn,
+        request=RunIn,
         cli=CliShape(stdin=("output",), render=render.logged),
     ),
     Verb(
@@ -109,7 +110,7 @@ VERBS: list[Verb] = [
         cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation),
     ),
     Verb(
-        curate.make_preferences,
+        preferences.make_preferences,
         "make_preferences",
         "make-preferences",
         "Make a preference dataset (DPO/KTO)",

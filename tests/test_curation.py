@@ -14,6 +14,7 @@ import pytest
 from mcp import Client
 
 from learning.data import curate as sft
+from learning.data import curation_result, preferences
 from learning.data.datasets import get_dataset, list_datasets
 from learning.errors import InvalidInput, NotFound
 from learning.runs import record as runs
@@ -153,7 +154,7 @@ def test_each_sft_format_loads_with_datasets(loaded, fmt, columns):
 def test_preferences_dpo_and_kto(loaded):
     from datasets import load_dataset
 
-    dpo = sft.make_preferences(loaded, "coder", "dpo", margin=0.3, max_per_task=2)
+    dpo = preferences.make_preferences(loaded, "coder", "dpo", margin=0.3, max_per_task=2)
     rows = _rows(dpo.files["train"]) + _rows(dpo.files["test"])
     assert rows and all(set(r) == {"prompt", "chosen", "rejected"} and r["chosen"] != r["rejected"] for r in rows)
     assert all(r["rejected"].endswith(" * 3\n") for r in rows)  # only the 0.1 attempt is 0.3 below the others
@@ -164,7 +165,7 @@ def test_preferences_dpo_and_kto(loaded):
     }
     train_tasks = {_task(r["prompt"]) for r in _rows(dpo.files["train"])}
     assert not train_tasks & {_task(r["prompt"]) for r in _rows(dpo.files["test"])}
-    kto = sft.make_preferences(loaded, "coder", "kto", high=0.9, low=0.2, format="messages")
+    kto = preferences.make_preferences(loaded, "coder", "kto", high=0.9, low=0.2, format="messages")
     ds = load_dataset("json", data_files=kto.files["train"])["train"]
     assert set(ds.column_names) == {"prompt", "completion", "label"}
     assert kto.counts["desirable"] == TASKS and kto.counts["undesirable"] == TASKS
@@ -207,7 +208,7 @@ def test_contradictions_reported_together_and_kto_thresholds(loaded):
         sft.make_sft(loaded, "coder", min_length=9, max_length=1, limit=0, test_fraction=0.9)
     assert len(err.value.problems) == 3
     with pytest.raises(InvalidInput, match="low < high"):
-        sft.make_preferences(loaded, "coder", "kto", high=0.3, low=0.6)
+        preferences.make_preferences(loaded, "coder", "kto", high=0.3, low=0.6)
     with pytest.raises(NotFound, match="list_datasets"):
         get_dataset(loaded, "coder-sft-nope")
     _nothing_written(loaded)
@@ -230,7 +231,7 @@ def test_crash_mid_write_leaves_no_dataset(loaded, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(datasets_module, "content_hash", disk_full)
-    monkeypatch.setattr(sft, "content_hash", disk_full)
+    monkeypatch.setattr(curation_result, "content_hash", disk_full)
     with pytest.raises(OSError):
         sft.make_sft(loaded, "coder")
     _nothing_written(loaded)

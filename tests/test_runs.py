@@ -10,6 +10,7 @@ import pytest
 from learning.errors import InvalidInput
 from learning.runs import record as runs
 from learning.runs import stats as runstats
+from learning.runs.schema import derive_task_key
 
 
 def run(i: int = 0, **kw) -> dict:
@@ -29,7 +30,7 @@ def test_log_run_stores_every_field(store):
     assert stored.role == "coder" and stored.agent == "a1" and stored.complexity == "easy"
     assert stored.reward == pytest.approx(0.3)
     assert stored.signals["tests_passed"] == 3 and stored.meta == {"k": 1}
-    assert stored.task_key == runs.derive_task_key("task 3")
+    assert stored.task_key == derive_task_key("task 3")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 
 from learning.errors import InvalidInput
 from learning.jobs import manage as jobs
+from learning.jobs import queries as job_queries
 from learning.registry import adapters as registry
 from learning.store import Store
 from learning.train import launch as training
@@ -72,10 +73,10 @@ def wait(store, job_id, timeout=300):
 )
 def test_bad_input_fails_before_any_job(store, kwargs, message):
     args = {**dict(role="coder", dataset_id="ds-sft", base=BASE), **kwargs}
-    before = len(jobs.job_rows(store))
+    before = len(job_queries.job_rows(store))
     with pytest.raises(InvalidInput, match=message):
         training.train_adapter(store, **args)
-    assert len(jobs.job_rows(store)) == before and not registry.adapter_rows(store, status="training")
+    assert len(job_queries.job_rows(store)) == before and not registry.adapter_rows(store, status="training")
 
 
 def test_all_problems_are_reported_together(store):
@@ -227,7 +228,7 @@ def test_server_answers_while_training_and_a_killed_job_is_marked_failed(store):
             return started
 
     started = anyio.run(scenario)
-    row = jobs.job_row(store, started["job_id"])
+    row = job_queries.job_row(store, started["job_id"])
     assert row is not None
     os.kill(row["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -298,7 +299,7 @@ def test_ddp_workers_die_when_the_job_process_is_killed(store):
         time.sleep(0.2)
     assert status.status == "running" and status.progress.get("step", 0) >= 1, (status.error, status.log_tail)
     assert len(live_processes("learning.train.recipe", s.job_id)) >= 3  # the launcher and two workers
-    row = jobs.job_row(store, s.job_id)
+    row = job_queries.job_row(store, s.job_id)
     assert row is not None
     os.kill(row["pid"], signal.SIGKILL)
     # The kernel kills the launcher with the job process and the workers with the launcher:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from learning.clock import iso, stamp
 from learning.errors import Conflict, NotFound
 from learning.home import subdir
+from learning.jobs.queries import active_job_rows, fail_training_adapter, insert_job, job_row, job_rows, update_job
 from learning.store import Store, dumps, loads
 
 ACTIVE = ("queued", "running")
@@ -56,6 +57,13 @@ class JobStatus(BaseModel):
 
 def new_job_id(kind: str) -> str:
     return f"{kind}-{stamp()}-{secrets.token_hex(2)}"
+
+
+def _known_job_row(store: Store, job_id: str) -> sqlite3.Row:
+    """The row of a job known to exist: jobs are recorded before anything runs and never deleted."""
+    row = job_row(store, job_id)
+    assert row is not None, f"job {job_id} has no row"
+    return row
 
 
 def _process_alive(pid: int | None, pid_started: float | None) -> bool:
@@ -205,7 +213,7 @@ def on_job_died(store: Store, row) -> None:
     """Leave what the job was making in a consistent state."""
     subject = row["subject"]
     if row["kind"] == "train" and subject:
-        _fail_training_adapter(store, subject, f"training job {row['id']} died before finishing")
+        fail_training_adapter(store, subject, f"training job {row['id']} died before finishing")
 
 
 def _tail(path: str, lines: int = 20) -> list[str]:
@@ -340,84 +348,3 @@ class JobContext:
 
     def log(self, message: str) -> None:
         print(message, flush=True)
-
-
-# ---- SQL: the jobs table -----------------------------------------------------------------------
-
-
-def insert_job(store: Store, row: dict[str, Any]) -> None:
-    cols = list(row)
-    with store.write() as conn:
-        conn.execute(
-            f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols]
-        )
-
-
-def job_row(store: Store, job_id: str) -> sqlite3.Row | None:
-    with store.read() as conn:
-        return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-
-
-def _known_job_row(store: Store, job_id: str) -> sqlite3.Row:
-    """The row of a job known to exist: jobs are recorded before anything runs and never deleted."""
-    row = job_row(store, job_id)
-    assert row is not None, f"job {job_id} has no row"
-    return row
-
-
-def job_rows(store: Store, status: str | None = None, limit: int = 50) -> list[sqlite3.Row]:
-    with store.read() as conn:
-        if status:
-            return conn.execute(
-                "SELECT * FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?", (status, limit)
-            ).fetchall()
-        return conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-
-
-def active_job_rows(store: Store) -> list[sqlite3.Row]:
-    with store.read() as conn:
-        return conn.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running')").fetchall()
-
-
-def update_job(store: Store, job_id: str, only_if_status: tuple[str, ...] | None = None, **fields: Any) -> bool:
-    """Set job fields; with only_if_status, only when the job is in one of those states.
-    Returns whether a row changed."""
-    allowed = {
-        "status",
-        "started",
-        "finished",
-        "pid",
-        "pid_started",
-        "heartbeat",
-        "progress",
-        "result",
-        "error",
-        "cancel_requested",
-        "params",
-        "subject",
-    }
-    assert set(fields) <= allowed, fields
-    sets = ", ".join(f"{k} = ?" for k in fields)
-    sql = f"UPDATE jobs SET {sets} WHERE id = ?"
-    args = [*fields.values(), job_id]
-    if only_if_status:
-        sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
-        args += list(only_if_status)
-    with store.write() as conn:
-        return conn.execute(sql, args).rowcount > 0
-
-
-def _fail_training_adapter(store: Store, adapter_id: str, reason: str) -> None:
-    """Mark the adapter a dead training job was making as failed, with its event, if it is still
-    training. (The registry's own moves live in learning/registry/adapters.py, above this package.)"""
-    with store.write() as conn:
-        now = time.time()
-        changed = conn.execute(
-            "UPDATE adapters SET status = 'failed', updated = ? WHERE id = ? AND status = 'training'", (now, adapter_id)
-        ).rowcount
-        if changed:
-            conn.execute(
-                "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
-                "VALUES (?, ?, 'learnloop', 'training', 'failed', ?, '{}')",
-                (adapter_id, now, reason),
-            )

@@ -16,7 +16,8 @@ import time
 import traceback
 
 from learning.errors import LearnloopError
-from learning.jobs.manage import JobCancelled, JobContext, job_row, on_job_died, update_job
+from learning.jobs.manage import JobCancelled, JobContext, on_job_died
+from learning.jobs.queries import job_row, update_job
 from learning.store import Store, dumps
 
 

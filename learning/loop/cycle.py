@@ -21,7 +21,7 @@ from learning.params import Confirm
 from learning.registry.adapters import get_adapter, production_for_route, role_known
 from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
-from learning.runs.record import ROLE_PATTERN
+from learning.runs.schema import ROLE_PATTERN
 from learning.store import Store
 from learning.train.config import Preset
 from learning.train.launch import train_adapter

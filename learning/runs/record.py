@@ -1,46 +1,26 @@
-"""Runs: log one, import many, read one back (statistics: learning/runs/stats.py).
+"""Runs: log one, import many, read one back (what a run is and its limits:
+learning/runs/schema.py; statistics: learning/runs/stats.py).
 
-A run is one agent episode with the reward it earned. Field limits (characters):
-agent/model 200, role/task_type/complexity 64, task_key 256, adapter_id/decision_id 128,
-instruction 200,000, input and output 1,000,000 each, signals and meta 64 KiB of JSON each.
+A run is one agent episode with the reward it earned.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import math
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, NamedTuple
+from typing import IO, Annotated, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
+from learning.runs.schema import LIMITS, ImportError_, ImportResult, LogResult, Run, RunIn, derive_task_key, parse_run
 from learning.store import Store, dumps, loads
 
-LIMITS = {
-    "agent": 200,
-    "model": 200,
-    "role": 64,
-    "task_type": 64,
-    "complexity": 64,
-    "task_key": 256,
-    "adapter_id": 128,
-    "decision_id": 128,
-    "instruction": 200_000,
-    "input": 1_000_000,
-    "output": 1_000_000,
-    "signals": 65_536,
-    "meta": 65_536,
-}
-ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 IMPORT_BATCH = 2_000
 
 
@@ -67,120 +47,6 @@ class RunRow(NamedTuple):
 
 RUN_COLUMNS = RunRow._fields
 _INSERT_RUN = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
-
-
-class Signals(BaseModel):
-    """What the agent observed about its answer. Known keys are typed; any other key is kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-    compiled: bool | None = Field(default=None, description="Did the answer compile / parse?")
-    tests_passed: int | None = Field(default=None, ge=0, description="Number of tests that passed.")
-    tests_total: int | None = Field(default=None, ge=0, description="Number of tests run.")
-    iterations: int | None = Field(default=None, ge=0, description="Agent iterations used for the task.")
-    verdict: str | None = Field(default=None, max_length=2000, description="A judge's verdict, e.g. 'pass' or 'fail'.")
-
-
-class RunIn(BaseModel):
-    """One run as an agent reports it. Unknown fields are rejected."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
-
-    role: str = Field(pattern=ROLE_PATTERN, description="Who acted: coder, fixer, judge, or any lower-case name.")
-    output: str = Field(
-        min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict)."
-    )
-    reward: float = Field(ge=0.0, le=1.0, description="How good the output was, in [0, 1].")
-    instruction: str = Field(
-        default="", max_length=LIMITS["instruction"], description="The task as given to the agent."
-    )
-    input: str = Field(
-        default="", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context."
-    )
-    agent: str = Field(
-        default="agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task."
-    )
-    task_type: str | None = Field(
-        default=None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'."
-    )
-    complexity: str | None = Field(
-        default=None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text."
-    )
-    task_key: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=LIMITS["task_key"],
-        description="Groups attempts at one task; derived from the instruction when absent.",
-    )
-    signals: Signals = Field(
-        default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ..."
-    )
-    model: str | None = Field(
-        default=None, max_length=LIMITS["model"], description="What served the run (model name, endpoint)."
-    )
-    adapter_id: str | None = Field(
-        default=None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any."
-    )
-    decision_id: str | None = Field(
-        default=None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
-    )
-    meta: dict[str, Any] = Field(default_factory=dict, description="Free metadata (JSON object).")
-    time: datetime | None = Field(default=None, description="When the run happened (ISO 8601); now when absent.")
-
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward_is_a_number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("reward must be a number in [0, 1], e.g. 0.8")
-        if not math.isfinite(value):
-            raise ValueError("reward must be a finite number in [0, 1]")
-        return value
-
-
-class Run(BaseModel):
-    """A stored run."""
-
-    id: int
-    time: str
-    agent: str
-    role: str
-    task_type: str | None
-    complexity: str | None
-    task_key: str
-    instruction: str
-    input: str
-    output: str
-    reward: float
-    signals: dict[str, Any]
-    model: str | None
-    adapter_id: str | None
-    decision_id: str | None
-    meta: dict[str, Any]
-
-
-class LogResult(BaseModel):
-    run_id: int = Field(description="Id of the stored run.")
-    task_key: str = Field(description="The task key stored (derived from the instruction when not given).")
-
-
-class ImportError_(BaseModel):
-    line: int
-    error: str
-
-
-class ImportResult(BaseModel):
-    imported: int = Field(description="Runs written.")
-    skipped: int = Field(description="Bad lines skipped (only with skip_invalid).")
-    lines: int = Field(description="Lines read, blank lines included.")
-    batches: int = Field(description="Transactions committed.")
-    errors: list[ImportError_] = Field(description="Bad lines (first 50) with their line numbers.")
-    seconds: float
-
-
-def derive_task_key(instruction: str, input_: str = "") -> str:
-    """A stable key for a task: a hash of its normalised instruction (and input if no instruction)."""
-    text = re.sub(r"\s+", " ", (instruction or input_).strip().lower())
-    return "t-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check_json_size(run: RunIn) -> tuple[str, str]:
@@ -223,36 +89,6 @@ def _check_adapters(store: Store, ids: Iterable[str | None]) -> None:
             "select_adapter returned, register an adapter trained elsewhere with register_adapter, "
             "or leave adapter_id empty for the base model."
         )
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "run"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it (known fields: " + ", ".join(RunIn.model_fields) + ")"
-        elif err["type"] == "string_too_long":
-            assert "ctx" in err  # pydantic gives this error the limit it broke
-            msg = f"too long ({len(err['input']):,} characters; limit {err['ctx']['max_length']:,})"
-        elif err["type"] == "missing":
-            msg = "is required"
-        if field == "reward" and "number in [0, 1]" not in msg:
-            msg += " (reward must be a number in [0, 1], e.g. 0.8)"
-        parts.append(f"'{field}' {msg}")
-    return "; ".join(parts)
-
-
-def parse_run(data: Any) -> RunIn:
-    """Validate one run given as a dict (or RunIn); InvalidInput names every bad field."""
-    if isinstance(data, RunIn):
-        return data
-    if not isinstance(data, dict):
-        raise InvalidInput(f"A run must be a JSON object, got {type(data).__name__}.")
-    try:
-        return RunIn.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(f"Invalid run: {format_validation_error(exc)}.") from exc
 
 
 def _attribute(store: Store, run: RunIn) -> RunIn:

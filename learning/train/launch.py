@@ -21,7 +21,8 @@ from learning.data.datasets import dataset_row
 from learning.data.formats import PREF_FORMATS, SFT_FORMATS
 from learning.errors import Conflict, InvalidInput, LearnloopError, check
 from learning.home import safe_id, subdir
-from learning.jobs.manage import active_job_rows, start_job
+from learning.jobs.manage import start_job
+from learning.jobs.queries import active_job_rows
 from learning.registry import adapters as registry
 from learning.store import Store, loads
 from learning.train.config import Preset, TrainConfig, build_config

@@ -20,7 +20,8 @@ from typing import Any
 
 from learning.clock import iso
 from learning.data.formats import training_rows
-from learning.jobs.manage import JobCancelled, JobContext, die_with_parent, job_row
+from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
+from learning.jobs.queries import job_row
 from learning.models.fingerprint import base_fingerprint
 from learning.store import Store, loads
 
