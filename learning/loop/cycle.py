@@ -18,7 +18,8 @@ from learning.evaluate.evaluation import evaluate_adapter
 from learning.jobs.manage import JobCancelled, follow_job, start_job
 from learning.loop.stages import Stage, run_stages
 from learning.params import Confirm
-from learning.registry.adapters import get_adapter, production_for_route, role_known
+from learning.registry.adapters import get_adapter
+from learning.registry.queries import production_for_route, role_known
 from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
 from learning.runs.record import ROLE_PATTERN

@@ -21,6 +21,13 @@ from learning.clock import iso
 from learning.errors import ConfirmationNeeded, Conflict, InvalidInput, NotFound, check
 from learning.params import Complexity, Confirm, TaskType
 from learning.registry import adapters as registry
+from learning.registry.queries import (
+    adapter_row,
+    known_roles,
+    previous_production_row,
+    production_for_route,
+    role_known,
+)
 from learning.routing.experiments import experiment_row
 from learning.runs.stats import time_window
 from learning.store import Store, dumps, loads
@@ -81,11 +88,11 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
     if new_id is None:
         if role is None:
             raise InvalidInput("Give a role (compares its production adapter with the one it replaced) or --new ID.")
-        if not registry.role_known(store, role):
-            known = registry.known_roles(store)
+        if not role_known(store, role):
+            known = known_roles(store)
             raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(known) or 'none yet'}.")
         with store.read() as conn:
-            current = registry.production_for_route(conn, role, task_type, complexity)
+            current = production_for_route(conn, role, task_type, complexity)
         if current is None:
             raise Conflict(
                 f"Role {role!r}"
@@ -94,7 +101,7 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
                 + " has no production adapter: nothing to compare. Promote one first, or pass --new and --old."
             )
         new_id = current["id"]
-    new = registry.adapter_row(store, new_id)
+    new = adapter_row(store, new_id)
     if new is None:
         raise NotFound(f"No adapter {new_id!r}. List adapters with list_adapters (CLI: learnloop list).")
     problems = []
@@ -105,7 +112,7 @@ def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experime
         data = loads(event["data"]) if event is not None else {}
         old_id = data.get("replaced") or data.get("rollback_from")
     else:
-        old = registry.adapter_row(store, old_id)
+        old = adapter_row(store, old_id)
         if old is None:
             raise NotFound(f"No adapter {old_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         if old["role"] != new["role"]:
@@ -319,8 +326,8 @@ def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tupl
         return False, f"No rollback: the decision is {out.decision}, not regression."
     route = (out.role, out.task_type, out.complexity)
     with store.read() as conn:
-        current = registry.production_for_route(conn, *route)
-        previous = registry.previous_production_row(conn, *route)
+        current = production_for_route(conn, *route)
+        previous = previous_production_row(conn, *route)
     if current is None or current["id"] != out.new.adapter_id:
         return False, f"No rollback: {out.new.adapter_id} is not the production adapter of its route any more."
     assert out.new.adapter_id is not None  # it is the production adapter's id

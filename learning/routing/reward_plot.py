@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from learning.errors import NotFound
 from learning.home import subdir
 from learning.params import Role
-from learning.registry import adapters as registry
+from learning.registry.queries import adapter_event_rows, known_roles, role_known
 from learning.routing.drift import latest_drift
 from learning.store import Store, loads
 
@@ -53,9 +53,9 @@ def write_report(
     import matplotlib.pyplot as plt
 
     rows = role_rewards(store, role)
-    if not rows and not registry.role_known(store, role):
+    if not rows and not role_known(store, role):
         raise NotFound(
-            f"No adapters or runs for role {role!r}. Known roles: {', '.join(registry.known_roles(store)) or 'none yet'}."
+            f"No adapters or runs for role {role!r}. Known roles: {', '.join(known_roles(store)) or 'none yet'}."
         )
     series: dict[str, tuple[list, list, list]] = {}  # name -> times, rewards, stretch number of each run
     stretch, last = 0, None
@@ -67,7 +67,7 @@ def write_report(
         ts.append(datetime.fromtimestamp(r["ts"], tz=timezone.utc))
         rewards.append(r["reward"])
         stretches.append(stretch)
-    events = registry.adapter_event_rows(store, role=role)
+    events = adapter_event_rows(store, role=role)
     fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
     for name, (ts, rewards, stretches) in sorted(series.items(), key=lambda kv: kv[1][0][0]):
         # A line breaks where another adapter served in between (NaN is a gap for matplotlib).
