@@ -30,7 +30,9 @@ class ArmSummary(BaseModel):
     last_time: str | None
 
 
-def resolve_arms(store: Store, role, task_type, complexity, new_id, old_id, experiment_id):
+def resolve_arms(
+    store: Store, role, task_type, complexity, new_id, old_id, experiment_id
+) -> tuple[str, str | None, str | None, str, str | None, str | None]:
     """(role, task_type, complexity, new id, old id or None for base, experiment id)."""
     if experiment_id is not None:
         exp = experiment_row(store, experiment_id)
