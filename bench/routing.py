@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from learning.registry import adapters as registry  # noqa: E402
+from learning.registry.queries import production_for_route  # noqa: E402
 from learning.routing import experiments, router  # noqa: E402
 from learning.store import Store  # noqa: E402
 
@@ -61,7 +62,7 @@ def uncached_select(store: Store, role: str, task_type, complexity, task_key) ->
     found = None
     with store.read() as conn:
         for key in router.route_keys(role, task_type, complexity):
-            found = registry.production_for_route(conn, *key[1])
+            found = production_for_route(conn, *key[1])
             if found is not None:
                 break
     with store.write() as conn:

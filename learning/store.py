@@ -6,7 +6,7 @@ locked"), ordered migrations tracked in PRAGMA user_version. Connections are per
 so the MCP server's worker threads and the CLI share one code path.
 
 The SQL itself lives next to the code that reads each table (learning/runs/record.py,
-learning/data/datasets.py, learning/registry/adapters.py, learning/routing/router.py, ...), as
+learning/data/datasets.py, learning/registry/queries.py, learning/routing/router.py, ...), as
 plain functions that take a Store, or the connection of a transaction already open.
 """
 

@@ -312,7 +312,7 @@ while True:
 
 HALF_DONE = """
 import os, signal, sys
-from learning.registry.adapters import set_adapter_status
+from learning.registry.queries import set_adapter_status
 from learning.store import Store
 store = Store(sys.argv[1])
 with store.write() as conn:  # set_production's statements, then death before COMMIT

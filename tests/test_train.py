@@ -20,6 +20,7 @@ from learning.errors import InvalidInput
 from learning.jobs import manage as jobs
 from learning.jobs import queries as job_queries
 from learning.registry import adapters as registry
+from learning.registry.queries import adapter_rows
 from learning.store import Store
 from learning.train import launch as training
 from tests.conftest import live_processes, run_cli
@@ -76,7 +77,7 @@ def test_bad_input_fails_before_any_job(store, kwargs, message):
     before = len(job_queries.job_rows(store))
     with pytest.raises(InvalidInput, match=message):
         training.train_adapter(store, **args)
-    assert len(job_queries.job_rows(store)) == before and not registry.adapter_rows(store, status="training")
+    assert len(job_queries.job_rows(store)) == before and not adapter_rows(store, status="training")
 
 
 def test_all_problems_are_reported_together(store):
@@ -99,7 +100,7 @@ def test_dry_run_reports_the_plan(store):
     assert result.job_id is None and result.dry_run and plan.train_rows == 24
     assert plan.steps == 12 and plan.config["rank"] == 8 and plan.tokens_estimate > 0
     assert plan.est_time_s > 0 and plan.est_memory_mb > 0 and result.adapter_id.startswith("coder-")
-    assert not registry.adapter_rows(store)
+    assert not adapter_rows(store)
 
 
 # ---- training jobs -----------------------------------------------------------------------

@@ -18,7 +18,8 @@ from learning.evaluate.evaluation import evaluate_adapter
 from learning.jobs.manage import JobCancelled, follow_job, start_job
 from learning.loop.stages import Stage, run_stages
 from learning.params import Confirm
-from learning.registry.adapters import get_adapter, production_for_route, role_known
+from learning.registry.adapters import get_adapter
+from learning.registry.queries import production_for_route, role_known
 from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
 from learning.runs.schema import ROLE_PATTERN
@@ -114,19 +115,40 @@ def _production_id(store: Store, role: str) -> str | None:
 
 def cycle_job(ctx) -> dict:
     """The job: each stage in order; a failed stage ends the cycle and says which."""
-    p, store = CycleParams(**ctx.params), ctx.store
-    stages: list[Stage] = []
-    out: dict[str, Any] = {"role": p.role, "stages": stages}
-    previous = _production_id(store, p.role)
+    cycle = _Cycle(ctx)
+    failed = run_stages(
+        (
+            ("make_sft", cycle.curate),
+            ("train", cycle.train),
+            ("evaluate", cycle.evaluate),
+            ("promote", cycle.promote_stage),
+            ("drift", cycle.drift),
+        ),
+        cycle.stages,
+    )
+    return cycle.finish(failed)
 
-    def progress(stage: str, message: str) -> None:
-        if ctx.cancelled():
+
+class _Cycle:
+    """One cycle job's state: its params, the stages run so far, and what each stage found out
+    (`out`, the job's result)."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx, self.p, self.store = ctx, CycleParams(**ctx.params), ctx.store
+        self.stages: list[Stage] = []
+        self.out: dict[str, Any] = {"role": self.p.role, "stages": self.stages}
+        self.previous = _production_id(self.store, self.p.role)
+
+    def progress(self, stage: str, message: str) -> None:
+        if self.ctx.cancelled():
             raise JobCancelled(f"cycle cancelled during {stage}")
-        ctx.progress(force=True, stage=stage, message=message, step=len(stages), total_steps=5)
+        self.ctx.progress(force=True, stage=stage, message=message, step=len(self.stages), total_steps=5)
 
-    def follow(stage: str, job_id: str) -> dict:
+    def follow(self, stage: str, job_id: str) -> dict:
+        """Wait for a stage's own job, passing on its progress; its result, or why it did not succeed."""
+        ctx = self.ctx
         status = follow_job(
-            store,
+            self.store,
             job_id,
             lambda s: ctx.progress(stage=stage, message=s.progress.get("message") or s.status),
             ctx.cancelled,
@@ -137,16 +159,18 @@ def cycle_job(ctx) -> dict:
             raise RuntimeError(f"{stage} job {job_id} {status.status}: {status.error}")
         return status.result or {}
 
-    def curate() -> dict:
-        progress("make_sft", f"curating {p.role} runs with reward >= {p.min_reward}")
-        res = make_sft(store, role=p.role, min_reward=p.min_reward, days=p.days)
+    def curate(self) -> dict:
+        p, out = self.p, self.out
+        self.progress("make_sft", f"curating {p.role} runs with reward >= {p.min_reward}")
+        res = make_sft(self.store, role=p.role, min_reward=p.min_reward, days=p.days)
         out["dataset_id"] = res.dataset_id
         return res.model_dump(mode="json")
 
-    def train() -> dict:
-        progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
+    def train(self) -> dict:
+        p, out = self.p, self.out
+        self.progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
         started = train_adapter(
-            store,
+            self.store,
             role=p.role,
             dataset_id=out["dataset_id"],
             base=p.base,
@@ -155,52 +179,61 @@ def cycle_job(ctx) -> dict:
         )
         out["adapter_id"] = started.adapter_id
         assert started.job_id is not None  # not a dry run
-        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **follow("train", started.job_id)}
+        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **self.follow("train", started.job_id)}
 
-    def evaluate() -> dict:
-        progress("evaluate", f"evaluating {out['adapter_id']} against its base")
-        started = evaluate_adapter(store, out["adapter_id"])
-        result = follow("evaluate", started.job_id)
+    def evaluate(self) -> dict:
+        out = self.out
+        self.progress("evaluate", f"evaluating {out['adapter_id']} against its base")
+        started = evaluate_adapter(self.store, out["adapter_id"])
+        result = self.follow("evaluate", started.job_id)
         out["gate_passed"] = bool(result.get("gate_passed"))
         return {"job_id": started.job_id, **result}
 
-    def promote_stage() -> dict:
-        status = get_adapter(store, out["adapter_id"]).status
+    def promote_stage(self) -> dict:
+        out = self.out
+        status = get_adapter(self.store, out["adapter_id"]).status
         if not out["gate_passed"] or status != "candidate":
             return {"skipped": True, "status": status, "reason": "the gate did not pass; the adapter stays trained"}
-        if not p.to_production:
+        if not self.p.to_production:
             return {"status": "candidate", "reason": "gate passed; production only when asked (to_production)"}
-        progress("promote", f"promoting {out['adapter_id']} to production")
+        self.progress("promote", f"promoting {out['adapter_id']} to production")
         res = promote(
-            store, out["adapter_id"], to="production", reason="run_cycle: gate passed", actor="run_cycle", confirm=True
+            self.store,
+            out["adapter_id"],
+            to="production",
+            reason="run_cycle: gate passed",
+            actor="run_cycle",
+            confirm=True,
         )  # a person agreed when the cycle started
         return {"status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
 
-    def drift() -> dict:
+    def drift(self) -> dict:
+        previous = self.previous
         if previous is None:
-            return {"skipped": True, "reason": f"no adapter of role {p.role} was in production before this cycle"}
-        progress("drift", f"checking {previous} for drift")
-        res = detect_drift(store, new_id=previous, auto_rollback=p.auto_rollback, confirm=True, actor="run_cycle")
+            return {"skipped": True, "reason": f"no adapter of role {self.p.role} was in production before this cycle"}
+        self.progress("drift", f"checking {previous} for drift")
+        res = detect_drift(
+            self.store, new_id=previous, auto_rollback=self.p.auto_rollback, confirm=True, actor="run_cycle"
+        )
         return res.model_dump(mode="json")
 
-    failed = run_stages(
-        (("make_sft", curate), ("train", train), ("evaluate", evaluate), ("promote", promote_stage), ("drift", drift)),
-        stages,
-    )
-    if failed is not None:
-        out["failed_stage"] = failed.name
-        out["error"] = failed.detail["error"]
-    out["stages"] = [s.model_dump(mode="json") for s in stages]
-    out["adapter_status"] = get_adapter(store, out["adapter_id"]).status if out.get("adapter_id") else None
-    ctx.progress(
-        force=True,
-        stage="done",
-        step=5,
-        total_steps=5,
-        stages=out["stages"],
-        message=out.get("error") or f"adapter {out.get('adapter_id')} is {out.get('adapter_status')}",
-    )
-    if "failed_stage" in out:
-        # The job fails; its progress keeps the report of every stage, its error names the stage.
-        raise RuntimeError(f"cycle stopped at {out['failed_stage']}: {out['error']}")
-    return out
+    def finish(self, failed: Stage | None) -> dict:
+        """The job's result and last progress report; a failed stage fails the job."""
+        out = self.out
+        if failed is not None:
+            out["failed_stage"] = failed.name
+            out["error"] = failed.detail["error"]
+        out["stages"] = [s.model_dump(mode="json") for s in self.stages]
+        out["adapter_status"] = get_adapter(self.store, out["adapter_id"]).status if out.get("adapter_id") else None
+        self.ctx.progress(
+            force=True,
+            stage="done",
+            step=5,
+            total_steps=5,
+            stages=out["stages"],
+            message=out.get("error") or f"adapter {out.get('adapter_id')} is {out.get('adapter_status')}",
+        )
+        if "failed_stage" in out:
+            # The job fails; its progress keeps the report of every stage, its error names the stage.
+            raise RuntimeError(f"cycle stopped at {out['failed_stage']}: {out['error']}")
+        return out

@@ -22,6 +22,7 @@ from learning.errors import Conflict, InvalidInput, LearnloopError, NotFound, ch
 from learning.home import safe_id, subdir
 from learning.models.generate import load_model
 from learning.registry import adapters as registry
+from learning.registry.queries import adapter_row
 from learning.store import Store
 
 LOAD_CHECK_TIMEOUT_S = 600
@@ -144,7 +145,7 @@ def register_adapter(
     if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
         raise InvalidInput(f"No base model folder {base}; pass the base the adapter was trained on (--base).")
     adapter_id = safe_id(adapter_id or f"{registry.new_adapter_id(role)}-{secrets.token_hex(2)}", "adapter id")
-    if registry.adapter_row(store, adapter_id) is not None:
+    if adapter_row(store, adapter_id) is not None:
         raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
     loaded = check_loads(base, src) if load_check else {}
     dest = subdir(store.home, "adapters") / adapter_id

@@ -2,9 +2,9 @@
 
 The two arms are the runs served by the new adapter and by the one it replaced in
 production (from the registry's events), or by the base model (runs of the role with no
-adapter) when it replaced nothing. The statistics and the decision rule are in
-learning.routing.drift_stats; this module picks the runs, calls them, records the check, and with
-auto_rollback undoes a regression through the registry. numpy and scipy load on the first
+adapter) when it replaced nothing; learning.routing.drift_arms picks them and sums them up.
+The statistics and the decision rule are in learning.routing.drift_stats; this module calls
+them, records the check, and with auto_rollback undoes a regression through the registry. numpy and scipy load on the first
 check, not at import (the MCP server and the CLI start without them).
 """
 
@@ -13,28 +13,20 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from learning.clock import iso
-from learning.errors import ConfirmationNeeded, Conflict, InvalidInput, NotFound, check
+from learning.errors import ConfirmationNeeded, check
 from learning.params import Complexity, Confirm, TaskType
 from learning.registry import adapters as registry
-from learning.routing.experiments import experiment_row
+from learning.registry.queries import previous_production_row, production_for_route
+from learning.routing.drift_arms import ArmSummary, resolve_arms, summarise_arms
 from learning.runs.stats import time_window
 from learning.store import Store, dumps, loads
 
 Decision = Literal["regression", "improvement", "no_change", "insufficient_data"]
-
-
-class ArmSummary(BaseModel):
-    adapter_id: str | None = Field(description="None: the base model (runs of the role with no adapter).")
-    runs: int
-    mean_reward: float | None
-    sd: float | None
-    first_time: str | None
-    last_time: str | None
 
 
 class DriftResult(BaseModel):
@@ -67,71 +59,6 @@ class DriftResult(BaseModel):
     rolled_back: bool
     rollback: str | None = Field(description="What auto_rollback did, or why it did nothing.")
     message: str
-
-
-def _resolve(store: Store, role, task_type, complexity, new_id, old_id, experiment_id):
-    """(role, task_type, complexity, new id, old id or None for base, experiment id)."""
-    if experiment_id is not None:
-        exp = experiment_row(store, experiment_id)
-        if exp is None:
-            raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
-        if role is not None and role != exp["role"]:
-            raise InvalidInput(f"Experiment {experiment_id} is for role {exp['role']!r}, not {role!r}.")
-        return exp["role"], exp["task_type"], exp["complexity"], exp["candidate_id"], exp["control_id"], experiment_id
-    if new_id is None:
-        if role is None:
-            raise InvalidInput("Give a role (compares its production adapter with the one it replaced) or --new ID.")
-        if not registry.role_known(store, role):
-            known = registry.known_roles(store)
-            raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(known) or 'none yet'}.")
-        with store.read() as conn:
-            current = registry.production_for_route(conn, role, task_type, complexity)
-        if current is None:
-            raise Conflict(
-                f"Role {role!r}"
-                + (f" task_type {task_type!r}" if task_type else "")
-                + (f" complexity {complexity!r}" if complexity else "")
-                + " has no production adapter: nothing to compare. Promote one first, or pass --new and --old."
-            )
-        new_id = current["id"]
-    new = registry.adapter_row(store, new_id)
-    if new is None:
-        raise NotFound(f"No adapter {new_id!r}. List adapters with list_adapters (CLI: learnloop list).")
-    problems = []
-    if role is not None and new["role"] != role:
-        problems.append(f"adapter {new_id} is for role {new['role']!r}, not {role!r}.")
-    if old_id is None:
-        event = last_production_event(store, new_id)
-        data = loads(event["data"]) if event is not None else {}
-        old_id = data.get("replaced") or data.get("rollback_from")
-    else:
-        old = registry.adapter_row(store, old_id)
-        if old is None:
-            raise NotFound(f"No adapter {old_id!r}. List adapters with list_adapters (CLI: learnloop list).")
-        if old["role"] != new["role"]:
-            problems.append(
-                f"adapters of different roles cannot be compared: {new_id} is {new['role']!r}, "
-                f"{old_id} is {old['role']!r}."
-            )
-        if old_id == new_id:
-            problems.append("new and old are the same adapter.")
-    check(problems, "Cannot compare:")
-    return new["role"], new["task_type"], new["complexity"], new_id, old_id, None
-
-
-def _arm(rows: list[RewardPoint], adapter_id: str | None):
-    import numpy as np
-
-    rewards = np.array([r.reward for r in rows], dtype=float)
-    n = len(rewards)
-    return ArmSummary(
-        adapter_id=adapter_id,
-        runs=n,
-        mean_reward=round(float(rewards.mean()), 4) if n else None,
-        sd=round(float(rewards.std(ddof=1)), 4) if n > 1 else None,
-        first_time=iso(rows[0].ts) if n else None,
-        last_time=iso(rows[-1].ts) if n else None,
-    ), rewards
 
 
 def _num(x) -> float | None:
@@ -178,8 +105,31 @@ def detect_drift(
     confirm=true, and only on a regression."""
     if auto_rollback and not confirm:
         raise ConfirmationNeeded(drift_consent(store, auto_rollback=True) or "")
-    from learning.routing import drift_stats as st
+    _check_options(threshold, alpha, min_runs, last_n)
+    start, end = time_window(since, until, days)
+    role, task_type, complexity, new_id, old_id, experiment_id = resolve_arms(
+        store, role, task_type, complexity, new_id, old_id, experiment_id
+    )
+    (new, r_new), (old, r_old) = summarise_arms(
+        store, role, task_type, complexity, new_id, old_id, experiment_id, start, end, last_n
+    )
+    result = _compare(new, r_new, old, r_old, threshold, alpha, min_runs, sequential)
+    out = DriftResult(
+        role=role,
+        task_type=task_type,
+        complexity=complexity,
+        experiment_id=experiment_id,
+        window=_window(start, end, last_n, experiment_id),
+        **result,
+    )
+    if auto_rollback:
+        out.rolled_back, out.rollback = _rollback(store, out, actor, confirm)
+    if record:
+        insert_drift_check(store, time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
+    return out
 
+
+def _check_options(threshold: float, alpha: float, min_runs: int, last_n: int | None) -> None:
     problems = []
     if not 0 < threshold < 1:
         problems.append(f"threshold must be a relative drop between 0 and 1 (0.05 = 5%), got {threshold}.")
@@ -190,24 +140,11 @@ def detect_drift(
     if last_n is not None and last_n < 2:
         problems.append("last_n must be at least 2.")
     check(problems)
-    start, end = time_window(since, until, days)
-    role, task_type, complexity, new_id, old_id, experiment_id = _resolve(
-        store, role, task_type, complexity, new_id, old_id, experiment_id
-    )
-    fetch: dict[str, Any] = dict(role=role, start=start, end=end, last_n=last_n, experiment_id=experiment_id)
 
-    def rewards(adapter_id: str | None, arm: str | None):
-        # An experiment's arms are its decisions' arms. Outside one, an adapter's runs are its own,
-        # and the base model's are the role's runs without adapter on the same task_type/complexity.
-        route: dict[str, Any] = (
-            dict(task_type=task_type, complexity=complexity) if adapter_id is None and arm is None else {}
-        )
-        return arm_rewards(store, adapter_id=adapter_id, arm=arm, **route, **fetch)
 
-    arms = ("candidate", "control") if experiment_id else (None, None)
-    new, r_new = _arm(rewards(new_id, arms[0]), new_id)
-    old, r_old = _arm(rewards(old_id, arms[1]), old_id)
-    window = (
+def _window(start: float | None, end: float | None, last_n: int | None, experiment_id: str | None) -> str:
+    """Which runs were compared, in words."""
+    return (
         ", ".join(
             filter(
                 None,
@@ -221,22 +158,27 @@ def detect_drift(
         )
         or "all runs"
     )
+
+
+def _compare(
+    new: ArmSummary,
+    r_new,
+    old: ArmSummary,
+    r_old,
+    threshold: float,
+    alpha: float,
+    min_runs: int,
+    sequential: bool,
+) -> dict[str, Any]:
+    """Test the two arms' rewards and decide: the DriftResult's fields past the route and window."""
+    from learning.routing import drift_stats as st
+
     v_new = float(r_new.var(ddof=1)) if new.runs > 1 else 0.0
     v_old = float(r_old.var(ddof=1)) if old.runs > 1 else 0.0
-    m_old = old.mean_reward if old.mean_reward is not None else (new.mean_reward or 0.5)  # None: no runs
-    # An arm with fewer than 2 runs borrows the other's variance, else the Bernoulli worst case.
-    fallback = m_old * (1 - m_old) if m_old < 1 else 0.25
-    e_new = v_new if new.runs > 1 else (v_old if old.runs > 1 else fallback)
-    e_old = v_old if old.runs > 1 else (v_new if new.runs > 1 else fallback)
-    needed = max(min_runs, st.runs_per_arm_needed(e_new, e_old, m_old, threshold, alpha))
+    needed = _runs_per_arm_needed(new, old, v_new, v_old, threshold, alpha, min_runs)
     result: dict[str, Any] = dict(
-        role=role,
-        task_type=task_type,
-        complexity=complexity,
         new=new,
         old=old,
-        experiment_id=experiment_id,
-        window=window,
         method="msprt" if sequential else "welch",
         threshold=threshold,
         alpha=alpha,
@@ -277,12 +219,21 @@ def detect_drift(
     else:
         decision = st.DECISIONS[code]
     result.update(decision=decision, message=_message(decision, new, old, result))
-    out = DriftResult(**result)
-    if auto_rollback:
-        out.rolled_back, out.rollback = _rollback(store, out, actor, confirm)
-    if record:
-        insert_drift_check(store, time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
-    return out
+    return result
+
+
+def _runs_per_arm_needed(
+    new: ArmSummary, old: ArmSummary, v_new: float, v_old: float, threshold: float, alpha: float, min_runs: int
+) -> int:
+    """Runs per arm for 80% power (at least min_runs)."""
+    from learning.routing import drift_stats as st
+
+    m_old = old.mean_reward if old.mean_reward is not None else (new.mean_reward or 0.5)  # None: no runs
+    # An arm with fewer than 2 runs borrows the other's variance, else the Bernoulli worst case.
+    fallback = m_old * (1 - m_old) if m_old < 1 else 0.25
+    e_new = v_new if new.runs > 1 else (v_old if old.runs > 1 else fallback)
+    e_old = v_old if old.runs > 1 else (v_new if new.runs > 1 else fallback)
+    return max(min_runs, st.runs_per_arm_needed(e_new, e_old, m_old, threshold, alpha))
 
 
 def drift_consent(store: Store, auto_rollback: bool = False) -> str | None:
@@ -319,8 +270,8 @@ def _rollback(store: Store, out: DriftResult, actor: str, confirm: bool) -> tupl
         return False, f"No rollback: the decision is {out.decision}, not regression."
     route = (out.role, out.task_type, out.complexity)
     with store.read() as conn:
-        current = registry.production_for_route(conn, *route)
-        previous = registry.previous_production_row(conn, *route)
+        current = production_for_route(conn, *route)
+        previous = previous_production_row(conn, *route)
     if current is None or current["id"] != out.new.adapter_id:
         return False, f"No rollback: {out.new.adapter_id} is not the production adapter of its route any more."
     assert out.new.adapter_id is not None  # it is the production adapter's id
@@ -347,65 +298,7 @@ def latest_drift(store: Store, role: str) -> DriftResult | None:
     return DriftResult.model_validate(loads(row["result"])) if row is not None else None
 
 
-# ---- SQL: the rewards runs earned, production events, and the drift_checks table -----------------
-
-
-class RewardPoint(NamedTuple):
-    ts: float
-    reward: float
-
-
-def arm_rewards(
-    store: Store,
-    role: str | None,
-    adapter_id: str | None,
-    task_type: str | None = None,
-    complexity: str | None = None,
-    start: float | None = None,
-    end: float | None = None,
-    last_n: int | None = None,
-    experiment_id: str | None = None,
-    arm: str | None = None,
-) -> list[RewardPoint]:
-    """The rewards of the runs served by one adapter (None: the base model, which needs a role),
-    oldest first; optionally only runs of a route, a time window, the last N, or one experiment
-    (with an arm: the runs of that arm, whichever adapter served them)."""
-    where: list[str]
-    args: list[Any]
-    where, args = (["r.adapter_id IS ?"], [adapter_id]) if arm is None else ([], [])
-    for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
-        if value is not None:
-            where.append(f"{col} = ?")
-            args.append(value)
-    if start is not None:
-        where.append("r.ts >= ?")
-        args.append(start)
-    if end is not None:
-        where.append("r.ts < ?")
-        args.append(end)
-    join = ""
-    if experiment_id is not None:
-        join = "JOIN decisions d ON d.id = r.decision_id"
-        where.append("d.experiment_id = ?")
-        args.append(experiment_id)
-        if arm is not None:
-            where.append("d.arm = ?")
-            args.append(arm)
-    sql = f"SELECT r.ts, r.reward FROM runs r {join} WHERE {' AND '.join(where)} ORDER BY r.ts DESC, r.id DESC"
-    if last_n is not None:
-        sql += " LIMIT ?"
-        args.append(last_n)
-    with store.read() as conn:
-        rows = conn.execute(sql, args).fetchall()
-    return [RewardPoint(r["ts"], r["reward"]) for r in reversed(rows)]
-
-
-def last_production_event(store: Store, adapter_id: str) -> sqlite3.Row | None:
-    with store.read() as conn:
-        return conn.execute(
-            "SELECT * FROM adapter_events WHERE adapter_id = ? AND to_status = 'production' ORDER BY id DESC LIMIT 1",
-            (adapter_id,),
-        ).fetchone()
+# ---- SQL: the drift_checks table ---------------------------------------------------------------
 
 
 def insert_drift_check(

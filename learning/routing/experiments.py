@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from learning.clock import iso, stamp
 from learning.errors import Conflict, InvalidInput, NotFound, check
 from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
-from learning.registry import adapters as registry
+from learning.registry.queries import adapter_brief, production_for_route
 from learning.routing.router import Arm, experiment_arm_rewards, route_keys
 from learning.store import Store
 
@@ -99,7 +99,7 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
 def _control(store: Store, conn, role: str, task_type: str | None, complexity: str | None):
     """The production adapter that serves the route today (its own, or a less specific one's)."""
     for _, key in route_keys(role, task_type, complexity):
-        row = registry.production_for_route(conn, *key)
+        row = production_for_route(conn, *key)
         if row is not None:
             return row
     return None
@@ -130,7 +130,7 @@ def start_experiment(
         problems.append("fraction applies to canary experiments only; Thompson sampling sets the split from rewards.")
     check(problems)
     with store.write() as conn:
-        cand = registry.adapter_brief(conn, candidate_id)
+        cand = adapter_brief(conn, candidate_id)
         if cand is None:
             raise NotFound(f"No adapter {candidate_id!r}. List adapters with list_adapters (CLI: learnloop list).")
         if cand["role"] != role:

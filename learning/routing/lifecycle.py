@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from learning.errors import ConfirmationNeeded, Conflict, InvalidInput
 from learning.params import Confirm, Reason
 from learning.registry import adapters as registry
+from learning.registry.queries import adapter_row, production_for_route
 from learning.serve.deploy import deploy_target_row
 from learning.store import Store
 
@@ -158,8 +159,8 @@ def plan_promote(store: Store, adapter_id: str, to: Target = "production", force
         raise InvalidInput(f"Unknown target {to!r}; promote to candidate, production or archived.")
     adapter = registry.get_adapter(store, adapter_id)
     with store.read() as conn:
-        row = registry.adapter_row(store, adapter_id, conn)
-        old = registry.production_for_route(conn, *registry.route_of(row)) if to == "production" else None
+        row = adapter_row(store, adapter_id, conn)
+        old = production_for_route(conn, *registry.route_of(row)) if to == "production" else None
     problem = _promotion_problem(row, old, to, force)
     if problem:
         raise Conflict(problem)
@@ -246,7 +247,7 @@ def plan_rollback(store: Store, role: str, task_type: str | None = None, complex
             "no adapter of this route was ever replaced in production (see adapter_history)."
         )
     with store.read() as conn:
-        current = registry.production_for_route(conn, role, task_type, complexity)
+        current = production_for_route(conn, role, task_type, complexity)
     restore = brief(registry.get_adapter(store, prev["id"]))
     archive = brief(registry.get_adapter(store, current["id"])) if current is not None else None
     lines = [

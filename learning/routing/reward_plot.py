@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 from learning.errors import NotFound
 from learning.home import subdir
 from learning.params import Role
-from learning.registry import adapters as registry
-from learning.routing.drift import latest_drift
+from learning.registry.queries import adapter_event_rows, known_roles, role_known
+from learning.routing.drift import DriftResult, latest_drift
 from learning.store import Store, loads
 
 
@@ -53,11 +53,44 @@ def write_report(
     import matplotlib.pyplot as plt
 
     rows = role_rewards(store, role)
-    if not rows and not registry.role_known(store, role):
+    if not rows and not role_known(store, role):
         raise NotFound(
-            f"No adapters or runs for role {role!r}. Known roles: {', '.join(registry.known_roles(store)) or 'none yet'}."
+            f"No adapters or runs for role {role!r}. Known roles: {', '.join(known_roles(store)) or 'none yet'}."
         )
-    series: dict[str, tuple[list, list, list]] = {}  # name -> times, rewards, stretch number of each run
+    series = _series(rows)
+    events = adapter_event_rows(store, role=role)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    _draw_lines(ax, series, window)
+    promotions, rollbacks = _mark_production(ax, events)
+    check = latest_drift(store, role)
+    ax.set_title(_title(role, window, check), fontsize=10)
+    ax.set_ylabel("reward")
+    ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    fig.autofmt_xdate()
+    if series:
+        ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    path = Path(out) if out else subdir(store.home, "reports") / f"{role}-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Report(
+        path=str(path.resolve()),
+        role=role,
+        runs=len(rows),
+        series={k: len(v[1]) for k, v in series.items()},
+        promotions=promotions,
+        rollbacks=rollbacks,
+        drift_decision=check.decision if check else None,
+    )
+
+
+def _series(rows: list[sqlite3.Row]) -> dict[str, tuple[list, list, list]]:
+    """name (adapter id or 'base') -> times, rewards, and the stretch number of each run (a stretch
+    is a spell of consecutive runs served by the same adapter)."""
+    series: dict[str, tuple[list, list, list]] = {}
     stretch, last = 0, None
     for r in rows:
         name = r["adapter_id"] or "base"
@@ -67,8 +100,11 @@ def write_report(
         ts.append(datetime.fromtimestamp(r["ts"], tz=timezone.utc))
         rewards.append(r["reward"])
         stretches.append(stretch)
-    events = registry.adapter_event_rows(store, role=role)
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    return series
+
+
+def _draw_lines(ax, series: dict[str, tuple[list, list, list]], window: int) -> None:
+    """One rolling-mean line per adapter (and the base), over its runs' rewards as faint dots."""
     for name, (ts, rewards, stretches) in sorted(series.items(), key=lambda kv: kv[1][0][0]):
         # A line breaks where another adapter served in between (NaN is a gap for matplotlib).
         xs, ys = [], []
@@ -80,6 +116,11 @@ def write_report(
             ys.append(y)
         (line,) = ax.plot(xs, ys, lw=1.8, label=f"{name} ({len(rewards)} runs)")
         ax.scatter(ts, rewards, s=6, alpha=0.15, color=line.get_color())
+
+
+def _mark_production(ax, events: list[sqlite3.Row]) -> tuple[int, int]:
+    """A vertical line at each move to production (black: promotion, red dashed: rollback);
+    returns (promotions, rollbacks)."""
     promotions = rollbacks = 0
     marked = 0
     for e in events:
@@ -106,35 +147,17 @@ def write_report(
             ha="right",
             fontsize=7,
         )
-    check = latest_drift(store, role)
+    return promotions, rollbacks
+
+
+def _title(role: str, window: int, check: DriftResult | None) -> str:
     title = f"{role}: reward (rolling mean of {window} runs)"
     if check is not None:
         change = f" {check.relative_change:+.1%}" if check.relative_change is not None else ""
         title += f"\nlatest drift check: {check.decision}{change} ({check.new.adapter_id or 'base'} vs {check.old.adapter_id or 'base'})"
     else:
         title += "\nno drift check recorded yet"
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel("reward")
-    ax.set_ylim(-0.02, 1.02)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    fig.autofmt_xdate()
-    if series:
-        ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
-    path = Path(out) if out else subdir(store.home, "reports") / f"{role}-{time.strftime('%Y%m%d-%H%M%S')}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Report(
-        path=str(path.resolve()),
-        role=role,
-        runs=len(rows),
-        series={k: len(v[1]) for k, v in series.items()},
-        promotions=promotions,
-        rollbacks=rollbacks,
-        drift_decision=check.decision if check else None,
-    )
+    return title
 
 
 def role_rewards(store: Store, role: str) -> list[sqlite3.Row]:

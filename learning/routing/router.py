@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput
 from learning.params import Complexity, Role, TaskType
-from learning.registry.adapters import adapter_brief
+from learning.registry.queries import adapter_brief
 from learning.runs.schema import LIMITS, ROLE_PATTERN
 from learning.serve.deploy import latest_deployment
 from learning.store import Store

@@ -10,29 +10,34 @@
   scales through POST /lora-adapters (1 for this adapter, 0 for the one it replaces).
 
 A deployment is recorded only after the runtime confirmed it; a failure records nothing and
-says why (unreachable URL, or the runtime's own error message).
+says why (unreachable URL, or the runtime's own error message). Each runtime's HTTP calls are in
+learning/serve/runtimes.py; this module chooses what to replace and records the deployments.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
     import httpx
 from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
-from learning.errors import Conflict, InvalidInput
+from learning.errors import InvalidInput
 from learning.params import Complexity, Role, TaskType
 from learning.registry.adapters import get_adapter
-from learning.serve.export import export_adapter
+from learning.serve.runtimes import (
+    deploy_llamacpp,
+    deploy_ollama,
+    deploy_vllm,
+    open_client,
+    retire,
+    served_name,
+)
 from learning.store import Store
 
 Target = Literal["ollama", "vllm", "llamacpp"]
@@ -42,15 +47,6 @@ DEFAULT_URLS = {
     "vllm": "http://127.0.0.1:8000",
     "llamacpp": "http://127.0.0.1:8080",
 }
-TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
-SLOW = 300.0  # blob upload and create (the base may be read from disk)
-CONNECT_TIMEOUT = 3.0
-
-
-def _timeout(seconds: float) -> httpx.Timeout:
-    import httpx
-
-    return httpx.Timeout(seconds, connect=CONNECT_TIMEOUT)
 
 
 class Deployment(BaseModel):
@@ -81,142 +77,6 @@ class DeployTarget(BaseModel):
     complexity: str | None
     target: Target
     url: str
-
-
-def served_name(adapter_id: str) -> str:
-    return f"learnloop-{adapter_id}".lower()
-
-
-# ---- HTTP with clear errors -------------------------------------------------------------------
-
-
-def _call(
-    client: httpx.Client, method: str, path: str, runtime: str, allow: tuple[int, ...] = (), **kwargs: Any
-) -> httpx.Response:
-    """One request; an unreachable runtime or an error answer becomes a Conflict naming the cause."""
-    import httpx
-
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise Conflict(
-            f"{runtime} at {client.base_url} did not answer {method} {path} in time ({exc!s}); "
-            "check that it is running and not overloaded. Nothing was recorded."
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise Conflict(
-            f"Cannot reach {runtime} at {client.base_url} ({exc!s}); start it or pass the right --url. "
-            "Nothing was recorded."
-        ) from exc
-    if response.status_code >= 400 and response.status_code not in allow:
-        raise Conflict(
-            f"{runtime} answered HTTP {response.status_code} to {method} {path}: {_error_text(response)}. "
-            "Nothing was recorded."
-        )
-    return response
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error") or body.get("message") or body.get("detail")
-        if isinstance(err, dict):
-            err = err.get("message") or json.dumps(err)
-        if err:
-            return str(err)[:300]
-    return json.dumps(body)[:300]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ---- the three runtimes ---------------------------------------------------------------------
-
-
-def _deploy_ollama(client: httpx.Client, store: Store, adapter_id: str, name: str, from_model: str | None) -> dict:
-    exported = export_adapter(store, adapter_id, "ollama", from_model=from_model)
-    folder = Path(exported.out_dir)
-    spec = json.loads((folder / "ollama.json").read_text())
-    gguf_path = folder / spec["adapter_file"]
-    digest = "sha256:" + _sha256(gguf_path)
-    if _call(client, "HEAD", f"/api/blobs/{digest}", "Ollama", allow=(404,)).status_code != 200:
-        with open(gguf_path, "rb") as handle:
-            _call(client, "POST", f"/api/blobs/{digest}", "Ollama", content=handle, timeout=_timeout(SLOW))
-    body = {
-        "model": name,
-        "from": spec["from"],
-        "adapters": {spec["adapter_file"]: digest},
-        "template": spec["template"],
-        "parameters": spec["parameters"],
-        "stream": False,
-    }
-    if spec.get("system"):
-        body["system"] = spec["system"]
-    answer = _call(client, "POST", "/api/create", "Ollama", json=body, timeout=_timeout(SLOW)).json()
-    if isinstance(answer, dict) and answer.get("error"):
-        raise Conflict(f"Ollama refused to create {name}: {answer['error']}. Nothing was recorded.")
-    listed = {m.get("name") for m in _call(client, "GET", "/api/tags", "Ollama").json().get("models", [])}
-    if name not in listed and f"{name}:latest" not in listed:
-        raise Conflict(f"Ollama accepted {name} but does not list it in /api/tags. Nothing was recorded.")
-    return {"artifact": str(gguf_path), "served_name": name}
-
-
-def _deploy_vllm(client: httpx.Client, store: Store, adapter_id: str, name: str) -> dict:
-    exported = export_adapter(store, adapter_id, "peft")
-    try:
-        _call(client, "POST", "/v1/load_lora_adapter", "vLLM", json={"lora_name": name, "lora_path": exported.out_dir})
-    except Conflict as exc:
-        if "already" not in str(exc):  # this very version already loaded: confirmed below
-            raise
-    models = {m.get("id") for m in _call(client, "GET", "/v1/models", "vLLM").json().get("data", [])}
-    if name not in models:
-        raise Conflict(f"vLLM accepted {name} but does not list it in /v1/models. Nothing was recorded.")
-    return {"artifact": exported.out_dir, "served_name": name}
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _deploy_llamacpp(
-    client: httpx.Client | None, store: Store, adapter_id: str, base_gguf: str | None, replaced_paths: list[str]
-) -> dict:
-    exported = export_adapter(store, adapter_id, "gguf")
-    gguf_path = str(Path(exported.out_dir) / "adapter.gguf")
-    command = ["llama-server", "-m", base_gguf or "BASE.gguf", "--lora", gguf_path]
-    (Path(exported.out_dir) / "llama-server.txt").write_text(" ".join(command) + "\n")
-    if client is None:
-        return {"artifact": gguf_path, "command": command, "served_name": served_name(adapter_id)}
-    loaded = _call(client, "GET", "/lora-adapters", "llama.cpp server").json()
-    ours = next((a for a in loaded if _same_file(a.get("path", ""), gguf_path)), None)
-    if ours is None:
-        raise Conflict(
-            f"The llama.cpp server at {client.base_url} has not loaded {gguf_path} (adapters load only "
-            f"at start). Restart it with: {' '.join(command)} and deploy again. Nothing was recorded."
-        )
-    scales = [{"id": ours["id"], "scale": 1.0}] + [
-        {"id": a["id"], "scale": 0.0}
-        for a in loaded
-        if a is not ours and any(_same_file(a.get("path", ""), p) for p in replaced_paths)
-    ]
-    _call(client, "POST", "/lora-adapters", "llama.cpp server", json=scales)
-    now = {a["id"]: a.get("scale") for a in _call(client, "GET", "/lora-adapters", "llama.cpp server").json()}
-    if now.get(ours["id"]) != 1.0:
-        raise Conflict(
-            f"The llama.cpp server did not take scale 1.0 for adapter id {ours['id']}. Nothing was recorded."
-        )
-    return {"artifact": gguf_path, "command": command, "served_name": f"lora:{ours['id']}"}
 
 
 # ---- the entry points ---------------------------------------------------------------------------
@@ -254,40 +114,69 @@ def deploy_adapter(
         for d in active_deployment_rows(store, target, url)
         if (d["role"], d["task_type"], d["complexity"]) == (adapter.role, adapter.task_type, adapter.complexity)
     ]
-    name = served_name(adapter_id)
-    import httpx
-
-    client = httpx.Client(base_url=url, timeout=_timeout(TIMEOUT)) if contact else None
+    client = open_client(url) if contact else None
     try:
-        if target == "llamacpp":
-            old_paths = [str(Path(store.home, "exports", d["adapter_id"], "gguf", "adapter.gguf")) for d in old]
-            done = _deploy_llamacpp(client, store, adapter_id, base_gguf, old_paths)
-        else:
-            assert client is not None  # Ollama and vLLM are always contacted
-            if target == "ollama":
-                done = _deploy_ollama(client, store, adapter_id, name, from_model)
-            else:
-                done = _deploy_vllm(client, store, adapter_id, name)
+        done = _serve_on_runtime(client, store, target, adapter_id, old, base_gguf, from_model)
         if client is None:
-            return Deployment(
-                id=None,
-                adapter_id=adapter_id,
-                target=target,
-                url=url,
-                served_name=done["served_name"],
-                created=None,
-                status="command_written",
-                artifact=done["artifact"],
-                command=done["command"],
-                messages=[
-                    "Start llama-server with this command, then deploy again with --url to set "
-                    "its scales and record the deployment."
-                ],
-            )
-        messages, retired = _retire(client, target, [d for d in old if d["served_name"] != done["served_name"]])
+            return _command_written(adapter_id, target, url, done)
+        messages, retired = retire(client, target, [d for d in old if d["served_name"] != done["served_name"]])
     finally:
         if client is not None:
             client.close()
+    return _record(store, adapter_id, target, url, done, old, messages, retired)
+
+
+def _serve_on_runtime(
+    client: httpx.Client | None,
+    store: Store,
+    target: str,
+    adapter_id: str,
+    old: list,
+    base_gguf: str | None,
+    from_model: str | None,
+) -> dict:
+    """The runtime's part: load the adapter there and confirm it (llama.cpp without a client:
+    only write the command line)."""
+    if target == "llamacpp":
+        old_paths = [str(Path(store.home, "exports", d["adapter_id"], "gguf", "adapter.gguf")) for d in old]
+        return deploy_llamacpp(client, store, adapter_id, base_gguf, old_paths)
+    assert client is not None  # Ollama and vLLM are always contacted
+    name = served_name(adapter_id)
+    if target == "ollama":
+        return deploy_ollama(client, store, adapter_id, name, from_model)
+    return deploy_vllm(client, store, adapter_id, name)
+
+
+def _command_written(adapter_id: str, target: Target, url: str, done: dict) -> Deployment:
+    """llama.cpp without a URL: the command line is written, nothing is recorded."""
+    return Deployment(
+        id=None,
+        adapter_id=adapter_id,
+        target=target,
+        url=url,
+        served_name=done["served_name"],
+        created=None,
+        status="command_written",
+        artifact=done["artifact"],
+        command=done["command"],
+        messages=[
+            "Start llama-server with this command, then deploy again with --url to set "
+            "its scales and record the deployment."
+        ],
+    )
+
+
+def _record(
+    store: Store,
+    adapter_id: str,
+    target: Target,
+    url: str,
+    done: dict,
+    old: list,
+    messages: list[str],
+    retired: dict[str, str],
+) -> Deployment:
+    """Record the confirmed deployment and mark the ones of its route it replaced, in one transaction."""
     dep_id = f"dep-{stamp()}-{secrets.token_hex(3)}"
     with store.write() as conn:
         for d in old:  # an older row of this very name is superseded by the new one
@@ -308,27 +197,6 @@ def deploy_adapter(
         replaced=[d["served_name"] for d in old if d["served_name"] != done["served_name"]],
         messages=messages,
     )
-
-
-def _retire(client: httpx.Client, target: str, old: list) -> tuple[list[str], dict[str, str]]:
-    """Take out what the new deployment replaces: vLLM unloads it, llama.cpp already set its
-    scale to 0 (both 'removed'); Ollama keeps the model ('replaced'). Failures are reported."""
-    messages, status = [], {}
-    for d in old:
-        if target == "vllm":
-            try:
-                _call(client, "POST", "/v1/unload_lora_adapter", "vLLM", json={"lora_name": d["served_name"]})
-                messages.append(f"unloaded {d['served_name']}")
-                status[d["id"]] = "removed"
-            except Conflict as exc:
-                messages.append(f"could not unload {d['served_name']}: {exc}")
-        elif target == "llamacpp":
-            status[d["id"]] = "removed"
-        else:
-            messages.append(
-                f"{d['served_name']} stays in Ollama (marked replaced); remove it with `ollama rm` if unwanted"
-            )
-    return messages, status
 
 
 def set_deploy_target(

@@ -24,6 +24,7 @@ from learning.home import safe_id, subdir
 from learning.jobs.manage import start_job
 from learning.jobs.queries import active_job_rows
 from learning.registry import adapters as registry
+from learning.registry.queries import adapter_row, adapter_rows
 from learning.store import Store, loads
 from learning.train.config import Preset, TrainConfig, build_config
 
@@ -195,9 +196,7 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
         if not resume:
             return [], None
         rows = [
-            r
-            for r in registry.adapter_rows(store, role=role, status="failed")
-            if (Path(r["path"]) / "checkpoints").is_dir()
+            r for r in adapter_rows(store, role=role, status="failed") if (Path(r["path"]) / "checkpoints").is_dir()
         ]
         if not rows:
             return [f"Nothing to resume for role {role!r}: no failed or cancelled adapter with a checkpoint."], None
@@ -206,7 +205,7 @@ def _resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume:
         safe_id(adapter_id, "adapter id")
     except InvalidInput as exc:
         return [str(exc)], None
-    row = registry.adapter_row(store, adapter_id)
+    row = adapter_row(store, adapter_id)
     if resume and row is None:
         return [f"No adapter {adapter_id!r} to resume."], None
     if not resume and row is not None:
@@ -351,7 +350,7 @@ def train_adapter(
     id_problems, adapter_id = _resolve_adapter_id(store, role, adapter_id, resume)
     problems += id_problems
     notes: list[str] = []
-    previous = registry.adapter_row(store, adapter_id) if resume and adapter_id else None
+    previous = adapter_row(store, adapter_id) if resume and adapter_id else None
     previous_base: str = previous["base_model"] if previous is not None else DEFAULT_BASE
     base = base or previous_base
     cfg = None

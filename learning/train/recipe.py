@@ -29,6 +29,7 @@ from learning.store import Store, loads
 def run_job(ctx: JobContext) -> dict[str, Any]:
     """Job entry point (learning.jobs.manage target 'learning.train.recipe:run_job')."""
     from learning.registry import adapters as registry
+    from learning.registry.queries import set_adapter_status, update_adapter_fields
 
     p = ctx.params
     try:
@@ -39,13 +40,13 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             assert result is not None  # a single process is rank 0, which returns the result
     except JobCancelled as exc:
         with ctx.store.write() as conn:
-            registry.set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
+            set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
         raise
     registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
     registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
     if result.get("base_hash"):
         with ctx.store.write() as conn:
-            registry.update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
+            update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
     return result
 
 
