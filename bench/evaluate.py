@@ -1,6 +1,6 @@
 """Evaluation throughput and lifecycle latency.
 
-1. Tokens/s of the batched teacher-forced pass (learning.evaluate.teacher_forced, left padding,
+1. Tokens/s of the batched teacher-forced pass (learning.evaluate.measure.teacher_forced, left padding,
    only the completion logits computed) versus the same pass one example at a time, on the
    embedded tiny base with a LoRA adapter, in one process; and the loss both give (equal).
 2. promote and rollback latency (p50 / p99) on a real SQLite store, each call a full
@@ -41,7 +41,7 @@ def throughput(root: Path, size: str, n: int, batch: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from learning.evaluate.evaluation import teacher_forced
+    from learning.evaluate.measure import teacher_forced
     from learning.models.generate import load_model
     from learning.models.tinybase import build_base
 

@@ -109,7 +109,7 @@ def write_dataset(home: Path, rows: list[dict]) -> Path:
 def cpu_part(args) -> None:
     from learning.home import resolve_home
     from learning.models.tinybase import ensure_base
-    from learning.train.launch import EMBEDDED_PREFIX
+    from learning.train.checks import EMBEDDED_PREFIX
 
     home = Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     base = args.base

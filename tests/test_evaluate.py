@@ -11,8 +11,9 @@ import pytest
 
 from learning.data.formats import to_example
 from learning.errors import Conflict, InvalidInput, NotFound
-from learning.evaluate import checks
+from learning.evaluate import checks, measure
 from learning.evaluate import evaluation as evaluate
+from learning.evaluate.gate import GateConfig, apply_gate
 from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.registry import folders
@@ -129,20 +130,20 @@ def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
 
 
 def test_gate_conditions():
-    gate = evaluate.GateConfig.model_validate({})  # all defaults
-    ok = evaluate.apply_gate({"eval_loss": 1.0, "pass_rate": 0.5}, {"eval_loss": 2.0, "pass_rate": 0.5}, gate)
+    gate = GateConfig.model_validate({})  # all defaults
+    ok = apply_gate({"eval_loss": 1.0, "pass_rate": 0.5}, {"eval_loss": 2.0, "pass_rate": 0.5}, gate)
     assert ok["passed"]
-    worse = evaluate.apply_gate({"eval_loss": 2.5, "pass_rate": 0.4}, {"eval_loss": 2.0, "pass_rate": 0.5}, gate)
+    worse = apply_gate({"eval_loss": 2.5, "pass_rate": 0.4}, {"eval_loss": 2.0, "pass_rate": 0.5}, gate)
     assert worse["failed"] == ["eval_loss_below_base", "pass_rate_not_below_base"]
     shortfalls = {c["name"]: c["shortfall"] for c in worse["conditions"]}
     assert shortfalls == {"eval_loss_below_base": pytest.approx(0.5), "pass_rate_not_below_base": pytest.approx(0.1)}
-    strict = evaluate.apply_gate(
+    strict = apply_gate(
         {"eval_loss": 1.0, "pass_rate": 0.8},
         {"eval_loss": 2.0, "pass_rate": 0.1},
-        evaluate.GateConfig.model_validate({"min_pass_rate": 0.9}),
+        GateConfig.model_validate({"min_pass_rate": 0.9}),
     )
     assert strict["failed"] == ["min_pass_rate"] and strict["conditions"][-1]["shortfall"] == pytest.approx(0.1)
-    no_checks = evaluate.apply_gate({"eval_loss": 1.0, "pass_rate": None}, {"eval_loss": 2.0, "pass_rate": None}, gate)
+    no_checks = apply_gate({"eval_loss": 1.0, "pass_rate": None}, {"eval_loss": 2.0, "pass_rate": None}, gate)
     assert no_checks["passed"] and "skipped" in no_checks["conditions"][1]
 
 
@@ -229,13 +230,13 @@ def test_batched_teacher_forcing_equals_one_at_a_time(toy):
     """Left padding with explicit positions changes nothing: the batched pass gives the loss and
     accuracy of the one-example-at-a-time pass, for the adapter and for the base."""
     base, folder = toy
-    model, tok = evaluate.load_model(str(base), str(folder))
+    model, tok = measure.load_model(str(base), str(folder))
     examples = [to_example(r) for r in toy_rows(100, 7)]
     examples[2]["completion"] += "# a longer completion than the others\n" * 3
     for variant in ("adapter", "base"):
-        with evaluate.model_variant(model, variant):
-            one = evaluate.teacher_forced(model, tok, examples, 1)
-            many = evaluate.teacher_forced(model, tok, examples, 4)
+        with measure.model_variant(model, variant):
+            one = measure.teacher_forced(model, tok, examples, 1)
+            many = measure.teacher_forced(model, tok, examples, 4)
         assert many["completion_tokens"] == one["completion_tokens"]
         assert many["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
         assert many["token_accuracy"] == one["token_accuracy"]

@@ -1,23 +1,21 @@
-"""Evaluate an adapter against its base model, and the gate that makes it a candidate.
+"""Evaluate an adapter against its base model: the tool, and the job that measures both and applies the gate.
 
 `evaluate_adapter` checks its input and starts a job (`run_job`, in its own process) that:
 1. loads the base once with the adapter on top (the base's numbers come from the same model
-   with the adapter disabled, on the same examples);
+   with the adapter disabled, on the same examples; the model work is learning.evaluate.measure);
 2. teacher-forced metrics on the completion tokens of the test split: eval loss, perplexity,
    token accuracy (batched, no gradients);
 3. generation checks per role on up to `max_generate` test prompts (learning.evaluate.checks), pass
    rates and similarity to the reference;
 4. a fixed set of sanity prompts per role, whose responses are saved for a person to read;
-5. the gate (GateConfig); writes adapters/<id>/eval/{metrics,sanity_responses}.json, stores
+5. the gate (learning.evaluate.gate); writes adapters/<id>/eval/{metrics,sanity_responses}.json, stores
    the metrics and an evaluation event, and moves trained -> candidate when the gate passes.
-torch / transformers / peft are imported only inside the job's functions.
+torch / transformers / peft are imported only inside measure's functions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,36 +24,15 @@ from pydantic import BaseModel, Field
 
 from learning.clock import iso
 from learning.data.datasets import dataset_row
-from learning.data.formats import as_text, to_example
+from learning.data.formats import to_example
 from learning.errors import Conflict, InvalidInput, check
 from learning.evaluate import checks
+from learning.evaluate.gate import GateConfig, apply_gate, gate_reason
+from learning.evaluate.measure import generate, load_model, model_variant, teacher_forced
 from learning.jobs.manage import JobCancelled, start_job
 from learning.registry import adapters as registry
 from learning.registry.folders import inspect_adapter_folder
 from learning.store import Store
-
-
-class GateConfig(BaseModel):
-    """When an evaluated adapter becomes a candidate. Every condition must hold."""
-
-    min_loss_improvement: float = Field(
-        default=0.0,
-        ge=0,
-        description="The adapter's eval loss must be below the base's by more than this (0: strictly lower).",
-    )
-    pass_rate_tolerance: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="The adapter's pass rate may be at most this much below the base's (0: not below).",
-    )
-    min_pass_rate: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Absolute pass rate the adapter must reach; None: no threshold (0.9 is a common choice).",
-    )
-    promote_to_candidate: bool = Field(default=True, description="Move trained -> candidate when the gate passes.")
 
 
 class EvalConfig(BaseModel):
@@ -180,81 +157,6 @@ def evaluate_adapter(
     return EvalStarted(job_id=job_id, adapter_id=adapter_id, dataset_id=dataset_id, test_rows=len(rows), config=config)
 
 
-# ---- the gate ------------------------------------------------------------------------------
-
-
-def apply_gate(adapter: dict[str, Any], base: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
-    """Each condition with the numbers, whether it held, and by how much it missed."""
-    conditions = []
-    a_loss, b_loss = adapter.get("eval_loss"), base.get("eval_loss")
-    need = (b_loss - gate.min_loss_improvement) if b_loss is not None else None
-    ok = a_loss is not None and need is not None and a_loss < need
-    conditions.append(
-        {
-            "name": "eval_loss_below_base",
-            "passed": ok,
-            "adapter": a_loss,
-            "base": b_loss,
-            "required_below": need,
-            "shortfall": None if ok or need is None or a_loss is None else a_loss - need,
-        }
-    )
-    a_pass, b_pass = adapter.get("pass_rate"), base.get("pass_rate")
-    if a_pass is None or b_pass is None:
-        conditions.append(
-            {
-                "name": "pass_rate_not_below_base",
-                "passed": True,
-                "adapter": a_pass,
-                "base": b_pass,
-                "skipped": "no generation checks for this role or no prompts checked",
-            }
-        )
-    else:
-        ok = a_pass >= b_pass - gate.pass_rate_tolerance - 1e-12
-        conditions.append(
-            {
-                "name": "pass_rate_not_below_base",
-                "passed": ok,
-                "adapter": a_pass,
-                "base": b_pass,
-                "tolerance": gate.pass_rate_tolerance,
-                "shortfall": None if ok else (b_pass - gate.pass_rate_tolerance) - a_pass,
-            }
-        )
-    if gate.min_pass_rate is not None:
-        ok = a_pass is not None and a_pass >= gate.min_pass_rate
-        conditions.append(
-            {
-                "name": "min_pass_rate",
-                "passed": ok,
-                "adapter": a_pass,
-                "threshold": gate.min_pass_rate,
-                "shortfall": None if ok else gate.min_pass_rate - (a_pass or 0.0),
-            }
-        )
-    failed = [c["name"] for c in conditions if not c["passed"]]
-    return {"passed": not failed, "failed": failed, "conditions": conditions, "config": gate.model_dump()}
-
-
-def _gate_reason(gate: dict[str, Any]) -> str:
-    if gate["passed"]:
-        return "gate passed: " + "; ".join(
-            f"{c['name']} adapter {_fmt(c.get('adapter'))} vs {_fmt(c.get('base', c.get('threshold')))}"
-            for c in gate["conditions"]
-        )
-    return "gate failed: " + "; ".join(
-        f"{c['name']} short by {_fmt(c.get('shortfall'))} (adapter {_fmt(c.get('adapter'))}, "
-        f"needed {_fmt(c.get('required_below', c.get('threshold', c.get('base'))))})"
-        for c in gate["conditions"]
-        if not c["passed"]
-    )
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 # ---- the job ---------------------------------------------------------------------------------
 
 
@@ -275,6 +177,36 @@ def run_job(ctx) -> dict[str, Any]:
             raise JobCancelled("evaluation cancelled; nothing was recorded")
         ctx.progress(stage=stage, step=done, total_steps=total, message=f"{stage} {done}/{total}")
 
+    result = _teacher_forced_both(model, tok, examples, cfg, step)
+    gen_rows = rows[: cfg.max_generate]
+    answers = _generate_and_check_both(model, tok, adapter.role, gen_rows, cfg, step, 2 * len(examples), result)
+    sanity = run_sanity(model, tok, adapter.role, examples, cfg) if cfg.sanity else []
+    gate = apply_gate(result["adapter"], result["base"], cfg.gate)
+    metrics = summarize(adapter, cfg, result, gate, len(examples), len(gen_rows), time.time() - started)
+    metrics["samples"] = _samples(gen_rows, answers)
+    write_outputs(Path(adapter.path), metrics, sanity)
+    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
+    stored = {k: v for k, v in metrics.items() if k != "samples"}
+    after = registry.record_evaluation(
+        store,
+        adapter.id,
+        stored,
+        f"evaluated on {cfg.dataset_id}; {gate_reason(gate)}",
+        to_status=to_status,
+        data={"job_id": ctx.job_id, **metrics["summary"]},
+    )
+    ctx.progress(force=True, stage="done", step=total, total_steps=total, message=gate_reason(gate))
+    return {
+        **metrics["summary"],
+        "status": after.status,
+        "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json"),
+    }
+
+
+def _teacher_forced_both(
+    model, tok, examples: list[dict[str, Any]], cfg: EvalConfig, step
+) -> dict[str, dict[str, Any]]:
+    """Teacher-forced metrics of the adapter, then of the base, on the same examples."""
     result: dict[str, dict[str, Any]] = {"base": {}, "adapter": {}}
     done = 0
     for name in ("adapter", "base"):
@@ -289,7 +221,13 @@ def run_job(ctx) -> dict[str, Any]:
             )
         result[name].update(tf)
         done += len(examples)
-    gen_rows = rows[: cfg.max_generate]
+    return result
+
+
+def _generate_and_check_both(
+    model, tok, role: str, gen_rows: list[dict[str, Any]], cfg: EvalConfig, step, done: int, result
+) -> dict[str, list[str]]:
+    """The adapter's and the base's answers to the same prompts; their check scores go into result."""
     answers: dict[str, list[str]] = {}
     for name in ("adapter", "base"):
         with model_variant(model, name):
@@ -302,11 +240,13 @@ def run_job(ctx) -> dict[str, Any]:
                 on_batch=lambda n, name=name, done=done: step(done + n, f"generating {name}"),
             )
         done += len(gen_rows)
-        result[name].update(checks.score(adapter.role, gen_rows, answers[name]))
-    sanity = run_sanity(model, tok, adapter.role, examples, cfg) if cfg.sanity else []
-    gate = apply_gate(result["adapter"], result["base"], cfg.gate)
-    metrics = summarize(adapter, cfg, result, gate, len(examples), len(gen_rows), time.time() - started)
-    metrics["samples"] = [
+        result[name].update(checks.score(role, gen_rows, answers[name]))
+    return answers
+
+
+def _samples(gen_rows: list[dict[str, Any]], answers: dict[str, list[str]]) -> list[dict[str, str]]:
+    """The first five prompts with the reference and both answers, cut short, for a person to read."""
+    return [
         {
             "prompt": to_example(r)["prompt"][-400:],
             "reference": to_example(r)["completion"][:400],
@@ -315,23 +255,6 @@ def run_job(ctx) -> dict[str, Any]:
         }
         for r, a, b in list(zip(gen_rows, answers["adapter"], answers["base"]))[:5]
     ]
-    write_outputs(Path(adapter.path), metrics, sanity)
-    to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
-    stored = {k: v for k, v in metrics.items() if k != "samples"}
-    after = registry.record_evaluation(
-        store,
-        adapter.id,
-        stored,
-        f"evaluated on {cfg.dataset_id}; {_gate_reason(gate)}",
-        to_status=to_status,
-        data={"job_id": ctx.job_id, **metrics["summary"]},
-    )
-    ctx.progress(force=True, stage="done", step=total, total_steps=total, message=_gate_reason(gate))
-    return {
-        **metrics["summary"],
-        "status": after.status,
-        "metrics_path": str(Path(adapter.path) / "eval" / "metrics.json"),
-    }
 
 
 def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
@@ -373,113 +296,6 @@ def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, 
     out.mkdir(exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     (out / "sanity_responses.json").write_text(json.dumps(sanity, indent=2, ensure_ascii=False))
-
-
-# ---- model work (imports torch lazily) ---------------------------------------------------------
-
-
-def load_model(base: str, adapter_path: str):
-    """The base with the adapter on top, in eval mode (learning.generate.load_model)."""
-    from learning.models.generate import load_model as load
-
-    return load(base, adapter_path)
-
-
-@contextlib.contextmanager
-def model_variant(model, name: str):
-    """`with model_variant(model, 'base')`: the same loaded model with its adapter switched off."""
-    from learning.models.generate import without_adapter
-
-    if name == "base":
-        with without_adapter(model):
-            yield model
-    else:
-        yield model
-
-
-def is_chat(tok, prompt: Any) -> bool:
-    return isinstance(prompt, list) and bool(getattr(tok, "chat_template", None))
-
-
-def prompt_text(tok, prompt: Any) -> str:
-    if is_chat(tok, prompt):
-        return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return as_text(prompt)
-
-
-def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt + completion + eos, and how many of them are completion tokens."""
-    # A chat template already writes the special tokens (bos); plain text gets the tokenizer's own.
-    p = tok(prompt_text(tok, example["prompt"]), add_special_tokens=not is_chat(tok, example["prompt"]))["input_ids"]
-    c = tok(example["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    c = c[: max_length - 1]
-    p = p[-(max_length - len(c)) :]
-    return p + c, len(c)
-
-
-def teacher_forced(
-    model, tok, examples: list[dict[str, Any]], batch_size: int, max_length: int = 2048, on_batch=None
-) -> dict[str, Any]:
-    """Loss, perplexity and accuracy on completion tokens only, batched and without gradients.
-    Left padding puts every completion at the end, so only the last logits are computed."""
-    import torch
-    import torch.nn.functional as F
-
-    encoded = sorted((encode(tok, e, max_length) for e in examples), key=lambda x: len(x[0]))
-    device = next(model.parameters()).device
-    loss_sum, correct, count = 0.0, 0, 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(encoded), batch_size):
-            batch = encoded[i : i + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            keep = max(n for _, n in batch) + 1
-            ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s, _ in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s, _ in batch], device=device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-            logits = logits[:, :-1].float()  # position t predicts token t + 1
-            targets = ids[:, width - keep + 1 :]
-            want = torch.zeros_like(targets, dtype=torch.bool)
-            for row, (_, n) in enumerate(batch):
-                want[row, keep - 1 - n :] = True
-            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-            losses = losses.view_as(targets)[want]
-            loss_sum += float(losses.sum())
-            correct += int((logits.argmax(-1) == targets)[want].sum())
-            count += int(want.sum())
-            if on_batch:
-                on_batch(min(i + batch_size, len(encoded)))
-    seconds = time.perf_counter() - start
-    loss = loss_sum / max(count, 1)
-    return {
-        "eval_loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "token_accuracy": correct / max(count, 1),
-        "completion_tokens": count,
-        "tokens_per_s": sum(len(s) for s, _ in encoded) / max(seconds, 1e-9),
-    }
-
-
-def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
-    """Greedy answers (learning.models.generate), a few batches at a time so progress can be reported."""
-    from learning.models.generate import generate as greedy
-
-    texts = [prompt_text(tok, p) for p in prompts]
-    out: list[str] = []
-    chunk = batch_size * 4
-    for i in range(0, len(texts), chunk):
-        out += greedy(
-            model,
-            tok,
-            texts[i : i + chunk],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            add_special_tokens=not any(is_chat(tok, p) for p in prompts),
-        )
-        if on_batch:
-            on_batch(min(i + chunk, len(texts)))
-    return out
 
 
 def run_sanity(model, tok, role: str, examples: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:

@@ -204,6 +204,30 @@ def _pretrain(model, stream, spec: BaseSpec, seed: int, log) -> float | None:
     return round(smooth, 4)
 
 
+def _new_model(tokenizer, spec: BaseSpec, seed: int):
+    """A randomly initialised Llama of the spec's size, for the tokenizer's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    return LlamaForCausalLM(config)
+
+
 def build_base(
     out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, steps: int | None = None, log=None
 ) -> Path:
@@ -212,7 +236,7 @@ def build_base(
         raise InvalidInput(f"Unknown base size {size!r}; use one of {', '.join(SIZES)}.")
     spec = SIZES[size] if steps is None else SIZES[size].model_copy(update={"steps": steps})
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig
 
     started = time.time()
     out = Path(out_dir)
@@ -222,23 +246,7 @@ def build_base(
         docs = list(corpus(seed, spec.corpus_docs))
         _train_tokenizer(docs, spec, seed, work)
         tokenizer = AutoTokenizer.from_pretrained(work)
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_heads,
-            max_position_embeddings=spec.max_positions,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            rms_norm_eps=1e-5,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        )
-        model = LlamaForCausalLM(config)
+        model = _new_model(tokenizer, spec, seed)
         # One thread: float sums differ with the thread count, and a base pretrained on 2 threads
         # differs from one pretrained on 8 (and teaches its adapters differently). One thread gives
         # the same base on every machine; for a model this small it costs little.

@@ -2,7 +2,7 @@
 
 Reads top to bottom: load the dataset rows, the tokenizer and the base model, build the
 LoRA and trainer configs, run TRL's trainer (SFT, DPO or KTO) as it is, save the adapter
-and its metadata. learning.training.train_adapter validated everything before this runs.
+and its metadata. learning.train.launch.train_adapter validated everything before this runs.
 
 With num_processes > 1 the job process runs `accelerate launch` of this module's main(),
 one process per device (gloo on CPU); rank 0 reports progress and writes the artifacts.
@@ -24,6 +24,7 @@ from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.jobs.queries import job_row
 from learning.models.fingerprint import base_fingerprint
 from learning.store import Store, loads
+from learning.train.progress import ProgressCallback
 
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
@@ -145,6 +146,8 @@ def _cancel_message(p: dict, step: int | None) -> str:
 # ---- the recipe ------------------------------------------------------------------------
 
 
+# The steps share the model, the tokenizer and the trainer; split up, the recipe would no longer read as one.
+# Long: the recipe reads top to bottom like TRL's sft.py (base, data, model, LoRA, trainer, train, save).
 def train(ctx: JobContext) -> dict[str, Any] | None:
     """Train the adapter described by ctx.params; returns the result on rank 0, None elsewhere."""
     import torch
@@ -197,32 +200,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     )
 
     # 5. Trainer arguments shared by the three methods.
-    common: dict[str, Any] = dict(
-        output_dir=str(ckpt_dir),
-        learning_rate=cfg["learning_rate"],
-        num_train_epochs=cfg["epochs"],
-        max_steps=cfg["max_steps"] or -1,
-        per_device_train_batch_size=cfg["batch_size"],
-        gradient_accumulation_steps=cfg["grad_accum"],
-        warmup_steps=cfg["warmup_ratio"],
-        weight_decay=cfg["weight_decay"],
-        lr_scheduler_type="linear",
-        seed=cfg["seed"],
-        data_seed=cfg["seed"],
-        logging_steps=cfg["logging_steps"],
-        save_strategy="steps",
-        save_steps=cfg["save_steps"],
-        save_total_limit=2,
-        report_to=["tensorboard"],
-        disable_tqdm=True,
-        use_cpu=not cuda,
-        bf16=dtype == torch.bfloat16,
-        gradient_checkpointing=_needs_checkpointing(model),
-        dataloader_num_workers=0,
-        max_length=cfg["max_length"],
-        include_num_input_tokens_seen="non_padding",
-        ddp_find_unused_parameters=False,
-    )
+    common = _trainer_args(cfg, ckpt_dir, cuda, dtype == torch.bfloat16, _needs_checkpointing(model))
     callback = ProgressCallback(ctx, rank0)
     inputs: dict[str, Any] = dict(
         model=model,
@@ -258,21 +236,55 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         return None
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    metrics = {
+    metrics = _run_metrics(trainer, output, callback, len(dataset), cuda)
+    metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
+    base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
+    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics, "base_hash": base_id}
+
+
+def _trainer_args(cfg: dict, ckpt_dir: Path, cuda: bool, bf16: bool, gradient_checkpointing: bool) -> dict[str, Any]:
+    """The trainer arguments SFT, DPO and KTO share, from the adapter's configuration."""
+    return dict(
+        output_dir=str(ckpt_dir),
+        learning_rate=cfg["learning_rate"],
+        num_train_epochs=cfg["epochs"],
+        max_steps=cfg["max_steps"] or -1,
+        per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["grad_accum"],
+        warmup_steps=cfg["warmup_ratio"],
+        weight_decay=cfg["weight_decay"],
+        lr_scheduler_type="linear",
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        logging_steps=cfg["logging_steps"],
+        save_strategy="steps",
+        save_steps=cfg["save_steps"],
+        save_total_limit=2,
+        report_to=["tensorboard"],
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        dataloader_num_workers=0,
+        max_length=cfg["max_length"],
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _run_metrics(trainer, output, callback: ProgressCallback, train_rows: int, cuda: bool) -> dict[str, Any]:
+    return {
         "train_loss": _final_loss(trainer, output),
         "steps": trainer.state.global_step,
         "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
         "epochs": round(trainer.state.epoch or 0, 3),
         "train_runtime_s": round(output.metrics.get("train_runtime", 0.0), 2),
         "tokens_per_s": callback.tokens_per_s,
-        "train_rows": len(dataset),
+        "train_rows": train_rows,
         **_peak_memory(cuda),
     }
-    metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
-    base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
-    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics, "base_hash": base_id}
 
 
 def _peak_memory(cuda: bool) -> dict[str, float]:
@@ -343,74 +355,6 @@ def _metadata(p: dict, base_path: str, metrics: dict, started: float, resumed_fr
         "resumed_from": resumed_from,
         **metrics,
     }
-
-
-# ---- progress and cancel ----------------------------------------------------------------
-
-
-def _make_callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class ProgressCallback(_make_callback_base()):
-    """Writes step, total_steps, loss, tokens_per_s and eta_s to the job row; stops on cancel.
-
-    On a cancel request the trainer saves a checkpoint at the current step and stops; every
-    process of a distributed run learns of it at the same step (broadcast from rank 0).
-    """
-
-    def __init__(self, ctx: JobContext, rank0: bool):
-        self.ctx, self.rank0 = ctx, rank0
-        self.cancelled_at: int | None = None
-        self.tokens_per_s: float | None = None
-        self._t0: float | None = None
-        self._tokens0: int | None = None
-        self._step0: int | None = None
-        self._loss: float | None = None
-
-    def on_train_begin(self, args, state, control, **kw):
-        self._t0, self._tokens0, self._step0 = time.time(), state.num_input_tokens_seen or 0, state.global_step
-        if self.rank0:
-            self.ctx.progress(force=True, stage="train", step=state.global_step, total_steps=state.max_steps)
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            self._loss = round(float(logs["loss"]), 5)
-
-    def on_step_end(self, args, state, control, **kw):
-        assert self._t0 is not None and self._tokens0 is not None and self._step0 is not None  # on_train_begin
-        elapsed = max(1e-9, time.time() - self._t0)
-        done = state.global_step - self._step0
-        tokens = (state.num_input_tokens_seen or 0) - self._tokens0
-        self.tokens_per_s = round(tokens / elapsed, 1) if tokens else None
-        if self.rank0:
-            eta = (state.max_steps - state.global_step) * elapsed / done if done else None
-            self.ctx.progress(
-                step=state.global_step,
-                total_steps=state.max_steps,
-                loss=self._loss,
-                tokens_per_s=self.tokens_per_s,
-                eta_s=round(eta, 1) if eta is not None else None,
-                tokens_seen=int(state.num_input_tokens_seen or 0),
-            )
-        if self._cancel_requested() and state.global_step < state.max_steps:
-            self.cancelled_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def _cancel_requested(self) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        flag = self.rank0 and self.ctx.cancelled()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([1 if flag else 0])
-            dist.broadcast(t, 0)
-            flag = bool(t.item())
-        return flag
 
 
 if __name__ == "__main__":
