@@ -7,9 +7,7 @@ Each row names one library function; the function's signature declares the verb'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from learning.data import curate, datasets, preferences
 from learning.errors import InvalidInput
@@ -24,7 +22,6 @@ from learning.runs import stats as runstats
 from learning.runs.schema import RunIn
 from learning.serve import deploy, export
 from learning.train import launch
-from server import render
 from server.verbs import CliShape, Verb
 
 
@@ -41,7 +38,7 @@ def _template(values: dict[str, Any]) -> dict[str, Any]:
 
 
 TEMPLATE_FILE = {
-    "template_file": (Annotated[Path | None, typer.Option(help="Read the prompt template from this file.")], None)
+    "template_file": (Path | None, None, "Read the prompt template from this file."),
 }
 
 
@@ -63,10 +60,10 @@ def _train_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 TRAIN_OPTIONS = {
-    "epochs": (Annotated[float | None, typer.Option(help="Passes over the data (an override).")], None),
-    "lr": (Annotated[float | None, typer.Option(help="Peak learning rate (an override).")], None),
-    "rank": (Annotated[int | None, typer.Option(help="LoRA rank r (an override).")], None),
-    "config": (Annotated[str | None, typer.Option(help="A YAML file: preset and any hyper-parameter.")], None),
+    "epochs": (float | None, None, "Passes over the data (an override)."),
+    "lr": (float | None, None, "Peak learning rate (an override)."),
+    "rank": (int | None, None, "LoRA rank r (an override)."),
+    "config": (str | None, None, "A YAML file: preset and any hyper-parameter."),
 }
 
 VERBS: list[Verb] = [
@@ -78,7 +75,7 @@ VERBS: list[Verb] = [
         "Log a run",
         "append",
         request=RunIn,
-        cli=CliShape(stdin=("output",), render=render.logged),
+        cli=CliShape(stdin=("output",), render="logged"),
     ),
     Verb(
         runs.import_runs_from,
@@ -86,7 +83,7 @@ VERBS: list[Verb] = [
         "import",
         "Import runs (JSONL)",
         "append",
-        cli=CliShape(arguments=("path",), stdin=("path",), render=render.imported),
+        cli=CliShape(arguments=("path",), stdin=("path",), render="imported"),
     ),
     Verb(
         runstats.run_stats,
@@ -94,7 +91,7 @@ VERBS: list[Verb] = [
         "stats",
         "Run statistics",
         "read",
-        cli=CliShape(aliases={"group_by": ("--by",)}, render=render.run_stats),
+        cli=CliShape(aliases={"group_by": ("--by",)}, render="run_stats"),
     ),
     # jobs (the CLI's `jobs` command shows, follows and cancels them)
     Verb(jobs.job_status, "job_status", None, "Job status", "read"),
@@ -107,7 +104,7 @@ VERBS: list[Verb] = [
         "make-sft",
         "Make an SFT dataset",
         "append",
-        cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation),
+        cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render="curation"),
     ),
     Verb(
         preferences.make_preferences,
@@ -115,7 +112,7 @@ VERBS: list[Verb] = [
         "make-preferences",
         "Make a preference dataset (DPO/KTO)",
         "append",
-        cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render=render.curation),
+        cli=CliShape(extras=TEMPLATE_FILE, prepare=_template, render="curation"),
     ),
     Verb(
         datasets.dataset_list,
@@ -123,7 +120,7 @@ VERBS: list[Verb] = [
         "datasets",
         "List datasets",
         "read",
-        cli=CliShape(render=render.datasets),
+        cli=CliShape(render="datasets"),
     ),
     # training and evaluation
     Verb(
@@ -137,7 +134,7 @@ VERBS: list[Verb] = [
             follow=False,
             extras=TRAIN_OPTIONS,
             prepare=_train_options,
-            render=render.train_started,
+            render="train_started",
         ),
     ),
     Verb(
@@ -147,7 +144,7 @@ VERBS: list[Verb] = [
         "Evaluate an adapter",
         "job",
         cli=CliShape(
-            arguments=("adapter_id",), aliases={"dataset_id": ("--dataset",)}, follow=False, render=render.eval_started
+            arguments=("adapter_id",), aliases={"dataset_id": ("--dataset",)}, follow=False, render="eval_started"
         ),
     ),
     # the registry and the lifecycle
@@ -159,7 +156,7 @@ VERBS: list[Verb] = [
         "destructive",
         consent=lifecycle.promote_consent,
         refused=lifecycle.refused_outcome,
-        cli=CliShape(arguments=("adapter_id",), render=render.lifecycle_outcome),
+        cli=CliShape(arguments=("adapter_id",), render="lifecycle_outcome"),
     ),
     Verb(
         lifecycle.rollback_adapter,
@@ -169,7 +166,7 @@ VERBS: list[Verb] = [
         "destructive",
         consent=lifecycle.rollback_consent,
         refused=lifecycle.refused_outcome,
-        cli=CliShape(render=render.lifecycle_outcome),
+        cli=CliShape(render="lifecycle_outcome"),
     ),
     Verb(
         folders.register_adapter,
@@ -177,18 +174,16 @@ VERBS: list[Verb] = [
         "register",
         "Register an external adapter",
         "job",
-        cli=CliShape(arguments=("path",), aliases={"dataset_id": ("--dataset",)}, render=render.registered),
+        cli=CliShape(arguments=("path",), aliases={"dataset_id": ("--dataset",)}, render="registered"),
     ),
-    Verb(
-        registry.list_adapters, "list_adapters", "list", "List adapters", "read", cli=CliShape(render=render.adapters)
-    ),
+    Verb(registry.list_adapters, "list_adapters", "list", "List adapters", "read", cli=CliShape(render="adapters")),
     Verb(
         registry.adapter_history,
         "adapter_history",
         "history",
         "Adapter history",
         "read",
-        cli=CliShape(arguments=("adapter_id",), render=render.history),
+        cli=CliShape(arguments=("adapter_id",), render="history"),
     ),
     # routing, experiments and drift
     Verb(
@@ -197,7 +192,7 @@ VERBS: list[Verb] = [
         "select",
         "Select an adapter",
         "read",
-        cli=CliShape(render=render.selection),
+        cli=CliShape(render="selection"),
     ),
     Verb(
         drift.detect_drift,
@@ -208,17 +203,17 @@ VERBS: list[Verb] = [
         consent=drift.drift_consent,
         cli=CliShape(
             aliases={"new_id": ("--new",), "old_id": ("--old",), "experiment_id": ("--experiment",)},
-            render=render.drift,
+            render="drift",
         ),
     ),
-    Verb(reward_plot.write_report, None, "report", "Reward report (PNG)", "append", cli=CliShape(render=render.report)),
+    Verb(reward_plot.write_report, None, "report", "Reward report (PNG)", "append", cli=CliShape(render="report")),
     Verb(
         experiments.start_experiment,
         "start_experiment",
         "experiment start",
         "Start an experiment",
         "append",
-        cli=CliShape(aliases={"candidate_id": ("--candidate",)}, render=render.experiment),
+        cli=CliShape(aliases={"candidate_id": ("--candidate",)}, render="experiment"),
     ),
     Verb(
         experiments.stop_experiment,
@@ -226,7 +221,7 @@ VERBS: list[Verb] = [
         "experiment stop",
         "Stop an experiment",
         "append",
-        cli=CliShape(aliases={"experiment_id": ("--id",)}, render=render.experiment),
+        cli=CliShape(aliases={"experiment_id": ("--id",)}, render="experiment"),
     ),
     Verb(
         experiments.list_experiments,
@@ -234,7 +229,7 @@ VERBS: list[Verb] = [
         "experiment list",
         "List experiments",
         "read",
-        cli=CliShape(render=render.experiments),
+        cli=CliShape(render="experiments"),
     ),
     # serving
     Verb(
@@ -247,7 +242,7 @@ VERBS: list[Verb] = [
             arguments=("adapter_id",),
             aliases={"format": ("-f",), "from_model": ("--from",)},
             follow=True,
-            render=render.export_job,
+            render="export_job",
         ),
     ),
     Verb(
@@ -256,7 +251,7 @@ VERBS: list[Verb] = [
         "deploy",
         "Deploy an adapter",
         "runtime",
-        cli=CliShape(arguments=("adapter_id",), aliases={"from_model": ("--from",)}, render=render.deployment),
+        cli=CliShape(arguments=("adapter_id",), aliases={"from_model": ("--from",)}, render="deployment"),
     ),
     Verb(
         deploy.set_deploy_target,
@@ -264,7 +259,7 @@ VERBS: list[Verb] = [
         "deploy-target",
         "Keep a route deployed",
         "append",
-        cli=CliShape(render=render.deploy_target),
+        cli=CliShape(render="deploy_target"),
     ),
     # the whole loop
     Verb(
@@ -274,6 +269,6 @@ VERBS: list[Verb] = [
         "Run a training cycle",
         "destructive",
         consent=cycle.cycle_consent,
-        cli=CliShape(follow=True, render=render.cycle_started),
+        cli=CliShape(follow=True, render="cycle_started"),
     ),
 ]

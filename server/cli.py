@@ -11,6 +11,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from learning.errors import LearnloopError, check
 from learning.store import Store
-from server import commands
+from server import commands, render
 from server.catalog import VERBS
 from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fail
 from server.verbs import Argument, Verb, arguments, call, consent_summary
@@ -142,10 +143,14 @@ def _ask(verb: Verb, store: Store, values: dict[str, Any], as_json: bool) -> boo
         if result is None:
             console.print("[yellow]declined[/]: nothing changed.")
         else:
-            emit(result, as_json, verb.cli.render)
+            emit(result, as_json, _renderer(verb))
         return False
     values["confirm"] = True
     return True
+
+
+def _renderer(verb: Verb) -> Callable[[Any], None] | None:
+    return getattr(render, verb.cli.render) if verb.cli.render else None
 
 
 def _stdin(verb: Verb, values: dict[str, Any]) -> dict[str, Any]:
@@ -162,8 +167,8 @@ def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) ->
     shape = verb.cli
     params = [_parameter(verb, a) for a in sorted(args, key=lambda a: a.name not in shape.arguments)]
     params += [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
-        for n, (t, d) in shape.extras.items()
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=Annotated[t, typer.Option(help=h)])
+        for n, (t, d, h) in shape.extras.items()
     ]
     if shape.follow is not None:
         params.append(
@@ -192,7 +197,7 @@ def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) ->
         result = call(verb, store, values, actor="cli", stdin=sys.stdin.buffer)
         job_id = getattr(result, "job_id", None)
         if not wait or job_id is None:
-            emit(result, as_json, shape.render)
+            emit(result, as_json, _renderer(verb))
             return
         commands.follow_to_the_end(store, result, as_json, verb.tool)
 

@@ -31,10 +31,10 @@ class CliShape:
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # older option spellings kept working
     stdin: tuple[str, ...] = ()  # text arguments where '-' (or nothing, for a required one) reads stdin
     follow: bool | None = None  # starts a job: --wait/--no-wait with this default follows it in the terminal
-    # CLI-only options: name -> (annotation, default); `prepare` folds them into the verb's arguments.
-    extras: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # CLI-only options: name -> (type, default, help); `prepare` folds them into the verb's arguments.
+    extras: dict[str, tuple[Any, Any, str]] = field(default_factory=dict)
     prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    render: Callable[[Any], None] | None = None  # a screenful; None prints the JSON
+    render: str | None = None  # a screenful: a function of server/render.py; None prints the JSON
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,9 @@ def test_the_mismatches_once_found_are_gone(faces):
     assert "--time" in {o for p in commands["log"].params for o in getattr(p, "opts", [])}
     assert "set_deploy_target" in tools and "deploy-target" in commands
     assert "confirm" in {p.name for p in commands["cycle"].params}  # --to-production asks, or takes --yes
+
+
+def test_every_screen_named_in_the_catalog_exists():
+    from server import render
+
+    assert [v.cli.render for v in VERBS if v.cli.render and not callable(getattr(render, v.cli.render, None))] == []
