@@ -32,6 +32,12 @@ class Conflict(LearnloopError):
     """The request is valid but the current state does not allow it."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """A caller's value for an error message: its repr, cut to `limit` characters when longer."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 def check(problems: list[str], message: str = "Invalid input:") -> None:
     """Raise InvalidInput listing every problem, if there are any."""
     if problems:

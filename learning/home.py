@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from learning.errors import InvalidInput
+from learning.errors import InvalidInput, shown
 
 DB_NAME = "learnloop.db"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -36,12 +36,20 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 
 def safe_id(value: str, what: str = "id") -> str:
     """Check an id that becomes a file name: no path separators, no '..', bounded length."""
-    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or ".." in value:
         raise InvalidInput(
-            f"Invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"Invalid {what} {shown(value)}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no '/' or '..')."
         )
     return value
+
+
+def within(home: Path, path: str | os.PathLike, what: str) -> Path:
+    """A recorded path (absolute, or relative to the home) resolved; refuses one outside the home."""
+    resolved = (home / path).resolve()
+    if home != resolved and home not in resolved.parents:
+        raise InvalidInput(f"{what} is recorded at {resolved}, outside the learnloop home {home}; it is not used.")
+    return resolved
 
 
 def subdir(home: Path, *parts: str) -> Path:

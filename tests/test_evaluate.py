@@ -185,7 +185,7 @@ def test_bad_input_changes_nothing(store, toy):
         ("dead", None, Conflict, "failed"),
         ("gone", None, InvalidInput, "no weights file"),
         ("corrupt", None, InvalidInput, "corrupt"),
-        ("ok", "no-such-dataset", InvalidInput, "no test split"),
+        ("ok", "no-such-dataset", NotFound, "No dataset .no-such-dataset.*list_datasets"),
     ]:
         with pytest.raises(error, match=words):
             evaluate.evaluate_adapter(store, adapter_id, dataset)

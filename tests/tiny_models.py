@@ -7,7 +7,11 @@ loss, code that compiles) while the random base does not.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+from learning.data.datasets import content_hash, insert_dataset
+from learning.store import Store
 
 PROMPT = "### Task: write a function that returns {n}\n### Code:\n"
 COMPLETION = "def f():\n    return {n}\n"
@@ -112,4 +116,15 @@ def write_dataset(home: Path, dataset_id: str, train: list[dict], test: list[dic
     for name, rows in (("train", train), ("test", test)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "metadata.json").write_text(json.dumps({"id": dataset_id, "role": role, "format": "prompt_completion"}))
+    record = dict(id=dataset_id, role=role, kind="sft", format="prompt_completion", created=time.time())
+    insert_dataset(
+        Store(home),
+        {
+            **record,
+            "path": str(folder),
+            "train_rows": len(train),
+            "test_rows": len(test),
+            "content_hash": content_hash(folder),
+        },
+    )
     return folder

@@ -25,8 +25,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
-from learning.errors import NotFound
-from learning.home import safe_id, subdir
+from learning.errors import NotFound, shown
+from learning.home import safe_id, subdir, within
 from learning.store import Store, dumps, loads
 
 FILES = ("train.jsonl", "test.jsonl", "metadata.json")
@@ -186,8 +186,8 @@ def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str,
     return final
 
 
-def to_info(row) -> DatasetInfo:
-    path = Path(row["path"])
+def to_info(row, path: Path | None = None) -> DatasetInfo:
+    path = path or Path(row["path"])
     return DatasetInfo(
         id=row["id"],
         role=row["role"],
@@ -205,16 +205,28 @@ def to_info(row) -> DatasetInfo:
     )
 
 
-def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
-    """The record of a dataset and the absolute paths of its files (what training reads)."""
+def recorded_dataset(store: Store, dataset_id: str) -> sqlite3.Row:
+    """A dataset id from a caller, looked up in the store (never used as a path); NotFound names it."""
     safe_id(dataset_id, "dataset id")
     row = dataset_row(store, dataset_id)
     if row is None:
         raise NotFound(
-            f"No dataset {dataset_id!r}. List datasets with list_datasets (CLI: learnloop datasets) "
+            f"No dataset {shown(dataset_id)}. List datasets with list_datasets (CLI: learnloop datasets) "
             "or make one with make_sft / make_preferences."
         )
-    info = to_info(row)
+    return row
+
+
+def dataset_folder(store: Store, dataset_id: str) -> Path:
+    """The folder the store recorded for a dataset id, checked to be under the home."""
+    row = recorded_dataset(store, dataset_id)
+    return within(store.home, row["path"], f"Dataset {dataset_id}")
+
+
+def get_dataset(store: Store, dataset_id: str) -> DatasetInfo:
+    """The record of a dataset and the absolute paths of its files (what training reads)."""
+    row = recorded_dataset(store, dataset_id)
+    info = to_info(row, within(store.home, row["path"], f"Dataset {dataset_id}"))
     missing = [n for n in FILES if not (Path(info.path) / n).is_file()]
     if missing:
         raise NotFound(

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from learning.clock import iso
-from learning.data.datasets import dataset_row
+from learning.data.datasets import dataset_folder
 from learning.data.formats import to_example
 from learning.errors import Conflict, InvalidInput, check
 from learning.evaluate import checks
@@ -64,9 +64,9 @@ class EvalStarted(BaseModel):
 
 
 def dataset_dir(store: Store, dataset_id: str) -> Path:
-    """The dataset's folder as recorded in the store, else datasets/<id> under the home."""
-    row = dataset_row(store, dataset_id)
-    return Path(row["path"]) if row is not None else store.home / "datasets" / dataset_id
+    """The dataset's folder as the store recorded it (under the home); an id the store does not
+    hold is NotFound, never a path."""
+    return dataset_folder(store, dataset_id)
 
 
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
