@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import Field
 
 from learning.data.templates import resolve_template
-from learning.errors import InvalidInput, check
+from learning.errors import InvalidInput, check, shown
 from learning.runs.schema import ROLE_PATTERN
 from learning.runs.stats import time_window
 from learning.store import Store
@@ -90,8 +90,8 @@ def check_curation(
 ) -> list[str]:
     """What is wrong with the arguments both verbs share, every problem at once."""
     problems = []
-    if not isinstance(role, str) or not re.match(ROLE_PATTERN, role):
-        problems.append(f"role {role!r} is not a role name (lower-case letters, digits, '_' or '-')")
+    if not isinstance(role, str) or not re.fullmatch(ROLE_PATTERN, role):
+        problems.append(f"role {shown(role)} is not a role name (lower-case letters, digits, '_' or '-')")
     if fmt not in formats:
         problems.append(f"format {fmt!r} is not one of {', '.join(formats)}")
     if not 0 <= test_fraction <= 0.5:

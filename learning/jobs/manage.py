@@ -26,7 +26,7 @@ import psutil
 from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
-from learning.errors import Conflict, NotFound
+from learning.errors import Conflict, NotFound, shown
 from learning.home import subdir
 from learning.jobs.queries import active_job_rows, fail_training_adapter, insert_job, job_row, job_rows, update_job
 from learning.store import Store, dumps, loads
@@ -235,7 +235,7 @@ def job_status(
     """Where a background job stands: status, progress (step, loss, tokens/s, ETA), result or error."""
     row = job_row(store, job_id)
     if row is None:
-        raise NotFound(f"No job {job_id!r}. List jobs with `learnloop jobs` (MCP: list_jobs).")
+        raise NotFound(f"No job {shown(job_id)}. List jobs with `learnloop jobs` (MCP: list_jobs).")
     if row["status"] in ACTIVE:
         reconcile(store)
         row = _known_job_row(store, job_id)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
-from learning.errors import Conflict, InvalidInput, NotFound
+from learning.errors import Conflict, InvalidInput, NotFound, shown
 from learning.home import safe_id
 from learning.registry.queries import (
     adapter_event_rows,
@@ -151,7 +151,7 @@ def create_adapter(
 def get_adapter(store: Store, adapter_id: str) -> Adapter:
     row = adapter_row(store, adapter_id)
     if row is None:
-        raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        raise NotFound(f"No adapter {shown(adapter_id)}. List adapters with list_adapters (CLI: learnloop list).")
     return to_adapter(row)
 
 
@@ -206,7 +206,7 @@ def move(
     with store.write() as conn:
         row = adapter_row(store, adapter_id, conn)
         if row is None:
-            raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+            raise NotFound(f"No adapter {shown(adapter_id)}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
         if to_status not in MOVES[current] and not force:
             raise Conflict(
@@ -238,7 +238,7 @@ def record_evaluation(
     with store.write() as conn:
         row = adapter_row(store, adapter_id, conn)
         if row is None:
-            raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+            raise NotFound(f"No adapter {shown(adapter_id)}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
         target = to_status if to_status and current == "trained" and to_status in MOVES[current] else current
         update_adapter_fields(conn, adapter_id, metrics=dumps(metrics), updated=time.time())
@@ -260,7 +260,7 @@ def set_production(
     with store.write() as conn:
         row = adapter_row(store, adapter_id, conn)
         if row is None:
-            raise NotFound(f"No adapter {adapter_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+            raise NotFound(f"No adapter {shown(adapter_id)}. List adapters with list_adapters (CLI: learnloop list).")
         current = row["status"]
         if current == "production":
             raise Conflict(f"Adapter {adapter_id} is already in production for its route.")

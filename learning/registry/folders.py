@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from learning.data.datasets import recorded_dataset
 from learning.errors import Conflict, InvalidInput, LearnloopError, NotFound, check
 from learning.home import safe_id, subdir
 from learning.models.generate import load_model
@@ -136,17 +137,19 @@ def register_adapter(
 
     The load check starts a process that imports torch and loads the base (seconds for a small
     model, longer for a large one); it never runs in the server's own process."""
-    src = Path(path).expanduser().resolve()
     safe_id(role, "role")
+    adapter_id = safe_id(adapter_id or f"{registry.new_adapter_id(role)}-{secrets.token_hex(2)}", "adapter id")
+    if adapter_row(store, adapter_id) is not None:
+        raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
+    if dataset_id is not None:
+        recorded_dataset(store, dataset_id)  # an id the store holds, or NotFound
+    src = Path(path).expanduser().resolve()
     config = inspect_adapter_folder(src)
     base = base or config.get("base_model_name_or_path")
     if not base:
         raise InvalidInput(f"{src}/adapter_config.json names no base model; pass the base (--base).")
     if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
         raise InvalidInput(f"No base model folder {base}; pass the base the adapter was trained on (--base).")
-    adapter_id = safe_id(adapter_id or f"{registry.new_adapter_id(role)}-{secrets.token_hex(2)}", "adapter id")
-    if adapter_row(store, adapter_id) is not None:
-        raise Conflict(f"Adapter {adapter_id} already exists; choose another id.")
     loaded = check_loads(base, src) if load_check else {}
     dest = subdir(store.home, "adapters") / adapter_id
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.pth"))

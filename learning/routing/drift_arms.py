@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from learning.clock import iso
-from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.errors import Conflict, InvalidInput, NotFound, check, shown
 from learning.registry.queries import adapter_row, known_roles, production_for_route, role_known
 from learning.routing.experiments import experiment_row
 from learning.store import Store, loads
@@ -37,16 +37,18 @@ def resolve_arms(
     if experiment_id is not None:
         exp = experiment_row(store, experiment_id)
         if exp is None:
-            raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
+            raise NotFound(f"No experiment {shown(experiment_id)}. List them with list_experiments.")
         if role is not None and role != exp["role"]:
-            raise InvalidInput(f"Experiment {experiment_id} is for role {exp['role']!r}, not {role!r}.")
+            raise InvalidInput(f"Experiment {experiment_id} is for role {exp['role']!r}, not {shown(role)}.")
         return exp["role"], exp["task_type"], exp["complexity"], exp["candidate_id"], exp["control_id"], experiment_id
     if new_id is None:
         if role is None:
             raise InvalidInput("Give a role (compares its production adapter with the one it replaced) or --new ID.")
         if not role_known(store, role):
             known = known_roles(store)
-            raise NotFound(f"No adapters or runs for role {role!r}. Known roles: {', '.join(known) or 'none yet'}.")
+            raise NotFound(
+                f"No adapters or runs for role {shown(role)}. Known roles: {', '.join(known) or 'none yet'}."
+            )
         with store.read() as conn:
             current = production_for_route(conn, role, task_type, complexity)
         if current is None:
@@ -59,10 +61,10 @@ def resolve_arms(
         new_id = current["id"]
     new = adapter_row(store, new_id)
     if new is None:
-        raise NotFound(f"No adapter {new_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+        raise NotFound(f"No adapter {shown(new_id)}. List adapters with list_adapters (CLI: learnloop list).")
     problems = []
     if role is not None and new["role"] != role:
-        problems.append(f"adapter {new_id} is for role {new['role']!r}, not {role!r}.")
+        problems.append(f"adapter {new_id} is for role {new['role']!r}, not {shown(role)}.")
     if old_id is None:
         event = last_production_event(store, new_id)
         data = loads(event["data"]) if event is not None else {}
@@ -70,7 +72,7 @@ def resolve_arms(
     else:
         old = adapter_row(store, old_id)
         if old is None:
-            raise NotFound(f"No adapter {old_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+            raise NotFound(f"No adapter {shown(old_id)}. List adapters with list_adapters (CLI: learnloop list).")
         if old["role"] != new["role"]:
             problems.append(
                 f"adapters of different roles cannot be compared: {new_id} is {new['role']!r}, "

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
-from learning.errors import Conflict, InvalidInput, NotFound, check
+from learning.errors import Conflict, InvalidInput, NotFound, check, shown
 from learning.params import Complexity, Reason, Role, RoleFilter, TaskType
 from learning.registry.queries import adapter_brief, production_for_route
 from learning.routing.router import Arm, experiment_arm_rewards, route_keys
@@ -132,7 +132,7 @@ def start_experiment(
     with store.write() as conn:
         cand = adapter_brief(conn, candidate_id)
         if cand is None:
-            raise NotFound(f"No adapter {candidate_id!r}. List adapters with list_adapters (CLI: learnloop list).")
+            raise NotFound(f"No adapter {shown(candidate_id)}. List adapters with list_adapters (CLI: learnloop list).")
         if cand["role"] != role:
             raise InvalidInput(
                 f"Adapter {candidate_id} was trained for role {cand['role']!r}, not {role!r}: "
@@ -190,13 +190,13 @@ def stop_experiment(
         if experiment_id is not None:
             row = experiment_row(store, experiment_id, conn)
             if row is None:
-                raise NotFound(f"No experiment {experiment_id!r}. List them with list_experiments.")
+                raise NotFound(f"No experiment {shown(experiment_id)}. List them with list_experiments.")
         else:
             assert role is not None  # exactly one of the two was given
             row = running_experiment(conn, role, task_type, complexity)
             if row is None:
                 raise NotFound(
-                    f"No experiment runs on role {role!r}"
+                    f"No experiment runs on role {shown(role)}"
                     + (f" task_type {task_type!r}" if task_type else "")
                     + (f" complexity {complexity!r}" if complexity else "")
                     + ". List them with list_experiments."

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from learning.errors import ConfirmationNeeded, Conflict, InvalidInput
+from learning.home import safe_id
 from learning.params import Confirm, Reason
 from learning.registry import adapters as registry
 from learning.registry.queries import adapter_row, production_for_route
@@ -239,6 +240,7 @@ def promote(
 
 
 def plan_rollback(store: Store, role: str, task_type: str | None = None, complexity: str | None = None) -> RollbackPlan:
+    safe_id(role, "role")
     route = {"role": role, "task_type": task_type, "complexity": complexity}
     prev = registry.previous_production(store, role, task_type, complexity)
     if prev is None:

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from learning.errors import NotFound
-from learning.home import subdir
+from learning.errors import NotFound, shown
+from learning.home import safe_id, subdir
 from learning.params import Role
 from learning.registry.queries import adapter_event_rows, known_roles, role_known
 from learning.routing.drift import DriftResult, latest_drift
@@ -52,10 +52,11 @@ def write_report(
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
+    safe_id(role, "role")  # it names the file
     rows = role_rewards(store, role)
     if not rows and not role_known(store, role):
         raise NotFound(
-            f"No adapters or runs for role {role!r}. Known roles: {', '.join(known_roles(store)) or 'none yet'}."
+            f"No adapters or runs for role {shown(role)}. Known roles: {', '.join(known_roles(store)) or 'none yet'}."
         )
     series = _series(rows)
     events = adapter_event_rows(store, role=role)

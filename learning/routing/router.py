@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from learning.errors import InvalidInput
+from learning.errors import InvalidInput, shown
 from learning.params import Complexity, Role, TaskType
 from learning.registry.queries import adapter_brief
 from learning.runs.schema import LIMITS, ROLE_PATTERN
@@ -200,8 +200,8 @@ def _remember_own_write(cache: _Cache, conn) -> None:
 
 def _check(role: str, task_type: str | None, complexity: str | None, task_key: str | None) -> None:
     problems = []
-    if not isinstance(role, str) or not re.match(ROLE_PATTERN, role):
-        problems.append(f"'role' must be a lower-case name such as coder, fixer or judge, got {role!r}.")
+    if not isinstance(role, str) or not re.fullmatch(ROLE_PATTERN, role):
+        problems.append(f"'role' must be a lower-case name such as coder, fixer or judge, got {shown(role)}.")
     for name, value in (("task_type", task_type), ("complexity", complexity), ("task_key", task_key)):
         if value is not None and (not isinstance(value, str) or not value or len(value) > LIMITS[name]):
             problems.append(f"'{name}' must be a non-empty string of at most {LIMITS[name]} characters.")

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from learning.clock import iso, stamp
 from learning.errors import InvalidInput
+from learning.home import safe_id
 from learning.params import Complexity, Role, TaskType
 from learning.registry.adapters import get_adapter
 from learning.serve.runtimes import (
@@ -214,6 +215,7 @@ def set_deploy_target(
 ) -> DeployTarget | None:
     """Keep a route deployed on a runtime: promote and rollback then put the adapter that is about
     to serve the route on it first (and retire the old one there). target none stops."""
+    safe_id(role, "role")
     target = None if target == "none" else target
     if target is not None and target not in TARGETS:
         raise InvalidInput(f"Unknown target {target!r}; use one of {', '.join(TARGETS)}.")

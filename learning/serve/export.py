@@ -285,7 +285,7 @@ def export_adapter(
     adapter = get_adapter(store, adapter_id)
     problems, base_dir = compatibility(adapter, fmt, base)
     check(problems, f"Cannot export adapter {adapter_id} as {fmt}:")
-    target = Path(out).expanduser().resolve() if out else subdir(store.home, "exports", adapter_id) / fmt
+    target = Path(out).expanduser().resolve() if out else subdir(store.home, "exports", adapter.id) / fmt
     if target.exists() and any(target.iterdir()) and not (target / MARKER).exists():
         raise Conflict(f"{target} exists and holds files learnloop did not write; choose another --out.")
     work = target.with_name(f".{target.name}.partial")

@@ -12,7 +12,7 @@ from typing import Any
 
 from learning.data.datasets import dataset_row
 from learning.data.formats import PREF_FORMATS, SFT_FORMATS
-from learning.errors import InvalidInput
+from learning.errors import InvalidInput, shown
 from learning.home import safe_id
 from learning.registry import adapters as registry
 from learning.store import Store
@@ -41,7 +41,9 @@ def check_arguments(role: str, method: Method, num_processes: int) -> tuple[list
 def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], dict | None]:
     row = dataset_row(store, dataset_id)
     if row is None:
-        return [f"No dataset {dataset_id!r}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."], None
+        return [
+            f"No dataset {shown(dataset_id)}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."
+        ], None
     ds = dict(row)
     problems = []
     if ds["role"] != role:
