@@ -47,7 +47,9 @@ def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tupl
     ds = dict(row)
     problems = []
     if ds["role"] != role:
-        problems.append(f"Dataset {dataset_id} is for role {ds['role']!r}, not {role!r}; use a dataset of this role.")
+        problems.append(
+            f"Dataset {dataset_id} is for role {ds['role']!r}, not {shown(role)}; use a dataset of this role."
+        )
     if ds["kind"] not in METHOD_KINDS[method]:
         need = (
             "a preference dataset (prompt/chosen/rejected)"
@@ -178,7 +180,9 @@ def resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume: 
             if (Path(r["path"]) / "checkpoints").is_dir()
         ]
         if not rows:
-            return [f"Nothing to resume for role {role!r}: no failed or cancelled adapter with a checkpoint."], None
+            return [
+                f"Nothing to resume for role {shown(role)}: no failed or cancelled adapter with a checkpoint."
+            ], None
         return [], rows[0]["id"]
     try:
         safe_id(adapter_id, "adapter id")
