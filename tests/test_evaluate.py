@@ -215,6 +215,10 @@ def test_register_external_adapter(store, toy, tmp_path):
     with pytest.raises(InvalidInput, match="No base model folder"):
         folders.register_adapter(store, outside, "coder", base=str(tmp_path / "no-such-base"))
     assert snapshot(store) == before
+    with pytest.raises(NotFound, match="No dataset 'toy-ds'"):  # a dataset id must be one the store holds
+        folders.register_adapter(store, outside, "coder", dataset_id="toy-ds")
+    assert snapshot(store) == before
+    write_dataset(store.home, "toy-ds", toy_rows(0, 40), toy_rows(100, 12))
     # the base defaults to base_model_name_or_path in adapter_config.json
     adapter = folders.register_adapter(store, outside, "coder", dataset_id="toy-ds")
     assert adapter.status == "trained" and adapter.source == "registered" and adapter.base_model == str(base)
