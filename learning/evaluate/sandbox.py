@@ -14,6 +14,7 @@ child interpreter, as learnloop ran answers before it had a jail. Every result r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -24,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 from learning.errors import InvalidInput
 from learning.evaluate.jail import INSTALL_HINT, SandboxUnavailable, jail_command, plain_command
@@ -146,19 +149,44 @@ def _supervise(
         "jobs": [{"code": code, "setup": setup, "tests": tests} for code, tests in jobs],
     }
     command = (jail_command(limits.tmp_mb) if mode == "bwrap" else plain_command()) + [SUPERVISOR]
+    # bwrap itself gets no environment either: the jail's init is a copy of it, and its
+    # /proc/1/environ would show the server's variables to the code inside.
+    env = {} if mode == "bwrap" else None
     errlog = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog)
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, env=env)
     except OSError as exc:
         raise SandboxUnavailable(f"The sandbox could not start ({exc}). {INSTALL_HINT}") from exc
+    results, why = [], "not read"
     try:
-        return _read_results(proc, batch, errlog, timeout, mode)
+        results, why = _read_results(proc, batch, errlog, timeout, mode)
+        return results, why
     finally:
-        proc.kill()  # the jail's init dies with it, and every process in the jail with that
-        proc.wait()
+        _end(proc, finished=not why)
         errlog.close()
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _end(proc: subprocess.Popen, finished: bool) -> None:
+    """Let a supervisor that reported every answer end by itself, else kill it; return only
+    once every process under it is gone."""
+    if finished:
+        try:
+            proc.wait(timeout=GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        under = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        under = []
+    proc.kill()  # the jail's init dies with bwrap, and every process in the jail with it
+    for child in under:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    proc.wait()
+    psutil.wait_procs(under, timeout=5)
 
 
 def _read_results(

@@ -93,15 +93,19 @@ def _processes():
     return sum(name.isdigit() for name in os.listdir("/proc"))
 
 
-def _kill_the_rest():
+def _kill_the_rest(keep):
     """In the jail's pid namespace: SIGKILL every process but the jail's init and this one.
 
     kill(-1) walks the task list under a lock that fork also takes, so nothing forks past it."""
-    for _ in range(3):
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+        if _processes() <= keep:  # the jail's init, this supervisor (and the answer, reaped next)
             return
+        time.sleep(0.001)
 
 
 def _wait_for(pid, r, timeout, limits, jailed):
@@ -150,6 +154,18 @@ def _result(job, data, stopped, status):
     return {**blank, "timed_out": stopped.startswith("timed out"), "error": stopped, "errors": [stopped] * n}
 
 
+def _reaped(pid, wait_s):
+    """The child's exit status if it ends within wait_s, else None."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.001)
+
+
 def run_one(job, timeout, limits, jailed, devnull, workdir):
     started = time.monotonic()
     r, w = os.pipe()
@@ -172,14 +188,21 @@ def run_one(job, timeout, limits, jailed, devnull, workdir):
     os.close(w)
     data, stopped = _wait_for(pid, r, timeout, limits, jailed)
     os.close(r)
-    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-        try:
-            target()
-        except (ProcessLookupError, PermissionError):
-            pass
+    status = _reaped(pid, 0.1 if stopped is None else 0)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the answer's group: whatever it forked and left running
+    except (ProcessLookupError, PermissionError):
+        pass
     if jailed:
-        _kill_the_rest()
-    _, status = os.waitpid(pid, 0)
+        _kill_the_rest(keep=2 if status is not None else 3)
+    if status is None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        status = os.waitpid(pid, 0)[1]
+        if stopped is None and not data:
+            stopped = "killed: the answer closed its result pipe"
     res = _result(job, data, stopped, status)
     res["duration_s"] = round(time.monotonic() - started, 4)
     return res
