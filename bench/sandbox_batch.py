@@ -40,7 +40,7 @@ def main(n: int = 300, rounds: int = 3) -> None:
     print(f"{n} answers, 2 workers, best of {rounds} rounds")
     print(f"  jailed (bwrap, one jail per batch): {n / best['bwrap']:7.1f} answers/s")
     print(f"  unjailed (LEARNLOOP_SANDBOX=none):  {n / best['none']:7.1f} answers/s")
-    print(f"  ratio unjailed / jailed:            {best['bwrap'] / best['none']:7.2f}x")
+    print(f"  time jailed / unjailed:             {best['bwrap'] / best['none']:7.2f}x  (target: under 2x)")
 
 
 if __name__ == "__main__":
