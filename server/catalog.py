@@ -11,7 +11,7 @@ from typing import Any
 
 from learning.data import curate, datasets, preferences
 from learning.errors import InvalidInput
-from learning.evaluate import evaluation
+from learning.evaluate import evaluation, scoring
 from learning.jobs import manage as jobs
 from learning.loop import cycle
 from learning.registry import adapters as registry
@@ -76,6 +76,14 @@ VERBS: list[Verb] = [
         "append",
         request=RunIn,
         cli=CliShape(stdin=("output",), render="logged"),
+    ),
+    Verb(
+        scoring.run_code_tests,
+        "run_tests",
+        "run-tests",
+        "Score code by running its tests",
+        "append",
+        cli=CliShape(stdin=("code",), render="code_score"),
     ),
     Verb(
         runs.import_runs_from,

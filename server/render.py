@@ -13,6 +13,22 @@ def logged(r: Any) -> None:
     console.print(f"logged run [bold]{r.run_id}[/] (task_key {r.task_key})")
 
 
+def code_score(r: Any) -> None:
+    color = "green" if r.total and r.passed == r.total else "red"
+    console.print(
+        f"[{color}]{r.passed}/{r.total}[/] tests passed"
+        + ("" if r.compiled else " (the code does not compile)")
+        + (" (timed out)" if r.timed_out else "")
+        + f" in {r.duration_s:.3f}s, sandbox {r.sandbox}",
+        highlight=False,
+    )
+    for i, error in enumerate(r.errors):
+        if error is not None:
+            console.print(f"  test {i + 1}: {error}", highlight=False)
+    if r.run_id is not None:
+        console.print(f"logged run [bold]{r.run_id}[/] (reward {fmt(r.score)}, task_key {r.task_key})")
+
+
 def imported(r: Any) -> None:
     console.print(
         f"imported [bold]{r.imported}[/] runs from {r.lines} lines in {r.seconds:.2f}s"

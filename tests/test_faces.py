@@ -37,7 +37,7 @@ CLI_EXTRAS = {  # CLI-only options, folded into the verb's arguments
     "export": {"wait"},
     "cycle": {"wait"},
 }
-STDIN = {"log": {"output"}}  # required over MCP; on the CLI absent or '-' reads stdin
+STDIN = {"log": {"output"}, "run-tests": {"code"}}  # required over MCP; on the CLI absent or '-' reads stdin
 
 
 def _commands() -> dict[str, click.Command]:
