@@ -81,7 +81,8 @@ def test_sandbox_blocks_network_stops_hangs_and_isolates_crashes():
     hang, net, crash, ok, url = run_many(jobs, timeout=1.0)
     assert time.monotonic() - started < 20
     assert hang.timed_out and hang.score == 0.0
-    assert net.score == 0.0 and net.error  # no network in the jail (tests/test_sandbox.py proves the walls)
+    # No network in the jail: its own network namespace has nothing listening (tests/test_sandbox.py proves the walls).
+    assert net.score == 0.0 and "ConnectionRefusedError" in (net.error or "")
     assert crash.score == 0.0 and not crash.timed_out
     assert ok.passed == 1 and ok.total == 2 and ok.score == 0.5
     assert url.score == 0.0

@@ -151,7 +151,7 @@ def test_role_checks():
     assert checks.check_one("coder", {"tests": ["assert f() == 2"]}, "", "```python\ndef f():\n    return 2\n```")[0]
     assert checks.check_one("coder", {"tests": ["assert f() == 3"]}, "", "def f():\n    return 2\n") == (
         False,
-        "0/1 tests passed (AssertionError)",
+        "0/1 tests passed (AssertionError: )",
     )
     assert checks.check_one("coder", {}, "", "def f(:\n")[0] is False
     assert checks.check_one("coder", {}, "", "   \n\n  ") == (False, "no code")  # compiles, but is nothing

@@ -27,8 +27,7 @@ RESULT_BYTES = 4 << 20  # the most a child may write as its result
 
 
 def _why(exc):
-    said = str(exc)
-    return (type(exc).__name__ + (": " + said if said else ""))[:MESSAGE]
+    return (type(exc).__name__ + ": " + str(exc))[:MESSAGE]
 
 
 def _no_network(*args, **kwargs):
