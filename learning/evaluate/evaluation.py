@@ -47,6 +47,7 @@ class EvalConfig(BaseModel):
         default=32, ge=0, le=10_000, description="Test prompts for the generation checks (0: skip)."
     )
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    stop: list[str] = Field(default_factory=list, description="Generated answers are cut at the first of these.")
     batch_size: int = Field(default=8, ge=1, le=512)
     max_length: int = Field(
         default=2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt."
@@ -101,6 +102,14 @@ def evaluate_adapter(
         Field(ge=0, le=10_000, description="Test prompts answered and checked (compiles, tests, patch form, verdict)."),
     ] = 32,
     max_new_tokens: Annotated[int, Field(ge=1, le=8192, description="Longest generated answer, in tokens.")] = 256,
+    stop: Annotated[
+        list[str] | None,
+        Field(
+            max_length=16,
+            description="Cut each generated answer at the first of these strings (the stop sequences the "
+            "agent's runtime uses), before it is checked.",
+        ),
+    ] = None,
     min_pass_rate: Annotated[
         float | None,
         Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none."),
@@ -162,6 +171,7 @@ def evaluate_adapter(
         max_examples=max_examples,
         max_generate=max_generate,
         max_new_tokens=max_new_tokens,
+        stop=[s for s in stop or [] if s],
         batch_size=batch_size,
         sanity=sanity,
         gate=gate,
@@ -255,6 +265,7 @@ def _generate_and_check_both(
                 cfg.max_new_tokens,
                 cfg.batch_size,
                 on_batch=lambda n, name=name, done=done: step(done + n, f"generating {name}"),
+                stop=cfg.stop,
             )
         done += len(gen_rows)
         result[name].update(checks.score(role, gen_rows, answers[name]))
