@@ -109,7 +109,8 @@ def test_gate_moves_it_to_candidate_and_records_the_event(evaluated):
 def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
     store = evaluated[0]
     add_adapter(store, toy, "coder-strict")
-    # No generation checks, so no pass rate: an absolute threshold of 0.9 cannot be met.
+    # No generation checks, so no pass rate: an absolute threshold of 0.9 cannot be met, and the
+    # rows' tests did not run, which a lower loss alone never makes up for.
     out = run_cli(
         "eval",
         "coder-strict",
@@ -126,13 +127,15 @@ def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["result"]
-    assert result["gate_passed"] is False and result["gate_failed"] == ["min_pass_rate"]
+    failed = ["tests_not_worse_than_base", "min_pass_rate"]
+    assert result["gate_passed"] is False and result["gate_failed"] == failed
     adapter = registry.get_adapter(store, "coder-strict")
-    assert adapter.status == "trained" and adapter.metrics["gate_failed"] == ["min_pass_rate"]
+    assert adapter.status == "trained" and adapter.metrics["gate_failed"] == failed
     cond = [c for c in adapter.metrics["gate"]["conditions"] if c["name"] == "min_pass_rate"][0]
     assert cond["passed"] is False and cond["shortfall"] == pytest.approx(0.9)
     last = registry.adapter_history(store, "coder-strict")[-1]
     assert last.from_status == last.to_status == "trained" and "min_pass_rate short by 0.9" in last.reason
+    assert "tests_not_worse_than_base: the test rows carry tests but none ran" in last.reason
 
 
 def test_gate_conditions():
