@@ -196,6 +196,10 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX deploy_targets_route
         ON deploy_targets(role, ifnull(task_type, ''), ifnull(complexity, ''));
     """,
+    # 5: the tests a run carries (a JSON list of Python statements; NULL when it has none).
+    """
+    ALTER TABLE runs ADD COLUMN tests TEXT
+    """,
 ]
 
 

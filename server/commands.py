@@ -157,6 +157,13 @@ def demo_summary(s: Any) -> None:
         f"{s.runs_logged} runs logged; total {s.total_seconds:.0f} s",
         highlight=False,
     )
+    if s.gate_tested_rows:
+        low, high = s.gate_interval or (None, None)
+        console.print(
+            f"gate, from tests on {s.gate_tested_rows} test-split tasks: base {fmt(s.gate_base_pass_rate_tests)} vs "
+            f"adapter {fmt(s.gate_adapter_pass_rate_tests)}; difference interval [{fmt(low)}, {fmt(high)}]",
+            highlight=False,
+        )
     console.print(f"plot: {s.plot_path}\nsummary: {s.summary_path}", highlight=False)
 
 

@@ -333,9 +333,12 @@ def test_trl_sft_trainer_accepts_prompt_completion_and_messages(loaded, tmp_path
         bos_token_id=1,
         eos_token_id=2,
     )
+    # The best runs carry tests: their rows have a `tests` column, which TRL must leave alone.
+    runs.import_runs(loaded, io.StringIO("\n".join(json.dumps(r) for r in _tested_runs())))
     for fmt in ("prompt_completion", "messages"):
         r = sft.make_sft(loaded, "coder", format=fmt, limit=16)
         data = load_dataset("json", data_files=r.files["train"])["train"]
+        assert "tests" in data.column_names
         args = SFTConfig(
             output_dir=str(tmp_path / fmt),
             max_steps=2,
@@ -361,3 +364,46 @@ def test_written_files_are_read_only(loaded):
     r = sft.make_sft(loaded, "coder")
     for path in r.files.values():
         assert not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _tested_runs() -> list[dict]:
+    """Two attempts per task (one good, one bad), each run carrying its task's tests."""
+    return [
+        {
+            "role": "coder",
+            "instruction": f"Task {k}: write f{k}",
+            "output": f"def f{k}():\n    return {k * good}\n",
+            "reward": 1.0 if good else 0.0,
+            "task_key": f"tested-{k}",
+            "tests": [f"assert f{k}() == {k}", "assert True"],
+        }
+        for k in range(1, 13)
+        for good in (1, 0)
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["prompt_completion", "messages", "alpaca", "sharegpt"])
+def test_sft_rows_carry_their_runs_tests_in_every_format(store, fmt):
+    from learning.data.formats import to_example
+
+    runs.import_runs(store, io.StringIO("\n".join(json.dumps(r) for r in _tested_runs())))
+    r = sft.make_sft(store, "coder", format=fmt, test_fraction=0.25, min_rows=5)
+    rows = _rows(r.files["train"]) + _rows(r.files["test"])
+    assert r.test_rows and len(rows) == 12
+    for row in rows:
+        example = to_example(row)
+        k = _task(json.dumps(example["prompt"]))
+        assert row["tests"] == example["tests"] == [f"assert f{k}() == {k}", "assert True"]
+
+
+@pytest.mark.parametrize("kind, fmt", [("dpo", "prompt_completion"), ("dpo", "messages"), ("kto", "messages")])
+def test_preference_rows_carry_their_runs_tests(store, kind, fmt):
+    runs.import_runs(store, io.StringIO("\n".join(json.dumps(r) for r in _tested_runs())))
+    r = preferences.make_preferences(store, "coder", kind, format=fmt, min_rows=5, test_fraction=0.25)
+    rows = _rows(r.files["train"]) + _rows(r.files["test"])
+    assert rows and all(row["tests"][1] == "assert True" and row["tests"][0].startswith("assert f") for row in rows)
+
+
+def test_rows_without_tests_have_no_tests_key(loaded):
+    r = sft.make_sft(loaded, "coder")
+    assert not any("tests" in row for row in _rows(r.files["train"]) + _rows(r.files["test"]))

@@ -77,9 +77,11 @@ def test_quick_demo_end_to_end(demo_run):
     # Every logged run's reward is what executing its answer against its hidden tests gives.
     db = sqlite3.connect(home / "learnloop.db")
     db.row_factory = sqlite3.Row
-    runs = db.execute("SELECT role, output, reward, input, signals, adapter_id, decision_id FROM runs").fetchall()
+    runs = db.execute(
+        "SELECT role, output, reward, input, signals, tests, adapter_id, decision_id FROM runs"
+    ).fetchall()
     assert len(runs) == s["runs_logged"] == s["executions"]
-    signals = [json.loads(r["signals"]) for r in runs]
+    signals = [{**json.loads(r["signals"]), "tests": json.loads(r["tests"])} for r in runs]
     assert all(sig["executed"] and sig["tests_total"] == 5 for sig in signals)
     code_runs = [(r, sig) for r, sig in zip(runs, signals) if r["role"] != "judge"]
     results = run_many([(r["output"], sig["tests"]) for r, sig in code_runs])
@@ -147,3 +149,60 @@ def test_run_cycle_tool_needs_confirm_for_production(home):
             assert result.is_error and "log runs with log_run first" in text_of(result.content[0])
 
     anyio.run(main)
+
+
+def test_gate_pass_rates_from_tests_equal_the_environments_scoring(store):
+    """The demo's dataset rows carry their tasks' tests; on the same rows and the same answers the
+    evaluation's pass rates from tests (and the gate's figures) equal codeenv's held-out scoring."""
+    import io
+
+    from learning.data.curate import make_sft
+    from learning.evaluate import checks
+    from learning.evaluate.gate import GateConfig, apply_gate
+    from learning.runs.record import import_runs
+
+    tasks = codeenv.make_tasks(20, "heldout", "coder", seed=3)
+    records = [
+        codeenv.run_record(
+            t, codeenv.solve(t), codeenv.Score(reward=1.0, compiled=True, tests_passed=5, tests_total=5), agent="x"
+        )
+        for t in tasks
+    ]
+    import_runs(store, io.StringIO("".join(json.dumps(r) + "\n" for r in records)))
+    ds = make_sft(store, "coder", template=codeenv.TEMPLATES["coder"], test_fraction=0.5, min_rows=5)
+    rows = [json.loads(line) for f in ("train", "test") for line in Path(ds.files[f]).read_text().splitlines()]
+    by_prompt = {codeenv.prompt(t): t for t in tasks}
+    row_tasks = [by_prompt[r["prompt"]] for r in rows]
+    assert all(r["tests"] == list(t.tests) for r, t in zip(rows, row_tasks))
+
+    def answers(kind: int) -> list[str]:
+        """Right, near-miss, wrong, broken, empty and endlessly recursive answers, mixed."""
+        out = []
+        for i, t in enumerate(row_tasks):
+            pick = (i + kind) % 6
+            broken = codeenv.broken_answers(t)
+            out.append(
+                [
+                    codeenv.solve(t),
+                    broken[0],
+                    broken[1],
+                    "def " + t.func + "(:\n",
+                    "",
+                    f"def {t.func}({t.param}):\n    return {t.func}({t.param})\n",
+                ][pick]
+            )
+        return out
+
+    scored = {}
+    for name, kind in (("adapter", 0), ("base", 3)):
+        given = answers(kind)
+        env = codeenv.score_answers(row_tasks, given)
+        mine = checks.score("coder", rows, given)
+        assert [c["passed"] for c in mine["checks"]] == [s.reward == 1.0 for s in env]
+        assert [c["tests_passed"] for c in mine["checks"]] == [s.tests_passed for s in env]
+        assert mine["pass_rate_tests"] == pytest.approx(sum(s.reward == 1.0 for s in env) / len(env))
+        assert mine["tested_rows"] == len(rows) and mine["pass_rate_basis"] == "tests"
+        scored[name] = {**mine, "eval_loss": 1.0}
+    gate = apply_gate(scored["adapter"], scored["base"], GateConfig(), rows_carry_tests=True)
+    cmp = next(c for c in gate["conditions"] if c["name"] == "tests_not_worse_than_base")["comparison"]
+    assert (cmp["adapter"], cmp["base"]) == (scored["adapter"]["pass_rate_tests"], scored["base"]["pass_rate_tests"])

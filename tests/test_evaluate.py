@@ -78,6 +78,12 @@ def test_metrics_for_base_and_adapter_and_adapter_wins(evaluated):
     assert m["pass_rate"] > m["base_pass_rate"]  # the adapter's code compiles and passes the row's test
     assert m["similarity"] > m["base_similarity"]
     assert "tests passed" in m["adapter"]["checks"][0]["why"]  # run through the sandbox
+    # Every generated row carries tests: the pass rates come from them, with the paired comparison.
+    assert m["pass_rate_basis"] == "tests" and m["tested_rows"] == 6 and m["pass_rate"] == m["pass_rate_tests"]
+    assert len(m["tasks"]) == 6 and all(t["tested"] and "passed" in t["base"] for t in m["tasks"])
+    tests = next(c for c in m["gate"]["conditions"] if c["name"] == "tests_not_worse_than_base")
+    assert tests["passed"] and tests["comparison"]["tasks"] == 6 and tests["comparison"]["confidence"] == 0.95
+    assert m["tests_difference_interval"] == tests["comparison"]["interval"]
     sanity = json.loads((store.home / "adapters" / "coder-toy" / "eval" / "sanity_responses.json").read_text())
     assert [s["prompt"] for s in sanity] == checks.sanity_prompts("coder")
     assert all(isinstance(s["adapter"], str) and isinstance(s["base"], str) for s in sanity)
@@ -103,7 +109,8 @@ def test_gate_moves_it_to_candidate_and_records_the_event(evaluated):
 def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
     store = evaluated[0]
     add_adapter(store, toy, "coder-strict")
-    # No generation checks, so no pass rate: an absolute threshold of 0.9 cannot be met.
+    # No generation checks, so no pass rate: an absolute threshold of 0.9 cannot be met, and the
+    # rows' tests did not run, which a lower loss alone never makes up for.
     out = run_cli(
         "eval",
         "coder-strict",
@@ -120,13 +127,15 @@ def test_gate_failure_keeps_trained_and_says_by_how_much(toy, evaluated):
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["result"]
-    assert result["gate_passed"] is False and result["gate_failed"] == ["min_pass_rate"]
+    failed = ["tests_not_worse_than_base", "min_pass_rate"]
+    assert result["gate_passed"] is False and result["gate_failed"] == failed
     adapter = registry.get_adapter(store, "coder-strict")
-    assert adapter.status == "trained" and adapter.metrics["gate_failed"] == ["min_pass_rate"]
+    assert adapter.status == "trained" and adapter.metrics["gate_failed"] == failed
     cond = [c for c in adapter.metrics["gate"]["conditions"] if c["name"] == "min_pass_rate"][0]
     assert cond["passed"] is False and cond["shortfall"] == pytest.approx(0.9)
     last = registry.adapter_history(store, "coder-strict")[-1]
     assert last.from_status == last.to_status == "trained" and "min_pass_rate short by 0.9" in last.reason
+    assert "tests_not_worse_than_base: the test rows carry tests but none ran" in last.reason
 
 
 def test_gate_conditions():
@@ -147,12 +156,57 @@ def test_gate_conditions():
     assert no_checks["passed"] and "skipped" in no_checks["conditions"][1]
 
 
+def _tested(outcomes: str) -> dict:
+    """Metrics whose rows all ran tests: '1' passed, '0' failed."""
+    return {"eval_loss": 1.0, "checks": [{"passed": c == "1", "tested": True} for c in outcomes]}
+
+
+def test_gate_compares_tested_rows_task_by_task():
+    from learning.evaluate.gate import gate_reason, paired_comparison
+
+    better = apply_gate(_tested("1" * 17 + "0"), {**_tested("1" * 12 + "0" * 6), "eval_loss": 2.0}, GateConfig())
+    cmp = better["conditions"][1]["comparison"]
+    assert better["passed"] and (cmp["adapter_passed"], cmp["base_passed"], cmp["tasks"]) == (17, 12, 18)
+    assert cmp["mcnemar"]["adapter_only"] == 5 and cmp["mcnemar"]["p_value"] == pytest.approx(0.0625)
+    assert 0 < cmp["interval"][0] < cmp["difference"] < cmp["interval"][1]
+    assert "17/18 (adapter) vs 12/18 (base)" in gate_reason(better)
+    # Worse on tests: a lower loss does not save it; a tolerance at a lower confidence may.
+    worse_a, worse_b = _tested("1" * 10 + "0" * 8), {**_tested("1" * 12 + "0" * 6), "eval_loss": 2.0}
+    worse = apply_gate(worse_a, worse_b, GateConfig())
+    assert worse["failed"] == ["tests_not_worse_than_base"] and "interval on the difference" in gate_reason(worse)
+    loose = GateConfig(pass_rate_tolerance=0.25, confidence=0.8)
+    assert apply_gate(worse_a, worse_b, loose)["passed"]
+    # Identical outcomes: no discordant pair, the interval is a point, and the adapter is not worse.
+    same = paired_comparison([True, False] * 5, [True, False] * 5, 0.95, 0.0)
+    assert same["interval"] == [0.0, 0.0] and same["not_worse"] and same["mcnemar"]["p_value"] == 1.0
+    # Loss alone never passes an adapter whose rows carry tests that did not run.
+    untested = apply_gate({"eval_loss": 1.0}, {"eval_loss": 2.0}, GateConfig(), rows_carry_tests=True)
+    assert untested["failed"] == ["tests_not_worse_than_base"] and "max_generate" in gate_reason(untested)
+    assert paired_comparison([True] * 6, [False] * 6, 0.95, 0.0) == paired_comparison(
+        [True] * 6, [False] * 6, 0.95, 0.0
+    )  # seeded: the same outcomes give the same interval
+
+
 def test_role_checks():
-    assert checks.check_one("coder", {"tests": ["assert f() == 2"]}, "", "```python\ndef f():\n    return 2\n```")[0]
-    assert checks.check_one("coder", {"tests": ["assert f() == 3"]}, "", "def f():\n    return 2\n") == (
-        False,
-        "0/1 tests passed (AssertionError: )",
-    )
+    rows = [
+        {"prompt": "p", "completion": "c", "tests": ["assert f() == 2"]},
+        {"prompt": "p", "completion": "c", "tests": ["assert f() == 3", "assert f() > 0"]},
+        {"prompt": "p", "completion": "c", "tests": ["assert f() == 2"]},
+        {"prompt": "p", "completion": "c"},
+        {"prompt": "p", "completion": "c"},
+    ]
+    answers = ["```python\ndef f():\n    return 2\n```", "def f():\n    return 2\n", "```rust\nfn f() {}\n```"]
+    scored = checks.score("coder", rows, [*answers, "x = 1", "def f(:"])
+    assert [c["passed"] for c in scored["checks"]] == [True, False, False, True, False]
+    assert [c["tested"] for c in scored["checks"]] == [True, True, True, False, False]
+    assert scored["checks"][1]["why"] == "1/2 tests passed (AssertionError: )"
+    assert scored["checks"][1]["tests_passed"] == 1 and scored["checks"][1]["tests_total"] == 2
+    # From tests and compile-only apart: never one figure of both.
+    assert scored["pass_rate_tests"] == pytest.approx(1 / 3) and scored["tested_rows"] == 3
+    assert scored["pass_rate_checks"] == 0.5 and scored["checked"] == 2 and scored["checks_basis"] == "compile-only"
+    assert scored["pass_rate"] == scored["pass_rate_tests"] and scored["pass_rate_basis"] == "tests"
+    untested = checks.score("coder", rows[3:], ["x = 1", "def f(:"])
+    assert untested["pass_rate_basis"] == "compile-only" and untested["tested_rows"] == 0
     assert checks.check_one("coder", {}, "", "def f(:\n")[0] is False
     assert checks.check_one("coder", {}, "", "   \n\n  ") == (False, "no code")  # compiles, but is nothing
     assert checks.check_one("coder", {}, "", "# just a comment\n") == (False, "no code")

@@ -85,6 +85,31 @@ def test_promote_promote_rollback_and_history(store):
     assert "better loss" in reasons and any("b misbehaves" in r for r in reasons)
 
 
+def test_promotion_prompt_shows_the_pass_rates_from_tests_and_the_interval(store):
+    make(store, "tested")
+    registry.set_metrics(
+        store,
+        "tested",
+        {
+            "eval_loss": 0.5,
+            "base_eval_loss": 2.0,
+            "pass_rate": 17 / 18,
+            "base_pass_rate": 12 / 18,
+            "pass_rate_basis": "tests",
+            "tested_rows": 18,
+            "tests_difference_interval": [0.0556, 0.5],
+            "tests_confidence": 0.95,
+            "gate_passed": True,
+        },
+    )
+    summary = lifecycle.plan_promote(store, "tested").summary
+    assert "pass rate from tests 0.9444 on 18 tasks (base 0.6667)" in summary
+    assert "difference 95% interval [+0.056, +0.500]" in summary
+    make(store, "compiled")
+    registry.set_metrics(store, "compiled", {"eval_loss": 0.5, "pass_rate": 1.0, "pass_rate_basis": "compile-only"})
+    assert "pass rate 1 (base n/a) (compile-only)" in lifecycle.plan_promote(store, "compiled").summary
+
+
 def test_routes_are_independent_and_archive_moves(store):
     make(store, "a")
     make(store, "r", task_type="refactor")

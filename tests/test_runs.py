@@ -100,3 +100,53 @@ def test_unwritable_home_is_a_clear_error(tmp_path):
     blocker.write_text("a file where the home's parent should be")
     with pytest.raises(InvalidInput, match="LEARNLOOP_HOME"):
         Store(blocker / "home")
+
+
+def test_runs_carry_tests_through_log_import_and_get(store):
+    tests = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
+    logged = runs.log_run(store, run(1, tests=tests))
+    assert runs.get_run(store, logged.run_id).tests == tests
+    assert runs.get_run(store, runs.log_run(store, run(2)).run_id).tests == []
+    result = runs.import_runs(store, io.StringIO(json.dumps(run(3, tests=tests[:1])) + "\n"))
+    assert result.imported == 1
+    assert runs.get_run(store, logged.run_id + 2).tests == tests[:1]
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("assert f(1) == 2", "list of strings"),
+        ([1, 2], "list of strings"),
+        (["assert f(1) ==="], "test 0 does not compile"),
+        (["x = 1", "   "], "test 1 is empty"),
+        (["assert True"] * 101, "101 tests; the limit is 100"),
+        (["assert '" + "x" * 10_001 + "'"], "test 0 is 10,010 characters"),
+        (["assert '" + "x" * 9_000 + "'"] * 12, "characters of tests in all"),
+    ],
+)
+def test_malformed_tests_are_refused_naming_the_field(store, bad, says):
+    with pytest.raises(InvalidInput) as exc:
+        runs.log_run(store, run(1, tests=bad))
+    assert "'tests'" in str(exc.value) and says in str(exc.value)
+    with pytest.raises(InvalidInput, match="'tests'"):
+        runs.import_runs(store, io.StringIO(json.dumps(run(1, tests=bad)) + "\n"))
+    assert runs.count_runs(store) == 0
+
+
+def test_a_home_made_before_tests_keeps_working(tmp_path):
+    import sqlite3
+
+    from learning.store import MIGRATIONS, Store
+
+    db = sqlite3.connect(tmp_path / "learnloop.db")
+    for number in range(4):  # the schema as it was before runs carried tests
+        db.executescript(MIGRATIONS[number])
+    db.execute(
+        "INSERT INTO runs (ts, agent, role, task_key, output, reward) VALUES (1.0, 'a', 'coder', 'k', 'x = 1', 0.5)"
+    )
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    assert runs.get_run(store, 1).tests == [] and store.schema_version() == len(MIGRATIONS)
+    assert runs.get_run(store, runs.log_run(store, run(1, tests=["assert True"])).run_id).tests == ["assert True"]

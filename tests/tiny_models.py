@@ -29,7 +29,7 @@ def toy_rows(start: int, count: int) -> list[dict]:
         {
             "prompt": PROMPT.format(n=n),
             "completion": COMPLETION.format(n=n),
-            "signals": {"tests": ["assert isinstance(f(), int)"]},
+            "tests": ["assert isinstance(f(), int)"],
         }
         for n in range(start, start + count)
     ]

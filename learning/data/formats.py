@@ -3,7 +3,10 @@
 SFT rows: prompt_completion, messages, alpaca or sharegpt. Preference rows (DPO, KTO):
 prompt_completion or messages. Curation writes rows with `sft_row` and `pref_row`; training
 reads them with `training_rows` (the columns TRL expects) and evaluation with `to_example`
-(a prompt and its reference completion), both converting alpaca and sharegpt the same way.
+(a prompt, its reference completion and its tests), both converting alpaca and sharegpt the same way.
+
+A row whose run carried tests (Python statements that check an answer) has them in a top-level
+`tests` list, in every format; training never passes that key to TRL.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 # ---- writing ------------------------------------------------------------------------------
+
+
+def with_tests(row: dict[str, Any], tests: list[str] | None) -> dict[str, Any]:
+    """The row with its run's tests under `tests` (unchanged when the run has none)."""
+    if tests:
+        row["tests"] = list(tests)
+    return row
 
 
 def sft_row(fmt: str, prompt: str, completion: str, instruction_only: str, input_: str) -> dict[str, Any]:
@@ -77,10 +87,24 @@ def as_text(value: Any) -> str:
     raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
 
 
+def row_tests(row: dict[str, Any]) -> list[str]:
+    """The tests a row carries (its run's, under `tests`); [] when it has none or they are not a
+    list of strings."""
+    tests = row.get("tests")
+    if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
+        return tests
+    return []
+
+
 def to_example(row: dict[str, Any]) -> dict[str, Any]:
-    """A test row as {prompt, completion}, from any SFT format learnloop writes (converted the way
-    training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt stays a
-    list of messages (rendered with the tokenizer's chat template)."""
+    """A test row as {prompt, completion, tests}, from any SFT format learnloop writes (converted
+    the way training converts it): prompt/completion, messages, alpaca, sharegpt. A chat prompt
+    stays a list of messages (rendered with the tokenizer's chat template); tests is [] when the
+    row carries none."""
+    return {**_prompt_completion(row), "tests": row_tests(row)}
+
+
+def _prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     if "conversations" in row:
         row = {"messages": sharegpt_messages(row)}
     if "messages" in row:

@@ -38,8 +38,8 @@ from learning.data.curation_args import (
     curation_template,
 )
 from learning.data.curation_result import CurationResult, write_curation
-from learning.data.formats import PREF_FORMATS, pref_row
-from learning.data.prepare import RunRedactor, encode, norm_digest, render_prompt
+from learning.data.formats import PREF_FORMATS, pref_row, with_tests
+from learning.data.prepare import RunRedactor, encode, loads_tests, norm_digest, render_prompt
 from learning.data.run_filters import CurationRun, stream_curation_runs
 from learning.data.templates import Compiled
 from learning.store import Store
@@ -231,7 +231,7 @@ def _dpo_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
             done += 1
             found = {k: c.found.get(k, 0) + r.found.get(k, 0) for k in {*c.found, *r.found}}
             yield (
-                pref_row(fmt, "dpo", c.prompt, c.output, r.output),
+                with_tests(pref_row(fmt, "dpo", c.prompt, c.output, r.output), loads_tests(c.run.tests or r.run.tests)),
                 [c.run.id, r.run.id],
                 [c.run.reward, r.run.reward],
                 found,
@@ -254,4 +254,9 @@ def _kto_rows(attempts, redactor, template, role, fmt, seen, counts, dedupe, *, 
             continue
         per_label[label] += 1
         counts["desirable" if label else "undesirable"] += 1
-        yield pref_row(fmt, "kto", prompt, output, label), [run.id], [run.reward], found
+        yield (
+            with_tests(pref_row(fmt, "kto", prompt, output, label), loads_tests(run.tests)),
+            [run.id],
+            [run.reward],
+            found,
+        )

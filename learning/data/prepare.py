@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from typing import NamedTuple
 
-from learning.data.formats import sft_row
+from learning.data.formats import sft_row, with_tests
 from learning.data.redact import Redactor
 from learning.data.templates import Compiled
 
@@ -66,12 +66,18 @@ def render_prompt(
     return prompt, (template.render({**fields, "input": ""}) if without_input else "")
 
 
-def sft_line(fmt: str, prompt: str, output: str, instruction_only: str, input_: str) -> str:
-    """The JSON line of an SFT row; the default format is written directly (2x faster than
-    encoding a dict, and byte for byte the same)."""
+def sft_line(fmt: str, prompt: str, output: str, instruction_only: str, input_: str, tests: str | None = None) -> str:
+    """The JSON line of an SFT row, with the run's tests (stored JSON) when it has some; the
+    default format is written directly (2x faster than encoding a dict, and byte for byte the same)."""
     if fmt == "prompt_completion":
-        return f'{{"prompt": {encode_str(prompt)}, "completion": {encode_str(output)}}}'
-    return encode(sft_row(fmt, prompt, output, instruction_only, input_))
+        line = f'{{"prompt": {encode_str(prompt)}, "completion": {encode_str(output)}'
+        return line + (f', "tests": {encode(json.loads(tests))}}}' if tests else "}")
+    return encode(with_tests(sft_row(fmt, prompt, output, instruction_only, input_), loads_tests(tests)))
+
+
+def loads_tests(tests: str | None) -> list[str] | None:
+    """A run's stored tests (a JSON list, or None) as a list."""
+    return json.loads(tests) if tests else None
 
 
 class SftInputs(NamedTuple):
@@ -83,16 +89,18 @@ class SftInputs(NamedTuple):
     outputs: list[str]
     task_types: list[str | None]
     complexities: list[str | None]
+    tests: list[str | None]
 
     @classmethod
     def of(cls, runs) -> SftInputs:
-        """From runs that have instruction, input, output, task_type and complexity."""
+        """From runs that have instruction, input, output, task_type, complexity and tests."""
         return cls(
             [r.instruction for r in runs],
             [r.input for r in runs],
             [r.output for r in runs],
             [r.task_type for r in runs],
             [r.complexity for r in runs],
+            [r.tests for r in runs],
         )
 
 
@@ -108,13 +116,13 @@ def prepare_sft_chunk(config: tuple[bool, str, str, str, bool], runs: SftInputs)
         _prepared_for[config] = (RunRedactor(redact), Compiled(template))
     redactor, compiled = _prepared_for[config]
     out = []
-    for instruction, input_, output, task_type, complexity in zip(
-        runs.instructions, runs.inputs, runs.outputs, runs.task_types, runs.complexities
+    for instruction, input_, output, task_type, complexity, tests in zip(
+        runs.instructions, runs.inputs, runs.outputs, runs.task_types, runs.complexities, runs.tests
     ):
         (instruction, input_, output), found = redactor(instruction, input_, output)
         digest = norm_digest(instruction, input_, output) if dedupe else None
         prompt, instruction_only = render_prompt(
             compiled, role, task_type, complexity, instruction, input_, fmt == "alpaca"
         )
-        out.append((digest, sft_line(fmt, prompt, output, instruction_only, input_), found))
+        out.append((digest, sft_line(fmt, prompt, output, instruction_only, input_, tests), found))
     return out

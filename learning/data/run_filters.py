@@ -20,6 +20,7 @@ class CurationRun(NamedTuple):
     output: str
     task_type: str | None
     complexity: str | None
+    tests: str | None  # the run's tests as stored: a JSON list of statements, or None
 
 
 class FunnelCount(NamedTuple):

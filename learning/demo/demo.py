@@ -7,7 +7,8 @@ Stages (each timed, each reported through `report(stage, message, done, total)`)
               executing the answer against hidden tests; all logged as runs
   curate      make_sft for the coder, fixer and judge roles
   train       train_adapter for the coder role (a job in its own process)
-  evaluate    evaluate_adapter (a job), whose gate moves the adapter to candidate
+  evaluate    evaluate_adapter (a job): the coder rows carry their tasks' tests, so its gate compares
+              base and adapter by running them on the test split, and moves the adapter to candidate
   promote     the candidate to production, so routing picks it
   heldout     select_adapter routes held-out tasks (names, parameters and constants never seen in
               training); base and adapter answer them from one loaded model; scored and logged
@@ -243,6 +244,7 @@ def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -
         max_examples=cfg.eval_examples,
         max_generate=cfg.eval_generate,
         max_new_tokens=cfg.max_new_tokens,
+        stop=list(codeenv.STOP),  # the stop strings the environment answers with, so the gate scores alike
         batch_size=cfg.batch_size,
     )
     status = _follow(store, started.job_id, "evaluate", report)

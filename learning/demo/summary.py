@@ -33,6 +33,14 @@ class DemoSummary(BaseModel):
     eval_loss_base: float | None = None
     eval_loss_adapter: float | None = None
     gate_passed: bool | None = None
+    gate_tested_rows: int = Field(default=0, description="Test-split rows whose tests the gate ran for both models.")
+    gate_base_pass_rate_tests: float | None = Field(
+        default=None, description="The gate's pass rate from tests on the coder dataset's test split, base model."
+    )
+    gate_adapter_pass_rate_tests: float | None = Field(default=None, description="The same for base + adapter.")
+    gate_interval: list[float] | None = Field(
+        default=None, description="The gate's paired interval on the difference (adapter - base)."
+    )
     adapter_status: str | None = None
     drift_decision: str | None = None
     adapter_beat_base: bool = False
@@ -150,6 +158,12 @@ def finish_summary(store: Store, cfg, state: dict, stages: list[Stage], quick: b
     ev = state.get("eval") or {}
     s.eval_loss_base, s.eval_loss_adapter = _num(ev.get("base_eval_loss")), _num(ev.get("eval_loss"))
     s.gate_passed = ev.get("gate_passed")
+    s.gate_tested_rows = ev.get("tested_rows") or 0
+    s.gate_base_pass_rate_tests, s.gate_adapter_pass_rate_tests = (
+        ev.get("base_pass_rate_tests"),
+        ev.get("pass_rate_tests"),
+    )
+    s.gate_interval = ev.get("tests_difference_interval")
     s.drift_decision = state.get("drift")
     if s.adapter_id:
         s.adapter_status = get_adapter(store, s.adapter_id).status

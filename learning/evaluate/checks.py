@@ -1,18 +1,24 @@
 """Generation checks per role: does an answer do the role's job? No torch here.
 
-- coder: the code in the answer (the first fenced block, else the whole answer) is Python
-  that compiles (`compile()`) and is not empty (at least one statement); blocks fenced as another language are not checked (counted
-  as unchecked, not as failures). When the test row carries tests (a list of Python
-  statements, usually asserts, in `tests`, `signals.tests` or `meta.tests`), the code must
-  also pass them, run by learning.evaluate.sandbox in a subprocess with a timeout and no network.
+- coder: when the test row carries tests (its run's Python statements, usually asserts, in
+  `tests`), the code in the answer (the first fenced block, else the whole answer) must pass
+  every one, run by learning.evaluate.sandbox.run_many (the whole batch at once); an answer with
+  no Python code, or code that does not compile, fails them. A row without tests gets the
+  compile-only check: the code compiles (`compile()`) and is not empty (at least one statement);
+  blocks fenced as another language are not checked (counted as unchecked, not as failures).
 - fixer: the answer must have the form of the reference: a unified diff when the reference
   is one (`--- `/`+++ ` headers, `@@ -a,b +c,d @@` hunks whose line counts add up), otherwise
-  fixed code, checked like the coder's (compiles, and passes the row's tests if any).
+  fixed code, checked like the coder's (the row's tests when it has some, else compile-only).
 - judge: the verdict parses (JSON {"verdict": ...}, a `verdict: X` line, or a leading
   pass/fail-like word) and agrees with the logged verdict (`signals.verdict`, else the
   verdict parsed from the reference).
 - other roles: no check (pass rate None); similarity only.
 Similarity is difflib's ratio between the answer and the reference, averaged.
+
+`score` keeps the two kinds of figure apart: `pass_rate_tests` over the rows whose tests ran
+(`tested_rows`) and `pass_rate_checks` over the other checked rows (`checks_basis` says what was
+checked, e.g. "compile-only"); `pass_rate` is the first when any row was tested, else the second,
+never a mix, and `pass_rate_basis` says which. `checks` keeps each row's outcome.
 """
 
 from __future__ import annotations
@@ -76,14 +82,6 @@ def compiles(code: str) -> bool:
         return False
 
 
-def row_tests(row: dict[str, Any]) -> list[str]:
-    for holder in (row, row.get("signals") or {}, row.get("meta") or {}):
-        tests = holder.get("tests") if isinstance(holder, dict) else None
-        if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
-            return tests
-    return []
-
-
 def is_unified_diff(text: str) -> bool:
     return bool(re.search(r"^--- .*\n\+\+\+ .*\n@@ ", text, re.M))
 
@@ -144,29 +142,33 @@ def parse_verdict(text: str) -> str | None:
     return None
 
 
-def check_code(answer: str, tests: list[str]) -> tuple[bool | None, str]:
+def check_compiles(answer: str) -> tuple[bool | None, str]:
+    """The compile-only check of an answer's code."""
     lang, code = extract_code(answer)
     if lang not in PYTHON_TAGS:
         return None, f"{lang} code is not checked"
     if not compiles(code):
         return False, "no code" if not code.strip() or compiles(code + "\npass") else "does not compile"
-    if not tests:
-        return True, "compiles"
-    result = sandbox.run_tests(code, tests)
-    return result.passed == result.total, f"{result.passed}/{result.total} tests passed" + (
-        f" ({result.error})" if result.error else ""
-    )
+    return True, "compiles"
+
+
+def tested_code(answer: str) -> str | None:
+    """The code of an answer to run against its row's tests; None when it has no Python code that
+    compiles (a failure, not worth a process)."""
+    lang, code = extract_code(answer)
+    return code if lang in PYTHON_TAGS and compiles(code) else None
 
 
 def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tuple[bool | None, str]:
-    """(passed, why); passed is None when the role or the answer's language has no check."""
+    """(passed, why) of the role's check without running tests; passed is None when the role or
+    the answer's language has no check."""
     if role == "coder":
-        return check_code(answer, row_tests(row))
+        return check_compiles(answer)
     if role == "fixer":
         if is_unified_diff(reference):
             problem = diff_problem(extract_code(answer)[1] if "```" in answer else answer)
             return problem is None, problem or "well-formed unified diff"
-        return check_code(answer, row_tests(row))
+        return check_compiles(answer)
     if role == "judge":
         got = parse_verdict(answer)
         logged = (row.get("signals") or {}).get("verdict") or parse_verdict(reference)
@@ -178,21 +180,73 @@ def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tu
     return None, f"no check for role {role}"
 
 
+CHECK_BASIS = {"coder": "compile-only", "judge": "verdict agrees", "fixer": "diff form or compile-only"}
+
+
+def runs_tests(role: str, row: dict[str, Any], reference: str) -> bool:
+    """Whether the row's answer is checked by running the row's tests."""
+    return role == "coder" or (role == "fixer" and not is_unified_diff(reference))
+
+
+def _tested_outcomes(answers: list[str], tests: list[list[str]]) -> list[dict[str, Any]]:
+    """Each answer run against its tests in the sandbox (one batch): passed when every test passed."""
+    codes = {i: code for i, a in enumerate(answers) if (code := tested_code(a)) is not None}
+    results = dict(zip(codes, sandbox.run_many([(code, tests[i]) for i, code in codes.items()]))) if codes else {}
+    out = []
+    for i, t in enumerate(tests):
+        res = results.get(i)
+        if res is None:
+            why = check_compiles(answers[i])[1]
+            out.append({"passed": False, "tested": True, "tests_passed": 0, "tests_total": len(t), "why": why})
+            continue
+        ok = res.total > 0 and res.passed == res.total
+        outcome = {
+            "passed": ok,
+            "tested": True,
+            "tests_passed": res.passed,
+            "tests_total": res.total,
+            "why": f"{res.passed}/{res.total} tests passed" + (f" ({res.error})" if res.error else ""),
+        }
+        if (mode := getattr(res, "sandbox", None)) is not None:  # the sandbox's mode, where it reports one
+            outcome["sandbox"] = mode
+        out.append(outcome)
+    return out
+
+
+def _rate(outcomes: list[dict[str, Any]]) -> tuple[float | None, int, int]:
+    checked = [o for o in outcomes if o["passed"] is not None]
+    passed = sum(bool(o["passed"]) for o in checked)
+    return (passed / len(checked) if checked else None), len(checked), passed
+
+
 def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
-    """Pass rate over the checked answers, and mean similarity to the references."""
-    details, passed, checked, sims = [], 0, 0, []
-    for row, answer in zip(rows, answers):
-        reference = to_example(row)["completion"]
-        ok, why = check_one(role, row, reference, answer)
-        if ok is not None:
-            checked += 1
-            passed += bool(ok)
-        sims.append(difflib.SequenceMatcher(None, answer, reference).ratio())
-        details.append({"passed": ok, "why": why})
+    """Pass rates (from tests where rows carry them, else the role's check, never mixed), mean
+    similarity to the references, and each row's outcome."""
+    examples = [to_example(r) for r in rows]
+    tested = [i for i, e in enumerate(examples) if e["tests"] and runs_tests(role, rows[i], e["completion"])]
+    outcomes: list[dict[str, Any] | None] = [None] * len(rows)
+    for i, outcome in zip(
+        tested, _tested_outcomes([answers[i] for i in tested], [examples[i]["tests"] for i in tested])
+    ):
+        outcomes[i] = outcome
+    for i, (row, example, answer) in enumerate(zip(rows, examples, answers)):
+        if outcomes[i] is None:
+            ok, why = check_one(role, row, example["completion"], answer)
+            outcomes[i] = {"passed": ok, "tested": False, "why": why}
+    sims = [difflib.SequenceMatcher(None, a, e["completion"]).ratio() for a, e in zip(answers, examples)]
+    done = [o for o in outcomes if o is not None]
+    tests_rate, tested_rows, tests_passed = _rate([o for o in done if o["tested"]])
+    checks_rate, checked, checks_passed = _rate([o for o in done if not o["tested"]])
     return {
-        "pass_rate": passed / checked if checked else None,
+        "pass_rate": tests_rate if tested_rows else checks_rate,
+        "pass_rate_basis": "tests" if tested_rows else (CHECK_BASIS.get(role) if checked else None),
+        "pass_rate_tests": tests_rate,
+        "tested_rows": tested_rows,
+        "tests_passed_rows": tests_passed,
+        "pass_rate_checks": checks_rate,
+        "checks_basis": CHECK_BASIS.get(role),
         "checked": checked,
-        "passed": passed,
+        "passed": checks_passed,
         "similarity": sum(sims) / len(sims) if sims else None,
-        "checks": details,
+        "checks": done,
     }

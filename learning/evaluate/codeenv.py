@@ -364,7 +364,6 @@ def run_record(
         "tests_total": score.tests_total,
         "timed_out": score.timed_out,
         "executed": score.executed,
-        "tests": list(task.tests),
     }
     if score.verdict is not None or task.role == "judge":
         signals["verdict"] = score.verdict or "unparsed"
@@ -383,4 +382,5 @@ def run_record(
         "adapter_id": adapter_id,
         "decision_id": decision_id,
         "meta": {"source": source, "split": task.split, "error": score.error},
+        "tests": list(task.tests),
     }

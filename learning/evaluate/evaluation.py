@@ -5,10 +5,13 @@
    with the adapter disabled, on the same examples; the model work is learning.evaluate.measure);
 2. teacher-forced metrics on the completion tokens of the test split: eval loss, perplexity,
    token accuracy (batched, no gradients);
-3. generation checks per role on up to `max_generate` test prompts (learning.evaluate.checks), pass
-   rates and similarity to the reference;
+3. generation checks per role on up to `max_generate` test prompts (learning.evaluate.checks): the
+   rows' tests run in the sandbox where rows carry them (pass rate from tests), the role's check
+   elsewhere (compile-only for code), the two figures kept apart; similarity to the reference;
 4. a fixed set of sanity prompts per role, whose responses are saved for a person to read;
-5. the gate (learning.evaluate.gate); writes adapters/<id>/eval/{metrics,sanity_responses}.json, stores
+5. the gate (learning.evaluate.gate: task by task from tests, with a paired interval, when rows carry
+   tests); writes adapters/<id>/eval/{metrics,sanity_responses}.json (each task's outcome for both
+   models under `tasks`), stores
    the metrics and an evaluation event, and moves trained -> candidate when the gate passes.
 torch / transformers / peft are imported only inside measure's functions.
 """
@@ -44,6 +47,7 @@ class EvalConfig(BaseModel):
         default=32, ge=0, le=10_000, description="Test prompts for the generation checks (0: skip)."
     )
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    stop: list[str] = Field(default_factory=list, description="Generated answers are cut at the first of these.")
     batch_size: int = Field(default=8, ge=1, le=512)
     max_length: int = Field(
         default=2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt."
@@ -98,6 +102,14 @@ def evaluate_adapter(
         Field(ge=0, le=10_000, description="Test prompts answered and checked (compiles, tests, patch form, verdict)."),
     ] = 32,
     max_new_tokens: Annotated[int, Field(ge=1, le=8192, description="Longest generated answer, in tokens.")] = 256,
+    stop: Annotated[
+        list[str] | None,
+        Field(
+            max_length=16,
+            description="Cut each generated answer at the first of these strings (the stop sequences the "
+            "agent's runtime uses), before it is checked.",
+        ),
+    ] = None,
     min_pass_rate: Annotated[
         float | None,
         Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none."),
@@ -108,20 +120,32 @@ def evaluate_adapter(
     pass_rate_tolerance: Annotated[
         float, Field(ge=0, le=1, description="Gate: pass rate may be this much below the base's.")
     ] = 0.0,
+    confidence: Annotated[
+        float,
+        Field(
+            ge=0.5,
+            lt=1,
+            description="Gate: confidence of the paired interval on the pass rate from tests (adapter - base); "
+            "its lower end must be at least -pass_rate_tolerance.",
+        ),
+    ] = 0.95,
     batch_size: int = 8,
     gate: GateConfig | dict | None = None,
     sanity: bool = True,
 ) -> EvalStarted:
     """Evaluate an adapter against its base on held-out examples, as a background job (returns
     its job id at once; follow it with wait_job). Both models on the same examples: eval loss,
-    perplexity, token accuracy; answers checked per role; sanity prompts saved. If the gate
-    passes (loss below the base's, pass rate not below the base's), the adapter becomes a candidate.
-    Python callers may pass the whole gate as `gate` instead of its three fields."""
+    perplexity, token accuracy; answers checked per role, by running the rows' tests where they
+    carry some; sanity prompts saved. If the gate passes (loss below the base's; from tests, task by
+    task, not worse than the base beyond the tolerance at the confidence; other checks' pass rate not
+    below the base's), the adapter becomes a candidate. Python callers may pass the whole gate as
+    `gate` instead of its fields."""
     if gate is None:
         gate = GateConfig(
             min_pass_rate=min_pass_rate,
             min_loss_improvement=min_loss_improvement,
             pass_rate_tolerance=pass_rate_tolerance,
+            confidence=confidence,
         )
     adapter = registry.get_adapter(store, adapter_id)
     if adapter.status in ("training", "failed"):
@@ -147,6 +171,7 @@ def evaluate_adapter(
         max_examples=max_examples,
         max_generate=max_generate,
         max_new_tokens=max_new_tokens,
+        stop=[s for s in stop or [] if s],
         batch_size=batch_size,
         sanity=sanity,
         gate=gate,
@@ -181,9 +206,11 @@ def run_job(ctx) -> dict[str, Any]:
     gen_rows = rows[: cfg.max_generate]
     answers = _generate_and_check_both(model, tok, adapter.role, gen_rows, cfg, step, 2 * len(examples), result)
     sanity = run_sanity(model, tok, adapter.role, examples, cfg) if cfg.sanity else []
-    gate = apply_gate(result["adapter"], result["base"], cfg.gate)
+    carry = any(e["tests"] and checks.runs_tests(adapter.role, r, e["completion"]) for r, e in zip(rows, examples))
+    gate = apply_gate(result["adapter"], result["base"], cfg.gate, rows_carry_tests=carry)
     metrics = summarize(adapter, cfg, result, gate, len(examples), len(gen_rows), time.time() - started)
     metrics["samples"] = _samples(gen_rows, answers)
+    metrics["tasks"] = task_outcomes(result)
     write_outputs(Path(adapter.path), metrics, sanity)
     to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
     stored = {k: v for k, v in metrics.items() if k != "samples"}
@@ -238,6 +265,7 @@ def _generate_and_check_both(
                 cfg.max_new_tokens,
                 cfg.batch_size,
                 on_batch=lambda n, name=name, done=done: step(done + n, f"generating {name}"),
+                stop=cfg.stop,
             )
         done += len(gen_rows)
         result[name].update(checks.score(role, gen_rows, answers[name]))
@@ -257,8 +285,23 @@ def _samples(gen_rows: list[dict[str, Any]], answers: dict[str, list[str]]) -> l
     ]
 
 
+def task_outcomes(result: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each generated row's outcome for both models: tested or not, passed, tests passed of total."""
+    keep = ("passed", "tests_passed", "tests_total", "sandbox")
+    return [
+        {
+            "row": i,
+            "tested": a.get("tested", False),
+            "adapter": {k: a[k] for k in keep if k in a},
+            "base": {k: b[k] for k in keep if k in b},
+        }
+        for i, (a, b) in enumerate(zip(result["adapter"].get("checks") or [], result["base"].get("checks") or []))
+    ]
+
+
 def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
     a, b = result["adapter"], result["base"]
+    tests = next((c["comparison"] for c in gate["conditions"] if c.get("comparison")), None)
     summary = {
         "eval_loss": a.get("eval_loss"),
         "base_eval_loss": b.get("eval_loss"),
@@ -268,6 +311,15 @@ def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, ela
         "base_token_accuracy": b.get("token_accuracy"),
         "pass_rate": a.get("pass_rate"),
         "base_pass_rate": b.get("pass_rate"),
+        "pass_rate_basis": a.get("pass_rate_basis"),
+        "pass_rate_tests": a.get("pass_rate_tests"),
+        "base_pass_rate_tests": b.get("pass_rate_tests"),
+        "tested_rows": a.get("tested_rows", 0),
+        "tests_difference_interval": tests["interval"] if tests else None,
+        "tests_confidence": tests["confidence"] if tests else None,
+        "tests_mcnemar_p": tests["mcnemar"]["p_value"] if tests else None,
+        "pass_rate_compile_only": a.get("pass_rate_checks") if adapter.role == "coder" else None,
+        "base_pass_rate_compile_only": b.get("pass_rate_checks") if adapter.role == "coder" else None,
         "similarity": a.get("similarity"),
         "base_similarity": b.get("similarity"),
         "gate_passed": gate["passed"],

@@ -97,8 +97,11 @@ def teacher_forced(
     }
 
 
-def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None) -> list[str]:
-    """Greedy answers (learning.models.generate), a few batches at a time so progress can be reported."""
+def generate(
+    model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None, stop: list[str] | None = None
+) -> list[str]:
+    """Greedy answers (learning.models.generate), each cut at its first stop string, a few batches
+    at a time so progress can be reported."""
     from learning.models.generate import generate as greedy
 
     texts = [prompt_text(tok, p) for p in prompts]
@@ -110,6 +113,7 @@ def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: in
             tok,
             texts[i : i + chunk],
             max_new_tokens=max_new_tokens,
+            stop=stop or (),
             batch_size=batch_size,
             add_special_tokens=not any(is_chat(tok, p) for p in prompts),
         )

@@ -38,6 +38,14 @@ class AdapterBrief(BaseModel):
     base_eval_loss: float | None = Field(default=None, description="The base model's eval loss on the same examples.")
     pass_rate: float | None = Field(default=None, description="Share of generation checks passed by the adapter.")
     base_pass_rate: float | None = None
+    pass_rate_basis: str | None = Field(
+        default=None, description="What the pass rates count: 'tests' (the rows' tests ran), 'compile-only', ..."
+    )
+    tested_rows: int = Field(default=0, description="Test rows whose tests ran for both models.")
+    tests_interval: list[float] | None = Field(
+        default=None, description="The gate's paired interval on the tested pass-rate difference (adapter - base)."
+    )
+    tests_confidence: float | None = None
     gate_passed: bool | None = None
 
 
@@ -99,6 +107,10 @@ def brief(adapter: registry.Adapter) -> AdapterBrief:
         base_eval_loss=m.get("base_eval_loss"),
         pass_rate=m.get("pass_rate"),
         base_pass_rate=m.get("base_pass_rate"),
+        pass_rate_basis=m.get("pass_rate_basis"),
+        tested_rows=m.get("tested_rows") or 0,
+        tests_interval=m.get("tests_difference_interval"),
+        tests_confidence=m.get("tests_confidence"),
         gate_passed=m.get("gate_passed"),
     )
 
@@ -110,10 +122,15 @@ def _num(value: float | None) -> str:
 def describe(b: AdapterBrief) -> str:
     if b.eval_loss is None and b.pass_rate is None:
         return f"{b.adapter_id} ({b.status}): not evaluated"
-    return (
-        f"{b.adapter_id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), "
-        f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})"
-    )
+    rates = f"pass rate {_num(b.pass_rate)} (base {_num(b.base_pass_rate)})"
+    if b.pass_rate_basis == "tests":
+        rates = f"pass rate from tests {_num(b.pass_rate)} on {b.tested_rows} tasks (base {_num(b.base_pass_rate)})"
+        if b.tests_interval and b.tests_confidence:
+            low, high = b.tests_interval
+            rates += f", difference {b.tests_confidence:.0%} interval [{low:+.3f}, {high:+.3f}]"
+    elif b.pass_rate_basis:
+        rates += f" ({b.pass_rate_basis})"
+    return f"{b.adapter_id} ({b.status}): eval loss {_num(b.eval_loss)} (base {_num(b.base_eval_loss)}), {rates}"
 
 
 def _route(role: str, task_type: str | None = None, complexity: str | None = None) -> str:

@@ -43,6 +43,7 @@ class RunRow(NamedTuple):
     adapter_id: str | None
     decision_id: str | None
     meta: str
+    tests: str | None = None  # a JSON list of statements, or NULL
 
 
 RUN_COLUMNS = RunRow._fields
@@ -78,6 +79,7 @@ def _row(run: RunIn) -> RunRow:
         adapter_id=run.adapter_id,
         decision_id=run.decision_id,
         meta=meta,
+        tests=dumps(run.tests) if run.tests else None,
     )
 
 
@@ -264,6 +266,7 @@ def row_to_run(row) -> Run:
         adapter_id=row["adapter_id"],
         decision_id=row["decision_id"],
         meta=loads(row["meta"]) or {},
+        tests=loads(row["tests"]) or [],
     )
 
 

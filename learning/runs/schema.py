@@ -3,7 +3,8 @@ and what logging and importing return (the logging itself: learning/runs/record.
 
 Field limits (characters): agent/model 200, role/task_type/complexity 64, task_key 256,
 adapter_id/decision_id 128, instruction 200,000, input and output 1,000,000 each, signals and
-meta 64 KiB of JSON each.
+meta 64 KiB of JSON each; tests: at most 100 statements, 10,000 characters each, 100,000 in all,
+each one compiling as Python.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ LIMITS = {
     "output": 1_000_000,
     "signals": 65_536,
     "meta": 65_536,
+    "tests": 100_000,
 }
+MAX_TESTS = 100
+MAX_TEST_CHARS = 10_000
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 
 
@@ -92,6 +96,11 @@ class RunIn(BaseModel):
         default=None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
     )
     meta: dict[str, Any] = Field(default_factory=dict, description="Free metadata (JSON object).")
+    tests: list[str] | None = Field(
+        default=None,
+        description="Python statements that check an answer to this task, e.g. 'assert add(2, 3) == 5'; "
+        "they travel into datasets and evaluate_adapter's gate runs them. At most 100, 10,000 characters each (CLI: --tests once per statement).",
+    )
     time: datetime | None = Field(default=None, description="When the run happened (ISO 8601); now when absent.")
 
     @field_validator("reward", mode="before")
@@ -102,6 +111,47 @@ class RunIn(BaseModel):
         if not math.isfinite(value):
             raise ValueError("reward must be a finite number in [0, 1]")
         return value
+
+    @field_validator("tests", mode="before")
+    @classmethod
+    def _tests_are_statements(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise ValueError('tests must be a list of strings, each a Python statement, e.g. ["assert f(1) == 2"]')
+        return value
+
+    @field_validator("tests")
+    @classmethod
+    def _tests_compile(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        problems = test_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value or None
+
+
+def test_problems(tests: list[str]) -> list[str]:
+    """Everything wrong with a list of test statements: their number, their sizes, and each one
+    that does not compile as Python (empty list when they are fine)."""
+    problems = []
+    if len(tests) > MAX_TESTS:
+        problems.append(f"{len(tests)} tests; the limit is {MAX_TESTS}")
+    total = sum(map(len, tests))
+    if total > LIMITS["tests"]:
+        problems.append(f"{total:,} characters of tests in all; the limit is {LIMITS['tests']:,}")
+    for i, test in enumerate(tests[:MAX_TESTS]):
+        if len(test) > MAX_TEST_CHARS:
+            problems.append(f"test {i} is {len(test):,} characters; the limit is {MAX_TEST_CHARS:,}")
+        elif not test.strip():
+            problems.append(f"test {i} is empty")
+        else:
+            try:
+                compile(test, f"<test {i}>", "exec")
+            except (SyntaxError, ValueError) as exc:
+                problems.append(f"test {i} does not compile as Python ({getattr(exc, 'msg', exc)})")
+    return problems
 
 
 class Run(BaseModel):
@@ -123,6 +173,7 @@ class Run(BaseModel):
     adapter_id: str | None
     decision_id: str | None
     meta: dict[str, Any]
+    tests: list[str] = Field(default_factory=list, description="Statements that check an answer to the task.")
 
 
 class LogResult(BaseModel):
@@ -162,6 +213,8 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = f"too long ({len(err['input']):,} characters; limit {err['ctx']['max_length']:,})"
         elif err["type"] == "missing":
             msg = "is required"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         if field == "reward" and "number in [0, 1]" not in msg:
             msg += " (reward must be a number in [0, 1], e.g. 0.8)"
         parts.append(f"'{field}' {msg}")
