@@ -299,6 +299,12 @@ def task_outcomes(result: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _sandbox_modes(*results: dict[str, Any]) -> str | None:
+    """How the tests ran ("bwrap", or "none" when the user chose no jail); None when none ran."""
+    modes = sorted({c["sandbox"] for r in results for c in r.get("checks") or [] if c.get("sandbox")})
+    return ",".join(modes) or None
+
+
 def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, elapsed: float) -> dict[str, Any]:
     a, b = result["adapter"], result["base"]
     tests = next((c["comparison"] for c in gate["conditions"] if c.get("comparison")), None)
@@ -318,6 +324,7 @@ def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, ela
         "tests_difference_interval": tests["interval"] if tests else None,
         "tests_confidence": tests["confidence"] if tests else None,
         "tests_mcnemar_p": tests["mcnemar"]["p_value"] if tests else None,
+        "sandbox": _sandbox_modes(a, b),
         "pass_rate_compile_only": a.get("pass_rate_checks") if adapter.role == "coder" else None,
         "base_pass_rate_compile_only": b.get("pass_rate_checks") if adapter.role == "coder" else None,
         "similarity": a.get("similarity"),
