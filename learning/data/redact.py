@@ -51,37 +51,65 @@ _WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _NAME_CHARS = frozenset(_WORD | {".", "-"})
 _LOCAL_CHARS = frozenset(_WORD | {".", "%", "+", "-"})
 
-# Provider keys and JWTs. No groups and every alternative starts with a literal (see Speed).
+# Provider keys and JWTs. No capturing groups, and every alternative starts with a literal (see
+# Speed). A hex- or digit-only body is followed by (?![0-9A-Za-z]): a longer run is a hash.
 _PROVIDER = re.compile(
-    r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}"  # AWS access key ids
-    r"|AIza[0-9A-Za-z_-]{35}|GOCSPX-[0-9A-Za-z_-]{20,}"  # GCP API key, OAuth client secret
-    r"|ya29\.[0-9A-Za-z_-]{20,}"  # GCP OAuth access token
+    r"A(?:KIA|SIA|BIA|CCA)[0-9A-Z]{16}"  # AWS access key ids
+    r"|AIza[0-9A-Za-z_-]{35}|GOCSPX-[0-9A-Za-z_-]{20,}|ya29\.[0-9A-Za-z_-]{20,}"  # Google
     r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}"  # GitHub
-    r"|glpat-[0-9A-Za-z_-]{20,}|gldt-[0-9A-Za-z_-]{20,}|glrt-[0-9A-Za-z_-]{20,}"  # GitLab
-    r"|xox[abposr]-[0-9A-Za-z-]{10,}|xapp-\d-[0-9A-Za-z-]{10,}"  # Slack tokens
-    r"|hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,}"  # Slack webhook
-    r"|sk_live_[0-9A-Za-z]{16,}|sk_test_[0-9A-Za-z]{16,}|rk_live_[0-9A-Za-z]{16,}"
-    r"|rk_test_[0-9A-Za-z]{16,}|pk_live_[0-9A-Za-z]{16,}|whsec_[0-9A-Za-z]{24,}"  # Stripe
+    r"|gl(?:pat|dt|rt|ptt|cbt|soat|oas|imt|ft|agent)-[0-9A-Za-z_.-]{20,}|GR1348941[\w-]{20,}"  # GitLab
+    r"|glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}|glc_[A-Za-z0-9+/]{32,}={0,3}"  # Grafana
+    r"|xox[abposre][.-][0-9A-Za-z.-]{10,}|xapp-\d-[0-9A-Za-z-]{10,}"  # Slack tokens
+    r"|hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]{20,}"  # Slack webhooks
+    r"|[sr]k_(?:live|test|prod)_[0-9A-Za-z]{16,}|pk_live_[0-9A-Za-z]{16,}|whsec_[0-9A-Za-z]{24,}"  # Stripe
     r"|sk-ant-[0-9A-Za-z_-]{20,}"  # Anthropic
-    r"|sk-[0-9A-Za-z_-]{20,}"  # OpenAI (sk-, sk-proj-, ...)
-    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
+    r"|sk-(?:proj|svcacct|admin|None)-[0-9A-Za-z_-]{20,}|sk-[0-9A-Za-z]{20,}(?![\w-])"  # OpenAI
+    r"|hf_[A-Za-z0-9]{30,}|api_org_[A-Za-z]{30,}"  # Hugging Face
+    r"|npm_[A-Za-z0-9]{36}(?![0-9A-Za-z])|pypi-AgE[\w-]{50,}"  # npm, PyPI
+    r"|SG\.[\w-]{16,32}\.[\w-]{40,50}|SK[0-9a-fA-F]{32}(?![0-9A-Za-z])"  # SendGrid, Twilio
+    r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}(?![0-9A-Za-z])|do[opr]_v1_[a-f0-9]{64}"  # Shopify, DigitalOcean
+    r"|dapi[a-f0-9]{32}(?![0-9A-Za-z])|dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,}"  # Databricks, Doppler
+    r"|PMAK-[a-fA-F0-9]{24}-[a-fA-F0-9]{34}|pul-[a-f0-9]{40}|lin_api_[A-Za-z0-9]{40}"  # Postman, Pulumi, Linear
+    r"|HRKU-[\w-]{60}|AGE-SECRET-KEY-1[0-9A-Z]{58}|hv[sb]\.[\w-]{90,}"  # Heroku, age, Vault
+    r"|sntry[us]_[\w+/=]{64,}|xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}"  # Sentry, Brevo
+    r"|EAAA[\w-]{60}(?![\w+/=-])|sq0(?:atp|csp)-[\w-]{22,}"  # Square
+    r"|ntn_[0-9]{11}[A-Za-z0-9]{35}|pplx-[A-Za-z0-9]{48}|gsk_[A-Za-z0-9]{52}|r8_[A-Za-z0-9]{37}"  # Notion, ...
+    r"|xai-[A-Za-z0-9]{80}|NRAK-[A-Z0-9]{27}|fo1_[\w-]{43}|fm[12][ar]?_[\w+/]{100,}={0,3}"  # xAI, New Relic, Fly
+    r"|dt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64}|pscale_(?:pw|tkn|oauth)_[\w=.-]{32,64}"  # Dynatrace, PlanetScale
+    r"|ATATT3[\w=-]{180,}|dckr_pat_[\w-]{27,}"  # Atlassian, Docker Hub
     r"|eyJ[0-9A-Za-z_-]{8,}\.eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]*"  # JWT
 )
-# Gates for _PROVIDER, one per anchor: the rarer character inside each prefix ('J', 'I', '_',
-# '-', '.') checked backwards. Each pattern starts with a literal, so the regex engine finds
-# candidates with a fast literal search; one pattern over a set of anchor characters would
-# test every position (about 2x slower in total).
+# Gates for _PROVIDER: the rarer character inside each prefix ('J', 'A', '_', '-', '.'), then
+# the prefix checked backwards; or a literal-led search for prefixes without such a character.
+# Each gate starts with a literal, so the regex engine finds candidates with a fast literal
+# search; one pattern over a set of anchor characters would test every position (about 2x
+# slower in total). The '_' and '-' gates first look ahead for a token-like run, which most
+# underscores and dashes in code are not followed by.
 _PROVIDER_GATES = tuple(
     re.compile(p).search
     for p in (
         r"J(?<=eyJ)",
-        r"I(?:(?<=AKI)A|(?<=ASI)A|(?<=AI)za)",
-        r"_(?<=[pousrtfec]_)(?:(?<=gh[pousr]_)|(?<=github_pat_)|(?<=hf_)|(?<=[sr]k_live_)|(?<=[sr]k_test_)|(?<=pk_live_)"
-        r"|(?<=whsec_))",
-        r"-(?<=[kXtpabosr]-)(?:(?<=sk-)|(?<=GOCSPX-)|(?<=glpat-)|(?<=gl[dr]t-)|(?<=xox[abposr]-)|(?<=xapp-))",
-        r"\.(?<=[9s]\.)(?:(?<=ya29\.)|(?<=hooks\.))",
+        r"A(?:KIA|SIA|BIA|CCA|Iza|TATT3|(?<=EA)AA[\w-]{60})",
+        r"K(?<=SK)[0-9a-fA-F]{32}",
+        r"dapi[0-9a-f]{32}",
+        r"GR1348941",
+        r"_(?=[\w+/-]{16})(?<=[a-z0-9]_)(?:(?<=gh[pousr]_)|(?<=github_pat_)|(?<=hf_)|(?<=api_org_)|(?<=k_live_)"
+        r"|(?<=k_test_)|(?<=k_prod_)|(?<=whsec_)|(?<=npm_)|(?<=shp.._)|(?<=_v1_)|(?<=lin_api_)|(?<=glsa_)"
+        r"|(?<=glc_)|(?<=sntry._)|(?<=ntn_)|(?<=gsk_)|(?<=r8_)|(?<=fo1_)|(?<=fm.._)|(?<=fm._)|(?<=pscale_.._)"
+        r"|(?<=pscale_..._)|(?<=pscale_oauth_)|(?<=dckr_pat_))",
+        r"-(?=[\w.-]{10})(?<=[A-Za-z0-9]-)(?:(?<=sk-)|(?<=GOCSPX-)|(?<=gl...-)|(?<=gl..-)|(?<=gl....-)"
+        r"|(?<=glagent-)|(?<=xox.-)|(?<=xapp-)|(?<=pypi-)|(?<=PMAK-)|(?<=pul-)|(?<=HRKU-)|(?<=KEY-)"
+        r"|(?<=xkeysib-)|(?<=sq0...-)|(?<=pplx-)|(?<=xai-)|(?<=NRAK-))",
+        r"\.(?<=[9sGptbx1]\.)(?:(?<=ya29\.)|(?<=hooks\.)|(?<=SG\.)|(?<=dp\.)|(?<=hv[sb]\.)|(?<=xoxe\.)"
+        r"|(?<=dt0c01\.))",
     )
 )
+# Prefixes that are not at the start of the token: Terraform Cloud (name.atlasv1.secret) and
+# Telegram bot tokens (bot id:AA...); each is gated by a literal-led search.
+_ATLAS = re.compile(r"(?<![\w.])[a-z0-9]{14}\.atlasv1\.[\w=-]{60,70}")
+_TELEGRAM = re.compile(r"(?<![\w:])[0-9]{5,16}:AA[\w-]{33}(?![\w-])")
+_ATLAS_GATE = re.compile(r"v1\.(?<=atlasv1\.)").search
+_TELEGRAM_GATE = re.compile(r":AA[\w-]{33}").search
 # Azure AD client secrets (xxx8Q~...) and storage account keys inside connection strings.
 _AZURE_CLIENT = re.compile(r"(?<![\w~.-])[\w~.-]{3}\dQ~[\w~.-]{31,34}(?![\w~.-])")
 _AZURE_ACCOUNT = re.compile(r"(AccountKey|SharedAccessKey)=([A-Za-z0-9+/]{30,}={0,2})")
@@ -90,7 +118,7 @@ _PEM = re.compile(
     r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:-]*)",
     re.S,
 )
-_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{1,128}):([^\s/@'\"<>\[\]]{1,256})@(?=[\w.\[-])")
+_URL_USERINFO = re.compile(r"://([^\s:/@'\"<>]{0,128}):([^\s/@'\"<>\[\]]{1,256})@(?=[\w.\[-])")
 _URL_QUERY = re.compile(
     r"(?i)[?&]((?:access_|refresh_|id_|auth_|session_|private_)?token|api[_-]?key|apikey|key|sig|signature"
     r"|secret|client_secret|password|passwd|pwd|x-amz-signature|x-amz-credential|x-amz-security-token)"
@@ -189,6 +217,10 @@ class Redactor:
             text = _PEM.sub(lambda m: c("PRIVATE_KEY"), text)
         if _any(_PROVIDER_GATES, text):
             text = _PROVIDER.sub(self._provider, text)
+        if _ATLAS_GATE(text):
+            text = _ATLAS.sub(lambda m: c("API_KEY"), text)
+        if _TELEGRAM_GATE(text):
+            text = _TELEGRAM.sub(lambda m: c("API_KEY"), text)
         if "~" in text and "Q~" in text:  # a one-character search is several times faster
             text = _AZURE_CLIENT.sub(lambda m: c("API_KEY"), text)
         if "Key=" in text:
