@@ -1,5 +1,6 @@
 """Curation figures: make_sft over 1,000,000 runs (seconds, peak memory), redaction throughput,
-and redaction recall / false positives on the labelled corpus (tests/redact_corpus.py).
+and redaction recall / false positives on the labelled corpus (tests/redact_corpus.py) and on
+the held-out corpus of provider token formats and realistic ordinary text (tests/redact_heldout.py).
 
     python bench/curation.py [--runs 1000000] [--keep-db DIR] [--trace]
 
@@ -28,6 +29,7 @@ from learning.data.parallel import default_workers  # noqa: E402
 from learning.data.redact import Redactor  # noqa: E402
 from learning.store import Store  # noqa: E402
 from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
+from tests.redact_heldout import heldout_secrets, realistic_code  # noqa: E402
 
 # Code-like text for the runs' outputs: the library's own source for storing and recording runs.
 CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs" / "record.py").read_text()
@@ -156,18 +158,19 @@ def redaction_throughput(mb: float = 20.0) -> dict:
     }
 
 
-def corpus_quality() -> dict:
-    planted = planted_secrets()
+def corpus_quality(planted=None, ordinary=None) -> dict:
+    planted = planted_secrets() if planted is None else planted
+    ordinary = ORDINARY_CODE if ordinary is None else ordinary
     r = Redactor()
     found = sum(1 for p in planted if p.secret not in (out := r(p.text)) and f"[{p.placeholder}]" in out)
     missed = [p.name for p in planted if p.secret in r(p.text)]
-    changed = [c for c in ORDINARY_CODE if r(c) != c]
+    changed = [c for c in ordinary if r(c) != c]
     return {
         "planted": len(planted),
         "redacted": found,
         "recall": found / len(planted),
         "missed": missed,
-        "ordinary_snippets": len(ORDINARY_CODE),
+        "ordinary_snippets": len(ordinary),
         "false_positives": len(changed),
         "types": sorted({p.placeholder for p in planted}),
     }
@@ -180,13 +183,16 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="Also measure tracemalloc's peak (a slow run).")
     args = parser.parse_args()
 
-    quality = corpus_quality()
-    print(
-        f"redaction corpus: {quality['redacted']}/{quality['planted']} planted secrets redacted "
-        f"(recall {quality['recall']:.3f}; types {', '.join(quality['types'])}); "
-        f"false positives {quality['false_positives']}/{quality['ordinary_snippets']} ordinary-code snippets"
-        + (f"; missed {quality['missed']}" if quality["missed"] else "")
-    )
+    for label, quality in (
+        ("redaction corpus", corpus_quality()),
+        ("redaction held-out corpus", corpus_quality(heldout_secrets(), realistic_code())),
+    ):
+        print(
+            f"{label}: {quality['redacted']}/{quality['planted']} planted secrets redacted "
+            f"(recall {quality['recall']:.3f}; types {', '.join(quality['types'])}); "
+            f"false positives {quality['false_positives']}/{quality['ordinary_snippets']} ordinary-code snippets"
+            + (f"; missed {sorted(set(quality['missed']))}" if quality["missed"] else "")
+        )
     tp = redaction_throughput()
     print(
         f"redaction throughput: {tp['mb_per_s']:.1f} MB/s wall, {tp['mb_per_cpu_s']:.1f} MB/s of CPU time, over {tp['mb']:.0f} MB of code-like text "

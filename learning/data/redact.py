@@ -2,9 +2,7 @@
 
 `redact(text)` replaces what it finds with a typed placeholder and counts it:
 
-  [API_KEY]      provider keys: AWS access key ids, GCP API keys / OAuth secrets / tokens,
-                 Azure storage account keys and client secrets, GitHub, GitLab, Slack (tokens
-                 and webhooks), Stripe, OpenAI, Anthropic, Hugging Face
+  [API_KEY]      provider keys by their documented prefix and shape (below)
   [JWT]          JSON web tokens (eyJ....eyJ....sig)
   [PRIVATE_KEY]  PEM private key blocks (RSA, EC, OpenSSH, PKCS#8, PGP), also inside JSON strings
   [PASSWORD]     the password of a URL (scheme://user:PASSWORD@host) and of a connection
@@ -15,6 +13,28 @@
                  api_key, access_key, private_key (code, .env, YAML, JSON, CLI flags)
   [EMAIL]        e-mail addresses
   [PHONE]        phone numbers written with separators (+44 20 7946 0958, (555) 123-4567)
+
+Provider formats ([API_KEY]), from gitleaks' default rules (config/gitleaks.toml, 2026-07) and
+trufflehog's detectors (pkg/detectors/<provider>), and the providers' own token documentation:
+AWS access key ids (AKIA, ASIA, ABIA, ACCA); Google (AIza API keys, GOCSPX- OAuth secrets, ya29.
+tokens); GitHub (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_); GitLab (glpat- incl. routable,
+glptt-, gldt-, glrt-, glcbt-, glsoat-, gloas-, glimt-, glft-, glagent-, GR1348941 runner
+registration); Grafana (glsa_, glc_); Slack (xoxb-/xoxp-/xoxa-/xoxo-/xoxs-/xoxr-, xoxe refresh
+and config tokens, xapp-, hooks.slack.com services/workflows/triggers); Stripe (sk_/rk_ live,
+test, prod; pk_live_; whsec_); OpenAI (sk-proj-, sk-svcacct-, sk-admin-, legacy sk- + 20+
+letters and digits); Anthropic (sk-ant-); Hugging Face (hf_, api_org_); npm (npm_); PyPI
+(pypi-AgE...); SendGrid (SG.x.y); Twilio API keys (SK + 32 hex); Shopify (shpat_, shpss_,
+shpca_, shppa_); DigitalOcean (dop_v1_, doo_v1_, dor_v1_); Azure (AD client secrets ...8Q~,
+AccountKey= / SharedAccessKey= in connection strings; SAS sig= goes as a [TOKEN]); Databricks
+(dapi), Doppler (dp.pt. ...), Postman (PMAK-), Pulumi (pul-), Linear (lin_api_), Heroku (HRKU-),
+Terraform Cloud (.atlasv1.), age (AGE-SECRET-KEY-1), Vault (hvs., hvb.), Sentry (sntrys_,
+sntryu_), Brevo (xkeysib-), Square (EAAA, sq0atp-, sq0csp-), Notion (ntn_), Perplexity (pplx-),
+Groq (gsk_), Replicate (r8_), xAI (xai-), New Relic (NRAK-), Fly.io (fo1_, fm1_/fm2_),
+Dynatrace (dt0c01.), PlanetScale (pscale_pw_, pscale_tkn_), Atlassian (ATATT3), Docker Hub
+(dckr_pat_), Telegram bot tokens (id:AA...). Formats with no prefix (Azure storage keys outside
+a connection string, Twilio auth tokens, Mailgun/Discord keys) are found only by the generic
+rule when assigned to a secret-like name. tests/redact_heldout.py holds one synthetic token of
+each format, never used to tune the rules.
 
 Judgement calls (ordinary code must survive untouched):
 - Hashes stay. Hex digests and base64 integrity strings in lockfiles (poetry.lock, Cargo.lock,
@@ -31,7 +51,8 @@ Judgement calls (ordinary code must survive untouched):
 - Phone numbers need separators and 10-15 digits; dates, versions, IP addresses and plain
   integers stay.
 - Provider keys need their documented prefix and a boundary before it (`task-...` is not an
-  OpenAI key).
+  OpenAI key); a bare `sk-` is followed by letters and digits only (`sk-learn-helpers` stays);
+  hex-only formats (Twilio, Shopify, Databricks) end where the hex ends (a longer run is a hash).
 
 Speed: each rule family runs only when a cheap pre-check passes. The pre-checks are
 one-character searches where one will do, substring searches on one lower-cased copy, and
@@ -73,7 +94,7 @@ _PROVIDER = re.compile(
     r"|HRKU-[\w-]{60}|AGE-SECRET-KEY-1[0-9A-Z]{58}|hv[sb]\.[\w-]{90,}"  # Heroku, age, Vault
     r"|sntry[us]_[\w+/=]{64,}|xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}"  # Sentry, Brevo
     r"|EAAA[\w-]{60}(?![\w+/=-])|sq0(?:atp|csp)-[\w-]{22,}"  # Square
-    r"|ntn_[0-9]{11}[A-Za-z0-9]{35}|pplx-[A-Za-z0-9]{48}|gsk_[A-Za-z0-9]{52}|r8_[A-Za-z0-9]{37}"  # Notion, ...
+    r"|ntn_[0-9]{11}[A-Za-z0-9]{35}|pplx-[A-Za-z0-9]{48}|gsk_[A-Za-z0-9]{52}|r8_[\w-]{37}"  # Notion, ...
     r"|xai-[A-Za-z0-9]{80}|NRAK-[A-Z0-9]{27}|fo1_[\w-]{43}|fm[12][ar]?_[\w+/]{100,}={0,3}"  # xAI, New Relic, Fly
     r"|dt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64}|pscale_(?:pw|tkn|oauth)_[\w=.-]{32,64}"  # Dynatrace, PlanetScale
     r"|ATATT3[\w=-]{180,}|dckr_pat_[\w-]{27,}"  # Atlassian, Docker Hub
