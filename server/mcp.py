@@ -29,7 +29,7 @@ from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.store import Store
 from server.catalog import VERBS
-from server.verbs import Verb, arguments, call, consent_summary
+from server.verbs import Verb, call, consent_summary, tool_arguments
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.
 Log every run with log_run (role, instruction, output, reward in [0, 1]). Curate the best runs
@@ -113,8 +113,9 @@ def _consent_resolver(verb: Verb, store: Store, names: list[str]) -> Callable:
 
 
 def tool_function(verb: Verb, store: Store) -> Callable:
-    """The tool for one verb: its arguments as parameters, the library call as its body."""
-    args = arguments(verb)
+    """The tool for one verb: its arguments (but the CLI-only ones) as parameters, the library
+    call as its body."""
+    args = tool_arguments(verb)
     params = [
         inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default, annotation=a.annotation)
         for a in args

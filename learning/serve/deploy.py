@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from learning.clock import iso, stamp
 from learning.errors import InvalidInput
 from learning.home import safe_id
-from learning.params import Complexity, Role, TaskType
+from learning.params import CLI_ONLY, Complexity, Role, TaskType
 from learning.registry.adapters import get_adapter
 from learning.serve.runtimes import (
     deploy_llamacpp,
@@ -90,8 +90,11 @@ def deploy_adapter(
     url: Annotated[
         str | None,
         Field(
-            description="Runtime URL; defaults: ollama :11434, vllm :8000. llamacpp without "
-            "a URL only writes the llama-server command line."
+            description="Runtime URL (CLI only). Default: the URL set for the adapter's route with "
+            "`learnloop deploy-target` when its runtime is this target, else this machine's "
+            "(ollama 127.0.0.1:11434, vllm 127.0.0.1:8000); llamacpp with neither only writes "
+            "the llama-server command line.",
+            json_schema_extra=CLI_ONLY,
         ),
     ] = None,
     base_gguf: Annotated[str | None, Field(description="llamacpp: the base model GGUF for the command line.")] = None,

@@ -27,6 +27,7 @@ from learning.errors import Conflict, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.models.fingerprint import base_fingerprint
+from learning.params import CLI_ONLY
 from learning.registry.adapters import Adapter, get_adapter
 from learning.serve import gguf as gx
 from learning.serve.merge import export_merged
@@ -389,7 +390,13 @@ def export_as_job(
             "llama.cpp; ollama: GGUF + Modelfile."
         ),
     ],
-    out: Annotated[str | None, Field(description="Output folder; default <home>/exports/<id>/<format>.")] = None,
+    out: Annotated[
+        str | None,
+        Field(
+            description="Output folder, anywhere (CLI only); default and over MCP: <home>/exports/<id>/<format>.",
+            json_schema_extra=CLI_ONLY,
+        ),
+    ] = None,
     dtype: Annotated[Literal["f32", "f16"], Field(description="Tensor precision of the written files.")] = "f32",
     base: Annotated[str | None, Field(description="Base model folder to check against the one trained on.")] = None,
     from_model: Annotated[
