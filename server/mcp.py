@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from learning import __version__
 from learning.errors import LearnloopError
+from learning.home import regular_file
 from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.store import Store
@@ -219,8 +220,9 @@ def _add_resources(server: MCPServer, store: Store) -> None:
     )
     def adapter_resource(adapter_id: str) -> str:
         adapter = registry.get_adapter(store, adapter_id)
-        metrics_file = Path(adapter.path) / "eval" / "metrics.json"
-        evaluation: Any = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        # Only a regular file under the home, reached through no link, is read.
+        metrics_file = regular_file(store.home, Path(adapter.path) / "eval" / "metrics.json")
+        evaluation: Any = json.loads(metrics_file.read_text()) if metrics_file is not None else None
         return json.dumps(
             {
                 "adapter": adapter.model_dump(mode="json"),
