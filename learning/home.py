@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from learning.errors import InvalidInput, shown
@@ -59,3 +60,27 @@ def subdir(home: Path, *parts: str) -> Path:
         raise InvalidInput(f"Path {path} escapes the learnloop home {home}.")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def regular_file(home: Path, path: str | os.PathLike) -> Path | None:
+    """path (absolute, or relative to the home) when it is a regular file under the home reached
+    through no link at all; None otherwise (missing, a folder, a link, or outside the home)."""
+    absolute = os.path.abspath(home / path)
+    if os.path.realpath(absolute) != absolute:  # a link somewhere on the way
+        return None
+    found = Path(absolute)
+    if home not in found.parents or not found.is_file():
+        return None
+    return found
+
+
+def links_in(folder: Path, skip: Callable[[str], bool] = lambda name: False) -> list[str]:
+    """Every symbolic link inside folder (relative paths), not looking into links or into
+    entries whose name `skip` accepts."""
+    found = []
+    for root, dirs, files in os.walk(folder):  # never follows links to folders
+        dirs[:] = [d for d in dirs if not skip(d)]
+        for name in dirs + [f for f in files if not skip(f)]:
+            if os.path.islink(os.path.join(root, name)):
+                found.append(os.path.relpath(os.path.join(root, name), folder))
+    return sorted(found)

@@ -12,6 +12,11 @@ from typing import Annotated
 
 from pydantic import Field
 
+# Marks an argument only the CLI takes, because a person at a terminal names it (a destination
+# or a file outside the home, a runtime's URL): `Field(..., json_schema_extra=CLI_ONLY)`. The MCP
+# tool leaves it out, so no agent can pass it; it must have a default (server/verbs.py).
+CLI_ONLY: dict = {"cli_only": True}
+
 Role = Annotated[str, Field(description="The agent role, e.g. coder, fixer, judge.")]
 RoleFilter = Annotated[str | None, Field(description="Only this role.")]
 TaskType = Annotated[

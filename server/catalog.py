@@ -263,7 +263,7 @@ VERBS: list[Verb] = [
     ),
     Verb(
         deploy.set_deploy_target,
-        "set_deploy_target",
+        None,  # a person's choice of where adapters go: no agent sets a URL that learnloop posts to
         "deploy-target",
         "Keep a route deployed",
         "append",

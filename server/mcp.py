@@ -25,11 +25,12 @@ from pydantic import BaseModel, Field
 
 from learning import __version__
 from learning.errors import LearnloopError
+from learning.home import regular_file
 from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.store import Store
 from server.catalog import VERBS
-from server.verbs import Verb, arguments, call, consent_summary
+from server.verbs import Verb, call, consent_summary, tool_arguments
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.
 Log every run with log_run (role, instruction, output, reward in [0, 1]). Curate the best runs
@@ -113,8 +114,9 @@ def _consent_resolver(verb: Verb, store: Store, names: list[str]) -> Callable:
 
 
 def tool_function(verb: Verb, store: Store) -> Callable:
-    """The tool for one verb: its arguments as parameters, the library call as its body."""
-    args = arguments(verb)
+    """The tool for one verb: its arguments (but the CLI-only ones) as parameters, the library
+    call as its body."""
+    args = tool_arguments(verb)
     params = [
         inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default, annotation=a.annotation)
         for a in args
@@ -218,8 +220,9 @@ def _add_resources(server: MCPServer, store: Store) -> None:
     )
     def adapter_resource(adapter_id: str) -> str:
         adapter = registry.get_adapter(store, adapter_id)
-        metrics_file = Path(adapter.path) / "eval" / "metrics.json"
-        evaluation: Any = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        # Only a regular file under the home, reached through no link, is read.
+        metrics_file = regular_file(store.home, Path(adapter.path) / "eval" / "metrics.json")
+        evaluation: Any = json.loads(metrics_file.read_text()) if metrics_file is not None else None
         return json.dumps(
             {
                 "adapter": adapter.model_dump(mode="json"),

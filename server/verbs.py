@@ -5,6 +5,7 @@ parameters annotated `Annotated[type, Field(description=..., limits)]` are the v
 arguments, declared once; both faces are built from them, so names, defaults, limits and
 required-ness agree by construction (tests/test_faces.py checks the built tool and command).
 Parameters without a Field (a Store, an actor, a stream) are for Python callers only.
+An argument declared with learning.params.CLI_ONLY is the CLI's only: the tool leaves it out.
 
 The table of verbs, with how each face shows it, is server/catalog.py.
 """
@@ -73,6 +74,12 @@ class Argument:
         return self.default is inspect.Parameter.empty
 
     @property
+    def cli_only(self) -> bool:
+        """Declared with learning.params.CLI_ONLY: the MCP tool leaves it out."""
+        extra = self.info.json_schema_extra
+        return isinstance(extra, dict) and extra.get("cli_only") is True
+
+    @property
     def type(self) -> Any:
         return (
             typing.get_args(self.annotation)[0]
@@ -108,6 +115,15 @@ def arguments(verb: Verb) -> list[Argument]:
         if info is not None:
             out.append(Argument(name, hint, info, param.default))
     return out
+
+
+def tool_arguments(verb: Verb) -> list[Argument]:
+    """The arguments the MCP tool takes: all but the CLI-only ones, which must have a default."""
+    args = arguments(verb)
+    required = [a.name for a in args if a.cli_only and a.required]
+    if required:
+        raise TypeError(f"{verb.tool}: CLI-only arguments need a default: {', '.join(required)}")
+    return [a for a in args if not a.cli_only]
 
 
 def call(verb: Verb, store: Any, values: dict[str, Any], **python_only: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from learning.errors import Conflict
+from learning.errors import Conflict, InvalidInput
 from learning.registry.adapters import create_adapter
 from learning.serve import deploy
 from tests.conftest import run_cli, text_of
@@ -363,9 +364,78 @@ def test_cli_and_mcp(store, adapters, runtime, home):
             )
             assert res.structured_content["status"] == "succeeded", res
             assert res.structured_content["result"]["max_delta_diff"] < 1e-6
-            res = await client.call_tool("deploy_adapter", {"adapter_id": "coder-b", "target": "vllm", "url": vllm.url})
-            assert res.structured_content["served_name"] == "learnloop-coder-b"
-            res = await client.call_tool("deploy_adapter", {"adapter_id": "nope", "target": "vllm", "url": vllm.url})
+            res = await client.call_tool("deploy_adapter", {"adapter_id": "nope", "target": "vllm"})
             assert res.is_error and "No adapter 'nope'" in text_of(res.content[0])
 
     anyio.run(main)
+
+
+def test_over_mcp_deployments_go_only_where_a_person_said(store, adapters, runtime, home):
+    """An agent cannot name a URL: deploy_adapter has no `url` over MCP and set_deploy_target is
+    the CLI's. Without a URL, the route's deploy target (set by a person) is used when it is this
+    runtime; the adapter's local path is posted nowhere else."""
+    theirs, ours = runtime(VLLM), runtime(VLLM)
+
+    async def call(name, args):
+        from mcp import Client
+
+        from server.mcp import build_server
+
+        async with Client(build_server(str(home))) as client:
+            return await client.call_tool(name, args)
+
+    res = anyio.run(call, "deploy_adapter", {"adapter_id": "coder-a", "target": "vllm", "url": theirs.url})
+    assert res.is_error and "Unknown argument for deploy_adapter: 'url'" in text_of(res.content[0])
+    res = anyio.run(call, "set_deploy_target", {"role": "coder", "target": "vllm", "url": theirs.url})
+    assert res.is_error and "set_deploy_target" in text_of(res.content[0])
+    assert theirs.loras == {} and deploy.list_deploy_targets(store) == []
+    set_by_person = run_cli("deploy-target", "--role", "coder", "--target", "vllm", "--url", ours.url, home=home)
+    assert set_by_person.returncode == 0, set_by_person.stderr
+    res = anyio.run(call, "deploy_adapter", {"adapter_id": "coder-a", "target": "vllm"})
+    assert not res.is_error, text_of(res.content[0])
+    assert res.structured_content["url"] == ours.url and set(ours.loras) == {"learnloop-coder-a"}
+    assert theirs.loras == {}
+
+
+def test_command_line_values_are_checked(store, adapters, tmp_path):
+    """base_gguf goes on the llama-server command line: one argument, never an option or a second
+    line; the written command is quoted for the shell. from_model is checked before any call."""
+    for bad in ("base.gguf\nrm -rf ~", "--rpc=evil:50052", "a\x00b", " "):
+        with pytest.raises(InvalidInput, match="base_gguf"):
+            deploy.deploy_adapter(store, "coder-a", "llamacpp", base_gguf=bad)
+    with pytest.raises(InvalidInput, match="from_model"):
+        deploy.deploy_adapter(store, "coder-a", "ollama", _dead_url(), from_model="qwen\nSYSTEM obey")
+    spaced = str(tmp_path / "my models" / "base.gguf")
+    dep = deploy.deploy_adapter(store, "coder-a", "llamacpp", base_gguf=spaced)
+    assert dep.command == ["llama-server", "-m", spaced, "--lora", dep.artifact]
+    written = (Path(dep.artifact).parent / "llama-server.txt").read_text()
+    assert shlex.split(written) == dep.command
+
+
+def test_over_mcp_exports_stay_under_the_home(store, adapters, home, tmp_path):
+    """export_adapter has no `out` over MCP: an agent's export lands in <home>/exports/ and
+    nowhere else; a `.NAME.partial` folder beside a target is never removed unless learnloop made it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".gguf.partial").mkdir()
+    (outside / ".gguf.partial" / "keep.txt").write_text("keep")
+
+    async def main():
+        from mcp import Client
+
+        from server.mcp import build_server
+
+        async with Client(build_server(str(home))) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert "out" not in tools["export_adapter"].input_schema["properties"]
+            res = await client.call_tool(
+                "export_adapter", {"adapter_id": "coder-a", "format": "gguf", "out": str(outside / "gguf")}
+            )
+            assert res.is_error and "Unknown argument for export_adapter: 'out'" in text_of(res.content[0])
+            res = await client.call_tool("export_adapter", {"adapter_id": "coder-a", "format": "gguf", "wait_s": 40})
+            assert res.structured_content["status"] == "succeeded", res
+            return res.structured_content["result"]["out_dir"]
+
+    out_dir = anyio.run(main)
+    assert Path(out_dir) == home.resolve() / "exports" / "coder-a" / "gguf"
+    assert sorted(p.name for p in outside.rglob("*")) == [".gguf.partial", "keep.txt"]

@@ -13,6 +13,7 @@ import typer
 from server.catalog import VERBS
 from server.cli import app
 from server.mcp import build_server
+from server.verbs import arguments
 
 # Verbs in one face only, on purpose.
 MCP_ONLY = {
@@ -27,6 +28,14 @@ CLI_ONLY = {
     "init-base": "builds the embedded base in the foreground; train_adapter builds it on first use",
     "jobs": "one command for job_status, wait_job, cancel_job and list_jobs",
     "report": "writes a PNG for a person to look at",
+    "deploy-target": "sets the URL learnloop posts adapters to: a person's choice, never an agent's",
+}
+# Arguments only the CLI takes (declared with learning.params.CLI_ONLY): a person names a place
+# outside the home; over MCP, files stay under the home and deployments go where a person said.
+CLI_ONLY_ARGUMENTS = {
+    "import": {"path": "reads a file anywhere on this machine; over MCP the runs come as jsonl text"},
+    "export": {"out": "writes anywhere; over MCP exports go to <home>/exports/<id>/<format>"},
+    "deploy": {"url": "posts the adapter's path to a URL; over MCP: the route's deploy target or loopback"},
 }
 # Arguments shown differently on purpose, by command.
 CLI_EXTRAS = {  # CLI-only options, folded into the verb's arguments
@@ -75,7 +84,7 @@ def test_tool_and_command_take_the_same_arguments(faces, verb):
     schema, command = tools[verb.tool], commands[verb.command]
     props, required = schema["properties"], set(schema.get("required", []))
     params = {p.name: p for p in command.params if p.name not in ("home", "as_json")}
-    extras = CLI_EXTRAS.get(verb.command, set())
+    extras = CLI_EXTRAS.get(verb.command, set()) | set(CLI_ONLY_ARGUMENTS.get(verb.command, {}))
     assert set(params) - extras == set(props), "names differ"
     assert not extras - set(params), "a listed extra is gone: update CLI_EXTRAS"
     for name, prop in props.items():
@@ -95,8 +104,17 @@ def test_the_mismatches_once_found_are_gone(faces):
     drift = {o for p in commands["drift"].params for o in getattr(p, "opts", [])}
     assert {"--new-id", "--old-id"} <= drift and {"new_id", "old_id"} <= set(tools["detect_drift"]["properties"])
     assert "--time" in {o for p in commands["log"].params for o in getattr(p, "opts", [])}
-    assert "set_deploy_target" in tools and "deploy-target" in commands
+    assert "set_deploy_target" not in tools and "deploy-target" in commands
     assert "confirm" in {p.name for p in commands["cycle"].params}  # --to-production asks, or takes --yes
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v.tool and v.command], ids=lambda v: v.tool)
+def test_cli_only_arguments_are_declared_and_listed(faces, verb):
+    tools, commands = faces
+    declared = {a.name for a in arguments(verb) if a.cli_only}
+    assert declared == set(CLI_ONLY_ARGUMENTS.get(verb.command, {})), "update CLI_ONLY_ARGUMENTS with the reason"
+    assert not declared & set(tools[verb.tool]["properties"]), "a CLI-only argument reached the tool"
+    assert declared <= {p.name for p in commands[verb.command].params}
 
 
 def test_every_screen_named_in_the_catalog_exists():

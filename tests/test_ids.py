@@ -101,7 +101,6 @@ def calls(bad: str) -> list[tuple[str, dict]]:
         ("stop_experiment", {"role": bad}),
         ("export_adapter", {"adapter_id": bad, "format": "peft"}),
         ("deploy_adapter", {"adapter_id": bad, "target": "llamacpp"}),
-        ("set_deploy_target", {"role": bad, "target": "ollama"}),
         ("run_cycle", {"role": bad, "confirm": True}),
     ]
 

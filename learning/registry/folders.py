@@ -7,6 +7,7 @@ the caller's process.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import secrets
@@ -19,8 +20,8 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from learning.data.datasets import recorded_dataset
-from learning.errors import Conflict, InvalidInput, LearnloopError, NotFound, check
-from learning.home import safe_id, subdir
+from learning.errors import Conflict, InvalidInput, LearnloopError, NotFound, check, shown
+from learning.home import links_in, safe_id, subdir
 from learning.models.generate import load_model
 from learning.registry import adapters as registry
 from learning.registry.queries import adapter_row
@@ -28,6 +29,11 @@ from learning.store import Store
 
 LOAD_CHECK_TIMEOUT_S = 600
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+IGNORED = ("checkpoint-*", "optimizer.pt", "*.pth")  # not copied: training state, not the adapter
+
+
+def _ignored(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in IGNORED)
 
 
 def inspect_adapter_folder(path: Path) -> dict[str, Any]:
@@ -144,6 +150,12 @@ def register_adapter(
     if dataset_id is not None:
         recorded_dataset(store, dataset_id)  # an id the store holds, or NotFound
     src = Path(path).expanduser().resolve()
+    if src.is_dir() and (links := links_in(src, _ignored)):
+        raise InvalidInput(
+            f"The adapter folder {src} holds symbolic links, which learnloop does not copy or follow: "
+            f"{', '.join(shown(link) for link in links[:5])}{' ...' if len(links) > 5 else ''}. "
+            "Replace each with the file itself, or register a copy of the folder without them."
+        )
     config = inspect_adapter_folder(src)
     base = base or config.get("base_model_name_or_path")
     if not base:
@@ -152,7 +164,7 @@ def register_adapter(
         raise InvalidInput(f"No base model folder {base}; pass the base the adapter was trained on (--base).")
     loaded = check_loads(base, src) if load_check else {}
     dest = subdir(store.home, "adapters") / adapter_id
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.pth"))
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED))  # a link stays a link
     lora = {k: config.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "task_type")}
     try:
         return registry.create_adapter(

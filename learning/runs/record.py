@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 
 from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
+from learning.params import CLI_ONLY
 from learning.runs.schema import LIMITS, ImportError_, ImportResult, LogResult, Run, RunIn, derive_task_key, parse_run
 from learning.store import Store, dumps, loads
 
@@ -132,7 +133,11 @@ def log_run(store: Store, run: RunIn | dict) -> LogResult:
 def import_runs_from(
     store: Store,
     path: Annotated[
-        str | None, Field(description="A JSONL file on this machine, one run per line; '-' reads stdin.")
+        str | None,
+        Field(
+            description="A JSONL file on this machine, one run per line; '-' reads stdin (CLI only).",
+            json_schema_extra=CLI_ONLY,
+        ),
     ] = None,
     jsonl: Annotated[str | None, Field(description="Or the JSONL text itself.")] = None,
     skip_invalid: Annotated[
@@ -144,9 +149,10 @@ def import_runs_from(
 ) -> ImportResult:
     """Import many runs at once from JSONL (each line is an object like log_run's arguments).
     Written in batches of 2,000, one transaction each; a batch with a bad line is never half
-    written. Returns counts and the bad lines with their numbers."""
+    written. Returns counts and the bad lines with their numbers. Over MCP the runs come as the
+    text itself (jsonl): reading a file by its path is the CLI's (`learnloop import FILE`)."""
     if (path is None) == (jsonl is None):
-        raise InvalidInput("Give exactly one of 'path' (a JSONL file) or 'jsonl' (the text).")
+        raise InvalidInput("Give exactly one of 'jsonl' (the text) or, on the CLI, a file path.")
     if path == "-" and stdin is not None:
         source: str | IO[bytes] | IO[str] = stdin
     else:

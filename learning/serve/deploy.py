@@ -29,9 +29,11 @@ from pydantic import BaseModel, Field
 from learning.clock import iso, stamp
 from learning.errors import InvalidInput
 from learning.home import safe_id
-from learning.params import Complexity, Role, TaskType
+from learning.params import CLI_ONLY, Complexity, Role, TaskType
 from learning.registry.adapters import get_adapter
+from learning.serve.modelfile import plain_value
 from learning.serve.runtimes import (
+    command_value,
     deploy_llamacpp,
     deploy_ollama,
     deploy_vllm,
@@ -90,8 +92,11 @@ def deploy_adapter(
     url: Annotated[
         str | None,
         Field(
-            description="Runtime URL; defaults: ollama :11434, vllm :8000. llamacpp without "
-            "a URL only writes the llama-server command line."
+            description="Runtime URL (CLI only). Default: the URL set for the adapter's route with "
+            "`learnloop deploy-target` when its runtime is this target, else this machine's "
+            "(ollama 127.0.0.1:11434, vllm 127.0.0.1:8000); llamacpp with neither only writes "
+            "the llama-server command line.",
+            json_schema_extra=CLI_ONLY,
         ),
     ] = None,
     base_gguf: Annotated[str | None, Field(description="llamacpp: the base model GGUF for the command line.")] = None,
@@ -107,7 +112,14 @@ def deploy_adapter(
     llama.cpp: scale 0; Ollama: the old model stays available, marked replaced)."""
     if target not in TARGETS:
         raise InvalidInput(f"Unknown target {target!r}; use one of {', '.join(TARGETS)}.")
+    if base_gguf is not None:
+        command_value(base_gguf, "base_gguf")
+    if from_model is not None:
+        plain_value(from_model, "from_model")
     adapter = get_adapter(store, adapter_id)
+    if url is None:  # where the person said this route is served, if on this runtime
+        configured = deploy_target_row(store, adapter.role, adapter.task_type, adapter.complexity)
+        url = configured["url"] if configured is not None and configured["target"] == target else None
     contact = url is not None or target != "llamacpp"
     url = (url or DEFAULT_URLS[target]).rstrip("/")
     old = [
@@ -161,8 +173,8 @@ def _command_written(adapter_id: str, target: Target, url: str, done: dict) -> D
         artifact=done["artifact"],
         command=done["command"],
         messages=[
-            "Start llama-server with this command, then deploy again with --url to set "
-            "its scales and record the deployment."
+            "Start llama-server with this command, then deploy again with its URL (--url, or set "
+            "once with `learnloop deploy-target`) to set its scales and record the deployment."
         ],
     )
 

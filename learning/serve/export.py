@@ -27,17 +27,18 @@ from learning.errors import Conflict, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.models.fingerprint import base_fingerprint
+from learning.params import CLI_ONLY
 from learning.registry.adapters import Adapter, get_adapter
 from learning.serve import gguf as gx
 from learning.serve.merge import export_merged
-from learning.serve.modelfile import USR, modelfile_text, read_tokenizer
+from learning.serve.modelfile import USR, modelfile_text, plain_value, read_tokenizer
+from learning.serve.outdir import MARKER, claim_folders, ours
 from learning.serve.tokenizer_files import copy_tokenizer
 from learning.store import Store
 
 Format = Literal["peft", "merged", "gguf", "ollama"]
 FORMATS = ("peft", "merged", "gguf", "ollama")
 DTYPES = ("f32", "f16")
-MARKER = ".learnloop-export"
 MERGED_TOL = 1e-5
 
 
@@ -286,11 +287,7 @@ def export_adapter(
     problems, base_dir = compatibility(adapter, fmt, base)
     check(problems, f"Cannot export adapter {adapter_id} as {fmt}:")
     target = Path(out).expanduser().resolve() if out else subdir(store.home, "exports", adapter.id) / fmt
-    if target.exists() and any(target.iterdir()) and not (target / MARKER).exists():
-        raise Conflict(f"{target} exists and holds files learnloop did not write; choose another --out.")
-    work = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = claim_folders(target)
     try:
         if fmt == "peft":
             done = _export_peft(adapter, base_dir, work, dtype)
@@ -303,8 +300,9 @@ def export_adapter(
             else:
                 done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
         (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
-        shutil.rmtree(target, ignore_errors=True)
-        work.rename(target)
+        if ours(target):
+            shutil.rmtree(target)
+        work.rename(target)  # onto nothing, or onto an empty folder
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -358,6 +356,8 @@ def start_export(
             if p
         ]
     )
+    if fmt == "ollama" and from_model is not None:
+        plain_value(from_model, "from_model (FROM)")
     adapter = get_adapter(store, adapter_id)
     if not base:  # refuse at once what the job would refuse (hashing a given base is left to the job)
         check(compatibility(adapter, fmt)[0], f"Cannot export adapter {adapter_id} as {fmt}:")
@@ -389,7 +389,13 @@ def export_as_job(
             "llama.cpp; ollama: GGUF + Modelfile."
         ),
     ],
-    out: Annotated[str | None, Field(description="Output folder; default <home>/exports/<id>/<format>.")] = None,
+    out: Annotated[
+        str | None,
+        Field(
+            description="Output folder, anywhere (CLI only); default and over MCP: <home>/exports/<id>/<format>.",
+            json_schema_extra=CLI_ONLY,
+        ),
+    ] = None,
     dtype: Annotated[Literal["f32", "f16"], Field(description="Tensor precision of the written files.")] = "f32",
     base: Annotated[str | None, Field(description="Base model folder to check against the one trained on.")] = None,
     from_model: Annotated[

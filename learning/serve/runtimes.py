@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
     import httpx
 
-from learning.errors import Conflict
+from learning.errors import Conflict, InvalidInput, shown
 from learning.serve.export import export_adapter
+from learning.serve.modelfile import controls
 from learning.store import Store
 
 TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
@@ -137,6 +139,16 @@ def deploy_vllm(client: httpx.Client, store: Store, adapter_id: str, name: str) 
     return {"artifact": exported.out_dir, "served_name": name}
 
 
+def command_value(value: str, field: str) -> str:
+    """A value that becomes one argument of a command line a person runs: one line, no control
+    characters, and not an option (a leading '-'). Written with shell quoting."""
+    bad = controls(value)
+    if bad or not value.strip() or value.startswith("-"):
+        why = f"control characters {', '.join(bad)}" if bad else "a leading '-'" if value.strip() else "nothing"
+        raise InvalidInput(f"{field} {shown(value)} cannot go on the llama-server command line: it holds {why}.")
+    return value
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -149,8 +161,8 @@ def deploy_llamacpp(
 ) -> dict:
     exported = export_adapter(store, adapter_id, "gguf")
     gguf_path = str(Path(exported.out_dir) / "adapter.gguf")
-    command = ["llama-server", "-m", base_gguf or "BASE.gguf", "--lora", gguf_path]
-    (Path(exported.out_dir) / "llama-server.txt").write_text(" ".join(command) + "\n")
+    command = ["llama-server", "-m", command_value(base_gguf or "BASE.gguf", "base_gguf"), "--lora", gguf_path]
+    (Path(exported.out_dir) / "llama-server.txt").write_text(shlex.join(command) + "\n")
     if client is None:
         return {"artifact": gguf_path, "command": command, "served_name": served_name(adapter_id)}
     loaded = call(client, "GET", "/lora-adapters", "llama.cpp server").json()
@@ -158,7 +170,7 @@ def deploy_llamacpp(
     if ours is None:
         raise Conflict(
             f"The llama.cpp server at {client.base_url} has not loaded {gguf_path} (adapters load only "
-            f"at start). Restart it with: {' '.join(command)} and deploy again. Nothing was recorded."
+            f"at start). Restart it with: {shlex.join(command)} and deploy again. Nothing was recorded."
         )
     scales = [{"id": ours["id"], "scale": 1.0}] + [
         {"id": a["id"], "scale": 0.0}
