@@ -5,6 +5,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import overload
 
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+RANGE_TEXT = "between 2000-01-01 and 2100-01-01 (UTC)"
+MAX_DAYS = 36_525  # a century: the longest window a `days` argument may name
+
+
+def in_range(when: datetime | float) -> bool:
+    """Is a time (aware datetime or Unix time) within the years learnloop accepts, 2000 to 2099?"""
+    ts = when.timestamp() if isinstance(when, datetime) else when
+    return EARLIEST.timestamp() <= ts < LATEST.timestamp()
+
 
 @overload
 def iso(ts: float) -> str: ...

@@ -26,7 +26,9 @@ Complexity = Annotated[str | None, Field(description="The route's complexity: ea
 Reason = Annotated[str, Field(description="Why, kept in the record.")]
 Since = Annotated[str | None, Field(description="Only runs at or after this time (ISO 8601).")]
 Until = Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")]
-Days = Annotated[float | None, Field(gt=0, description="Only runs of the last N days (instead of since).")]
+Days = Annotated[
+    float | None, Field(gt=0, le=36_525, description="Only runs of the last N days (instead of since); at most 36,525.")
+]
 Confirm = Annotated[
     bool,
     Field(

@@ -1,6 +1,7 @@
 """The store: one SQLite file under the home; its connections, transactions and migrations.
 
-WAL journal, a busy timeout, writes in `BEGIN IMMEDIATE` transactions (so concurrent
+WAL journal synced at every commit (synchronous=FULL: a write that returned is on disk, even
+after a power cut), a busy timeout, writes in `BEGIN IMMEDIATE` transactions (so concurrent
 writers from several processes queue on the lock instead of failing with "database is
 locked"), ordered migrations tracked in PRAGMA user_version. Connections are per thread,
 so the MCP server's worker threads and the CLI share one code path.
@@ -236,7 +237,7 @@ class Store:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA synchronous = FULL")  # a write that returned survives a power cut
             conn.execute("PRAGMA foreign_keys = ON")
             self._local.conn = conn
         if not self._migrated:

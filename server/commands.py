@@ -172,13 +172,25 @@ def serve(
     transport: Annotated[str, typer.Option(help="stdio (default) or http (streamable HTTP).")] = "stdio",
     host: Annotated[str, typer.Option(help="HTTP bind address; loopback unless you say otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer token HTTP clients must send (else $LEARNLOOP_TOKEN, else <home>/http_token, generated "
+            "on first use); required off loopback."
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Another host name clients may use to reach the HTTP server (repeatable)."),
+    ] = None,
 ) -> None:
-    """Run the MCP server (stdio by default)."""
+    """Run the MCP server (stdio by default). Over HTTP, Host and Origin headers are checked on every
+    bind address and, off loopback, every request needs the bearer token."""
     from server.mcp import serve as run_server
 
     if transport not in ("stdio", "http"):
         raise InvalidInput(f"--transport must be stdio or http, got {transport!r}.")
-    run_server(home, transport, host, port)
+    run_server(home, transport, host, port, token, allow_host or [])
 
 
 def jobs_cmd(

@@ -20,6 +20,8 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("--transport", default="stdio")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--allow-host", action="append", default=[])
     args = parser.parse_args(argv)
 
     # Start-up builds thousands of pydantic objects (the SDK's types and our tool schemas);
@@ -32,7 +34,7 @@ def _serve(argv: list[str]) -> None:
     try:
         if args.transport not in ("stdio", "http"):
             raise LearnloopError(f"--transport must be stdio or http, got {args.transport!r}.")
-        serve(args.home, args.transport, args.host, args.port)
+        serve(args.home, args.transport, args.host, args.port, args.token, args.allow_host)
     except LearnloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

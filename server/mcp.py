@@ -20,16 +20,18 @@ import anyio
 from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.stdio import stdio_server
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from learning import __version__
 from learning.errors import LearnloopError
-from learning.home import regular_file
+from learning.home import regular_file, resolve_home
 from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.store import Store
 from server.catalog import VERBS
+from server.transport import Answering, exposure_warning, require_token, security_settings, token_for
 from server.verbs import Verb, call, consent_summary, tool_arguments
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.
@@ -164,6 +166,14 @@ class LearnloopServer(MCPServer):
                 )
         return await super().call_tool(name, arguments, context)
 
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio loop, except that a line it cannot parse gets an error reply (server/transport.py)."""
+        async with stdio_server() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(
+                Answering(read_stream, write_stream), write_stream, lowlevel.create_initialization_options()
+            )
+
 
 def _add_wait_job(server: MCPServer, store: Store) -> None:
     """wait_job is the one tool written by hand: it reports progress to the client while it waits."""
@@ -249,12 +259,29 @@ def build_server(home: str | None = None) -> MCPServer:
     return server
 
 
-def serve(home: str | None = None, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(
+    home: str | None = None,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    allow_hosts: list[str] | None = None,
+) -> None:
+    """Serve over stdio, or over streamable HTTP with Host/Origin allowlists on every bind address and
+    a bearer token off loopback (server/transport.py)."""
     server = build_server(home)
     gc.freeze()  # start-up objects live as long as the server: keep them out of every collection
     gc.enable()
     if transport == "stdio":
         server.run("stdio")
-    else:
-        print(f"learnloop MCP server on http://{host}:{port}/mcp", file=sys.stderr)
-        server.run("streamable-http", host=host, port=port, streamable_http_path="/mcp")
+        return
+    import uvicorn
+
+    secret, source = token_for(resolve_home(home), host, token)
+    app: Any = server.streamable_http_app(
+        streamable_http_path="/mcp", transport_security=security_settings(host, allow_hosts or []), host=host
+    )
+    if secret is not None:
+        app = require_token(app, secret)
+    print(exposure_warning(host, port, source), file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()

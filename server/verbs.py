@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
 from pydantic.fields import FieldInfo
 
 Effect = Literal["read", "append", "job", "destructive", "runtime"]
@@ -102,7 +102,12 @@ def arguments(verb: Verb) -> list[Argument]:
             else:
                 default = model_info.default
             # The request model checks its limits itself, with messages that name each field.
-            hint = typing.Annotated[annotation, info]
+            # A number stays a number: no true for 1.0, no "0.5" for 0.5.
+            hint = (
+                typing.Annotated[annotation, info, Strict()]
+                if annotation is float
+                else typing.Annotated[annotation, info]
+            )
             out.append(Argument(name, hint, info, default))
         return out
     hints = typing.get_type_hints(verb.fn, include_extras=True)

@@ -19,7 +19,17 @@ from pydantic import Field, ValidationError
 from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
 from learning.params import CLI_ONLY
-from learning.runs.schema import LIMITS, ImportError_, ImportResult, LogResult, Run, RunIn, derive_task_key, parse_run
+from learning.runs.schema import (
+    LIMITS,
+    MAX_JSON_DEPTH,
+    ImportError_,
+    ImportResult,
+    LogResult,
+    Run,
+    RunIn,
+    derive_task_key,
+    parse_run,
+)
 from learning.store import Store, dumps, loads
 
 IMPORT_BATCH = 2_000
@@ -186,6 +196,8 @@ def _parse_line(raw: bytes) -> RunIn:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise InvalidInput(f"JSON nested too deeply (signals and meta: at most {MAX_JSON_DEPTH} levels)") from exc
     return parse_run(data)
 
 

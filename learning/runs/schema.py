@@ -3,7 +3,8 @@ and what logging and importing return (the logging itself: learning/runs/record.
 
 Field limits (characters): agent/model 200, role/task_type/complexity 64, task_key 256,
 adapter_id/decision_id 128, instruction 200,000, input and output 1,000,000 each, signals and
-meta 64 KiB of JSON each; tests: at most 100 statements, 10,000 characters each, 100,000 in all,
+meta 64 KiB of JSON each, nested at most 64 levels; tests_passed <= tests_total; time between
+2000 and 2100; tests: at most 100 statements, 10,000 characters each, 100,000 in all,
 each one compiling as Python.
 """
 
@@ -12,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from learning.clock import RANGE_TEXT, in_range
 from learning.errors import InvalidInput
 
 LIMITS = {
@@ -35,6 +37,7 @@ LIMITS = {
     "meta": 65_536,
     "tests": 100_000,
 }
+MAX_JSON_DEPTH = 64  # nesting levels of signals and meta
 MAX_TESTS = 100
 MAX_TEST_CHARS = 10_000
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
@@ -112,6 +115,35 @@ class RunIn(BaseModel):
             raise ValueError("reward must be a finite number in [0, 1]")
         return value
 
+    @field_validator("signals", "meta", mode="before")
+    @classmethod
+    def _shallow_json(cls, value: Any) -> Any:
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
+        return value
+
+    @field_validator("signals")
+    @classmethod
+    def _passed_within_total(cls, value: Signals) -> Signals:
+        passed, total = value.tests_passed, value.tests_total
+        if passed is not None and total is not None and passed > total:
+            raise ValueError(f"tests_passed ({passed}) cannot exceed tests_total ({total})")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+            ok = in_range(aware)
+        except (OverflowError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"must be a time {RANGE_TEXT}")
+        return value
+
     @field_validator("tests", mode="before")
     @classmethod
     def _tests_are_statements(cls, value: Any) -> Any:
@@ -130,6 +162,17 @@ class RunIn(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return value or None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar is 0), counted without recursion, stopping once
+    past the limit."""
+    depth, level = 0, [value]
+    while level and depth <= MAX_JSON_DEPTH:
+        children = [c for v in level if isinstance(v, (dict, list)) for c in (v.values() if isinstance(v, dict) else v)]
+        depth += 1 if any(isinstance(v, (dict, list)) for v in level) else 0
+        level = children
+    return depth
 
 
 def test_problems(tests: list[str]) -> list[str]:

@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from learning.clock import iso
-from learning.errors import InvalidInput
+from learning.clock import MAX_DAYS, RANGE_TEXT, in_range, iso
+from learning.errors import InvalidInput, shown
 from learning.params import RoleFilter
 from learning.store import Store
 
@@ -41,30 +41,33 @@ class RunStats(BaseModel):
 
 
 def parse_time(value: str | float | None, what: str) -> float | None:
+    """A time filter as a Unix time; InvalidInput unless it is a time between 2000 and 2100."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidInput(
-            f"'{what}' must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T12:00:00Z, got {value!r}."
-        ) from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ts = float(value)
+    else:
+        try:
+            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            ts = (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt).timestamp()
+        except (ValueError, OverflowError) as exc:
+            raise InvalidInput(
+                f"'{what}' must be an ISO 8601 time such as 2026-11-01 or 2026-11-01T12:00:00Z, got {shown(value)}."
+            ) from exc
+    if not in_range(ts):
+        raise InvalidInput(f"'{what}' must be a time {RANGE_TEXT}, got {shown(value)}.")
+    return ts
 
 
 def time_window(since: str | None, until: str | None, days: float | None) -> tuple[float | None, float | None]:
     """Resolve since/until/days into epoch bounds; contradictory combinations are errors."""
     problems = []
-    if days is not None and days <= 0:
-        problems.append("'days' must be positive.")
+    if days is not None and not 0 < days <= MAX_DAYS:
+        problems.append(f"'days' must be positive and at most {MAX_DAYS:,} (a century), got {shown(days)}.")
     if days is not None and since:
         problems.append("give either 'since' or 'days', not both.")
     start, end = parse_time(since, "since"), parse_time(until, "until")
-    if days is not None and days > 0 and not since:
+    if days is not None and 0 < days <= MAX_DAYS and not since:
         start = (end or time.time()) - days * 86400
     if start is not None and end is not None and start >= end:
         problems.append("'since' must be before 'until'.")
