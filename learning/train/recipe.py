@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.clock import iso
+from learning.data.control_tokens import control_strings, escape_rows
 from learning.data.formats import training_rows
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.jobs.queries import job_row
@@ -168,12 +169,15 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    # 2. The dataset, converted to the columns TRL's trainers take.
+    # 2. The dataset, converted to the columns TRL's trainers take; run text stays text (the
+    #    base's control tokens inside it are escaped, learning.data.control_tokens).
     from datasets import Dataset
 
     lines = (Path(p["dataset_path"]) / "train.jsonl").read_text().splitlines()
     rows = training_rows([json.loads(line) for line in lines if line.strip()], p["dataset_format"], cfg["method"])
-    dataset = Dataset.from_list(rows)
+    escaped = escape_rows(rows, control_strings(tokenizer))
+    rows_escaped = sum(a != b for a, b in zip(rows, escaped))
+    dataset = Dataset.from_list(escaped)
 
     # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
     cuda = torch.cuda.is_available()
@@ -236,7 +240,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         return None
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    metrics = _run_metrics(trainer, output, callback, len(dataset), cuda)
+    metrics = {**_run_metrics(trainer, output, callback, len(dataset), cuda), "rows_escaped": rows_escaped}
     metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
