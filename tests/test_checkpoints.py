@@ -63,8 +63,15 @@ def test_resume_after_a_torn_newest_checkpoint_uses_the_older_one(tmp_path):
     store = Store(tmp_path / "home")
     ensure_base(store, "tiny")
     make_dataset(store, "ds-sft")
-    cfg = dict(base="embedded:tiny", max_steps=4, overrides={"batch_size": 4, "save_steps": 1})
-    started = training.train_adapter(store, "coder", "ds-sft", adapter_id="coder-torn", **cfg)
+    started = training.train_adapter(
+        store,
+        "coder",
+        "ds-sft",
+        adapter_id="coder-torn",
+        base="embedded:tiny",
+        max_steps=4,
+        overrides={"batch_size": 4, "save_steps": 1},
+    )
     assert started.job_id
     assert jobs.wait_job(store, started.job_id, timeout=300).status == "succeeded"
     ckpts = Path(registry.get_adapter(store, "coder-torn").path) / "checkpoints"
