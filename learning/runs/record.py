@@ -65,7 +65,7 @@ def _check_json_size(run: RunIn) -> tuple[str, str]:
     return signals, meta
 
 
-def _row(run: RunIn) -> RunRow:
+def _row(run: RunIn, import_key: str | None = None) -> RunRow:
     signals, meta = _check_json_size(run)
     return RunRow(
         ts=run.time.timestamp() if run.time else time.time(),
@@ -84,6 +84,7 @@ def _row(run: RunIn) -> RunRow:
         decision_id=run.decision_id,
         meta=meta,
         tests=dumps(run.tests) if run.tests else None,
+        import_key=import_key,
     )
 
 
@@ -224,7 +225,7 @@ def import_runs(
     if batch_size < 1:
         raise InvalidInput("batch_size must be at least 1.")
     started = time.perf_counter()
-    digest = digest or _file_digest(source)
+    digest = (digest or _file_digest(source) or "")[:16]  # 64 bits of the sha256 name the content
     imported = skipped = batches = already = 0
     errors: list[ImportError_] = []
     batch: list[tuple[int, RunIn]] = []
@@ -247,7 +248,7 @@ def import_runs(
         errors.extend(batch_errors[: max(0, 50 - len(errors))])
         if batch:
             _check_adapters(store, (r.adapter_id for _, r in batch))
-            keyed = [_row(r)._replace(import_key=f"{digest}:{n}" if digest else None) for n, r in batch]
+            keyed = [_row(r, f"{digest}:{n}" if digest else None) for n, r in batch]
             written = insert_new_runs(store, keyed)
             imported += written
             already += len(batch) - written
