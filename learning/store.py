@@ -201,6 +201,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN tests TEXT
     """,
+    # 6 (import keys): where an imported run came from, "<file sha256>:<line>" (NULL for runs
+    # logged one by one), so importing the same file again adds only the lines still missing.
+    """
+    ALTER TABLE runs ADD COLUMN import_key TEXT;
+    CREATE UNIQUE INDEX runs_import_key ON runs(import_key)
+    """,
 ]
 
 

@@ -11,6 +11,7 @@ import math
 import time
 from typing import Any
 
+from learning.data.control_tokens import control_strings, escape_text, escape_value
 from learning.data.formats import as_text
 
 
@@ -38,16 +39,20 @@ def is_chat(tok, prompt: Any) -> bool:
 
 
 def prompt_text(tok, prompt: Any) -> str:
+    """The prompt as the model reads it; the base's control tokens inside run text are escaped
+    (learning.data.control_tokens), the chat template's own markers are not."""
+    controls = control_strings(tok)
     if is_chat(tok, prompt):
-        return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return as_text(prompt)
+        return tok.apply_chat_template(escape_value(prompt, controls), tokenize=False, add_generation_prompt=True)
+    return escape_text(as_text(prompt), controls)
 
 
 def encode(tok, example: dict[str, Any], max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + completion + eos, and how many of them are completion tokens."""
     # A chat template already writes the special tokens (bos); plain text gets the tokenizer's own.
     p = tok(prompt_text(tok, example["prompt"]), add_special_tokens=not is_chat(tok, example["prompt"]))["input_ids"]
-    c = tok(example["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    completion = escape_text(example["completion"], control_strings(tok))
+    c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     c = c[: max_length - 1]
     p = p[-(max_length - len(c)) :]
     return p + c, len(c)

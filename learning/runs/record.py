@@ -6,6 +6,7 @@ A run is one agent episode with the reward it earned.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -55,10 +56,13 @@ class RunRow(NamedTuple):
     decision_id: str | None
     meta: str
     tests: str | None = None  # a JSON list of statements, or NULL
+    import_key: str | None = None  # "<file sha256>:<line>" for an imported run, else NULL
 
 
 RUN_COLUMNS = RunRow._fields
 _INSERT_RUN = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+# An imported line whose key is stored already was imported before: it is left as it is.
+_INSERT_NEW_RUN = _INSERT_RUN + " ON CONFLICT(import_key) DO NOTHING"
 
 
 def _check_json_size(run: RunIn) -> tuple[str, str]:
@@ -72,7 +76,7 @@ def _check_json_size(run: RunIn) -> tuple[str, str]:
     return signals, meta
 
 
-def _row(run: RunIn) -> RunRow:
+def _row(run: RunIn, import_key: str | None = None) -> RunRow:
     signals, meta = _check_json_size(run)
     return RunRow(
         ts=run.time.timestamp() if run.time else time.time(),
@@ -91,6 +95,7 @@ def _row(run: RunIn) -> RunRow:
         decision_id=run.decision_id,
         meta=meta,
         tests=dumps(run.tests) if run.tests else None,
+        import_key=import_key,
     )
 
 
@@ -163,11 +168,25 @@ def import_runs_from(
     text itself (jsonl): reading a file by its path is the CLI's (`learnloop import FILE`)."""
     if (path is None) == (jsonl is None):
         raise InvalidInput("Give exactly one of 'jsonl' (the text) or, on the CLI, a file path.")
+    digest = hashlib.sha256(jsonl.encode()).hexdigest() if jsonl is not None else None
     if path == "-" and stdin is not None:
         source: str | IO[bytes] | IO[str] = stdin
     else:
         source = path if path is not None else io.StringIO(jsonl)
-    return import_runs(store, source, batch_size=batch_size, skip_invalid=skip_invalid, start_line=start_line)
+    return import_runs(
+        store, source, batch_size=batch_size, skip_invalid=skip_invalid, start_line=start_line, digest=digest
+    )
+
+
+def _file_digest(source: str | Path | IO[bytes] | IO[str]) -> str | None:
+    """The sha256 of a JSONL file (the import key of its lines); None for a stream."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(source, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _lines(source: str | Path | IO[bytes] | IO[str]) -> Iterator[bytes]:
@@ -207,6 +226,7 @@ def import_runs(
     batch_size: int = IMPORT_BATCH,
     skip_invalid: bool = False,
     start_line: int = 1,
+    digest: str | None = None,
 ) -> ImportResult:
     """Import runs from JSONL (one JSON object per line; blank lines ignored).
 
@@ -215,18 +235,23 @@ def import_runs(
     every bad line of that batch; the batches before it stay written, and the error says
     which line to restart from (start_line). With skip_invalid, bad lines are skipped and
     reported and every good line is written.
+
+    Each line of a file (or of `digest`, the sha256 of the text) is stored with its import key,
+    "<sha256>:<line>": importing the same file again, after a crash or twice, adds only the
+    lines not imported yet and counts the others in already_imported. Streams (stdin) have no key.
     """
     if batch_size < 1:
         raise InvalidInput("batch_size must be at least 1.")
     started = time.perf_counter()
-    imported = skipped = batches = 0
+    digest = (digest or _file_digest(source) or "")[:16]  # 64 bits of the sha256 name the content
+    imported = skipped = batches = already = 0
     errors: list[ImportError_] = []
     batch: list[tuple[int, RunIn]] = []
     batch_errors: list[ImportError_] = []
     line_no = 0
 
     def flush() -> None:
-        nonlocal imported, batches, batch, batch_errors, skipped
+        nonlocal imported, batches, batch, batch_errors, skipped, already
         if batch_errors and not skip_invalid:
             first_line = batch[0][0] if batch else batch_errors[0].line
             first_line = min(first_line, batch_errors[0].line)
@@ -241,24 +266,35 @@ def import_runs(
         errors.extend(batch_errors[: max(0, 50 - len(errors))])
         if batch:
             _check_adapters(store, (r.adapter_id for _, r in batch))
-            insert_runs(store, [_row(r) for _, r in batch])
-            imported += len(batch)
+            keyed = [_row(r, f"{digest}:{n}" if digest else None) for n, r in batch]
+            written = insert_new_runs(store, keyed)
+            imported += written
+            already += len(batch) - written
             batches += 1
         batch, batch_errors = [], []
 
-    for line_no, raw in enumerate(_lines(source), start=1):
-        if line_no < start_line or not raw.strip():
-            continue
-        try:
-            batch.append((line_no, _parse_line(raw)))
-        except InvalidInput as exc:
-            batch_errors.append(ImportError_(line=line_no, error=str(exc)))
-        if len(batch) + len(batch_errors) >= batch_size:
-            flush()
-    flush()
+    try:
+        for line_no, raw in enumerate(_lines(source), start=1):
+            if line_no < start_line or not raw.strip():
+                continue
+            try:
+                batch.append((line_no, _parse_line(raw)))
+            except InvalidInput as exc:
+                batch_errors.append(ImportError_(line=line_no, error=str(exc)))
+            if len(batch) + len(batch_errors) >= batch_size:
+                flush()
+        flush()
+    except (sqlite3.Error, OSError) as exc:
+        first = batch[0][0] if batch else line_no
+        raise InvalidInput(
+            f"Import stopped at line {first} ({exc}): {imported} runs before it were imported. "
+            f"Fix the cause and import the same file again (lines already imported are skipped), "
+            f"or resume with start_line={first} (CLI: --start-line {first})."
+        ) from exc
     return ImportResult(
         imported=imported,
         skipped=skipped,
+        already_imported=already,
         lines=line_no,
         batches=batches,
         errors=errors,
@@ -312,6 +348,15 @@ def insert_runs(store: Store, rows: Iterable[RunRow], conn: sqlite3.Connection |
     first = conn.execute("SELECT ifnull(max(id), 0) AS last FROM runs").fetchone()["last"] + 1
     conn.executemany(_INSERT_RUN, rows)
     return list(range(first, first + len(rows)))
+
+
+def insert_new_runs(store: Store, rows: list[RunRow]) -> int:
+    """Insert imported rows in one transaction, leaving out those whose import key is stored
+    already; returns how many were written."""
+    with store.write() as conn:
+        before = conn.total_changes
+        conn.executemany(_INSERT_NEW_RUN, rows)
+        return conn.total_changes - before
 
 
 def run_row(store: Store, run_id: int) -> sqlite3.Row | None:

@@ -232,6 +232,7 @@ class ImportError_(BaseModel):
 class ImportResult(BaseModel):
     imported: int = Field(description="Runs written.")
     skipped: int = Field(description="Bad lines skipped (only with skip_invalid).")
+    already_imported: int = Field(0, description="Lines of this file imported before (skipped, not duplicated).")
     lines: int = Field(description="Lines read, blank lines included.")
     batches: int = Field(description="Transactions committed.")
     errors: list[ImportError_] = Field(description="Bad lines (first 50) with their line numbers.")

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from learning.clock import iso
+from learning.data.control_tokens import control_strings, escape_rows
 from learning.data.formats import training_rows
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.jobs.queries import job_row
 from learning.models.fingerprint import base_fingerprint
 from learning.store import Store, loads
+from learning.train.checkpoints import move_aside, newest_intact, skipped_message
 from learning.train.progress import ProgressCallback
 
 
@@ -168,12 +170,15 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    # 2. The dataset, converted to the columns TRL's trainers take.
+    # 2. The dataset, converted to the columns TRL's trainers take; run text stays text (the
+    #    base's control tokens inside it are escaped, learning.data.control_tokens).
     from datasets import Dataset
 
     lines = (Path(p["dataset_path"]) / "train.jsonl").read_text().splitlines()
     rows = training_rows([json.loads(line) for line in lines if line.strip()], p["dataset_format"], cfg["method"])
-    dataset = Dataset.from_list(rows)
+    escaped = escape_rows(rows, control_strings(tokenizer))
+    rows_escaped = sum(a != b for a, b in zip(rows, escaped))
+    dataset = Dataset.from_list(escaped)
 
     # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
     cuda = torch.cuda.is_available()
@@ -221,8 +226,12 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     else:
         trainer = KTOTrainer(args=KTOConfig(**common, beta=cfg["beta"]), **inputs)
 
-    # 6. Train, from the latest checkpoint when resuming.
-    resume_from = transformers.trainer_utils.get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    # 6. Train, from the newest intact checkpoint when resuming (torn ones are skipped and said).
+    resume_from, skipped = newest_intact(ckpt_dir)  # read-only: every process finds the same one
+    if skipped and rank0:
+        move_aside(ckpt_dir, skipped)
+        ctx.log(f"[learnloop] {skipped_message(skipped, resume_from)}")
+        ctx.progress(force=True, checkpoints_skipped=skipped, message=skipped_message(skipped, resume_from))
     if resume_from and rank0:
         ctx.log(f"[learnloop] resuming from {resume_from}")
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -236,12 +245,19 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         return None
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    metrics = _run_metrics(trainer, output, callback, len(dataset), cuda)
-    metadata = _metadata(p, base_path, metrics, started, resumed_from=resume_from)
+    metrics = {**_run_metrics(trainer, output, callback, len(dataset), cuda), "rows_escaped": rows_escaped}
+    metadata = {**_metadata(p, base_path, metrics, started, resumed_from=resume_from), "checkpoints_skipped": skipped}
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
     base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
-    return {"adapter_id": p["adapter_id"], "path": str(out), "metrics": metrics, "base_hash": base_id}
+    return {
+        "adapter_id": p["adapter_id"],
+        "path": str(out),
+        "metrics": metrics,
+        "base_hash": base_id,
+        "resumed_from": resume_from,
+        "checkpoints_skipped": skipped,
+    }
 
 
 def _trainer_args(cfg: dict, ckpt_dir: Path, cuda: bool, bf16: bool, gradient_checkpointing: bool) -> dict[str, Any]:
