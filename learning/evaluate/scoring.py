@@ -11,12 +11,10 @@ from pydantic import BaseModel, Field
 from learning.errors import InvalidInput, check
 from learning.evaluate import sandbox
 from learning.runs.record import log_run
-from learning.runs.schema import LIMITS
+from learning.runs.schema import LIMITS, MAX_TEST_CHARS, MAX_TESTS  # the most a run keeps, so a scored run logs
 from learning.store import Store
 
 CODE_CHARS = 200_000  # code and setup, each
-TEST_CHARS = 10_000  # one test statement
-MAX_TESTS = 200
 
 
 class CodeScore(BaseModel):
@@ -38,8 +36,8 @@ def _problems(code: str, setup: str | None, tests: list[str]) -> list[str]:
     if not code.strip():
         problems.append("code is empty: pass the code to score.")
     for i, test in enumerate(tests):
-        if len(test) > TEST_CHARS:
-            problems.append(f"tests[{i}] is {len(test):,} characters; the limit is {TEST_CHARS:,} per test.")
+        if len(test) > MAX_TEST_CHARS:
+            problems.append(f"tests[{i}] is {len(test):,} characters; the limit is {MAX_TEST_CHARS:,} per test.")
         elif not test.strip():
             problems.append(f"tests[{i}] is empty: each test is a Python statement, e.g. 'assert f(1) == 2'.")
         else:
