@@ -30,7 +30,15 @@ from learning.data.datasets import dataset_folder
 from learning.data.formats import to_example
 from learning.errors import Conflict, InvalidInput, check
 from learning.evaluate import checks
-from learning.evaluate.gate import GateConfig, apply_gate, gate_reason
+from learning.evaluate.gate import (
+    Confidence,
+    GateConfig,
+    MinLossImprovement,
+    MinPassRate,
+    PassRateTolerance,
+    apply_gate,
+    gate_reason,
+)
 from learning.evaluate.measure import generate, load_model, model_variant, teacher_forced
 from learning.jobs.manage import JobCancelled, start_job
 from learning.registry import adapters as registry
@@ -110,25 +118,10 @@ def evaluate_adapter(
             "agent's runtime uses), before it is checked.",
         ),
     ] = None,
-    min_pass_rate: Annotated[
-        float | None,
-        Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none."),
-    ] = None,
-    min_loss_improvement: Annotated[
-        float, Field(ge=0, description="Gate: eval loss must beat the base's by more than this.")
-    ] = 0.0,
-    pass_rate_tolerance: Annotated[
-        float, Field(ge=0, le=1, description="Gate: pass rate may be this much below the base's.")
-    ] = 0.0,
-    confidence: Annotated[
-        float,
-        Field(
-            ge=0.5,
-            lt=1,
-            description="Gate: confidence of the paired interval on the pass rate from tests (adapter - base); "
-            "its lower end must be at least -pass_rate_tolerance.",
-        ),
-    ] = 0.95,
+    min_pass_rate: MinPassRate = None,
+    min_loss_improvement: MinLossImprovement = 0.0,
+    pass_rate_tolerance: PassRateTolerance = 0.0,
+    confidence: Confidence = 0.95,
     batch_size: int = 8,
     gate: GateConfig | dict | None = None,
     sanity: bool = True,

@@ -14,39 +14,51 @@ confidence. Loss alone never passes an adapter whose test rows carry tests: when
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 RESAMPLES = 10_000
 
 
+# The gate's conditions, declared once: GateConfig's fields and evaluate_adapter's arguments.
+MinLossImprovement = Annotated[
+    float,
+    Field(
+        ge=0,
+        description="Gate: the adapter's eval loss must be below the base's by more than this (0: strictly lower).",
+    ),
+]
+PassRateTolerance = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=1,
+        description="Gate: the adapter's pass rate may be at most this much below the base's (0: not below).",
+    ),
+]
+MinPassRate = Annotated[
+    float | None,
+    Field(ge=0, le=1, description="Gate: the adapter must also reach this pass rate (e.g. 0.9). Default: none."),
+]
+Confidence = Annotated[
+    float,
+    Field(
+        ge=0.5,
+        lt=1,
+        description="Gate: confidence of the paired interval on the pass rate from tests (adapter - base); "
+        "its lower end must be at least -pass_rate_tolerance.",
+    ),
+]
+
+
 class GateConfig(BaseModel):
     """When an evaluated adapter becomes a candidate. Every condition must hold."""
 
-    min_loss_improvement: float = Field(
-        default=0.0,
-        ge=0,
-        description="The adapter's eval loss must be below the base's by more than this (0: strictly lower).",
-    )
-    pass_rate_tolerance: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="The adapter's pass rate may be at most this much below the base's (0: not below).",
-    )
-    min_pass_rate: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Absolute pass rate the adapter must reach; None: no threshold (0.9 is a common choice).",
-    )
-    confidence: float = Field(
-        default=0.95,
-        ge=0.5,
-        lt=1,
-        description="Confidence of the paired interval on the tested pass-rate difference (adapter - base).",
-    )
+    min_loss_improvement: MinLossImprovement = 0.0
+    pass_rate_tolerance: PassRateTolerance = 0.0
+    min_pass_rate: MinPassRate = None
+    confidence: Confidence = 0.95
     promote_to_candidate: bool = Field(default=True, description="Move trained -> candidate when the gate passes.")
 
 
