@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from learning.clock import iso
+from learning.data.chat_loss import assistant_only_rows, has_generation_markers
 from learning.data.control_tokens import control_strings, escape_rows
 from learning.data.formats import training_rows
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
@@ -178,7 +179,12 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     rows = training_rows([json.loads(line) for line in lines if line.strip()], p["dataset_format"], cfg["method"])
     escaped = escape_rows(rows, control_strings(tokenizer))
     rows_escaped = sum(a != b for a, b in zip(rows, escaped))
-    dataset = Dataset.from_list(escaped)
+    # Chat rows learn the assistant's turns only, also under templates without generation
+    # markers: tokenized here with labels masked by rendered prefixes (learning.data.chat_loss).
+    tokenized, loss_on = assistant_only_rows(tokenizer, escaped) if cfg["method"] == "sft" else (None, None)
+    dataset = Dataset.from_list(tokenized or escaped)
+    if loss_on and rank0:
+        ctx.log(f"[learnloop] loss on {loss_on}")
 
     # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
     cuda = torch.cuda.is_available()
@@ -218,7 +224,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         args = SFTConfig(
             **common,
             packing=cfg["packing"],
-            assistant_only_loss="messages" in dataset.column_names and _has_generation(tokenizer),
+            assistant_only_loss="messages" in dataset.column_names and has_generation_markers(tokenizer.chat_template),
         )
         trainer = SFTTrainer(args=args, **inputs)
     elif cfg["method"] == "dpo":
@@ -246,6 +252,8 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     metrics = {**_run_metrics(trainer, output, callback, len(dataset), cuda), "rows_escaped": rows_escaped}
+    if loss_on:
+        metrics["loss_on"] = loss_on
     metadata = {**_metadata(p, base_path, metrics, started, resumed_from=resume_from), "checkpoints_skipped": skipped}
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
@@ -324,12 +332,6 @@ def _resolve_base(ctx: JobContext) -> str:
         ctx.progress(force=True, stage="building base", message=f"building the embedded {base['size']} base model")
     # A file lock inside makes concurrent processes build it once.
     return ensure_base(ctx.store, base["size"], log=ctx.log).path
-
-
-def _has_generation(tokenizer) -> bool:
-    return "{% generation %}" in (tokenizer.chat_template or "") or "{%- generation %}" in (
-        tokenizer.chat_template or ""
-    )
 
 
 def _needs_checkpointing(model) -> bool:
