@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from learning.data.formats import to_example
+from learning.data.templates import BUILTIN, render, template_stops
 from learning.errors import Conflict, InvalidInput, NotFound
 from learning.evaluate import checks, measure
 from learning.evaluate import evaluation as evaluate
@@ -87,6 +88,11 @@ def test_metrics_for_base_and_adapter_and_adapter_wins(evaluated):
     sanity = json.loads((store.home / "adapters" / "coder-toy" / "eval" / "sanity_responses.json").read_text())
     assert [s["prompt"] for s in sanity] == checks.sanity_prompts("coder")
     assert all(isinstance(s["adapter"], str) and isinstance(s["base"], str) for s in sanity)
+    # Answers end where serving ends them: eos, and where the role template starts a section again;
+    # sanity prompts are asked in the role template (the toy dataset recorded none: the builtin one).
+    assert m["stops"] == {"strings": template_stops(BUILTIN["coder"]), "tokens": ["</s>"]}
+    assert sanity[0]["served"] == render(BUILTIN["coder"], {"instruction": sanity[0]["prompt"]})
+    assert not any(stop in s[side] for s in sanity for side in ("adapter", "base") for stop in m["stops"]["strings"])
 
 
 @pytest.mark.slow

@@ -103,3 +103,17 @@ class Compiled:
 
 def render(template: str, fields: dict[str, Any]) -> str:
     return Compiled(template).render({n: fields.get(n) or "" for n in PLACEHOLDERS})
+
+
+def template_stops(template: str) -> list[str]:
+    """Where an answer to this template's prompt has ended: a new line that starts one of the
+    template's own sections again (each block's first line when it holds no placeholder, such as
+    "### Specification" or "### Code"). A model that runs on past its answer tends to start the
+    next prompt; evaluation cuts it there as serving would."""
+    stops = []
+    for block, _ in Compiled(template).blocks:
+        parts = list(string.Formatter().parse(block.strip("\n").split("\n", 1)[0]))
+        first = "".join(literal for literal, _, _, _ in parts).strip()  # "{{" written as "{"
+        if first and all(field is None for _, field, _, _ in parts):
+            stops.append("\n" + first)
+    return list(dict.fromkeys(stops))

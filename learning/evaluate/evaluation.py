@@ -39,7 +39,8 @@ from learning.evaluate.gate import (
     apply_gate,
     gate_reason,
 )
-from learning.evaluate.measure import generate, load_model, model_variant, teacher_forced
+from learning.evaluate.measure import generate, load_model, model_variant, prompt_text, teacher_forced
+from learning.evaluate.serving import adapter_template, served_prompts, stop_strings
 from learning.jobs.manage import JobCancelled, start_job
 from learning.registry import adapters as registry
 from learning.registry.folders import inspect_adapter_folder
@@ -56,6 +57,11 @@ class EvalConfig(BaseModel):
     )
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
     stop: list[str] = Field(default_factory=list, description="Generated answers are cut at the first of these.")
+    serving_stops: bool = Field(
+        default=True,
+        description="Also stop where serving stops: at the chat template's end-of-turn tokens and where "
+        "the role template starts a section again (learning.evaluate.serving).",
+    )
     batch_size: int = Field(default=8, ge=1, le=512)
     max_length: int = Field(
         default=2048, ge=16, description="Longer prompt+completion rows are cut from the left of the prompt."
@@ -188,6 +194,8 @@ def run_job(ctx) -> dict[str, Any]:
     ctx.progress(force=True, stage="loading", message=f"loading {adapter.base_model} + {adapter.id}")
     model, tok = load_model(adapter.base_model, adapter.path)
     examples = [to_example(r) for r in rows]
+    template = adapter_template(store, adapter, cfg.dataset_id)
+    stops = _stops(tok, template, cfg)
     total = 2 * len(examples) + 2 * min(cfg.max_generate, len(examples))
 
     def step(done: int, stage: str) -> None:
@@ -197,13 +205,14 @@ def run_job(ctx) -> dict[str, Any]:
 
     result = _teacher_forced_both(model, tok, examples, cfg, step)
     gen_rows = rows[: cfg.max_generate]
-    answers = _generate_and_check_both(model, tok, adapter.role, gen_rows, cfg, step, 2 * len(examples), result)
-    sanity = run_sanity(model, tok, adapter.role, examples, cfg) if cfg.sanity else []
+    answers = _generate_and_check_both(model, tok, adapter.role, gen_rows, cfg, step, 2 * len(examples), result, stops)
+    sanity = run_sanity(model, tok, adapter, examples, cfg, template, stops["strings"]) if cfg.sanity else []
     carry = any(e["tests"] and checks.runs_tests(adapter.role, r, e["completion"]) for r, e in zip(rows, examples))
     gate = apply_gate(result["adapter"], result["base"], cfg.gate, rows_carry_tests=carry)
     metrics = summarize(adapter, cfg, result, gate, len(examples), len(gen_rows), time.time() - started)
     metrics["samples"] = _samples(gen_rows, answers)
     metrics["tasks"] = task_outcomes(result)
+    metrics["stops"] = stops
     write_outputs(Path(adapter.path), metrics, sanity)
     to_status = "candidate" if gate["passed"] and cfg.gate.promote_to_candidate else None
     stored = {k: v for k, v in metrics.items() if k != "samples"}
@@ -244,8 +253,17 @@ def _teacher_forced_both(
     return result
 
 
+def _stops(tok, template: str | None, cfg: EvalConfig) -> dict[str, list[str]]:
+    """Where answers end: the stop strings, and the tokens generation ends at."""
+    from learning.models.generate import end_of_turn_tokens
+
+    if not cfg.serving_stops:
+        return {"strings": list(cfg.stop), "tokens": [tok.eos_token] if tok.eos_token else []}
+    return {"strings": stop_strings(template, cfg.stop), "tokens": end_of_turn_tokens(tok)}
+
+
 def _generate_and_check_both(
-    model, tok, role: str, gen_rows: list[dict[str, Any]], cfg: EvalConfig, step, done: int, result
+    model, tok, role: str, gen_rows: list[dict[str, Any]], cfg: EvalConfig, step, done: int, result, stops
 ) -> dict[str, list[str]]:
     """The adapter's and the base's answers to the same prompts; their check scores go into result."""
     answers: dict[str, list[str]] = {}
@@ -258,7 +276,8 @@ def _generate_and_check_both(
                 cfg.max_new_tokens,
                 cfg.batch_size,
                 on_batch=lambda n, name=name, done=done: step(done + n, f"generating {name}"),
-                stop=cfg.stop,
+                stop=stops["strings"],
+                stop_at_turn_end=cfg.serving_stops,
             )
         done += len(gen_rows)
         result[name].update(checks.score(role, gen_rows, answers[name]))
@@ -350,14 +369,28 @@ def write_outputs(folder: Path, metrics: dict[str, Any], sanity: list[dict[str, 
     (out / "sanity_responses.json").write_text(json.dumps(sanity, indent=2, ensure_ascii=False))
 
 
-def run_sanity(model, tok, role: str, examples: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
+def run_sanity(
+    model, tok, adapter, examples: list[dict[str, Any]], cfg: EvalConfig, template: str | None, stop: list[str]
+) -> list[dict[str, Any]]:
     """The role's fixed prompts, answered by the adapter and the base, for a person to read.
-    Prompts follow the dataset's form: chat messages if its prompts are messages."""
+    Each is asked as the adapter is served: rendered with its role template, in a chat turn
+    when the dataset's prompts are messages, and cut where serving stops."""
     chat = bool(examples) and isinstance(examples[0]["prompt"], list)
-    prompts = checks.sanity_prompts(role)
-    wrapped = [[{"role": "user", "content": p}] if chat else p for p in prompts]
+    prompts = checks.sanity_prompts(adapter.role)
+    served = served_prompts(adapter, template, chat, prompts)
     answers = {}
     for name in ("adapter", "base"):
         with model_variant(model, name):
-            answers[name] = generate(model, tok, wrapped, min(cfg.max_new_tokens, 200), cfg.batch_size)
-    return [{"prompt": p, "adapter": a, "base": b} for p, a, b in zip(prompts, answers["adapter"], answers["base"])]
+            answers[name] = generate(
+                model,
+                tok,
+                served,
+                min(cfg.max_new_tokens, 200),
+                cfg.batch_size,
+                stop=stop,
+                stop_at_turn_end=cfg.serving_stops,
+            )
+    return [
+        {"prompt": p, "served": prompt_text(tok, s), "adapter": a, "base": b}
+        for p, s, a, b in zip(prompts, served, answers["adapter"], answers["base"])
+    ]

@@ -103,10 +103,18 @@ def teacher_forced(
 
 
 def generate(
-    model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int, on_batch=None, stop: list[str] | None = None
+    model,
+    tok,
+    prompts: list[Any],
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch=None,
+    stop: list[str] | None = None,
+    stop_at_turn_end: bool = True,
 ) -> list[str]:
-    """Greedy answers (learning.models.generate), each cut at its first stop string, a few batches
-    at a time so progress can be reported."""
+    """Greedy answers (learning.models.generate), each ended at eos or (stop_at_turn_end) the chat
+    template's end-of-turn tokens and cut at its first stop string, a few batches at a time so
+    progress can be reported."""
     from learning.models.generate import generate as greedy
 
     texts = [prompt_text(tok, p) for p in prompts]
@@ -121,6 +129,7 @@ def generate(
             stop=stop or (),
             batch_size=batch_size,
             add_special_tokens=not any(is_chat(tok, p) for p in prompts),
+            stop_at_turn_end=stop_at_turn_end,
         )
         if on_batch:
             on_batch(min(i + chunk, len(texts)))

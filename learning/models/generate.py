@@ -106,6 +106,38 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+# End-of-turn tokens of common chat families (ChatML, Llama 3, Gemma, Phi-3, GPT-2/Qwen base,
+# Llama 2/Mistral, Llama 3 base): an answer ends at any of them the tokenizer has.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|end_of_text|>")
+_ANSWER = "\x01LLANSWER\x01"
+
+
+def end_of_turn_tokens(tokenizer: Any) -> list[str]:
+    """The tokens an answer ends at, where serving ends it: eos, the end-of-turn tokens of common
+    families that the tokenizer holds as special or added tokens, and the token the chat template
+    writes right after an assistant's answer."""
+    special = set(getattr(tokenizer, "all_special_tokens", None) or []) | set(tokenizer.get_added_vocab())
+    found = [tokenizer.eos_token] if tokenizer.eos_token else []
+    found += [t for t in END_OF_TURN if t in special]
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            turn = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _ANSWER}]
+            after = str(tokenizer.apply_chat_template(turn, tokenize=False)).split(_ANSWER, 1)[1].lstrip()
+        except Exception:  # noqa: BLE001 - a template that refuses this conversation: the tokens above do
+            after = ""
+        written = [t for t in special if after.startswith(t)]
+        if written:
+            found.append(max(written, key=len))
+    return list(dict.fromkeys(found))
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of end_of_turn_tokens (for generate's eos_token_id)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(tokenizer)]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int) and i != unk))
+
+
 def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int):
     """A StoppingCriteria that marks each row done once its new text contains a stop string."""
     import torch
@@ -135,11 +167,14 @@ def generate(
     stop: Sequence[str] = (),
     batch_size: int = 16,
     add_special_tokens: bool = True,
+    stop_at_turn_end: bool = True,
 ) -> list[str]:
     """Greedy completions of `prompts`, each cut at its first stop string; in the prompts' order.
 
-    Prompts are grouped by length into batches of `batch_size` (less padding), left-padded, and
-    decoded without special tokens. Deterministic: no sampling, no dropout.
+    Generation ends at eos and, with stop_at_turn_end, at the chat template's end-of-turn tokens
+    (end_of_turn_tokens), and a row ends as soon as its text holds a stop string. Prompts are
+    grouped by length into batches of `batch_size` (less padding), left-padded, and decoded
+    without special tokens. Deterministic: no sampling, no dropout.
     """
     import torch
     from transformers import StoppingCriteriaList
@@ -153,6 +188,7 @@ def generate(
     out: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = (stop_token_ids(tokenizer) or tokenizer.eos_token_id) if stop_at_turn_end else tokenizer.eos_token_id
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -169,7 +205,7 @@ def generate(
                 top_p=None,
                 top_k=None,
                 pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=eos_ids,
                 stopping_criteria=criteria,
             )
             for row, i in enumerate(idx):
