@@ -8,7 +8,10 @@
 3. generation checks per role on up to `max_generate` test prompts (learning.evaluate.checks): the
    rows' tests run in the sandbox where rows carry them (pass rate from tests), the role's check
    elsewhere (compile-only for code), the two figures kept apart; similarity to the reference;
-4. a fixed set of sanity prompts per role, whose responses are saved for a person to read;
+   answers end where serving ends them (end-of-turn tokens, the role template's sections:
+   learning.evaluate.serving);
+4. a fixed set of sanity prompts per role, asked as the adapter is served (role template, chat
+   turn), whose responses are saved for a person to read;
 5. the gate (learning.evaluate.gate: task by task from tests, with a paired interval, when rows carry
    tests); writes adapters/<id>/eval/{metrics,sanity_responses}.json (each task's outcome for both
    models under `tasks`), stores
