@@ -85,15 +85,18 @@ def evaluate(store, adapter_id: str, serving_stops: bool, rows: int, max_new_tok
         raise SystemExit(f"evaluation failed: {status.error}\n{status.log_tail}")
     m = json.loads((store.home / "adapters" / adapter_id / "eval" / "metrics.json").read_text())
     answers = [c for s in m["samples"] for c in (s["adapter"], s["base"])]
+    sanity = json.loads((store.home / "adapters" / adapter_id / "eval" / "sanity_responses.json").read_text())
+    said = [r[k] for r in sanity for k in ("adapter", "base")]
     return {
         "elapsed_s": m["elapsed_s"],
         "mean_answer_chars": sum(map(len, answers)) / max(len(answers), 1),
+        "mean_sanity_chars": sum(map(len, said)) / max(len(said), 1),
         "stops": m["stops"],
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Evaluation time with and without serving's stops.")
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -117,7 +120,7 @@ def main() -> None:
                 runs[serving].append(r)
                 print(
                     f"serving_stops={serving!s:5}  evaluation {r['elapsed_s']:7.2f}s  "
-                    f"mean answer {r['mean_answer_chars']:6.1f} chars"
+                    f"mean answer {r['mean_answer_chars']:6.1f} chars, sanity answer {r['mean_sanity_chars']:6.1f} chars"
                 )
         store.close()
     print(f"stops with serving_stops: {runs[True][0]['stops']}")
