@@ -190,6 +190,21 @@ def lifecycle_outcome(result: Any) -> None:
         )
 
 
+def base_imported(b: Any) -> None:
+    if b.status == "succeeded":
+        console.print(
+            f"base [bold]{b.base_id}[/] imported from {b.gguf_path} into {b.folder}; "
+            f"train on it with: learnloop train --base {b.base_id} ...",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"import job [bold]{b.job_id}[/] {b.status}"
+            + (f": {b.error}" if b.error else f"; follow it with: learnloop jobs {b.job_id} --wait"),
+            highlight=False,
+        )
+
+
 def registered(a: Any) -> None:
     console.print(
         f"registered [bold]{a.id}[/] ({a.role}, base {a.base_model}) as trained; "

@@ -27,6 +27,7 @@ from learning.errors import Conflict, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.models.fingerprint import base_fingerprint
+from learning.models.gguf_base import gguf_origin
 from learning.params import CLI_ONLY
 from learning.registry.adapters import Adapter, get_adapter
 from learning.serve import gguf as gx
@@ -298,7 +299,8 @@ def export_adapter(
             elif fmt == "gguf":
                 done = _export_gguf(adapter, base_dir, work, dtype)
             else:
-                done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
+                served = from_model or gguf_origin(base_dir) or adapter.base_model  # the base users serve
+                done = _export_ollama(store, adapter, base_dir, work, dtype, served)
         (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
         if ours(target):
             shutil.rmtree(target)

@@ -19,6 +19,7 @@ from learning.errors import Conflict, InvalidInput, LearnloopError, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.jobs.queries import active_job_rows
+from learning.models.gguf_base import find_imported, gguf_origin
 from learning.registry import adapters as registry
 from learning.registry.queries import adapter_row
 from learning.store import Store, loads
@@ -68,7 +69,8 @@ def train_adapter(
     base: Annotated[
         str | None,
         Field(
-            description="Base model: a local folder, a hub id, or embedded:tiny / embedded:small. "
+            description="Base model: a local folder, a hub id, embedded:tiny / embedded:small, or a base "
+            "imported from a GGUF (import_base): its id or the .gguf path. "
             "Default: the embedded small base, built on first use."
         ),
     ] = None,
@@ -124,7 +126,7 @@ def train_adapter(
     explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
     config_problems, cfg = _train_config(previous, base, preset, overrides, explicit, notes)
     problems += config_problems
-    base_problems, base_ref, model_config = check_base(base)
+    base_problems, base_ref, model_config = _check_base(store, base, notes)
     problems += base_problems
     ds_problems, ds = check_dataset(store, dataset_id, role, cfg.method if cfg else method)
     problems += ds_problems
@@ -176,6 +178,19 @@ def _train_config(
         return [], build_config(preset, values)
     except LearnloopError as exc:
         return exc.problems or [str(exc)], None
+
+
+def _check_base(store: Store, base: str, notes: list[str]) -> tuple[list[str], dict, dict]:
+    """check_base, for a base imported from a GGUF (its id or the GGUF's path) on its folder."""
+    folder, problem = find_imported(store.home, base)
+    if problem:
+        return [problem], {}, {}
+    if folder is None:
+        return check_base(base)
+    problems, base_ref, config = check_base(str(folder))
+    gguf = gguf_origin(folder)
+    notes.append(f"base {folder.name}: imported from {gguf}; Ollama and llama.cpp exports point at that file")
+    return problems, {**base_ref, "imported_as": folder.name, "gguf": gguf}, config
 
 
 def _note_unbuilt_base(store: Store, base_ref: dict, notes: list[str]) -> None:
