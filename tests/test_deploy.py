@@ -254,7 +254,7 @@ def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     assert created["from"] == "qwen-base" and list(created["adapters"]) == ["adapter.gguf"]
     digest = created["adapters"]["adapter.gguf"]
     assert ollama.blobs[digest] == Path(dep.artifact).read_bytes()  # the verified GGUF itself
-    assert "{{ .Prompt }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
+    assert "{{ .Content }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
     row = deploy.latest_deployment(store, "coder-a")
     assert row is not None
     assert (row["target"], row["url"], row["served_name"], row["status"]) == (
