@@ -9,14 +9,25 @@ directly (learning.serve.chat_template).
 
 from __future__ import annotations
 
+import json
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 from learning.errors import InvalidInput, shown
-from learning.serve.chat_template import USR, read_tokenizer
+from learning.serve.chat_template import USR, gguf_add_bos, read_tokenizer
 from learning.serve.served import served_prompt
 
-__all__ = ["USR", "read_tokenizer", "ollama_template", "modelfile_text", "plain_value", "block_value", "controls"]
+__all__ = [
+    "USR",
+    "read_tokenizer",
+    "ollama_template",
+    "modelfile_text",
+    "plain_value",
+    "block_value",
+    "controls",
+    "write_ollama_files",
+]
 
 
 def ollama_template(tok: dict[str, Any], prompt: str | None = None, raw: bool = False) -> tuple[str, list[str]]:
@@ -93,3 +104,26 @@ def modelfile_text(
         lines.append(f"PARAMETER stop {plain_value(stop, 'stop token (PARAMETER stop)', quoted=True)}")
     fields = {"template": template, "system": system, "parameters": {**parameters, "stop": stops}}
     return "\n".join(lines) + "\n", fields
+
+
+def write_ollama_files(
+    out: Path,
+    from_model: str,
+    tok: dict[str, Any],
+    system: str | None,
+    parameters: dict[str, Any],
+    prompt: str | None = None,
+    raw: bool = False,
+) -> dict[str, Any]:
+    """Modelfile and ollama.json (the /api/create fields) in `out`; the TEMPLATE is checked
+    against the chat template (served_prompt), with the BOS flag of FROM when it is a GGUF file."""
+    base_file = Path(from_model).expanduser()
+    add_bos = gguf_add_bos(base_file) if base_file.is_file() else None
+    served = served_prompt(tok, prompt, raw, system, add_bos)
+    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, parameters, prompt, raw, served)
+    (out / "Modelfile").write_text(text)
+    record = {**fields, "from": from_model, "adapter_file": "adapter.gguf"}
+    (out / "ollama.json").write_text(json.dumps(record, indent=2))
+    bos = {"bos": tok["bos"], "runtime_adds_bos": tok.get("add_bos", True) if add_bos is None else add_bos}
+    (out / "served-prompt.json").write_text(json.dumps({**bos, **served}, indent=2))
+    return {**served, "fields": fields}

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
 from learning.errors import Conflict, InvalidInput, shown
 from learning.serve.export import export_adapter
 from learning.serve.modelfile import controls
+from learning.serve.served import LLAMACPP_TEMPLATE
 from learning.store import Store
 
 TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
@@ -162,6 +163,9 @@ def deploy_llamacpp(
     exported = export_adapter(store, adapter_id, "gguf")
     gguf_path = str(Path(exported.out_dir) / "adapter.gguf")
     command = ["llama-server", "-m", command_value(base_gguf or "BASE.gguf", "base_gguf"), "--lora", gguf_path]
+    template = Path(exported.out_dir) / LLAMACPP_TEMPLATE
+    if template.exists():  # the chat template training used, rendered by llama-server itself
+        command += ["--jinja", "--chat-template-file", str(template)]
     (Path(exported.out_dir) / "llama-server.txt").write_text(shlex.join(command) + "\n")
     if client is None:
         return {"artifact": gguf_path, "command": command, "served_name": served_name(adapter_id)}

@@ -25,6 +25,7 @@ from learning.serve.chat_template import ANS, SYS, USR, try_render, wrap_user
 # End-of-turn tokens of common families, used as stops when the tokenizer has them.
 KNOWN_EOT = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|end_of_text|>")
 PROMPT = "{{ .Prompt }}"
+LLAMACPP_TEMPLATE = "chat_template.jinja"  # written beside adapter.gguf for llama-server --chat-template-file
 U1, U2, A1 = USR + "1", USR + "2", ANS + "1"
 
 SAMPLES: list[list[dict[str, str]]] = [
@@ -246,3 +247,42 @@ def _choose(tok, add_bos, prefix, suffix, system, stops, checks, warnings) -> di
         "passes prompts through ({{ .Prompt }}); send prompts already rendered with the tokenizer's chat template"
     )
     return {"template": PROMPT, "stops": stops, "mode": "plain", "checks": checks, "warnings": warnings}
+
+
+# ---- llama.cpp: the Jinja template itself -------------------------------------------------------
+
+
+def llamacpp_template(tok: dict[str, Any], prompt: str | None = None, raw: bool = False) -> dict[str, Any]:
+    """What llama-server needs to render the trained prompt: the chat template (with the role
+    prompt put around each user turn) for `--jinja --chat-template-file`, checked against the
+    chat template for the sample conversations. None as template for raw adapters (clients
+    send the role prompt to /completion) and tokenizers without a chat template."""
+    bos, add_bos = tok["bos"], tok.get("add_bos", True)
+    bos_note = (
+        f"llama-server (--jinja) drops the BOS {bos!r} the template writes and adds it from the GGUF "
+        "(add_bos_token=true)"
+        if add_bos and bos
+        else "the GGUF adds no BOS (add_bos_token=false): the BOS text the template writes, if any, stays"
+    )
+    if raw or not tok["chat_template"]:
+        why = "raw prompt/completion adapter" if raw else "no chat template"
+        return {"template": None, "checks": [f"llama.cpp: {why}: send the prompt as trained to /completion"]}
+    prefix, _, suffix = (prompt or PROMPT).partition(PROMPT)
+    suffix = suffix.rstrip() if suffix.strip() else ""
+    from learning.serve.chat_template import wrapping_template
+
+    template = wrapping_template(tok["chat_template"], prefix, "" if not prompt else suffix)
+    n, problems = 0, []
+    for i, conv in enumerate(SAMPLES):
+        expected = try_render(tok["chat_template"], wrap_user(conv, prefix, suffix), tok)
+        if expected is None:
+            continue
+        n += 1
+        if try_render(template, conv, tok) != expected:
+            problems.append(f"sample {i + 1}")
+    if problems:
+        raise ValueError(f"the llama.cpp template renders {', '.join(problems)} differently")  # a bug here
+    return {
+        "template": template,
+        "checks": [f"llama.cpp chat template renders {n} sample conversations as the chat template does; {bos_note}"],
+    }
