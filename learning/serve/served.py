@@ -68,6 +68,8 @@ def _cut(text: str | None, markers: list[str]) -> list[str] | None:
         return None
     parts, rest = [], text
     for marker in markers:
+        if marker not in rest:  # out of order
+            return None
         before, rest = rest.split(marker)
         parts.append(before)
     return [*parts, rest]
