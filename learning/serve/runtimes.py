@@ -22,6 +22,7 @@ from learning.models.gguf_base import gguf_origin
 from learning.registry.adapters import get_adapter
 from learning.serve.export import export_adapter, resolve_base
 from learning.serve.modelfile import controls
+from learning.serve.served import LLAMACPP_TEMPLATE
 from learning.store import Store
 
 TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
@@ -174,6 +175,9 @@ def deploy_llamacpp(
     gguf_path = str(Path(exported.out_dir) / "adapter.gguf")
     base_gguf = base_gguf or gguf_origin(resolve_base(get_adapter(store, adapter_id))) or "BASE.gguf"
     command = ["llama-server", "-m", command_value(base_gguf, "base_gguf"), "--lora", gguf_path]
+    template = Path(exported.out_dir) / LLAMACPP_TEMPLATE
+    if template.exists():  # the chat template training used, rendered by llama-server itself
+        command += ["--jinja", "--chat-template-file", str(template)]
     (Path(exported.out_dir) / "llama-server.txt").write_text(shlex.join(command) + "\n")
     if client is None:
         return {"artifact": gguf_path, "command": command, "served_name": served_name(adapter_id)}
