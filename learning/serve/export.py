@@ -39,7 +39,6 @@ from learning.store import Store
 Format = Literal["peft", "merged", "gguf", "ollama"]
 FORMATS = ("peft", "merged", "gguf", "ollama")
 DTYPES = ("f32", "f16")
-MERGED_TOL = 1e-5
 
 
 class ExportedFile(BaseModel):
@@ -189,8 +188,9 @@ def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dic
         raise Conflict(f"The GGUF written for {adapter.id} failed its read-back check", report["problems"])
     checks = [
         f"GGUF read back: general.type=adapter, adapter.type=lora, architecture "
-        f"{gx.ARCHS[shape.model_type][0]}, {len(shapes)} tensors with expected names and shapes",
-        f"delta B·A·scale from the GGUF (q/k permutation undone) vs PEFT over {report['modules']} modules: "
+        f"{shape.arch.gguf_arch}, {len(shapes)} tensors with expected names and shapes",
+        f"delta B·A·scale from the GGUF (row layout '{shape.arch.layout}' undone) vs PEFT over "
+        f"{report['modules']} modules: "
         f"max diff {report['max_delta_diff']:.3g} (max |delta| {report['max_delta']:.3g})",
     ]
     return {"checks": checks, "max_delta_diff": report["max_delta_diff"], "warnings": []}
