@@ -31,7 +31,7 @@ from learning.params import CLI_ONLY
 from learning.registry.adapters import Adapter, get_adapter
 from learning.serve import gguf as gx
 from learning.serve.merge import export_merged
-from learning.serve.modelfile import USR, modelfile_text, plain_value, read_tokenizer
+from learning.serve.modelfile import USR, modelfile_text, own_engine_warning, plain_value, read_tokenizer
 from learning.serve.outdir import MARKER, claim_folders, ours
 from learning.serve.tokenizer_files import copy_tokenizer
 from learning.store import Store
@@ -248,6 +248,8 @@ def _export_ollama(
             "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
             "Ollama model name (--from)"
         )
+    engine = own_engine_warning(json.loads((base_dir / "config.json").read_text()).get("model_type"))
+    done["warnings"] += [engine] if engine else []
     if not tok["chat_template"]:
         done["warnings"].append("the tokenizer has no chat template: the Modelfile uses a plain prompt template")
     if not fields["parameters"]["stop"]:
