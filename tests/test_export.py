@@ -132,7 +132,7 @@ def test_gguf_read_back_keys_names_shapes_and_delta(store, models):
 
 def test_wrong_permutation_is_detected(models, tmp_path):
     base = gx.BaseShape.from_config(json.loads((models["base"] / "config.json").read_text()))
-    gx.write_lora_gguf(models["plain"], base, tmp_path / "bad.gguf", permute=False)
+    gx.write_lora_gguf(models["plain"], base, tmp_path / "bad.gguf", reorder=False)
     report = gx.verify_lora_gguf(tmp_path / "bad.gguf", models["plain"], base)
     assert report["max_delta_diff"] > 1e-2
     assert any("permutation" in p for p in report["problems"])

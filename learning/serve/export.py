@@ -32,7 +32,7 @@ from learning.params import CLI_ONLY
 from learning.registry.adapters import Adapter, get_adapter
 from learning.serve import gguf as gx
 from learning.serve.merge import export_merged
-from learning.serve.modelfile import USR, plain_value, read_tokenizer, write_ollama_files
+from learning.serve.modelfile import USR, own_engine_warning, plain_value, read_tokenizer, write_ollama_files
 from learning.serve.outdir import MARKER, claim_folders, ours
 from learning.serve.served import LLAMACPP_TEMPLATE, llamacpp_template
 from learning.serve.tokenizer_files import copy_tokenizer
@@ -41,7 +41,6 @@ from learning.store import Store
 Format = Literal["peft", "merged", "gguf", "ollama"]
 FORMATS = ("peft", "merged", "gguf", "ollama")
 DTYPES = ("f32", "f16")
-MERGED_TOL = 1e-5
 
 
 class ExportedFile(BaseModel):
@@ -191,8 +190,9 @@ def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str, servin
         raise Conflict(f"The GGUF written for {adapter.id} failed its read-back check", report["problems"])
     checks = [
         f"GGUF read back: general.type=adapter, adapter.type=lora, architecture "
-        f"{gx.ARCHS[shape.model_type][0]}, {len(shapes)} tensors with expected names and shapes",
-        f"delta B·A·scale from the GGUF (q/k permutation undone) vs PEFT over {report['modules']} modules: "
+        f"{shape.arch.gguf_arch}, {len(shapes)} tensors with expected names and shapes",
+        f"delta B·A·scale from the GGUF (row layout '{shape.arch.layout}' undone) vs PEFT over "
+        f"{report['modules']} modules: "
         f"max diff {report['max_delta_diff']:.3g} (max |delta| {report['max_delta']:.3g})",
     ]
     # llama-server renders the chat template itself: hand it the one training used (--jinja).
@@ -248,6 +248,8 @@ def _export_ollama(
             "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
             "Ollama model name (--from)"
         )
+    engine = own_engine_warning(json.loads((base_dir / "config.json").read_text()).get("model_type"))
+    done["warnings"] += [engine] if engine else []
     if not tok["chat_template"]:
         done["warnings"].append("the tokenizer has no chat template: the Modelfile uses a plain prompt template")
     if not served["stops"]:

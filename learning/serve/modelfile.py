@@ -27,7 +27,22 @@ __all__ = [
     "block_value",
     "controls",
     "write_ollama_files",
+    "own_engine_warning",
 ]
+
+# Ollama runs these on its own engine, which (at least up to Ollama 0.22) refuses LoRA adapters
+# when the model first loads ("loras are not yet implemented"), although `ollama create` accepts them.
+OLLAMA_OWN_ENGINE = ("gemma3", "gemma3_text", "qwen3")
+
+
+def own_engine_warning(model_type: str | None) -> str | None:
+    if model_type not in OLLAMA_OWN_ENGINE:
+        return None
+    return (
+        f"Ollama runs {model_type} on its own engine, whose releases so far fail at load with 'loras are "
+        "not yet implemented': if yours does, serve adapter.gguf with llama.cpp (llama-server --lora) or "
+        "export 'merged'"
+    )
 
 
 def ollama_template(tok: dict[str, Any], prompt: str | None = None, raw: bool = False) -> tuple[str, list[str]]:
