@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,9 @@ from learning.registry import adapters as registry
 from learning.registry.queries import adapter_rows
 from learning.store import Store
 from learning.train import launch as training
-from learning.train.config import build_config
+from learning.train.config import Preset, build_config
 from learning.train.estimates import estimate_run
-from learning.train.targets import read_shapes, resolve_targets
+from learning.train.targets import adapted_mismatch, adapted_modules, read_shapes, resolve_targets
 from tests.train_helpers import make_dataset
 
 PHI3 = ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
@@ -59,7 +60,7 @@ def _build(folder: Path, kind: str) -> Path:
 
     tok = _tokenizer()
     tok.save_pretrained(folder)
-    shared = dict(
+    shared: dict[str, Any] = dict(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
@@ -101,7 +102,7 @@ def store(tmp_path_factory):
     s.close()
 
 
-def plan(store, base: Path, preset: str = "default", **overrides):
+def plan(store, base: Path, preset: Preset = "default", **overrides):
     return training.train_adapter(
         store, "coder", "ds-sft", base=str(base), preset=preset, overrides=overrides or None, dry_run=True
     ).plan
@@ -224,3 +225,14 @@ def test_a_job_that_fails_before_training_leaves_nothing_in_the_registry(store, 
     assert "coder-broken" not in {r["id"] for r in adapter_rows(store)}
     assert all(e.adapter_id != "coder-broken" for e in registry.adapter_history(store, role="coder"))
     assert not (store.home / "adapters" / "coder-broken").exists()
+
+
+def test_a_difference_between_peft_and_the_plan_is_caught(bases):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(bases["phi3"]), LoraConfig(target_modules=["qkv_proj"]))
+    adapted = adapted_modules(model)
+    assert adapted == {"modules": ["qkv_proj"], "count": 2}
+    assert adapted_mismatch(["qkv_proj"], adapted) is None
+    assert "missing: o_proj" in (adapted_mismatch(["qkv_proj", "o_proj"], adapted) or "")

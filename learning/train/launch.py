@@ -90,7 +90,9 @@ def train_adapter(
     ] = "sft",
     preset: Annotated[
         Preset,
-        Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections)."),
+        Field(
+            description="light r=8 (attention projections), default r=16, heavy r=64 (the default layers: target_modules auto)."
+        ),
     ] = "default",
     overrides: Annotated[
         dict[str, Any] | None,
