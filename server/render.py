@@ -156,6 +156,8 @@ def train_started(s: Any) -> None:
         f"memory~{fmt(p.est_memory_mb, 0)}MiB processes={p.num_processes} quantize={c['quantize']}",
         highlight=False,
     )
+    targets = p.target_modules if isinstance(p.target_modules, str) else ", ".join(p.target_modules)
+    console.print(f"  adapts: {targets}; exports to: {', '.join(p.export_formats)}", highlight=False)
     for note in p.notes:
         console.print(f"  note: {note}", highlight=False)
     if not s.dry_run:

@@ -16,7 +16,9 @@ from learning.errors import InvalidInput
 Method = Literal["sft", "dpo", "kto"]
 Quantize = Literal["none", "4bit", "8bit", "auto"]
 Preset = Literal["light", "default", "heavy"]
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Words target_modules takes besides a list of names; the plan resolves them against the base's
+# own linear layers (learning/train/targets.py).
+TARGET_WORDS = ("auto", "all-linear", "attention")
 
 
 class TrainConfig(BaseModel):
@@ -31,7 +33,10 @@ class TrainConfig(BaseModel):
     alpha: float = Field(default=32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | str = Field(
-        default_factory=lambda: list(ALL_LINEAR), description="Module names to adapt, or 'all-linear'."
+        default="auto",
+        description="Layers to adapt: 'auto' (the architecture's projections, else every linear layer but "
+        "the output head), 'all-linear', 'attention' (the attention projections), or a list of module names. "
+        "The plan resolves it to the base's exact layer names.",
     )
     learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
     epochs: float = Field(default=2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
@@ -56,8 +61,8 @@ class TrainConfig(BaseModel):
         problems = []
         if self.method == "kto" and self.batch_size < 2:
             problems.append("KTO needs batch_size >= 2 (it compares rows within a batch).")
-        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
-            problems.append("target_modules must be a list of module names or 'all-linear'.")
+        if isinstance(self.target_modules, str) and self.target_modules not in TARGET_WORDS:
+            problems.append("target_modules must be 'auto', 'all-linear', 'attention' or a list of module names.")
         if isinstance(self.target_modules, list) and not self.target_modules:
             problems.append("target_modules is empty: name at least one module, e.g. q_proj.")
         if self.packing and self.method != "sft":
@@ -68,12 +73,12 @@ class TrainConfig(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Attention only, small rank: quick, least likely to forget what the base knew.
+    # Attention projections only, small rank: quick, least likely to forget what the base knew.
     "light": dict(
         rank=8,
         alpha=16,
         dropout=0.05,
-        target_modules=["q_proj", "v_proj"],
+        target_modules="attention",
         learning_rate=2e-4,
         epochs=1,
         batch_size=4,
@@ -81,7 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_length=1024,
     ),
     "default": {},
-    # Every linear projection at rank 64: most capacity, most memory.
+    # The default layers at rank 64: most capacity, most memory.
     "heavy": dict(
         rank=64, alpha=128, dropout=0.1, learning_rate=1e-4, epochs=3, batch_size=4, grad_accum=2, max_length=2048
     ),

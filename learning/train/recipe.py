@@ -15,18 +15,21 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from learning.clock import iso
 from learning.data.control_tokens import control_strings, escape_rows
 from learning.data.formats import training_rows
+from learning.errors import InvalidInput, LearnloopError
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.jobs.queries import job_row
 from learning.models.fingerprint import base_fingerprint
-from learning.store import Store, loads
+from learning.store import Store, dumps, loads
 from learning.train.checkpoints import move_aside, newest_intact, skipped_message
 from learning.train.progress import ProgressCallback
+from learning.train.targets import adapted_mismatch, adapted_modules
 
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
@@ -45,10 +48,25 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
         with ctx.store.write() as conn:
             set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
         raise
+    except Exception as exc:
+        # Failed before its first step (loading the base, wrapping it with LoRA): nothing to resume,
+        # so nothing stays in the registry. After that it stays failed, for resume.
+        if ctx._progress.get("stage") not in ("train", "done") and registry.forget_unstarted(
+            ctx.store, p["adapter_id"]
+        ):
+            traceback.print_exc()
+            cause = str(exc) if isinstance(exc, LearnloopError) else f"{type(exc).__name__}: {exc}"
+            raise LearnloopError(
+                f"{cause.rstrip('.')}. Nothing was trained: adapter {p['adapter_id']} was removed from the "
+                "registry. Fix the cause and call train_adapter again (the job's log has the traceback)."
+            ) from exc
+        raise
     registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
     registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
-    if result.get("base_hash"):
-        with ctx.store.write() as conn:
+    params = {**registry.get_adapter(ctx.store, p["adapter_id"]).params, "adapted_modules": result["adapted_modules"]}
+    with ctx.store.write() as conn:
+        update_adapter_fields(conn, p["adapter_id"], params=dumps(params))
+        if result.get("base_hash"):
             update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
     return result
 
@@ -226,7 +244,13 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     else:
         trainer = KTOTrainer(args=KTOConfig(**common, beta=cfg["beta"]), **inputs)
 
-    # 6. Train, from the newest intact checkpoint when resuming (torn ones are skipped and said).
+    # 6. PEFT adapted what the plan says (learning.train.targets), or nothing trains.
+    adapted = adapted_modules(trainer.model)
+    mismatch = adapted_mismatch(cfg["target_modules"], adapted)
+    if mismatch:
+        raise InvalidInput(mismatch)
+
+    # 7. Train, from the newest intact checkpoint when resuming (torn ones are skipped and said).
     resume_from, skipped = newest_intact(ckpt_dir)  # read-only: every process finds the same one
     if skipped and rank0:
         move_aside(ckpt_dir, skipped)
@@ -240,13 +264,17 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
             (out / "cancelled.json").write_text(json.dumps({"step": callback.cancelled_at}))
         raise JobCancelled(_cancel_message(p, callback.cancelled_at))
 
-    # 7. Save the adapter, the tokenizer and what produced them.
+    # 8. Save the adapter, the tokenizer and what produced them.
     if not trainer.is_world_process_zero():
         return None
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     metrics = {**_run_metrics(trainer, output, callback, len(dataset), cuda), "rows_escaped": rows_escaped}
-    metadata = {**_metadata(p, base_path, metrics, started, resumed_from=resume_from), "checkpoints_skipped": skipped}
+    metadata = {
+        **_metadata(p, base_path, metrics, started, resumed_from=resume_from),
+        "checkpoints_skipped": skipped,
+        "adapted_modules": adapted,
+    }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
     base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
@@ -257,6 +285,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         "base_hash": base_id,
         "resumed_from": resume_from,
         "checkpoints_skipped": skipped,
+        "adapted_modules": adapted,
     }
 
 
