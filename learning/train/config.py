@@ -16,6 +16,8 @@ from learning.errors import InvalidInput
 Method = Literal["sft", "dpo", "kto"]
 Quantize = Literal["none", "4bit", "8bit", "auto"]
 Preset = Literal["light", "default", "heavy"]
+Switch = Literal["auto", "on", "off"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -50,6 +52,14 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
     logging_steps: int = Field(default=1, ge=1)
     packing: bool = Field(default=False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
+    liger: Switch = Field(
+        default="auto",
+        description="Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) for SFT: auto = on a CUDA GPU when liger-kernel is installed.",
+    )
+    attention: Attention = Field(
+        default="auto",
+        description="Attention kernel: auto = flash_attention_2 on a CUDA GPU when flash-attn is installed, else transformers' default (sdpa).",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
