@@ -1,7 +1,11 @@
 """GPU check: LoRA SFT speed of learnloop's recipe against a plain SFTTrainer, in one run.
 
     python bench/gpu_check.py [--out DIR] [--shapes 0.5b,1.5b] [--quant bf16,4bit] [--train-s 20]
-    python bench/gpu_check.py --smoke        # CPU, a tiny shape, the runs in this process
+    python bench/gpu_check.py --smoke        # CPU, a tiny shape, 3 steps, the runs in this process
+
+Beyond torch and transformers it needs trl, peft, datasets, bitsandbytes (QLoRA), liger-kernel
+(optional) and pydantic: bench/gpu_wheels.sh downloads them as wheels for a machine without an
+index.
 
 For each model shape (random weights in the shape of Qwen2.5-0.5B and Qwen2.5-1.5B, built from
 Qwen2Config: no download) and each precision (bf16 LoRA, QLoRA nf4 4-bit), two trainings on the
