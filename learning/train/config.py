@@ -19,6 +19,8 @@ Preset = Literal["light", "default", "heavy"]
 # Words target_modules takes besides a list of names; the plan resolves them against the base's
 # own linear layers (learning/train/targets.py).
 TARGET_WORDS = ("auto", "all-linear", "attention")
+Switch = Literal["auto", "on", "off"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 
 
 class TrainConfig(BaseModel):
@@ -55,6 +57,14 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
     logging_steps: int = Field(default=1, ge=1)
     packing: bool = Field(default=False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
+    liger: Switch = Field(
+        default="auto",
+        description="Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) for SFT: auto = on a CUDA GPU when liger-kernel is installed.",
+    )
+    attention: Attention = Field(
+        default="auto",
+        description="Attention kernel: auto = flash_attention_2 on a CUDA GPU when flash-attn is installed, else transformers' default (sdpa).",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:

@@ -98,7 +98,7 @@ def train_adapter(
         dict[str, Any] | None,
         Field(
             description="Any hyper-parameter by name: rank, alpha, dropout, target_modules, learning_rate, "
-            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing."
+            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing, liger, attention."
         ),
     ] = None,
     quantize: Annotated[

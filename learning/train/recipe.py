@@ -29,6 +29,7 @@ from learning.models.fingerprint import base_fingerprint
 from learning.store import Store, dumps, loads
 from learning.train.checkpoints import move_aside, newest_intact, skipped_message
 from learning.train.progress import ProgressCallback
+from learning.train.speed import liger_enabled, model_kwargs, needs_checkpointing
 from learning.train.targets import adapted_mismatch, adapted_modules
 
 
@@ -198,19 +199,12 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     rows_escaped = sum(a != b for a, b in zip(rows, escaped))
     dataset = Dataset.from_list(escaped)
 
-    # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
+    # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it,
+    #    with the fastest attention kernel installed (learning.train.speed).
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    model_kwargs: dict[str, Any] = {"dtype": dtype}
-    if cfg["quantize"] in ("4bit", "8bit"):
-        model_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=cfg["quantize"] == "4bit",
-            load_in_8bit=cfg["quantize"] == "8bit",
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True,
-        )
-    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
+    load = model_kwargs(cfg, cuda)
+    dtype = load["dtype"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **load)
 
     # 4. LoRA on the chosen projections; TRL wraps the model with it.
     lora = LoraConfig(
@@ -223,7 +217,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     )
 
     # 5. Trainer arguments shared by the three methods.
-    common = _trainer_args(cfg, ckpt_dir, cuda, dtype == torch.bfloat16, _needs_checkpointing(model))
+    common = trainer_args(cfg, ckpt_dir, cuda, dtype == torch.bfloat16, needs_checkpointing(model))
     callback = ProgressCallback(ctx, rank0)
     inputs: dict[str, Any] = dict(
         model=model,
@@ -236,6 +230,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         args = SFTConfig(
             **common,
             packing=cfg["packing"],
+            use_liger_kernel=liger_enabled(cfg, cuda),
             assistant_only_loss="messages" in dataset.column_names and _has_generation(tokenizer),
         )
         trainer = SFTTrainer(args=args, **inputs)
@@ -289,7 +284,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     }
 
 
-def _trainer_args(cfg: dict, ckpt_dir: Path, cuda: bool, bf16: bool, gradient_checkpointing: bool) -> dict[str, Any]:
+def trainer_args(cfg: dict, ckpt_dir: Path, cuda: bool, bf16: bool, gradient_checkpointing: bool) -> dict[str, Any]:
     """The trainer arguments SFT, DPO and KTO share, from the adapter's configuration."""
     return dict(
         output_dir=str(ckpt_dir),
@@ -359,11 +354,6 @@ def _has_generation(tokenizer) -> bool:
     return "{% generation %}" in (tokenizer.chat_template or "") or "{%- generation %}" in (
         tokenizer.chat_template or ""
     )
-
-
-def _needs_checkpointing(model) -> bool:
-    """Gradient checkpointing only pays for itself on big models; tiny ones just get slower."""
-    return sum(p.numel() for p in model.parameters()) > 500_000_000
 
 
 def _final_loss(trainer, output) -> float | None:
