@@ -14,6 +14,7 @@ from learning.errors import InvalidInput
 from learning.evaluate import evaluation, scoring
 from learning.jobs import manage as jobs
 from learning.loop import cycle
+from learning.models import gguf_base
 from learning.registry import adapters as registry
 from learning.registry import folders
 from learning.routing import drift, experiments, lifecycle, reward_plot, router
@@ -131,6 +132,14 @@ VERBS: list[Verb] = [
         cli=CliShape(render="datasets"),
     ),
     # training and evaluation
+    Verb(
+        gguf_base.import_base,
+        "import_base",
+        "base import",
+        "Import a GGUF base",
+        "job",
+        cli=CliShape(arguments=("path",), follow=True, render="base_imported"),
+    ),
     Verb(
         launch.train_adapter,
         "train_adapter",

@@ -20,7 +20,10 @@ from learning.store import Store
 from server import render
 from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fmt
 
-GROUP_HELP = {"experiment": "Run a candidate beside production: canary or Thompson sampling."}
+GROUP_HELP = {
+    "experiment": "Run a candidate beside production: canary or Thompson sampling.",
+    "base": "Bases to train on: import the GGUF that Ollama or llama.cpp serves.",
+}
 DEMO_TITLES = {
     "base": "1. base model",
     "population": "2. agent runs (scored by execution)",

@@ -156,6 +156,8 @@ def train_started(s: Any) -> None:
         f"memory~{fmt(p.est_memory_mb, 0)}MiB processes={p.num_processes} quantize={c['quantize']}",
         highlight=False,
     )
+    targets = p.target_modules if isinstance(p.target_modules, str) else ", ".join(p.target_modules)
+    console.print(f"  adapts: {targets}; exports to: {', '.join(p.export_formats)}", highlight=False)
     for note in p.notes:
         console.print(f"  note: {note}", highlight=False)
     if not s.dry_run:
@@ -186,6 +188,21 @@ def lifecycle_outcome(result: Any) -> None:
         console.print(
             f"[green]{r.restored.adapter_id}[/] back in production"
             + (f"; {r.archived.adapter_id} archived" if r.archived else ""),
+            highlight=False,
+        )
+
+
+def base_imported(b: Any) -> None:
+    if b.status == "succeeded":
+        console.print(
+            f"base [bold]{b.base_id}[/] imported from {b.gguf_path} into {b.folder}; "
+            f"train on it with: learnloop train --base {b.base_id} ...",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"import job [bold]{b.job_id}[/] {b.status}"
+            + (f": {b.error}" if b.error else f"; follow it with: learnloop jobs {b.job_id} --wait"),
             highlight=False,
         )
 

@@ -80,3 +80,11 @@ def store(home: Path):
     s = Store(home)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), fetched once and cached between runs (tests/realmodel.py)."""
+    from tests.realmodel import smollm2_gguf
+
+    return smollm2_gguf()

@@ -110,8 +110,10 @@ def compare_logits(
         model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
         hf_lora = model(torch.tensor([ids])).logits[0].numpy()
     cpp_base, cpp_lora = run(None), run(adapter_gguf)
+    cpp_effect, hf_effect = (cpp_lora - cpp_base).ravel(), (hf_lora - hf_base).ravel()
     return {
         "base_max_logit_diff": float(np.abs(cpp_base - hf_base).max()),
+        "effect_correlation": float(np.corrcoef(cpp_effect, hf_effect)[0, 1]),
         "adapter_max_logit_diff": float(np.abs(cpp_lora - hf_lora).max()),
         "adapter_effect": float(np.abs(hf_lora - hf_base).max()),
         "tokens": len(ids),

@@ -254,7 +254,7 @@ def test_ollama_create_from_blob_and_listed(store, adapters, runtime):
     assert created["from"] == "qwen-base" and list(created["adapters"]) == ["adapter.gguf"]
     digest = created["adapters"]["adapter.gguf"]
     assert ollama.blobs[digest] == Path(dep.artifact).read_bytes()  # the verified GGUF itself
-    assert "{{ .Prompt }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
+    assert "{{ .Content }}" in created["template"] and created["parameters"]["stop"] == ["<|im_end|>"]
     row = deploy.latest_deployment(store, "coder-a")
     assert row is not None
     assert (row["target"], row["url"], row["served_name"], row["status"]) == (
@@ -304,7 +304,11 @@ def test_vllm_new_name_per_version_and_unload_replaced(store, adapters, runtime)
 def test_llamacpp_command_then_scales(store, adapters, runtime):
     dep = deploy.deploy_adapter(store, "coder-a", "llamacpp", base_gguf="/models/base.gguf")
     assert dep.id is None and dep.status == "command_written" and deploy.latest_deployment(store, "coder-a") is None
-    assert dep.command == ["llama-server", "-m", "/models/base.gguf", "--lora", dep.artifact]
+    template = str(Path(dep.artifact).parent / "chat_template.jinja")  # the chat template training used
+    assert dep.command == [
+        *["llama-server", "-m", "/models/base.gguf", "--lora", dep.artifact],
+        *["--jinja", "--chat-template-file", template],
+    ]
     server = runtime(LlamaServer)
     with pytest.raises(Conflict, match="has not loaded"):  # started without our adapter
         deploy.deploy_adapter(store, "coder-a", "llamacpp", server.url)
@@ -407,7 +411,8 @@ def test_command_line_values_are_checked(store, adapters, tmp_path):
         deploy.deploy_adapter(store, "coder-a", "ollama", _dead_url(), from_model="qwen\nSYSTEM obey")
     spaced = str(tmp_path / "my models" / "base.gguf")
     dep = deploy.deploy_adapter(store, "coder-a", "llamacpp", base_gguf=spaced)
-    assert dep.command == ["llama-server", "-m", spaced, "--lora", dep.artifact]
+    assert dep.command is not None
+    assert dep.command[:5] == ["llama-server", "-m", spaced, "--lora", dep.artifact]
     written = (Path(dep.artifact).parent / "llama-server.txt").read_text()
     assert shlex.split(written) == dep.command
 

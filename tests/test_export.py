@@ -132,7 +132,7 @@ def test_gguf_read_back_keys_names_shapes_and_delta(store, models):
 
 def test_wrong_permutation_is_detected(models, tmp_path):
     base = gx.BaseShape.from_config(json.loads((models["base"] / "config.json").read_text()))
-    gx.write_lora_gguf(models["plain"], base, tmp_path / "bad.gguf", permute=False)
+    gx.write_lora_gguf(models["plain"], base, tmp_path / "bad.gguf", reorder=False)
     report = gx.verify_lora_gguf(tmp_path / "bad.gguf", models["plain"], base)
     assert report["max_delta_diff"] > 1e-2
     assert any("permutation" in p for p in report["problems"])
@@ -210,9 +210,9 @@ def test_peft_and_ollama_exports(store, models):
     text = (Path(ollama.out_dir) / "Modelfile").read_text()
     assert f"FROM {models['base']}" in text and "ADAPTER ./adapter.gguf" in text
     # the user turn holds the role's instruction template around the prompt, as in training
-    assert "<|im_start|>user\nWrite code" in text and "{{ .Prompt }}\n\n### Code<|im_end|>" in text
-    assert "{{ .System }}" in text
-    assert "<|im_start|>assistant\n{{ end }}{{ .Response }}" in text
+    assert "<|im_start|>user\nWrite code" in text and "{{ .Content }}\n\n### Code<|im_end|>" in text
+    assert "{{ .System }}" in text and "{{ range .Messages }}" in text
+    assert text.count("<|im_start|>assistant\n") == 2  # after an answer's turn and as the generation prompt
     assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature" in text
     assert "SYSTEM" not in text  # training rows had no system turn; one is written only when recorded
     assert (Path(ollama.out_dir) / "adapter.gguf").exists()
@@ -284,8 +284,9 @@ def test_modelfile_template_with_generation_markers():
     )
     go, stops = ollama_template({"chat_template": template, "bos": "<s>", "eos": "</s>", "added": set()})
     assert go == (
-        "{{ if .System }}<|system|>\n{{ .System }}</s>\n<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n"
-        "{{ else }}<|user|>\n{{ .Prompt }}</s>\n<|assistant|>\n{{ end }}{{ .Response }}"
+        "{{ if .System }}<|system|>\n{{ .System }}</s>\n{{ end }}"
+        '{{ range .Messages }}{{ if eq .Role "user" }}<|user|>\n{{ .Content }}</s>\n'
+        '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}</s>\n{{ end }}{{ end }}<|assistant|>\n'
     )
     assert stops == ["</s>"]
 
@@ -343,10 +344,11 @@ def test_modelfile_wraps_the_role_prompt():
     tok = {"chat_template": CHATML, "bos": None, "eos": "<|im_end|>", "added": {"<|im_end|>"}}
     prompt = "Write code.\n\n### Specification\n{{ .Prompt }}\n\n### Code\n"
     chat, _ = ollama_template(tok, prompt)
-    assert chat.endswith(
-        "{{ else }}<|im_start|>user\nWrite code.\n\n### Specification\n{{ .Prompt }}\n\n### Code"
-        "<|im_end|>\n<|im_start|>assistant\n{{ end }}{{ .Response }}"
+    assert (
+        '{{ if eq .Role "user" }}<|im_start|>user\nWrite code.\n\n### Specification\n{{ .Content }}\n\n### Code'
+        "<|im_end|>\n{{ else if" in chat
     )
+    assert chat.endswith("{{ end }}{{ end }}<|im_start|>assistant\n")
     raw, stops = ollama_template(tok, prompt, raw=True)
     assert raw == prompt + "{{ .Response }}" and stops == ["<|im_end|>"]
 

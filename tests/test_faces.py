@@ -44,6 +44,7 @@ CLI_EXTRAS = {  # CLI-only options, folded into the verb's arguments
     "train": {"epochs", "lr", "rank", "config", "wait"},  # shortcuts for `overrides`; follow the job
     "eval": {"wait"},
     "export": {"wait"},
+    "base import": {"wait"},
     "cycle": {"wait"},
 }
 STDIN = {"log": {"output"}, "run-tests": {"code"}}  # required over MCP; on the CLI absent or '-' reads stdin

@@ -63,8 +63,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 # Formats every causal LM exports to; GGUF ones need the architecture in the table above.
-ALWAYS_FORMATS = ("peft", "merged")
-GGUF_FORMATS = ("gguf", "ollama", "llamacpp")
+ALWAYS_FORMATS: tuple[str, ...] = ("peft", "merged")
+GGUF_FORMATS: tuple[str, ...] = ("gguf", "ollama", "llamacpp")
 
 
 def architecture(model_type: str | None) -> Architecture | None:

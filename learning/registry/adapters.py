@@ -9,7 +9,9 @@ learning/registry/queries.py.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -21,6 +23,7 @@ from learning.registry.queries import (
     adapter_event_rows,
     adapter_row,
     adapter_rows,
+    delete_adapter_rows,
     insert_adapter,
     previous_production_row,
     production_for_route,
@@ -215,6 +218,24 @@ def move(
             )
         set_adapter_status(conn, adapter_id, current, to_status, actor, reason, data)
     return get_adapter(store, adapter_id)
+
+
+def forget_unstarted(store: Store, adapter_id: str) -> bool:
+    """Remove an adapter whose training never started (refused, or failed while loading the
+    base or wrapping it with LoRA): its row, its events and its folder under the home's
+    adapters/. Only a `training` adapter without checkpoints is removed (one that trained a
+    step stays, failed, for resume). Returns whether it was removed."""
+    with store.write() as conn:
+        row = adapter_row(store, adapter_id, conn)
+        if row is None or row["status"] != "training":
+            return False
+        folder = Path(row["path"]).resolve()
+        if (folder / "checkpoints").exists():
+            return False
+        delete_adapter_rows(conn, adapter_id)
+    if (store.home / "adapters").resolve() in folder.parents:
+        shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def set_metrics(store: Store, adapter_id: str, metrics: dict[str, Any]) -> None:

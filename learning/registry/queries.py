@@ -79,6 +79,12 @@ def update_adapter_fields(conn: sqlite3.Connection, adapter_id: str, **fields: A
     conn.execute(f"UPDATE adapters SET {sets} WHERE id = ?", [*fields.values(), adapter_id])
 
 
+def delete_adapter_rows(conn: sqlite3.Connection, adapter_id: str) -> int:
+    """Remove an adapter's row and its events, inside the caller's transaction; rows removed."""
+    conn.execute("DELETE FROM adapter_events WHERE adapter_id = ?", (adapter_id,))
+    return conn.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,)).rowcount
+
+
 def adapter_event_rows(store: Store, adapter_id: str | None = None, role: str | None = None) -> list[sqlite3.Row]:
     if adapter_id:
         sql, args = "SELECT * FROM adapter_events WHERE adapter_id = ? ORDER BY id", [adapter_id]

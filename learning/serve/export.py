@@ -27,19 +27,20 @@ from learning.errors import Conflict, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.models.fingerprint import base_fingerprint
+from learning.models.gguf_base import gguf_origin
 from learning.params import CLI_ONLY
 from learning.registry.adapters import Adapter, get_adapter
 from learning.serve import gguf as gx
 from learning.serve.merge import export_merged
-from learning.serve.modelfile import USR, modelfile_text, plain_value, read_tokenizer
+from learning.serve.modelfile import USR, own_engine_warning, plain_value, read_tokenizer, write_ollama_files
 from learning.serve.outdir import MARKER, claim_folders, ours
+from learning.serve.served import LLAMACPP_TEMPLATE, llamacpp_template
 from learning.serve.tokenizer_files import copy_tokenizer
 from learning.store import Store
 
 Format = Literal["peft", "merged", "gguf", "ollama"]
 FORMATS = ("peft", "merged", "gguf", "ollama")
 DTYPES = ("f32", "f16")
-MERGED_TOL = 1e-5
 
 
 class ExportedFile(BaseModel):
@@ -180,7 +181,7 @@ def _readme(adapter: Adapter, cfg: dict[str, Any]) -> str:
     )
 
 
-def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dict[str, Any]:
+def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str, serving: dict[str, Any]) -> dict[str, Any]:
     shape = gx.BaseShape.from_config(json.loads((base_dir / "config.json").read_text()))
     path = out / "adapter.gguf"
     shapes = gx.write_lora_gguf(Path(adapter.path), shape, path, dtype=dtype, name=adapter.id)
@@ -189,68 +190,69 @@ def _export_gguf(adapter: Adapter, base_dir: Path, out: Path, dtype: str) -> dic
         raise Conflict(f"The GGUF written for {adapter.id} failed its read-back check", report["problems"])
     checks = [
         f"GGUF read back: general.type=adapter, adapter.type=lora, architecture "
-        f"{gx.ARCHS[shape.model_type][0]}, {len(shapes)} tensors with expected names and shapes",
-        f"delta B·A·scale from the GGUF (q/k permutation undone) vs PEFT over {report['modules']} modules: "
+        f"{shape.arch.gguf_arch}, {len(shapes)} tensors with expected names and shapes",
+        f"delta B·A·scale from the GGUF (row layout '{shape.arch.layout}' undone) vs PEFT over "
+        f"{report['modules']} modules: "
         f"max diff {report['max_delta_diff']:.3g} (max |delta| {report['max_delta']:.3g})",
     ]
-    return {"checks": checks, "max_delta_diff": report["max_delta_diff"], "warnings": []}
+    # llama-server renders the chat template itself: hand it the one training used (--jinja).
+    chat = llamacpp_template(serving["tok"], serving["prompt"], serving["raw"])
+    if chat["template"] is not None:
+        (out / LLAMACPP_TEMPLATE).write_text(chat["template"])
+    return {"checks": checks + chat["checks"], "max_delta_diff": report["max_delta_diff"], "warnings": []}
 
 
-def _role_prompt(store: Store, adapter: Adapter) -> str | None:
-    """The role's instruction template rendered around `{{ .Prompt }}` (no input block), or None
-    when the role has no template here."""
-    try:
-        text, _ = resolve_template(store, adapter.role, None)
-    except Exception:  # noqa: BLE001 - no template for this role
-        return None
+def _serving(store: Store, adapter: Adapter, base_dir: Path) -> dict[str, Any]:
+    """How training saw its prompts: the tokenizer, the role's instruction template around
+    `{{ .Prompt }}` (None when the role has none here), raw (prompt/completion rows) or chat
+    turns, and the system prompt recorded."""
+    folder = Path(adapter.path)
+    meta = _metadata(folder)
     fields = {
         "instruction": USR,
         "role": adapter.role,
         "task_type": adapter.task_type,
         "complexity": adapter.complexity,
     }
-    return render(text, fields).replace(USR, "{{ .Prompt }}")
+    try:
+        prompt = render(resolve_template(store, adapter.role, None)[0], fields).replace(USR, "{{ .Prompt }}")
+    except Exception:  # noqa: BLE001 - no template for this role
+        prompt = None
+    fmt = (meta.get("dataset") or {}).get("format") if isinstance(meta.get("dataset"), dict) else None
+    return {
+        "tok": read_tokenizer(folder if (folder / "tokenizer_config.json").exists() else base_dir),
+        "prompt": prompt,
+        "raw": fmt in ("prompt_completion", "alpaca"),
+        "system": meta.get("system") or adapter.params.get("system"),
+    }
 
 
 def _export_ollama(
-    store: Store, adapter: Adapter, base_dir: Path, out: Path, dtype: str, from_model: str
+    adapter: Adapter, base_dir: Path, out: Path, dtype: str, from_model: str, serving: dict[str, Any]
 ) -> dict[str, Any]:
-    done = _export_gguf(adapter, base_dir, out, dtype)
-    folder = Path(adapter.path)
-    tok = read_tokenizer(folder if (folder / "tokenizer_config.json").exists() else base_dir)
-    meta = _metadata(folder)
-    # Prompts as training saw them: the role's instruction template, in a chat turn or raw.
-    prompt = _role_prompt(store, adapter)
-    fmt = (meta.get("dataset") or {}).get("format") if isinstance(meta.get("dataset"), dict) else None
-    raw = fmt in ("prompt_completion", "alpaca")
-    system = meta.get("system") or adapter.params.get("system")
+    done = _export_gguf(adapter, base_dir, out, dtype, serving)
+    tok, prompt, raw = serving["tok"], serving["prompt"], serving["raw"]
     params = {"temperature": adapter.params.get("temperature", 0.2)}
-    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, params, prompt, raw)
-    (out / "Modelfile").write_text(text)
-    (out / "ollama.json").write_text(
-        json.dumps({**fields, "from": from_model, "adapter_file": "adapter.gguf"}, indent=2)
-    )
-    how = (
-        "raw prompt (trained on prompt/completion text)"
-        if raw
-        else "chat template"
-        if tok["chat_template"]
-        else "default prompt"
-    )
+    served = write_ollama_files(out, from_model, tok, serving["system"], params, prompt, raw)
+    how = "raw prompt (trained on prompt/completion text)" if raw else f"chat template ({served['mode']})"
     done["checks"].append(
         f"Modelfile: TEMPLATE from the {how}"
         + (" around the role's instruction template" if prompt else "")
-        + f", stops {fields['parameters']['stop']}"
+        + f", stops {served['stops']}"
     )
+    done["checks"] += served["checks"]
+    done["warnings"] += served["warnings"]
     if Path(from_model).expanduser().is_dir():
         done["warnings"].append(
             f"FROM is the folder {from_model}: `ollama create -f Modelfile` imports it (safetensors "
             "bases: Llama, Mistral, Gemma only); to deploy through the Ollama API pass the base's "
             "Ollama model name (--from)"
         )
+    engine = own_engine_warning(json.loads((base_dir / "config.json").read_text()).get("model_type"))
+    done["warnings"] += [engine] if engine else []
     if not tok["chat_template"]:
         done["warnings"].append("the tokenizer has no chat template: the Modelfile uses a plain prompt template")
-    if not fields["parameters"]["stop"]:
+    if not served["stops"]:
         done["warnings"].append("no eos/end-of-turn token found: generations may run on")
     return done
 
@@ -296,9 +298,10 @@ def export_adapter(
             if fmt == "merged":
                 done = export_merged(Path(adapter.path), base_dir, work, dtype)
             elif fmt == "gguf":
-                done = _export_gguf(adapter, base_dir, work, dtype)
+                done = _export_gguf(adapter, base_dir, work, dtype, _serving(store, adapter, base_dir))
             else:
-                done = _export_ollama(store, adapter, base_dir, work, dtype, from_model or adapter.base_model)
+                served_from = from_model or gguf_origin(base_dir) or adapter.base_model  # the base users serve
+                done = _export_ollama(adapter, base_dir, work, dtype, served_from, _serving(store, adapter, base_dir))
         (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
         if ours(target):
             shutil.rmtree(target)

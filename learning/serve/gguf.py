@@ -7,9 +7,11 @@ What llama.cpp expects of a LoRA GGUF:
   to the base GGUF's architecture (Mistral bases convert as "llama").
 - Tensors `<base tensor name>.lora_a` with PEFT's lora_A as stored, shape (r, in), and
   `.lora_b`, shape (out, r); llama.cpp scales B·A by alpha / r (r read from the tensors).
-- llama.cpp's converter permutes the rows of q_proj and k_proj of Llama-family bases for its
-  rotary layout (by attention heads for q, by key-value heads for k); lora_B of q and k must get
-  the same permutation or the adapter is silently wrong.
+- llama.cpp's converter rewrites the rows of some projections (the architecture's `layout` in
+  learning.models.architectures), and lora_B must get the same row order or the adapter is
+  silently wrong: Llama-family q_proj/k_proj rows are permuted for its rotary layout (by
+  attention heads for q, by key-value heads for k); GPT-NeoX's fused query_key_value, stored per
+  head as [q|k|v], is regrouped as all q heads, then all k, then all v.
 - PEFT's rsLoRA scales by alpha / sqrt(r): the file carries alpha * sqrt(r) so alpha / r matches.
 """
 
@@ -21,18 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from learning.models.architectures import ARCHITECTURES, Architecture, architecture, export_formats
+
 if TYPE_CHECKING:  # numpy loads with the first export, not with the server
     import numpy as np
-
-# HF model_type -> (GGUF architecture as llama.cpp's converter writes it, permute q/k rows?)
-ARCHS: dict[str, tuple[str, bool]] = {
-    "llama": ("llama", True),
-    "mistral": ("llama", True),  # convert_hf_to_gguf.py converts Mistral as a llama model
-    "qwen2": ("qwen2", False),
-    "qwen3": ("qwen3", False),
-}
-# Ollama loads GGUF adapters on these families (its safetensors import is Llama/Mistral/Gemma only).
-OLLAMA_ARCHS = ("llama", "mistral", "qwen2")
 
 PREFIX = "base_model.model."
 FORBIDDEN_TARGETS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_out")
@@ -47,11 +41,23 @@ class BaseShape:
     n_heads: int
     n_kv_heads: int
 
+    @property
+    def arch(self) -> Architecture:
+        """The architecture's row in learning.models.architectures (the export's checks refuse
+        model types without one before anything is written)."""
+        found = architecture(self.model_type)
+        if found is None:
+            raise KeyError(f"no GGUF layout known for model_type {self.model_type!r}")
+        return found
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> BaseShape:
+        model_type = str(config.get("model_type", ""))
+        if "num_hidden_layers" not in config and isinstance(config.get("text_config"), dict):
+            config = config["text_config"]  # a multimodal config (gemma3): the language model's shape
         n_heads = int(config["num_attention_heads"])
         return cls(
-            model_type=str(config.get("model_type", "")),
+            model_type=model_type,
             n_layers=int(config["num_hidden_layers"]),
             n_heads=n_heads,
             n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
@@ -95,11 +101,10 @@ def lora_problems(
             f"the adapter holds tensors other than lora_A/lora_B ({', '.join(extra[:3])}); {target} cannot carry them"
         )
     if base is not None:
-        supported = OLLAMA_ARCHS if target == "ollama" else tuple(ARCHS)
-        if base.model_type not in supported:
+        if target not in export_formats(base.model_type):
             problems.append(
                 f"base architecture {base.model_type!r} is not supported for {target} export "
-                f"(supported: {', '.join(supported)}); export as 'peft' or 'merged'"
+                f"(supported: {', '.join(sorted(ARCHITECTURES))}); export 'peft' or 'merged' instead"
             )
         else:
             unmapped = [
@@ -122,13 +127,15 @@ def _module(tensor_name: str) -> str:
 def _gguf_base_name(tensor_name: str, base: BaseShape) -> str | None:
     import gguf
 
-    arch_name = ARCHS[base.model_type][0]
-    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+    arch_name = base.arch.gguf_arch
+    arch = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name), None)
+    if arch is None:  # a gguf package older than the architecture
+        return None
     tmap = gguf.get_tensor_name_map(arch, base.n_layers)
     return tmap.get_name(_module(tensor_name) + ".weight", try_suffixes=(".weight",))
 
 
-# ---- the q/k permutation ------------------------------------------------------------------
+# ---- the converter's row layouts ---------------------------------------------------------
 
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -140,15 +147,42 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def regroup_qkv_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter (GPTNeoXModel.modify_tensors): rows stored per head as [q|k|v]
+    (n_head, 3, head_dim) become (3, n_head, head_dim): all q heads, then all k, then all v."""
+    return w.reshape(n_head, 3, w.shape[0] // n_head // 3, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
+def ungroup_qkv_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(3, n_head, w.shape[0] // n_head // 3, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
 def heads_for(module: str, base: BaseShape) -> int | None:
-    """How many heads the converter permutes this module's rows by (None: not permuted)."""
-    if not ARCHS[base.model_type][1]:
-        return None
-    if module.endswith("q_proj"):
+    """How many heads the converter re-lays this module's rows by (None: rows as stored)."""
+    layout = base.arch.layout
+    if layout == "rope_permute" and module.endswith("q_proj"):
         return base.n_heads
-    if module.endswith("k_proj"):
+    if layout == "rope_permute" and module.endswith("k_proj"):
         return base.n_kv_heads
+    if layout == "neox_qkv" and module.endswith("query_key_value"):
+        return base.n_heads
     return None
+
+
+def to_gguf_rows(b: np.ndarray, module: str, base: BaseShape) -> np.ndarray:
+    """lora_B's rows in the order the converter gives the base weight's rows."""
+    n = heads_for(module, base)
+    if n is None:
+        return b
+    return permute_rows(b, n) if base.arch.layout == "rope_permute" else regroup_qkv_rows(b, n)
+
+
+def from_gguf_rows(b: np.ndarray, module: str, base: BaseShape) -> np.ndarray:
+    """The inverse of to_gguf_rows: lora_B as read from a GGUF back in PEFT's row order."""
+    n = heads_for(module, base)
+    if n is None:
+        return b
+    return unpermute_rows(b, n) if base.arch.layout == "rope_permute" else ungroup_qkv_rows(b, n)
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -175,16 +209,16 @@ def load_peft(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
 def write_lora_gguf(
-    adapter_dir: Path, base: BaseShape, out_path: Path, dtype: str = "f32", name: str = "adapter", permute: bool = True
+    adapter_dir: Path, base: BaseShape, out_path: Path, dtype: str = "f32", name: str = "adapter", reorder: bool = True
 ) -> dict[str, tuple[int, ...]]:
-    """Write the adapter as a LoRA GGUF; returns {tensor name: numpy shape}. permute=False only
-    exists to show in tests that a missing permutation is caught by verify_lora_gguf."""
+    """Write the adapter as a LoRA GGUF; returns {tensor name: numpy shape}. reorder=False (rows
+    left as PEFT stores them) only exists to show in tests that verify_lora_gguf catches it."""
     import gguf
     import numpy as np
 
     config, tensors = load_peft(adapter_dir)
     np_dtype = np.float16 if dtype == "f16" else np.float32
-    writer = gguf.GGUFWriter(str(out_path), ARCHS[base.model_type][0])
+    writer = gguf.GGUFWriter(str(out_path), base.arch.gguf_arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, gguf_alpha(config))
@@ -194,9 +228,8 @@ def write_lora_gguf(
         if ".lora_A." not in key:
             continue
         a, b = tensors[key], tensors[key.replace(".lora_A.", ".lora_B.")]
-        n = heads_for(_module(key), base)
-        if n is not None and permute:
-            b = permute_rows(b, n)
+        if reorder:
+            b = to_gguf_rows(b, _module(key), base)
         stem = _gguf_base_name(key, base)
         assert stem is not None  # the export's checks refuse adapters with unmapped modules first
         for suffix, value in ((".lora_a", a), (".lora_b", b)):
@@ -230,14 +263,15 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
     """Read the file back and check what llama.cpp will compute from it.
 
     Keys, tensor names and shapes must be as expected; and for every module the delta llama.cpp
-    adds, B·A × alpha/r with B's q/k permutation undone, must equal PEFT's delta B·A × scaling.
+    adds, B·A × alpha/r with B's row layout undone (the q/k permutation or the qkv regrouping the
+    writer applied), must equal PEFT's delta B·A × scaling.
     Returns {problems, modules, max_delta_diff, max_delta}."""
     import numpy as np
 
     config, peft = load_peft(adapter_dir)
     keys, tensors = read_lora_gguf(path)
     problems = []
-    want = {"general.architecture": ARCHS[base.model_type][0], "general.type": "adapter", "adapter.type": "lora"}
+    want = {"general.architecture": base.arch.gguf_arch, "general.type": "adapter", "adapter.type": "lora"}
     for key, value in want.items():
         if keys.get(key) != value:
             problems.append(f"{key} is {keys.get(key)!r}, expected {value!r}")
@@ -259,9 +293,7 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
         if a.shape != a_peft.shape or b.shape != b_peft.shape:
             problems.append(f"{stem}: shapes {a.shape}/{b.shape}, expected {a_peft.shape}/{b_peft.shape}")
             continue
-        n = heads_for(_module(key), base)
-        if n is not None:
-            b = unpermute_rows(b, n)
+        b = from_gguf_rows(b, _module(key), base)
         ours = (b @ a) * (float(alpha or 0) / a.shape[0])
         theirs = (b_peft @ a_peft) * peft_scaling(config)
         max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
@@ -278,6 +310,6 @@ def verify_lora_gguf(path: Path, adapter_dir: Path, base: BaseShape) -> dict[str
     if max_diff > tol:
         problems.append(
             f"reconstructed delta differs from PEFT's by {max_diff:.3g} (tolerance {tol:.3g}): "
-            "wrong permutation or scaling"
+            "wrong row layout (q/k permutation or qkv regrouping) or scaling"
         )
     return {"problems": problems, "modules": modules, "max_delta_diff": max_diff, "max_delta": max_delta}

@@ -1,86 +1,47 @@
 """An Ollama Modelfile for an exported adapter: FROM the base, ADAPTER the GGUF, and the
-TEMPLATE and stop tokens taken from the tokenizer's own chat template (a missing template or
-stop token is what makes exported models run on or talk gibberish).
+TEMPLATE and stop tokens derived from the tokenizer's own chat template and checked against it
+(learning.serve.served): a missing or different template or stop token is what makes exported
+models run on or talk gibberish.
 
-Reads tokenizer_config.json (and chat_template.jinja) directly and renders the Jinja chat
-template the way transformers does, so it needs no torch or transformers.
+Needs no torch or transformers: the tokenizer files are read and the chat template rendered
+directly (learning.serve.chat_template).
 """
 
 from __future__ import annotations
 
 import json
 import unicodedata
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from learning.errors import InvalidInput, shown
+from learning.serve.chat_template import USR, gguf_add_bos, read_tokenizer
+from learning.serve.served import served_prompt
 
-# Sentinels rendered through the chat template, then replaced by Ollama's Go template fields.
-SYS, USR, ANS = "\x01LLSYS\x01", "\x01LLUSR\x01", "\x01LLANS\x01"
-# End-of-turn tokens of common families, used as stops when the tokenizer has them.
-KNOWN_EOT = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|end_of_text|>")
+__all__ = [
+    "USR",
+    "read_tokenizer",
+    "ollama_template",
+    "modelfile_text",
+    "plain_value",
+    "block_value",
+    "controls",
+    "write_ollama_files",
+    "own_engine_warning",
+]
 
-
-def _token_text(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def read_tokenizer(folder: Path) -> dict[str, Any]:
-    """chat_template, bos/eos and the added tokens of a tokenizer folder (empty when absent)."""
-    cfg_path = folder / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    template = cfg.get("chat_template")
-    if isinstance(template, list):  # named templates: take the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text()
-    added = {_token_text(t) for t in (cfg.get("added_tokens_decoder") or {}).values()}
-    tok_json = folder / "tokenizer.json"
-    if tok_json.exists():
-        added |= {t.get("content") for t in json.loads(tok_json.read_text()).get("added_tokens", [])}
-    return {
-        "chat_template": template,
-        "bos": _token_text(cfg.get("bos_token")),
-        "eos": _token_text(cfg.get("eos_token")),
-        "added": {a for a in added if a},
-    }
+# Ollama runs these on its own engine, which (at least up to Ollama 0.22) refuses LoRA adapters
+# when the model first loads ("loras are not yet implemented"), although `ollama create` accepts them.
+OLLAMA_OWN_ENGINE = ("gemma3", "gemma3_text", "qwen3")
 
 
-def _generation_tag():
-    """{% generation %}...{% endgeneration %} (marks assistant text for training): renders its body."""
-    from jinja2 import nodes
-    from jinja2.ext import Extension
-
-    class Generation(Extension):
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    return Generation
-
-
-def _render(template: str, messages: list[dict[str, str]], tok: dict[str, Any], generation: bool) -> str:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(message)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _generation_tag()]
-    )
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
-    return env.from_string(template).render(
-        messages=messages, add_generation_prompt=generation, bos_token=tok["bos"] or "", eos_token=tok["eos"] or ""
+def own_engine_warning(model_type: str | None) -> str | None:
+    if model_type not in OLLAMA_OWN_ENGINE:
+        return None
+    return (
+        f"Ollama runs {model_type} on its own engine, whose releases so far fail at load with 'loras are "
+        "not yet implemented': if yours does, serve adapter.gguf with llama.cpp (llama-server --lora) or "
+        "export 'merged'"
     )
 
 
@@ -90,40 +51,8 @@ def ollama_template(tok: dict[str, Any], prompt: str | None = None, raw: bool = 
     prompt: the role's instruction template with `{{ .Prompt }}` where the instruction goes, so
     a caller sends just the instruction; raw: the adapter was trained on plain prompt/completion
     text (no chat turns), so the template is that text alone."""
-    stops = [t for t in KNOWN_EOT if t in tok["added"] or t == tok["eos"]]
-    if tok["eos"] and tok["eos"] not in stops:
-        stops.insert(0, tok["eos"])
-    template = tok["chat_template"]
-    if raw or not template:
-        return (prompt or "{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}\n") + "{{ .Response }}", stops
-    user = (prompt or "{{ .Prompt }}").rstrip()  # chat rows carry the prompt right-stripped
-
-    def go(text: str) -> str:
-        if tok["bos"] and text.startswith(tok["bos"]):
-            text = text[len(tok["bos"]) :]  # the runtime adds BOS itself
-        return text.replace(SYS, "{{ .System }}").replace(USR, user)
-
-    plain = go(_render(template, [{"role": "user", "content": USR}], tok, True))
-    try:
-        with_system = go(
-            _render(template, [{"role": "system", "content": SYS}, {"role": "user", "content": USR}], tok, True)
-        )
-    except Exception:  # noqa: BLE001 - templates that refuse a system turn
-        with_system = None
-    body = (
-        plain
-        if not with_system or "{{ .System }}" not in with_system
-        else "{{ if .System }}" + with_system + "{{ else }}" + plain + "{{ end }}"
-    )
-    # What the template writes after an answer ends the turn: a stop string too.
-    try:
-        full = _render(template, [{"role": "user", "content": USR}, {"role": "assistant", "content": ANS}], tok, False)
-        after = full.split(ANS, 1)[1].strip()
-        if after and after.split()[0] not in stops:
-            stops.append(after.split()[0])
-    except Exception:  # noqa: BLE001
-        pass
-    return body + "{{ .Response }}", stops
+    served = served_prompt(tok, prompt, raw)
+    return served["template"], served["stops"]
 
 
 # ---- values written into the file ------------------------------------------------------------
@@ -170,9 +99,12 @@ def modelfile_text(
     parameters: dict[str, Any],
     prompt: str | None = None,
     raw: bool = False,
+    served: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The Modelfile, and the same content as the fields of Ollama's /api/create."""
-    template, stops = ollama_template(tok, prompt, raw)
+    """The Modelfile, and the same content as the fields of Ollama's /api/create. served: the
+    result of served_prompt (computed here when not given)."""
+    served = served or served_prompt(tok, prompt, raw, system)
+    template, stops = served["template"], served["stops"]
     lines = [
         "# Generated by learnloop: base + LoRA adapter. FROM must be the exact base the adapter was trained on.",
         f"FROM {plain_value(base, 'from_model (FROM)')}",
@@ -187,3 +119,26 @@ def modelfile_text(
         lines.append(f"PARAMETER stop {plain_value(stop, 'stop token (PARAMETER stop)', quoted=True)}")
     fields = {"template": template, "system": system, "parameters": {**parameters, "stop": stops}}
     return "\n".join(lines) + "\n", fields
+
+
+def write_ollama_files(
+    out: Path,
+    from_model: str,
+    tok: dict[str, Any],
+    system: str | None,
+    parameters: dict[str, Any],
+    prompt: str | None = None,
+    raw: bool = False,
+) -> dict[str, Any]:
+    """Modelfile and ollama.json (the /api/create fields) in `out`; the TEMPLATE is checked
+    against the chat template (served_prompt), with the BOS flag of FROM when it is a GGUF file."""
+    base_file = Path(from_model).expanduser()
+    add_bos = gguf_add_bos(base_file) if base_file.is_file() else None
+    served = served_prompt(tok, prompt, raw, system, add_bos)
+    text, fields = modelfile_text(from_model, "adapter.gguf", tok, system, parameters, prompt, raw, served)
+    (out / "Modelfile").write_text(text)
+    record = {**fields, "from": from_model, "adapter_file": "adapter.gguf"}
+    (out / "ollama.json").write_text(json.dumps(record, indent=2))
+    bos = {"bos": tok["bos"], "runtime_adds_bos": tok.get("add_bos", True) if add_bos is None else add_bos}
+    (out / "served-prompt.json").write_text(json.dumps({**bos, **served}, indent=2))
+    return {**served, "fields": fields}

@@ -18,8 +18,11 @@ if TYPE_CHECKING:  # httpx loads with the first deployment, not with the server
     import httpx
 
 from learning.errors import Conflict, InvalidInput, shown
-from learning.serve.export import export_adapter
+from learning.models.gguf_base import gguf_origin
+from learning.registry.adapters import get_adapter
+from learning.serve.export import export_adapter, resolve_base
 from learning.serve.modelfile import controls
+from learning.serve.served import LLAMACPP_TEMPLATE
 from learning.store import Store
 
 TIMEOUT = 10.0  # seconds to wait for an answer (connecting: CONNECT_TIMEOUT)
@@ -95,6 +98,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _blob(client: httpx.Client, path: Path) -> str:
+    """Upload a file to Ollama's blob store unless it holds it already; its digest."""
+    digest = "sha256:" + _sha256(path)
+    if call(client, "HEAD", f"/api/blobs/{digest}", "Ollama", allow=(404,)).status_code != 200:
+        with open(path, "rb") as handle:
+            call(client, "POST", f"/api/blobs/{digest}", "Ollama", content=handle, timeout=_timeout(SLOW))
+    return digest
+
+
 # ---- the three runtimes ---------------------------------------------------------------------
 
 
@@ -103,13 +115,13 @@ def deploy_ollama(client: httpx.Client, store: Store, adapter_id: str, name: str
     folder = Path(exported.out_dir)
     spec = json.loads((folder / "ollama.json").read_text())
     gguf_path = folder / spec["adapter_file"]
-    digest = "sha256:" + _sha256(gguf_path)
-    if call(client, "HEAD", f"/api/blobs/{digest}", "Ollama", allow=(404,)).status_code != 200:
-        with open(gguf_path, "rb") as handle:
-            call(client, "POST", f"/api/blobs/{digest}", "Ollama", content=handle, timeout=_timeout(SLOW))
+    digest = _blob(client, gguf_path)
+    # A base imported from a GGUF: Ollama's API takes the file itself as a blob, not its path.
+    base_file = Path(spec["from"]) if spec["from"].endswith(".gguf") and Path(spec["from"]).is_file() else None
+    base = {"files": {base_file.name: _blob(client, base_file)}} if base_file else {"from": spec["from"]}
     body = {
         "model": name,
-        "from": spec["from"],
+        **base,
         "adapters": {spec["adapter_file"]: digest},
         "template": spec["template"],
         "parameters": spec["parameters"],
@@ -161,7 +173,11 @@ def deploy_llamacpp(
 ) -> dict:
     exported = export_adapter(store, adapter_id, "gguf")
     gguf_path = str(Path(exported.out_dir) / "adapter.gguf")
-    command = ["llama-server", "-m", command_value(base_gguf or "BASE.gguf", "base_gguf"), "--lora", gguf_path]
+    base_gguf = base_gguf or gguf_origin(resolve_base(get_adapter(store, adapter_id))) or "BASE.gguf"
+    command = ["llama-server", "-m", command_value(base_gguf, "base_gguf"), "--lora", gguf_path]
+    template = Path(exported.out_dir) / LLAMACPP_TEMPLATE
+    if template.exists():  # the chat template training used, rendered by llama-server itself
+        command += ["--jinja", "--chat-template-file", str(template)]
     (Path(exported.out_dir) / "llama-server.txt").write_text(shlex.join(command) + "\n")
     if client is None:
         return {"artifact": gguf_path, "command": command, "served_name": served_name(adapter_id)}

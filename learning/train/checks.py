@@ -99,6 +99,7 @@ def check_base(base: str) -> tuple[list[str], dict, dict]:
             [],
             {"kind": "embedded", "size": size},
             dict(
+                model_type="llama",  # learning.models.tinybase builds Llama models
                 hidden_size=spec.hidden_size,
                 num_hidden_layers=spec.num_layers,
                 intermediate_size=spec.intermediate_size,

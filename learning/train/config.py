@@ -16,7 +16,11 @@ from learning.errors import InvalidInput
 Method = Literal["sft", "dpo", "kto"]
 Quantize = Literal["none", "4bit", "8bit", "auto"]
 Preset = Literal["light", "default", "heavy"]
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Words target_modules takes besides a list of names; the plan resolves them against the base's
+# own linear layers (learning/train/targets.py).
+TARGET_WORDS = ("auto", "all-linear", "attention")
+Switch = Literal["auto", "on", "off"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 
 
 class TrainConfig(BaseModel):
@@ -31,7 +35,10 @@ class TrainConfig(BaseModel):
     alpha: float = Field(default=32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | str = Field(
-        default_factory=lambda: list(ALL_LINEAR), description="Module names to adapt, or 'all-linear'."
+        default="auto",
+        description="Layers to adapt: 'auto' (the architecture's projections, else every linear layer but "
+        "the output head), 'all-linear', 'attention' (the attention projections), or a list of module names. "
+        "The plan resolves it to the base's exact layer names.",
     )
     learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
     epochs: float = Field(default=2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
@@ -50,14 +57,22 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every this many steps (the last two are kept).")
     logging_steps: int = Field(default=1, ge=1)
     packing: bool = Field(default=False, description="Pack rows into max_length sequences (SFT; faster on GPU).")
+    liger: Switch = Field(
+        default="auto",
+        description="Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) for SFT: auto = on a CUDA GPU when liger-kernel is installed.",
+    )
+    attention: Attention = Field(
+        default="auto",
+        description="Attention kernel: auto = flash_attention_2 on a CUDA GPU when flash-attn is installed, else transformers' default (sdpa).",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
         problems = []
         if self.method == "kto" and self.batch_size < 2:
             problems.append("KTO needs batch_size >= 2 (it compares rows within a batch).")
-        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
-            problems.append("target_modules must be a list of module names or 'all-linear'.")
+        if isinstance(self.target_modules, str) and self.target_modules not in TARGET_WORDS:
+            problems.append("target_modules must be 'auto', 'all-linear', 'attention' or a list of module names.")
         if isinstance(self.target_modules, list) and not self.target_modules:
             problems.append("target_modules is empty: name at least one module, e.g. q_proj.")
         if self.packing and self.method != "sft":
@@ -68,12 +83,12 @@ class TrainConfig(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Attention only, small rank: quick, least likely to forget what the base knew.
+    # Attention projections only, small rank: quick, least likely to forget what the base knew.
     "light": dict(
         rank=8,
         alpha=16,
         dropout=0.05,
-        target_modules=["q_proj", "v_proj"],
+        target_modules="attention",
         learning_rate=2e-4,
         epochs=1,
         batch_size=4,
@@ -81,7 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_length=1024,
     ),
     "default": {},
-    # Every linear projection at rank 64: most capacity, most memory.
+    # The default layers at rank 64: most capacity, most memory.
     "heavy": dict(
         rank=64, alpha=128, dropout=0.1, learning_rate=1e-4, epochs=3, batch_size=4, grad_accum=2, max_length=2048
     ),

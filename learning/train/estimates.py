@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from learning.models.architectures import linear_layers
 from learning.train.config import TrainConfig
 
 
@@ -16,14 +17,17 @@ def estimate_steps(rows: int, cfg: TrainConfig, num_processes: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * math.ceil(batches / cfg.grad_accum)))
 
 
-def _param_counts(config: dict, cfg: TrainConfig) -> tuple[int, int]:
-    """(base parameters, LoRA parameters) from a model config, for the estimates."""
+def _param_counts(config: dict, cfg: TrainConfig, shapes: dict[str, list[int]] | None = None) -> tuple[int, int]:
+    """(base parameters, LoRA parameters): from the weight files' shapes when known, else from
+    the model config (Llama-shaped projections)."""
+    if shapes:
+        return _counts_from_shapes(shapes, cfg.target_modules, cfg.rank)
     h = config.get("hidden_size") or 0
     n = config.get("num_hidden_layers") or 0
     inter = config.get("intermediate_size") or 4 * h
     heads = config.get("num_attention_heads") or 1
     kv = (config.get("num_key_value_heads") or heads) * (config.get("head_dim") or h // max(1, heads))
-    shapes = {
+    sizes = {
         "q_proj": (h, h),
         "k_proj": (h, kv),
         "v_proj": (h, kv),
@@ -33,11 +37,29 @@ def _param_counts(config: dict, cfg: TrainConfig) -> tuple[int, int]:
         "down_proj": (inter, h),
     }
     embed = (config.get("vocab_size") or 0) * h * (1 if config.get("tie_word_embeddings") else 2)
-    base = embed + n * sum(a * b for a, b in shapes.values())
+    base = embed + n * sum(a * b for a, b in sizes.values())
     targets = (
-        shapes if cfg.target_modules == "all-linear" else {k: v for k, v in shapes.items() if k in cfg.target_modules}
+        sizes if isinstance(cfg.target_modules, str) else {k: v for k, v in sizes.items() if k in cfg.target_modules}
     )
     lora = n * sum(cfg.rank * (a + b) for a, b in targets.values())
+    return base, lora
+
+
+def _counts_from_shapes(shapes: dict[str, list[int]], targets: list[str] | str, rank: int) -> tuple[int, int]:
+    """LoRA adds rank x (in + out) per adapted 2-D weight; "all-linear" counts every linear layer."""
+    base = sum(math.prod(shape) for shape in shapes.values())
+    linear = set(linear_layers(shapes))
+    lora = 0
+    for name, shape in shapes.items():
+        if not name.endswith(".weight") or len(shape) != 2:
+            continue
+        module = name[: -len(".weight")]
+        if isinstance(targets, str):
+            adapted = module.rsplit(".", 1)[-1] in linear
+        else:
+            adapted = any(module == t or module.endswith("." + t) for t in targets)
+        if adapted:
+            lora += rank * (shape[0] + shape[1])
     return base, lora
 
 
@@ -53,10 +75,15 @@ def avg_row_tokens(path: Path, max_length: int) -> int:
 
 
 def estimate_run(
-    config: dict, cfg: TrainConfig, steps: int, row_tokens: int, num_processes: int
+    config: dict,
+    cfg: TrainConfig,
+    steps: int,
+    row_tokens: int,
+    num_processes: int,
+    shapes: dict[str, list[int]] | None = None,
 ) -> tuple[int, float, float, int]:
     """(tokens, seconds, MiB per process, LoRA parameters): rough, for the plan."""
-    base, lora = _param_counts(config, cfg)
+    base, lora = _param_counts(config, cfg, shapes)
     factor = 2 if cfg.method in ("dpo", "kto") else 1  # chosen and rejected, or policy and reference
     tokens = steps * cfg.batch_size * cfg.grad_accum * num_processes * row_tokens * factor
     flops = 6 * base * tokens  # forward + backward through the frozen base dominates

@@ -19,12 +19,15 @@ from learning.errors import Conflict, InvalidInput, LearnloopError, check
 from learning.home import subdir
 from learning.jobs.manage import start_job
 from learning.jobs.queries import active_job_rows
+from learning.models.architectures import export_formats
+from learning.models.gguf_base import find_imported, gguf_origin
 from learning.registry import adapters as registry
 from learning.registry.queries import adapter_row
 from learning.store import Store, loads
 from learning.train.checks import EMBEDDED_PREFIX, check_arguments, check_base, check_dataset, resolve_adapter_id
 from learning.train.config import Preset, TrainConfig, build_config
 from learning.train.estimates import avg_row_tokens, estimate_run, estimate_steps
+from learning.train.targets import export_notes, read_shapes, resolve_targets
 
 DEFAULT_BASE = "embedded:small"
 # The embedded bases are tiny and were measured to need a high learning rate (demo-feasibility).
@@ -45,6 +48,14 @@ class TrainPlan(BaseModel):
     est_memory_mb: float = Field(description="Rough estimate of peak memory per process.")
     num_processes: int
     resume: bool
+    target_modules: list[str] | str = Field(
+        default="all-linear",
+        description="The layers the adapter will adapt, resolved against the base's own linear layers "
+        "(also in config); 'all-linear' only when neither the weights nor the architecture are known.",
+    )
+    export_formats: list[str] = Field(
+        default_factory=list, description="The formats export_adapter can write for this base (known before training)."
+    )
     notes: list[str] = Field(default_factory=list)
 
 
@@ -68,7 +79,8 @@ def train_adapter(
     base: Annotated[
         str | None,
         Field(
-            description="Base model: a local folder, a hub id, or embedded:tiny / embedded:small. "
+            description="Base model: a local folder, a hub id, embedded:tiny / embedded:small, or a base "
+            "imported from a GGUF (import_base): its id or the .gguf path. "
             "Default: the embedded small base, built on first use."
         ),
     ] = None,
@@ -78,13 +90,15 @@ def train_adapter(
     ] = "sft",
     preset: Annotated[
         Preset,
-        Field(description="light r=8 (attention only), default r=16, heavy r=64 (all projections)."),
+        Field(
+            description="light r=8 (attention projections), default r=16, heavy r=64 (the default layers: target_modules auto)."
+        ),
     ] = "default",
     overrides: Annotated[
         dict[str, Any] | None,
         Field(
             description="Any hyper-parameter by name: rank, alpha, dropout, target_modules, learning_rate, "
-            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing."
+            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing, liger, attention."
         ),
     ] = None,
     quantize: Annotated[
@@ -124,17 +138,25 @@ def train_adapter(
     explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
     config_problems, cfg = _train_config(previous, base, preset, overrides, explicit, notes)
     problems += config_problems
-    base_problems, base_ref, model_config = check_base(base)
+    base_problems, base_ref, model_config = _check_base(store, base, notes)
     problems += base_problems
+    shapes = read_shapes(_base_folder(store, base_ref), notes) if not base_problems else None
+    if cfg is not None and not base_problems:
+        target_problems, targets = resolve_targets(cfg.target_modules, model_config.get("model_type"), shapes, notes)
+        problems += target_problems
+        cfg = cfg.model_copy(update={"target_modules": targets}) if targets is not None else cfg
     ds_problems, ds = check_dataset(store, dataset_id, role, cfg.method if cfg else method)
     problems += ds_problems
     check(problems, "Cannot train:")
     assert cfg is not None and ds is not None  # else there were problems and check() raised
     _note_unbuilt_base(store, base_ref, notes)
+    formats = export_formats(model_config.get("model_type"))
+    export_notes(model_config.get("model_type"), formats, notes)
 
     steps = estimate_steps(ds["train_rows"], cfg, num_processes)
+    row_tokens = avg_row_tokens(Path(ds["abs_path"]) / "train.jsonl", cfg.max_length)
     tokens, est_time, est_memory, lora_params = estimate_run(
-        model_config, cfg, steps, avg_row_tokens(Path(ds["abs_path"]) / "train.jsonl", cfg.max_length), num_processes
+        model_config, cfg, steps, row_tokens, num_processes, shapes
     )
     cfg = _choose_quantization(cfg, est_memory, notes)
     _check_disk(store, lora_params)
@@ -152,6 +174,8 @@ def train_adapter(
         est_memory_mb=est_memory,
         num_processes=num_processes,
         resume=resume,
+        target_modules=cfg.target_modules,
+        export_formats=formats,
         notes=notes,
     )
     if dry_run:
@@ -178,12 +202,40 @@ def _train_config(
         return exc.problems or [str(exc)], None
 
 
+def _check_base(store: Store, base: str, notes: list[str]) -> tuple[list[str], dict, dict]:
+    """check_base, for a base imported from a GGUF (its id or the GGUF's path) on its folder."""
+    folder, problem = find_imported(store.home, base)
+    if problem:
+        return [problem], {}, {}
+    if folder is None:
+        return check_base(base)
+    problems, base_ref, config = check_base(str(folder))
+    gguf = gguf_origin(folder)
+    notes.append(f"base {folder.name}: imported from {gguf}; Ollama and llama.cpp exports point at that file")
+    return problems, {**base_ref, "imported_as": folder.name, "gguf": gguf}, config
+
+
 def _note_unbuilt_base(store: Store, base_ref: dict, notes: list[str]) -> None:
     if base_ref["kind"] == "embedded":
         from learning.models.tinybase import base_dir, read_info
 
         if read_info(base_dir(store.home, base_ref["size"])) is None:
             notes.append(f"the embedded {base_ref['size']} base is built first (about a minute or two on a CPU)")
+
+
+def _base_folder(store: Store, base_ref: dict) -> Path | None:
+    """The folder whose weight files say which layers the base has, where there is one on disk."""
+    if base_ref["kind"] == "embedded":
+        from learning.models.tinybase import base_dir, read_info
+
+        folder = base_dir(store.home, base_ref["size"])
+        return folder if read_info(folder) is not None else None  # unbuilt: llama's defaults stand in
+    if base_ref["kind"] == "path":
+        return Path(base_ref["ref"])
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(base_ref["ref"], "config.json", revision=base_ref.get("revision"))
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def _choose_quantization(cfg: TrainConfig, est_memory_mb: float, notes: list[str]) -> TrainConfig:
@@ -235,7 +287,10 @@ def _start(store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, ex
     try:
         job_id = start_job(store, "train", "learning.train.recipe:run_job", job_params, subject=adapter_id)
     except Exception:
-        registry.move(store, adapter_id, "failed", "learnloop", "the training job could not start")
+        if previous is not None:
+            registry.move(store, adapter_id, "failed", "learnloop", "the training job could not start")
+        else:  # nothing was trained: nothing stays in the registry
+            registry.forget_unstarted(store, adapter_id)
         raise
     return TrainStarted(
         job_id=job_id, adapter_id=adapter_id, dry_run=False, plan=plan.model_copy(update={"adapter_id": adapter_id})

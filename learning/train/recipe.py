@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,15 @@ from learning.clock import iso
 from learning.data.chat_loss import assistant_only_rows, has_generation_markers
 from learning.data.control_tokens import control_strings, escape_rows
 from learning.data.formats import training_rows
+from learning.errors import InvalidInput, LearnloopError
 from learning.jobs.manage import JobCancelled, JobContext, die_with_parent
 from learning.jobs.queries import job_row
 from learning.models.fingerprint import base_fingerprint
-from learning.store import Store, loads
+from learning.store import Store, dumps, loads
 from learning.train.checkpoints import move_aside, newest_intact, skipped_message
 from learning.train.progress import ProgressCallback
+from learning.train.speed import liger_enabled, model_kwargs, needs_checkpointing
+from learning.train.targets import adapted_mismatch, adapted_modules
 
 
 def run_job(ctx: JobContext) -> dict[str, Any]:
@@ -46,10 +50,25 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
         with ctx.store.write() as conn:
             set_adapter_status(conn, p["adapter_id"], "training", "failed", "learnloop", str(exc))
         raise
+    except Exception as exc:
+        # Failed before its first step (loading the base, wrapping it with LoRA): nothing to resume,
+        # so nothing stays in the registry. After that it stays failed, for resume.
+        if ctx._progress.get("stage") not in ("train", "done") and registry.forget_unstarted(
+            ctx.store, p["adapter_id"]
+        ):
+            traceback.print_exc()
+            cause = str(exc) if isinstance(exc, LearnloopError) else f"{type(exc).__name__}: {exc}"
+            raise LearnloopError(
+                f"{cause.rstrip('.')}. Nothing was trained: adapter {p['adapter_id']} was removed from the "
+                "registry. Fix the cause and call train_adapter again (the job's log has the traceback)."
+            ) from exc
+        raise
     registry.move(ctx.store, p["adapter_id"], "trained", "learnloop", f"trained by job {ctx.job_id}")
     registry.set_metrics(ctx.store, p["adapter_id"], result["metrics"])
-    if result.get("base_hash"):
-        with ctx.store.write() as conn:
+    params = {**registry.get_adapter(ctx.store, p["adapter_id"]).params, "adapted_modules": result["adapted_modules"]}
+    with ctx.store.write() as conn:
+        update_adapter_fields(conn, p["adapter_id"], params=dumps(params))
+        if result.get("base_hash"):
             update_adapter_fields(conn, p["adapter_id"], base_hash=result["base_hash"])
     return result
 
@@ -186,19 +205,12 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     if loss_on and rank0:
         ctx.log(f"[learnloop] loss on {loss_on}")
 
-    # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it.
+    # 3. The model, 4-/8-bit when asked (QLoRA), float32 on CPU, bfloat16 on a GPU that has it,
+    #    with the fastest attention kernel installed (learning.train.speed).
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    model_kwargs: dict[str, Any] = {"dtype": dtype}
-    if cfg["quantize"] in ("4bit", "8bit"):
-        model_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=cfg["quantize"] == "4bit",
-            load_in_8bit=cfg["quantize"] == "8bit",
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True,
-        )
-    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
+    load = model_kwargs(cfg, cuda)
+    dtype = load["dtype"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **load)
 
     # 4. LoRA on the chosen projections; TRL wraps the model with it.
     lora = LoraConfig(
@@ -211,7 +223,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     )
 
     # 5. Trainer arguments shared by the three methods.
-    common = _trainer_args(cfg, ckpt_dir, cuda, dtype == torch.bfloat16, _needs_checkpointing(model))
+    common = trainer_args(cfg, ckpt_dir, cuda, dtype == torch.bfloat16, needs_checkpointing(model))
     callback = ProgressCallback(ctx, rank0)
     inputs: dict[str, Any] = dict(
         model=model,
@@ -224,6 +236,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         args = SFTConfig(
             **common,
             packing=cfg["packing"],
+            use_liger_kernel=liger_enabled(cfg, cuda),
             assistant_only_loss="messages" in dataset.column_names and has_generation_markers(tokenizer.chat_template),
         )
         trainer = SFTTrainer(args=args, **inputs)
@@ -232,7 +245,13 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     else:
         trainer = KTOTrainer(args=KTOConfig(**common, beta=cfg["beta"]), **inputs)
 
-    # 6. Train, from the newest intact checkpoint when resuming (torn ones are skipped and said).
+    # 6. PEFT adapted what the plan says (learning.train.targets), or nothing trains.
+    adapted = adapted_modules(trainer.model)
+    mismatch = adapted_mismatch(cfg["target_modules"], adapted)
+    if mismatch:
+        raise InvalidInput(mismatch)
+
+    # 7. Train, from the newest intact checkpoint when resuming (torn ones are skipped and said).
     resume_from, skipped = newest_intact(ckpt_dir)  # read-only: every process finds the same one
     if skipped and rank0:
         move_aside(ckpt_dir, skipped)
@@ -246,7 +265,7 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
             (out / "cancelled.json").write_text(json.dumps({"step": callback.cancelled_at}))
         raise JobCancelled(_cancel_message(p, callback.cancelled_at))
 
-    # 7. Save the adapter, the tokenizer and what produced them.
+    # 8. Save the adapter, the tokenizer and what produced them.
     if not trainer.is_world_process_zero():
         return None
     trainer.save_model(str(out))
@@ -254,7 +273,11 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     metrics = {**_run_metrics(trainer, output, callback, len(dataset), cuda), "rows_escaped": rows_escaped}
     if loss_on:
         metrics["loss_on"] = loss_on
-    metadata = {**_metadata(p, base_path, metrics, started, resumed_from=resume_from), "checkpoints_skipped": skipped}
+    metadata = {
+        **_metadata(p, base_path, metrics, started, resumed_from=resume_from),
+        "checkpoints_skipped": skipped,
+        "adapted_modules": adapted,
+    }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
     base_id = metadata["base_model"].get("sha256") or metadata["base_model"].get("revision")
@@ -265,10 +288,11 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         "base_hash": base_id,
         "resumed_from": resume_from,
         "checkpoints_skipped": skipped,
+        "adapted_modules": adapted,
     }
 
 
-def _trainer_args(cfg: dict, ckpt_dir: Path, cuda: bool, bf16: bool, gradient_checkpointing: bool) -> dict[str, Any]:
+def trainer_args(cfg: dict, ckpt_dir: Path, cuda: bool, bf16: bool, gradient_checkpointing: bool) -> dict[str, Any]:
     """The trainer arguments SFT, DPO and KTO share, from the adapter's configuration."""
     return dict(
         output_dir=str(ckpt_dir),
@@ -332,11 +356,6 @@ def _resolve_base(ctx: JobContext) -> str:
         ctx.progress(force=True, stage="building base", message=f"building the embedded {base['size']} base model")
     # A file lock inside makes concurrent processes build it once.
     return ensure_base(ctx.store, base["size"], log=ctx.log).path
-
-
-def _needs_checkpointing(model) -> bool:
-    """Gradient checkpointing only pays for itself on big models; tiny ones just get slower."""
-    return sum(p.numel() for p in model.parameters()) > 500_000_000
 
 
 def _final_loss(trainer, output) -> float | None:
