@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from learning.models.generate import END_OF_TURN
 from learning.serve import gotemplate as gt
 from learning.serve.chat_template import ANS, SYS, USR, try_render, wrap_user
 
-# End-of-turn tokens of common families, used as stops when the tokenizer has them.
-KNOWN_EOT = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|end_of_text|>")
 PROMPT = "{{ .Prompt }}"
 LLAMACPP_TEMPLATE = "chat_template.jinja"  # written beside adapter.gguf for llama-server --chat-template-file
 U1, U2, A1 = USR + "1", USR + "2", ANS + "1"
@@ -49,7 +48,7 @@ SAMPLES: list[list[dict[str, str]]] = [
 
 def stop_strings(tok: dict[str, Any]) -> list[str]:
     """eos, the end-of-turn tokens the tokenizer has, and what the template writes after an answer."""
-    stops = [t for t in KNOWN_EOT if t in tok["added"] or t == tok["eos"]]
+    stops = [t for t in END_OF_TURN if t in tok["added"] or t == tok["eos"]]
     if tok["eos"] and tok["eos"] not in stops:
         stops.insert(0, tok["eos"])
     if tok["chat_template"]:
