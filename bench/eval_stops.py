@@ -1,8 +1,9 @@
 """Evaluation time with and without serving's stops.
 
     python bench/eval_stops.py [--size tiny] [--rows 16] [--max-new-tokens 128] [--repeats 2]
+    python bench/eval_stops.py --base FOLDER ...   # a real chat model, e.g. one `learnloop base import` made
 
-Builds the embedded base, puts an untrained LoRA adapter on it (its answers are the base's),
+Builds the embedded base (or takes --base, whose rows are then chat turns), puts an untrained LoRA adapter on it (its answers are the base's),
 writes a coder dataset whose prompts are rendered with the builtin coder template, and runs the
 evaluation job (the same code path as evaluate_adapter) with `serving_stops` on and off,
 alternating, `--repeats` times each. Reports each job's evaluation time (EvalConfig's
@@ -32,7 +33,7 @@ TASKS = [
 ]
 
 
-def dataset(store, rows: int) -> str:
+def dataset(store, rows: int, chat: bool) -> str:
     from learning.data.datasets import content_hash, insert_dataset
     from learning.data.templates import BUILTIN, render
 
@@ -41,14 +42,17 @@ def dataset(store, rows: int) -> str:
     data = []
     for i in range(rows):
         prompt = render(BUILTIN["coder"], {"instruction": TASKS[i % len(TASKS)].format(i=i)})
-        data.append({"prompt": prompt, "completion": f"def f_{i}(x):\n    return x + {i}\n"})
+        answer = f"def f_{i}(x):\n    return x + {i}\n"
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        data.append({"messages": turns} if chat else {"prompt": prompt, "completion": answer})
     for name in ("train", "test"):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
     meta = {"id": "ds-stops", "role": "coder", "template": {"source": "builtin", "text": BUILTIN["coder"]}}
     (folder / "metadata.json").write_text(json.dumps(meta))
     insert_dataset(
         store,
-        dict(id="ds-stops", role="coder", kind="sft", format="prompt_completion", created=time.time())
+        dict(id="ds-stops", role="coder", kind="sft", format="messages" if chat else "prompt_completion")
+        | dict(created=time.time())
         | dict(path=str(folder), train_rows=rows, test_rows=rows, content_hash=content_hash(folder)),
     )
     return "ds-stops"
@@ -98,6 +102,7 @@ def evaluate(store, adapter_id: str, serving_stops: bool, rows: int, max_new_tok
 def main() -> None:
     parser = argparse.ArgumentParser(description="Evaluation time with and without serving's stops.")
     parser.add_argument("--size", default="tiny")
+    parser.add_argument("--base", help="a Hugging Face model folder with a chat template (default: the embedded base)")
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
@@ -109,9 +114,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "home")
         t0 = time.perf_counter()
-        base = Path(ensure_base(store, args.size).path)
-        print(f"embedded {args.size} base ready in {time.perf_counter() - t0:.1f}s")
-        dataset(store, args.rows)
+        base = Path(args.base).resolve() if args.base else Path(ensure_base(store, args.size).path)
+        print(f"base {base.name} ready in {time.perf_counter() - t0:.1f}s")
+        dataset(store, args.rows, chat=bool(args.base))
         adapter_id = adapter(store, base)
         runs: dict[bool, list[dict]] = {False: [], True: []}
         for _ in range(args.repeats):

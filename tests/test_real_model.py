@@ -125,6 +125,24 @@ def test_exports_point_at_the_gguf_and_serve_the_trained_prompt(trained):
     assert "--chat-template-file" in deployed.command
 
 
+def test_evaluation_stops_where_serving_stops(trained):
+    """An evaluation on the real chat model: answers end at <|im_end|> (well before
+    max_new_tokens), and sanity prompts are asked inside the chat template, as served."""
+    from learning.evaluate import evaluation
+
+    store, _, adapter = trained
+    started = evaluation.evaluate_adapter(store, adapter.id, max_generate=2, max_new_tokens=40, batch_size=2)
+    status = jobs.wait_job(store, started.job_id, timeout=900)  # type: ignore[arg-type]
+    assert status.status == "succeeded", (status.error, status.log_tail)
+    folder = Path(adapter.path) / "eval"
+    m = json.loads((folder / "metrics.json").read_text())
+    assert "<|im_end|>" in m["stops"]["tokens"] and m["generated"] == 2
+    sanity = json.loads((folder / "sanity_responses.json").read_text())
+    assert sanity and all(s["served"].startswith("<|im_start|>") for s in sanity)
+    assert all(s["served"].endswith("<|im_start|>assistant\n") for s in sanity)
+    assert not any("<|im_end|>" in s[side] for s in sanity for side in ("adapter", "base"))
+
+
 def test_merged_export_passes_at_f32_and_f16(trained):
     store, _, adapter = trained
     for dtype in ("f32", "f16"):
