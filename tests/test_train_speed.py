@@ -66,3 +66,20 @@ def test_load_arguments_load_a_real_model_with_the_chosen_attention(tmp_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, **kwargs)
     assert model.config._attn_implementation == "eager"
     assert needs_checkpointing(model) is False  # a few thousand parameters
+
+
+def test_the_plan_refuses_a_speed_feature_whose_package_is_missing(tmp_path):
+    """Refused before any job starts, with the package to install (neither is installed here)."""
+    from learning.store import Store
+    from learning.train.launch import train_adapter
+    from learning.train.speed import missing_packages
+    from tests.train_helpers import make_dataset
+
+    if not missing_packages(cfg(liger="on", attention="flash_attention_2")):
+        pytest.skip("liger-kernel and flash-attn are both installed here")
+    store = Store(tmp_path / "home")
+    make_dataset(store)
+    with pytest.raises(InvalidInput) as info:
+        train_adapter(store, "coder", "ds-coder", base="embedded:tiny", overrides={"liger": "on"}, dry_run=True)
+    assert "liger-kernel" in str(info.value.problems)
+    store.close()

@@ -27,6 +27,7 @@ from learning.store import Store, loads
 from learning.train.checks import EMBEDDED_PREFIX, check_arguments, check_base, check_dataset, resolve_adapter_id
 from learning.train.config import Preset, TrainConfig, build_config
 from learning.train.estimates import avg_row_tokens, estimate_run, estimate_steps
+from learning.train.speed import missing_packages
 from learning.train.targets import export_notes, read_shapes, resolve_targets
 
 DEFAULT_BASE = "embedded:small"
@@ -137,7 +138,7 @@ def train_adapter(
     base = base or previous_base
     explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
     config_problems, cfg = _train_config(previous, base, preset, overrides, explicit, notes)
-    problems += config_problems
+    problems += config_problems + (missing_packages(cfg.model_dump()) if cfg is not None else [])
     base_problems, base_ref, model_config = _check_base(store, base, notes)
     problems += base_problems
     shapes = read_shapes(_base_folder(store, base_ref), notes) if not base_problems else None

@@ -48,6 +48,19 @@ def liger_enabled(cfg: dict, cuda: bool) -> bool:
     return available
 
 
+def missing_packages(cfg: dict) -> list[str]:
+    """For the plan, before any job starts: the speed features asked for by name whose package is
+    not installed (whether a CUDA GPU is there only the job can tell: the server never imports torch)."""
+    problems = []
+    if cfg.get("liger") == "on" and not _installed("liger_kernel"):
+        problems.append("liger=on needs the liger-kernel package (pip install liger-kernel) and a CUDA GPU.")
+    if cfg.get("attention") == "flash_attention_2" and not _installed("flash_attn"):
+        problems.append(
+            "attention=flash_attention_2 needs the flash-attn package (pip install flash-attn) and a CUDA GPU."
+        )
+    return problems
+
+
 def model_kwargs(cfg: dict, cuda: bool) -> dict[str, Any]:
     """from_pretrained's arguments: dtype, quantisation when asked (nf4 with double quantisation
     for 4bit), and the attention kernel."""
