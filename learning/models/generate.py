@@ -139,9 +139,13 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
 
 
 def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int):
-    """A StoppingCriteria that marks each row done once its new text contains a stop string."""
+    """A StoppingCriteria that marks each row done once its new text contains a stop string.
+    Only the last tokens are decoded each step: a stop string of n characters that has just
+    appeared lies within the last n tokens (an earlier one would have ended the row already)."""
     import torch
     from transformers import StoppingCriteria
+
+    window = max(len(s) for s in stop) + 1
 
     class StopOnStrings(StoppingCriteria):
         def __init__(self):
@@ -152,7 +156,8 @@ def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int):
                 self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             for row in range(input_ids.shape[0]):
                 if not self.done[row]:
-                    text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
+                    tail = input_ids[row, max(prompt_len, input_ids.shape[1] - window) :]
+                    text = tokenizer.decode(tail, skip_special_tokens=True)
                     self.done[row] = any(s in text for s in stop if s)
             return self.done.clone()
 
