@@ -60,13 +60,19 @@ def test_a_database_of_the_schema_before_keeps_every_row_and_index(tmp_path):
     assert store.schema_version() == len(MIGRATIONS)
     with store.read() as conn:
         assert [tuple(r) for r in conn.execute("SELECT * FROM runs ORDER BY id")] == before
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")}
+        names = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")
+        }
         assert indexes <= names and "runs_import_key" in names
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         with pytest.raises(sqlite3.IntegrityError):  # the import key is still unique
-            conn.execute("INSERT INTO runs (ts, agent, role, task_key, output, import_key) VALUES (1, 'a', 'c', 'k', 'o', 'abc:1')")
+            conn.execute(
+                "INSERT INTO runs (ts, agent, role, task_key, output, import_key) VALUES (1, 'a', 'c', 'k', 'o', 'abc:1')"
+            )
         with pytest.raises(sqlite3.IntegrityError):  # and a reward still within [0, 1]
-            conn.execute("INSERT INTO runs (ts, agent, role, task_key, output, reward) VALUES (1, 'a', 'c', 'k', 'o', 2)")
+            conn.execute(
+                "INSERT INTO runs (ts, agent, role, task_key, output, reward) VALUES (1, 'a', 'c', 'k', 'o', 2)"
+            )
     assert runs.get_run(store, 1).tests == ["assert x == 1"]
     new = runs.log_run(store, {"role": "coder", "output": "x = 4"}).run_id
     assert new == 4 and runs.get_run(store, new).reward is None
@@ -153,9 +159,7 @@ def test_mcp_pending_then_scored_and_errors(home):
             for bad in (1.5, "0.5", True):
                 refused = await client.call_tool("log_reward", {"run_id": run_id, "reward": bad})
                 assert refused.is_error and "reward" in text_of(refused.content[0])
-            ok = await client.call_tool(
-                "log_reward", {"run_id": run_id, "reward": 0.75, "signals": {"compiled": True}}
-            )
+            ok = await client.call_tool("log_reward", {"run_id": run_id, "reward": 0.75, "signals": {"compiled": True}})
             assert not ok.is_error and ok.structured_content["previous_reward"] is None
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["pending"] == 0 and stats["groups"][0]["mean_reward"] == 0.75

@@ -357,7 +357,9 @@ def rescored(old_reward: float | None, signals: dict, meta: dict, new: RewardIn,
     for name, value in (("signals", merged), ("meta", meta)):
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         if len(text) > LIMITS[name]:
-            raise InvalidInput(f"The run's {name} would be {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}.")
+            raise InvalidInput(
+                f"The run's {name} would be {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}."
+            )
         out.append(text)
     return out[0], out[1]
 
