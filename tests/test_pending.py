@@ -182,3 +182,22 @@ def test_cli_reward(home):
     assert (again["reward"], again["previous_reward"]) == (1.0, 0.5)
     stats = json.loads(run_cli("stats", "--json", home=home).stdout)
     assert stats["pending"] == 0 and stats["groups"][0]["mean_reward"] == 1.0
+
+
+def test_experiment_arms_count_a_run_once_it_is_scored(store):
+    from learning.registry import adapters as registry
+    from learning.routing import experiments, router
+
+    for adapter_id in ("prod", "cand"):
+        registry.create_adapter(store, adapter_id, "coder", "tiny-llama", f"/adapters/{adapter_id}", status="candidate")
+    registry.set_production(store, "prod", "test", "test")
+    experiments.start_experiment(store, "coder", "cand", "canary", fraction=0.5, seed=1)
+    picked = router.select_adapter(store, "coder", task_key="task-0")
+    arm = picked.arm
+    assert arm is not None  # an experiment runs on the route
+    run_id = runs.log_run(store, {"role": "coder", "output": "x", "decision_id": picked.decision_id}).run_id
+    arms = {a.arm: a for a in experiments.list_experiments(store, "coder")[0].arms}
+    assert arms[arm].runs == 0 and arms[arm].mean_reward is None
+    log_reward(store, run_id, 0.5)
+    arms = {a.arm: a for a in experiments.list_experiments(store, "coder")[0].arms}
+    assert arms[arm].runs == 1 and arms[arm].mean_reward == 0.5
