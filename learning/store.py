@@ -207,6 +207,43 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN import_key TEXT;
     CREATE UNIQUE INDEX runs_import_key ON runs(import_key)
     """,
+    # 7 (pending rewards): a run's reward may be NULL, "pending": the run is recorded now and
+    # scored later (log_reward). SQLite cannot drop a NOT NULL, so the table is rebuilt with
+    # every row, id and index kept.
+    """
+    CREATE TABLE runs_new (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        agent TEXT NOT NULL,
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        task_key TEXT NOT NULL,
+        instruction TEXT NOT NULL DEFAULT '',
+        input TEXT NOT NULL DEFAULT '',
+        output TEXT NOT NULL,
+        reward REAL CHECK (reward IS NULL OR (reward >= 0 AND reward <= 1)),
+        signals TEXT NOT NULL DEFAULT '{}',
+        model TEXT,
+        adapter_id TEXT,
+        decision_id TEXT,
+        meta TEXT NOT NULL DEFAULT '{}',
+        tests TEXT,
+        import_key TEXT
+    );
+    INSERT INTO runs_new (id, ts, agent, role, task_type, complexity, task_key, instruction, input,
+                          output, reward, signals, model, adapter_id, decision_id, meta, tests, import_key)
+        SELECT id, ts, agent, role, task_type, complexity, task_key, instruction, input,
+               output, reward, signals, model, adapter_id, decision_id, meta, tests, import_key
+        FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_new RENAME TO runs;
+    CREATE INDEX runs_role_ts ON runs(role, ts);
+    CREATE INDEX runs_adapter_ts ON runs(adapter_id, ts);
+    CREATE INDEX runs_task_key ON runs(task_key);
+    CREATE INDEX runs_role_reward ON runs(role, reward DESC);
+    CREATE UNIQUE INDEX runs_import_key ON runs(import_key)
+    """,
 ]
 
 

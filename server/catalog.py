@@ -19,6 +19,7 @@ from learning.registry import adapters as registry
 from learning.registry import folders
 from learning.routing import drift, experiments, lifecycle, reward_plot, router
 from learning.runs import record as runs
+from learning.runs import rewards
 from learning.runs import stats as runstats
 from learning.runs.schema import RunIn
 from learning.serve import deploy, export
@@ -77,6 +78,14 @@ VERBS: list[Verb] = [
         "append",
         request=RunIn,
         cli=CliShape(stdin=("output",), render="logged"),
+    ),
+    Verb(
+        rewards.log_reward,
+        "log_reward",
+        "reward",
+        "Score a run logged before",
+        "append",
+        cli=CliShape(arguments=("run_id", "reward"), render="rewarded"),
     ),
     Verb(
         scoring.run_code_tests,

@@ -13,6 +13,11 @@ def logged(r: Any) -> None:
     console.print(f"logged run [bold]{r.run_id}[/] (task_key {r.task_key})")
 
 
+def rewarded(r: Any) -> None:
+    was = "was pending" if r.previous_reward is None else f"replacing {fmt(r.previous_reward)}"
+    console.print(f"run [bold]{r.run_id}[/] scored {fmt(r.reward)} ({was}; role {r.role})", highlight=False)
+
+
 def code_score(r: Any) -> None:
     color = "green" if r.total and r.passed == r.total else "red"
     console.print(
@@ -39,11 +44,13 @@ def imported(r: Any) -> None:
 
 
 def run_stats(r: Any) -> None:
-    table = Table(title=f"{r.total_runs} runs")
+    title = f"{r.total_runs} runs" + (f", {r.pending} pending (not scored yet)" if r.pending else "")
+    table = Table(title=title)
     for col in (
         "role",
         "adapter",
         "runs",
+        "pending",
         "mean reward",
         "compile rate",
         "test pass rate",
@@ -56,6 +63,7 @@ def run_stats(r: Any) -> None:
             fmt(g.role),
             fmt(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
             str(g.runs),
+            str(g.pending),
             fmt(g.mean_reward),
             fmt(g.compile_rate),
             fmt(g.test_pass_rate),

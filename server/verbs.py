@@ -105,7 +105,7 @@ def arguments(verb: Verb) -> list[Argument]:
             # A number stays a number: no true for 1.0, no "0.5" for 0.5.
             hint = (
                 typing.Annotated[annotation, info, Strict()]
-                if annotation is float
+                if annotation in (float, float | None)
                 else typing.Annotated[annotation, info]
             )
             out.append(Argument(name, hint, info, default))

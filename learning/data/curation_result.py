@@ -216,11 +216,11 @@ def _too_few(
             f"No runs of role {role!r}. Roles with runs: "
             f"{', '.join(f'{r} ({n})' for r, n in with_runs.items()) or 'none'}. Log runs with log_run first."
         )
-    steps = [
-        f"{f.step} {_show(filters.get(f.step))}: {f.runs_left}" if f.step != "role" else f"role {role}: {f.runs_left}"
-        for f in funnel
-    ]
+    named = {"role": f"role {role}", "scored": "scored (pending runs left out)"}
+    steps = [f"{named.get(f.step) or f'{f.step} {_show(filters.get(f.step))}'}: {f.runs_left}" for f in funnel]
     first_short = next((f.step for f in funnel if f.runs_left < min_rows), None)
+    if first_short == "scored":
+        extra += "; score pending runs with log_reward (learnloop reward RUN_ID REWARD)"
     return InvalidInput(
         f"Too few rows for role {role!r}: {kept} kept, at least {min_rows} needed. Runs left after each filter: "
         + " -> ".join(steps)

@@ -1,5 +1,8 @@
 """The SQL of curation: a curation's filters as WHERE fragments over the runs table, the runs
-that pass them (streamed), and the funnel (how many runs are left after each filter)."""
+that pass them (streamed), and the funnel (how many runs are left after each filter).
+
+Runs not scored yet (reward NULL: pending, see log_reward) never reach curation: the funnel
+shows them dropped at a step named 'scored' when a role has any."""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ _FUNNEL = (
     ("min_length", _LENGTH + " >= ?"),
     ("max_length", _LENGTH + " <= ?"),
 )
+_SCORED = "reward IS NOT NULL"
 _ORDER_BY = {"reward": "reward DESC, id", "task_key": "task_key, reward DESC, id"}
 
 
@@ -57,7 +61,7 @@ def stream_curation_runs(
     first (the index on (role, reward) gives this order without sorting, so a limit stops the read
     early); order 'task_key': attempts at one task together, best first."""
     parts = _filters(filters)
-    where = " AND ".join(["role = ?"] + [sql for _, sql, _ in parts])
+    where = " AND ".join(["role = ?", _SCORED] + [sql for _, sql, _ in parts])
     sql = f"SELECT {', '.join(CurationRun._fields)} FROM runs WHERE {where} ORDER BY {_ORDER_BY[order]}"
     make = CurationRun._make
     with store.read() as conn:
@@ -72,14 +76,20 @@ def stream_curation_runs(
 
 
 def curation_funnel(store: Store, role: str, filters: dict[str, Any]) -> list[FunnelCount]:
-    """How many runs of the role are left after each filter in turn: role first, then each filter."""
+    """How many runs of the role are left after each filter in turn: role first, then 'scored'
+    (only when some runs are pending), then each filter."""
     parts = _filters(filters)
-    # The i-th sum repeats the first i conditions, so it binds their values again.
-    sums = [f"sum({' AND '.join(sql for _, sql, _ in parts[: i + 1])}) AS left_{i}" for i in range(len(parts))]
+    # The i-th sum repeats the scored condition and the first i filters, so it binds their values again.
+    sums = [
+        f"sum({' AND '.join([_SCORED] + [sql for _, sql, _ in parts[: i + 1]])}) AS left_{i}" for i in range(len(parts))
+    ]
     bound = [value for i in range(len(parts)) for _, _, value in parts[: i + 1]]
-    sql = f"SELECT count(*) AS runs{''.join(', ' + s for s in sums)} FROM runs WHERE role = ?"
+    sql = f"SELECT count(*) AS runs, sum({_SCORED}) AS scored{''.join(', ' + s for s in sums)} FROM runs WHERE role = ?"
     with store.read() as conn:
         row = conn.execute(sql, bound + [role]).fetchone()
-    return [FunnelCount("role", row["runs"])] + [
-        FunnelCount(name, row[f"left_{i}"] or 0) for i, (name, _, _) in enumerate(parts)
-    ]
+    scored = [FunnelCount("scored", row["scored"] or 0)] if (row["scored"] or 0) < row["runs"] else []
+    return (
+        [FunnelCount("role", row["runs"])]
+        + scored
+        + [FunnelCount(name, row[f"left_{i}"] or 0) for i, (name, _, _) in enumerate(parts)]
+    )

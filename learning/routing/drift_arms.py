@@ -147,12 +147,13 @@ def arm_rewards(
     experiment_id: str | None = None,
     arm: str | None = None,
 ) -> list[RewardPoint]:
-    """The rewards of the runs served by one adapter (None: the base model, which needs a role),
-    oldest first; optionally only runs of a route, a time window, the last N, or one experiment
+    """The rewards of the scored runs served by one adapter (None: the base model, which needs a
+    role), oldest first; optionally only runs of a route, a time window, the last N, or one experiment
     (with an arm: the runs of that arm, whichever adapter served them)."""
     where: list[str]
     args: list[Any]
     where, args = (["r.adapter_id IS ?"], [adapter_id]) if arm is None else ([], [])
+    where.append("r.reward IS NOT NULL")  # pending runs (not scored yet) have no reward to compare
     for col, value in (("r.role", role), ("r.task_type", task_type), ("r.complexity", complexity)):
         if value is not None:
             where.append(f"{col} = ?")

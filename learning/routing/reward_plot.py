@@ -162,8 +162,8 @@ def _title(role: str, window: int, check: DriftResult | None) -> str:
 
 
 def role_rewards(store: Store, role: str) -> list[sqlite3.Row]:
-    """ts, reward and adapter_id of every run of a role, oldest first."""
+    """ts, reward and adapter_id of every scored run of a role (pending ones left out), oldest first."""
     with store.read() as conn:
         return conn.execute(
-            "SELECT ts, reward, adapter_id FROM runs WHERE role = ? ORDER BY ts, id", (role,)
+            "SELECT ts, reward, adapter_id FROM runs WHERE role = ? AND reward IS NOT NULL ORDER BY ts, id", (role,)
         ).fetchall()

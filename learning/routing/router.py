@@ -320,9 +320,11 @@ def route_table(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[sqlit
 
 
 def experiment_arm_rewards(conn: sqlite3.Connection, experiment_id: str) -> list[sqlite3.Row]:
-    """Runs attributed (through their decision) to each arm of an experiment: count and reward sum."""
+    """Scored runs attributed (through their decision) to each arm of an experiment: count and
+    reward sum. Pending runs (not scored yet) count once log_reward scores them."""
     return conn.execute(
         "SELECT d.arm AS arm, count(r.id) AS runs, ifnull(sum(r.reward), 0) AS reward_sum "
-        "FROM decisions d JOIN runs r ON r.decision_id = d.id WHERE d.experiment_id = ? GROUP BY d.arm",
+        "FROM decisions d JOIN runs r ON r.decision_id = d.id "
+        "WHERE d.experiment_id = ? AND r.reward IS NOT NULL GROUP BY d.arm",
         (experiment_id,),
     ).fetchall()

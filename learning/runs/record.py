@@ -29,7 +29,9 @@ from learning.runs.schema import (
     Run,
     RunIn,
     derive_task_key,
+    parse_reward,
     parse_run,
+    rescored,
 )
 from learning.store import Store, dumps, loads
 
@@ -49,7 +51,7 @@ class RunRow(NamedTuple):
     instruction: str
     input: str
     output: str
-    reward: float
+    reward: float | None  # None: pending, scored later with set_reward
     signals: str
     model: str | None
     adapter_id: str | None
@@ -88,7 +90,7 @@ def _row(run: RunIn, import_key: str | None = None) -> RunRow:
         instruction=run.instruction,
         input=run.input,
         output=run.output,
-        reward=float(run.reward),
+        reward=None if run.reward is None else float(run.reward),
         signals=signals,
         model=run.model,
         adapter_id=run.adapter_id,
@@ -327,8 +329,33 @@ def row_to_run(row) -> Run:
 def get_run(store: Store, run_id: int) -> Run:
     row = run_row(store, run_id)
     if row is None:
-        raise NotFound(f"No run {run_id}. List runs with run_stats or check the id log_run returned.")
+        raise NotFound(_no_run(run_id))
     return row_to_run(row)
+
+
+def _no_run(run_id: int) -> str:
+    return f"No run {run_id}. List runs with run_stats or check the id log_run returned."
+
+
+def set_reward(
+    store: Store, run_id: int, reward: float, signals: dict | None = None, tests: list[str] | None = None
+) -> Run:
+    """Score a run logged before: a pending run gets its reward, a scored one has it replaced (the
+    earlier reward kept in meta's reward_history). Signals given are merged over the run's; tests
+    given replace its tests. NotFound for an unknown run id, InvalidInput for a bad reward."""
+    new = parse_reward({"reward": reward, "signals": signals, "tests": tests})
+    with store.write() as conn:
+        row = conn.execute("SELECT reward, signals, meta FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(_no_run(run_id))
+        signals_text, meta_text = rescored(
+            row["reward"], loads(row["signals"]) or {}, loads(row["meta"]) or {}, new, iso(time.time())
+        )
+        conn.execute(
+            "UPDATE runs SET reward = ?, signals = ?, meta = ?, tests = ifnull(?, tests) WHERE id = ?",
+            (float(new.reward), signals_text, meta_text, dumps(new.tests) if new.tests else None, run_id),
+        )
+    return get_run(store, run_id)
 
 
 # ---- SQL: the runs table, and what logging a run checks in the registry's tables -------------

@@ -11,6 +11,7 @@ each one compiling as Python.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from datetime import datetime, timezone
@@ -64,7 +65,13 @@ class RunIn(BaseModel):
     output: str = Field(
         min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict)."
     )
-    reward: float = Field(ge=0.0, le=1.0, description="How good the output was, in [0, 1].")
+    reward: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="How good the output was, in [0, 1]. Leave it out when not known yet: the run is "
+        "pending (left out of curation and drift, counted apart by run_stats) until log_reward scores it.",
+    )
     instruction: str = Field(
         default="", max_length=LIMITS["instruction"], description="The task as given to the agent."
     )
@@ -109,26 +116,17 @@ class RunIn(BaseModel):
     @field_validator("reward", mode="before")
     @classmethod
     def _reward_is_a_number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("reward must be a number in [0, 1], e.g. 0.8")
-        if not math.isfinite(value):
-            raise ValueError("reward must be a finite number in [0, 1]")
-        return value
+        return None if value is None else check_reward(value)
 
     @field_validator("signals", "meta", mode="before")
     @classmethod
     def _shallow_json(cls, value: Any) -> Any:
-        if json_depth(value) > MAX_JSON_DEPTH:
-            raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
-        return value
+        return check_depth(value)
 
     @field_validator("signals")
     @classmethod
     def _passed_within_total(cls, value: Signals) -> Signals:
-        passed, total = value.tests_passed, value.tests_total
-        if passed is not None and total is not None and passed > total:
-            raise ValueError(f"tests_passed ({passed}) cannot exceed tests_total ({total})")
-        return value
+        return check_passed_within_total(value)
 
     @field_validator("time")
     @classmethod
@@ -147,21 +145,87 @@ class RunIn(BaseModel):
     @field_validator("tests", mode="before")
     @classmethod
     def _tests_are_statements(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-            raise ValueError('tests must be a list of strings, each a Python statement, e.g. ["assert f(1) == 2"]')
-        return value
+        return check_statements(value)
 
     @field_validator("tests")
     @classmethod
     def _tests_compile(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        problems = test_problems(value)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return value or None
+        return check_tests_compile(value)
+
+
+class RewardIn(BaseModel):
+    """A reward given to a run after it was logged (log_reward), checked as log_run checks them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reward: float = Field(ge=0.0, le=1.0, description="How good the run's output was, in [0, 1].")
+    signals: Signals | None = Field(default=None, description="What scoring observed; merged into the run's.")
+    tests: list[str] | None = Field(default=None, description="Statements that check an answer; replace the run's.")
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_is_a_number(cls, value: Any) -> Any:
+        return check_reward(value)
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _shallow_json(cls, value: Any) -> Any:
+        return check_depth(value)
+
+    @field_validator("signals")
+    @classmethod
+    def _passed_within_total(cls, value: Signals | None) -> Signals | None:
+        return None if value is None else check_passed_within_total(value)
+
+    @field_validator("tests", mode="before")
+    @classmethod
+    def _tests_are_statements(cls, value: Any) -> Any:
+        return check_statements(value)
+
+    @field_validator("tests")
+    @classmethod
+    def _tests_compile(cls, value: list[str] | None) -> list[str] | None:
+        return check_tests_compile(value)
+
+
+def check_depth(value: Any) -> Any:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
+    return value
+
+
+def check_passed_within_total(value: Signals) -> Signals:
+    passed, total = value.tests_passed, value.tests_total
+    if passed is not None and total is not None and passed > total:
+        raise ValueError(f"tests_passed ({passed}) cannot exceed tests_total ({total})")
+    return value
+
+
+def check_statements(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError('tests must be a list of strings, each a Python statement, e.g. ["assert f(1) == 2"]')
+    return value
+
+
+def check_tests_compile(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    problems = test_problems(value)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value or None
+
+
+def check_reward(value: Any) -> Any:
+    """A reward as given, if it is a finite number (not a bool, not text); ValueError otherwise.
+    Its range, [0, 1], is checked by the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("reward must be a number in [0, 1], e.g. 0.8")
+    if not math.isfinite(value):
+        raise ValueError("reward must be a finite number in [0, 1]")
+    return value
 
 
 def json_depth(value: Any) -> int:
@@ -210,7 +274,7 @@ class Run(BaseModel):
     instruction: str
     input: str
     output: str
-    reward: float
+    reward: float | None = Field(description="In [0, 1]; None while the run is pending (not scored yet).")
     signals: dict[str, Any]
     model: str | None
     adapter_id: str | None
@@ -263,6 +327,41 @@ def format_validation_error(exc: ValidationError) -> str:
             msg += " (reward must be a number in [0, 1], e.g. 0.8)"
         parts.append(f"'{field}' {msg}")
     return "; ".join(parts)
+
+
+MAX_REWARD_HISTORY = 20  # earlier rewards of a re-scored run kept in its meta
+
+
+def parse_reward(data: dict[str, Any]) -> RewardIn:
+    """Validate a reward given later (with its signals and tests); InvalidInput names every bad field."""
+    try:
+        return RewardIn.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"Invalid reward: {format_validation_error(exc)}.") from exc
+
+
+def rescored(old_reward: float | None, signals: dict, meta: dict, new: RewardIn, now: str) -> tuple[str, str]:
+    """A run's signals and meta (as JSON) once `new` scores it: the new signals merged over the old
+    (a key given replaces it), meta's rewarded_at set to now and, when the run had a reward
+    already, that reward appended to meta's reward_history (the last 20 kept)."""
+    merged = {**signals, **(new.signals.model_dump(exclude_none=True) if new.signals else {})}
+    try:
+        check_passed_within_total(Signals.model_validate(merged))
+    except (ValidationError, ValueError) as exc:
+        raise InvalidInput(f"Invalid reward: the run's signals merged with these are wrong: {exc}.") from exc
+    meta = {**meta, "rewarded_at": now}
+    if old_reward is not None:
+        history = [*meta.get("reward_history", []), {"reward": old_reward, "replaced_at": now}]
+        meta["reward_history"] = history[-MAX_REWARD_HISTORY:]
+    out = []
+    for name, value in (("signals", merged), ("meta", meta)):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        if len(text) > LIMITS[name]:
+            raise InvalidInput(
+                f"The run's {name} would be {len(text):,} characters of JSON; the limit is {LIMITS[name]:,}."
+            )
+        out.append(text)
+    return out[0], out[1]
 
 
 def parse_run(data: Any) -> RunIn:

@@ -19,7 +19,8 @@ from learning.store import Store
 class StatsGroup(BaseModel):
     role: str | None = None
     adapter_id: str | None = None
-    runs: int
+    runs: int = Field(description="All runs, pending ones included.")
+    pending: int = Field(0, description="Runs not scored yet (no reward): left out of every figure below.")
     mean_reward: float | None
     compile_rate: float | None = Field(
         description="Share of runs with signals.compiled true, among runs that report it."
@@ -34,6 +35,7 @@ class StatsGroup(BaseModel):
 
 class RunStats(BaseModel):
     total_runs: int
+    pending: int = Field(0, description="Runs not scored yet, in all groups.")
     since: str | None
     until: str | None
     group_by: list[str]
@@ -91,7 +93,7 @@ def run_stats(
 ) -> RunStats:
     """How runs are going: counts, mean reward, compile rate, test pass rate and mean
     iterations, by role and/or adapter ('base' rows have adapter_id null), over a time window.
-    Read-only."""
+    Runs not scored yet (pending) are counted apart and left out of the figures. Read-only."""
     groups = {"role": ["role"], "adapter": ["adapter_id"], "role_adapter": ["role", "adapter_id"], "none": []}
     if group_by not in groups:
         raise InvalidInput(f"group_by must be one of {', '.join(groups)}, got {group_by!r}.")
@@ -105,6 +107,7 @@ def run_stats(
                 role=row["role"] if "role" in keys else None,
                 adapter_id=row["adapter_id"] if "adapter_id" in keys else None,
                 runs=row["runs"],
+                pending=row["pending"],
                 mean_reward=_round(row["mean_reward"]),
                 compile_rate=_round(row["compile_rate"]),
                 test_pass_rate=_round(row["test_pass_rate"]),
@@ -116,6 +119,7 @@ def run_stats(
     result = [g for g in result if g.runs > 0]
     return RunStats(
         total_runs=sum(g.runs for g in result),
+        pending=sum(g.pending for g in result),
         since=iso(start),
         until=iso(end),
         group_by=groups[group_by],
@@ -153,13 +157,14 @@ def _grouped_stats(
     sql = f"""
         SELECT {cols + "," if group_cols else ""}
             count(*) AS runs,
+            sum(reward IS NULL) AS pending,
             avg(reward) AS mean_reward,
-            avg(CASE json_extract(signals, '$.compiled') WHEN 1 THEN 1.0 WHEN 0 THEN 0.0 END) AS compile_rate,
-            sum(json_extract(signals, '$.compiled') IS NOT NULL) AS compile_known,
-            avg(CASE WHEN json_extract(signals, '$.tests_total') > 0
+            avg(CASE WHEN reward IS NOT NULL THEN
+                CASE json_extract(signals, '$.compiled') WHEN 1 THEN 1.0 WHEN 0 THEN 0.0 END END) AS compile_rate,
+            avg(CASE WHEN reward IS NOT NULL AND json_extract(signals, '$.tests_total') > 0
                      THEN 1.0 * json_extract(signals, '$.tests_passed') / json_extract(signals, '$.tests_total')
                 END) AS test_pass_rate,
-            avg(json_extract(signals, '$.iterations')) AS mean_iterations,
+            avg(CASE WHEN reward IS NOT NULL THEN json_extract(signals, '$.iterations') END) AS mean_iterations,
             min(ts) AS first_ts,
             max(ts) AS last_ts
         FROM runs {("WHERE " + where) if where else ""}
