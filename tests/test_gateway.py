@@ -37,7 +37,9 @@ def gateway(tmp_path_factory):
     base = ensure_base(store, "tiny")
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(build_app(store, InProcess(base.path, device="cpu")), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            build_app(store, InProcess(base.path, device="cpu")), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -116,7 +118,10 @@ def test_malformed_request_is_a_400_error_object_and_no_run(gateway):
     assert caught.value.status_code == 400
     body = caught.value.body
     assert isinstance(body, dict) and body["param"] == "messages" and body["type"] == "invalid_request_error"
-    for bad in (b"{not json", b'{"model": "learnloop/coder", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}'):
+    for bad in (
+        b"{not json",
+        b'{"model": "learnloop/coder", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+    ):
         r = httpx.post(f"{url}/v1/chat/completions", content=bad, headers={"content-type": "application/json"})
         assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     assert count_runs(store) == before

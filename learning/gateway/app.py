@@ -177,5 +177,5 @@ def build_app(store: Store, backend: Any) -> Starlette:
             HttpRoute("/v1/chat/completions", gw.completions, methods=["POST"]),
             HttpRoute("/v1/completions", gw.completions, methods=["POST"]),
             HttpRoute("/v1/learnloop/runs/{run_id}/reward", gw.reward, methods=["POST"]),
-        ]
+        ],
     )

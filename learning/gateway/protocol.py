@@ -127,7 +127,9 @@ def read_call(raw: bytes, kind: Literal["chat", "completion"], headers: dict[str
         raise BadRequest("The body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise BadRequest("'model' is required: learnloop/<role>, learnloop/<role>/<task_type>, or a model name.", "model")
+        raise BadRequest(
+            "'model' is required: learnloop/<role>, learnloop/<role>/<task_type>, or a model name.", "model"
+        )
     call = Call(kind=kind, model=model, body=body)
     if kind == "chat":
         call.messages = _messages(body.get("messages"))

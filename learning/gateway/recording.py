@@ -68,7 +68,7 @@ def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: d
     return record.log_run(store, run).run_id
 
 
-def set_reward(store: Store, run_id: int, reward: float, signals: Any = None, tests: Any = None) -> None:
+def set_reward(store: Store, run_id: int, reward: Any, signals: Any = None, tests: Any = None) -> None:
     """Score a gateway run afterwards (learning.runs.record.set_reward)."""
     setter = getattr(record, "set_reward", None)
     if setter is None:
