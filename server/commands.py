@@ -1,4 +1,4 @@
-"""The CLI commands that are not verbs: serve, demo, init-base and jobs, and following a job
+"""The CLI commands that are not verbs: serve, gateway, demo, init-base and jobs, and following a job
 in the terminal. Agents reach the same through the MCP server itself, `job_status`,
 `wait_job`, `cancel_job` and `list_jobs`, and train_adapter (which builds the base on first use).
 """
@@ -196,6 +196,61 @@ def serve(
     run_server(home, transport, host, port, token, allow_host or [])
 
 
+def gateway(
+    home: HomeOpt = None,
+    host: Annotated[str, typer.Option(help="Bind address; loopback unless you say otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8766,
+    backend: Annotated[
+        str, typer.Option(help="inprocess (the base loaded here) or the URL of an OpenAI-compatible runtime.")
+    ] = "inprocess",
+    runtime: Annotated[str, typer.Option(help="The runtime at --backend URL: vllm, llamacpp or ollama.")] = "vllm",
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="In process: the base folder (default: the embedded tiny base). Forwarding: the base's model name."
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer token clients send as their API key (else $LEARNLOOP_TOKEN, else <home>/http_token); required off loopback."
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="Another host name clients may use to reach the gateway (repeatable).")
+    ] = None,
+) -> None:
+    """Run the OpenAI-compatible gateway: model learnloop/<role>[/<task_type>] is routed to the
+    adapter select_adapter picks, and every exchange is recorded as a run with its reward pending."""
+    import uvicorn
+
+    from learning.gateway.app import build_app
+    from server.transport import is_loopback, require_known_host, require_token, token_for
+
+    store = Store(home)
+    if backend == "inprocess":
+        from learning.gateway.inprocess import InProcess
+        from learning.models.tinybase import ensure_base
+
+        served: Any = InProcess(base or ensure_base(store, "tiny").path)
+    elif backend.startswith(("http://", "https://")):
+        from learning.gateway.forward import Forwarding
+
+        if runtime not in ("vllm", "llamacpp", "ollama"):
+            raise InvalidInput(f"--runtime must be vllm, llamacpp or ollama, got {runtime!r}.")
+        served = Forwarding(backend, runtime, base)  # pyright: ignore[reportArgumentType]  # checked above
+    else:
+        raise InvalidInput(f"--backend must be inprocess or an http(s) URL, got {backend!r}.")
+    secret, source = token_for(store.home, host, token)
+    app: Any = build_app(store, served)
+    app = require_known_host(app, host, allow_host or [])
+    if secret is not None:
+        app = require_token(app, secret)
+    where = "this machine only" if is_loopback(host) and not source else f"clients send the token from {source}"
+    err_console.print(f"learnloop gateway on http://{host}:{port}/v1 ({served.name}; {where}).", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 def jobs_cmd(
     job_id: Annotated[str | None, typer.Argument(help="A job id; without it, list recent jobs.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
@@ -280,6 +335,7 @@ def demo_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
+    app.command()(gateway)
     app.command("jobs")(jobs_cmd)
     app.command("init-base")(init_base)
     app.command("demo")(demo_cmd)

@@ -213,3 +213,37 @@ def exposure_warning(host: str, port: int, token_source: str) -> str:
         )
     lines.append(f"Clients must send 'Authorization: Bearer <token>'; the token is in {token_source}. Keep it secret.")
     return "\n".join(lines)
+
+
+def require_known_host(app: ASGI, host: str, extra: list[str]) -> ASGI:
+    """An ASGI app that answers 421 to a request whose Host header is not one of allowed_hosts
+    and 403 to one whose Origin header (when sent) is not (DNS-rebinding protection)."""
+    names = set(allowed_hosts(host, extra))
+
+    def known(value: str) -> bool:
+        name = value.rsplit("://", 1)[-1]
+        name = (
+            name[1:].split("]", 1)[0]
+            if name.startswith("[")
+            else name.rsplit(":", 1)[0]
+            if name.count(":") == 1
+            else name
+        )
+        return name in names
+
+    async def guarded(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]):
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            status = 421 if not known(headers.get(b"host", b"").decode("latin-1")) else 0
+            status = status or (403 if origin and not known(origin) else 0)
+            if status:
+                body = b"Unknown Host or Origin: add the name this server is reached by with --allow-host.\n"
+                await send(
+                    {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return guarded

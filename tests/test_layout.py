@@ -19,7 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Bottom to top: a module may import from its own level and the levels below it, never above.
 SHARED = ("errors", "home", "clock", "params", "store")
-PACKAGES = ("runs", "jobs", "data", "models", "registry", "train", "evaluate", "serve", "routing", "loop", "demo")
+PACKAGES = (
+    "runs",
+    "jobs",
+    "data",
+    "models",
+    "registry",
+    "train",
+    "evaluate",
+    "serve",
+    "routing",
+    "gateway",
+    "loop",
+    "demo",
+)
 LEVEL = {**{name: 0 for name in SHARED}, **{name: i + 1 for i, name in enumerate(PACKAGES)}}
 
 # The CLI modules register their commands on the shared app when imported, so importing one

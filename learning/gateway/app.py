@@ -1,0 +1,181 @@
+"""The gateway's HTTP face: an ASGI app (Starlette) speaking the OpenAI API.
+
+  GET  /v1/models                          learnloop/<role> for each role with adapters
+  POST /v1/chat/completions                chat, streamed (SSE) or not
+  POST /v1/completions                     plain completion, streamed or not
+  POST /v1/learnloop/runs/{run_id}/reward  score a recorded exchange afterwards
+
+Each call is routed (learning.routing.router.select_adapter, every request: a promotion or
+rollback shows on the next one), answered by the backend, and recorded as a run
+(learning/gateway/recording.py). The answer carries `x-learnloop-run-id`,
+`x-learnloop-decision-id`, `x-learnloop-adapter` and `x-learnloop-route` (for a stream: the
+run id is known only at the end, so it comes in the last chunk's `learnloop` field instead).
+Malformed requests get a 400 OpenAI error object and are not recorded; a backend that fails
+gets a 502 with its message. Nothing here prints a request, an answer or a token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route as HttpRoute
+
+from learning.errors import InvalidInput, NotFound
+from learning.gateway import protocol as p
+from learning.gateway.inprocess import BackendError
+from learning.gateway.recording import log_exchange, set_reward
+from learning.routing.router import select_adapter
+from learning.runs.record import run_row
+from learning.store import Store
+
+MAX_BODY = 8 * 1024 * 1024
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+    return JSONResponse(p.error_body(message, kind, param), status_code=status)
+
+
+def _headers(target: Any, run_id: int | None = None) -> dict[str, str]:
+    out = {}
+    if run_id is not None:
+        out["x-learnloop-run-id"] = str(run_id)
+    if target is not None:
+        out["x-learnloop-decision-id"] = target.decision_id
+        out["x-learnloop-adapter"] = target.adapter_id or "base"
+        out["x-learnloop-route"] = target.route
+        if target.route == "base":
+            out["x-learnloop-fallback"] = "no adapter serves this route: the base model answered"
+    return out
+
+
+class Gateway:
+    def __init__(self, store: Store, backend: Any):
+        self.store, self.backend = store, backend
+
+    def _select(self, call: p.Call) -> Any:
+        route = call.route
+        if route is None:
+            return None
+        try:
+            return select_adapter(self.store, route.role, route.task_type, route.complexity, route.task_key)
+        except InvalidInput as exc:
+            raise p.BadRequest(str(exc), "model") from None
+
+    def _meta(self, call: p.Call, target: Any, started: float) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "route": target.route if target is not None else None,
+            "stream": call.stream,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    async def completions(self, request: Request) -> Response:
+        kind = "chat" if request.url.path.endswith("/chat/completions") else "completion"
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return _error(413, f"The body is over {MAX_BODY // 1024 // 1024} MiB.")
+        try:
+            call = p.read_call(raw, kind, {k.lower(): v for k, v in request.headers.items()})
+            target = self._select(call)
+        except p.BadRequest as exc:
+            return _error(400, str(exc), param=exc.param)
+        started = time.perf_counter()
+        if call.stream:
+            items = aiter(self.backend.stream(call, target))
+            try:  # a backend that fails before its first piece still gets a 502
+                first = await anext(items)
+            except BackendError as exc:
+                return _error(502, str(exc), "backend_error")
+            return StreamingResponse(
+                self._stream(call, target, started, first, items),
+                media_type="text/event-stream",
+                headers=_headers(target),
+            )
+        try:
+            gen = await self.backend.complete(call, target)
+        except BackendError as exc:
+            return _error(502, str(exc), "backend_error")
+        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+        return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id))
+
+    async def _stream(
+        self, call: p.Call, target: Any, started: float, first: Any, items: AsyncIterator[Any]
+    ) -> AsyncIterator[str]:
+        answer_id = p.new_id(call)
+        yield p.chunk(call, answer_id, None, role=True)
+        gen = None
+        try:
+            item = first
+            while True:
+                if isinstance(item, p.Generation):
+                    gen = item
+                else:
+                    yield p.chunk(call, answer_id, item)
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    break
+        except BackendError as exc:
+            yield p.sse(p.error_body(str(exc), "backend_error"))
+            yield p.DONE
+            return
+        assert gen is not None  # a backend's stream ends with its Generation
+        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+        last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
+        last["learnloop"] = {"run_id": run_id, "decision_id": getattr(target, "decision_id", None)}
+        yield p.sse(last)
+        if call.include_usage:
+            yield p.usage_chunk(call, answer_id, gen)
+        yield p.DONE
+
+    async def models(self, request: Request) -> Response:
+        from learning.registry.adapters import list_adapters
+
+        roles = sorted({a.role for a in list_adapters(self.store)} | {"coder"})
+        data = [{"id": f"{p.MODEL_PREFIX}{r}", "object": "model", "created": 0, "owned_by": "learnloop"} for r in roles]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def reward(self, request: Request) -> Response:
+        text = request.path_params["run_id"]
+        if not text.isdigit() or run_row(self.store, int(text)) is None:
+            return _error(404, f"No run {text[:40]!r}: use the x-learnloop-run-id of an answer.", "not_found_error")
+        try:
+            body = json.loads(await request.body())
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            set_reward(self.store, int(text), body.get("reward"), body.get("signals"), body.get("tests"))
+        except (ValueError, RecursionError) as exc:
+            return _error(400, f"The body must be a JSON object with 'reward' in [0, 1] ({exc}).")
+        except InvalidInput as exc:
+            return _error(400, str(exc), param="reward")
+        except NotFound as exc:
+            return _error(404, str(exc), "not_found_error")
+        except NotImplementedError as exc:
+            return _error(501, str(exc), "not_implemented")
+        return JSONResponse({"run_id": int(text), "reward": body.get("reward")})
+
+
+def build_app(store: Store, backend: Any) -> Starlette:
+    """The gateway as an ASGI app over one store and one backend."""
+    gw = Gateway(store, backend)
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        message = f"{request.method} {request.url.path[:200]} is not part of this API (see docs/gateway.md)."
+        return _error(status, message, "not_found_error" if status == 404 else "invalid_request_error")
+
+    return Starlette(
+        exception_handlers={404: no_route, 405: no_route},
+        routes=[
+            HttpRoute("/v1/models", gw.models, methods=["GET"]),
+            HttpRoute("/v1/chat/completions", gw.completions, methods=["POST"]),
+            HttpRoute("/v1/completions", gw.completions, methods=["POST"]),
+            HttpRoute("/v1/learnloop/runs/{run_id}/reward", gw.reward, methods=["POST"]),
+        ],
+    )

@@ -1,0 +1,107 @@
+"""The forwarding backend: pass each call on to an OpenAI-compatible runtime, choosing the
+adapter the way that runtime does.
+
+- vLLM: `model` is the LoRA's served name (loaded by deploy_adapter); the base: --base-model.
+- llama.cpp server: `lora` gives per-request scales; the deployment's served name is
+  `lora:<id>`, so the adapter gets scale 1 and every other adapter 0 (an empty list: the base).
+- Ollama: `model` is the model deploy_adapter created for the adapter.
+
+A call that routes to an adapter with no deployment on the runtime is served by the base.
+An unreachable runtime or an error answer becomes BackendError (the gateway's 502).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from learning.gateway.inprocess import BackendError
+from learning.gateway.protocol import Call, Generation
+
+Runtime = Literal["vllm", "llamacpp", "ollama"]
+TIMEOUT_S = 600.0
+
+
+class Forwarding:
+    def __init__(self, url: str, runtime: Runtime = "vllm", base_model: str | None = None):
+        self.url, self.runtime, self.base_model = url.rstrip("/"), runtime, base_model
+        self.name = f"{runtime} at {self.url}"
+
+    def _body(self, call: Call, target: Any) -> dict[str, Any]:
+        body = {k: v for k, v in call.body.items() if k != "metadata"}
+        served = getattr(target, "served_name", None) if target is not None else None
+        if call.route is None:  # a plain model name: as sent
+            return body
+        body["model"] = self.base_model or call.model
+        if self.runtime == "llamacpp":
+            lora = served[len("lora:") :] if served and served.startswith("lora:") else None
+            body["lora"] = [{"id": int(lora), "scale": 1.0}] if lora and lora.isdigit() else []
+        elif served:
+            body["model"] = served
+        return body
+
+    def _path(self, call: Call) -> str:
+        return "/v1/chat/completions" if call.kind == "chat" else "/v1/completions"
+
+    async def complete(self, call: Call, target: Any) -> Generation:
+        import httpx
+
+        body = {**self._body(call, target), "stream": False}
+        try:
+            async with httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT_S) as client:
+                response = await client.post(self._path(call), json=body)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            raise BackendError(f"The runtime {self.name} answered {response.status_code}: {response.text[:500]}")
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if call.kind == "chat" else choice["text"]
+            use = data.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"The runtime {self.name} sent an answer that is not OpenAI's format ({exc}).") from exc
+        return Generation(
+            text or "",
+            int(use.get("prompt_tokens") or 0),
+            int(use.get("completion_tokens") or 0),
+            choice.get("finish_reason") or "stop",
+        )
+
+    async def stream(self, call: Call, target: Any) -> AsyncIterator[str | Generation]:
+        import httpx
+
+        body = {**self._body(call, target), "stream": True, "stream_options": {"include_usage": True}}
+        text, finish, use = "", "stop", {}
+        try:
+            async with (
+                httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT_S) as client,
+                client.stream("POST", self._path(call), json=body) as response,
+            ):
+                if response.status_code >= 400:
+                    detail = (await response.aread()).decode(errors="replace")[:500]
+                    raise BackendError(f"The runtime {self.name} answered {response.status_code}: {detail}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    piece, finish, use = _read_chunk(call, line[5:], finish, use)
+                    if piece:
+                        text += piece
+                        yield piece
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
+        yield Generation(text, int(use.get("prompt_tokens") or 0), int(use.get("completion_tokens") or 0), finish)
+
+
+def _read_chunk(call: Call, data: str, finish: str, use: dict) -> tuple[str, str, dict]:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return "", finish, use
+    use = chunk.get("usage") or use
+    for choice in chunk.get("choices") or []:
+        finish = choice.get("finish_reason") or finish
+        piece = (choice.get("delta") or {}).get("content") if call.kind == "chat" else choice.get("text")
+        return piece or "", finish, use
+    return "", finish, use

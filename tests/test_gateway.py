@@ -1,0 +1,158 @@
+"""The OpenAI-compatible gateway, served for real (uvicorn on a free loopback port) with the
+in-process backend on the embedded tiny base, driven by the real `openai` client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from learning.gateway.app import build_app
+from learning.gateway.inprocess import InProcess
+from learning.gateway.recording import split_messages
+from learning.runs.record import count_runs, get_run
+from learning.store import Store
+
+openai = pytest.importorskip("openai")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    import uvicorn
+
+    from learning.models.tinybase import ensure_base
+
+    home = tmp_path_factory.mktemp("gateway-home")
+    store = Store(home)
+    base = ensure_base(store, "tiny")
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(store, InProcess(base.path, device="cpu")), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    yield store, url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _client(url: str):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+
+
+def test_chat_completion_is_answered_routed_and_recorded(gateway):
+    store, url = gateway
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model="learnloop/coder/python",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write a function add"}],
+        max_tokens=8,
+    )
+    answer = raw.parse()
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 8
+    run = get_run(store, int(raw.headers["x-learnloop-run-id"]))
+    assert run.role == "coder" and run.task_type == "python" and run.model == "learnloop/coder/python"
+    assert run.decision_id == raw.headers["x-learnloop-decision-id"] and run.adapter_id is None
+    assert raw.headers["x-learnloop-route"] == "base" and "x-learnloop-fallback" in raw.headers
+    assert run.instruction == "Write a function add" and run.input == "system: Be brief."
+    meta = run.meta["gateway"]
+    assert meta["stream"] is False and meta["completion_tokens"] == answer.usage.completion_tokens
+
+
+def test_streamed_chat_matches_and_is_recorded(gateway):
+    store, url = gateway
+    client = _client(url)
+    messages = [{"role": "user", "content": "def add"}]
+    whole = client.chat.completions.create(model="learnloop/coder", messages=messages, max_tokens=12)
+    before = count_runs(store)
+    chunks = list(
+        client.chat.completions.create(
+            model="learnloop/coder",
+            messages=messages,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content  # greedy: the same answer
+    assert chunks[-1].usage is not None
+    last = next(c for c in reversed(chunks) if c.choices)
+    run_id = last.model_extra["learnloop"]["run_id"]
+    assert count_runs(store) == before + 1
+    run = get_run(store, run_id)
+    assert run.meta["gateway"]["stream"] is True and run.decision_id == last.model_extra["learnloop"]["decision_id"]
+
+
+def test_plain_completion_and_models(gateway):
+    store, url = gateway
+    client = _client(url)
+    raw = client.completions.with_raw_response.create(model="tiny", prompt="def add(a, b):", max_tokens=5)
+    run = get_run(store, int(raw.headers["x-learnloop-run-id"]))
+    assert run.role == "gateway" and run.decision_id is None and run.instruction == "def add(a, b):"
+    assert "learnloop/coder" in [m.id for m in client.models.list()]
+
+
+def test_malformed_request_is_a_400_error_object_and_no_run(gateway):
+    store, url = gateway
+    before = count_runs(store)
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(url).chat.completions.create(model="learnloop/coder", messages=[], max_tokens=4)
+    assert caught.value.status_code == 400
+    body = caught.value.body
+    assert isinstance(body, dict) and body["param"] == "messages" and body["type"] == "invalid_request_error"
+    for bad in (
+        b"{not json",
+        b'{"model": "learnloop/coder", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+    ):
+        r = httpx.post(f"{url}/v1/chat/completions", content=bad, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert count_runs(store) == before
+
+
+def test_reward_for_an_unknown_run_is_404(gateway):
+    _, url = gateway
+    for run_id in ("999999", "../x", "abc"):
+        r = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 1.0})
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_a_backend_that_is_down_is_a_502(tmp_path: Path):
+    from starlette.testclient import TestClient
+
+    from learning.gateway.forward import Forwarding
+
+    store = Store(tmp_path)
+    client = TestClient(build_app(store, Forwarding(f"http://127.0.0.1:{_free_port()}", "vllm")))
+    body = {"model": "learnloop/coder", "messages": [{"role": "user", "content": "x"}]}
+    for stream in (False, True):
+        r = client.post("/v1/chat/completions", json={**body, "stream": stream})
+        assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+    assert count_runs(store) == 0
+
+
+def test_the_conversation_maps_to_instruction_and_input():
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "U2"},
+    ]
+    assert split_messages(msgs) == ("U2", "system: S\n\nuser: U1\n\nassistant: A1")
