@@ -156,3 +156,24 @@ def test_the_conversation_maps_to_instruction_and_input():
         {"role": "user", "content": "U2"},
     ]
     assert split_messages(msgs) == ("U2", "system: S\n\nuser: U1\n\nassistant: A1")
+
+
+def test_a_gateway_run_is_pending_until_its_reward_is_posted(gateway):
+    """Recorded without a reward (pending in run_stats), scored through the gateway's endpoint."""
+    from learning.runs.stats import run_stats
+
+    store, url = gateway
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model="learnloop/fixer", messages=[{"role": "user", "content": "Fix x = 1 +"}], max_tokens=4
+    )
+    run_id = int(raw.headers["x-learnloop-run-id"])
+    assert get_run(store, run_id).reward is None
+    before = run_stats(store, role="fixer")
+    assert before.pending == 1
+    bad = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 7})
+    assert bad.status_code == 400 and "reward" in bad.json()["error"]["message"]
+    assert get_run(store, run_id).reward is None  # a refused reward changes nothing
+    ok = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 0.75})
+    assert ok.status_code == 200 and ok.json() == {"run_id": run_id, "reward": 0.75}
+    after = run_stats(store, role="fixer")
+    assert after.pending == 0 and get_run(store, run_id).reward == 0.75

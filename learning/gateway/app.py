@@ -156,8 +156,6 @@ class Gateway:
             return _error(400, str(exc), param="reward")
         except NotFound as exc:
             return _error(404, str(exc), "not_found_error")
-        except NotImplementedError as exc:
-            return _error(501, str(exc), "not_implemented")
         return JSONResponse({"run_id": int(text), "reward": body.get("reward")})
 
 

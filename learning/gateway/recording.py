@@ -18,17 +18,11 @@ from typing import Any
 
 from learning.gateway.protocol import Call, Generation
 from learning.runs import record
-from learning.runs.schema import RunIn
 from learning.store import Store
 
 PLAIN_ROLE = "gateway"
 AGENT = "gateway"
 EMPTY = "(empty answer)"
-
-
-def reward_pending_supported() -> bool:
-    """Whether runs may be logged with no reward yet (reward None)."""
-    return not RunIn.model_fields["reward"].is_required()
 
 
 def split_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
@@ -42,7 +36,6 @@ def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: d
     """Record one answered exchange as a run; returns its id."""
     instruction, context = split_messages(call.messages) if call.kind == "chat" else (call.prompt, "")
     route = call.route
-    pending = reward_pending_supported()
     run = {
         "agent": AGENT,
         "role": route.role if route else PLAIN_ROLE,
@@ -52,7 +45,7 @@ def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: d
         "instruction": instruction,
         "input": context,
         "output": gen.text or EMPTY,  # a run needs an output
-        "reward": None if pending else 0.0,
+        "reward": None,  # pending until scored: log_reward, the reward endpoint, or the request's tests
         "model": call.model,
         "decision_id": getattr(target, "decision_id", None),
         "meta": {
@@ -61,7 +54,6 @@ def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: d
                 "prompt_tokens": gen.prompt_tokens,
                 "completion_tokens": gen.completion_tokens,
                 "finish_reason": gen.finish_reason,
-                **({} if pending else {"reward_pending": True}),
             }
         },
     }
@@ -70,7 +62,4 @@ def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: d
 
 def set_reward(store: Store, run_id: int, reward: Any, signals: Any = None, tests: Any = None) -> None:
     """Score a gateway run afterwards (learning.runs.record.set_reward)."""
-    setter = getattr(record, "set_reward", None)
-    if setter is None:
-        raise NotImplementedError("This learnloop cannot set a run's reward after logging it yet.")
-    setter(store, run_id, reward, signals=signals, tests=tests)
+    record.set_reward(store, run_id, reward, signals=signals, tests=tests)
