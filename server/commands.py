@@ -219,6 +219,9 @@ def gateway(
     allow_host: Annotated[
         list[str] | None, typer.Option(help="Another host name clients may use to reach the gateway (repeatable).")
     ] = None,
+    record_failures: Annotated[
+        bool, typer.Option(help="Record a request the backend failed as a failed run (reward 0.0), not only answer 502.")
+    ] = False,
 ) -> None:
     """Run the OpenAI-compatible gateway: model learnloop/<role>[/<task_type>] is routed to the
     adapter select_adapter picks, and every exchange is recorded as a run with its reward pending."""
@@ -242,7 +245,7 @@ def gateway(
     else:
         raise InvalidInput(f"--backend must be inprocess or an http(s) URL, got {backend!r}.")
     secret, source = token_for(store.home, host, token)
-    app: Any = build_app(store, served)
+    app: Any = build_app(store, served, record_failures)
     app = require_known_host(app, host, allow_host or [])
     if secret is not None:
         app = require_token(app, secret)

@@ -10,8 +10,10 @@ rollback shows on the next one), answered by the backend, and recorded as a run
 (learning/gateway/recording.py). The answer carries `x-learnloop-run-id`,
 `x-learnloop-decision-id`, `x-learnloop-adapter` and `x-learnloop-route` (for a stream: the
 run id is known only at the end, so it comes in the last chunk's `learnloop` field instead).
-Malformed requests get a 400 OpenAI error object and are not recorded; a backend that fails
-gets a 502 with its message. Nothing here prints a request, an answer or a token.
+A request with `metadata.tests` is answered first, then scored in the sandbox in the background
+(learning/gateway/scoring.py). Malformed requests get a 400 OpenAI error object and are not
+recorded; a backend that fails gets a 502 with its message (and is recorded as a failed run,
+reward 0.0, only with record_failures). Nothing here prints a request, an answer or a token.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from starlette.routing import Route as HttpRoute
 from learning.errors import InvalidInput, NotFound
 from learning.gateway import protocol as p
 from learning.gateway.inprocess import BackendError
-from learning.gateway.recording import log_exchange, set_reward
+from learning.gateway.recording import log_exchange, log_failure, set_reward
+from learning.gateway.scoring import Scorer
 from learning.routing.router import select_adapter
 from learning.runs.record import run_row
 from learning.store import Store
@@ -55,8 +58,22 @@ def _headers(target: Any, run_id: int | None = None) -> dict[str, str]:
 
 
 class Gateway:
-    def __init__(self, store: Store, backend: Any):
-        self.store, self.backend = store, backend
+    def __init__(self, store: Store, backend: Any, record_failures: bool = False):
+        self.store, self.backend, self.record_failures = store, backend, record_failures
+        self.scorer = Scorer(store)
+
+    def _answered(self, call: p.Call, gen: p.Generation, target: Any, started: float) -> int:
+        """Record the exchange; a request with tests has its answer scored in the background."""
+        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+        if call.tests:
+            self.scorer.submit(run_id, gen.text, call.tests)
+        return run_id
+
+    def _failed(self, call: p.Call, target: Any, started: float, exc: BackendError) -> JSONResponse:
+        """A 502 with the backend's message; a failed run too when the user opted in."""
+        if self.record_failures:
+            log_failure(self.store, call, target, self._meta(call, target, started), str(exc))
+        return _error(502, str(exc), "backend_error")
 
     def _select(self, call: p.Call) -> Any:
         route = call.route
@@ -91,7 +108,7 @@ class Gateway:
             try:  # a backend that fails before its first piece still gets a 502
                 first = await anext(items)
             except BackendError as exc:
-                return _error(502, str(exc), "backend_error")
+                return self._failed(call, target, started, exc)
             return StreamingResponse(
                 self._stream(call, target, started, first, items),
                 media_type="text/event-stream",
@@ -100,8 +117,8 @@ class Gateway:
         try:
             gen = await self.backend.complete(call, target)
         except BackendError as exc:
-            return _error(502, str(exc), "backend_error")
-        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+            return self._failed(call, target, started, exc)
+        run_id = self._answered(call, gen, target, started)
         return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id))
 
     async def _stream(
@@ -122,11 +139,13 @@ class Gateway:
                 except StopAsyncIteration:
                     break
         except BackendError as exc:
+            if self.record_failures:
+                log_failure(self.store, call, target, self._meta(call, target, started), str(exc))
             yield p.sse(p.error_body(str(exc), "backend_error"))
             yield p.DONE
             return
         assert gen is not None  # a backend's stream ends with its Generation
-        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+        run_id = self._answered(call, gen, target, started)
         last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
         last["learnloop"] = {"run_id": run_id, "decision_id": getattr(target, "decision_id", None)}
         yield p.sse(last)
@@ -159,9 +178,10 @@ class Gateway:
         return JSONResponse({"run_id": int(text), "reward": body.get("reward")})
 
 
-def build_app(store: Store, backend: Any) -> Starlette:
-    """The gateway as an ASGI app over one store and one backend."""
-    gw = Gateway(store, backend)
+def build_app(store: Store, backend: Any, record_failures: bool = False) -> Starlette:
+    """The gateway as an ASGI app over one store and one backend. record_failures: a backend
+    that fails is also recorded as a failed run (reward 0.0), not only answered 502."""
+    gw = Gateway(store, backend, record_failures)
 
     async def no_route(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)

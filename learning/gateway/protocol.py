@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from learning.runs.schema import test_problems
+
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
 MODEL_PREFIX = "learnloop/"
@@ -51,6 +53,7 @@ class Call:
     stream: bool = False
     include_usage: bool = False
     route: Route | None = None
+    tests: list[str] = field(default_factory=list)  # metadata.tests: the gateway scores the answer
     body: dict[str, Any] = field(default_factory=dict)  # as sent, for forwarding
 
 
@@ -152,7 +155,22 @@ def read_call(raw: bytes, kind: Literal["chat", "completion"], headers: dict[str
     options = body.get("stream_options")
     call.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     call.route = route_of(model, body.get("metadata"), headers)
+    call.tests = tests_of(body.get("metadata"))
     return call
+
+
+def tests_of(metadata: Any) -> list[str]:
+    """metadata.tests: Python statements (e.g. 'assert add(1, 2) == 3') the answer's code must pass;
+    the gateway runs them in the sandbox after answering and records the share passed."""
+    tests = metadata.get("tests") if isinstance(metadata, dict) else None
+    if tests is None:
+        return []
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+        raise BadRequest("metadata.tests must be a non-empty list of Python statements (strings).", "metadata.tests")
+    problems = test_problems(tests)
+    if problems:
+        raise BadRequest(f"metadata.tests cannot be run: {'; '.join(problems)}.", "metadata.tests")
+    return tests
 
 
 def route_of(model: str, metadata: Any, headers: dict[str, str]) -> Route | None:

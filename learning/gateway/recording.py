@@ -10,6 +10,10 @@ How an exchange maps to a run:
 - model: the model name requested; adapter_id and decision_id: what select_adapter chose;
 - meta.gateway: backend, route level, stream or not, latency_ms, prompt_tokens,
   completion_tokens, finish_reason.
+
+A backend that fails is recorded only when the user opted in (`learnloop gateway
+--record-failures`): a failed run, reward 0.0, output `(no answer: the backend failed)`, signals
+backend_error holding the backend's message, finish_reason `error`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from learning.store import Store
 PLAIN_ROLE = "gateway"
 AGENT = "gateway"
 EMPTY = "(empty answer)"
+BACKEND_FAILED = "(no answer: the backend failed)"
 
 
 def split_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
@@ -33,7 +38,21 @@ def split_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
 
 
 def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: dict[str, Any]) -> int:
-    """Record one answered exchange as a run; returns its id."""
+    """Record one answered exchange as a run, its reward pending; returns its id."""
+    return record.log_run(store, exchange_run(call, gen, target, meta)).run_id
+
+
+def log_failure(store: Store, call: Call, target: Any, meta: dict[str, Any], error: str) -> int:
+    """Record an exchange the backend failed (only when the user opted in: --record-failures) as
+    a failed run: reward 0.0, output BACKEND_FAILED, signals backend_error (its message)."""
+    run = exchange_run(call, Generation(BACKEND_FAILED, 0, 0, "error"), target, meta)
+    run["reward"] = 0.0
+    run["signals"] = {"backend_error": error[:2000]}
+    return record.log_run(store, run).run_id
+
+
+def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The run an exchange is recorded as."""
     instruction, context = split_messages(call.messages) if call.kind == "chat" else (call.prompt, "")
     route = call.route
     run = {
@@ -57,7 +76,7 @@ def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: d
             }
         },
     }
-    return record.log_run(store, run).run_id
+    return run
 
 
 def set_reward(store: Store, run_id: int, reward: Any, signals: Any = None, tests: Any = None) -> None:
