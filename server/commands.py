@@ -220,7 +220,8 @@ def gateway(
         list[str] | None, typer.Option(help="Another host name clients may use to reach the gateway (repeatable).")
     ] = None,
     record_failures: Annotated[
-        bool, typer.Option(help="Record a request the backend failed as a failed run (reward 0.0), not only answer 502.")
+        bool,
+        typer.Option(help="Record a request the backend failed as a failed run (reward 0.0), not only answer 502."),
     ] = False,
 ) -> None:
     """Run the OpenAI-compatible gateway: model learnloop/<role>[/<task_type>] is routed to the

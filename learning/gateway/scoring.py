@@ -59,4 +59,3 @@ class Scorer:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-
