@@ -252,6 +252,12 @@ def gateway(
         app = require_token(app, secret)
     where = "this machine only" if is_loopback(host) and not source else f"clients send the token from {source}"
     err_console.print(f"learnloop gateway on http://{host}:{port}/v1 ({served.name}; {where}).", highlight=False)
+    if not is_loopback(host):
+        err_console.print(
+            f"WARNING: {host} is reachable from other machines: anyone who holds the token can generate "
+            "with your models and have the exchanges recorded as runs. Keep the token secret.",
+            highlight=False,
+        )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -6,8 +6,11 @@ adapter the way that runtime does.
   `lora:<id>`, so the adapter gets scale 1 and every other adapter 0 (an empty list: the base).
 - Ollama: `model` is the model deploy_adapter created for the adapter.
 
-A call that routes to an adapter with no deployment on the runtime is served by the base.
-An unreachable runtime or an error answer becomes BackendError (the gateway's 502).
+A call routed to the base (no adapter serves the route) goes to --base-model. A call routed to an
+adapter whose latest deployment is not on this runtime's URL is refused (BackendError, a 502
+naming the deploy command): answering it with the base would record the base's answer as the
+adapter's run. An unreachable runtime, an error answer or an error event in a stream becomes
+BackendError (the gateway's 502) with the runtime's message.
 """
 
 from __future__ import annotations
@@ -28,15 +31,31 @@ class Forwarding:
         self.url, self.runtime, self.base_model = url.rstrip("/"), runtime, base_model
         self.name = f"{runtime} at {self.url}"
 
+    def _served(self, target: Any) -> str | None:
+        """The name this runtime serves the target's adapter under (None: the base)."""
+        adapter_id = getattr(target, "adapter_id", None)
+        if adapter_id is None:
+            return None
+        served, where = getattr(target, "served_name", None), getattr(target, "deployment_url", None)
+        lora = self.runtime == "llamacpp"
+        if served and where and _same_url(where, self.url) and served.startswith("lora:") == lora:
+            if not lora or served[len("lora:") :].isdigit():
+                return served
+        here = f"is deployed at {where} as {served}" if served else "has no deployment"
+        raise BackendError(
+            f"The route chose adapter {adapter_id}, which {here}, not on the {self.name}. "
+            f"Deploy it there (learnloop deploy {adapter_id} --target {self.runtime} --url {self.url}) "
+            "or point the gateway at the runtime that serves it."
+        )
+
     def _body(self, call: Call, target: Any) -> dict[str, Any]:
         body = {k: v for k, v in call.body.items() if k != "metadata"}
-        served = getattr(target, "served_name", None) if target is not None else None
         if call.route is None:  # a plain model name: as sent
             return body
+        served = self._served(target)
         body["model"] = self.base_model or call.model
-        if self.runtime == "llamacpp":
-            lora = served[len("lora:") :] if served and served.startswith("lora:") else None
-            body["lora"] = [{"id": int(lora), "scale": 1.0}] if lora and lora.isdigit() else []
+        if self.runtime == "llamacpp":  # adapters left out of the list get scale 0
+            body["lora"] = [{"id": int(served[len("lora:") :]), "scale": 1.0}] if served else []
         elif served:
             body["model"] = served
         return body
@@ -99,9 +118,24 @@ def _read_chunk(call: Call, data: str, finish: str, use: dict) -> tuple[str, str
         chunk = json.loads(data)
     except ValueError:
         return "", finish, use
+    if not isinstance(chunk, dict):
+        return "", finish, use
+    if chunk.get("error"):  # vLLM and llama.cpp report a failure mid-stream as an error event
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise BackendError(f"The runtime failed while streaming: {str(message)[:500]}")
     use = chunk.get("usage") or use
     for choice in chunk.get("choices") or []:
         finish = choice.get("finish_reason") or finish
         piece = (choice.get("delta") or {}).get("content") if call.kind == "chat" else choice.get("text")
         return piece or "", finish, use
     return "", finish, use
+
+
+def _same_url(a: str, b: str) -> bool:
+    """Whether two runtime URLs name the same server (localhost and 127.0.0.1 alike)."""
+
+    def norm(url: str) -> str:
+        return url.rstrip("/").lower().replace("://localhost", "://127.0.0.1")
+
+    return norm(a) == norm(b)
