@@ -264,12 +264,16 @@ def main() -> None:
     try:
         print(f"\nOverhead: {args.requests} requests per path and kind, interleaved; clients: httpx, keep-alive")
         print("direct = client -> STAND-IN runtime; gateway = client -> gateway (forwarding) -> stand-in")
-        print(f"{'':24} {'direct p50':>11} {'gateway p50':>12} {'added p50':>10} {'ratio':>6}   "
-              f"{'direct p99':>11} {'gateway p99':>12} {'added p99':>10}")
+        print(
+            f"{'':24} {'direct p50':>11} {'gateway p50':>12} {'added p50':>10} {'ratio':>6}   "
+            f"{'direct p99':>11} {'gateway p99':>12} {'added p99':>10}"
+        )
         for kind, lat in overhead(direct, through, args.requests).items():
             d50, g50, d99, g99 = (pct(lat[p], q) for q in (0.5, 0.99) for p in ("direct", "gateway"))
-            print(f"{kind:24} {d50:9.2f}ms {g50:10.2f}ms {g50 - d50:8.2f}ms {g50 / d50:5.2f}x   "
-                  f"{d99:9.2f}ms {g99:10.2f}ms {g99 - d99:8.2f}ms")
+            print(
+                f"{kind:24} {d50:9.2f}ms {g50:10.2f}ms {g50 - d50:8.2f}ms {g50 / d50:5.2f}x   "
+                f"{d99:9.2f}ms {g99:10.2f}ms {g99 - d99:8.2f}ms"
+            )
         store = Store(home)
         before = count_runs(store)
         n = args.concurrent * args.per_client
@@ -278,16 +282,20 @@ def main() -> None:
         secs_g, ok_g, bad_g = concurrent(through, "learnloop/coder", args.concurrent, args.per_client)
         recorded = count_runs(store) - before
         print(f"direct to the stand-in: {ok_d / secs_d:7.1f} requests/s ({ok_d}/{n} answered, {bad_d} failed)")
-        print(f"through the gateway:    {ok_g / secs_g:7.1f} requests/s ({ok_g}/{n} answered, {bad_g} failed), "
-              f"{(ok_g / secs_g) / (ok_d / secs_d):.2f}x direct")
+        print(
+            f"through the gateway:    {ok_g / secs_g:7.1f} requests/s ({ok_g}/{n} answered, {bad_g} failed), "
+            f"{(ok_g / secs_g) / (ok_d / secs_d):.2f}x direct"
+        )
         print(f"nothing lost: runs recorded {recorded} == requests answered {ok_g}: {recorded == ok_g}")
     finally:
         stop(gateway)
         stop(stand_in)
     if args.inprocess:
         lat = in_process(home, args.inprocess)
-        print(f"\nIn-process backend, embedded tiny base, max_tokens 16, {len(lat)} requests after the first: "
-              f"p50 {pct(lat, 0.5):.1f} ms, max {max(lat):.1f} ms (the model's time; context only)")
+        print(
+            f"\nIn-process backend, embedded tiny base, max_tokens 16, {len(lat)} requests after the first: "
+            f"p50 {pct(lat, 0.5):.1f} ms, max {max(lat):.1f} ms (the model's time; context only)"
+        )
 
 
 if __name__ == "__main__":

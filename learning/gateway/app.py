@@ -12,6 +12,8 @@ rollback shows on the next one), answered by the backend, and recorded as a run
 run id is known only at the end, so it comes in the last chunk's `learnloop` field instead).
 Malformed requests get a 400 OpenAI error object and are not recorded; a backend that fails
 gets a 502 with its message. Nothing here prints a request, an answer or a token.
+The store's writes (the routing decision, the run) wait on an fsync each, so they run in worker
+threads: the event loop keeps serving other clients meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
@@ -82,7 +85,7 @@ class Gateway:
             return _error(413, f"The body is over {MAX_BODY // 1024 // 1024} MiB.")
         try:
             call = p.read_call(raw, kind, {k.lower(): v for k, v in request.headers.items()})
-            target = self._select(call)
+            target = await run_in_threadpool(self._select, call)
         except p.BadRequest as exc:
             return _error(400, str(exc), param=exc.param)
         started = time.perf_counter()
@@ -101,7 +104,7 @@ class Gateway:
             gen = await self.backend.complete(call, target)
         except BackendError as exc:
             return _error(502, str(exc), "backend_error")
-        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+        run_id = await run_in_threadpool(log_exchange, self.store, call, gen, target, self._meta(call, target, started))
         return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id))
 
     async def _stream(
@@ -126,7 +129,7 @@ class Gateway:
             yield p.DONE
             return
         assert gen is not None  # a backend's stream ends with its Generation
-        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+        run_id = await run_in_threadpool(log_exchange, self.store, call, gen, target, self._meta(call, target, started))
         last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
         last["learnloop"] = {"run_id": run_id, "decision_id": getattr(target, "decision_id", None)}
         yield p.sse(last)
