@@ -14,6 +14,8 @@ A request with `metadata.tests` is answered first, then scored in the sandbox in
 (learning/gateway/scoring.py). Malformed requests get a 400 OpenAI error object and are not
 recorded; a backend that fails gets a 502 with its message (and is recorded as a failed run,
 reward 0.0, only with record_failures). Nothing here prints a request, an answer or a token.
+The store's writes (the routing decision, the run) wait on an fsync each, so they run in worker
+threads: the event loop keeps serving other clients meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
@@ -99,7 +102,7 @@ class Gateway:
             return _error(413, f"The body is over {MAX_BODY // 1024 // 1024} MiB.")
         try:
             call = p.read_call(raw, kind, {k.lower(): v for k, v in request.headers.items()})
-            target = self._select(call)
+            target = await run_in_threadpool(self._select, call)
         except p.BadRequest as exc:
             return _error(400, str(exc), param=exc.param)
         started = time.perf_counter()
@@ -108,7 +111,7 @@ class Gateway:
             try:  # a backend that fails before its first piece still gets a 502
                 first = await anext(items)
             except BackendError as exc:
-                return self._failed(call, target, started, exc)
+                return await run_in_threadpool(self._failed, call, target, started, exc)
             return StreamingResponse(
                 self._stream(call, target, started, first, items),
                 media_type="text/event-stream",
@@ -117,8 +120,8 @@ class Gateway:
         try:
             gen = await self.backend.complete(call, target)
         except BackendError as exc:
-            return self._failed(call, target, started, exc)
-        run_id = self._answered(call, gen, target, started)
+            return await run_in_threadpool(self._failed, call, target, started, exc)
+        run_id = await run_in_threadpool(self._answered, call, gen, target, started)
         return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id))
 
     async def _stream(
@@ -140,12 +143,13 @@ class Gateway:
                     break
         except BackendError as exc:
             if self.record_failures:
-                log_failure(self.store, call, target, self._meta(call, target, started), str(exc))
+                meta = self._meta(call, target, started)
+                await run_in_threadpool(log_failure, self.store, call, target, meta, str(exc))
             yield p.sse(p.error_body(str(exc), "backend_error"))
             yield p.DONE
             return
         assert gen is not None  # a backend's stream ends with its Generation
-        run_id = self._answered(call, gen, target, started)
+        run_id = await run_in_threadpool(self._answered, call, gen, target, started)
         last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
         last["learnloop"] = {"run_id": run_id, "decision_id": getattr(target, "decision_id", None)}
         yield p.sse(last)
