@@ -2,6 +2,7 @@
 
     python bench/eval_stops.py [--size tiny] [--rows 16] [--max-new-tokens 128] [--repeats 2]
     python bench/eval_stops.py --base FOLDER ...   # a real chat model, e.g. one `learnloop base import` made
+    python bench/eval_stops.py --base FOLDER --generate-only   # generate() alone, in this process
 
 Builds the embedded base (or takes --base, whose rows are then chat turns), puts an untrained LoRA adapter on it (its answers are the base's),
 writes a coder dataset whose prompts are rendered with the builtin coder template, and runs the
@@ -99,6 +100,38 @@ def evaluate(store, adapter_id: str, serving_stops: bool, rows: int, max_new_tok
     }
 
 
+def generate_only(base: Path, rows: int, max_new_tokens: int, repeats: int) -> None:
+    """generate() with and without the role template's stop strings, alternating in one process
+    (no job start, no model load in the timing): what the stop check itself costs per call."""
+    import transformers
+
+    from learning.data.templates import BUILTIN, template_stops
+    from learning.models.generate import generate
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(base))
+    tok.padding_side = "left"
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": TASKS[i % len(TASKS)].format(i=i)}], tokenize=False, add_generation_prompt=True
+        )
+        for i in range(rows)
+    ]
+    stops = template_stops(BUILTIN["coder"])
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        for with_stops in (False, True):
+            t0 = time.perf_counter()
+            out = generate(model, tok, prompts, max_new_tokens, stop=stops if with_stops else (), batch_size=rows)
+            times[with_stops].append(time.perf_counter() - t0)
+            print(f"stop strings {with_stops!s:5}  {times[with_stops][-1]:7.2f}s  answers {[len(o) for o in out]}")
+    best = {k: min(v) for k, v in times.items()}
+    print(
+        f"generate, {rows} prompts: without stop strings {best[False]:.2f}s, with {best[True]:.2f}s, "
+        f"ratio with/without {best[True] / best[False]:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Evaluation time with and without serving's stops.")
     parser.add_argument("--size", default="tiny")
@@ -106,7 +139,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--generate-only", action="store_true", help="time generate() alone (needs --base)")
     args = parser.parse_args()
+    if args.generate_only:
+        if not args.base:
+            raise SystemExit("--generate-only needs --base FOLDER")
+        generate_only(Path(args.base), args.rows, args.max_new_tokens, args.repeats)
+        return
 
     from learning.models.tinybase import ensure_base
     from learning.store import Store
