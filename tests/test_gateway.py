@@ -3,9 +3,6 @@ in-process backend on the embedded tiny base, driven by the real `openai` client
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,41 +13,21 @@ from learning.gateway.inprocess import InProcess
 from learning.gateway.recording import split_messages
 from learning.runs.record import count_runs, get_run
 from learning.store import Store
+from tests.servers import free_port, served
 
 openai = pytest.importorskip("openai")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    import uvicorn
 
     from learning.models.tinybase import ensure_base
 
     home = tmp_path_factory.mktemp("gateway-home")
     store = Store(home)
     base = ensure_base(store, "tiny")
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(store, InProcess(base.path, device="cpu")), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    yield store, url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(build_app(store, InProcess(base.path, device="cpu"))) as url:
+        yield store, url
 
 
 def _client(url: str):
@@ -140,7 +117,7 @@ def test_a_backend_that_is_down_is_a_502(tmp_path: Path):
     from learning.gateway.forward import Forwarding
 
     store = Store(tmp_path)
-    client = TestClient(build_app(store, Forwarding(f"http://127.0.0.1:{_free_port()}", "vllm")))
+    client = TestClient(build_app(store, Forwarding(f"http://127.0.0.1:{free_port()}", "vllm")))
     body = {"model": "learnloop/coder", "messages": [{"role": "user", "content": "x"}]}
     for stream in (False, True):
         r = client.post("/v1/chat/completions", json={**body, "stream": stream})

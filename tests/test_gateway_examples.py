@@ -5,10 +5,7 @@ run here) parse and point at the gateway's default address with a learnloop/<rol
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import threading
-import time
 
 import pytest
 import yaml
@@ -18,43 +15,28 @@ from learning.gateway.inprocess import InProcess
 from learning.runs.record import get_run
 from learning.store import Store
 from tests.conftest import ROOT
+from tests.servers import served
 
 pytest.importorskip("openai")
 EXAMPLES = ROOT / "examples" / "gateway"
 DEFAULT_URL = "http://127.0.0.1:8766/v1"  # learnloop gateway's default --host and --port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # builds the tiny base and serves it
 def test_the_openai_sdk_example_calls_and_scores(tmp_path):
-    import uvicorn
 
     from learning.models.tinybase import ensure_base
 
     store = Store(tmp_path)
     app = build_app(store, InProcess(ensure_base(store, "tiny").path, device="cpu"))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
     sys.path.insert(0, str(EXAMPLES))
     try:
         from openai_sdk import ask_and_score  # pyright: ignore[reportMissingImports]  # examples/gateway on sys.path
 
-        text, run_id = ask_and_score(f"http://127.0.0.1:{port}/v1", "unused", "Write add(a, b).", 0.5)
+        with served(app) as url:
+            text, run_id = ask_and_score(f"{url}/v1", "unused", "Write add(a, b).", 0.5)
     finally:
         sys.path.remove(str(EXAMPLES))
-        server.should_exit = True
-        thread.join(timeout=10)
     run = get_run(store, run_id)
     assert run.reward == 0.5 and run.output == text and run.model == "learnloop/coder/python"
 

@@ -9,9 +9,6 @@ The adapter's served name comes from a deployment record, as deploy_adapter writ
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,18 +24,13 @@ from learning.registry import adapters as registry
 from learning.runs.record import count_runs, get_run
 from learning.serve.deploy import insert_deployment
 from learning.store import Store
+from tests.servers import served
 
 BASE = "Qwen/base-stand-in"
 BROKEN = "broken-model"  # the stand-in answers this model name with an error, like a runtime would
 ADAPTER = "coder-fwd"
 SERVED = {"vllm": "learnloop-coder-fwd", "ollama": "learnloop-coder-fwd", "llamacpp": "lora:3"}
 MESSAGES = [{"role": "user", "content": "def add"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StandIn:
@@ -79,23 +71,13 @@ class StandIn:
 
 @pytest.fixture(scope="module")
 def standin():
-    import uvicorn
 
     fake = StandIn()
     app = Starlette(
         routes=[Route(path, fake.answer, methods=["POST"]) for path in ("/v1/chat/completions", "/v1/completions")]
     )
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield fake, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as url:
+        yield fake, url
 
 
 def _gateway(tmp_path: Path, url: str, runtime, deployed_at: str | None = None, base: str | None = BASE) -> TestClient:

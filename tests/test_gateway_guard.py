@@ -14,19 +14,14 @@ import time
 import httpx
 
 from tests.conftest import LEARNLOOP, ROOT, run_cli, subprocess_env
+from tests.servers import free_port
 
 SECRET_PROMPT = "the-secret-prompt-7f3a"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(home, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    backend = f"http://127.0.0.1:{_free_port()}"
+    port = free_port()
+    backend = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
         [*LEARNLOOP, "gateway", "--port", str(port), "--home", str(home), "--backend", backend, *extra],
         env=env or subprocess_env(),

@@ -5,8 +5,6 @@ recorded only when asked."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -19,15 +17,10 @@ from learning.registry.adapters import create_adapter
 from learning.routing import experiments, lifecycle
 from learning.runs.record import count_runs, get_run, log_run
 from learning.store import Store
+from tests.servers import free_port, served
 
 openai = pytest.importorskip("openai")
 ASK = [{"role": "user", "content": "Write a function add(a, b)."}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_adapter(store: Store, base: str, adapter_id: str, role: str, seed: int) -> None:
@@ -50,7 +43,6 @@ def make_adapter(store: Store, base: str, adapter_id: str, role: str, seed: int)
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    import uvicorn
 
     from learning.models.tinybase import ensure_base
 
@@ -60,18 +52,8 @@ def gateway(tmp_path_factory):
         [("hot-a", "coder"), ("hot-b", "coder"), ("canary-prod", "fixer"), ("canary-cand", "fixer")]
     ):
         make_adapter(store, base, adapter_id, role, seed)
-    port = free_port()
-    app = build_app(store, InProcess(base, device="cpu"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield store, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(build_app(store, InProcess(base, device="cpu"))) as url:
+        yield store, openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
 
 
 def ask(client, model: str, **kw) -> tuple[str, dict[str, str]]:
