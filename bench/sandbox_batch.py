@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from learning.evaluate import codeenv  # noqa: E402
-from learning.evaluate.sandbox import SANDBOX_ENV, run_many  # noqa: E402
+from learning.sandbox.execute import SANDBOX_ENV, run_many  # noqa: E402
 
 
 def timed(jobs: list[tuple[str, list[str]]], mode: str) -> tuple[float, list[float]]:

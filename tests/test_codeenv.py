@@ -6,7 +6,7 @@ import time
 
 from learning.evaluate import codeenv as ce
 from learning.evaluate.codeenv import split_of as codeenv_split
-from learning.evaluate.sandbox import run_many, run_tests
+from learning.sandbox.execute import run_many, run_tests
 
 
 def test_reference_scores_one_and_broken_variants_less_for_every_role():

@@ -10,7 +10,7 @@ import pytest
 
 from learning.demo.summary import loss_curve, verdict
 from learning.evaluate import codeenv
-from learning.evaluate.sandbox import run_many
+from learning.sandbox.execute import run_many
 from tests.conftest import run_cli, text_of
 
 STAGES = ["base", "population", "curate", "train", "evaluate", "promote", "heldout", "drift"]

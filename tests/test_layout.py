@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top: a module may import from its own level and the levels below it, never above.
 SHARED = ("errors", "home", "clock", "params", "store")
 PACKAGES = (
+    "sandbox",
     "runs",
     "jobs",
     "data",

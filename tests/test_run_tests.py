@@ -10,8 +10,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from learning.evaluate.sandbox import SANDBOX_ENV
 from learning.runs.record import get_run
+from learning.sandbox.execute import SANDBOX_ENV
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import run_cli, text_of

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from learning.errors import InvalidInput
-from learning.evaluate.sandbox import SANDBOX_ENV, SandboxUnavailable, run_many, run_tests
+from learning.sandbox.execute import SANDBOX_ENV, SandboxUnavailable, run_many, run_tests
 from tests.conftest import live_processes
 
 needs_bwrap = pytest.mark.skipif(

@@ -2,7 +2,7 @@
 
 - coder: when the test row carries tests (its run's Python statements, usually asserts, in
   `tests`), the code in the answer (the first fenced block, else the whole answer) must pass
-  every one, run by learning.evaluate.sandbox.run_many (the whole batch at once); an answer with
+  every one, run by learning.sandbox.execute.run_many (the whole batch at once); an answer with
   no Python code, or code that does not compile, fails them. A row without tests gets the
   compile-only check: the code compiles (`compile()`) and is not empty (at least one statement);
   blocks fenced as another language are not checked (counted as unchecked, not as failures).
@@ -23,17 +23,15 @@ never a mix, and `pass_rate_basis` says which. `checks` keeps each row's outcome
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import re
 from typing import Any
 
 from learning.data.formats import to_example
-from learning.evaluate import sandbox
+from learning.sandbox import execute as sandbox
+from learning.sandbox.code import PYTHON_TAGS, compiles, extract_code, tested_code
 
-FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-PYTHON_TAGS = {"", "python", "py", "python3"}
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 VERDICT_WORDS = ("pass", "fail", "accept", "reject", "approve", "correct", "incorrect", "good", "bad", "yes", "no")
 
@@ -63,23 +61,6 @@ GENERIC_SANITY = [
 
 def sanity_prompts(role: str) -> list[str]:
     return SANITY_PROMPTS.get(role, GENERIC_SANITY)
-
-
-def extract_code(answer: str) -> tuple[str, str]:
-    """(language tag, code) of the first fenced block, else ('', the whole answer)."""
-    match = FENCE.search(answer)
-    if match:
-        return match.group(1).lower(), match.group(2)
-    return "", answer
-
-
-def compiles(code: str) -> bool:
-    """Python that compiles and holds at least one statement (an empty or comment-only answer
-    compiles too, but is no code)."""
-    try:
-        return bool(ast.parse(code).body) and compile(code, "<answer>", "exec") is not None
-    except (SyntaxError, ValueError):
-        return False
 
 
 def is_unified_diff(text: str) -> bool:
@@ -150,13 +131,6 @@ def check_compiles(answer: str) -> tuple[bool | None, str]:
     if not compiles(code):
         return False, "no code" if not code.strip() or compiles(code + "\npass") else "does not compile"
     return True, "compiles"
-
-
-def tested_code(answer: str) -> str | None:
-    """The code of an answer to run against its row's tests; None when it has no Python code that
-    compiles (a failure, not worth a process)."""
-    lang, code = extract_code(answer)
-    return code if lang in PYTHON_TAGS and compiles(code) else None
 
 
 def check_one(role: str, row: dict[str, Any], reference: str, answer: str) -> tuple[bool | None, str]:

@@ -10,7 +10,7 @@ Two more roles reuse the families:
 - judge: a function and its specification -> the verdict "pass" or "fail", right when it agrees
   with what executing the function against the hidden tests shows.
 
-Every reward comes from executing the answer in learning.evaluate.sandbox (isolated process, timeout, no
+Every reward comes from executing the answer in learning.sandbox.execute (isolated process, timeout, no
 network). The reference solver's answers score 1.0; each family has deliberately broken
 variants, among them a near miss that fails one test of five (0.8), which is why a curation
 threshold below 1.0 lets wrong code into a training set.
@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from learning.evaluate.sandbox import run_many
+from learning.sandbox.execute import run_many
 
 ROLES = ("coder", "fixer", "judge")
 STOP = ("\n###", "\n\n", "\nassert", "\nprint(")

@@ -9,9 +9,9 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput, check
-from learning.evaluate import sandbox
 from learning.runs.record import log_run
 from learning.runs.schema import LIMITS, MAX_TEST_CHARS, MAX_TESTS  # the most a run keeps, so a scored run logs
+from learning.sandbox import execute as sandbox
 from learning.store import Store
 
 CODE_CHARS = 200_000  # code and setup, each

@@ -2,7 +2,7 @@
 
 A request whose `metadata.tests` holds Python statements is answered first; then, in a worker
 thread of this process, the code of the answer (its first fenced block, else the whole text)
-runs with those tests in the sandbox (learning.evaluate.sandbox: a bubblewrap jail), and the
+runs with those tests in the sandbox (learning.sandbox.execute: a bubblewrap jail), and the
 run gets reward = share of tests passed, signals compiled / tests_passed / tests_total /
 sandbox / scored_by = "gateway", and the tests themselves (so curation carries them to the
 gate). One scoring at a time; a queue holds the rest. Where the sandbox cannot run, the run
@@ -16,9 +16,9 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from learning.errors import LearnloopError
-from learning.evaluate import sandbox
-from learning.evaluate.checks import extract_code
 from learning.runs.record import set_reward
+from learning.sandbox import execute as sandbox
+from learning.sandbox.code import extract_code
 from learning.store import Store
 
 SCORED_BY = "gateway"

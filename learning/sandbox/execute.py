@@ -1,8 +1,8 @@
 """Run untrusted Python (an agent's answer, a model's output) against tests, in a jail.
 
-Every execution runs inside a bubblewrap jail (learning/evaluate/jail.py: no network, no files
+Every execution runs inside a bubblewrap jail (learning/sandbox/jail.py: no network, no files
 of the machine, no environment, its own pid namespace) under a supervisor
-(learning/evaluate/supervisor.py) that forks one child per answer with CPU, memory,
+(learning/sandbox/supervisor.py) that forks one child per answer with CPU, memory,
 process-count and file-size limits, kills the answer's process group at the timeout, and kills
 whatever else the answer left in the jail. One jail scores a whole batch; a fork per answer
 costs about a millisecond where a jail and an interpreter cost tens.
@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from learning.errors import InvalidInput
-from learning.evaluate.jail import INSTALL_HINT, SandboxUnavailable, jail_command, plain_command
+from learning.sandbox.jail import INSTALL_HINT, SandboxUnavailable, jail_command, plain_command
 
 __all__ = ["ExecResult", "Limits", "SandboxUnavailable", "run_many", "run_tests", "sandbox_mode"]
 
