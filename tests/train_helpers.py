@@ -15,8 +15,10 @@ def make_dataset(
     kind: str = "sft",
     fmt: str = "prompt_completion",
     rows: int = 24,
+    tests: list[str] | None = None,
 ) -> str:
-    """Write datasets/<id>/{train,test}.jsonl and metadata.json and insert the datasets row."""
+    """Write datasets/<id>/{train,test}.jsonl and metadata.json and insert the datasets row; with
+    `tests`, every sft row carries them (GRPO's reward runs them)."""
     folder = store.home / "datasets" / dataset_id
     folder.mkdir(parents=True, exist_ok=True)
     data = []
@@ -32,6 +34,8 @@ def make_dataset(
             data.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": good}]})
         else:
             data.append({"prompt": prompt, "completion": good})
+        if tests is not None and kind == "sft":
+            data[-1]["tests"] = tests
     text = "".join(json.dumps(r) + "\n" for r in data)
     (folder / "train.jsonl").write_text(text)
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data[:3]))

@@ -56,6 +56,7 @@ def escape_value(value: Any, controls: list[str]) -> Any:
     return value
 
 
-def escape_rows(rows: list[dict[str, Any]], controls: list[str]) -> list[dict[str, Any]]:
-    """Training rows (TRL's columns) with the text of every field escaped."""
-    return [{k: escape_value(v, controls) for k, v in row.items()} for row in rows]
+def escape_rows(rows: list[dict[str, Any]], controls: list[str], keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Training rows (TRL's columns) with the text of every field escaped, but those in `keep`
+    (a row's tests are code to run, not text the model reads)."""
+    return [{k: v if k in keep else escape_value(v, controls) for k, v in row.items()} for row in rows]

@@ -18,7 +18,7 @@ from learning.registry import adapters as registry
 from learning.store import Store
 from learning.train.config import Method
 
-METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",)}
+METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",), "grpo": ("sft",)}
 MIN_ROWS = 10
 EMBEDDED_PREFIX = "embedded:"
 
@@ -31,7 +31,7 @@ def check_arguments(role: str, method: Method, num_processes: int) -> tuple[list
     except InvalidInput as exc:
         problems.append(str(exc))
     if method not in METHOD_KINDS:
-        problems.append(f"Unknown method {method!r}; use sft, dpo or kto.")
+        problems.append(f"Unknown method {method!r}; use sft, dpo, kto or grpo.")
         method = "sft"
     if not 1 <= num_processes <= 64:
         problems.append(f"num_processes must be between 1 and 64, not {num_processes}.")
@@ -56,10 +56,12 @@ def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tupl
             if method == "dpo"
             else "a KTO dataset (prompt/completion/label)"
             if method == "kto"
+            else "an SFT dataset whose rows carry tests"
+            if method == "grpo"
             else "an SFT dataset"
         )
         problems.append(f"Method {method} needs {need}; dataset {dataset_id} is kind {ds['kind']!r}.")
-    formats = SFT_FORMATS if method == "sft" else PREF_FORMATS
+    formats = SFT_FORMATS if method in ("sft", "grpo") else PREF_FORMATS
     if ds["format"] not in formats:
         problems.append(f"Dataset {dataset_id} has format {ds['format']!r}; {method} takes {', '.join(formats)}.")
     path = (store.home / ds["path"]).resolve()
@@ -70,8 +72,27 @@ def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tupl
             f"Dataset {dataset_id} has {ds['train_rows']} training rows; at least {MIN_ROWS} are needed. "
             "Log more runs or lower make_sft's reward threshold."
         )
+    elif method == "grpo":
+        problems += _tested_rows_problems(dataset_id, path / "train.jsonl")
     ds["abs_path"] = str(path)
     return problems, ds
+
+
+def _tested_rows_problems(dataset_id: str, train_file: Path) -> list[str]:
+    """GRPO's reward runs each row's tests: enough rows must carry them."""
+    rows = tested = 0
+    with train_file.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows += 1
+                tested += bool(json.loads(line).get("tests"))
+    if tested >= MIN_ROWS:
+        return []
+    return [
+        f"GRPO rewards answers by running each row's tests, and dataset {dataset_id} has {tested} of {rows} "
+        f"training rows with tests (at least {MIN_ROWS} are needed). Curate runs logged with tests "
+        "(log_run tests=..., or run_tests log=true)."
+    ]
 
 
 def _read_json(path: Path) -> dict:
@@ -197,3 +218,36 @@ def resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume: 
     if resume and row is not None and row["status"] != "failed":  # (resume without a row returned above)
         return [f"Adapter {adapter_id} is {row['status']}; only a failed or cancelled adapter can be resumed."], None
     return [], adapter_id
+
+
+def check_start_from(store: Store, start_from: str | None, base_path: str | None) -> tuple[list[str], dict | None]:
+    """The adapter a run continues (e.g. GRPO after SFT): it must exist, be trained, and be on the
+    same base. Returns its folder and the LoRA shape it fixes (rank, alpha, layers)."""
+    if start_from is None:
+        return [], None
+    try:
+        safe_id(start_from, "start_from")
+    except InvalidInput as exc:
+        return [str(exc)], None
+    row = registry.adapter_row(store, start_from)
+    if row is None:
+        return [
+            f"No adapter {shown(start_from)} to start from. List adapters with list_adapters (CLI: learnloop list)."
+        ], None
+    path = Path(row["path"])
+    config = _read_json(path / "adapter_config.json")
+    if row["status"] in ("training", "failed") or not config:
+        return [f"Adapter {start_from} is {row['status']} and has no trained weights to start from."], None
+    if base_path is not None and row["base_model"] != base_path:
+        return [
+            f"Adapter {start_from} was trained on {row['base_model']}, not on this run's base {base_path}; "
+            "start from an adapter of the same base, or pass its base."
+        ], None
+    targets = config.get("target_modules") or []
+    return [], {
+        "id": start_from,
+        "path": str(path),
+        "rank": config.get("r"),
+        "alpha": config.get("lora_alpha"),
+        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+    }

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from learning.errors import InvalidInput
 
-Method = Literal["sft", "dpo", "kto"]
+Method = Literal["sft", "dpo", "kto", "grpo"]
 Quantize = Literal["none", "4bit", "8bit", "auto"]
 Preset = Literal["light", "default", "heavy"]
 # Words target_modules takes besides a list of names; the plan resolves them against the base's
@@ -29,7 +29,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = Field(
-        default="sft", description="sft on prompt/completion or messages; dpo or kto on preference data."
+        default="sft",
+        description="sft on prompt/completion or messages; dpo or kto on preference data; grpo samples answers "
+        "to an SFT dataset's prompts and rewards them by running the rows' tests.",
     )
     rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(default=32, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
@@ -43,7 +45,12 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear decay).")
     epochs: float = Field(default=2, gt=0, le=100, description="Passes over the training rows (max_steps wins if set).")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(default=4, ge=1, le=4096, description="Rows per device per step.")
+    batch_size: int = Field(
+        default=4,
+        ge=1,
+        le=4096,
+        description="Rows per device per step (grpo: prompts, each answered num_generations times).",
+    )
     grad_accum: int = Field(default=1, ge=1, le=1024, description="Gradient accumulation steps.")
     max_length: int = Field(default=1024, ge=16, le=262144, description="Longest tokenized row; longer rows are cut.")
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
@@ -66,6 +73,36 @@ class TrainConfig(BaseModel):
         description="Attention kernel: auto = flash_attention_2 on a CUDA GPU when flash-attn is installed, else transformers' default (sdpa).",
     )
 
+    num_generations: int = Field(default=8, ge=2, le=256, description="GRPO: answers sampled per prompt (a group).")
+    max_completion_length: int = Field(
+        default=256, ge=1, le=32768, description="GRPO: longest sampled answer, in tokens."
+    )
+    temperature: float = Field(default=1.0, gt=0, le=5, description="GRPO: sampling temperature.")
+    kl_coef: float = Field(
+        default=0.0, ge=0, le=10, description="GRPO: weight of the KL penalty to the base (0: none)."
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        description="GRPO: an answer ends at the first of these strings (as served) before scoring.",
+    )
+    compile_bonus: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="GRPO: added to the reward when the answer's code compiles (a format term).",
+    )
+    length_penalty: float = Field(
+        default=0.0, ge=0, le=1, description="GRPO: subtracted, times the answer's share of max_completion_length."
+    )
+    no_signal_steps: int = Field(
+        default=10,
+        ge=1,
+        description="GRPO: stop with an error after this many steps in a row in which no group's rewards varied.",
+    )
+    log_samples: bool = Field(
+        default=False, description="GRPO: log every scored answer as a run (agent learnloop-grpo) with its reward."
+    )
+
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
         problems = []
@@ -75,6 +112,8 @@ class TrainConfig(BaseModel):
             problems.append("target_modules must be 'auto', 'all-linear', 'attention' or a list of module names.")
         if isinstance(self.target_modules, list) and not self.target_modules:
             problems.append("target_modules is empty: name at least one module, e.g. q_proj.")
+        if self.method == "grpo" and self.batch_size * self.num_generations > 4096:
+            problems.append("grpo samples batch_size x num_generations answers a step; keep it at most 4096.")
         if self.packing and self.method != "sft":
             problems.append("packing applies to sft only.")
         if problems:

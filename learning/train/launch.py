@@ -24,7 +24,14 @@ from learning.models.gguf_base import find_imported, gguf_origin
 from learning.registry import adapters as registry
 from learning.registry.queries import adapter_row
 from learning.store import Store, loads
-from learning.train.checks import EMBEDDED_PREFIX, check_arguments, check_base, check_dataset, resolve_adapter_id
+from learning.train.checks import (
+    EMBEDDED_PREFIX,
+    check_arguments,
+    check_base,
+    check_dataset,
+    check_start_from,
+    resolve_adapter_id,
+)
 from learning.train.config import Preset, TrainConfig, build_config
 from learning.train.estimates import avg_row_tokens, estimate_run, estimate_steps
 from learning.train.speed import missing_packages
@@ -86,8 +93,11 @@ def train_adapter(
         ),
     ] = None,
     method: Annotated[
-        Literal["sft", "dpo", "kto"],
-        Field(description="sft on prompt/completion or chat data; dpo or kto on preference data."),
+        Literal["sft", "dpo", "kto", "grpo"],
+        Field(
+            description="sft on prompt/completion or chat data; dpo or kto on preference data; grpo samples answers "
+            "to an SFT dataset's prompts and rewards each by running its row's tests in the sandbox."
+        ),
     ] = "sft",
     preset: Annotated[
         Preset,
@@ -123,6 +133,13 @@ def train_adapter(
     num_processes: Annotated[
         int, Field(ge=1, le=64, description="Training processes (accelerate DDP): one per GPU, or CPU processes.")
     ] = 1,
+    start_from: Annotated[
+        str | None,
+        Field(
+            description="Continue this trained adapter's weights (e.g. GRPO after SFT) instead of a fresh LoRA; "
+            "its rank, alpha and layers are kept. It must be on the same base."
+        ),
+    ] = None,
 ) -> TrainStarted:
     """Train a LoRA adapter for a role on a curated dataset, in a background job. Returns
     job_id and adapter_id at once: follow the job with wait_job / job_status, stop it with
@@ -148,8 +165,24 @@ def train_adapter(
         cfg = cfg.model_copy(update={"target_modules": targets}) if targets is not None else cfg
     ds_problems, ds = check_dataset(store, dataset_id, role, cfg.method if cfg else method)
     problems += ds_problems
+    start = None
+    if start_from is not None or (previous is not None and "start_from" in loads(previous["params"])):
+        start_from = start_from or loads(previous["params"])["start_from"]["id"]
+        loadable = _loadable_base(store, base_ref) if not base_problems else None
+        start_problems, start = check_start_from(store, start_from, loadable)
+        problems += start_problems
     check(problems, "Cannot train:")
     assert cfg is not None and ds is not None  # else there were problems and check() raised
+    if start is not None:
+        cfg = cfg.model_copy(
+            update={"rank": start["rank"], "alpha": start["alpha"], "target_modules": start["target_modules"]}
+        )
+        notes.append(f"continuing adapter {start['id']}: its rank {start['rank']}, alpha {start['alpha']} and layers")
+    if cfg.method == "grpo":
+        notes.append(
+            "grpo: the estimates count the training passes only; sampling num_generations answers per prompt "
+            "and running their tests take most of the time"
+        )
     _note_unbuilt_base(store, base_ref, notes)
     formats = export_formats(model_config.get("model_type"))
     export_notes(model_config.get("model_type"), formats, notes)
@@ -181,7 +214,7 @@ def train_adapter(
     )
     if dry_run:
         return TrainStarted(job_id=None, adapter_id=plan.adapter_id, dry_run=True, plan=plan)
-    return _start(store, plan, base_ref, ds, previous, explicit_id=explicit_id)
+    return _start(store, plan, base_ref, ds, previous, explicit_id=explicit_id, start=start)
 
 
 def _train_config(
@@ -261,12 +294,15 @@ def _check_disk(store: Store, lora_params: int) -> None:
         )
 
 
-def _start(store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, explicit_id: bool) -> TrainStarted:
+def _start(
+    store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, explicit_id: bool, start: dict | None
+) -> TrainStarted:
     params = {
         "config": plan.config,
         "dataset_id": plan.dataset_id,
         "base": base_ref,
         "num_processes": plan.num_processes,
+        **({"start_from": start} if start is not None else {}),
     }
     if previous is not None:
         adapter_id = previous["id"]

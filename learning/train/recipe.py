@@ -29,6 +29,7 @@ from learning.jobs.queries import job_row
 from learning.models.fingerprint import base_fingerprint
 from learning.store import Store, dumps, loads
 from learning.train.checkpoints import move_aside, newest_intact, skipped_message
+from learning.train.grpo import group_stats, grpo_metrics, grpo_rows, grpo_trainer, no_signal_message
 from learning.train.progress import ProgressCallback
 from learning.train.speed import liger_enabled, model_kwargs, needs_checkpointing
 from learning.train.targets import adapted_mismatch, adapted_modules
@@ -195,8 +196,12 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     from datasets import Dataset
 
     lines = (Path(p["dataset_path"]) / "train.jsonl").read_text().splitlines()
-    rows = training_rows([json.loads(line) for line in lines if line.strip()], p["dataset_format"], cfg["method"])
-    escaped = escape_rows(rows, control_strings(tokenizer))
+    raw = [json.loads(line) for line in lines if line.strip()]
+    grpo = cfg["method"] == "grpo"
+    rows = training_rows(raw, p["dataset_format"], "sft" if grpo else cfg["method"])
+    if grpo:  # the prompts and their tests; the answers are sampled (learning.train.grpo)
+        rows = grpo_rows(raw, rows)
+    escaped = escape_rows(rows, control_strings(tokenizer), keep=("tests",))
     rows_escaped = sum(a != b for a, b in zip(rows, escaped))
     # Chat rows learn the assistant's turns only, also under templates without generation
     # markers: tokenized here with labels masked by rendered prefixes (learning.data.chat_loss).
@@ -211,6 +216,10 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     load = model_kwargs(cfg, cuda)
     dtype = load["dtype"]
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, **load)
+    if p.get("start_from"):  # continue a trained adapter (e.g. GRPO after SFT) rather than a fresh LoRA
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, p["start_from"]["path"], is_trainable=True)
 
     # 4. LoRA on the chosen projections; TRL wraps the model with it.
     lora = LoraConfig(
@@ -222,16 +231,17 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         task_type="CAUSAL_LM",
     )
 
-    # 5. Trainer arguments shared by the three methods.
+    # 5. Trainer arguments shared by the methods; GRPO's reward runs each answer's tests in the jail.
     common = trainer_args(cfg, ckpt_dir, cuda, dtype == torch.bfloat16, needs_checkpointing(model))
     callback = ProgressCallback(ctx, rank0)
     inputs: dict[str, Any] = dict(
         model=model,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=None if p.get("start_from") else lora,
         callbacks=[callback],
     )
+    group_callback = None
     if cfg["method"] == "sft":
         args = SFTConfig(
             **common,
@@ -240,6 +250,8 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
             assistant_only_loss="messages" in dataset.column_names and has_generation_markers(tokenizer.chat_template),
         )
         trainer = SFTTrainer(args=args, **inputs)
+    elif grpo:
+        trainer, group_callback = grpo_trainer(ctx, inputs, common, rank0)
     elif cfg["method"] == "dpo":
         trainer = DPOTrainer(args=DPOConfig(**common, beta=cfg["beta"]), **inputs)
     else:
@@ -264,6 +276,9 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
         if rank0:
             (out / "cancelled.json").write_text(json.dumps({"step": callback.cancelled_at}))
         raise JobCancelled(_cancel_message(p, callback.cancelled_at))
+    if group_callback is not None and group_callback.no_signal:
+        stats = group_stats(trainer.state.log_history, group_callback.groups_per_step)
+        raise InvalidInput(no_signal_message(cfg["no_signal_steps"], stats))
 
     # 8. Save the adapter, the tokenizer and what produced them.
     if not trainer.is_world_process_zero():
@@ -273,6 +288,8 @@ def train(ctx: JobContext) -> dict[str, Any] | None:
     metrics = {**_run_metrics(trainer, output, callback, len(dataset), cuda), "rows_escaped": rows_escaped}
     if loss_on:
         metrics["loss_on"] = loss_on
+    if group_callback is not None:
+        metrics["grpo"] = grpo_metrics(trainer, group_callback, metrics["train_runtime_s"])
     metadata = {
         **_metadata(p, base_path, metrics, started, resumed_from=resume_from),
         "checkpoints_skipped": skipped,

@@ -1,0 +1,182 @@
+"""method=grpo: answers sampled from the policy, rewarded by running the rows' tests in the jail.
+
+The fast tests check the reward, the rows and the group counts on their own; the slow ones run
+real GRPO jobs on the tiny embedded base (TRL's GRPOTrainer, real sandbox executions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from learning.errors import InvalidInput
+from learning.jobs import manage as jobs
+from learning.registry import adapters as registry
+from learning.runs.stats import run_stats
+from learning.store import Store
+from learning.train import launch as training
+from learning.train.grpo import ExecutionReward, cut_at_stop, group_stats, grpo_rows
+from tests.train_helpers import lora_tensors, make_dataset
+
+BASE = "embedded:tiny"
+TESTS = ["assert add_one(1) == 2", "assert add_one(-1) == 0"]
+GRPO = {"batch_size": 2, "num_generations": 4, "max_completion_length": 16, "save_steps": 1, "learning_rate": 1e-2}
+
+
+def test_reward_is_the_share_of_tests_passed_in_the_jail():
+    reward = ExecutionReward({"stop": ["\n\n"], "max_completion_length": 16})
+    answers = [
+        "def add_one(x):\n    return x + 1\n\nprint('after the stop')",  # both tests
+        "def add_one(x):\n    return abs(x) + 1\n",  # one of two
+        "def add_one(x) return",  # does not compile: never run
+        "```python\ndef add_one(x):\n    return x + 1\n```\nsome prose",  # the fenced code is what runs
+        "import os\ndef add_one(x):\n    return len(os.listdir('/home'))\n",  # runs in the jail, fails
+    ]
+    got = reward(["p"] * 5, answers, tests=[TESTS] * 5)
+    assert got == [1.0, 0.5, 0.0, 1.0, 0.0]
+    assert reward.scored == 5 and reward.seconds > 0
+
+
+def test_format_and_length_terms_are_small_and_optional():
+    reward = ExecutionReward({"compile_bonus": 0.1, "length_penalty": 0.2, "max_completion_length": 10})
+    got = reward(["p", "p"], ["def add_one(x):\n    return x\n", "nonsense " * 10], tests=[TESTS, TESTS])
+    # the first compiles (0 tests pass) and is 29 of ~40 characters; the second is long and no code
+    assert got[0] == pytest.approx(0.1 - 0.2 * 29 / 40) and got[1] == pytest.approx(-0.2)
+
+
+def test_rows_keep_prompts_with_tests_and_answers_end_at_stops():
+    raw = [
+        {"prompt": "a", "completion": "x", "tests": TESTS},
+        {"prompt": "b", "completion": "y"},  # no tests: nothing to reward it by
+        {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "z"}], "tests": TESTS},
+    ]
+    converted = [
+        {"prompt": "a", "completion": "x"},
+        {"prompt": "b", "completion": "y"},
+        {"messages": raw[2]["messages"]},
+    ]
+    rows = grpo_rows(raw, converted)
+    assert rows == [
+        {"prompt": "a", "tests": TESTS},
+        {"prompt": [{"role": "user", "content": "c"}], "tests": TESTS},
+    ]
+    assert cut_at_stop("def f():\n    return 1\n\nassert f()", ["\nassert", "\n\n"]) == "def f():\n    return 1"
+    assert cut_at_stop("no stop here", ["\n\n"]) == "no stop here"
+
+
+def test_groups_whose_rewards_are_all_equal_are_counted_as_dropped():
+    history = [
+        {"step": 1, "reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0},
+        {"step": 2, "reward": 0.5, "reward_std": 0.5, "frac_reward_zero_std": 0.25},
+        {"step": 2, "train_loss": 0.1},  # the trainer's closing entry
+    ]
+    stats = group_stats(history, groups_per_step=4)
+    assert (stats["groups"], stats["groups_dropped"], stats["dropped_share"]) == (8, 5, 0.625)
+    assert [s["step"] for s in stats["reward_by_step"]] == [1, 2]
+
+
+# ---- the plan: refused before any process starts ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from learning.models.tinybase import ensure_base
+
+    s = Store(tmp_path_factory.mktemp("grpo") / "home")
+    ensure_base(s, "tiny")
+    make_dataset(s, "ds-plain")
+    make_dataset(s, "ds-tested", tests=TESTS)
+    make_dataset(s, "ds-compiles", tests=["assert True"])  # passes whenever the answer's code runs
+    make_dataset(s, "ds-impossible", tests=["assert False"])
+    make_dataset(s, "ds-pairs", kind="dpo")
+    yield s
+    s.close()
+
+
+def test_grpo_needs_rows_with_tests_and_an_sft_dataset(store):
+    with pytest.raises(InvalidInput) as err:
+        training.train_adapter(store, "coder", "ds-plain", base=BASE, method="grpo", dry_run=True)
+    assert "0 of 24 training rows with tests" in str(err.value.problems)
+    with pytest.raises(InvalidInput) as err:
+        training.train_adapter(store, "coder", "ds-pairs", base=BASE, method="grpo", dry_run=True)
+    assert "an SFT dataset whose rows carry tests" in str(err.value.problems)
+    plan = training.train_adapter(
+        store, "coder", "ds-tested", base=BASE, method="grpo", dry_run=True, overrides=GRPO
+    ).plan
+    assert plan.method == "grpo" and plan.config["num_generations"] == 4
+    assert any("sampling num_generations answers" in n for n in plan.notes)
+
+
+def test_start_from_must_be_a_trained_adapter_of_the_same_base(store):
+    with pytest.raises(InvalidInput) as err:
+        training.train_adapter(store, "coder", "ds-tested", base=BASE, method="grpo", start_from="nope", dry_run=True)
+    assert "No adapter 'nope' to start from" in str(err.value.problems)
+    with pytest.raises(InvalidInput) as err:
+        training.train_adapter(store, "coder", "ds-tested", method="grpo", start_from="../x", dry_run=True)
+    assert "start_from" in str(err.value.problems)
+
+
+# ---- real GRPO jobs on the tiny base ---------------------------------------------------------
+
+
+def _finish(store, started):
+    status = jobs.wait_job(store, started.job_id, timeout=600)
+    assert status.status in jobs.FINAL
+    return status
+
+
+@pytest.mark.slow
+def test_grpo_continues_an_sft_adapter_counts_groups_and_logs_its_samples(store):
+    sft = training.train_adapter(
+        store, "coder", "ds-compiles", base=BASE, max_steps=2, overrides={"batch_size": 4, "rank": 4, "alpha": 8}
+    )
+    assert _finish(store, sft).status == "succeeded"
+    with pytest.raises(InvalidInput) as err:  # another base: refused
+        training.train_adapter(store, "coder", "ds-compiles", method="grpo", start_from=sft.adapter_id, dry_run=True)
+    assert "not on this run's base" in str(err.value.problems)
+
+    started = training.train_adapter(
+        store,
+        "coder",
+        "ds-compiles",
+        base=BASE,
+        method="grpo",
+        start_from=sft.adapter_id,
+        max_steps=2,
+        overrides={**GRPO, "log_samples": True, "no_signal_steps": 50, "temperature": 1.5},
+    )
+    assert started.plan.config["rank"] == 4  # the SFT adapter's shape, not the preset's
+    status = _finish(store, started)
+    assert status.status == "succeeded", (status.error, status.log_tail)
+    adapter = registry.get_adapter(store, started.adapter_id)
+    assert adapter.method == "grpo" and adapter.status == "trained"
+    grpo = adapter.metrics["grpo"]
+    assert grpo["groups"] == 4 and grpo["answers_scored"] == 16 and 0 <= grpo["groups_dropped"] <= 4
+    assert len(grpo["reward_by_step"]) == 2 and grpo["answers_per_s"] > 0
+    assert {"reward", "reward_std", "dropped_share", "answers_per_s"} <= set(status.progress)
+    stats = run_stats(store, role="coder", agent="learnloop-grpo")
+    assert stats.total_runs == 16  # every scored answer, logged with its reward
+    start = lora_tensors(Path(registry.get_adapter(store, sft.adapter_id).path))
+    after = lora_tensors(Path(adapter.path))
+    assert start.keys() == after.keys()  # the same LoRA, continued
+    if grpo["groups_dropped"] < grpo["groups"]:  # a group with signal moved it
+        assert any(not start[k].equal(after[k]) for k in start)
+
+
+@pytest.mark.slow
+def test_grpo_without_reward_variance_stops_and_says_what_to_change(store):
+    started = training.train_adapter(
+        store,
+        "coder",
+        "ds-impossible",
+        base=BASE,
+        method="grpo",
+        max_steps=20,
+        overrides={**GRPO, "no_signal_steps": 2},
+    )
+    status = _finish(store, started)
+    assert status.status == "failed"
+    assert (status.error or "").startswith("GRPO stopped: 4 of 4 groups dropped, none varied in the last 2 steps")
+    adapter = registry.get_adapter(store, started.adapter_id)
+    assert adapter.status == "failed"
+    assert any(Path(adapter.path, "checkpoints").iterdir())  # kept: resume=true continues it
