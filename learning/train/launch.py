@@ -165,24 +165,11 @@ def train_adapter(
         cfg = cfg.model_copy(update={"target_modules": targets}) if targets is not None else cfg
     ds_problems, ds = check_dataset(store, dataset_id, role, cfg.method if cfg else method)
     problems += ds_problems
-    start = None
-    if start_from is not None or (previous is not None and "start_from" in loads(previous["params"])):
-        start_from = start_from or loads(previous["params"])["start_from"]["id"]
-        loadable = _loadable_base(store, base_ref) if not base_problems else None
-        start_problems, start = check_start_from(store, start_from, loadable)
-        problems += start_problems
+    start_problems, start = _start_from(store, start_from, previous, None if base_problems else base_ref)
+    problems += start_problems
     check(problems, "Cannot train:")
     assert cfg is not None and ds is not None  # else there were problems and check() raised
-    if start is not None:
-        cfg = cfg.model_copy(
-            update={"rank": start["rank"], "alpha": start["alpha"], "target_modules": start["target_modules"]}
-        )
-        notes.append(f"continuing adapter {start['id']}: its rank {start['rank']}, alpha {start['alpha']} and layers")
-    if cfg.method == "grpo":
-        notes.append(
-            "grpo: the estimates count the training passes only; sampling num_generations answers per prompt "
-            "and running their tests take most of the time"
-        )
+    cfg = _continued(cfg, start, notes)
     _note_unbuilt_base(store, base_ref, notes)
     formats = export_formats(model_config.get("model_type"))
     export_notes(model_config.get("model_type"), formats, notes)
@@ -234,6 +221,29 @@ def _train_config(
         return [], build_config(preset, values)
     except LearnloopError as exc:
         return exc.problems or [str(exc)], None
+
+
+def _start_from(store: Store, start_from: str | None, previous, base_ref: dict | None) -> tuple[list[str], dict | None]:
+    """The adapter the run continues: the argument, or the one a resumed run started from."""
+    if start_from is None and previous is not None:
+        start_from = (loads(previous["params"]).get("start_from") or {}).get("id")
+    loadable = _loadable_base(store, base_ref) if base_ref else None
+    return check_start_from(store, start_from, loadable)
+
+
+def _continued(cfg: TrainConfig, start: dict | None, notes: list[str]) -> TrainConfig:
+    """The configuration with the continued adapter's LoRA shape; GRPO's estimates explained."""
+    if cfg.method == "grpo":
+        notes.append(
+            "grpo: the estimates count the training passes only; sampling num_generations answers per prompt "
+            "and running their tests take most of the time"
+        )
+    if start is None:
+        return cfg
+    notes.append(f"continuing adapter {start['id']}: its rank {start['rank']}, alpha {start['alpha']} and layers")
+    return cfg.model_copy(
+        update={"rank": start["rank"], "alpha": start["alpha"], "target_modules": start["target_modules"]}
+    )
 
 
 def _check_base(store: Store, base: str, notes: list[str]) -> tuple[list[str], dict, dict]:
