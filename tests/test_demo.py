@@ -104,18 +104,32 @@ def test_quick_demo_end_to_end(demo_run):
 
 @pytest.mark.slow
 def test_cycle_after_the_demo_chains_every_stage(demo_run):
-    """run_cycle on the demo's home: a new dataset, adapter and evaluation, then drift for the
-    adapter the demo put in production (or a skip when its gate did not pass)."""
+    """run_cycle on the demo's home: a new dataset, an SFT adapter continued by GRPO (the rows carry
+    their tests) and its evaluation, then drift for the adapter the demo put in production (or a
+    skip when its gate did not pass)."""
     home, s = demo_run
     proc = run_cli(
-        "cycle", "--role", "coder", "--base", "embedded:tiny", "--max-steps", "4", "--json", home=home, timeout=900
+        "cycle",
+        "--role",
+        "coder",
+        "--base",
+        "embedded:tiny",
+        "--max-steps",
+        "4",
+        "--grpo-steps",
+        "2",
+        "--json",
+        home=home,
+        timeout=900,
     )
     status = json.loads(proc.stdout)
     stages = {st["name"]: st for st in (status["result"] or status["progress"])["stages"]}
     assert proc.returncode == (0 if status["status"] == "succeeded" else 1)
     assert status["kind"] == "cycle" and status["status"] == "succeeded", status["error"]
-    assert [st for st in stages] == ["make_sft", "train", "evaluate", "promote", "drift"]
+    assert [st for st in stages] == ["make_sft", "train", "grpo", "evaluate", "promote", "drift"]
     result = status["result"]
+    assert stages["grpo"]["detail"]["metrics"]["grpo"]["groups"] == 2 * 4  # 2 steps of 4 prompts
+    assert result["sft_adapter_id"] == stages["train"]["detail"]["adapter_id"] != result["adapter_id"]
     assert (home / "datasets" / result["dataset_id"] / "train.jsonl").is_file()
     assert result["adapter_id"] != s["adapter_id"]
     assert (home / "adapters" / result["adapter_id"] / "eval" / "metrics.json").is_file()

@@ -1,6 +1,7 @@
 """run_cycle: one job that turns a role's recent runs into a better adapter, or says why not.
 
-make_sft -> train_adapter -> evaluate_adapter (whose gate moves the adapter to candidate) ->
+make_sft -> train_adapter (SFT, then GRPO on the same rows' tests when grpo_steps is given) ->
+evaluate_adapter (whose gate moves the adapter to candidate) ->
 promote to production when asked and the gate passed -> detect_drift for the adapter that was
 in production before the cycle. Training and evaluation are jobs of their own; the cycle job
 waits on them. Each stage is reported in the job's progress and result.
@@ -27,6 +28,8 @@ from learning.store import Store
 from learning.train.config import Preset
 from learning.train.launch import train_adapter
 
+STAGES = 6  # make_sft, train, grpo, evaluate, promote, drift
+
 
 class CycleParams(BaseModel):
     role: str = Field(pattern=ROLE_PATTERN, description="The role whose runs train the adapter.")
@@ -41,6 +44,7 @@ class CycleParams(BaseModel):
     auto_rollback: bool = Field(
         default=False, description="detect_drift rolls back the previous adapter on a regression."
     )
+    grpo_steps: int | None = Field(default=None, ge=1, description="GRPO steps after SFT (none: SFT only).")
 
 
 class CycleStarted(BaseModel):
@@ -64,9 +68,17 @@ def run_cycle(
         bool,
         Field(description="Roll back the previous production adapter if drift shows a regression. Needs confirm=true."),
     ] = False,
+    grpo_steps: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="After SFT, this many GRPO steps continuing the SFT adapter, rewarded by running the "
+            "dataset rows' tests (they must carry tests); the gate then judges the GRPO adapter.",
+        ),
+    ] = None,
     confirm: Confirm = False,
 ) -> CycleStarted:
-    """One background job: make_sft -> train_adapter -> evaluate_adapter (the gate moves a
+    """One background job: make_sft -> train_adapter (then GRPO when grpo_steps) -> evaluate_adapter (the gate moves a
     better adapter to candidate) -> promote to production when asked -> detect_drift for the
     adapter that was in production before. Returns the job id at once; follow it with wait_job.
     The job's result lists each stage with its status, seconds and figures."""
@@ -80,6 +92,7 @@ def run_cycle(
             preset=preset,
             max_steps=max_steps,
             auto_rollback=auto_rollback,
+            grpo_steps=grpo_steps,
         )
     except Exception as exc:  # pydantic's message names each bad field
         raise InvalidInput(f"Invalid cycle options: {exc}") from exc
@@ -120,6 +133,7 @@ def cycle_job(ctx) -> dict:
         (
             ("make_sft", cycle.curate),
             ("train", cycle.train),
+            ("grpo", cycle.grpo),
             ("evaluate", cycle.evaluate),
             ("promote", cycle.promote_stage),
             ("drift", cycle.drift),
@@ -142,7 +156,7 @@ class _Cycle:
     def progress(self, stage: str, message: str) -> None:
         if self.ctx.cancelled():
             raise JobCancelled(f"cycle cancelled during {stage}")
-        self.ctx.progress(force=True, stage=stage, message=message, step=len(self.stages), total_steps=5)
+        self.ctx.progress(force=True, stage=stage, message=message, step=len(self.stages), total_steps=STAGES)
 
     def follow(self, stage: str, job_id: str) -> dict:
         """Wait for a stage's own job, passing on its progress; its result, or why it did not succeed."""
@@ -180,6 +194,24 @@ class _Cycle:
         out["adapter_id"] = started.adapter_id
         assert started.job_id is not None  # not a dry run
         return {"job_id": started.job_id, "adapter_id": started.adapter_id, **self.follow("train", started.job_id)}
+
+    def grpo(self) -> dict:
+        p, out = self.p, self.out
+        if p.grpo_steps is None:
+            return {"skipped": True, "reason": "SFT only (grpo_steps not given)"}
+        self.progress("grpo", f"GRPO for {p.grpo_steps} steps from {out['adapter_id']}")
+        started = train_adapter(
+            self.store,
+            role=p.role,
+            dataset_id=out["dataset_id"],
+            base=p.base,
+            method="grpo",
+            max_steps=p.grpo_steps,
+            start_from=out["adapter_id"],
+        )
+        out["sft_adapter_id"], out["adapter_id"] = out["adapter_id"], started.adapter_id
+        assert started.job_id is not None  # not a dry run
+        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **self.follow("grpo", started.job_id)}
 
     def evaluate(self) -> dict:
         out = self.out
@@ -228,8 +260,8 @@ class _Cycle:
         self.ctx.progress(
             force=True,
             stage="done",
-            step=5,
-            total_steps=5,
+            step=STAGES,
+            total_steps=STAGES,
             stages=out["stages"],
             message=out.get("error") or f"adapter {out.get('adapter_id')} is {out.get('adapter_status')}",
         )
