@@ -11,11 +11,12 @@ import pytest
 
 from learning.errors import InvalidInput
 from learning.jobs import manage as jobs
+from learning.models.generate import cut_at_stop
 from learning.registry import adapters as registry
 from learning.runs.stats import run_stats
 from learning.store import Store
 from learning.train import launch as training
-from learning.train.grpo import ExecutionReward, cut_at_stop, group_stats, grpo_rows
+from learning.train.grpo import ExecutionReward, group_stats, grpo_rows
 from tests.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"

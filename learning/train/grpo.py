@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from learning.jobs.manage import JobContext
+from learning.models.generate import cut_at_stop
 from learning.runs.record import import_runs
 from learning.sandbox.code import tested_code
 from learning.sandbox.execute import run_many
@@ -45,12 +46,6 @@ def grpo_rows(raw: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dic
             prompt = row["prompt"]
         out.append({"prompt": prompt, "tests": [str(t) for t in tests]})
     return out
-
-
-def cut_at_stop(text: str, stop: list[str]) -> str:
-    """The answer up to the first stop string (the end of the answer as the runtime would serve it)."""
-    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(ends)] if ends else text
 
 
 def _text(completion: Any) -> str:
@@ -96,7 +91,7 @@ class ExecutionReward:
         if self.sink is not None:
             self.sink(
                 [
-                    {"prompt": p, "answer": a, "reward": r, "result": by_index.get(i)}
+                    {"prompt": p, "answer": a, "reward": r, "result": by_index.get(i), "tests": list(tests[i])}
                     for i, (p, a, r) in enumerate(zip(prompts, answers, rewards))
                 ]
             )
@@ -127,6 +122,7 @@ def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list
                         "executed": res is not None,
                     },
                     "meta": {"source": "grpo-sample"},
+                    "tests": s["tests"],
                 }
             )
         import_runs(ctx.store, io.StringIO("".join(json.dumps(r) + "\n" for r in records)))
