@@ -28,9 +28,10 @@ DEMO_TITLES = {
     "base": "1. base model",
     "population": "2. agent runs (scored by execution)",
     "curate": "3a. make_sft",
-    "train": "3b. train_adapter",
-    "evaluate": "3c. evaluate_adapter",
-    "promote": "3d. promote",
+    "train": "3b. train_adapter (SFT)",
+    "rl": "3c. train_adapter (GRPO)",
+    "evaluate": "3d. evaluate_adapter",
+    "promote": "3e. promote",
     "heldout": "4. held-out tasks (select_adapter)",
     "drift": "5. detect_drift",
 }
@@ -130,6 +131,8 @@ def demo_summary(s: Any) -> None:
     for col in ("model", "pass rate", "mean reward", "eval loss"):
         table.add_column(col, justify="right" if col != "model" else "left")
     table.add_row("base", fmt(s.base_pass_rate, 2), fmt(s.base_mean_reward, 2), fmt(s.eval_loss_base))
+    if s.sft_adapter_id:
+        table.add_row(f"base + SFT adapter {s.sft_adapter_id}", fmt(s.sft_pass_rate, 2), fmt(s.sft_mean_reward, 2), "")
     table.add_row(
         f"base + adapter {s.adapter_id or ''}",
         fmt(s.adapter_pass_rate, 2),
@@ -139,10 +142,11 @@ def demo_summary(s: Any) -> None:
     console.print(table)
     if s.by_family:
         fam = Table(title="held-out pass rate by task family")
-        for col in ("family", "tasks", "base", "adapter"):
+        models = ["base", *(["sft"] if s.sft_adapter_id else []), "adapter"]
+        for col in ("family", "tasks", *models):
             fam.add_column(col)
         for name, v in s.by_family.items():
-            fam.add_row(name, str(int(v["n"])), fmt(v["base"], 2), fmt(v["adapter"], 2))
+            fam.add_row(name, str(int(v["n"])), *(fmt(v.get(m), 2) for m in models))
         console.print(fam)
     times = Table(title="stages")
     for col in ("stage", "status", "seconds", "note"):
@@ -318,6 +322,7 @@ def demo_cmd(
         bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")
     ] = False,
     home: HomeOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the base model, the tasks and the training.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole loop on the embedded base model and show whether the agent got better.
@@ -325,7 +330,7 @@ def demo_cmd(
     Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
     adapters never mix with yours.
     """
-    from learning.demo.demo import run_demo
+    from learning.demo.demo import QUICK, DemoConfig, run_demo
     from learning.home import resolve_home
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -333,11 +338,12 @@ def demo_cmd(
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     target = home or str(Path(resolve_home(None)) / "demo")
+    config = (QUICK if quick else DemoConfig()).model_copy(update={"seed": seed})
     if as_json:
-        summary = run_demo(target, quick=quick, report=lambda *a, **k: None)
+        summary = run_demo(target, quick=quick, config=config, report=lambda *a, **k: None)
     else:
         with StageProgress(err_console) as progress:
-            summary = run_demo(target, quick=quick, report=progress)
+            summary = run_demo(target, quick=quick, config=config, report=progress)
     emit(summary, as_json, demo_summary)
     if any(st.status == "failed" for st in summary.stages):
         raise typer.Exit(1)

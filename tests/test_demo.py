@@ -13,7 +13,7 @@ from learning.evaluate import codeenv
 from learning.sandbox.execute import run_many
 from tests.conftest import run_cli, text_of
 
-STAGES = ["base", "population", "curate", "train", "evaluate", "promote", "heldout", "drift"]
+STAGES = ["base", "population", "curate", "train", "rl", "evaluate", "promote", "heldout", "drift"]
 
 
 def test_verdict_is_honest_both_ways():
@@ -67,6 +67,10 @@ def test_quick_demo_end_to_end(demo_run):
 
     # 4. held-out figures, 5. drift decision, 6. plot and summary.
     assert s["heldout_tasks"] == 15
+    rl = stages["rl"]["detail"]  # GRPO from the SFT adapter: 2 steps of 2 prompts x 4 answers
+    assert rl["start_from"] == s["sft_adapter_id"] != s["adapter_id"] == rl["adapter_id"]
+    assert rl["groups"] == 4 and rl["answers_scored"] == 16 == rl["runs_logged"]
+    assert 0 <= s["sft_pass_rate"] <= 1 and all("sft" in v for v in s["by_family"].values())
     assert 0 <= s["base_pass_rate"] <= 1 and 0 <= s["adapter_pass_rate"] <= 1
     assert s["margin"] == pytest.approx(s["adapter_pass_rate"] - s["base_pass_rate"])
     assert s["verdict"] and s["adapter_beat_base"] == (s["margin"] > 0)
@@ -78,7 +82,7 @@ def test_quick_demo_end_to_end(demo_run):
     db = sqlite3.connect(home / "learnloop.db")
     db.row_factory = sqlite3.Row
     runs = db.execute(
-        "SELECT role, output, reward, input, signals, tests, adapter_id, decision_id FROM runs"
+        "SELECT role, output, reward, input, signals, tests, adapter_id, decision_id, agent FROM runs"
     ).fetchall()
     assert len(runs) == s["runs_logged"] == s["executions"]
     signals = [{**json.loads(r["signals"]), "tests": json.loads(r["tests"])} for r in runs]
@@ -95,8 +99,10 @@ def test_quick_demo_end_to_end(demo_run):
     assert {r["reward"] for r in runs} >= {0.0, 1.0} and any(0 < r["reward"] < 1 for r in runs)
     # The held-out adapter runs carry the adapter, and the routing decision when the route chose it
     # (a promoted adapter); when the gate kept it out of production the base was routed instead.
-    adapter_runs = [r for r in runs if r["adapter_id"] == s["adapter_id"]]
+    # (GRPO's sampled answers carry the adapter being trained, under their own agent.)
+    adapter_runs = [r for r in runs if r["adapter_id"] == s["adapter_id"] and r["agent"] == "learnloop-demo"]
     assert len(adapter_runs) == 15
+    assert sum(r["agent"] == "learnloop-grpo" for r in runs) == 16
     promoted = s["adapter_status"] == "production"
     assert stages["heldout"]["detail"]["routed_to_adapter"] == (15 if promoted else 0)
     assert all(bool(r["decision_id"]) == promoted for r in adapter_runs)

@@ -20,8 +20,6 @@ The verdict says plainly whether the adapter beat the base on the held-out tasks
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 from collections.abc import Callable
@@ -32,24 +30,20 @@ from typing import Any, cast
 from pydantic import BaseModel, Field
 
 from learning.data.curate import make_sft
+from learning.demo.answers import AGENT, Report, answer_and_score, log_runs, rates
+from learning.demo.heldout import stage_drift, stage_heldout
 from learning.demo.summary import DemoSummary, finish_summary
 from learning.evaluate import codeenv
 from learning.evaluate.evaluation import evaluate_adapter
 from learning.jobs.manage import follow_job
 from learning.loop.stages import Stage, run_stages
-from learning.models.generate import generate, load_model, without_adapter
+from learning.models.generate import load_model
 from learning.models.tinybase import ensure_base
 from learning.registry.adapters import get_adapter
-from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
-from learning.routing.router import select_adapter
-from learning.runs.record import import_runs
 from learning.store import Store
 from learning.train.config import Preset
 from learning.train.launch import train_adapter
-
-Report = Callable[..., None]
-AGENT = "learnloop-demo"
 
 
 class DemoConfig(BaseModel):
@@ -69,6 +63,11 @@ class DemoConfig(BaseModel):
     eval_generate: int = Field(default=32, description="Test prompts evaluate_adapter answers with both models.")
     batch_size: int = 32
     seed: int = 0
+    rl_steps: int = Field(default=40, ge=0, description="GRPO steps after SFT, continuing its adapter (0: none).")
+    rl_learning_rate: float = 1e-3
+    rl_prompts: int = Field(default=4, description="GRPO: training prompts per step.")
+    rl_generations: int = Field(default=8, description="GRPO: answers sampled per prompt.")
+    rl_temperature: float = 0.8
 
 
 QUICK = DemoConfig(
@@ -82,41 +81,10 @@ QUICK = DemoConfig(
     max_new_tokens=24,
     eval_examples=16,
     eval_generate=4,
+    rl_steps=2,
+    rl_prompts=2,
+    rl_generations=4,
 )
-
-
-def _log_runs(store: Store, records: list[dict]) -> int:
-    buf = io.StringIO("".join(json.dumps(r) + "\n" for r in records))
-    return import_runs(store, buf).imported
-
-
-def _answer_and_score(model, tok, tasks: list[codeenv.Task], cfg: DemoConfig) -> tuple[list[str], list[codeenv.Score]]:
-    """The model's greedy answers to `tasks` (grouped by stop strings), scored by execution."""
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, t in enumerate(tasks):
-        groups.setdefault(codeenv.stop_for(t), []).append(i)
-    answers = [""] * len(tasks)
-    for stop, idx in groups.items():
-        outs = generate(
-            model,
-            tok,
-            [codeenv.prompt(tasks[i]) for i in idx],
-            cfg.max_new_tokens,
-            stop=stop,
-            batch_size=cfg.batch_size,
-        )
-        for i, out in zip(idx, outs):
-            answers[i] = out
-    return answers, codeenv.score_answers(tasks, answers)
-
-
-def _rates(scores: list[codeenv.Score]) -> dict[str, float]:
-    n = len(scores) or 1
-    return {
-        "pass_rate": round(sum(s.reward == 1.0 for s in scores) / n, 4),
-        "mean_reward": round(sum(s.reward for s in scores) / n, 4),
-        "n": len(scores),
-    }
 
 
 # ---- stages ----
@@ -144,7 +112,7 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
     report("population", f"the base model answers {cfg.base_samples} training tasks")
     model, tok = load_model(state["base"])
     sampled = tasks["coder"][: cfg.base_samples]
-    base_answers, _ = _answer_and_score(model, tok, sampled, cfg)
+    base_answers, _ = answer_and_score(model, tok, sampled, cfg)
     rows += [(t, a, "base-model") for t, a in zip(sampled, base_answers)]
     report("population", f"executing {len(rows)} answers against hidden tests", 0, len(rows))
     scores = codeenv.score_answers([r[0] for r in rows], [r[1] for r in rows])
@@ -154,7 +122,7 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
         )
         for (t, a, src), s in zip(rows, scores)
     ]
-    logged = _log_runs(store, records)
+    logged = log_runs(store, records)
     state["executions"] = state.get("executions", 0) + len(scores)
     by_source: dict[str, list] = {}
     for (_, _, src), s in zip(rows, scores):
@@ -162,7 +130,7 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
     return {
         "runs_logged": logged,
         "executions": len(scores),
-        "by_source": {src: _rates(ss) for src, ss in by_source.items()},
+        "by_source": {src: rates(ss) for src, ss in by_source.items()},
     }
 
 
@@ -237,6 +205,45 @@ def stage_train(store: Store, cfg: DemoConfig, state: dict, report: Report) -> d
     }
 
 
+def stage_rl(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
+    """GRPO from the SFT adapter on the coder dataset's prompts, rewarded by running their tests."""
+    if cfg.rl_steps == 0:
+        return {"skipped": True, "reason": "rl_steps is 0: SFT only"}
+    started = train_adapter(
+        store,
+        role="coder",
+        dataset_id=state["datasets"]["coder"],
+        base=f"embedded:{cfg.base_size}",
+        method="grpo",
+        start_from=state["adapter_id"],
+        max_steps=cfg.rl_steps,
+        overrides={
+            "learning_rate": cfg.rl_learning_rate,
+            "batch_size": cfg.rl_prompts,
+            "num_generations": cfg.rl_generations,
+            "temperature": cfg.rl_temperature,
+            "max_completion_length": cfg.max_new_tokens,
+            "stop": list(codeenv.STOP),
+            "save_steps": cfg.rl_steps,
+            "dropout": 0.0,
+            "seed": cfg.seed,
+            "log_samples": True,
+        },
+    )
+    assert started.job_id is not None  # not a dry run
+    state["sft_adapter_id"], state["adapter_id"] = state["adapter_id"], started.adapter_id
+    status = _follow(store, started.job_id, "rl", report)
+    grpo = ((status.result or {}).get("metrics") or {}).get("grpo") or {}
+    state["executions"] = state.get("executions", 0) + grpo.get("answers_scored", 0)
+    return {
+        "adapter_id": started.adapter_id,
+        "start_from": state["sft_adapter_id"],
+        "job_id": started.job_id,
+        "runs_logged": grpo.get("answers_scored", 0),  # every sampled answer, logged with its reward
+        **grpo,
+    }
+
+
 def stage_evaluate(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
     started = evaluate_adapter(
         store,
@@ -268,88 +275,12 @@ def stage_promote(store: Store, cfg: DemoConfig, state: dict, report: Report) ->
     return {"promoted": True, "status": res.to_status, "replaced": res.replaced.adapter_id if res.replaced else None}
 
 
-def _route(store: Store, tasks: list[codeenv.Task], fallback: str | None) -> tuple[list[Any], str | None]:
-    """select_adapter for every task; the adapter the route gives (or the trained one when the
-    route has no production adapter, so the comparison still happens)."""
-    decisions = [select_adapter(store, role="coder", task_type=t.family, task_key=t.key) for t in tasks]
-    routed = {d.adapter_id for d in decisions} - {None}
-    return decisions, (routed.pop() if len(routed) == 1 else fallback)
-
-
-def stage_heldout(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    state["heldout_started"] = time.time()
-    tasks = codeenv.make_tasks(cfg.heldout_tasks, "heldout", "coder", seed=cfg.seed + 1)
-    decisions, adapter_id = _route(store, tasks, state.get("adapter_id"))
-    report("heldout", f"{len(tasks)} held-out tasks routed to {adapter_id or 'the base model'}")
-    model, tok = load_model(state["base"], get_adapter(store, adapter_id).path if adapter_id else None)
-    adapter_answers, adapter_scores = _answer_and_score(model, tok, tasks, cfg)
-    with without_adapter(model):
-        base_answers, base_scores = _answer_and_score(model, tok, tasks, cfg)
-    name = Path(state["base"]).name
-    records = [
-        codeenv.run_record(
-            t,
-            a,
-            s,
-            agent=AGENT,
-            model=name,
-            adapter_id=adapter_id,
-            decision_id=d.decision_id if d.adapter_id == adapter_id else None,
-            source="heldout-adapter",
-        )
-        for t, a, s, d in zip(tasks, adapter_answers, adapter_scores, decisions)
-    ]
-    records += [
-        codeenv.run_record(t, a, s, agent=AGENT, model=name, source="heldout-base")
-        for t, a, s in zip(tasks, base_answers, base_scores)
-    ]
-    logged = _log_runs(store, records)
-    state["executions"] = state.get("executions", 0) + 2 * len(tasks)
-    fams = {}
-    for fam in codeenv.FAMILIES:
-        idx = [i for i, t in enumerate(tasks) if t.family == fam]
-        fams[fam] = {
-            "base": _rates([base_scores[i] for i in idx])["pass_rate"],
-            "adapter": _rates([adapter_scores[i] for i in idx])["pass_rate"],
-            "n": len(idx),
-        }
-    state["heldout"] = {"base": _rates(base_scores), "adapter": _rates(adapter_scores), "by_family": fams}
-    samples = [
-        {"task": t.instruction, "base": b, "adapter": a}
-        for t, b, a in list(zip(tasks, base_answers, adapter_answers))[:3]
-    ]
-    return {
-        "adapter_id": adapter_id,
-        "routed_to_adapter": sum(d.adapter_id == adapter_id for d in decisions),
-        "runs_logged": logged,
-        **state["heldout"],
-        "samples": samples,
-    }
-
-
-def stage_drift(store: Store, cfg: DemoConfig, state: dict, report: Report) -> dict:
-    # Only the held-out runs: the population's reference answers must not count as the base's.
-    res = detect_drift(
-        store,
-        role="coder",
-        new_id=state["adapter_id"],
-        since=state["heldout_started"],
-        min_runs=min(30, cfg.heldout_tasks),
-    )
-    state["drift"] = res.decision
-    return {
-        "decision": res.decision,
-        "message": res.message,
-        "relative_change": res.relative_change,
-        "p_value": res.p_value,
-    }
-
-
 STAGES: list[tuple[str, Callable]] = [
     ("base", stage_base),
     ("population", stage_population),
     ("curate", stage_curate),
     ("train", stage_train),
+    ("rl", stage_rl),
     ("evaluate", stage_evaluate),
     ("promote", stage_promote),
     ("heldout", stage_heldout),

@@ -26,6 +26,9 @@ class DemoSummary(BaseModel):
         default=None, description="Held-out tasks whose answer passed every test, base model."
     )
     adapter_pass_rate: float | None = Field(default=None, description="The same for base + adapter.")
+    sft_adapter_id: str | None = Field(default=None, description="The SFT adapter GRPO started from (when it ran).")
+    sft_pass_rate: float | None = Field(default=None, description="Held-out pass rate of base + the SFT adapter.")
+    sft_mean_reward: float | None = None
     margin: float | None = Field(default=None, description="adapter_pass_rate - base_pass_rate.")
     base_mean_reward: float | None = None
     adapter_mean_reward: float | None = None
@@ -118,7 +121,8 @@ def plot(path: Path, curve: list[tuple[float, float]], held: dict, population: d
     else:
         ax1.text(0.5, 0.5, "no training log", ha="center", va="center", transform=ax1.transAxes)
     ax1.set(title="adapter training loss", xlabel="step", ylabel="loss")
-    bars = [("base (held-out)", held.get("base")), ("adapter (held-out)", held.get("adapter"))]
+    bars = [("base (held-out)", held.get("base")), ("SFT (held-out)", held.get("sft"))]
+    bars += [("adapter (held-out)", held.get("adapter"))]
     bars += [(f"{src} (train)", v) for src, v in population.items()]
     bars = [(name, v) for name, v in bars if v]
     xs = range(len(bars))
@@ -154,6 +158,9 @@ def finish_summary(store: Store, cfg, state: dict, stages: list[Stage], quick: b
         s.base_mean_reward, s.adapter_mean_reward = base["mean_reward"], adapter["mean_reward"]
         s.margin = round(adapter["pass_rate"] - base["pass_rate"], 4)
         s.by_family = held.get("by_family", {})
+    if held.get("sft"):
+        s.sft_adapter_id = state.get("sft_adapter_id")
+        s.sft_pass_rate, s.sft_mean_reward = held["sft"]["pass_rate"], held["sft"]["mean_reward"]
     s.adapter_beat_base, s.verdict = verdict(s.base_pass_rate, s.adapter_pass_rate, s.heldout_tasks)
     ev = state.get("eval") or {}
     s.eval_loss_base, s.eval_loss_adapter = _num(ev.get("base_eval_loss")), _num(ev.get("eval_loss"))
@@ -168,7 +175,8 @@ def finish_summary(store: Store, cfg, state: dict, stages: list[Stage], quick: b
     if s.adapter_id:
         s.adapter_status = get_adapter(store, s.adapter_id).status
     population = next((st.detail.get("by_source", {}) for st in stages if st.name == "population"), {})
-    curve = loss_curve(Path(get_adapter(store, s.adapter_id).path)) if s.adapter_id else []
+    trained = state.get("sft_adapter_id") or s.adapter_id  # the SFT loss: GRPO's is no learning curve
+    curve = loss_curve(Path(get_adapter(store, trained).path)) if trained else []
     try:
         s.plot_path = str(plot(out / "demo.png", curve, held, population))
     except Exception as exc:  # a plot must never cost the figures

@@ -74,16 +74,11 @@ class ExecutionReward:
     def __call__(self, prompts: list[Any], completions: list[Any], tests: list[list[str]], **_: Any) -> list[float]:
         started = time.perf_counter()
         answers = [cut_at_stop(_text(c), self.stop) for c in completions]
-        codes = [tested_code(a) for a in answers]
-        ran = [i for i, code in enumerate(codes) if code is not None]
-        results = run_many([(codes[i] or "", list(tests[i])) for i in ran], timeout=TEST_TIMEOUT_S)
-        by_index = dict(zip(ran, results))
+        # The code of a fenced block, else the whole answer; one that does not compile fails in the jail too.
+        results = run_many([(tested_code(a) or a, list(t)) for a, t in zip(answers, tests)], timeout=TEST_TIMEOUT_S)
         rewards = []
-        for i, answer in enumerate(answers):
-            res = by_index.get(i)
-            reward = res.score if res is not None else 0.0
-            if res is not None and res.compiled:
-                reward += self.compile_bonus
+        for answer, res in zip(answers, results):
+            reward = res.score + (self.compile_bonus if res.compiled else 0.0)
             reward -= self.length_penalty * min(1.0, len(answer) / self.max_chars)
             rewards.append(round(reward, 6))
         self.scored += len(answers)
@@ -91,8 +86,8 @@ class ExecutionReward:
         if self.sink is not None:
             self.sink(
                 [
-                    {"prompt": p, "answer": a, "reward": r, "result": by_index.get(i), "tests": list(tests[i])}
-                    for i, (p, a, r) in enumerate(zip(prompts, answers, rewards))
+                    {"prompt": p, "answer": a, "reward": r, "result": res, "tests": list(t)}
+                    for p, a, r, res, t in zip(prompts, answers, rewards, results, tests)
                 ]
             )
         return rewards
@@ -116,10 +111,11 @@ def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list
                     "agent": SAMPLE_AGENT,
                     "adapter_id": adapter_id,
                     "signals": {
-                        "compiled": bool(res and res.compiled),
-                        "tests_passed": res.passed if res else 0,
-                        "tests_total": res.total if res else 0,
-                        "executed": res is not None,
+                        "compiled": res.compiled,
+                        "tests_passed": res.passed,
+                        "tests_total": res.total,
+                        "timed_out": res.timed_out,
+                        "executed": True,
                     },
                     "meta": {"source": "grpo-sample"},
                     "tests": s["tests"],
