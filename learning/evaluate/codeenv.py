@@ -35,10 +35,12 @@ VERDICT_STOP = ("\n",)
 # Names are made-up words of consonant-vowel syllables ("kamo_rive", "zuti"): a model can only
 # write them by copying from the prompt, never by recalling a word it memorised. Every name
 # belongs to exactly one split (by a hash), so held-out tasks use function and parameter names
-# that training tasks never use; their constants come from a disjoint set too.
+# that training tasks never use; their constants come from a disjoint set too. Training constants
+# span 2-99 (all but the held-out ones): with only a handful of them an adapter learns those values
+# instead of copying the constant from the request, and writes 25 where 23 was asked.
 _SYLLABLES = "ka lo mi ra ve zu ti po ne sa fe bo xi da lu ri ma ko pe gi ho wa ze nu".split()
-_TRAIN_K = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30)
 _HELD_K = (11, 13, 14, 17, 19, 21, 23)
+_TRAIN_K = tuple(k for k in range(2, 100) if k not in _HELD_K)
 
 
 @dataclass(frozen=True)
