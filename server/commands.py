@@ -207,7 +207,8 @@ def gateway(
     base: Annotated[
         str | None,
         typer.Option(
-            help="In process: the base folder (default: the embedded tiny base). Forwarding: the base's model name."
+            help="In process: the base folder (default: the embedded tiny base). Forwarding: the name the runtime "
+            "serves the base under (required for vllm and ollama)."
         ),
     ] = None,
     token: Annotated[
