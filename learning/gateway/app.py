@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -230,3 +232,28 @@ def build_app(store: Store, backend: Any, record_failures: bool = False) -> Star
     )
     app.state.gateway = gw  # its recorder, scorer and backend (tests and the demo flush the recorder)
     return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", stop_s: float = 300.0) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread of this process, on a free port of `host`;
+    yields its base URL. Leaving the block shuts it down, lifespan included (the gateway finishes
+    its scoring and writes what it holds), waiting up to stop_s."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gateway-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError("The gateway did not start (see the messages above).")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=stop_s)
+        sock.close()
