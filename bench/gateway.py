@@ -1,9 +1,16 @@
 """The gateway's own overhead, its throughput with 8 concurrent clients, and "nothing lost".
 
-Three processes: this one (the clients, httpx), a STAND-IN runtime and the real gateway
+Three processes at the heart of it: this one (the clients, httpx), a STAND-IN runtime and the real gateway
 (`python -m server gateway --backend <stand-in URL>`, the forwarding backend of
-learning/gateway/forward.py, routed model `learnloop/coder`, so select_adapter and the run's
-SQLite write are in the path).
+learning/gateway/forward.py, routed model `learnloop/coder`, so the routing decision and the
+recording of its run are in the path; the run is stored by the gateway's writer thread a few
+milliseconds after the answer, many runs per commit, so "nothing lost" is counted after the
+gateway has shut down, which writes whatever it still holds).
+
+A fourth process, a BARE PROXY (no learnloop: the same Starlette server and the same reused
+httpx client, passing each request on and the answer back), is measured alongside: the latency it
+adds is the floor of the extra hop, so the gateway's figure minus the bare proxy's is what
+learnloop's own work (routing, recording, the OpenAI format) costs.
 
 The stand-in is NOT a model runtime: it is a small local OpenAI-compatible app (Starlette +
 uvicorn) that answers every chat completion with the same short fixed text, streamed as a few
@@ -101,6 +108,41 @@ def serve_stand_in(port: int) -> None:
     uvicorn.run(stand_in_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def bare_proxy_app(target: str):
+    """A BARE PROXY, no learnloop in it: the same server (Starlette + uvicorn) and the same reused
+    httpx client as the gateway, passing each chat completion on and back. Its added latency is the
+    floor any gateway built this way pays for the extra hop."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    state: dict = {}
+
+    async def chat(request):
+        body = json.loads(await request.body())
+        if "client" not in state:  # one client, reused (as the gateway's)
+            state["client"] = httpx.AsyncClient(base_url=target, timeout=30.0)
+        client = state["client"]
+        if not body.get("stream"):
+            response = await client.post("/v1/chat/completions", json=body)
+            return JSONResponse(response.json())
+
+        async def lines():
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line:
+                        yield line + "\n\n"
+
+        return StreamingResponse(lines(), media_type="text/event-stream")
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": []})
+
+    return Starlette(
+        routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models, methods=["GET"])]
+    )
+
+
 # ---- processes ---------------------------------------------------------------------------------
 
 
@@ -170,15 +212,15 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def overhead(direct_url: str, gateway_url: str, requests: int) -> dict[str, dict[str, list[float]]]:
-    """Latencies, direct and through the gateway, interleaved request by request (order alternating)."""
+def overhead(paths: dict[str, tuple[str, str]], requests: int) -> dict[str, dict[str, list[float]]]:
+    """Latencies on each path (name: (url, model)), interleaved request by request, the order rotating."""
     out: dict[str, dict[str, list[float]]] = {
-        k: {"direct": [], "gateway": []} for k in ("non-streamed", "streamed: first token", "streamed: whole")
+        k: {name: [] for name in paths} for k in ("non-streamed", "streamed: first token", "streamed: whole")
     }
-    paths = {"direct": (direct_url, "stand-in"), "gateway": (gateway_url, "learnloop/coder")}
     clients = {k: httpx.Client(base_url=url, timeout=30.0) for k, (url, _) in paths.items()}
+    names = list(paths)
     for i in range(requests + 20):  # the first 20 warm up
-        for name in ("direct", "gateway") if i % 2 else ("gateway", "direct"):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             client, model = clients[name], paths[name][1]
             call = one_call(client, model)
             first, whole = one_stream(client, model)
@@ -228,6 +270,22 @@ def in_process(home: str, n: int) -> list[float]:
         stop(proc)
 
 
+def print_overhead(latencies: dict[str, dict[str, list[float]]]) -> None:
+    """Each path's p50 and p99 against the direct path's, kind by kind."""
+    print(
+        f"{'':24} {'path':11} {'direct p50':>11} {'p50':>9} {'added p50':>10} {'ratio':>6}   "
+        f"{'direct p99':>11} {'p99':>9} {'added p99':>10}"
+    )
+    for kind, lat in latencies.items():
+        d50, d99 = pct(lat["direct"], 0.5), pct(lat["direct"], 0.99)
+        for path in (p for p in lat if p != "direct"):
+            g50, g99 = pct(lat[path], 0.5), pct(lat[path], 0.99)
+            print(
+                f"{kind:24} {path:11} {d50:9.2f}ms {g50:7.2f}ms {g50 - d50:8.2f}ms {g50 / d50:5.2f}x   "
+                f"{d99:9.2f}ms {g99:7.2f}ms {g99 - d99:8.2f}ms"
+            )
+
+
 def versions() -> str:
     names = ["httpx", "starlette", "uvicorn", "openai", "torch", "transformers", "peft"]
     out = []
@@ -247,49 +305,54 @@ def main() -> None:
     ap.add_argument("--per-client", type=int, default=50, help="requests per concurrent client")
     ap.add_argument("--inprocess", type=int, default=5, help="requests to the in-process backend (0: skip)")
     ap.add_argument("--stand-in", type=int, help=argparse.SUPPRESS)  # run the stand-in on this port
+    ap.add_argument("--bare-proxy", nargs=2, help=argparse.SUPPRESS)  # run the bare proxy: PORT TARGET
     args = ap.parse_args()
     if args.stand_in:
         serve_stand_in(args.stand_in)
         return
+    if args.bare_proxy:
+        import uvicorn
+
+        port, target = args.bare_proxy
+        uvicorn.run(bare_proxy_app(target), host="127.0.0.1", port=int(port), log_level="warning", access_log=False)
+        return
     print(f"versions: {versions()}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     home = tempfile.mkdtemp(prefix="gwbench-")
-    sport, gport = free_port(), free_port()
-    direct, through = f"http://127.0.0.1:{sport}", f"http://127.0.0.1:{gport}"
+    sport, pport, gport = free_port(), free_port(), free_port()
+    direct, proxy, through = (f"http://127.0.0.1:{port}" for port in (sport, pport, gport))
     stand_in = start([__file__, "--stand-in", str(sport)], direct)
+    bare = start([__file__, "--bare-proxy", str(pport), direct], proxy)
     gateway = start(
         ["-m", "server", "gateway", "--home", home, "--port", str(gport), "--backend", direct, "--base", "stand-in"],
         through,
     )
     try:
         print(f"\nOverhead: {args.requests} requests per path and kind, interleaved; clients: httpx, keep-alive")
-        print("direct = client -> STAND-IN runtime; gateway = client -> gateway (forwarding) -> stand-in")
-        print(
-            f"{'':24} {'direct p50':>11} {'gateway p50':>12} {'added p50':>10} {'ratio':>6}   "
-            f"{'direct p99':>11} {'gateway p99':>12} {'added p99':>10}"
-        )
-        for kind, lat in overhead(direct, through, args.requests).items():
-            d50, g50, d99, g99 = (pct(lat[p], q) for q in (0.5, 0.99) for p in ("direct", "gateway"))
-            print(
-                f"{kind:24} {d50:9.2f}ms {g50:10.2f}ms {g50 - d50:8.2f}ms {g50 / d50:5.2f}x   "
-                f"{d99:9.2f}ms {g99:10.2f}ms {g99 - d99:8.2f}ms"
-            )
-        store = Store(home)
-        before = count_runs(store)
+        print("direct = client -> STAND-IN runtime; gateway = client -> gateway (forwarding) -> stand-in;")
+        print("bare proxy = client -> a Starlette app passing requests on with httpx, no learnloop -> stand-in")
+        paths = {
+            "direct": (direct, "stand-in"),
+            "bare proxy": (proxy, "stand-in"),
+            "gateway": (through, "learnloop/coder"),
+        }
+        print_overhead(overhead(paths, args.requests))
         n = args.concurrent * args.per_client
         print(f"\n{args.concurrent} concurrent clients x {args.per_client} requests (half streamed), httpx")
         secs_d, ok_d, bad_d = concurrent(direct, "stand-in", args.concurrent, args.per_client)
         secs_g, ok_g, bad_g = concurrent(through, "learnloop/coder", args.concurrent, args.per_client)
-        recorded = count_runs(store) - before
         print(f"direct to the stand-in: {ok_d / secs_d:7.1f} requests/s ({ok_d}/{n} answered, {bad_d} failed)")
         print(
             f"through the gateway:    {ok_g / secs_g:7.1f} requests/s ({ok_g}/{n} answered, {bad_g} failed), "
             f"{(ok_g / secs_g) / (ok_d / secs_d):.2f}x direct"
         )
-        print(f"nothing lost: runs recorded {recorded} == requests answered {ok_g}: {recorded == ok_g}")
     finally:
-        stop(gateway)
+        stop(gateway)  # SIGTERM: the gateway writes what it still holds before it exits
+        stop(bare)
         stop(stand_in)
+    answered = 2 * (args.requests + 20) + ok_g  # overhead: one call and one stream per round (20 warm-up rounds)
+    recorded = count_runs(Store(home))
+    print(f"nothing lost: runs recorded {recorded} == requests answered {answered}: {recorded == answered}")
     if args.inprocess:
         lat = in_process(home, args.inprocess)
         print(

@@ -69,7 +69,7 @@ def show(r: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--again", action="store_true", help="Run each seed a second time with its base built.")
     ap.add_argument("--out", default=None, help="Write every figure as JSON here.")

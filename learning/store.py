@@ -244,6 +244,43 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_role_reward ON runs(role, reward DESC);
     CREATE UNIQUE INDEX runs_import_key ON runs(import_key)
     """,
+    # 8 (run ids given out before the run is written): the runs table becomes AUTOINCREMENT, so
+    # sqlite_sequence holds the highest id ever given and a writer can reserve a block of ids by
+    # raising it (learning/runs/ids.py). Rebuilt with every row, id and index kept.
+    """
+    CREATE TABLE runs_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        agent TEXT NOT NULL,
+        role TEXT NOT NULL,
+        task_type TEXT,
+        complexity TEXT,
+        task_key TEXT NOT NULL,
+        instruction TEXT NOT NULL DEFAULT '',
+        input TEXT NOT NULL DEFAULT '',
+        output TEXT NOT NULL,
+        reward REAL CHECK (reward IS NULL OR (reward >= 0 AND reward <= 1)),
+        signals TEXT NOT NULL DEFAULT '{}',
+        model TEXT,
+        adapter_id TEXT,
+        decision_id TEXT,
+        meta TEXT NOT NULL DEFAULT '{}',
+        tests TEXT,
+        import_key TEXT
+    );
+    INSERT INTO runs_new (id, ts, agent, role, task_type, complexity, task_key, instruction, input,
+                          output, reward, signals, model, adapter_id, decision_id, meta, tests, import_key)
+        SELECT id, ts, agent, role, task_type, complexity, task_key, instruction, input,
+               output, reward, signals, model, adapter_id, decision_id, meta, tests, import_key
+        FROM runs ORDER BY id;
+    DROP TABLE runs;
+    ALTER TABLE runs_new RENAME TO runs;
+    CREATE INDEX runs_role_ts ON runs(role, ts);
+    CREATE INDEX runs_adapter_ts ON runs(adapter_id, ts);
+    CREATE INDEX runs_task_key ON runs(task_key);
+    CREATE INDEX runs_role_reward ON runs(role, reward DESC);
+    CREATE UNIQUE INDEX runs_import_key ON runs(import_key)
+    """,
 ]
 
 

@@ -35,6 +35,17 @@ DEMO_TITLES = {
     "heldout": "4. held-out tasks (select_adapter)",
     "drift": "5. detect_drift",
 }
+GATEWAY_DEMO_TITLES = {
+    "base": "1. base model",
+    "gateway": "2. gateway (in-process, loopback)",
+    "before": "3. held-out traffic, before",
+    "traffic": "4. training traffic (gateway scores)",
+    "curate": "5a. make_sft from recorded runs",
+    "train": "5b. train_adapter",
+    "evaluate": "5c. evaluate_adapter",
+    "promote": "5d. promote",
+    "after": "6. held-out traffic, after",
+}
 
 
 def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
@@ -91,7 +102,8 @@ def follow_to_the_end(store: Store, started: Any, as_json: bool, tool: str | Non
 class StageProgress:
     """The demo's screen: one progress line per stage, a spinner while it runs, a bar where it knows its total."""
 
-    def __init__(self, out: Console):
+    def __init__(self, out: Console, titles: dict[str, str] = DEMO_TITLES):
+        self.titles = titles
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[title]:<38}"),
@@ -113,7 +125,7 @@ class StageProgress:
 
     def __call__(self, stage: str, message: str, done=None, total=None, final: bool = False) -> None:
         if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=None, title=DEMO_TITLES.get(stage, stage), message="")
+            self.tasks[stage] = self.bar.add_task(stage, total=None, title=self.titles.get(stage, stage), message="")
         task = self.tasks[stage]
         if final:
             color = {"done": "green", "failed": "red"}.get(message, "white")
@@ -174,6 +186,34 @@ def demo_summary(s: Any) -> None:
     console.print(f"plot: {s.plot_path}\nsummary: {s.summary_path}", highlight=False)
 
 
+def gateway_demo_summary(s: Any) -> None:
+    table = Table(title="learnloop demo --gateway: held-out tasks sent to the gateway (rewards: its own scoring)")
+    for col in ("served by", "requests", "pass rate", "mean reward"):
+        table.add_column(col, justify="left" if col == "served by" else "right")
+    table.add_row("before: the base", str(s.heldout_tasks), fmt(s.base_pass_rate, 2), fmt(s.base_mean_reward, 2))
+    after = f"after: adapter {s.adapter_id or ''} ({s.served_by_adapter} answered)"
+    table.add_row(after, str(s.heldout_tasks), fmt(s.adapter_pass_rate, 2), fmt(s.adapter_mean_reward, 2))
+    console.print(table)
+    times = Table(title="stages")
+    for col in ("stage", "status", "seconds", "note"):
+        times.add_column(col)
+    for st in s.stages:
+        times.add_row(
+            GATEWAY_DEMO_TITLES.get(st.name, st.name), st.status, fmt(st.seconds, 1), st.detail.get("error", "")[:80]
+        )
+    console.print(times)
+    console.print(f"[{'bold green' if s.adapter_beat_base else 'bold yellow'}]{s.verdict}[/]", highlight=False)
+    forced = " (forced: --quick)" if s.forced_promotion else ""
+    console.print(
+        f"{s.requests} requests to {s.gateway_url}, no MCP tool called; {s.runs_recorded} runs recorded by the "
+        f"gateway, {s.scored_by_gateway} scored by its sandbox; training traffic: {s.traffic_requests} requests, "
+        f"pass rate {fmt(s.traffic_pass_rate, 2)}; dataset {s.dataset_id} ({s.dataset_rows} rows); gate passed: "
+        f"{fmt(s.gate_passed)}; adapter status: {fmt(s.adapter_status)}{forced}; total {s.total_seconds:.0f} s\n"
+        f"summary: {s.summary_path}",
+        highlight=False,
+    )
+
+
 def serve(
     home: HomeOpt = None,
     transport: Annotated[str, typer.Option(help="stdio (default) or http (streamable HTTP).")] = "stdio",
@@ -211,7 +251,8 @@ def gateway(
     base: Annotated[
         str | None,
         typer.Option(
-            help="In process: the base folder (default: the embedded tiny base). Forwarding: the base's model name."
+            help="In process: the base folder (default: the embedded tiny base). Forwarding: the name the runtime "
+            "serves the base under (required for vllm and ollama)."
         ),
     ] = None,
     token: Annotated[
@@ -321,6 +362,12 @@ def demo_cmd(
     quick: Annotated[
         bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")
     ] = False,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            "--gateway", help="Close the loop through the gateway: the agent only sends OpenAI requests over HTTP."
+        ),
+    ] = False,
     home: HomeOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the base model, the tasks and the training.")] = 0,
     as_json: JsonOpt = False,
@@ -328,23 +375,32 @@ def demo_cmd(
     """Run the whole loop on the embedded base model and show whether the agent got better.
 
     Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
-    adapters never mix with yours.
+    adapters never mix with yours (with --gateway: a `demo-gateway` folder).
     """
-    from learning.demo.demo import QUICK, DemoConfig, run_demo
     from learning.home import resolve_home
+
+    run: Any
+    if gateway:
+        from learning.demo.gateway_demo import QUICK
+        from learning.demo.gateway_demo import GatewayDemoConfig as Config
+        from learning.demo.gateway_demo import run_gateway_demo as run
+    else:
+        from learning.demo.demo import QUICK
+        from learning.demo.demo import DemoConfig as Config
+        from learning.demo.demo import run_demo as run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The stages print their own progress; library progress bars and warnings would garble it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    target = home or str(Path(resolve_home(None)) / "demo")
-    config = (QUICK if quick else DemoConfig()).model_copy(update={"seed": seed})
+    target = home or str(Path(resolve_home(None)) / ("demo-gateway" if gateway else "demo"))
+    config = (QUICK if quick else Config()).model_copy(update={"seed": seed})
     if as_json:
-        summary = run_demo(target, quick=quick, config=config, report=lambda *a, **k: None)
+        summary = run(target, quick=quick, config=config, report=lambda *a, **k: None)
     else:
-        with StageProgress(err_console) as progress:
-            summary = run_demo(target, quick=quick, config=config, report=progress)
-    emit(summary, as_json, demo_summary)
+        with StageProgress(err_console, GATEWAY_DEMO_TITLES if gateway else DEMO_TITLES) as progress:
+            summary = run(target, quick=quick, config=config, report=progress)
+    emit(summary, as_json, gateway_demo_summary if gateway else demo_summary)
     if any(st.status == "failed" for st in summary.stages):
         raise typer.Exit(1)
 

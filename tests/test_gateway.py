@@ -26,8 +26,9 @@ def gateway(tmp_path_factory):
     home = tmp_path_factory.mktemp("gateway-home")
     store = Store(home)
     base = ensure_base(store, "tiny")
-    with served(build_app(store, InProcess(base.path, device="cpu"))) as url:
-        yield store, url
+    app = build_app(store, InProcess(base.path, device="cpu"))
+    with served(app) as url:
+        yield store, url, app.state.gateway.recorder.flush  # runs are stored a moment after the answer
 
 
 def _client(url: str):
@@ -35,7 +36,7 @@ def _client(url: str):
 
 
 def test_chat_completion_is_answered_routed_and_recorded(gateway):
-    store, url = gateway
+    store, url, flush = gateway
     raw = _client(url).chat.completions.with_raw_response.create(
         model="learnloop/coder/python",
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write a function add"}],
@@ -54,10 +55,11 @@ def test_chat_completion_is_answered_routed_and_recorded(gateway):
 
 
 def test_streamed_chat_matches_and_is_recorded(gateway):
-    store, url = gateway
+    store, url, flush = gateway
     client = _client(url)
     messages = [{"role": "user", "content": "def add"}]
     whole = client.chat.completions.create(model="learnloop/coder", messages=messages, max_tokens=12)
+    flush()
     before = count_runs(store)
     chunks = list(
         client.chat.completions.create(
@@ -73,13 +75,14 @@ def test_streamed_chat_matches_and_is_recorded(gateway):
     assert chunks[-1].usage is not None
     last = next(c for c in reversed(chunks) if c.choices)
     run_id = last.model_extra["learnloop"]["run_id"]
+    flush()
     assert count_runs(store) == before + 1
     run = get_run(store, run_id)
     assert run.meta["gateway"]["stream"] is True and run.decision_id == last.model_extra["learnloop"]["decision_id"]
 
 
 def test_plain_completion_and_models(gateway):
-    store, url = gateway
+    store, url, flush = gateway
     client = _client(url)
     raw = client.completions.with_raw_response.create(model="tiny", prompt="def add(a, b):", max_tokens=5)
     run = get_run(store, int(raw.headers["x-learnloop-run-id"]))
@@ -88,7 +91,8 @@ def test_plain_completion_and_models(gateway):
 
 
 def test_malformed_request_is_a_400_error_object_and_no_run(gateway):
-    store, url = gateway
+    store, url, flush = gateway
+    flush()
     before = count_runs(store)
     with pytest.raises(openai.BadRequestError) as caught:
         _client(url).chat.completions.create(model="learnloop/coder", messages=[], max_tokens=4)
@@ -101,11 +105,12 @@ def test_malformed_request_is_a_400_error_object_and_no_run(gateway):
     ):
         r = httpx.post(f"{url}/v1/chat/completions", content=bad, headers={"content-type": "application/json"})
         assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    flush()
     assert count_runs(store) == before
 
 
 def test_reward_for_an_unknown_run_is_404(gateway):
-    _, url = gateway
+    _, url, _ = gateway
     for run_id in ("999999", "../x", "abc"):
         r = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 1.0})
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
@@ -117,7 +122,7 @@ def test_a_backend_that_is_down_is_a_502(tmp_path: Path):
     from learning.gateway.forward import Forwarding
 
     store = Store(tmp_path)
-    client = TestClient(build_app(store, Forwarding(f"http://127.0.0.1:{free_port()}", "vllm")))
+    client = TestClient(build_app(store, Forwarding(f"http://127.0.0.1:{free_port()}", "vllm", "base-model")))
     body = {"model": "learnloop/coder", "messages": [{"role": "user", "content": "x"}]}
     for stream in (False, True):
         r = client.post("/v1/chat/completions", json={**body, "stream": stream})
@@ -139,12 +144,12 @@ def test_a_gateway_run_is_pending_until_its_reward_is_posted(gateway):
     """Recorded without a reward (pending in run_stats), scored through the gateway's endpoint."""
     from learning.runs.stats import run_stats
 
-    store, url = gateway
+    store, url, flush = gateway
     raw = _client(url).chat.completions.with_raw_response.create(
         model="learnloop/fixer", messages=[{"role": "user", "content": "Fix x = 1 +"}], max_tokens=4
     )
     run_id = int(raw.headers["x-learnloop-run-id"])
-    assert get_run(store, run_id).reward is None
+    assert get_run(store, run_id).reward is None  # get_run waits for a run answered but not stored yet
     before = run_stats(store, role="fixer")
     assert before.pending == 1
     bad = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 7})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,12 +19,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from learning.errors import InvalidInput
 from learning.gateway.app import build_app
 from learning.gateway.forward import Forwarding
 from learning.registry import adapters as registry
-from learning.runs.record import count_runs, get_run
+from learning.runs.record import count_runs, get_run, log_run
 from learning.serve.deploy import insert_deployment
 from learning.store import Store
+from tests.conftest import run_cli
 from tests.servers import served
 
 BASE = "Qwen/base-stand-in"
@@ -175,3 +178,42 @@ def test_an_adapter_not_deployed_on_this_runtime_is_refused_not_answered_by_the_
         message = r.json()["error"]["message"]
         assert ADAPTER in message and f"learnloop deploy {ADAPTER} --target {runtime} --url {url}" in message
     assert len(fake.bodies) == before  # nothing reached the runtime
+
+
+@pytest.mark.parametrize("runtime", ["vllm", "ollama"])
+def test_vllm_and_ollama_need_the_base_models_served_name(tmp_path, runtime):
+    """Without it a request no adapter serves would go out as `learnloop/<role>`, a model the runtime lacks."""
+    with pytest.raises(InvalidInput, match="--base NAME"):
+        Forwarding("http://127.0.0.1:1", runtime)
+    proc = run_cli("gateway", "--backend", "http://127.0.0.1:1", "--runtime", runtime, home=tmp_path)
+    assert proc.returncode != 0 and "--base NAME" in proc.stderr
+    assert Forwarding("http://127.0.0.1:1", "llamacpp").base_model is None  # one model loaded: the name is optional
+
+
+def test_shutdown_scores_and_stores_everything_then_stops_its_threads_and_client(standin, tmp_path):
+    """Runs are stored by a writer thread and scored by another after the answers went out; when
+    the app stops (its lifespan) both finish their queues and end, and the reused client closes."""
+    import threading
+
+    fake, url = standin
+    before = set(threading.enumerate())
+    store = Store(tmp_path)
+    backend = Forwarding(url, "vllm", BASE)
+    app = build_app(store, backend)
+    tests = ["assert 1 + 1 == 2"]  # "hello world" does not compile: each answer scores 0.0
+    ids = []
+    with served(app) as gateway_url, httpx.Client(base_url=gateway_url) as client:
+        for i in range(12):
+            body = {"model": "learnloop/coder", "messages": MESSAGES, "metadata": {"tests": tests, "task_key": f"k{i}"}}
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200
+            ids.append(int(r.headers["x-learnloop-run-id"]))
+        used = backend.http
+        assert used is not None and not used.is_closed
+    assert ids == list(range(1, 13))
+    assert [get_run(store, i).reward for i in ids] == [0.0] * 12  # stored, and scored, before the app stopped
+    assert all(get_run(store, i).signals["scored_by"] == "gateway" for i in ids)
+    left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("learnloop-")]
+    assert left == [] and used.is_closed and backend.http is None
+    # The unused ids of the last block went back: the next run logged anywhere follows on.
+    assert log_run(store, {"role": "coder", "output": "x = 1"}).run_id == 13

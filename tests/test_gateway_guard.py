@@ -23,7 +23,19 @@ def _start(home, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen
     port = free_port()
     backend = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [*LEARNLOOP, "gateway", "--port", str(port), "--home", str(home), "--backend", backend, *extra],
+        [
+            *LEARNLOOP,
+            "gateway",
+            "--port",
+            str(port),
+            "--home",
+            str(home),
+            "--backend",
+            backend,
+            "--base",
+            "base",
+            *extra,
+        ],
         env=env or subprocess_env(),
         cwd=ROOT,
         stderr=subprocess.PIPE,
@@ -83,7 +95,19 @@ def test_beyond_loopback_without_a_token_one_is_generated_in_the_home(home):
 
 
 def test_a_weak_token_is_refused_before_starting(home):
-    out = run_cli("gateway", "--host", "0.0.0.0", "--token", "short", "--home", str(home), "--backend", "http://x:1")
+    out = run_cli(
+        "gateway",
+        "--host",
+        "0.0.0.0",
+        "--token",
+        "short",
+        "--home",
+        str(home),
+        "--backend",
+        "http://x:1",
+        "--base",
+        "b",
+    )
     assert out.returncode == 1 and "at least 16" in out.stderr and "short" not in out.stdout
 
 

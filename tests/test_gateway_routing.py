@@ -149,11 +149,14 @@ def test_a_failed_backend_is_recorded_only_when_asked(tmp_path: Path, record_fai
     from learning.gateway.forward import Forwarding
 
     store = Store(tmp_path)
-    down = Forwarding(f"http://127.0.0.1:{free_port()}", "vllm")
-    client = TestClient(build_app(store, down, record_failures=record_failures))
-    for stream in (False, True):
-        r = client.post("/v1/chat/completions", json={"model": "learnloop/coder", "messages": ASK, "stream": stream})
-        assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+    down = Forwarding(f"http://127.0.0.1:{free_port()}", "vllm", "base-model")
+    with TestClient(build_app(store, down, record_failures=record_failures)) as client:  # shut down: all stored
+        for stream in (False, True):
+            body = {"model": "learnloop/coder", "messages": ASK, "stream": stream}
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+    with store.read() as conn:  # the decisions are kept either way, as select_adapter keeps them
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 2
     if not record_failures:
         assert count_runs(store) == 0
         return

@@ -65,6 +65,8 @@ def test_a_database_of_the_schema_before_keeps_every_row_and_index(tmp_path):
         }
         assert indexes <= names and "runs_import_key" in names
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # AUTOINCREMENT since migration 8: the highest id given is kept, so ids can be reserved
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()[0] == 3
         with pytest.raises(sqlite3.IntegrityError):  # the import key is still unique
             conn.execute(
                 "INSERT INTO runs (ts, agent, role, task_key, output, import_key) VALUES (1, 'a', 'c', 'k', 'o', 'abc:1')"

@@ -14,15 +14,22 @@ A request with `metadata.tests` is answered first, then scored in the sandbox in
 (learning/gateway/scoring.py). Malformed requests get a 400 OpenAI error object and are not
 recorded; a backend that fails gets a 502 with its message (and is recorded as a failed run,
 reward 0.0, only with record_failures). Nothing here prints a request, an answer or a token.
-The store's writes (the routing decision, the run) wait on an fsync each, so they run in worker
-threads: the event loop keeps serving other clients meanwhile.
+Nothing in the answer's path waits on the disk: the routing decision is made without writing
+(router.decide), and the decision and the run go to the Recorder's writer thread, which stores
+them in one transaction with whatever else is queued (learning/gateway/recording.py). When the
+app shuts down (its lifespan) the scorer finishes, the queue is written and the backend's
+connections are closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,10 +41,10 @@ from starlette.routing import Route as HttpRoute
 from learning.errors import InvalidInput, NotFound
 from learning.gateway import protocol as p
 from learning.gateway.inprocess import BackendError
-from learning.gateway.recording import log_exchange, log_failure, set_reward
+from learning.gateway.recording import Recorder, exchange_run, failure_run, set_reward
 from learning.gateway.scoring import Scorer
-from learning.routing.router import select_adapter
-from learning.runs.record import run_row
+from learning.routing.router import DecisionRow, decide
+from learning.runs.ids import written_run
 from learning.store import Store
 
 MAX_BODY = 8 * 1024 * 1024
@@ -63,29 +70,43 @@ def _headers(target: Any, run_id: int | None = None) -> dict[str, str]:
 class Gateway:
     def __init__(self, store: Store, backend: Any, record_failures: bool = False):
         self.store, self.backend, self.record_failures = store, backend, record_failures
-        self.scorer = Scorer(store)
+        self.recorder = Recorder(store)
+        self.scorer = Scorer(store, self.recorder)
 
-    def _answered(self, call: p.Call, gen: p.Generation, target: Any, started: float) -> int:
-        """Record the exchange; a request with tests has its answer scored in the background."""
-        run_id = log_exchange(self.store, call, gen, target, self._meta(call, target, started))
+    def _answered(self, call: p.Call, gen: p.Generation, routed: tuple[Any, Any], started: float) -> int:
+        """Queue the exchange's run; a request with tests has its answer scored in the background."""
+        target, decision = routed
+        run_id = self.recorder.record(decision, exchange_run(call, gen, target, self._meta(call, target, started)))
         if call.tests:
             self.scorer.submit(run_id, gen.text, call.tests)
         return run_id
 
-    def _failed(self, call: p.Call, target: Any, started: float, exc: BackendError) -> JSONResponse:
+    def _failed(self, call: p.Call, routed: tuple[Any, Any], started: float, exc: BackendError) -> JSONResponse:
         """A 502 with the backend's message; a failed run too when the user opted in."""
+        target, decision = routed
         if self.record_failures:
-            log_failure(self.store, call, target, self._meta(call, target, started), str(exc))
+            self.recorder.record(decision, failure_run(call, target, self._meta(call, target, started), str(exc)))
+        elif decision is not None:  # the decision is kept, as select_adapter would have
+            self.recorder.decision(decision)
         return _error(502, str(exc), "backend_error")
 
-    def _select(self, call: p.Call) -> Any:
+    def _select(self, call: p.Call) -> tuple[Any, DecisionRow | None]:
+        """(the selection, its decision row), both None for a model name that is not routed."""
         route = call.route
         if route is None:
-            return None
+            return None, None
         try:
-            return select_adapter(self.store, route.role, route.task_type, route.complexity, route.task_key)
+            return decide(self.store, route.role, route.task_type, route.complexity, route.task_key)
         except InvalidInput as exc:
             raise p.BadRequest(str(exc), "model") from None
+
+    async def aclose(self) -> None:
+        """Finish scoring, write what is queued, close the backend's connections."""
+        await asyncio.to_thread(self.scorer.close)  # scoring first: its rewards need their runs
+        await asyncio.to_thread(self.recorder.close)
+        close = getattr(self.backend, "aclose", None)
+        if close is not None:
+            await close()
 
     def _meta(self, call: p.Call, target: Any, started: float) -> dict[str, Any]:
         return {
@@ -102,31 +123,32 @@ class Gateway:
             return _error(413, f"The body is over {MAX_BODY // 1024 // 1024} MiB.")
         try:
             call = p.read_call(raw, kind, {k.lower(): v for k, v in request.headers.items()})
-            target = await run_in_threadpool(self._select, call)
+            routed = self._select(call)  # reads only: well under a millisecond
         except p.BadRequest as exc:
             return _error(400, str(exc), param=exc.param)
-        started = time.perf_counter()
+        target, started = routed[0], time.perf_counter()
         if call.stream:
             items = aiter(self.backend.stream(call, target))
             try:  # a backend that fails before its first piece still gets a 502
                 first = await anext(items)
             except BackendError as exc:
-                return await run_in_threadpool(self._failed, call, target, started, exc)
+                return self._failed(call, routed, started, exc)
             return StreamingResponse(
-                self._stream(call, target, started, first, items),
+                self._stream(call, routed, started, first, items),
                 media_type="text/event-stream",
                 headers=_headers(target),
             )
         try:
             gen = await self.backend.complete(call, target)
         except BackendError as exc:
-            return await run_in_threadpool(self._failed, call, target, started, exc)
-        run_id = await run_in_threadpool(self._answered, call, gen, target, started)
+            return self._failed(call, routed, started, exc)
+        run_id = self._answered(call, gen, routed, started)
         return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id))
 
     async def _stream(
-        self, call: p.Call, target: Any, started: float, first: Any, items: AsyncIterator[Any]
+        self, call: p.Call, routed: tuple[Any, Any], started: float, first: Any, items: AsyncIterator[Any]
     ) -> AsyncIterator[str]:
+        target = routed[0]
         answer_id = p.new_id(call)
         yield p.chunk(call, answer_id, None, role=True)
         gen = None
@@ -142,14 +164,12 @@ class Gateway:
                 except StopAsyncIteration:
                     break
         except BackendError as exc:
-            if self.record_failures:
-                meta = self._meta(call, target, started)
-                await run_in_threadpool(log_failure, self.store, call, target, meta, str(exc))
+            self._failed(call, routed, started, exc)  # recorded (when asked); the client gets an error event
             yield p.sse(p.error_body(str(exc), "backend_error"))
             yield p.DONE
             return
         assert gen is not None  # a backend's stream ends with its Generation
-        run_id = await run_in_threadpool(self._answered, call, gen, target, started)
+        run_id = self._answered(call, gen, routed, started)
         last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
         last["learnloop"] = {"run_id": run_id, "decision_id": getattr(target, "decision_id", None)}
         yield p.sse(last)
@@ -166,13 +186,16 @@ class Gateway:
 
     async def reward(self, request: Request) -> Response:
         text = request.path_params["run_id"]
-        if not text.isdigit() or run_row(self.store, int(text)) is None:
+        if text.isdigit():
+            await run_in_threadpool(self.recorder.flush)  # a run answered a moment ago is stored first
+        if not text.isdigit() or await run_in_threadpool(written_run, self.store, int(text), 0.0) is None:
             return _error(404, f"No run {text[:40]!r}: use the x-learnloop-run-id of an answer.", "not_found_error")
         try:
             body = json.loads(await request.body())
             if not isinstance(body, dict):
                 raise ValueError("not an object")
-            set_reward(self.store, int(text), body.get("reward"), body.get("signals"), body.get("tests"))
+            args = (body.get("reward"), body.get("signals"), body.get("tests"))
+            await run_in_threadpool(set_reward, self.store, int(text), *args)
         except (ValueError, RecursionError) as exc:
             return _error(400, f"The body must be a JSON object with 'reward' in [0, 1] ({exc}).")
         except InvalidInput as exc:
@@ -180,6 +203,11 @@ class Gateway:
         except NotFound as exc:
             return _error(404, str(exc), "not_found_error")
         return JSONResponse({"run_id": int(text), "reward": body.get("reward")})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.aclose()
 
 
 def build_app(store: Store, backend: Any, record_failures: bool = False) -> Starlette:
@@ -192,7 +220,8 @@ def build_app(store: Store, backend: Any, record_failures: bool = False) -> Star
         message = f"{request.method} {request.url.path[:200]} is not part of this API (see docs/gateway.md)."
         return _error(status, message, "not_found_error" if status == 404 else "invalid_request_error")
 
-    return Starlette(
+    app = Starlette(
+        lifespan=gw.lifespan,
         exception_handlers={404: no_route, 405: no_route},
         routes=[
             HttpRoute("/v1/models", gw.models, methods=["GET"]),
@@ -201,3 +230,30 @@ def build_app(store: Store, backend: Any, record_failures: bool = False) -> Star
             HttpRoute("/v1/learnloop/runs/{run_id}/reward", gw.reward, methods=["POST"]),
         ],
     )
+    app.state.gateway = gw  # its recorder, scorer and backend (tests and the demo flush the recorder)
+    return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", stop_s: float = 300.0) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread of this process, on a free port of `host`;
+    yields its base URL. Leaving the block shuts it down, lifespan included (the gateway finishes
+    its scoring and writes what it holds), waiting up to stop_s."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gateway-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError("The gateway did not start (see the messages above).")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=stop_s)
+        sock.close()

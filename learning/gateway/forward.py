@@ -1,12 +1,15 @@
 """The forwarding backend: pass each call on to an OpenAI-compatible runtime, choosing the
 adapter the way that runtime does.
 
-- vLLM: `model` is the LoRA's served name (loaded by deploy_adapter); the base: --base-model.
+- vLLM: `model` is the LoRA's served name (loaded by deploy_adapter); the base: its served name.
 - llama.cpp server: `lora` gives per-request scales; the deployment's served name is
   `lora:<id>`, so the adapter gets scale 1 and every other adapter 0 (an empty list: the base).
 - Ollama: `model` is the model deploy_adapter created for the adapter.
 
-A call routed to the base (no adapter serves the route) goes to --base-model. A call routed to an
+A call routed to the base (no adapter serves the route) goes to base_model (`learnloop gateway
+--base NAME`): the name the runtime serves the base under. vLLM and Ollama need it (they answer
+an unknown model name with an error); a llama.cpp server serves the one model it loaded whatever
+the name, so there it is optional. A call routed to an
 adapter whose latest deployment is not on this runtime's URL is refused (BackendError, a 502
 naming the deploy command): answering it with the base would record the base's answer as the
 adapter's run. An unreachable runtime, an error answer or an error event in a stream becomes
@@ -22,6 +25,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from learning.errors import InvalidInput
 from learning.gateway.inprocess import BackendError
 from learning.gateway.protocol import Call, Generation
 
@@ -31,19 +35,31 @@ TIMEOUT_S = 600.0
 
 class Forwarding:
     def __init__(self, url: str, runtime: Runtime = "vllm", base_model: str | None = None):
+        if runtime in ("vllm", "ollama") and not base_model:
+            example = "the name `ollama list` shows" if runtime == "ollama" else "its --served-model-name or --model"
+            raise InvalidInput(
+                f"Forwarding to {runtime} needs the name it serves the base model under, for the requests "
+                f"no adapter serves: pass --base NAME ({example})."
+            )
         self.url, self.runtime, self.base_model = url.rstrip("/"), runtime, base_model
         self.name = f"{runtime} at {self.url}"
-        self._http: Any = None
-        self._loop: Any = None
+        self.http: Any = None
+        self.loop: Any = None
 
     def _client(self) -> Any:
         """The httpx client of the running event loop (a client is bound to the loop that made it)."""
         import httpx
 
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._http, self._loop = httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT_S), loop
-        return self._http
+        if self.loop is not loop:
+            self.http, self.loop = httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT_S), loop
+        return self.http
+
+    async def aclose(self) -> None:
+        """Close the reused client (the gateway's shutdown, on the event loop that made it)."""
+        if self.http is not None and self.loop is asyncio.get_running_loop():
+            await self.http.aclose()
+        self.http = self.loop = None
 
     def _served(self, target: Any) -> str | None:
         """The name this runtime serves the target's adapter under (None: the base)."""

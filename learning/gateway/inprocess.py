@@ -1,7 +1,8 @@
 """The in-process backend: one base model loaded in this process, each adapter loaded once
 beside it and switched per request (PEFT's set_adapter; disable_adapter for the base).
 
-Generation runs in a worker thread so the event loop keeps answering; one generation at a
+Generation ends at eos or as soon as the text holds one of the request's stop strings (the text
+is cut there). It runs in a worker thread so the event loop keeps answering; one generation at a
 time (the adapter switch and the weights are shared). torch, transformers and peft are
 imported when the model first loads, not with the module.
 """
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from learning.gateway.protocol import Call, Generation
-from learning.models.generate import cut_at_stop, load_model, stop_token_ids
+from learning.models.generate import cut_at_stop, load_model, stop_criteria, stop_token_ids
 
 
 class BackendError(Exception):
@@ -63,6 +64,7 @@ class InProcess:
 
     def _generate(self, call: Call, target: Any, streamer: Any = None) -> Generation:
         import torch
+        from transformers import StoppingCriteriaList
 
         with self.lock:
             try:
@@ -71,6 +73,8 @@ class InProcess:
                 with self._use(*adapter), torch.inference_mode():
                     inputs = self._inputs(call)
                     sample = bool(call.temperature)
+                    stops = [s for s in call.stop if s]  # generation ends once the text holds one
+                    until = stop_criteria(self.tokenizer, stops, inputs["input_ids"].shape[1]) if stops else None
                     out = self.model.generate(
                         **inputs,
                         max_new_tokens=call.max_tokens,
@@ -80,6 +84,7 @@ class InProcess:
                         top_k=None,
                         eos_token_id=stop_token_ids(self.tokenizer) or self.tokenizer.eos_token_id,
                         pad_token_id=self.tokenizer.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([until]) if until else None,
                         streamer=streamer,
                     )
             except Exception as exc:  # noqa: BLE001 - any failure of the model is the backend's answer

@@ -14,15 +14,30 @@ How an exchange maps to a run:
 A backend that fails is recorded only when the user opted in (`learnloop gateway
 --record-failures`): a failed run, reward 0.0, output `(no answer: the backend failed)`, signals
 backend_error holding the backend's message, finish_reason `error`.
+
+Writing stays out of the answer's way (`Recorder`): the answer goes out with a run id reserved
+beforehand (learning/runs/ids.py), and one writer thread stores the routing decision and the run
+in one transaction, together with whatever else is queued by then (a group commit: one fsync
+for many requests). A reward for a run not written yet waits for it; on shutdown the queue is
+written before the gateway exits.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, NamedTuple
 
 from learning.gateway.protocol import Call, Generation
+from learning.routing.router import DecisionRow, insert_decision
 from learning.runs import record
+from learning.runs.ids import release_run_ids, reserve_run_ids
+from learning.runs.schema import parse_run
 from learning.store import Store
+
+BLOCK = 100  # run ids reserved at a time; the writer reserves the next block when half is used
 
 PLAIN_ROLE = "gateway"
 AGENT = "gateway"
@@ -35,20 +50,6 @@ def split_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
     last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
     before = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages[:last])
     return messages[last]["content"], before
-
-
-def log_exchange(store: Store, call: Call, gen: Generation, target: Any, meta: dict[str, Any]) -> int:
-    """Record one answered exchange as a run, its reward pending; returns its id."""
-    return record.log_run(store, exchange_run(call, gen, target, meta)).run_id
-
-
-def log_failure(store: Store, call: Call, target: Any, meta: dict[str, Any], error: str) -> int:
-    """Record an exchange the backend failed (only when the user opted in: --record-failures) as
-    a failed run: reward 0.0, output BACKEND_FAILED, signals backend_error (its message)."""
-    run = exchange_run(call, Generation(BACKEND_FAILED, 0, 0, "error"), target, meta)
-    run["reward"] = 0.0
-    run["signals"] = {"backend_error": error[:2000]}
-    return record.log_run(store, run).run_id
 
 
 def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +67,7 @@ def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any])
         "output": gen.text or EMPTY,  # a run needs an output
         "reward": None,  # pending until scored: log_reward, the reward endpoint, or the request's tests
         "model": call.model,
+        "adapter_id": getattr(target, "adapter_id", None),
         "decision_id": getattr(target, "decision_id", None),
         "meta": {
             "gateway": {
@@ -82,3 +84,139 @@ def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any])
 def set_reward(store: Store, run_id: int, reward: Any, signals: Any = None, tests: Any = None) -> None:
     """Score a gateway run afterwards (learning.runs.record.set_reward)."""
     record.set_reward(store, run_id, reward, signals=signals, tests=tests)
+
+
+def failure_run(call: Call, target: Any, meta: dict[str, Any], error: str) -> dict[str, Any]:
+    """The failed run a backend failure is recorded as (only with --record-failures)."""
+    run = exchange_run(call, Generation(BACKEND_FAILED, 0, 0, "error"), target, meta)
+    run["reward"] = 0.0
+    run["signals"] = {"backend_error": error[:2000]}
+    return run
+
+
+class Item(NamedTuple):
+    decision: DecisionRow | None
+    run_id: int | None
+    row: record.RunRow | None
+
+
+class Recorder:
+    """Stores the gateway's decisions and runs from one writer thread, many per transaction.
+
+    `record` checks the run (the same checks as log_run), gives it its id and queues it with
+    its decision; it returns at once. `flush` waits until everything queued so far is stored;
+    `close` writes the rest, hands back unused ids and stops the thread."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.cond = threading.Condition()
+        self.queue: list[Item] = []
+        self.ids: deque[int] = deque()  # reserved, not handed out yet
+        self.want_block, self.closed = True, False  # the first block is reserved at once, off any request
+        self.reserving = False  # the writer is reserving a block now
+        self.queued = self.written = 0  # items ever queued, items ever stored (or given up)
+        self.commits = 0  # transactions the writer committed
+        self.thread = threading.Thread(target=self._loop, name="learnloop-recorder", daemon=True)
+        self.thread.start()
+
+    def record(self, decision: DecisionRow | None, run: dict[str, Any]) -> int:
+        """Queue a run (and the decision that routed it); returns the id it will be stored under."""
+        checked = parse_run(run)
+        if checked.adapter_id:  # as log_run: an adapter the registry knows
+            record.check_adapters(self.store, [checked.adapter_id])
+        row = record.row_of(checked)
+        with self.cond:
+            self._await_ids()
+            run_id = self.ids.popleft()
+            self.want_block = self.want_block or (len(self.ids) < BLOCK // 2 and not self.reserving)
+            self._put(Item(decision, run_id, row))
+        return run_id
+
+    def _await_ids(self, wait_s: float = 60.0) -> None:
+        """Ids at hand: the writer reserves the next block when half of one is used, so this waits
+        only at a burst past it (or if the writer could not reserve: it tries again)."""
+        deadline = time.monotonic() + wait_s
+        while not self.ids:
+            if self.closed or time.monotonic() > deadline:
+                raise RuntimeError("the gateway's recorder has no run ids to give (is the database writable?)")
+            self.want_block = self.want_block or not self.reserving
+            self.cond.notify_all()
+            self.cond.wait(0.5)
+
+    def decision(self, decision: DecisionRow) -> None:
+        """Queue a decision with no run (a backend failed and failures are not recorded)."""
+        with self.cond:
+            self._put(Item(decision, None, None))
+
+    def _put(self, item: Item) -> None:
+        if self.closed:
+            raise RuntimeError("the gateway's recorder is closed")
+        self.queue.append(item)
+        self.queued += 1
+        self.cond.notify_all()
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until everything queued so far is stored; False if that took longer than timeout."""
+        with self.cond:
+            target = self.queued
+            return self.cond.wait_for(lambda: self.written >= target, timeout)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: self.queue or self.want_block or self.closed)
+                batch, self.queue = self.queue, []
+                want, self.want_block = self.want_block and not self.closed, False
+                self.reserving = want
+                closing = self.closed and not batch
+                unused = list(self.ids) if closing else []
+            if closing:
+                self._release(unused)
+                return
+            block = self._write(batch, want)
+            with self.cond:
+                self.ids.extend(block)
+                self.reserving = False
+                self.written += len(batch)
+                self.cond.notify_all()
+
+    def _write(self, batch: list[Item], want_block: bool) -> range:
+        """Store a batch in one transaction (and reserve the next block of ids in it)."""
+        try:
+            with self.store.write() as conn:
+                self._insert(conn, batch)
+                block = reserve_run_ids(conn, BLOCK) if want_block else range(0)
+            self.commits += 1
+            return block
+        except Exception as exc:  # noqa: BLE001 - one bad item must not cost the others: one by one
+            if not batch:
+                print(f"learnloop gateway: could not reserve run ids: {type(exc).__name__}: {exc}", file=sys.stderr)
+            for item in batch:
+                try:
+                    with self.store.write() as conn:
+                        self._insert(conn, [item])
+                except Exception as err:  # noqa: BLE001 - reported, never the request's content
+                    what = f"run {item.run_id}" if item.run_id else f"decision {item.decision and item.decision.id}"
+                    print(f"learnloop gateway: {what} could not be stored: {type(err).__name__}", file=sys.stderr)
+            return range(0)  # a block asked for is asked for again by the next request that needs it
+
+    def _insert(self, conn: Any, batch: list[Item]) -> None:
+        for item in batch:
+            if item.decision is not None:
+                insert_decision(conn, item.decision)
+        runs = [(item.run_id, item.row) for item in batch if item.run_id is not None and item.row is not None]
+        record.insert_runs(self.store, [row for _, row in runs], conn, ids=[run_id for run_id, _ in runs])
+
+    def _release(self, unused: list[int]) -> None:
+        if unused and unused == list(range(unused[0], unused[-1] + 1)):
+            try:
+                with self.store.write() as conn:
+                    release_run_ids(conn, range(unused[0], unused[-1] + 1))
+            except Exception:  # noqa: BLE001 - the ids stay a gap; nothing is lost
+                pass

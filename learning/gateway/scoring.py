@@ -5,7 +5,8 @@ thread of this process, the code of the answer (its first fenced block, else the
 runs with those tests in the sandbox (learning.sandbox.execute: a bubblewrap jail), and the
 run gets reward = share of tests passed, signals compiled / tests_passed / tests_total /
 sandbox / scored_by = "gateway", and the tests themselves (so curation carries them to the
-gate). One scoring at a time; a queue holds the rest. Where the sandbox cannot run, the run
+gate). One scoring at a time; a queue holds the rest. A scoring waits until the recorder has
+stored its run (it is queued there a moment before). `close` finishes what is queued. Where the sandbox cannot run, the run
 stays pending (the reason, never the answer, goes to stderr), to be scored later with
 log_reward.
 """
@@ -16,6 +17,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from learning.errors import LearnloopError
+from learning.gateway.recording import Recorder
 from learning.runs.record import set_reward
 from learning.sandbox import execute as sandbox
 from learning.sandbox.code import extract_code
@@ -43,8 +45,8 @@ def score_answer(store: Store, run_id: int, answer: str, tests: list[str], timeo
 class Scorer:
     """Scores answers in the background: `submit` returns at once."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, recorder: Recorder | None = None):
+        self.store, self.recorder = store, recorder
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learnloop-scorer")
 
     def submit(self, run_id: int, answer: str, tests: list[str]) -> Future:
@@ -52,6 +54,8 @@ class Scorer:
 
     def _score(self, run_id: int, answer: str, tests: list[str]) -> float | None:
         try:
+            if self.recorder is not None:
+                self.recorder.flush()
             return score_answer(self.store, run_id, answer, tests)
         except LearnloopError as exc:  # e.g. SandboxUnavailable: the run stays pending
             print(f"learnloop gateway: run {run_id} was not scored: {exc}", file=sys.stderr)

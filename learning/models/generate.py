@@ -138,7 +138,7 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(i for i in ids if isinstance(i, int) and i != unk))
 
 
-def _stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int):
+def stop_criteria(tokenizer: Any, stop: Sequence[str], prompt_len: int):
     """A StoppingCriteria that marks each row done once its new text contains a stop string.
     Only the last tokens are decoded each step: a stop string of n characters that has just
     appeared lies within the last n tokens (an earlier one would have ended the row already)."""
@@ -201,7 +201,7 @@ def generate(
                 [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
             ).to(device)
             prompt_len = batch["input_ids"].shape[1]
-            criteria = StoppingCriteriaList([_stop_criteria(tokenizer, stop, prompt_len)]) if stop else None
+            criteria = StoppingCriteriaList([stop_criteria(tokenizer, stop, prompt_len)]) if stop else None
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,

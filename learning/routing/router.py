@@ -230,6 +230,24 @@ def select_adapter(
     simulations); leave it out in production so every caller splits traffic the same way. The
     decision is written before this returns (one short transaction); with record=False it is
     not, and log_run will not accept its id."""
+    selection, row = decide(store, role, task_type, complexity, task_key, seed)
+    if record:
+        with store.write() as conn:
+            insert_decision(conn, row)
+        _remember_own_write(_cache(store), conn)
+    return selection
+
+
+def decide(
+    store: Store,
+    role: str,
+    task_type: str | None = None,
+    complexity: str | None = None,
+    task_key: str | None = None,
+    seed: int | None = None,
+) -> tuple[Selection, DecisionRow]:
+    """select_adapter without the write: the selection and the decision row that records it, for
+    a caller that writes the row itself (the gateway writes it in one transaction with the run)."""
     _check(role, task_type, complexity, task_key)
     cache = _cache(store)
     decision_id = "d-" + secrets.token_hex(8)
@@ -239,26 +257,21 @@ def select_adapter(
             store, conn, cache, table, role, task_type, complexity, task_key or decision_id, seed
         )
         deployment = latest_deployment(store, adapter["id"], conn) if adapter is not None else None
-    if record:
-        with store.write() as conn:
-            insert_decision(
-                conn,
-                DecisionRow(
-                    id=decision_id,
-                    ts=time.time(),
-                    role=role,
-                    task_type=task_type,
-                    complexity=complexity,
-                    task_key=task_key,
-                    adapter_id=adapter["id"] if adapter else None,
-                    route=level,
-                    experiment_id=experiment_id,
-                    arm=arm,
-                ),
-            )
-        _remember_own_write(cache, conn)
-    return Selection(
-        adapter_id=adapter["id"] if adapter else None,
+    adapter_id = adapter["id"] if adapter else None
+    row = DecisionRow(
+        id=decision_id,
+        ts=time.time(),
+        role=role,
+        task_type=task_type,
+        complexity=complexity,
+        task_key=task_key,
+        adapter_id=adapter_id,
+        route=level,
+        experiment_id=experiment_id,
+        arm=arm,
+    )
+    selection = Selection(
+        adapter_id=adapter_id,
         adapter_path=adapter["path"] if adapter else None,
         base_model=adapter["base_model"] if adapter else table.bases.get(role),
         served_name=deployment["served_name"] if deployment is not None else None,
@@ -268,6 +281,7 @@ def select_adapter(
         arm=arm,
         decision_id=decision_id,
     )
+    return selection, row
 
 
 # ---- SQL: the route table, the registry's generation, and the decisions table ------------------

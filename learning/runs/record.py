@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError
 from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
 from learning.params import CLI_ONLY
+from learning.runs.ids import written_run
 from learning.runs.schema import (
     LIMITS,
     MAX_JSON_DEPTH,
@@ -65,6 +66,7 @@ RUN_COLUMNS = RunRow._fields
 _INSERT_RUN = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
 # An imported line whose key is stored already was imported before: it is left as it is.
 _INSERT_NEW_RUN = _INSERT_RUN + " ON CONFLICT(import_key) DO NOTHING"
+_INSERT_RUN_WITH_ID = f"INSERT INTO runs (id, {', '.join(RUN_COLUMNS)}) VALUES (?{', ?' * len(RUN_COLUMNS)})"
 
 
 def _check_json_size(run: RunIn) -> tuple[str, str]:
@@ -78,7 +80,8 @@ def _check_json_size(run: RunIn) -> tuple[str, str]:
     return signals, meta
 
 
-def _row(run: RunIn, import_key: str | None = None) -> RunRow:
+def row_of(run: RunIn, import_key: str | None = None) -> RunRow:
+    """The row a checked run is written as."""
     signals, meta = _check_json_size(run)
     return RunRow(
         ts=run.time.timestamp() if run.time else time.time(),
@@ -101,7 +104,7 @@ def _row(run: RunIn, import_key: str | None = None) -> RunRow:
     )
 
 
-def _check_adapters(store: Store, ids: Iterable[str | None]) -> None:
+def check_adapters(store: Store, ids: Iterable[str | None]) -> None:
     unknown = sorted({a for a in ids if a and not adapter_exists(store, a)})
     if unknown:
         raise InvalidInput(
@@ -141,8 +144,8 @@ def log_run(store: Store, run: RunIn | dict) -> LogResult:
     if run.decision_id:
         run = _attribute(store, run)
     if run.adapter_id:
-        _check_adapters(store, [run.adapter_id])
-    row = _row(run)
+        check_adapters(store, [run.adapter_id])
+    row = row_of(run)
     (run_id,) = insert_runs(store, [row])
     return LogResult(run_id=run_id, task_key=row.task_key)
 
@@ -267,8 +270,8 @@ def import_runs(
         skipped += len(batch_errors)
         errors.extend(batch_errors[: max(0, 50 - len(errors))])
         if batch:
-            _check_adapters(store, (r.adapter_id for _, r in batch))
-            keyed = [_row(r, f"{digest}:{n}" if digest else None) for n, r in batch]
+            check_adapters(store, (r.adapter_id for _, r in batch))
+            keyed = [row_of(r, f"{digest}:{n}" if digest else None) for n, r in batch]
             written = insert_new_runs(store, keyed)
             imported += written
             already += len(batch) - written
@@ -344,6 +347,8 @@ def set_reward(
     earlier reward kept in meta's reward_history). Signals given are merged over the run's; tests
     given replace its tests. NotFound for an unknown run id, InvalidInput for a bad reward."""
     new = parse_reward({"reward": reward, "signals": signals, "tests": tests})
+    if run_row(store, run_id) is None:  # waits for a run the gateway answered but has not written yet
+        raise NotFound(_no_run(run_id))
     with store.write() as conn:
         row = conn.execute("SELECT reward, signals, meta FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
@@ -361,20 +366,22 @@ def set_reward(
 # ---- SQL: the runs table, and what logging a run checks in the registry's tables -------------
 
 
-def insert_runs(store: Store, rows: Iterable[RunRow], conn: sqlite3.Connection | None = None) -> list[int]:
-    """Insert rows in one transaction (the caller's, when conn is given); returns their ids."""
+def insert_runs(
+    store: Store, rows: Iterable[RunRow], conn: sqlite3.Connection | None = None, ids: list[int] | None = None
+) -> list[int]:
+    """Insert rows in one transaction (the caller's, when conn is given); returns their ids.
+    ids: the ids reserved for them (learning/runs/ids.py), else SQLite gives the next ones."""
     if conn is None:
         with store.write() as conn:
-            return insert_runs(store, rows, conn)
+            return insert_runs(store, rows, conn, ids)
     rows = list(rows)
-    if len(rows) == 1:
-        run_id = conn.execute(_INSERT_RUN, rows[0]).lastrowid
-        assert run_id is not None  # an INSERT sets it
-        return [run_id]
-    # Inside one write transaction ids are consecutive: nobody else can insert meanwhile.
-    first = conn.execute("SELECT ifnull(max(id), 0) AS last FROM runs").fetchone()["last"] + 1
+    if ids is not None:
+        conn.executemany(_INSERT_RUN_WITH_ID, [(i, *r) for i, r in zip(ids, rows)])
+        return list(ids)
     conn.executemany(_INSERT_RUN, rows)
-    return list(range(first, first + len(rows)))
+    # Inside one write transaction ids are consecutive: nobody else can insert meanwhile.
+    last = conn.execute("SELECT last_insert_rowid() AS last").fetchone()["last"]
+    return list(range(last - len(rows) + 1, last + 1))
 
 
 def insert_new_runs(store: Store, rows: list[RunRow]) -> int:
@@ -387,8 +394,8 @@ def insert_new_runs(store: Store, rows: list[RunRow]) -> int:
 
 
 def run_row(store: Store, run_id: int) -> sqlite3.Row | None:
-    with store.read() as conn:
-        return conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    """The stored run (a run the gateway answered but has not written yet is waited for)."""
+    return written_run(store, run_id)
 
 
 def count_runs(store: Store) -> int:

@@ -71,12 +71,14 @@ class ExecutionReward:
         self.scored = 0
         self.seconds = 0.0
 
-    def __call__(self, prompts: list[Any], completions: list[Any], tests: list[list[str]], **_: Any) -> list[float]:
+    def __call__(
+        self, prompts: list[Any], completions: list[Any], tests: list[list[str]], **_: Any
+    ) -> list[float | None]:
         started = time.perf_counter()
         answers = [cut_at_stop(_text(c), self.stop) for c in completions]
         # The code of a fenced block, else the whole answer; one that does not compile fails in the jail too.
         results = run_many([(tested_code(a) or a, list(t)) for a, t in zip(answers, tests)], timeout=TEST_TIMEOUT_S)
-        rewards = []
+        rewards: list[float | None] = []
         for answer, res in zip(answers, results):
             reward = res.score + (self.compile_bonus if res.compiled else 0.0)
             reward -= self.length_penalty * min(1.0, len(answer) / self.max_chars)
