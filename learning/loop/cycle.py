@@ -181,37 +181,27 @@ class _Cycle:
         return res.model_dump(mode="json")
 
     def train(self) -> dict:
-        p, out = self.p, self.out
-        self.progress("train", f"training a {p.preset} adapter on {out['dataset_id']}")
-        started = train_adapter(
-            self.store,
-            role=p.role,
-            dataset_id=out["dataset_id"],
-            base=p.base,
-            preset=cast(Preset, p.preset),  # train_adapter reports an unknown one
-            max_steps=p.max_steps,
-        )
-        out["adapter_id"] = started.adapter_id
-        assert started.job_id is not None  # not a dry run
-        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **self.follow("train", started.job_id)}
+        p = self.p
+        self.progress("train", f"training a {p.preset} adapter on {self.out['dataset_id']}")
+        # train_adapter reports an unknown preset
+        return self._train("train", preset=cast(Preset, p.preset), max_steps=p.max_steps)
 
     def grpo(self) -> dict:
         p, out = self.p, self.out
         if p.grpo_steps is None:
             return {"skipped": True, "reason": "SFT only (grpo_steps not given)"}
         self.progress("grpo", f"GRPO for {p.grpo_steps} steps from {out['adapter_id']}")
+        out["sft_adapter_id"] = out["adapter_id"]
+        return self._train("grpo", method="grpo", max_steps=p.grpo_steps, start_from=out["adapter_id"])
+
+    def _train(self, stage: str, **options: Any) -> dict:
+        """A training job on the cycle's dataset; its adapter becomes the cycle's adapter."""
         started = train_adapter(
-            self.store,
-            role=p.role,
-            dataset_id=out["dataset_id"],
-            base=p.base,
-            method="grpo",
-            max_steps=p.grpo_steps,
-            start_from=out["adapter_id"],
+            self.store, role=self.p.role, dataset_id=self.out["dataset_id"], base=self.p.base, **options
         )
-        out["sft_adapter_id"], out["adapter_id"] = out["adapter_id"], started.adapter_id
+        self.out["adapter_id"] = started.adapter_id
         assert started.job_id is not None  # not a dry run
-        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **self.follow("grpo", started.job_id)}
+        return {"job_id": started.job_id, "adapter_id": started.adapter_id, **self.follow(stage, started.job_id)}
 
     def evaluate(self) -> dict:
         out = self.out
