@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import select
-import socket
 import stat
 import subprocess
-import time
 
 import anyio
 import httpx
@@ -22,6 +20,7 @@ from learning.runs.stats import run_stats
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import LEARNLOOP, ROOT, run_cli, subprocess_env
+from tests.servers import free_port, wait_listening
 
 RUN = {"role": "coder", "instruction": "add", "output": "def add(a, b): return a + b", "reward": 1.0}
 INIT = {
@@ -82,14 +81,8 @@ def test_every_stdio_line_gets_an_answer(home):
 # ---- HTTP: Host, Origin and token ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_http(home, *extra: str, env: dict | None = None):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [*LEARNLOOP, "serve", "--transport", "http", "--port", str(port), "--home", str(home), *extra],
         env=env or subprocess_env(),
@@ -97,15 +90,8 @@ def _start_http(home, *extra: str, env: dict | None = None):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the server did not start: " + (proc.communicate()[1] or ""))
+    wait_listening(proc, port, "the server")
+    return proc, port
 
 
 def _post(port: int, headers: dict[str, str]) -> int:

@@ -6,15 +6,13 @@ and a call that passes the guard gets the gateway's own 502."""
 
 from __future__ import annotations
 
-import socket
 import stat
 import subprocess
-import time
 
 import httpx
 
 from tests.conftest import LEARNLOOP, ROOT, run_cli, subprocess_env
-from tests.servers import free_port
+from tests.servers import free_port, wait_listening
 
 SECRET_PROMPT = "the-secret-prompt-7f3a"
 
@@ -41,15 +39,8 @@ def _start(home, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 30
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the gateway did not start: " + (proc.communicate()[1] or ""))
+    wait_listening(proc, port, "the gateway")
+    return proc, port
 
 
 def _status(port: int, headers: dict[str, str], path: str = "/v1/models") -> int:
