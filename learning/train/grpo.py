@@ -24,6 +24,7 @@ from learning.models.generate import cut_at_stop
 from learning.runs.record import import_runs
 from learning.sandbox.code import tested_code
 from learning.sandbox.execute import run_many
+from learning.train.progress import trainer_callback_base
 
 SAMPLE_AGENT = "learnloop-grpo"  # the agent of the runs a GRPO job logs (log_samples)
 TEST_TIMEOUT_S = 2.0  # per answer, as the evaluation gate runs them
@@ -174,13 +175,7 @@ def no_signal_message(steps: int, stats: dict[str, Any]) -> str:
     )
 
 
-def _make_callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class GroupCallback(_make_callback_base()):
+class GroupCallback(trainer_callback_base()):
     """Puts each step's reward, its spread, the share of dropped groups and answers scored per second
     into the job's progress; stops the run when no group has varied for `patience` steps."""
 

@@ -8,13 +8,14 @@ import time
 from learning.jobs.manage import JobContext
 
 
-def _make_callback_base():
+def trainer_callback_base():
+    """transformers' TrainerCallback, imported when a callback class is defined (in the job process)."""
     from transformers import TrainerCallback
 
     return TrainerCallback
 
 
-class ProgressCallback(_make_callback_base()):
+class ProgressCallback(trainer_callback_base()):
     """Writes step, total_steps, loss, tokens_per_s and eta_s to the job row; stops on cancel.
 
     On a cancel request the trainer saves a checkpoint at the current step and stops; every
