@@ -331,7 +331,14 @@ def init_base(
     size: Annotated[
         str, typer.Option("--size", help="tiny (seconds, for tests) or small (about a minute, for the demo).")
     ] = "small",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer and weights.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the corpus, tokenizer and weights; a base built from another seed is rebuilt. "
+            "Without it the home's base is kept (seed 0 for a new one).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,

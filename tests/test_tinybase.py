@@ -48,3 +48,19 @@ def test_unknown_size_is_rejected(store):
 
     with pytest.raises(InvalidInput, match="tiny"):
         ensure_base(store, "huge")
+
+
+@pytest.mark.slow
+def test_a_seedless_request_keeps_the_homes_base_and_a_seeded_one_rebuilds_it(store):
+    """Training and evaluation jobs ask for the embedded base without a seed: they must use the base
+    the home has (the demo's `--seed 1` built it), never rebuild it from seed 0 under the adapters."""
+    from learning.models.tinybase import ensure_base
+
+    first = ensure_base(store, "tiny", seed=1)
+    weights = (store.home / "base/tiny/model.safetensors").read_bytes()
+    kept = ensure_base(store, "tiny")
+    assert first.built and not kept.built and kept.seed == 1
+    assert (store.home / "base/tiny/model.safetensors").read_bytes() == weights
+    rebuilt = ensure_base(store, "tiny", seed=2)
+    assert rebuilt.built and rebuilt.seed == 2
+    assert (store.home / "base/tiny/model.safetensors").read_bytes() != weights

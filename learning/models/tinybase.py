@@ -7,7 +7,7 @@ form llama.cpp's converter accepts, plus the tokenizer.json transformers derives
 with pad/bos/eos and a chat template, and learnloop_base.json describing how it was made.
 The build is deterministic given the seed (same machine, same library versions).
 
-Sizes: `tiny` (seconds; for tests) and `small` (about 65 s, pretrained on one thread; for the
+Sizes: `tiny` (seconds; for tests) and `small` (about 65 s, pretrained on two threads; for the
 demo). The pretraining budget is a number of steps, not seconds: what matters is that the model
 learns to copy a name from the prompt into its code. That skill appears abruptly, and the step is
 compute-bound (a larger batch barely raises tokens per second), so the budget is set by how soon
@@ -15,18 +15,22 @@ it appears. With random 128-token windows of the earlier corpus (function, docst
 that named the function only some of the time) it took ~1,400 steps of 8 x 128 tokens (139 s);
 fewer steps (larger batches, higher or lower learning rates, other schedules or inits) gave
 bases whose adapters passed 0.05-0.09 of the demo's held-out tasks instead of 0.33. Three
-changes make it appear after ~500-600 steps: every document names the function and its
+changes make it appear after ~500-700 steps: every document names the function and its
 parameters before the def (a comment, request, question or chat turn) and often calls it after,
 with fewer docstrings (shorter documents, more copies per token); every window starts at a
 document's start, so it holds both the first mention and the def line; and windows of 64 tokens,
-16 a batch. With an MLP of 256 (a step ~10% cheaper than 384), 760 steps: the teacher-forced
-loss on the function name's tokens (after its first) in the def line, for 60 held-out prompts
-of the corpus's "Write a Python function" form, is 0.8 nats per token against 1.9 for the
-earlier 1,400-step base, and the demo's adapter passes 0.36 of its held-out tasks (the base
-alone 0.14). Measured and not kept:
-the new corpus alone, with random 128-token windows (600 steps; with 3 layers, 8 heads, a
-vocabulary of 512 or lr 6e-3 too): no sign of the skill; aligned 64-token windows with an MLP
-of 384 (700 steps: adapter 0.23) or 192 (820 steps: a weaker copy).
+16 a batch, with an MLP of 256.
+
+The skill's onset moves with the seed, the corpus and the torch build, so 760 steps sometimes
+ended just after it and sometimes just before (a base that copies nothing). 1,200 steps leave a
+margin: the loss falls from ~1.6 to ~1.0 between steps 500 and 900, then flattens. Constants are
+copied too since the corpus copies more of them (two-digit constants twice as often, and twice
+the share of "x plus 23" functions): prompted in its own format, the base writes the asked
+constant in 32 of 40 cases (3 of 36 before), and the demo's adapter passes 0.70-0.80 of the
+held-out add and multiply tasks, whose constants it never saw in training (0.03-0.20 before).
+Measured and not kept: 2-digit numbers as single tokens (the base copied none of them), and a
+tokenizer whose pieces never cross from letters to spaces or punctuation (no copying at all by
+step 760).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from learning.errors import InvalidInput
 from learning.models.tinycorpus import CHAT_ASSISTANT, CHAT_USER, corpus
 
 MARKER = "learnloop_base.json"
+PRETRAIN_THREADS = 2
 
 # Chat turns end with eos; assistant content is wrapped in generation markers so TRL's
 # assistant_only_loss can find it.
@@ -97,7 +102,7 @@ SIZES: dict[str, BaseSpec] = {
         num_heads=4,
         max_positions=1024,
         corpus_docs=20000,
-        steps=760,
+        steps=1200,
         batch_size=16,
         seq_len=64,
         lr=3e-3,
@@ -247,11 +252,11 @@ def build_base(
         _train_tokenizer(docs, spec, seed, work)
         tokenizer = AutoTokenizer.from_pretrained(work)
         model = _new_model(tokenizer, spec, seed)
-        # One thread: float sums differ with the thread count, and a base pretrained on 2 threads
-        # differs from one pretrained on 8 (and teaches its adapters differently). One thread gives
-        # the same base on every machine; for a model this small it costs little.
+        # A fixed thread count: float sums differ with the thread count, and a base pretrained on 2
+        # threads differs from one pretrained on 8 (and teaches its adapters differently). Two
+        # threads run a step 1.4x faster than one here; more gain little for a model this small.
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(PRETRAIN_THREADS)
         try:
             final_loss = _pretrain(model, _token_stream(tokenizer, docs), spec, seed, log)
         finally:
@@ -303,8 +308,13 @@ def _lock(path: Path):
         yield
 
 
-def ensure_base(store_or_home, size: str = "small", seed: int = 0, force: bool = False, log=None) -> BaseInfo:
-    """The embedded base of this size under <home>/base/<size>/, built on first use."""
+def ensure_base(store_or_home, size: str = "small", seed: int | None = None, force: bool = False, log=None) -> BaseInfo:
+    """The embedded base of this size under <home>/base/<size>/, built on first use.
+
+    Without a seed, the base already in the home is used whatever seed built it (seed 0 when none
+    is there yet): training and evaluation jobs ask for "embedded:small" and must get the base the
+    home has. With a seed, a base built from another seed is rebuilt.
+    """
     # A Store carries its home; a path is the home itself (Path has a `home` classmethod, so no getattr).
     home = Path(store_or_home if isinstance(store_or_home, (str, os.PathLike)) else store_or_home.home)
     if size not in SIZES:
@@ -312,15 +322,15 @@ def ensure_base(store_or_home, size: str = "small", seed: int = 0, force: bool =
     path = base_dir(home, size)
     with _lock(home / "base" / f".{size}.lock"):
         info = read_info(path)
-        built = force or info is None or info.get("seed") != seed
+        built = force or info is None or (seed is not None and info.get("seed") != seed)
         if built:
-            build_base(path, size, seed=seed, log=log)
+            build_base(path, size, seed=0 if seed is None else seed, log=log)
             info = read_info(path)
     assert info is not None  # read back after the build
     return BaseInfo(
         path=str(path),
         size=size,
-        seed=seed,
+        seed=info["seed"],
         built=built,
         parameters=info["parameters"],
         final_loss=info["final_loss"],

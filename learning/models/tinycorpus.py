@@ -60,7 +60,9 @@ def distinct(rng: random.Random, n: int) -> list[str]:
 
 
 def const(rng: random.Random) -> int:
-    return rng.choice([rng.randint(0, 9), rng.randint(10, 99), rng.randint(100, 999)])
+    # Two-digit constants are drawn twice as often as the others: copying both digits of "23" from
+    # the request is the skill that add and multiply tasks with unseen constants need.
+    return rng.choice([rng.randint(0, 9), rng.randint(10, 99), rng.randint(10, 99), rng.randint(100, 999)])
 
 
 # Each shape returns (signature params, body lines, English description).
@@ -166,6 +168,7 @@ def shape_dict(rng, p):
 SHAPES: list[Callable] = [
     shape_binary,
     shape_const,
+    shape_const,  # twice: "return x plus 23" then "return x + 23" is a constant copied
     shape_list_map,
     shape_list_reduce,
     shape_string,
