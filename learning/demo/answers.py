@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Callable
 
 from learning.evaluate import codeenv
 from learning.models.generate import generate
-from learning.runs.record import import_runs
-from learning.store import Store
 
 Report = Callable[..., None]  # report(stage, message, done=None, total=None, final=False)
 AGENT = "learnloop-demo"
-
-
-def log_runs(store: Store, records: list[dict]) -> int:
-    buf = io.StringIO("".join(json.dumps(r) + "\n" for r in records))
-    return import_runs(store, buf).imported
 
 
 def answer_and_score(model, tok, tasks: list[codeenv.Task], cfg) -> tuple[list[str], list[codeenv.Score]]:

@@ -30,7 +30,7 @@ from typing import Any, cast
 from pydantic import BaseModel, Field
 
 from learning.data.curate import make_sft
-from learning.demo.answers import AGENT, Report, answer_and_score, log_runs, rates
+from learning.demo.answers import AGENT, Report, answer_and_score, rates
 from learning.demo.heldout import stage_drift, stage_heldout
 from learning.demo.summary import DemoSummary, finish_summary
 from learning.evaluate import codeenv
@@ -41,6 +41,7 @@ from learning.models.generate import load_model
 from learning.models.tinybase import ensure_base
 from learning.registry.adapters import get_adapter
 from learning.routing.lifecycle import promote
+from learning.runs.record import log_runs
 from learning.store import Store
 from learning.train.config import Preset
 from learning.train.launch import train_adapter
@@ -124,7 +125,7 @@ def stage_population(store: Store, cfg: DemoConfig, state: dict, report: Report)
         )
         for (t, a, src), s in zip(rows, scores)
     ]
-    logged = log_runs(store, records)
+    logged = len(log_runs(store, records))
     state["executions"] = state.get("executions", 0) + len(scores)
     by_source: dict[str, list] = {}
     for (_, _, src), s in zip(rows, scores):

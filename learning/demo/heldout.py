@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from learning.demo.answers import AGENT, Report, answer_and_score, log_runs, rates
+from learning.demo.answers import AGENT, Report, answer_and_score, rates
 from learning.evaluate import codeenv
 from learning.models.generate import load_model, without_adapter
 from learning.registry.adapters import get_adapter
 from learning.routing.drift import detect_drift
 from learning.routing.router import select_adapter
+from learning.runs.record import log_runs
 from learning.store import Store
 
 
@@ -58,7 +59,7 @@ def stage_heldout(store: Store, cfg, state: dict, report: Report) -> dict:
             codeenv.run_record(t, a, s, agent=AGENT, model=name, adapter_id=sft_id, source="heldout-sft")
             for t, (a, s) in zip(tasks, sft_scores)
         ]
-    logged = log_runs(store, records)
+    logged = len(log_runs(store, records))
     state["executions"] = state.get("executions", 0) + len(records)
     scores = {"base": base_scores, "adapter": adapter_scores}
     if sft_scores is not None:

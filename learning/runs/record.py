@@ -141,13 +141,17 @@ def log_run(store: Store, run: RunIn | dict) -> LogResult:
     learnloop learns from the best runs and from the contrast with the worst. Returns the run id.
     Raises InvalidInput naming each bad field."""
     run = parse_run(run)
-    if run.decision_id:
-        run = _attribute(store, run)
-    if run.adapter_id:
-        check_adapters(store, [run.adapter_id])
-    row = row_of(run)
-    (run_id,) = insert_runs(store, [row])
-    return LogResult(run_id=run_id, task_key=row.task_key)
+    (run_id,) = log_runs(store, [run])
+    return LogResult(run_id=run_id, task_key=run.task_key or derive_task_key(run.instruction, run.input))
+
+
+def log_runs(store: Store, runs: Iterable[RunIn | dict]) -> list[int]:
+    """Record many runs as log_run records one, all in one transaction; returns their ids. For
+    callers holding runs in memory (the demo, GRPO's sampled answers): no JSONL round trip."""
+    checked = [parse_run(r) for r in runs]
+    checked = [_attribute(store, r) if r.decision_id else r for r in checked]
+    check_adapters(store, (r.adapter_id for r in checked))
+    return insert_runs(store, [row_of(r) for r in checked])
 
 
 def import_runs_from(

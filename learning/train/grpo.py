@@ -13,7 +13,6 @@ to change, instead of spending hours learning nothing.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 from learning.jobs.manage import JobContext
 from learning.models.generate import cut_at_stop
-from learning.runs.record import import_runs
+from learning.runs.record import log_runs
 from learning.sandbox.code import tested_code
 from learning.sandbox.execute import run_many
 from learning.train.progress import trainer_callback_base
@@ -124,7 +123,7 @@ def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list
                     "tests": s["tests"],
                 }
             )
-        import_runs(ctx.store, io.StringIO("".join(json.dumps(r) + "\n" for r in records)))
+        log_runs(ctx.store, records)
 
     return log
 
