@@ -221,7 +221,6 @@ HOSTILE = {
     "segfault": ("import ctypes\nctypes.string_at(0)", "killed by SIGSEGV"),
     "kills its supervisor": ("import os\nos.kill(os.getppid(), 9)", "ended its sandbox"),
     "closes its pipes": ("import os\nos.closerange(0, 1024)\nraise SystemExit", "exit status"),
-    "hides the builtins": ("import builtins\ndel builtins.exec\nok = True", None),
 }
 
 

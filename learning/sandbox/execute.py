@@ -1,43 +1,41 @@
-"""Run untrusted Python (an agent's answer, a model's output) against tests, in a jail.
+"""Run untrusted Python (an agent's answer, a model's output) against tests, in jails, with the
+verdict decided where the answer cannot reach it.
 
-Every execution runs inside a bubblewrap jail (learning/sandbox/jail.py: no network, no files
-of the machine, no environment, its own pid namespace) under a supervisor
-(learning/sandbox/supervisor.py) that forks one child per answer with CPU, memory,
-process-count and file-size limits, kills the answer's process group at the timeout, and kills
-whatever else the answer left in the jail. One jail scores a whole batch; a fork per answer
-costs about a millisecond where a jail and an interpreter cost tens.
+An answer and its tests run in two bubblewrap jails (learning/sandbox/jail.py: no network, no
+files of the machine, no environment, a pid namespace each): the answer's process
+(learning/sandbox/answers.py) runs its code and answers calls; the tests' process
+(learning/sandbox/verdicts.py) runs the tests, reaches the answer's functions only through
+calls whose arguments and return values cross as plain data (learning/sandbox/wire.py), compares
+the values itself and reports the verdict on a pipe the answer never holds. A supervisor in each
+jail forks one process per answer with CPU, memory, process-count and file-size limits, kills it
+at the timeout, and kills whatever else it left in its jail. Two jails score a whole batch; two
+forks per answer cost about a millisecond each where a jail and an interpreter cost tens.
+
+A test that must send the answer something that cannot cross (a function or an object of its
+own) is run again, alone, in the in-process mode (learning/sandbox/inprocess.py: the answer and
+the test in one interpreter, as learnloop ran every test before), and its result says so:
+`modes` names how each test was decided, `isolation` sums them up.
 
 Where bubblewrap is missing, execution is refused (SandboxUnavailable says what to install)
-unless the user chose the weaker mode with LEARNLOOP_SANDBOX=none: the same supervisor in a plain
-child interpreter, as learnloop ran answers before it had a jail. Every result records the mode.
+unless the user chose the weaker mode with LEARNLOOP_SANDBOX=none: the same programs in plain
+child interpreters, no jail. Every result records the mode.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import select
-import shutil
-import subprocess
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-import psutil
 
 from learning.errors import InvalidInput
-from learning.sandbox.jail import INSTALL_HINT, SandboxUnavailable, jail_command, plain_command
+from learning.sandbox.jail import SandboxUnavailable
+from learning.sandbox.launch import supervise
 
 __all__ = ["ExecResult", "Limits", "SandboxUnavailable", "run_many", "run_tests", "sandbox_mode"]
 
 SANDBOX_ENV = "LEARNLOOP_SANDBOX"
 MODES = ("bwrap", "none")
-SUPERVISOR = (Path(__file__).with_name("supervisor.py")).read_text(encoding="utf-8")
-START_S = 30.0  # the most a jail may take to start and read its batch
-GRACE_S = 5.0  # beyond the timeout, the most the supervisor may take to report an answer
+ISOLATED, IN_PROCESS = "isolated", "in-process"  # how a test was decided
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,14 @@ class ExecResult:
     errors: list[str | None] = field(default_factory=list)  # one per test: None for a pass
     duration_s: float = 0.0
     sandbox: str = "bwrap"  # "bwrap" (jailed) or "none" (the weaker mode the user chose)
+    modes: list[str] = field(default_factory=list)  # per test: "isolated" or "in-process"
+
+    @property
+    def isolation(self) -> str:
+        """How the verdict was decided: "isolated" (every test in its own process, apart from
+        the answer), "in-process" (every test in the answer's process), or "mixed"."""
+        kinds = set(self.modes) or {ISOLATED}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
     @property
     def score(self) -> float:
@@ -67,7 +73,7 @@ class ExecResult:
         return self.passed / self.total if self.total else float(self.compiled)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "score": self.score}
+        return {**asdict(self), "score": self.score, "isolation": self.isolation}
 
 
 def sandbox_mode() -> str:
@@ -81,7 +87,7 @@ def sandbox_mode() -> str:
 def run_tests(
     code: str, tests: list[str], timeout: float = 2.0, setup: str = "", limits: Limits | None = None
 ) -> ExecResult:
-    """Execute `setup`, then `code`, then each test statement; count the passes."""
+    """Execute `setup`, then `code`, then check each test statement against it; count the passes."""
     return run_many([(code, tests)], timeout=timeout, workers=1, setup=setup, limits=limits)[0]
 
 
@@ -92,39 +98,90 @@ def run_many(
     batch_size: int = 64,
     setup: str = "",
     limits: Limits | None = None,
+    in_process: bool = False,
 ) -> list[ExecResult]:
     """run_tests over many (code, tests) pairs; results in order.
 
-    Batches of `batch_size` answers share one jail (one supervisor interpreter), each answer in
-    its own forked child; `workers` batches run at a time. Raises SandboxUnavailable where
-    bubblewrap cannot run and LEARNLOOP_SANDBOX=none was not chosen."""
+    Batches of `batch_size` answers share one pair of jails, each answer and each answer's tests
+    in a forked process of their own; `workers` batches run at a time. Tests that cannot run
+    apart from the answer run again in the in-process mode, labelled in `modes`; in_process=True
+    runs every test that way (the weaker design, kept for comparison). Raises SandboxUnavailable
+    where bubblewrap cannot run and LEARNLOOP_SANDBOX=none was not chosen."""
     jobs = [(code, list(tests)) for code, tests in jobs]
     if not jobs:
         return []
     mode, limits = sandbox_mode(), limits or Limits()
+    program = "inprocess" if in_process else "verdicts"
     size = max(1, min(batch_size, -(-len(jobs) // max(1, workers))))
     batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    placed = [(b, cpus[i % len(cpus)] if cpus and workers <= len(cpus) else None) for i, b in enumerate(batches)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        done = pool.map(lambda b: _run_batch(b, timeout, mode, setup, limits), batches)
-        return [res for batch in done for res in batch]
-
-
-def _run_batch(
-    jobs: list[tuple[str, list[str]]], timeout: float, mode: str, setup: str, limits: Limits
-) -> list[ExecResult]:
-    """Score a batch; where an answer stops or kills its supervisor, it alone is blamed and the
-    rest of the batch goes on in a fresh jail."""
-    results: list[ExecResult] = []
-    while len(results) < len(jobs):
-        got, why = _supervise(jobs[len(results) :], timeout, mode, setup, limits)
-        results += got
-        if len(results) < len(jobs):
-            code, tests = jobs[len(results)]
-            results.append(_failed(code, tests, why, mode))
+        done = pool.map(lambda bc: _run_batch(program, bc[0], timeout, mode, setup, limits, bc[1]), placed)
+        results = [res for batch in done for res in batch]
+    if not in_process:
+        _decide_in_process(jobs, results, timeout, setup, limits)
     return results
 
 
-def _failed(code: str, tests: list[str], why: str, mode: str) -> ExecResult:
+def _decide_in_process(
+    jobs: list[tuple[str, list[str]]], results: list[ExecResult], timeout: float, setup: str, limits: Limits
+) -> None:
+    """Run the tests that needed the in-process mode there, each answer with only those tests,
+    and put their outcomes in place."""
+    todo = [(i, [t for t, m in enumerate(r.modes) if m == IN_PROCESS]) for i, r in enumerate(results)]
+    todo = [(i, which) for i, which in todo if which]
+    if not todo:
+        return
+    again = run_many(
+        [(jobs[i][0], [jobs[i][1][t] for t in which]) for i, which in todo],
+        timeout=timeout,
+        setup=setup,
+        limits=limits,
+        in_process=True,
+    )
+    for (i, which), res in zip(todo, again):
+        result = results[i]
+        for t, error in zip(which, res.errors):
+            result.errors[t] = error
+        result.passed = sum(e is None for e in result.errors)
+        result.error = result.error or next((e for e in result.errors if e is not None), None)
+        result.timed_out = result.timed_out or res.timed_out
+
+
+def _run_batch(
+    program: str,
+    jobs: list[tuple[str, list[str]]],
+    timeout: float,
+    mode: str,
+    setup: str,
+    limits: Limits,
+    cpu: int | None,
+) -> list[ExecResult]:
+    """Score a batch; where an answer stops or kills a supervisor, it alone is blamed and the
+    rest of the batch goes on in fresh jails."""
+    results: list[ExecResult] = []
+    marks = IN_PROCESS if program == "inprocess" else ISOLATED
+    rlimits = {**asdict(limits), "cpu_s": max(1, int(timeout) + 1)}
+    while len(results) < len(jobs):
+        rest = [{"code": code, "setup": setup, "tests": tests} for code, tests in jobs[len(results) :]]
+        got, why, blamed = supervise(program, rest, timeout, mode, rlimits, limits.tmp_mb, cpu)
+        for res, (code, tests) in zip(got, jobs[len(results) :]):
+            results.append(_result(res, code, tests, mode, marks))
+        if len(results) < len(jobs) and not blamed:
+            code, tests = jobs[len(results)]
+            results.append(_failed(code, tests, why, mode, marks))
+    return results
+
+
+def _result(res: dict, code: str, tests: list[str], mode: str, marks: str) -> ExecResult:
+    if res.get("compiled") is None:  # killed before it said: compile it here
+        res["compiled"] = _compiles(code)
+    res["modes"] = res.get("modes") or [marks] * len(tests)
+    return ExecResult(**{**res, "sandbox": mode})
+
+
+def _failed(code: str, tests: list[str], why: str, mode: str, marks: str) -> ExecResult:
     return ExecResult(
         compiled=_compiles(code),
         passed=0,
@@ -133,115 +190,8 @@ def _failed(code: str, tests: list[str], why: str, mode: str) -> ExecResult:
         error=why,
         errors=[why] * len(tests),
         sandbox=mode,
+        modes=[marks] * len(tests),
     )
-
-
-def _supervise(
-    jobs: list[tuple[str, list[str]]], timeout: float, mode: str, setup: str, limits: Limits
-) -> tuple[list[ExecResult], str]:
-    """Run one supervisor over `jobs`; the results it reported and, if it stopped early, why."""
-    scratch = tempfile.mkdtemp(prefix="learnloop-answers-") if mode == "none" else None
-    batch = {
-        "timeout": timeout,
-        "jailed": mode == "bwrap",
-        "scratch": scratch,
-        "limits": {**asdict(limits), "cpu_s": max(1, int(timeout) + 1)},
-        "jobs": [{"code": code, "setup": setup, "tests": tests} for code, tests in jobs],
-    }
-    command = (jail_command(limits.tmp_mb) if mode == "bwrap" else plain_command()) + [SUPERVISOR]
-    # bwrap itself gets no environment either: the jail's init is a copy of it, and its
-    # /proc/1/environ would show the server's variables to the code inside.
-    env = {} if mode == "bwrap" else None
-    errlog = tempfile.TemporaryFile()
-    try:
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, env=env)
-    except OSError as exc:
-        raise SandboxUnavailable(f"The sandbox could not start ({exc}). {INSTALL_HINT}") from exc
-    results, why = [], "not read"
-    try:
-        results, why = _read_results(proc, batch, errlog, timeout, mode)
-        return results, why
-    finally:
-        _end(proc, finished=not why)
-        errlog.close()
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _end(proc: subprocess.Popen, finished: bool) -> None:
-    """Let a supervisor that reported every answer end by itself, else kill it; return only
-    once every process under it is gone."""
-    if finished:
-        try:
-            proc.wait(timeout=GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        under = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        under = []
-    proc.kill()  # the jail's init dies with bwrap, and every process in the jail with it
-    for child in under:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    proc.wait()
-    psutil.wait_procs(under, timeout=5)
-
-
-def _read_results(
-    proc: subprocess.Popen, batch: dict, errlog, timeout: float, mode: str
-) -> tuple[list[ExecResult], str]:
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(json.dumps(batch).encode())
-        proc.stdin.close()
-    except OSError:
-        pass  # it ended early; what it said on stderr tells why
-    lines = _Lines(proc.stdout.fileno())
-    if lines.next(START_S) != b"ready":
-        proc.kill()
-        proc.wait()
-        errlog.seek(0)
-        said = errlog.read().decode(errors="replace").strip()[-500:]
-        raise SandboxUnavailable(f"The sandbox did not start: {said or 'no message'}. {INSTALL_HINT}")
-    results: list[ExecResult] = []
-    jobs = batch["jobs"]
-    while len(results) < len(jobs):
-        line = lines.next(timeout + GRACE_S)
-        if line is None and lines.eof:
-            return results, "killed: the answer ended its sandbox's supervisor"
-        if line is None:
-            return results, f"killed: the answer stopped its supervisor (no result within {timeout + GRACE_S:.0f}s)"
-        try:
-            res = json.loads(line)
-            if res["compiled"] is None:  # killed before it said: compile it here
-                res["compiled"] = _compiles(jobs[len(results)]["code"])
-            results.append(ExecResult(**{**res, "sandbox": mode}))
-        except (ValueError, TypeError, KeyError):
-            return results, "killed: the answer broke its sandbox's report"
-    return results, ""
-
-
-class _Lines:
-    """Lines from a pipe, each awaited at most a given time."""
-
-    def __init__(self, fd: int):
-        self.fd, self.buf, self.eof = fd, b"", False
-
-    def next(self, wait_s: float) -> bytes | None:
-        deadline = time.monotonic() + wait_s
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if self.eof or left <= 0:
-                return None
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if ready:
-                chunk = os.read(self.fd, 1 << 16)
-                self.eof = not chunk
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
 
 
 def _compiles(code: str) -> bool:

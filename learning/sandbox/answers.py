@@ -1,0 +1,200 @@
+"""The answers' jail: runs each answer in a process of its own and serves its tests' calls.
+
+The program learning/sandbox/execute.py runs in the first of a batch's two jails. It holds the
+answers' code and setup, never a test: the tests, their expected values and the verdict live in
+the other jail (learning/sandbox/verdicts.py), a separate pid namespace the answer cannot see or
+signal. For each answer the test jail's supervisor hands over one end of a fresh socket pair (on
+the control socket the two supervisors share); this supervisor forks the answer's process, which
+runs setup and code, sends the names it defined (plain data as values, anything else as handles,
+learning/sandbox/wire.py), then answers calls until the tests close the socket. Whatever the
+answer does in its own process (patched builtins, rewritten frames, objects found with gc, exits)
+changes only what it replies. When the tests are done, or the answer forks past the process limit,
+every process of this jail but its init and this supervisor is killed, and the scratch folder
+emptied, before the next answer starts.
+"""
+
+import json
+import operator
+import os
+import select
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the jail's program is these modules' sources joined: no imports there
+    from learning.sandbox.jailside import (
+        POLL,
+        count_processes,
+        empty,
+        end_child,
+        into_child,
+        read_batch,
+        say,
+        set_limits,
+        status_reason,
+        undumpable,
+        why,
+    )
+    from learning.sandbox.wire import NAME, Channel, WireError, decode, encode, exception_names
+
+BINARY = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_", "xor", "lshift", "rshift"}
+UNARY = {"neg", "pos", "abs", "invert"}
+
+
+class Kept:
+    """The answer's objects the tests hold handles to, each kept once (same object, same ref)."""
+
+    def __init__(self):
+        self.objects, self.refs = [], {}
+
+    def handle(self, value):
+        ref = self.refs.get(id(value))
+        if ref is None:
+            ref = self.refs[id(value)] = len(self.objects)
+            self.objects.append(value)
+        kind = type(value)
+        label = "class:" + str(value.__name__) if isinstance(value, type) else str(kind.__name__)
+        return {"h": [ref, label[:NAME]]}
+
+    def out(self, value):
+        try:
+            return encode(value, self.handle)
+        except (RecursionError, ValueError, TypeError):
+            return self.handle(value)
+
+    def lookup(self, inner):
+        return self.objects[inner if type(inner) is int else inner[0]]
+
+
+def perform(kept, request):
+    """Carry out one call of the tests on the answer's objects; the reply."""
+    try:
+        target = kept.lookup(request["ref"])
+        op, args = request["op"], decode(request["args"], kept.lookup)
+        kwargs = decode(request["kwargs"], kept.lookup)
+        if op == "call":
+            value = target(*args, **kwargs)
+        elif op == "getattr":
+            value = getattr(target, args[0])
+        elif op == "setattr":
+            value = setattr(target, args[0], args[1])
+        elif op == "getitem":
+            value = target[args[0]]
+        elif op == "setitem":
+            target[args[0]] = args[1]
+            value = None
+        elif op == "delitem":
+            del target[args[0]]
+            value = None
+        elif op == "len":
+            value = len(target)
+        elif op == "bool":
+            value = bool(target)
+        elif op == "iter":
+            value = iter(target)
+        elif op == "next":
+            value = next(target)
+        elif op == "str":
+            value = str(target)
+        elif op == "repr":
+            value = repr(target)
+        elif op == "isinstance":
+            value = isinstance(args[0], target)
+        elif op in BINARY:
+            fn = getattr(operator, op)
+            value = fn(args[0], target) if kwargs.get("swap") else fn(target, args[0])
+        elif op in UNARY:
+            value = getattr(operator, op)(target)
+        else:
+            raise TypeError(f"unknown operation {str(op)[:20]!r}")
+        return {"v": kept.out(value)}
+    except BaseException as exc:
+        try:
+            return {"x": exception_names(exc), "m": str(exc)[:200]}
+        except BaseException:
+            return {"x": ["Exception"], "m": ""}
+
+
+def run_answer(job, fd, limits, jailed):
+    """In the answer's process: setup, then the code, then serve the tests' calls."""
+    channel = Channel(fd)
+    set_limits(limits, jailed)
+    env, error, compiled = {"__name__": "__answer__"}, None, False
+    try:
+        code = compile(job["code"], "<answer>", "exec")
+        compiled = True
+    except BaseException as exc:
+        code, error = None, why(exc)
+    if error is None and job.get("setup"):
+        try:
+            exec(compile(job["setup"], "<setup>", "exec"), env)
+        except BaseException as exc:
+            error = "setup: " + why(exc)
+    if code is not None and error is None:
+        try:
+            exec(code, env)
+        except BaseException as exc:
+            error = why(exc)
+    kept = Kept()
+    names = {} if error else {k: kept.out(v) for k, v in list(env.items()) if not k.startswith("__")}
+    channel.send({"compiled": compiled, "error": error, "names": names})
+    while error is None:
+        try:
+            request = channel.receive()
+        except WireError:
+            return
+        channel.send(perform(kept, request))
+
+
+def serve_one(job, fd, ctrl, limits, jailed, devnull, workdir):
+    """Fork the answer's process and watch it until the tests' supervisor says the answer is
+    done; then end it and everything it started. The reply for that supervisor."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            into_child(devnull, workdir, keep=(fd,))
+            run_answer(job, fd, limits, jailed)
+        finally:
+            os._exit(0)
+    os.close(fd)
+    stopped, status = None, None
+    while True:
+        ready = select.select([ctrl], [], [], POLL if jailed else 0.05)[0]
+        if status is None:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            status = code if done else None
+        if jailed and stopped is None and count_processes() > limits["processes"] + 2:
+            stopped = f"killed: more than {limits['processes']} processes (a fork bomb?)"
+            status = end_child(pid, jailed, status)
+        if ready:
+            break
+    if stopped is None:
+        status = end_child(pid, jailed, status)
+    # How it ended matters only where its tests saw it go early; then this says how.
+    return {"why": stopped, "status": status_reason(status)}
+
+
+def main():
+    batch = read_batch()
+    jailed, limits = batch["jailed"], batch["limits"]
+    if jailed:
+        undumpable()
+    ctrl = socket.socket(fileno=batch["ctrl"])
+    devnull = os.open(os.devnull, os.O_RDWR)
+    scratch = batch.get("scratch") or "/tmp"
+    say("ready")
+    # The control messages alternate, one at a time: {"start": i} with the socket's end,
+    # {"end": i} when the tests are done, and this side's {"ended": i, "why", "status"}.
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
+            start = json.loads(message)["start"]
+            job, fd = batch["jobs"][start], fds[0]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return  # the tests' supervisor is gone (or broke the protocol: it never does)
+        workdir = os.path.join(scratch, "answer")
+        os.makedirs(workdir, exist_ok=True)
+        reply = serve_one(job, fd, ctrl, limits, jailed, devnull, workdir)
+        if not ctrl.recv(1 << 16):  # the "end" message
+            return
+        empty(scratch)
+        ctrl.sendall(json.dumps({"ended": start, **reply}).encode() + b"\n")
