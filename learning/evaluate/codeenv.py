@@ -153,6 +153,7 @@ class Score(BaseModel):
     verdict: str | None = None  # judge tasks: the verdict given
     truth: str | None = None  # judge tasks: what execution showed ('pass' / 'fail')
     executed: bool = True  # always True: every reward comes from a sandbox execution
+    isolation: str = "isolated"  # how the verdict was decided (learning/sandbox/execute.py)
 
 
 def _code(func: str, param: str, body: str) -> str:
@@ -338,6 +339,7 @@ def score_answers(tasks: Sequence[Task], answers: Sequence[str], timeout: float 
             tests_total=res.total,
             timed_out=res.timed_out,
             error=res.error,
+            isolation=res.isolation,
         )
         if task.role == "judge":
             truth = "pass" if res.total and res.passed == res.total else "fail"
@@ -366,6 +368,7 @@ def run_record(
         "tests_total": score.tests_total,
         "timed_out": score.timed_out,
         "executed": score.executed,
+        "isolation": score.isolation,
     }
     if score.verdict is not None or task.role == "judge":
         signals["verdict"] = score.verdict or "unparsed"

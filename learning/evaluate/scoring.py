@@ -27,6 +27,12 @@ class CodeScore(BaseModel):
     errors: list[str | None] = Field(description="One entry per test, in order: null for a pass, else the error.")
     duration_s: float = Field(description="Seconds the code and its tests ran.")
     sandbox: str = Field(description="'bwrap' (in the jail) or 'none' (LEARNLOOP_SANDBOX=none, no jail).")
+    isolation: str = Field(
+        description="How the verdict was decided: 'isolated' (the tests ran in their own process and reached "
+        "the code only through calls crossing as plain data), 'in-process' (tests that send the code a function "
+        "or an object of their own run in the code's process, where the code could forge them), or 'mixed'."
+    )
+    modes: list[str] = Field(description="One entry per test, in order: 'isolated' or 'in-process'.")
     run_id: int | None = Field(default=None, description="The logged run's id (log=true only).")
     task_key: str | None = Field(default=None, description="The logged run's task key (log=true only).")
 
@@ -127,6 +133,7 @@ def run_code_tests(
             "tests_passed": score.passed,
             "tests_total": score.total,
             "sandbox": score.sandbox,
+            "isolation": score.isolation,
         },
         "tests": tests,  # the run keeps the tests it was scored by: curation carries them to the gate
     }

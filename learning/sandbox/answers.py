@@ -24,10 +24,11 @@ if TYPE_CHECKING:  # the jail's program is these modules' sources joined: no imp
     from learning.sandbox.jailside import (
         POLL,
         count_processes,
-        empty,
         end_child,
+        fresh,
         into_child,
         read_batch,
+        reaped,
         say,
         set_limits,
         status_reason,
@@ -167,10 +168,16 @@ def serve_one(job, fd, ctrl, limits, jailed, devnull, workdir):
             status = end_child(pid, jailed, status)
         if ready:
             break
+    try:
+        end = json.loads(ctrl.recv(1 << 16))
+    except (OSError, ValueError):
+        end = None  # the tests' supervisor is gone
+    if end and end.get("gone") and status is None and stopped is None:
+        status = reaped(pid, 0.2)  # its tests saw it go: let it finish going, to say how
     if stopped is None:
         status = end_child(pid, jailed, status)
     # How it ended matters only where its tests saw it go early; then this says how.
-    return {"why": stopped, "status": status_reason(status)}
+    return None if end is None else {"why": stopped, "status": status_reason(status)}
 
 
 def main():
@@ -191,10 +198,8 @@ def main():
             job, fd = batch["jobs"][start], fds[0]
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return  # the tests' supervisor is gone (or broke the protocol: it never does)
-        workdir = os.path.join(scratch, "answer")
-        os.makedirs(workdir, exist_ok=True)
+        workdir = fresh(scratch, "answer")
         reply = serve_one(job, fd, ctrl, limits, jailed, devnull, workdir)
-        if not ctrl.recv(1 << 16):  # the "end" message
+        if reply is None:
             return
-        empty(scratch)
         ctrl.sendall(json.dumps({"ended": start, **reply}).encode() + b"\n")

@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # the jail's program is these modules' sources joined: no imp
         MESSAGE,
         POLL,
         count_processes,
-        empty,
         end_child,
+        fresh,
         into_child,
         read_batch,
         reaped,
@@ -140,8 +140,6 @@ def main():
     scratch = batch.get("scratch") or "/tmp"
     say("ready")
     for job in batch["jobs"]:
-        workdir = os.path.join(scratch, "answer")
-        os.makedirs(workdir, exist_ok=True)
+        workdir = fresh(scratch, "answer")
         res = run_one(job, timeout, limits, jailed, devnull, workdir)
-        empty(scratch)
         say(res)

@@ -124,16 +124,30 @@ def into_child(devnull, workdir, keep=()):
     os.chdir(workdir)
 
 
-def empty(folder):
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+def fresh(scratch, name):
+    """`scratch` holding nothing but an empty folder `name` (the working folder of the next
+    answer), whatever the last one left; its path."""
+    workdir = os.path.join(scratch, name)
+    for entry in os.listdir(scratch):
+        if entry != name:
+            _remove(os.path.join(scratch, entry))
+    if os.path.isdir(workdir) and not os.path.islink(workdir):
+        for entry in os.listdir(workdir):
+            _remove(os.path.join(workdir, entry))
+    else:
+        _remove(workdir)
+        os.makedirs(workdir)
+    return workdir
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def read_batch():

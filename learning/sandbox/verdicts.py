@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the jail's program is these modules' sources joined: no imports there
     from learning.sandbox.jailside import (
         MESSAGE,
-        empty,
         end_child,
+        fresh,
         into_child,
         read_batch,
         say,
@@ -231,6 +231,21 @@ class raises:
         return issubclass(kind, expected)
 
 
+COMPILED = {}  # test source -> code object (or the SyntaxError), filled before the tests' process forks
+
+
+def compiled_test(test):
+    code = COMPILED.get(test)
+    if code is None:
+        try:
+            code = COMPILED[test] = compile(test, "<test>", "exec")
+        except (SyntaxError, ValueError) as exc:
+            code = COMPILED[test] = exc
+    if isinstance(code, BaseException):
+        raise code
+    return code
+
+
 def judge(job, fd, limits, jailed, timeout, started):
     """In the tests' process: the verdict on one answer, as a dict."""
     set_limits(limits, jailed)
@@ -266,7 +281,7 @@ def judge(job, fd, limits, jailed, timeout, started):
     for test in tests:
         mode = "isolated"
         try:
-            exec(compile(test, "<test>", "exec"), dict(env))
+            exec(compiled_test(test), dict(env))
             errors.append(None)
         except Late:
             return {"timed_out": True}
@@ -315,6 +330,11 @@ def judge_one(index, job, ctrl, batch, devnull, workdir):
         return failed(n, "killed: the answer ended its sandbox's supervisor"), True
     finally:
         theirs.close()
+    for test in job["tests"]:  # compiled once per batch, here, not in every tests' process
+        try:
+            compiled_test(test)
+        except (SyntaxError, ValueError):
+            pass
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -328,12 +348,12 @@ def judge_one(index, job, ctrl, batch, devnull, workdir):
     os.close(w)
     data = read_verdict(r, started + timeout + TESTS_GRACE_S)
     os.close(r)
-    asked = ask_end(ctrl, index)  # the answer's end and the tests' end, side by side
-    end_child(pid, jailed)
     try:
         verdict = json.loads(data) if data else {"timed_out": True}
     except ValueError:
         verdict = {"gone": True, "error": "the tests' process broke its report"}
+    asked = ask_end(ctrl, index, bool(verdict.get("gone")))  # the answer's end and the tests', side by side
+    end_child(pid, jailed)
     ended = answer_ended(ctrl) if asked else None
     if ended is None:
         return failed(n, "killed: the answer ended its sandbox's supervisor"), True
@@ -342,10 +362,11 @@ def judge_one(index, job, ctrl, batch, devnull, workdir):
     return merge(verdict, ended, n, timeout), False
 
 
-def ask_end(ctrl, index):
-    """Ask the answers' supervisor to end the answer; False when it is gone."""
+def ask_end(ctrl, index, gone):
+    """Ask the answers' supervisor to end the answer (`gone`: its tests saw it end); False when
+    that supervisor is gone."""
     try:
-        ctrl.sendall(json.dumps({"end": index}).encode())
+        ctrl.sendall(json.dumps({"end": index, "gone": gone}).encode())
         return True
     except OSError:
         return False
@@ -406,8 +427,7 @@ def main():
     scratch = batch.get("scratch") or "/tmp"
     say("ready")
     for index, job in enumerate(batch["jobs"]):
-        workdir = os.path.join(scratch, "tests")
-        os.makedirs(workdir, exist_ok=True)
+        workdir = fresh(scratch, "tests")
         started = time.monotonic()
         res, stop = judge_one(index, job, ctrl, batch, devnull, workdir)
         res["duration_s"] = round(time.monotonic() - started, 4)
@@ -415,4 +435,3 @@ def main():
         if stop:
             say("stopped")
             return
-        empty(scratch)
