@@ -32,6 +32,10 @@ class Conflict(LearnloopError):
     """The request is valid but the current state does not allow it."""
 
 
+class Forbidden(LearnloopError):
+    """The caller does not hold what the change needs (a run's reward token)."""
+
+
 def shown(value: object, limit: int = 80) -> str:
     """A caller's value for an error message: its repr, cut to `limit` characters when longer."""
     text = repr(value)

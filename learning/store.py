@@ -281,6 +281,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_role_reward ON runs(role, reward DESC);
     CREATE UNIQUE INDEX runs_import_key ON runs(import_key)
     """,
+    # 9 (rewards set once): the sha256 of the reward token handed out with a pending run (NULL once
+    # it is scored, or when none was handed out), and every reward given after logging as an
+    # attributed event: "scored" fills a pending run, "correction" replaces a reward (`previous`).
+    """
+    ALTER TABLE runs ADD COLUMN reward_token_sha256 TEXT;
+    CREATE TABLE reward_events (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('scored', 'correction')),
+        reward REAL NOT NULL CHECK (reward >= 0 AND reward <= 1),
+        previous REAL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX reward_events_run ON reward_events(run_id, id)
+    """,
 ]
 
 

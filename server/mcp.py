@@ -36,7 +36,8 @@ from server.verbs import Verb, call, consent_summary, tool_arguments
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.
 Log every run with log_run (role, instruction, output, reward in [0, 1]; a run whose reward is
-not known yet is pending until log_reward scores it by its run_id). Curate the best runs
+not known yet is pending until log_reward scores it, once, with the run_id and reward_token that
+log_run returned; a reward is never replaced). Curate the best runs
 with make_sft, train an adapter with train_adapter (returns a job id; follow it with wait_job),
 evaluate it with evaluate_adapter, promote it, and before each task ask select_adapter which
 adapter to use; pass its decision_id back in log_run. detect_drift tells when a new adapter

@@ -11,11 +11,19 @@ from server.terminal import console, fmt
 
 def logged(r: Any) -> None:
     console.print(f"logged run [bold]{r.run_id}[/] (task_key {r.task_key})")
+    if r.reward_token is not None:
+        console.print(f"pending; its reward token (shown once): {r.reward_token}", highlight=False, soft_wrap=True)
 
 
 def rewarded(r: Any) -> None:
-    was = "was pending" if r.previous_reward is None else f"replacing {fmt(r.previous_reward)}"
+    was = "was pending" if r.previous_reward is None else f"corrected from {fmt(r.previous_reward)}"
     console.print(f"run [bold]{r.run_id}[/] scored {fmt(r.reward)} ({was}; role {r.role})", highlight=False)
+    if len(r.history) > 1 or r.previous_reward is not None:
+        for e in r.history:
+            before = "pending" if e.previous is None else fmt(e.previous)
+            why = f": {e.reason}" if e.reason else ""
+            line = f"  {e.time}  {e.kind} {before} -> {fmt(e.reward)} by {e.actor}{why}"
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def code_score(r: Any) -> None:
@@ -24,12 +32,14 @@ def code_score(r: Any) -> None:
         f"[{color}]{r.passed}/{r.total}[/] tests passed"
         + ("" if r.compiled else " (the code does not compile)")
         + (" (timed out)" if r.timed_out else "")
-        + f" in {r.duration_s:.3f}s, sandbox {r.sandbox}",
+        + f" in {r.duration_s:.3f}s, sandbox {r.sandbox}, verdict {r.isolation}",
         highlight=False,
     )
-    for i, error in enumerate(r.errors):
-        if error is not None:
-            console.print(f"  test {i + 1}: {error}", highlight=False)
+    for i, (error, mode) in enumerate(zip(r.errors, r.modes)):
+        label = " (in-process: the code could forge this one)" if mode == "in-process" else ""
+        if error is not None or label:
+            # the error is the code's own text: printed as it is, never read as markup
+            console.print(f"  test {i + 1}: {error or 'passed'}{label}", highlight=False, markup=False)
     if r.run_id is not None:
         console.print(f"logged run [bold]{r.run_id}[/] (reward {fmt(r.score)}, task_key {r.task_key})")
 

@@ -32,9 +32,14 @@ CLI_ONLY = {
     "deploy-target": "sets the URL learnloop posts adapters to: a person's choice, never an agent's",
 }
 # Arguments only the CLI takes (declared with learning.params.CLI_ONLY): a person names a place
-# outside the home; over MCP, files stay under the home and deployments go where a person said.
+# outside the home; over MCP, files stay under the home and deployments go where a person said;
+# only the home's owner corrects a reward.
 CLI_ONLY_ARGUMENTS = {
     "import": {"path": "reads a file anywhere on this machine; over MCP the runs come as jsonl text"},
+    "reward": {
+        "override": "the home owner's correction of a reward, without its token; over MCP a reward is set once",
+        "reason": "why the correction, kept in the run's reward history",
+    },
     "export": {"out": "writes anywhere; over MCP exports go to <home>/exports/<id>/<format>"},
     "deploy": {"url": "posts the adapter's path to a URL; over MCP: the route's deploy target or loopback"},
 }

@@ -49,6 +49,7 @@ def test_chat_completion_is_answered_routed_and_recorded(gateway):
     assert run.role == "coder" and run.task_type == "python" and run.model == "learnloop/coder/python"
     assert run.decision_id == raw.headers["x-learnloop-decision-id"] and run.adapter_id is None
     assert raw.headers["x-learnloop-route"] == "base" and "x-learnloop-fallback" in raw.headers
+    assert len(raw.headers["x-learnloop-reward-token"]) >= 32  # the capability to score this run, once
     assert run.instruction == "Write a function add" and run.input == "system: Be brief."
     meta = run.meta["gateway"]
     assert meta["stream"] is False and meta["completion_tokens"] == answer.usage.completion_tokens
@@ -61,15 +62,15 @@ def test_streamed_chat_matches_and_is_recorded(gateway):
     whole = client.chat.completions.create(model="learnloop/coder", messages=messages, max_tokens=12)
     flush()
     before = count_runs(store)
-    chunks = list(
-        client.chat.completions.create(
-            model="learnloop/coder",
-            messages=messages,
-            max_tokens=12,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    with client.chat.completions.with_streaming_response.create(
+        model="learnloop/coder",
+        messages=messages,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as response:
+        token = response.headers["x-learnloop-reward-token"]  # known before the run id: sent first
+        chunks = list(response.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content  # greedy: the same answer
     assert chunks[-1].usage is not None
@@ -79,6 +80,7 @@ def test_streamed_chat_matches_and_is_recorded(gateway):
     assert count_runs(store) == before + 1
     run = get_run(store, run_id)
     assert run.meta["gateway"]["stream"] is True and run.decision_id == last.model_extra["learnloop"]["decision_id"]
+    assert last.model_extra["learnloop"]["reward_token"] == token
 
 
 def test_plain_completion_and_models(gateway):
@@ -141,21 +143,26 @@ def test_the_conversation_maps_to_instruction_and_input():
 
 
 def test_a_gateway_run_is_pending_until_its_reward_is_posted(gateway):
-    """Recorded without a reward (pending in run_stats), scored through the gateway's endpoint."""
+    """Recorded without a reward (pending in run_stats), scored through the gateway's endpoint
+    with the reward token its answer carried, once."""
     from learning.runs.stats import run_stats
 
     store, url, flush = gateway
     raw = _client(url).chat.completions.with_raw_response.create(
         model="learnloop/fixer", messages=[{"role": "user", "content": "Fix x = 1 +"}], max_tokens=4
     )
-    run_id = int(raw.headers["x-learnloop-run-id"])
+    run_id, token = int(raw.headers["x-learnloop-run-id"]), raw.headers["x-learnloop-reward-token"]
     assert get_run(store, run_id).reward is None  # get_run waits for a run answered but not stored yet
     before = run_stats(store, role="fixer")
     assert before.pending == 1
-    bad = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 7})
+    bad = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 7, "reward_token": token})
     assert bad.status_code == 400 and "reward" in bad.json()["error"]["message"]
     assert get_run(store, run_id).reward is None  # a refused reward changes nothing
-    ok = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 0.75})
+    header = {"x-learnloop-reward-token": token}
+    ok = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 0.75}, headers=header)
     assert ok.status_code == 200 and ok.json() == {"run_id": run_id, "reward": 0.75}
     after = run_stats(store, role="fixer")
     assert after.pending == 0 and get_run(store, run_id).reward == 0.75
+    again = httpx.post(f"{url}/v1/learnloop/runs/{run_id}/reward", json={"reward": 0.0}, headers=header)
+    assert again.status_code == 409 and "set once" in again.json()["error"]["message"]
+    assert get_run(store, run_id).reward == 0.75

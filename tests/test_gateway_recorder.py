@@ -14,6 +14,7 @@ from learning.gateway.recording import BLOCK, Recorder
 from learning.routing.router import decide, select_adapter
 from learning.runs.record import count_runs, get_run, log_run
 from learning.runs.rewards import log_reward
+from learning.runs.tokens import new_token
 from learning.store import Store
 
 
@@ -42,13 +43,14 @@ def test_queued_runs_are_stored_together_and_waited_for_by_readers_and_rewards(s
     assert recorder.flush()  # its first block of ids is reserved
     commits, go = recorder.commits, threading.Event()
     results: dict[str, Any] = {}
+    tokens = [new_token() for _ in range(30)]  # each run's reward token, as the gateway hands them out
     reader = later(store, go, results, "run", lambda: get_run(store, 4))
-    scorer = later(store, go, results, "reward", lambda: log_reward(store, 6, 1.0))
+    scorer = later(store, go, results, "reward", lambda: log_reward(store, 6, 1.0, reward_token=tokens[5]))
     lock = sqlite3.connect(store.path, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # another writer holds the database: nothing can be stored
     try:
         decisions = [decide(store, "coder", task_key=f"k{k}") for k in range(30)]
-        ids = [recorder.record(row, run(k, row.id)) for k, (_, row) in enumerate(decisions)]
+        ids = [recorder.record(row, run(k, row.id), tokens[k]) for k, (_, row) in enumerate(decisions)]
         assert ids == list(range(1, 31))
         go.set()
         reader.join(0.3)

@@ -1,6 +1,7 @@
 """Pending rewards: a run logged without a reward is counted apart by run_stats, left out of
-curation, drift and experiments, until log_reward scores it (library, MCP and CLI); the store
-migrates a database made by the schema before, keeping every row and index."""
+curation, drift and experiments, until log_reward scores it with its reward token (library, MCP
+and CLI); the store migrates a database made by the schema before, keeping every row and index.
+Rewards set once: tests/test_rewards_once.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from learning.routing.drift_arms import arm_rewards
 from learning.routing.reward_plot import role_rewards
 from learning.runs import record as runs
 from learning.runs.rewards import log_reward
+from learning.runs.schema import Signals
 from learning.runs.stats import run_stats
 from learning.store import MIGRATIONS, Store
 from server.mcp import build_server
@@ -52,14 +54,16 @@ def test_a_database_of_the_schema_before_keeps_every_row_and_index(tmp_path):
     )
     db.execute("DELETE FROM runs WHERE id = 2")  # a gap in the ids must survive too
     db.commit()
-    before = [tuple(r) for r in db.execute("SELECT * FROM runs ORDER BY id")]
+    columns = [r[1] for r in db.execute("PRAGMA table_info(runs)")]  # the columns of that schema
+    select = f"SELECT {', '.join(columns)} FROM runs ORDER BY id"
+    before = [tuple(r) for r in db.execute(select)]
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")}
     db.close()
 
     store = Store(tmp_path)
     assert store.schema_version() == len(MIGRATIONS)
     with store.read() as conn:
-        assert [tuple(r) for r in conn.execute("SELECT * FROM runs ORDER BY id")] == before
+        assert [tuple(r) for r in conn.execute(select)] == before
         names = {
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")
         }
@@ -101,7 +105,8 @@ def test_pending_is_counted_apart_left_out_then_counts_once_scored(store):
     assert "not scored yet" not in written
     assert len(arm_rewards(store, "coder", None)) == 12 and len(role_rewards(store, "coder")) == 12
 
-    first = log_reward(store, run_id, 1.0, signals=None, tests=["assert pending_answer() == 'not scored yet'"])
+    test = "assert pending_answer() == 'not scored yet'"
+    first = log_reward(store, run_id, 1.0, signals=None, tests=[test], reward_token=pending.reward_token)
     assert (first.run_id, first.reward, first.previous_reward) == (run_id, 1.0, None)
     stats = run_stats(store)
     assert (stats.total_runs, stats.pending, stats.groups[0].pending) == (13, 0, 0)
@@ -111,10 +116,7 @@ def test_pending_is_counted_apart_left_out_then_counts_once_scored(store):
     run = runs.get_run(store, run_id)
     assert run.tests == ["assert pending_answer() == 'not scored yet'"] and "rewarded_at" in run.meta
 
-    again = runs.set_reward(store, run_id, 0.25, signals={"tests_passed": 0, "tests_total": 1})
-    assert again.reward == 0.25 and again.signals == {"tests_passed": 0, "tests_total": 1}
-    assert [h["reward"] for h in again.meta["reward_history"]] == [1.0]
-    assert again.tests == run.tests  # tests not given: kept
+    assert [(e.kind, e.reward, e.previous) for e in run.reward_history] == [("scored", 1.0, None)]
 
 
 def test_all_pending_says_to_score_them(store):
@@ -126,24 +128,25 @@ def test_all_pending_says_to_score_them(store):
 
 @pytest.mark.parametrize("reward", [1.5, -0.1, True, "0.5", math.nan, math.inf, None])
 def test_a_bad_reward_is_refused_and_the_run_stays_pending(store, reward):
-    run_id = runs.log_run(store, {"role": "coder", "output": "x"}).run_id
+    logged = runs.log_run(store, {"role": "coder", "output": "x"})
     with pytest.raises(InvalidInput, match="reward"):
-        runs.set_reward(store, run_id, reward)  # type: ignore[arg-type]
-    assert runs.get_run(store, run_id).reward is None
+        log_reward(store, logged.run_id, reward, reward_token=logged.reward_token)  # type: ignore[arg-type]
+    assert runs.get_run(store, logged.run_id).reward is None
 
 
 def test_bad_signals_and_tests_are_refused(store):
-    run_id = runs.log_run(store, {"role": "coder", "output": "x", "signals": {"tests_total": 2}}).run_id
-    with pytest.raises(InvalidInput, match="tests_passed"):
-        runs.set_reward(store, run_id, 0.5, signals={"tests_passed": 3})  # more than the run's total
+    logged = runs.log_run(store, {"role": "coder", "output": "x", "signals": {"tests_total": 2}})
+    token = logged.reward_token
+    with pytest.raises(InvalidInput, match="tests_passed"):  # more than the run's total
+        log_reward(store, logged.run_id, 0.5, signals=Signals(tests_passed=3), reward_token=token)
     with pytest.raises(InvalidInput, match="compile"):
-        runs.set_reward(store, run_id, 0.5, tests=["assert ("])
-    assert runs.get_run(store, run_id).reward is None
+        log_reward(store, logged.run_id, 0.5, tests=["assert ("], reward_token=token)
+    assert runs.get_run(store, logged.run_id).reward is None
 
 
 def test_unknown_run_is_not_found(store):
     with pytest.raises(NotFound, match="No run 999"):
-        log_reward(store, 999, 0.5)
+        log_reward(store, 999, 0.5, reward_token="any")
 
 
 def test_mcp_pending_then_scored_and_errors(home):
@@ -153,15 +156,17 @@ def test_mcp_pending_then_scored_and_errors(home):
             assert set(tools["log_run"].input_schema["required"]) == {"role", "output"}
             assert set(tools["log_reward"].input_schema["required"]) == {"run_id", "reward"}
             logged = await client.call_tool("log_run", {"role": "coder", "output": "x"})
-            run_id = logged.structured_content["run_id"]
+            run_id, token = logged.structured_content["run_id"], logged.structured_content["reward_token"]
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["pending"] == 1 and stats["groups"][0]["mean_reward"] is None
-            missing = await client.call_tool("log_reward", {"run_id": 999, "reward": 0.5})
+            missing = await client.call_tool("log_reward", {"run_id": 999, "reward": 0.5, "reward_token": token})
             assert missing.is_error and "No run 999" in text_of(missing.content[0])
             for bad in (1.5, "0.5", True):
-                refused = await client.call_tool("log_reward", {"run_id": run_id, "reward": bad})
+                args = {"run_id": run_id, "reward": bad, "reward_token": token}
+                refused = await client.call_tool("log_reward", args)
                 assert refused.is_error and "reward" in text_of(refused.content[0])
-            ok = await client.call_tool("log_reward", {"run_id": run_id, "reward": 0.75, "signals": {"compiled": True}})
+            args = {"run_id": run_id, "reward": 0.75, "signals": {"compiled": True}, "reward_token": token}
+            ok = await client.call_tool("log_reward", args)
             assert not ok.is_error and ok.structured_content["previous_reward"] is None
             stats = (await client.call_tool("run_stats", {})).structured_content
             assert stats["pending"] == 0 and stats["groups"][0]["mean_reward"] == 0.75
@@ -172,16 +177,20 @@ def test_mcp_pending_then_scored_and_errors(home):
 def test_cli_reward(home):
     logged = run_cli("log", "--role", "coder", "--output", "x", "--json", home=home)
     assert logged.returncode == 0, logged.stderr
-    run_id = str(json.loads(logged.stdout)["run_id"])
+    run_id, token = str(json.loads(logged.stdout)["run_id"]), json.loads(logged.stdout)["reward_token"]
     assert "1 pending" in run_cli("stats", home=home).stdout
     missing = run_cli("reward", "999", "0.5", home=home)
     assert missing.returncode != 0 and "No run 999" in missing.stderr
-    bad = run_cli("reward", run_id, "3", home=home)
+    bad = run_cli("reward", run_id, "3", "--reward-token", token, home=home)
     assert bad.returncode != 0 and "[0, 1]" in bad.stderr
-    ok = run_cli("reward", run_id, "0.5", "--signals", '{"compiled": true}', "--tests", "assert True", home=home)
+    given = ("--signals", '{"compiled": true}', "--tests", "assert True", "--reward-token", token)
+    ok = run_cli("reward", run_id, "0.5", *given, home=home)
     assert ok.returncode == 0 and "was pending" in ok.stdout, ok.stderr
-    again = json.loads(run_cli("reward", run_id, "1", "--json", home=home).stdout)
-    assert (again["reward"], again["previous_reward"]) == (1.0, 0.5)
+    again = run_cli("reward", run_id, "1", "--reward-token", token, home=home)
+    assert again.returncode != 0 and "set once" in again.stderr
+    fixed = run_cli("reward", run_id, "1", "--override", "--reason", "the check was wrong", "--json", home=home)
+    corrected = json.loads(fixed.stdout)
+    assert (corrected["reward"], corrected["previous_reward"]) == (1.0, 0.5)
     stats = json.loads(run_cli("stats", "--json", home=home).stdout)
     assert stats["pending"] == 0 and stats["groups"][0]["mean_reward"] == 1.0
 
@@ -197,9 +206,9 @@ def test_experiment_arms_count_a_run_once_it_is_scored(store):
     picked = router.select_adapter(store, "coder", task_key="task-0")
     arm = picked.arm
     assert arm is not None  # an experiment runs on the route
-    run_id = runs.log_run(store, {"role": "coder", "output": "x", "decision_id": picked.decision_id}).run_id
+    logged = runs.log_run(store, {"role": "coder", "output": "x", "decision_id": picked.decision_id})
     arms = {a.arm: a for a in experiments.list_experiments(store, "coder")[0].arms}
     assert arms[arm].runs == 0 and arms[arm].mean_reward is None
-    log_reward(store, run_id, 0.5)
+    log_reward(store, logged.run_id, 0.5, reward_token=logged.reward_token)
     arms = {a.arm: a for a in experiments.list_experiments(store, "coder")[0].arms}
     assert arms[arm].runs == 1 and arms[arm].mean_reward == 0.5

@@ -22,10 +22,11 @@ def ask_and_score(base_url: str, token: str, prompt: str, reward: float) -> tupl
         model="learnloop/coder/python", messages=[{"role": "user", "content": prompt}], max_tokens=32
     )
     answer, run_id = raw.parse(), int(raw.headers["x-learnloop-run-id"])
+    reward_token = raw.headers["x-learnloop-reward-token"]  # lets this client score this run, once
     # Score it once you know how it went (tests passed, the user kept the edit, ...).
     scored = httpx.post(
         f"{base_url}/learnloop/runs/{run_id}/reward",
-        json={"reward": reward},
+        json={"reward": reward, "reward_token": reward_token},
         headers={"authorization": f"Bearer {token}"},
     )
     scored.raise_for_status()

@@ -220,7 +220,7 @@ def _too_few(
     steps = [f"{named.get(f.step) or f'{f.step} {_show(filters.get(f.step))}'}: {f.runs_left}" for f in funnel]
     first_short = next((f.step for f in funnel if f.runs_left < min_rows), None)
     if first_short == "scored":
-        extra += "; score pending runs with log_reward (learnloop reward RUN_ID REWARD)"
+        extra += "; score pending runs with log_reward and each run's reward_token (learnloop reward RUN_ID REWARD --reward-token TOKEN)"
     return InvalidInput(
         f"Too few rows for role {role!r}: {kept} kept, at least {min_rows} needed. Runs left after each filter: "
         + " -> ".join(steps)

@@ -8,12 +8,15 @@
 Each call is routed (learning.routing.router.select_adapter, every request: a promotion or
 rollback shows on the next one), answered by the backend, and recorded as a run
 (learning/gateway/recording.py). The answer carries `x-learnloop-run-id`,
-`x-learnloop-decision-id`, `x-learnloop-adapter` and `x-learnloop-route` (for a stream: the
-run id is known only at the end, so it comes in the last chunk's `learnloop` field instead).
-A request with `metadata.tests` is answered first, then scored in the sandbox in the background
-(learning/gateway/scoring.py). Malformed requests get a 400 OpenAI error object and are not
-recorded; a backend that fails gets a 502 with its message (and is recorded as a failed run,
-reward 0.0, only with record_failures). Nothing here prints a request, an answer or a token.
+`x-learnloop-reward-token`, `x-learnloop-decision-id`, `x-learnloop-adapter` and
+`x-learnloop-route` (for a stream: the run id is known only at the end, so it comes in the last
+chunk's `learnloop` field, with the reward token again). The reward token is the client's
+capability to score that run, once (learning/runs/rewards.py); only its hash is stored. A
+request with `metadata.tests` gets no token: it is answered first, then scored in the sandbox in
+the background (learning/gateway/scoring.py), a measured reward no client can replace.
+Malformed requests get a 400 OpenAI error object and are not recorded; a backend that fails
+gets a 502 with its message (and is recorded as a failed run, reward 0.0, only with
+record_failures). Nothing here prints a request, an answer or a token.
 Nothing in the answer's path waits on the disk: the routing decision is made without writing
 (router.decide), and the decision and the run go to the Recorder's writer thread, which stores
 them in one transaction with whatever else is queued (learning/gateway/recording.py). When the
@@ -30,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -38,26 +42,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from learning.errors import InvalidInput, NotFound
+from learning.errors import Conflict, Forbidden, InvalidInput, NotFound
 from learning.gateway import protocol as p
 from learning.gateway.inprocess import BackendError
-from learning.gateway.recording import Recorder, exchange_run, failure_run, set_reward
+from learning.gateway.recording import Recorder, exchange_run, failure_run
 from learning.gateway.scoring import Scorer
 from learning.routing.router import DecisionRow, decide
 from learning.runs.ids import written_run
+from learning.runs.rewards import give_reward
+from learning.runs.tokens import new_token
 from learning.store import Store
 
 MAX_BODY = 8 * 1024 * 1024
+TOKEN_HEADER = "x-learnloop-reward-token"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
     return JSONResponse(p.error_body(message, kind, param), status_code=status)
 
 
-def _headers(target: Any, run_id: int | None = None) -> dict[str, str]:
+def _headers(target: Any, run_id: int | None = None, reward_token: str | None = None) -> dict[str, str]:
     out = {}
     if run_id is not None:
         out["x-learnloop-run-id"] = str(run_id)
+    if reward_token is not None:
+        out[TOKEN_HEADER] = reward_token
     if target is not None:
         out["x-learnloop-decision-id"] = target.decision_id
         out["x-learnloop-adapter"] = target.adapter_id or "base"
@@ -73,10 +82,14 @@ class Gateway:
         self.recorder = Recorder(store)
         self.scorer = Scorer(store, self.recorder)
 
-    def _answered(self, call: p.Call, gen: p.Generation, routed: tuple[Any, Any], started: float) -> int:
-        """Queue the exchange's run; a request with tests has its answer scored in the background."""
+    def _answered(
+        self, call: p.Call, gen: p.Generation, routed: tuple[Any, Any], started: float, token: str | None
+    ) -> int:
+        """Queue the exchange's run, pending, with its reward token's hash; a request with tests
+        (and no token) has its answer scored in the background."""
         target, decision = routed
-        run_id = self.recorder.record(decision, exchange_run(call, gen, target, self._meta(call, target, started)))
+        run = exchange_run(call, gen, target, self._meta(call, target, started))
+        run_id = self.recorder.record(decision, run, reward_token=token)
         if call.tests:
             self.scorer.submit(run_id, gen.text, call.tests)
         return run_id
@@ -127,6 +140,7 @@ class Gateway:
         except p.BadRequest as exc:
             return _error(400, str(exc), param=exc.param)
         target, started = routed[0], time.perf_counter()
+        token = None if call.tests else new_token()  # a request with tests is scored by the gateway itself
         if call.stream:
             items = aiter(self.backend.stream(call, target))
             try:  # a backend that fails before its first piece still gets a 502
@@ -134,19 +148,25 @@ class Gateway:
             except BackendError as exc:
                 return self._failed(call, routed, started, exc)
             return StreamingResponse(
-                self._stream(call, routed, started, first, items),
+                self._stream(call, routed, started, first, items, token),
                 media_type="text/event-stream",
-                headers=_headers(target),
+                headers=_headers(target, reward_token=token),
             )
         try:
             gen = await self.backend.complete(call, target)
         except BackendError as exc:
             return self._failed(call, routed, started, exc)
-        run_id = self._answered(call, gen, routed, started)
-        return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id))
+        run_id = self._answered(call, gen, routed, started, token)
+        return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id, token))
 
     async def _stream(
-        self, call: p.Call, routed: tuple[Any, Any], started: float, first: Any, items: AsyncIterator[Any]
+        self,
+        call: p.Call,
+        routed: tuple[Any, Any],
+        started: float,
+        first: Any,
+        items: AsyncIterator[Any],
+        token: str | None,
     ) -> AsyncIterator[str]:
         target = routed[0]
         answer_id = p.new_id(call)
@@ -169,9 +189,13 @@ class Gateway:
             yield p.DONE
             return
         assert gen is not None  # a backend's stream ends with its Generation
-        run_id = self._answered(call, gen, routed, started)
+        run_id = self._answered(call, gen, routed, started, token)
         last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
-        last["learnloop"] = {"run_id": run_id, "decision_id": getattr(target, "decision_id", None)}
+        last["learnloop"] = {
+            "run_id": run_id,
+            "reward_token": token,
+            "decision_id": getattr(target, "decision_id", None),
+        }
         yield p.sse(last)
         if call.include_usage:
             yield p.usage_chunk(call, answer_id, gen)
@@ -185,6 +209,9 @@ class Gateway:
         return JSONResponse({"object": "list", "data": data})
 
     async def reward(self, request: Request) -> Response:
+        """Score a pending run, once, with its reward token (in the body's `reward_token` or the
+        x-learnloop-reward-token header): 400 bad body, 403 no or wrong token, 404 no such run,
+        409 scored already; a refused reward changes nothing."""
         text = request.path_params["run_id"]
         if text.isdigit():
             await run_in_threadpool(self.recorder.flush)  # a run answered a moment ago is stored first
@@ -194,20 +221,40 @@ class Gateway:
             body = json.loads(await request.body())
             if not isinstance(body, dict):
                 raise ValueError("not an object")
-            args = (body.get("reward"), body.get("signals"), body.get("tests"))
-            await run_in_threadpool(set_reward, self.store, int(text), *args)
+            token = _reward_token(body.get("reward_token"), request.headers.get(TOKEN_HEADER))
+            given = {k: body.get(k) for k in ("reward", "signals", "tests")}
+            await run_in_threadpool(
+                partial(give_reward, self.store, int(text), given, reward_token=token, actor="http")
+            )
         except (ValueError, RecursionError) as exc:
             return _error(400, f"The body must be a JSON object with 'reward' in [0, 1] ({exc}).")
+        except p.BadRequest as exc:
+            return _error(400, str(exc), param=exc.param)
         except InvalidInput as exc:
             return _error(400, str(exc), param="reward")
+        except Forbidden as exc:
+            return _error(403, str(exc), "permission_error", param="reward_token")
         except NotFound as exc:
             return _error(404, str(exc), "not_found_error")
+        except Conflict as exc:
+            return _error(409, str(exc), "conflict_error")
         return JSONResponse({"run_id": int(text), "reward": body.get("reward")})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         await self.aclose()
+
+
+def _reward_token(in_body: Any, in_header: str | None) -> str | None:
+    """The reward token a reward request carries, in its body or its header (the same, if both)."""
+    if in_body is not None and not isinstance(in_body, str):
+        raise p.BadRequest("'reward_token' must be the text of the answer's x-learnloop-reward-token.", "reward_token")
+    if in_body and in_header and in_body != in_header:
+        raise p.BadRequest(
+            "The body's 'reward_token' and the x-learnloop-reward-token header differ: send one.", "reward_token"
+        )
+    return in_body or in_header
 
 
 def build_app(store: Store, backend: Any, record_failures: bool = False) -> Starlette:

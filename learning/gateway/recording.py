@@ -65,7 +65,7 @@ def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any])
         "instruction": instruction,
         "input": context,
         "output": gen.text or EMPTY,  # a run needs an output
-        "reward": None,  # pending until scored: log_reward, the reward endpoint, or the request's tests
+        "reward": None,  # pending until scored: by the reward token's holder, or by the request's tests
         "model": call.model,
         "adapter_id": getattr(target, "adapter_id", None),
         "decision_id": getattr(target, "decision_id", None),
@@ -79,11 +79,6 @@ def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any])
         },
     }
     return run
-
-
-def set_reward(store: Store, run_id: int, reward: Any, signals: Any = None, tests: Any = None) -> None:
-    """Score a gateway run afterwards (learning.runs.record.set_reward)."""
-    record.set_reward(store, run_id, reward, signals=signals, tests=tests)
 
 
 def failure_run(call: Call, target: Any, meta: dict[str, Any], error: str) -> dict[str, Any]:
@@ -119,12 +114,13 @@ class Recorder:
         self.thread = threading.Thread(target=self._loop, name="learnloop-recorder", daemon=True)
         self.thread.start()
 
-    def record(self, decision: DecisionRow | None, run: dict[str, Any]) -> int:
-        """Queue a run (and the decision that routed it); returns the id it will be stored under."""
+    def record(self, decision: DecisionRow | None, run: dict[str, Any], reward_token: str | None = None) -> int:
+        """Queue a run (and the decision that routed it); returns the id it will be stored under.
+        reward_token: the token handed out with a pending run (only its hash is stored)."""
         checked = parse_run(run)
         if checked.adapter_id:  # as log_run: an adapter the registry knows
             record.check_adapters(self.store, [checked.adapter_id])
-        row = record.row_of(checked)
+        row = record.row_of(checked, reward_token=reward_token)
         with self.cond:
             self._await_ids()
             run_id = self.ids.popleft()

@@ -5,10 +5,12 @@ thread of this process, the code of the answer (its first fenced block, else the
 runs with those tests in the sandbox (learning.sandbox.execute: a bubblewrap jail), and the
 run gets reward = share of tests passed, signals compiled / tests_passed / tests_total /
 sandbox / scored_by = "gateway", and the tests themselves (so curation carries them to the
-gate). One scoring at a time; a queue holds the rest. A scoring waits until the recorder has
-stored its run (it is queued there a moment before). `close` finishes what is queued. Where the sandbox cannot run, the run
-stays pending (the reason, never the answer, goes to stderr), to be scored later with
-log_reward.
+gate). The reward is measured: the gateway holds the run, so it needs no token, and no client
+can replace it afterwards (such an answer carries no reward token). One scoring at a time; a
+queue holds the rest. A scoring waits until the recorder has stored its run (it is queued there
+a moment before). `close` finishes what is queued. Where the sandbox cannot run, the run stays
+pending (the reason, never the answer, goes to stderr), to be scored later by the home's owner
+(`learnloop reward RUN_ID REWARD --override --reason ...`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from learning.errors import LearnloopError
 from learning.gateway.recording import Recorder
-from learning.runs.record import set_reward
+from learning.runs.rewards import give_reward
 from learning.sandbox import execute as sandbox
 from learning.sandbox.code import extract_code
 from learning.store import Store
@@ -36,9 +38,12 @@ def score_answer(store: Store, run_id: int, answer: str, tests: list[str], timeo
         "tests_passed": result.passed,
         "tests_total": result.total,
         "sandbox": result.sandbox,
+        "isolation": result.isolation,
         "scored_by": SCORED_BY,
     }
-    set_reward(store, run_id, result.score, signals=signals, tests=tests)
+    give_reward(
+        store, run_id, {"reward": result.score, "signals": signals, "tests": tests}, measured=True, actor=SCORED_BY
+    )
     return result.score
 
 

@@ -27,13 +27,13 @@ from learning.runs.schema import (
     ImportError_,
     ImportResult,
     LogResult,
+    RewardEvent,
     Run,
     RunIn,
     derive_task_key,
-    parse_reward,
     parse_run,
-    rescored,
 )
+from learning.runs.tokens import new_token, token_hash
 from learning.store import Store, dumps, loads
 
 IMPORT_BATCH = 2_000
@@ -52,7 +52,7 @@ class RunRow(NamedTuple):
     instruction: str
     input: str
     output: str
-    reward: float | None  # None: pending, scored later with set_reward
+    reward: float | None  # None: pending, scored later (learning/runs/rewards.py)
     signals: str
     model: str | None
     adapter_id: str | None
@@ -60,6 +60,7 @@ class RunRow(NamedTuple):
     meta: str
     tests: str | None = None  # a JSON list of statements, or NULL
     import_key: str | None = None  # "<file sha256>:<line>" for an imported run, else NULL
+    reward_token_sha256: str | None = None  # a pending run's reward token, hashed (learning/runs/tokens.py)
 
 
 RUN_COLUMNS = RunRow._fields
@@ -80,8 +81,8 @@ def _check_json_size(run: RunIn) -> tuple[str, str]:
     return signals, meta
 
 
-def row_of(run: RunIn, import_key: str | None = None) -> RunRow:
-    """The row a checked run is written as."""
+def row_of(run: RunIn, import_key: str | None = None, reward_token: str | None = None) -> RunRow:
+    """The row a checked run is written as (with the hash of its reward token, when given one)."""
     signals, meta = _check_json_size(run)
     return RunRow(
         ts=run.time.timestamp() if run.time else time.time(),
@@ -101,6 +102,7 @@ def row_of(run: RunIn, import_key: str | None = None) -> RunRow:
         meta=meta,
         tests=dumps(run.tests) if run.tests else None,
         import_key=import_key,
+        reward_token_sha256=token_hash(reward_token) if reward_token else None,
     )
 
 
@@ -138,20 +140,28 @@ def _attribute(store: Store, run: RunIn) -> RunIn:
 
 def log_run(store: Store, run: RunIn | dict) -> LogResult:
     """Record one agent run and the reward it earned. Call it after every task, good or bad:
-    learnloop learns from the best runs and from the contrast with the worst. Returns the run id.
-    Raises InvalidInput naming each bad field."""
+    learnloop learns from the best runs and from the contrast with the worst. Returns the run id;
+    a run logged without a reward (pending) also gets its reward_token, which log_reward needs to
+    score it, once. Raises InvalidInput naming each bad field."""
     run = parse_run(run)
-    (run_id,) = log_runs(store, [run])
-    return LogResult(run_id=run_id, task_key=run.task_key or derive_task_key(run.instruction, run.input))
+    token = new_token() if run.reward is None else None
+    (run_id,) = _log(store, [run], [token])
+    task_key = run.task_key or derive_task_key(run.instruction, run.input)
+    return LogResult(run_id=run_id, task_key=task_key, reward_token=token)
 
 
 def log_runs(store: Store, runs: Iterable[RunIn | dict]) -> list[int]:
     """Record many runs as log_run records one, all in one transaction; returns their ids. For
-    callers holding runs in memory (the demo, GRPO's sampled answers): no JSONL round trip."""
-    checked = [parse_run(r) for r in runs]
+    callers holding runs in memory (the demo, GRPO's sampled answers): no JSONL round trip. No
+    reward tokens: a pending run logged here is scored by the home's owner (`reward --override`)."""
+    return _log(store, [parse_run(r) for r in runs])
+
+
+def _log(store: Store, checked: list[RunIn], reward_tokens: list[str | None] | None = None) -> list[int]:
     checked = [_attribute(store, r) if r.decision_id else r for r in checked]
     check_adapters(store, (r.adapter_id for r in checked))
-    return insert_runs(store, [row_of(r) for r in checked])
+    tokens = reward_tokens or [None] * len(checked)
+    return insert_runs(store, [row_of(r, reward_token=t) for r, t in zip(checked, tokens)])
 
 
 def import_runs_from(
@@ -334,37 +344,15 @@ def row_to_run(row) -> Run:
 
 
 def get_run(store: Store, run_id: int) -> Run:
+    """The stored run, with the rewards given to it after it was logged."""
     row = run_row(store, run_id)
     if row is None:
         raise NotFound(_no_run(run_id))
-    return row_to_run(row)
+    return row_to_run(row).model_copy(update={"reward_history": reward_events(store, run_id)})
 
 
 def _no_run(run_id: int) -> str:
     return f"No run {run_id}. List runs with run_stats or check the id log_run returned."
-
-
-def set_reward(
-    store: Store, run_id: int, reward: float, signals: dict | None = None, tests: list[str] | None = None
-) -> Run:
-    """Score a run logged before: a pending run gets its reward, a scored one has it replaced (the
-    earlier reward kept in meta's reward_history). Signals given are merged over the run's; tests
-    given replace its tests. NotFound for an unknown run id, InvalidInput for a bad reward."""
-    new = parse_reward({"reward": reward, "signals": signals, "tests": tests})
-    if run_row(store, run_id) is None:  # waits for a run the gateway answered but has not written yet
-        raise NotFound(_no_run(run_id))
-    with store.write() as conn:
-        row = conn.execute("SELECT reward, signals, meta FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise NotFound(_no_run(run_id))
-        signals_text, meta_text = rescored(
-            row["reward"], loads(row["signals"]) or {}, loads(row["meta"]) or {}, new, iso(time.time())
-        )
-        conn.execute(
-            "UPDATE runs SET reward = ?, signals = ?, meta = ?, tests = ifnull(?, tests) WHERE id = ?",
-            (float(new.reward), signals_text, meta_text, dumps(new.tests) if new.tests else None, run_id),
-        )
-    return get_run(store, run_id)
 
 
 # ---- SQL: the runs table, and what logging a run checks in the registry's tables -------------
@@ -400,6 +388,16 @@ def insert_new_runs(store: Store, rows: list[RunRow]) -> int:
 def run_row(store: Store, run_id: int) -> sqlite3.Row | None:
     """The stored run (a run the gateway answered but has not written yet is waited for)."""
     return written_run(store, run_id)
+
+
+def reward_events(store: Store, run_id: int, conn: sqlite3.Connection | None = None) -> list[RewardEvent]:
+    """Every reward given to the run after it was logged (learning/runs/rewards.py), oldest first."""
+    if conn is None:
+        with store.read() as conn:
+            return reward_events(store, run_id, conn)
+    rows = conn.execute("SELECT * FROM reward_events WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+    fields = ("actor", "kind", "reward", "previous", "reason")
+    return [RewardEvent(time=iso(r["ts"]), **{k: r[k] for k in fields}) for r in rows]
 
 
 def count_runs(store: Store) -> int:

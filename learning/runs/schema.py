@@ -15,7 +15,7 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -261,6 +261,21 @@ def test_problems(tests: list[str]) -> list[str]:
     return problems
 
 
+class RewardEvent(BaseModel):
+    """A reward given to a run after it was logged (learning/runs/rewards.py)."""
+
+    time: str
+    actor: str = Field(
+        description="Who gave it: mcp, cli, http, python, gateway (its own scoring), or the user who corrected it."
+    )
+    kind: Literal["scored", "correction"] = Field(
+        description="scored: a pending run filled; correction: the home owner's override."
+    )
+    reward: float
+    previous: float | None = Field(description="The reward before it; None: the run was pending.")
+    reason: str = ""
+
+
 class Run(BaseModel):
     """A stored run."""
 
@@ -281,11 +296,19 @@ class Run(BaseModel):
     decision_id: str | None
     meta: dict[str, Any]
     tests: list[str] = Field(default_factory=list, description="Statements that check an answer to the task.")
+    reward_history: list[RewardEvent] = Field(
+        default_factory=list, description="Rewards given after the run was logged, oldest first (get_run fills it)."
+    )
 
 
 class LogResult(BaseModel):
     run_id: int = Field(description="Id of the stored run.")
     task_key: str = Field(description="The task key stored (derived from the instruction when not given).")
+    reward_token: str | None = Field(
+        default=None,
+        description="For a run logged without a reward (pending): pass it to log_reward to score the run, "
+        "once. Shown only now; only its hash is stored. None for a run logged with its reward.",
+    )
 
 
 class ImportError_(BaseModel):
@@ -329,9 +352,6 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-MAX_REWARD_HISTORY = 20  # earlier rewards of a re-scored run kept in its meta
-
-
 def parse_reward(data: dict[str, Any]) -> RewardIn:
     """Validate a reward given later (with its signals and tests); InvalidInput names every bad field."""
     try:
@@ -340,21 +360,16 @@ def parse_reward(data: dict[str, Any]) -> RewardIn:
         raise InvalidInput(f"Invalid reward: {format_validation_error(exc)}.") from exc
 
 
-def rescored(old_reward: float | None, signals: dict, meta: dict, new: RewardIn, now: str) -> tuple[str, str]:
+def rescored(signals: dict, meta: dict, new: RewardIn, now: str) -> tuple[str, str]:
     """A run's signals and meta (as JSON) once `new` scores it: the new signals merged over the old
-    (a key given replaces it), meta's rewarded_at set to now and, when the run had a reward
-    already, that reward appended to meta's reward_history (the last 20 kept)."""
+    (a key given replaces it) and meta's rewarded_at set to now."""
     merged = {**signals, **(new.signals.model_dump(exclude_none=True) if new.signals else {})}
     try:
         check_passed_within_total(Signals.model_validate(merged))
     except (ValidationError, ValueError) as exc:
         raise InvalidInput(f"Invalid reward: the run's signals merged with these are wrong: {exc}.") from exc
-    meta = {**meta, "rewarded_at": now}
-    if old_reward is not None:
-        history = [*meta.get("reward_history", []), {"reward": old_reward, "replaced_at": now}]
-        meta["reward_history"] = history[-MAX_REWARD_HISTORY:]
     out = []
-    for name, value in (("signals", merged), ("meta", meta)):
+    for name, value in (("signals", merged), ("meta", {**meta, "rewarded_at": now})):
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         if len(text) > LIMITS[name]:
             raise InvalidInput(
