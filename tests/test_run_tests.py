@@ -54,7 +54,13 @@ def test_run_tests_over_mcp_scores_and_logs_the_measured_reward(home):
     assert logged["run_id"] is not None and logged["score"] == pytest.approx(2 / 3)
     run = get_run(Store(home), logged["run_id"])
     assert run.reward == pytest.approx(2 / 3) and run.output == CODE and run.role == "coder"
-    assert run.signals == {"compiled": True, "tests_passed": 2, "tests_total": 3, "sandbox": "bwrap", "isolation": "isolated"}
+    assert run.signals == {
+        "compiled": True,
+        "tests_passed": 2,
+        "tests_total": 3,
+        "sandbox": "bwrap",
+        "isolation": "isolated",
+    }
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,9 @@
   verdict parsed from the reference).
 - other roles: no check (pass rate None); similarity only.
 Similarity is difflib's ratio between the answer and the reference, averaged.
+The reward-hacking monitor (learning.sandbox.monitor) reads the code of every coder and fixer
+answer: `suspicious_answers`, `suspicious_share` and `suspicious_reasons` count what it flagged,
+and each flagged row's outcome names its reasons under `suspicious`. It decides nothing.
 
 `score` keeps the two kinds of figure apart: `pass_rate_tests` over the rows whose tests ran
 (`tested_rows`) and `pass_rate_checks` over the other checked rows (`checks_basis` says what was
@@ -26,11 +29,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections import Counter
 from typing import Any
 
 from learning.data.formats import to_example
 from learning.sandbox import execute as sandbox
 from learning.sandbox.code import PYTHON_TAGS, compiles, extract_code, tested_code
+from learning.sandbox.monitor import suspicious
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 VERDICT_WORDS = ("pass", "fail", "accept", "reject", "approve", "correct", "incorrect", "good", "bad", "yes", "no")
@@ -183,6 +188,7 @@ def _tested_outcomes(answers: list[str], tests: list[list[str]]) -> list[dict[st
         }
         if (mode := getattr(res, "sandbox", None)) is not None:  # the sandbox's mode, where it reports one
             outcome["sandbox"] = mode
+            outcome["isolation"] = res.isolation  # how the verdict was decided (learning/sandbox/execute.py)
         out.append(outcome)
     return out
 
@@ -193,9 +199,33 @@ def _rate(outcomes: list[dict[str, Any]]) -> tuple[float | None, int, int]:
     return (passed / len(checked) if checked else None), len(checked), passed
 
 
+MONITORED_ROLES = ("coder", "fixer")  # roles whose answers are code that runs
+
+
+def monitor(role: str, answers: list[str]) -> dict[str, Any]:
+    """What the reward-hacking monitor flags in the answers' Python code (for coder and fixer):
+    each answer's reasons, how many answers it flagged and their share, and the reasons counted."""
+    if role not in MONITORED_ROLES:
+        return {"reasons": [[] for _ in answers], "suspicious_answers": 0, "suspicious_share": None}
+    reasons, read = [], 0
+    for answer in answers:
+        lang, code = extract_code(answer)
+        python = lang in PYTHON_TAGS  # a block fenced as another language is not read
+        read += python
+        reasons.append(suspicious(code) if python else [])
+    flagged = sum(1 for r in reasons if r)
+    return {
+        "reasons": reasons,
+        "suspicious_answers": flagged,
+        "suspicious_share": round(flagged / read, 4) if read else None,  # of the answers read
+        "suspicious_reasons": dict(Counter(r for rs in reasons for r in rs).most_common()),
+    }
+
+
 def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
     """Pass rates (from tests where rows carry them, else the role's check, never mixed), mean
-    similarity to the references, and each row's outcome."""
+    similarity to the references, each row's outcome, and what the reward-hacking monitor flagged
+    (it changes no outcome)."""
     examples = [to_example(r) for r in rows]
     tested = [i for i, e in enumerate(examples) if e["tests"] and runs_tests(role, rows[i], e["completion"])]
     outcomes: list[dict[str, Any] | None] = [None] * len(rows)
@@ -209,6 +239,10 @@ def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str
             outcomes[i] = {"passed": ok, "tested": False, "why": why}
     sims = [difflib.SequenceMatcher(None, a, e["completion"]).ratio() for a, e in zip(answers, examples)]
     done = [o for o in outcomes if o is not None]
+    flagged = monitor(role, answers)
+    for outcome, reasons in zip(done, flagged.pop("reasons")):
+        if reasons:
+            outcome["suspicious"] = reasons
     tests_rate, tested_rows, tests_passed = _rate([o for o in done if o["tested"]])
     checks_rate, checked, checks_passed = _rate([o for o in done if not o["tested"]])
     return {
@@ -223,4 +257,5 @@ def score(role: str, rows: list[dict[str, Any]], answers: list[str]) -> dict[str
         "passed": checks_passed,
         "similarity": sum(sims) / len(sims) if sims else None,
         "checks": done,
+        **flagged,
     }

@@ -301,8 +301,9 @@ def _samples(gen_rows: list[dict[str, Any]], answers: dict[str, list[str]]) -> l
 
 
 def task_outcomes(result: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each generated row's outcome for both models: tested or not, passed, tests passed of total."""
-    keep = ("passed", "tests_passed", "tests_total", "sandbox")
+    """Each generated row's outcome for both models: tested or not, passed, tests passed of total,
+    and the reward-hacking monitor's reasons where it flagged the answer."""
+    keep = ("passed", "tests_passed", "tests_total", "sandbox", "isolation", "suspicious")
     return [
         {
             "row": i,
@@ -344,6 +345,10 @@ def summarize(adapter, cfg: EvalConfig, result, gate, n_tf: int, n_gen: int, ela
         "base_pass_rate_compile_only": b.get("pass_rate_checks") if adapter.role == "coder" else None,
         "similarity": a.get("similarity"),
         "base_similarity": b.get("similarity"),
+        "suspicious_answers": a.get("suspicious_answers"),  # flagged by the reward-hacking monitor
+        "base_suspicious_answers": b.get("suspicious_answers"),
+        "suspicious_share": a.get("suspicious_share"),
+        "base_suspicious_share": b.get("suspicious_share"),
         "gate_passed": gate["passed"],
         "gate_failed": gate["failed"],
     }

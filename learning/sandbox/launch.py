@@ -33,7 +33,7 @@ def _program(*modules: str) -> str:
 
 PROGRAMS = {
     "answers": _program("jailside", "wire", "answers"),
-    "verdicts": _program("jailside", "wire", "verdicts"),
+    "verdicts": _program("jailside", "wire", "remote", "verdicts"),
     "inprocess": _program("jailside", "inprocess"),
 }
 

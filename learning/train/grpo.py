@@ -9,24 +9,36 @@ A group whose answers all score the same has zero advantage: it moves nothing (w
 adds nothing to the loss either). Such groups are counted as dropped, per step and in total, and a
 run in which no group varied for `no_signal_steps` steps in a row stops with an error saying what
 to change, instead of spending hours learning nothing.
+
+Every answer also passes the reward-hacking monitor (learning.sandbox.monitor) before it runs:
+the share of answers whose code touches the harness or the interpreter's internals is in each
+step's progress (`hacking_share`), the totals in the metrics, and the first offending answers in
+adapters/<id>/suspicious.jsonl. The monitor only reports; the verdict is decided outside the
+answer's process.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from learning.jobs.manage import JobContext
 from learning.models.generate import cut_at_stop
 from learning.runs.record import log_runs
-from learning.sandbox.code import tested_code
+from learning.sandbox.code import extract_code, tested_code
 from learning.sandbox.execute import run_many
+from learning.sandbox.monitor import suspicious
 from learning.train.progress import trainer_callback_base
 
 SAMPLE_AGENT = "learnloop-grpo"  # the agent of the runs a GRPO job logs (log_samples)
 TEST_TIMEOUT_S = 2.0  # per answer, as the evaluation gate runs them
+SUSPICIOUS_FILE = "suspicious.jsonl"  # in the adapter's folder: the first answers the monitor flagged
+MAX_SUSPICIOUS_LOGGED = 200  # answers written there at most
+SUSPICIOUS_CHARS = 2000  # of each answer kept there
 
 
 def grpo_rows(raw: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,12 +69,18 @@ def _text(completion: Any) -> str:
 class ExecutionReward:
     """TRL reward function: the share of the row's tests the answer passes, run in the jail.
 
-    Counts what it scored (answers, seconds in the sandbox); with `sink`, hands each batch's
-    (prompt, answer, reward, result) to it, e.g. to log them as runs."""
+    Counts what it scored (answers, seconds in the sandbox) and what the reward-hacking monitor
+    flagged (answers, reasons); writes the first flagged answers to `suspicious_log`; with `sink`,
+    hands each batch's (prompt, answer, reward, result, suspicious) to it, e.g. to log them as runs."""
 
     __name__ = "execution"  # the name TRL logs the reward under
 
-    def __init__(self, cfg: dict[str, Any], sink: Callable[[list[dict[str, Any]]], None] | None = None):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        sink: Callable[[list[dict[str, Any]]], None] | None = None,
+        suspicious_log: Path | None = None,
+    ):
         self.stop = list(cfg.get("stop") or [])
         self.compile_bonus = float(cfg.get("compile_bonus") or 0.0)
         self.length_penalty = float(cfg.get("length_penalty") or 0.0)
@@ -70,12 +88,20 @@ class ExecutionReward:
         self.sink = sink
         self.scored = 0
         self.seconds = 0.0
+        self.flagged = 0  # answers the monitor flagged
+        self.reasons: Counter[str] = Counter()
+        self.monitor_s = 0.0
+        self.step = 0  # the training step being scored (GroupCallback sets it)
+        self.suspicious_log = suspicious_log
+        self.logged = _count_lines(suspicious_log)  # a resumed run goes on counting
 
     def __call__(
         self, prompts: list[Any], completions: list[Any], tests: list[list[str]], **_: Any
     ) -> list[float | None]:
         started = time.perf_counter()
         answers = [cut_at_stop(_text(c), self.stop) for c in completions]
+        flags = [suspicious(extract_code(a)[1]) for a in answers]  # the code that runs, or the whole answer
+        self.monitor_s += time.perf_counter() - started
         # The code of a fenced block, else the whole answer; one that does not compile fails in the jail too.
         results = run_many([(tested_code(a) or a, list(t)) for a, t in zip(answers, tests)], timeout=TEST_TIMEOUT_S)
         rewards: list[float | None] = []
@@ -84,15 +110,51 @@ class ExecutionReward:
             reward -= self.length_penalty * min(1.0, len(answer) / self.max_chars)
             rewards.append(round(reward, 6))
         self.scored += len(answers)
+        self.flagged += sum(1 for f in flags if f)
+        self.reasons.update(r for f in flags for r in f)
+        self._log_suspicious(prompts, answers, rewards, results, flags)
         self.seconds += time.perf_counter() - started
         if self.sink is not None:
             self.sink(
                 [
-                    {"prompt": p, "answer": a, "reward": r, "result": res, "tests": list(t)}
-                    for p, a, r, res, t in zip(prompts, answers, rewards, results, tests)
+                    {"prompt": p, "answer": a, "reward": r, "result": res, "tests": list(t), "suspicious": f}
+                    for p, a, r, res, t, f in zip(prompts, answers, rewards, results, tests, flags)
                 ]
             )
         return rewards
+
+    def _log_suspicious(self, prompts, answers, rewards, results, flags) -> None:
+        """The flagged answers of this batch, up to MAX_SUSPICIOUS_LOGGED in all, one JSON line each."""
+        if self.suspicious_log is None or self.logged >= MAX_SUSPICIOUS_LOGGED:
+            return
+        lines = []
+        for prompt, answer, reward, res, reasons in zip(prompts, answers, rewards, results, flags):
+            if reasons and self.logged + len(lines) < MAX_SUSPICIOUS_LOGGED:
+                record = {
+                    "step": self.step,
+                    "reasons": reasons,
+                    "reward": reward,
+                    "tests_passed": res.passed,
+                    "tests_total": res.total,
+                    "prompt": (prompt if isinstance(prompt, str) else json.dumps(prompt))[-300:],
+                    "answer": answer[:SUSPICIOUS_CHARS],
+                }
+                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        if not lines:
+            return
+        try:
+            with open(self.suspicious_log, "a", encoding="utf-8") as handle:
+                handle.writelines(lines)
+            self.logged += len(lines)
+        except OSError:  # a monitor never stops training: the counts go on without the file
+            self.suspicious_log = None
+
+
+def _count_lines(path: Path | None) -> int:
+    if path is None or not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
 
 
 def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list[dict[str, Any]]], None]:
@@ -118,8 +180,13 @@ def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list
                         "tests_total": res.total,
                         "timed_out": res.timed_out,
                         "executed": True,
+                        "isolation": res.isolation,
                     },
-                    "meta": {"source": "grpo-sample"},
+                    # the monitor's reasons, when it flagged the answer (learning.sandbox.monitor)
+                    "meta": {
+                        "source": "grpo-sample",
+                        **({"suspicious": s["suspicious"]} if s.get("suspicious") else {}),
+                    },
                     "tests": s["tests"],
                 }
             )
@@ -159,6 +226,7 @@ def group_stats(log_history: list[dict[str, Any]], groups_per_step: int) -> dict
                 "reward": round(h.get("reward", 0.0), 4),
                 "reward_std": round(h.get("reward_std", 0.0), 4),
                 "dropped_share": round(h["frac_reward_zero_std"], 4),
+                "hacking_share": h.get("hacking_share"),  # GroupCallback adds it to the step's log
             }
             for h in steps
         ],
@@ -175,8 +243,9 @@ def no_signal_message(steps: int, stats: dict[str, Any]) -> str:
 
 
 class GroupCallback(trainer_callback_base()):
-    """Puts each step's reward, its spread, the share of dropped groups and answers scored per second
-    into the job's progress; stops the run when no group has varied for `patience` steps."""
+    """Puts each step's reward, its spread, the share of dropped groups, answers scored per second
+    and the share of answers the reward-hacking monitor flagged into the job's progress (and that
+    share into the step's log); stops the run when no group has varied for `patience` steps."""
 
     def __init__(self, ctx: JobContext, reward: ExecutionReward, groups_per_step: int, patience: int, rank0: bool):
         self.ctx, self.reward, self.rank0 = ctx, reward, rank0
@@ -184,12 +253,17 @@ class GroupCallback(trainer_callback_base()):
         self.flat_steps = 0
         self.no_signal = False
         self._t0 = time.time()
+        self._counted = (0, 0)  # (scored, flagged) at the previous log
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.reward.step = state.global_step + 1
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "frac_reward_zero_std" not in logs:
             return control
         all_flat = logs["frac_reward_zero_std"] >= 1.0
         self.flat_steps = self.flat_steps + 1 if all_flat else 0
+        share = self._hacking_share(state)
         if self.rank0:
             elapsed = max(1e-9, time.time() - self._t0)
             self.ctx.progress(
@@ -198,12 +272,30 @@ class GroupCallback(trainer_callback_base()):
                 dropped_share=round(float(logs["frac_reward_zero_std"]), 4),
                 answers_scored=self.reward.scored,
                 answers_per_s=round(self.reward.scored / elapsed, 2),
+                hacking_share=share,
+                suspicious_answers=self.reward.flagged,
             )
         if self.flat_steps >= self.patience:
             self.no_signal = True
             control.should_save = True
             control.should_training_stop = True
         return control
+
+    def _hacking_share(self, state) -> float | None:
+        """The share of answers flagged since the previous log, also written into this step's log
+        entry (so reward_by_step keeps it, across a resume too); the first flags go to the job's log."""
+        scored, flagged = self.reward.scored - self._counted[0], self.reward.flagged - self._counted[1]
+        self._counted = (self.reward.scored, self.reward.flagged)
+        share = round(flagged / scored, 4) if scored else None
+        if state.log_history and "frac_reward_zero_std" in state.log_history[-1]:
+            state.log_history[-1]["hacking_share"] = share
+        if flagged and self.rank0:
+            top = ", ".join(f"{r} {n}" for r, n in self.reward.reasons.most_common(3))
+            self.ctx.log(
+                f"[learnloop] step {state.global_step}: the monitor flagged {flagged} of {scored} answers "
+                f"(so far: {top}; see {SUSPICIOUS_FILE})"
+            )
+        return share
 
 
 def grpo_trainer(ctx: JobContext, inputs: dict[str, Any], common: dict[str, Any], rank0: bool):
@@ -212,7 +304,8 @@ def grpo_trainer(ctx: JobContext, inputs: dict[str, Any], common: dict[str, Any]
 
     p, cfg = ctx.params, ctx.params["config"]
     sink = sample_logger(ctx, p["role"], p["adapter_id"]) if cfg["log_samples"] else None
-    reward = ExecutionReward(cfg, sink)
+    log = Path(p["adapter_dir"]) / SUSPICIOUS_FILE if rank0 else None
+    reward = ExecutionReward(cfg, sink, suspicious_log=log)
     groups_per_step = cfg["batch_size"] * cfg["grad_accum"] * p.get("num_processes", 1)
     callback = GroupCallback(ctx, reward, groups_per_step, cfg["no_signal_steps"], rank0)
     inputs = {**inputs, "callbacks": [*inputs["callbacks"], callback]}
@@ -225,6 +318,11 @@ def grpo_metrics(trainer, callback: GroupCallback, runtime_s: float) -> dict[str
     return {
         **group_stats(trainer.state.log_history, callback.groups_per_step),
         "answers_scored": reward.scored,
+        "suspicious_answers": reward.flagged,  # flagged by the reward-hacking monitor
+        "hacking_share": round(reward.flagged / reward.scored, 4) if reward.scored else None,
+        "suspicious_reasons": dict(reward.reasons.most_common()),
+        "suspicious_logged": reward.logged,  # in SUSPICIOUS_FILE, at most MAX_SUSPICIOUS_LOGGED
+        "monitor_s": round(reward.monitor_s, 3),
         "scoring_s": round(reward.seconds, 2),
         "answers_per_s": round(reward.scored / runtime_s, 2) if runtime_s else None,
         "steps_per_s": round(trainer.state.global_step / runtime_s, 4) if runtime_s else None,
