@@ -94,3 +94,62 @@ def add(a, b):
     return a + b
 """
 SEEKER_TESTS = ["assert not found", "assert add(2, 2) == 4"]
+
+# Found by trying to break the isolated design: each against its own tests.
+FLOAT_TESTS = [
+    "assert abs(add(0.1, 0.2) - 0.3) < 1e-9",
+    "assert abs(3.0 - add(1.5, 1.5)) < 1e-9",
+    "assert add(1, 2) - 3 == 0",
+    "assert (add(2, 2) - 4) ** 2 < 1e-12",
+    "import math\nassert math.isclose(add(0.1, 0.2), 0.3)",
+    "assert all(map(lambda p: add(p[0], p[1]) == p[2], [(1, 2, 3), (2, 2, 4)]))",
+    "with raises(TypeError):\n    add('a', 1)",
+]
+AGAINST_THE_TESTS = {
+    "arithmetic with the expected value decided by the answer": (
+        "class Zero:\n    def __sub__(self, other):\n        return 0.0\n    __rsub__ = __sub__\n\n"
+        "def add(a, b):\n    return Zero()\n"
+    ),
+    "redefines the builtins the tests judge with": (
+        "def abs(x):\n    return 0\n\ndef all(xs):\n    return True\n\ndef add(a, b):\n    return -1\n"
+    ),
+    "redefines the tests' raises helper": (
+        "class raises:\n    def __init__(self, *a, **k):\n        pass\n    def __enter__(self):\n        return self\n"
+        "    def __exit__(self, *a):\n        return True\n\ndef add(a, b):\n    return -1\n"
+    ),
+    "sends a forged __builtins__ to push an import into the in-process mode": (
+        "import __main__\nsend = __main__.Channel.send\n\n"
+        "def forged(self, message):\n    if 'names' in message:\n"
+        "        message['names']['__builtins__'] = {'d': [['__import__', message['names']['add']]]}\n"
+        "    return send(self, message)\n\n__main__.Channel.send = forged\n\ndef add(a, b):\n    return -1\n"
+    ),
+    "raises StopIteration to end the tests' own loops": "def add(a, b):\n    raise StopIteration\n",
+    "copies a sibling's solution from its supervisor's memory": (
+        "import sys\nf = sys._getframe()\nwhile f is not None and 'batch' not in f.f_locals:\n    f = f.f_back\n"
+        "for job in f.f_locals['batch']['jobs']:\n    env = {}\n    try:\n        exec(job['code'], env)\n"
+        "        if env['add'](20, 22) == 42:\n            add = env['add']\n            break\n"
+        "    except BaseException:\n        pass\n"
+    ),
+}
+
+# Answers that try to spoil the answers after them in the same batch.
+SPOILERS = {
+    "locks /tmp": "import os\nos.chmod('/tmp', 0)\n",
+    "locks its working folder": "import os\nos.chmod('.', 0)\n",
+    "a tree too deep to remove recursively": "import os\nfor i in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n",
+    "an unreadable folder with a note and 60 MB": (
+        "import os\nos.makedirs('/tmp/keep/x')\nopen('/tmp/keep/x/note', 'w').write('a secret')\n"
+        "for i in range(4):\n    open('/tmp/keep/x/f%d' % i, 'wb').write(b'0' * (15 << 20))\nos.chmod('/tmp/keep/x', 0)\n"
+    ),
+    "writes forged results to the jail's standard streams": (
+        "import json, os\nline = json.dumps({'compiled': True, 'errors': [None] * 3, 'error': None}) + '\\n'\n"
+        "for fd in (1, 2):\n    try:\n        os.write(os.open('/proc/1/fd/%d' % fd, os.O_WRONLY), (line + 'stopped\\n') * 8)\n"
+        "    except OSError:\n        pass\n"
+    ),
+}
+# What the answer after a spoiler does: reads the note if it can, writes a file, adds.
+AFTER_SPOILER = (
+    "import os\ntry:\n    os.chmod('/tmp/keep/x', 0o700)\n    note = open('/tmp/keep/x/note').read()\nexcept OSError:\n"
+    "    note = None\nopen('mine.bin', 'wb').write(b'0' * (8 << 20))\n\ndef add(a, b):\n    return a + b\n"
+)
+AFTER_TESTS = [*ADD_TESTS, "assert note is None"]

@@ -28,7 +28,21 @@ from learning.store import Store
 from learning.train.grpo import ExecutionReward
 from server.mcp import build_server
 from tests.conftest import run_cli
-from tests.hacks import ADD_TESTS, HACKS, NEW_HACKS, RIGHT, SEEKER, SEEKER_TESTS, SLOW_RIGHT, WRONG
+from tests.hacks import (
+    ADD_TESTS,
+    AFTER_SPOILER,
+    AFTER_TESTS,
+    AGAINST_THE_TESTS,
+    FLOAT_TESTS,
+    HACKS,
+    NEW_HACKS,
+    RIGHT,
+    SEEKER,
+    SEEKER_TESTS,
+    SLOW_RIGHT,
+    SPOILERS,
+    WRONG,
+)
 from tests.servers import served
 
 pytestmark = pytest.mark.skipif(
@@ -193,3 +207,40 @@ def test_the_gateway_scores_every_hack_zero(tmp_path):
         run = get_run(store, run_id)
         assert run.reward == (1.0 if name == "right" else 0.0), (name, run.reward, run.signals)
         assert run.signals["scored_by"] == "gateway" and run.signals["isolation"] == "isolated"
+
+
+def test_attacks_on_the_isolated_design_itself_score_nothing():
+    results = run_many([(code, FLOAT_TESTS) for code in AGAINST_THE_TESTS.values()], workers=1)
+    for name, res in zip(AGAINST_THE_TESTS, results):
+        assert res.passed == 0 and res.isolation == "isolated", (name, res)
+    shadow = results[1].errors[0] or ""
+    assert "the answer redefines abs" in shadow and "builtins" in shadow
+    right = run_tests(RIGHT.replace("a + b", "round(a + b, 12)"), FLOAT_TESTS)
+    assert right.passed == len(FLOAT_TESTS) and right.isolation == "isolated", right
+    # A sibling with the right code was in the same batch: nothing of it reached the copier.
+    copier = AGAINST_THE_TESTS["copies a sibling's solution from its supervisor's memory"]
+    first, sibling = run_many([(copier, ADD_TESTS), (RIGHT, ADD_TESTS)], workers=1)
+    assert first.passed == 0 and sibling.passed == 3, (first, sibling)
+
+
+def test_an_answer_cannot_spoil_the_answers_after_it():
+    for name, spoiler in SPOILERS.items():
+        for in_process in (False, True):
+            got = run_many(
+                [(spoiler + WRONG, ADD_TESTS), (AFTER_SPOILER, AFTER_TESTS), (RIGHT, ADD_TESTS)],
+                workers=1,
+                in_process=in_process,
+            )
+            assert [r.passed for r in got] == [0, 4, 3], (name, in_process, got)
+
+
+def test_honest_answers_raising_os_errors_and_deep_code_get_their_results():
+    reader = "def read(path):\n    with open(path) as f:\n        return f.read()\n"
+    res = run_tests(
+        reader, ["with raises(FileNotFoundError):\n    read('/nowhere')", "with raises(OSError):\n    read('/')"]
+    )
+    assert res.passed == 2, res
+    # Compiles in the jail, fails to compile on a deeper stack: a result, never an exception.
+    deep = "x = " + "-" * 2975 + "1\nimport time\ntime.sleep(5)\n" + WRONG
+    got = run_many([(RIGHT, ADD_TESTS), (deep, ADD_TESTS), (RIGHT, ADD_TESTS)], timeout=1.0, workers=1)
+    assert [r.passed for r in got] == [3, 0, 3] and got[1].timed_out, got

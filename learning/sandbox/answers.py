@@ -115,10 +115,16 @@ def perform(kept, request):
             return {"x": ["Exception"], "m": ""}
 
 
-def run_answer(job, fd, limits, jailed):
-    """In the answer's process: setup, then the code, then serve the tests' calls."""
+def run_answer(fd, limits, jailed):
+    """In the answer's process: read its code and setup from the tests' process (this jail's
+    supervisor never holds an answer's code, so no answer can find another's in its memory),
+    run setup and code, then serve the tests' calls."""
     channel = Channel(fd)
     set_limits(limits, jailed)
+    try:
+        job = channel.receive()
+    except WireError:
+        return
     env, error, compiled = {"__name__": "__answer__"}, None, False
     try:
         code = compile(job["code"], "<answer>", "exec")
@@ -146,14 +152,15 @@ def run_answer(job, fd, limits, jailed):
         channel.send(perform(kept, request))
 
 
-def serve_one(job, fd, ctrl, limits, jailed, devnull, workdir):
+def serve_one(fd, ctrl, limits, jailed, devnull, scratch, workdir):
     """Fork the answer's process and watch it until the tests' supervisor says the answer is
-    done; then end it and everything it started. The reply for that supervisor."""
+    done; then end it and everything it started, and empty the scratch folder on its time. The
+    reply for that supervisor (None: that supervisor is gone)."""
     pid = os.fork()
     if pid == 0:
         try:
             into_child(devnull, workdir, keep=(fd,))
-            run_answer(job, fd, limits, jailed)
+            run_answer(fd, limits, jailed)
         finally:
             os._exit(0)
     os.close(fd)
@@ -176,8 +183,12 @@ def serve_one(job, fd, ctrl, limits, jailed, devnull, workdir):
         status = reaped(pid, 0.2)  # its tests saw it go: let it finish going, to say how
     if stopped is None:
         status = end_child(pid, jailed, status)
+    workdir = fresh(scratch, "answer")
+    if workdir is None:  # the next answer would see what this one left: fresh jails for the rest
+        stopped = stopped or "killed: the answer left files in the sandbox that could not be removed"
     # How it ended matters only where its tests saw it go early; then this says how.
-    return None if end is None else {"why": stopped, "status": status_reason(status)}
+    reply = {"why": stopped, "status": status_reason(status), "dirty": workdir is None}
+    return None if end is None else reply
 
 
 def main():
@@ -188,18 +199,19 @@ def main():
     ctrl = socket.socket(fileno=batch["ctrl"])
     devnull = os.open(os.devnull, os.O_RDWR)
     scratch = batch.get("scratch") or "/tmp"
+    workdir = fresh(scratch, "answer")
     say("ready")
     # The control messages alternate, one at a time: {"start": i} with the socket's end,
-    # {"end": i} when the tests are done, and this side's {"ended": i, "why", "status"}.
-    while True:
+    # {"end": i} when the tests are done, and this side's {"ended": i, "why", "status", "dirty"}.
+    while workdir is not None:
         try:
             message, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
-            start = json.loads(message)["start"]
-            job, fd = batch["jobs"][start], fds[0]
+            start, fd = json.loads(message)["start"], fds[0]
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return  # the tests' supervisor is gone (or broke the protocol: it never does)
-        workdir = fresh(scratch, "answer")
-        reply = serve_one(job, fd, ctrl, limits, jailed, devnull, workdir)
+        reply = serve_one(fd, ctrl, limits, jailed, devnull, scratch, workdir)
         if reply is None:
             return
         ctrl.sendall(json.dumps({"ended": start, **reply}).encode() + b"\n")
+        if reply["dirty"]:
+            return

@@ -36,6 +36,7 @@ __all__ = ["ExecResult", "Limits", "SandboxUnavailable", "run_many", "run_tests"
 SANDBOX_ENV = "LEARNLOOP_SANDBOX"
 MODES = ("bwrap", "none")
 ISOLATED, IN_PROCESS = "isolated", "in-process"  # how a test was decided
+MESSAGE = 200  # characters kept of an error message
 
 
 @dataclass(frozen=True)
@@ -168,17 +169,34 @@ def _run_batch(
         got, why, blamed = supervise(program, rest, timeout, mode, rlimits, limits.tmp_mb, cpu)
         for res, (code, tests) in zip(got, jobs[len(results) :]):
             results.append(_result(res, code, tests, mode, marks))
-        if len(results) < len(jobs) and not blamed:
+        if len(results) < len(jobs) and not (blamed and got):  # always a step forward
             code, tests = jobs[len(results)]
-            results.append(_failed(code, tests, why, mode, marks))
+            results.append(_failed(code, tests, why if why != "stopped" else "killed: the sandbox stopped", mode, marks))
     return results
 
 
 def _result(res: dict, code: str, tests: list[str], mode: str, marks: str) -> ExecResult:
-    if res.get("compiled") is None:  # killed before it said: compile it here
-        res["compiled"] = _compiles(code)
-    res["modes"] = res.get("modes") or [marks] * len(tests)
-    return ExecResult(**{**res, "sandbox": mode})
+    """A supervisor's report as a result, each field checked: nothing else is taken from it."""
+    n = len(tests)
+    errors = res.get("errors")
+    if not isinstance(errors, list) or len(errors) != n or not all(e is None or isinstance(e, str) for e in errors):
+        return _failed(code, tests, "killed: the answer broke its sandbox's report", mode, marks)
+    modes = res.get("modes")
+    if not isinstance(modes, list) or len(modes) != n or not set(modes) <= {ISOLATED, IN_PROCESS}:
+        modes = [marks] * n
+    compiled = res.get("compiled")
+    error = res.get("error")
+    return ExecResult(
+        compiled=compiled if isinstance(compiled, bool) else _compiles(code),  # None: killed before it said
+        passed=sum(e is None for e in errors),
+        total=n,
+        timed_out=res.get("timed_out") is True,
+        error=error[:MESSAGE] if isinstance(error, str) else None,
+        errors=[e if e is None else e[:MESSAGE] for e in errors],
+        duration_s=float(res["duration_s"]) if isinstance(res.get("duration_s"), (int, float)) else 0.0,
+        sandbox=mode,
+        modes=modes,
+    )
 
 
 def _failed(code: str, tests: list[str], why: str, mode: str, marks: str) -> ExecResult:
@@ -198,5 +216,5 @@ def _compiles(code: str) -> bool:
     try:
         compile(code, "<answer>", "exec")
         return True
-    except (SyntaxError, ValueError):
+    except Exception:  # SyntaxError, and RecursionError or MemoryError for code nested too deep
         return False

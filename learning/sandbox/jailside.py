@@ -7,8 +7,8 @@ imports nothing but the standard library (inside the jail nothing of learnloop i
 import json
 import os
 import resource
-import shutil
 import signal
+import stat
 import sys
 import time
 
@@ -125,33 +125,50 @@ def into_child(devnull, workdir, keep=()):
 
 
 def fresh(scratch, name):
-    """`scratch` holding nothing but an empty folder `name` (the working folder of the next
-    answer), whatever the last one left; its path."""
-    workdir = os.path.join(scratch, name)
+    """Empty `scratch` but for an empty folder `name` (the next answer's working folder), whatever
+    the last one left there: folders it made unreadable, trees too deep to recurse. The folder's
+    path, or None when something could not be removed."""
+    os.chmod(scratch, 0o700)
     for entry in os.listdir(scratch):
-        if entry != name:
-            _remove(os.path.join(scratch, entry))
-    if os.path.isdir(workdir) and not os.path.islink(workdir):
-        for entry in os.listdir(workdir):
-            _remove(os.path.join(workdir, entry))
-    else:
-        _remove(workdir)
-        os.makedirs(workdir)
-    return workdir
+        _remove_tree(os.path.join(scratch, entry))
+    try:
+        os.mkdir(os.path.join(scratch, name))
+    except OSError:
+        return None
+    return os.path.join(scratch, name) if os.listdir(scratch) == [name] else None
 
 
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+def _remove_tree(top):
+    """Remove a file or a folder tree without recursion, making each folder writable first."""
+    stack, opened = [top], set()
+    while stack:
+        path = stack[-1]
         try:
-            os.unlink(path)
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            stack.pop()
+            continue
+        if is_dir and path not in opened:
+            opened.add(path)
+            try:
+                os.chmod(path, 0o700)
+                stack.extend(os.path.join(path, e) for e in os.listdir(path))
+            except OSError:
+                pass
+            continue
+        stack.pop()
+        try:
+            os.rmdir(path) if is_dir else os.unlink(path)
         except OSError:
             pass
 
 
+REPORT = {}  # the descriptor this program reports on (given by execute.py; not stdout)
+
+
 def read_batch():
     batch = json.loads(sys.stdin.buffer.read())
+    REPORT["fd"] = batch["report"]
     if batch.get("cpu") is not None:
         try:
             os.sched_setaffinity(0, {batch["cpu"]})
@@ -161,5 +178,8 @@ def read_batch():
 
 
 def say(message):
-    sys.stdout.write(json.dumps(message) + "\n" if not isinstance(message, str) else message + "\n")
-    sys.stdout.flush()
+    """One line to execute.py, on a descriptor only this supervisor holds: the jail's init keeps
+    the standard streams, and an answer can open them through /proc/1/fd."""
+    data = (message if isinstance(message, str) else json.dumps(message)).encode() + b"\n"
+    while data:
+        data = data[os.write(REPORT["fd"], data) :]

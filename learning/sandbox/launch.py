@@ -47,25 +47,31 @@ class Jailed:
         # /proc/1/environ would show the server's variables to the code inside.
         env = {} if mode == "bwrap" else None
         self.errlog = tempfile.TemporaryFile()
+        # The program reports on a pipe of its own, not stdout: the jail's init keeps the standard
+        # streams, and any process in the jail can open them through /proc/1/fd.
+        report, written = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
                 stderr=self.errlog,
                 env=env,
-                pass_fds=pass_fds,
+                pass_fds=(*pass_fds, written),
             )
         except OSError as exc:
             self.errlog.close()
+            os.close(report)
             raise SandboxUnavailable(f"The sandbox could not start ({exc}). {INSTALL_HINT}") from exc
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        finally:
+            os.close(written)
+        assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(batch).encode())
+            self.proc.stdin.write(json.dumps({**batch, "report": written}).encode())
             self.proc.stdin.close()
         except OSError:
             pass  # it ended early; what it said on stderr tells why
-        self.lines = _Lines(self.proc.stdout.fileno())
+        self.lines = _Lines(report)
 
     def wait_ready(self) -> None:
         if self.lines.next(START_S) != b"ready":
@@ -97,6 +103,9 @@ class Jailed:
         psutil.wait_procs(under, timeout=5)
         self.errlog.close()
 
+    def close(self) -> None:
+        os.close(self.lines.fd)
+
 
 def supervise(program: str, jobs: list[dict], timeout: float, mode: str, limits: dict, tmp_mb: int, cpu: int | None):
     """Run one batch; (the results reported, why it stopped early or "", whether the program
@@ -113,12 +122,12 @@ def supervise(program: str, jobs: list[dict], timeout: float, mode: str, limits:
         else:
             ctrl_answers, ctrl_tests = socket.socketpair()
             with ctrl_answers, ctrl_tests:
-                answers = [{"code": j["code"], "setup": j["setup"]} for j in jobs]
-                tests = [{"tests": j["tests"], "setup": j["setup"]} for j in jobs]
+                # The answers' jail gets no code: each answer's process reads its own from its
+                # tests, so no answer finds another's in the memory it was forked from.
                 fd_a, fd_t = ctrl_answers.fileno(), ctrl_tests.fileno()
-                batch_a = {**base, "scratch": scratch[0], "jobs": answers, "ctrl": fd_a}
+                batch_a = {**base, "scratch": scratch[0], "ctrl": fd_a}
                 jails.append(Jailed("answers", batch_a, mode, tmp_mb, (fd_a,)))
-                batch_t = {**base, "scratch": scratch[1], "jobs": tests, "ctrl": fd_t}
+                batch_t = {**base, "scratch": scratch[1], "jobs": jobs, "ctrl": fd_t}
                 jails.append(Jailed("verdicts", batch_t, mode, tmp_mb, (fd_t,)))
             reporter = jails[-1]
         for jail in jails:
@@ -128,6 +137,7 @@ def supervise(program: str, jobs: list[dict], timeout: float, mode: str, limits:
     finally:
         for jail in jails:
             jail.end(finished=not why)
+            jail.close()
         for folder in scratch:
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)

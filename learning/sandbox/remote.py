@@ -64,9 +64,11 @@ class Remote:
 
     def __iter__(self):
         iterator = ask("iter", self)
+        if type(iterator) is not Remote:
+            raise TypeError("the answer's iter() gave plain data, not an iterator")
         while True:
             try:
-                yield ask("next", iterator) if type(iterator) is Remote else next(iter(iterator))
+                yield ask("next", iterator)
             except StopIteration:
                 return
 
@@ -87,8 +89,18 @@ class Remote:
 
 
 def _operator(name, swap=False):
+    """Arithmetic between two of the answer's objects crosses; with a value of the tests it does
+    not: `add(1, 2) - 3` would hand the answer the expected value and let it say the difference."""
+
     def method(self, other=None):
-        return ask(name, self, () if other is None and name in UNARY else (other,), {"swap": True} if swap else {})
+        if name in UNARY:
+            return ask(name, self)
+        if type(other) is not Remote:
+            raise TypeError(
+                f"{name.rstrip('_')} between an object of the answer ({self._kind}) and a value of the tests is "
+                "not sent to the answer: it would decide the result; compare the object's data instead"
+            )
+        return ask(name, self, (other,), {"swap": True} if swap else {})
 
     return method
 
@@ -143,7 +155,13 @@ def sendable(value):
 CROSSED = {}  # (name, builtin base) -> the class an answer's exception is raised as here
 
 
-def crossed_exception(names, message):
+# Exceptions that steer the tests' own control flow (end a loop, an `all(...)`, the process):
+# raised by the answer, they arrive as RuntimeError under their own name. Only `next` on the
+# answer's iterator ends an iteration.
+STEERING = ("StopIteration", "StopAsyncIteration", "GeneratorExit", "KeyboardInterrupt", "SystemExit")
+
+
+def crossed_exception(names, message, op=None):
     """The answer's exception as an exception of this interpreter: its own name, derived from
     the nearest builtin exception class in its hierarchy."""
     if type(names) is not list or not names or not all(type(n) is str for n in names):
@@ -154,10 +172,15 @@ def crossed_exception(names, message):
         if isinstance(found, type) and issubclass(found, BaseException):
             base = found
             break
+    if base.__name__ in STEERING and not (op == "next" and base is StopIteration):
+        base = RuntimeError
     name = names[0][:NAME]
     if base.__name__ != name:
         base = CROSSED.setdefault((name, base), type(name, (base,), {}))
-    return base(str(message)[:MESSAGE])
+    try:
+        return base(str(message)[:MESSAGE])
+    except TypeError:  # a class whose constructor wants more (UnicodeDecodeError): under its name all the same
+        return CROSSED.setdefault((name, Exception), type(name, (Exception,), {}))(str(message)[:MESSAGE])
 
 
 def ask(op, target, args=(), kwargs=None):
@@ -171,15 +194,16 @@ def ask(op, target, args=(), kwargs=None):
         reply = channel.receive(deadline)
         if "v" in reply:
             return decode(reply["v"], remote)
-        if "x" in reply:
-            raise crossed_exception(reply["x"], reply.get("m"))
-        raise WireError("a reply that is neither a value nor an exception")
-    except OSError:
+        if "x" not in reply:
+            raise WireError("a reply that is neither a value nor an exception")
+        crossed = crossed_exception(reply["x"], reply.get("m"), op)
+    except OSError:  # the socket, never the answer's exceptions (raised below, outside this try)
         LINK["broken"], LINK["ended"] = "the answer's process ended", True
         raise WireError(LINK["broken"], ended=True) from None
     except WireError as exc:
         LINK["broken"], LINK["ended"] = str(exc), exc.ended
         raise
+    raise crossed
 
 
 class raises:

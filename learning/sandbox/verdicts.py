@@ -15,6 +15,7 @@ test's own) stops with CannotCross; it is reported as needing the in-process mod
 execute.py runs for that test alone and labels (learning/sandbox/inprocess.py).
 """
 
+import builtins
 import json
 import os
 import select
@@ -54,31 +55,60 @@ def compiled_test(test):
     return code
 
 
+# Names a test may use without meaning the answer's: an answer that redefines one (`def abs(x):
+# return 0`) would decide the tests that use it, so those tests fail, saying why.
+HELPERS = frozenset(dir(builtins)) | {"raises"}
+
+
+def names_used(code):
+    """Every name a test's code (and the code nested in it) reads or writes."""
+    names = set(code.co_names) | set(code.co_varnames)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= names_used(const)
+    return names
+
+
+def first_message(job):
+    """Send the answer its code; its first reply: (compiled, error, names), or a verdict."""
+    channel = LINK["channel"]
+    try:
+        channel.send({"code": job["code"], "setup": job["setup"]})
+        ready = channel.receive(LINK["deadline"])
+        compiled, error, names = ready["compiled"], ready["error"], ready["names"]
+        if type(compiled) is not bool or not (error is None or type(error) is str) or type(names) is not dict:
+            raise KeyError
+    except Late:
+        return {"timed_out": True}
+    except OSError:
+        return {"gone": True, "error": "the answer's process ended"}
+    except WireError as exc:
+        return {"gone": exc.ended, "error": str(exc)[:MESSAGE]}
+    except KeyError:
+        return {"gone": False, "error": "the answer broke the protocol (a malformed first message)"}
+    return compiled, error, names
+
+
 def judge(job, fd, limits, jailed, timeout, started):
     """In the tests' process: the verdict on one answer, as a dict."""
     set_limits(limits, jailed)
     LINK.update(channel=Channel(fd), deadline=started + timeout)
     tests = job["tests"]
     n = len(tests)
-    try:
-        ready = LINK["channel"].receive(LINK["deadline"])
-        compiled, error, names = ready["compiled"], ready["error"], ready["names"]
-        if type(compiled) is not bool or not (error is None or type(error) is str) or type(names) is not dict:
-            raise WireError("a malformed first message")
-    except Late:
-        return {"timed_out": True}
-    except WireError as exc:
-        return {"gone": exc.ended, "error": str(exc)[:MESSAGE]}
-    except KeyError:
-        return {"gone": False, "error": "the answer broke the protocol (a malformed first message)"}
+    first = first_message(job)
+    if isinstance(first, dict):
+        return first
+    compiled, error, names = first
     if error is not None:
         error = error[:MESSAGE]
         return {"compiled": compiled, "error": error, "errors": ["not run: " + error] * n, "modes": ["isolated"] * n}
-    env = {"raises": raises}
+    env = {"__builtins__": builtins, "raises": raises}
     try:
-        env.update({k: decode(v, remote) for k, v in names.items() if k.isidentifier()})
+        crossed = {k: decode(v, remote) for k, v in names.items() if k.isidentifier() and not k.startswith("__")}
     except WireError as exc:
-        return {"gone": True, "error": str(exc)}
+        return {"gone": False, "error": str(exc)[:MESSAGE]}
+    env.update(crossed)
+    shadowing = HELPERS.intersection(crossed)
     if job.get("setup"):
         try:
             exec(compile(job["setup"], "<setup>", "exec"), env)
@@ -89,7 +119,13 @@ def judge(job, fd, limits, jailed, timeout, started):
     for test in tests:
         mode = "isolated"
         try:
-            exec(compiled_test(test), dict(env))
+            code = compiled_test(test)
+            if shadowing & names_used(code):
+                raise AssertionError(
+                    f"the answer redefines {', '.join(sorted(shadowing & names_used(code)))}, which this test uses: "
+                    "the answer would decide it (give the task's names other than Python's builtins)"
+                )
+            exec(code, dict(env))
             errors.append(None)
         except Late:
             return {"timed_out": True}
@@ -102,8 +138,8 @@ def judge(job, fd, limits, jailed, timeout, started):
         except BaseException as exc:
             errors.append(why(exc))
         modes.append(mode)
-    first = next((e for e, m in zip(errors, modes) if e is not None and m == "isolated"), None)
-    return {"compiled": True, "error": first, "errors": errors, "modes": modes, "gone": gone}
+    first_error = next((e for e, m in zip(errors, modes) if e is not None and m == "isolated"), None)
+    return {"compiled": True, "error": first_error, "errors": errors, "modes": modes, "gone": gone}
 
 
 def read_verdict(r, deadline):
@@ -127,7 +163,8 @@ def select_read(fd, wait_s):
 def judge_one(index, job, ctrl, batch, devnull, workdir):
     """Hand the answer's end of a fresh socket to the answers' jail, fork the tests' process,
     collect its verdict, then have the answer ended. (result, stop): stop when the answers'
-    supervisor no longer answers and the rest must go on in fresh jails."""
+    supervisor no longer answers, or could not clean up after the answer, and the rest must go
+    on in fresh jails."""
     jailed, limits, timeout = batch["jailed"], batch["limits"], batch["timeout"]
     n = len(job["tests"])
     started = time.monotonic()
@@ -167,7 +204,7 @@ def judge_one(index, job, ctrl, batch, devnull, workdir):
         return failed(n, "killed: the answer ended its sandbox's supervisor"), True
     if ended is False:
         return failed(n, f"killed: the answer stopped its supervisor (not ended within {END_S:.0f}s)"), True
-    return merge(verdict, ended, n, timeout), False
+    return merge(verdict, ended, n, timeout), bool(ended.get("dirty"))
 
 
 def ask_end(ctrl, index, gone):
@@ -233,13 +270,14 @@ def main():
     ctrl = socket.socket(fileno=batch["ctrl"])
     devnull = os.open(os.devnull, os.O_RDWR)
     scratch = batch.get("scratch") or "/tmp"
+    workdir = fresh(scratch, "tests")
     say("ready")
     for index, job in enumerate(batch["jobs"]):
-        workdir = fresh(scratch, "tests")
         started = time.monotonic()
         res, stop = judge_one(index, job, ctrl, batch, devnull, workdir)
         res["duration_s"] = round(time.monotonic() - started, 4)
         say(res)
-        if stop:
+        workdir = fresh(scratch, "tests")
+        if stop or workdir is None:  # the rest go on in fresh jails
             say("stopped")
             return
