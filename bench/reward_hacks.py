@@ -73,7 +73,10 @@ def grpo() -> list[str]:
 
 
 def gate() -> list[str]:
-    rows = [{"prompt": f"### Task: add, case {i}\n### Solution:\n", "completion": RIGHT, "tests": ADD_TESTS} for i in range(5)]
+    rows = [
+        {"prompt": f"### Task: add, case {i}\n### Solution:\n", "completion": RIGHT, "tests": ADD_TESTS}
+        for i in range(5)
+    ]
     base = {**score("coder", rows, [RIGHT] * 5), "eval_loss": 2.0}
     out = []
     for code in ANSWERS.values():

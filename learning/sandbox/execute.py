@@ -171,7 +171,9 @@ def _run_batch(
             results.append(_result(res, code, tests, mode, marks))
         if len(results) < len(jobs) and not (blamed and got):  # always a step forward
             code, tests = jobs[len(results)]
-            results.append(_failed(code, tests, why if why != "stopped" else "killed: the sandbox stopped", mode, marks))
+            results.append(
+                _failed(code, tests, why if why != "stopped" else "killed: the sandbox stopped", mode, marks)
+            )
     return results
 
 
