@@ -40,7 +40,9 @@ def later(store: Store, go: threading.Event, results: dict[str, Any], name: str,
 
 def test_queued_runs_are_stored_together_and_waited_for_by_readers_and_rewards(store: Store):
     recorder = Recorder(store)
-    assert recorder.flush()  # its first block of ids is reserved
+    assert recorder.flush()
+    with recorder.cond:  # its first block of ids, reserved by the writer thread as it starts
+        assert recorder.cond.wait_for(lambda: recorder.ids, 30)
     commits, go = recorder.commits, threading.Event()
     results: dict[str, Any] = {}
     tokens = [new_token() for _ in range(30)]  # each run's reward token, as the gateway hands them out

@@ -5,9 +5,9 @@ syntax tree; when the code does not parse (a truncated answer, prose), a text sc
 same things by name. It never raises and runs nothing. GRPO counts the answers it flags per step
 (learning.train.grpo) and the evaluation per model (learning.evaluate.checks).
 
-It is a monitor, not the defence: the verdict is decided outside the answer's process (the
-supervisor counts the tests that passed), so an answer that exits early, kills its parent or
-rewrites `assert` earns nothing by it. The monitor makes the attempt visible, so a user sees
+It is a monitor, not the defence: the verdict is decided outside the answer's process (in its
+tests' own process, learning/sandbox/verdicts.py), so an answer that exits early, kills its
+parent or rewrites its tests earns nothing by it. The monitor makes the attempt visible, so a user sees
 reward hacking start in a run's progress instead of in production.
 
 It looks through the easy disguises: aliases (`import os as o`, `o = __import__("os")`,
