@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,9 @@ def gateway(home: Path) -> list[str]:
                 body = {"model": "learnloop/coder", "messages": [{"role": "user", "content": code}]}
                 r = c.post("/v1/chat/completions", json={**body, "metadata": {"tests": ADD_TESTS}}, timeout=60)
                 ids.append(int(r.headers["x-learnloop-run-id"]))
+            deadline = time.monotonic() + 300  # scoring runs after the answers, in the background
+            while time.monotonic() < deadline and any(get_run(store, i).reward is None for i in ids):
+                time.sleep(0.2)
     return [f"{get_run(store, i).reward:.1f}" for i in ids]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import anyio
 import httpx
@@ -203,6 +204,9 @@ def test_the_gateway_scores_every_hack_zero(tmp_path):
                 r = client.post("/v1/chat/completions", json=body)
                 assert r.status_code == 200, r.text
                 ids[name] = int(r.headers["x-learnloop-run-id"])
+            deadline = time.monotonic() + 120  # scoring follows the answers, in the background
+            while time.monotonic() < deadline and any(get_run(store, i).reward is None for i in ids.values()):
+                time.sleep(0.1)
     for name, run_id in ids.items():  # the app scored everything queued before it stopped
         run = get_run(store, run_id)
         assert run.reward == (1.0 if name == "right" else 0.0), (name, run.reward, run.signals)
