@@ -164,11 +164,11 @@ def test_gateway_rewards_need_the_answers_token_and_a_measured_run_stays(standin
     chat = {"model": "learnloop/coder", "messages": MESSAGES}
     with served(app) as url, httpx.Client(base_url=url) as client:
 
-        def reward(run_id: int, body: dict, headers: dict | None = None) -> httpx.Response:
+        def reward(run_id: int | str, body: dict, headers: dict | None = None) -> httpx.Response:
             app.state.gateway.recorder.flush()
-            before = state(store, run_id) if runs.run_row(store, run_id) else None
+            before = state(store, run_id) if isinstance(run_id, int) and runs.run_row(store, run_id) else None
             answer = client.post(f"/v1/learnloop/runs/{run_id}/reward", json=body, headers=headers)
-            if answer.status_code != 200:  # a refused reward changes nothing
+            if answer.status_code != 200 and isinstance(run_id, int):  # a refused reward changes nothing
                 assert before is None or state(store, run_id) == before
             return answer
 
@@ -187,6 +187,8 @@ def test_gateway_rewards_need_the_answers_token_and_a_measured_run_stays(standin
         assert missing.status_code == 403 and "x-learnloop-reward-token" in missing.json()["error"]["message"]
         unknown = reward(10**6, {"reward": 1.0, "reward_token": token})
         assert unknown.status_code == 404
+        for odd in ("²", "١", str(2**63), "9" * 40):  # digits to str.isdigit, no run id to the gateway
+            assert reward(odd, {"reward": 1.0, "reward_token": token}).status_code == 404, odd
         mixed = reward(run_id, {"reward": 1.0, "reward_token": other}, {"x-learnloop-reward-token": token})
         assert mixed.status_code == 400 and mixed.json()["error"]["param"] == "reward_token"
         ok = reward(run_id, {"reward": 0.25}, {"x-learnloop-reward-token": token})

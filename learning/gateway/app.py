@@ -213,9 +213,10 @@ class Gateway:
         x-learnloop-reward-token header): 400 bad body, 403 no or wrong token, 404 no such run,
         409 scored already; a refused reward changes nothing."""
         text = request.path_params["run_id"]
-        if text.isdigit():
+        plain = text.isascii() and text.isdigit() and len(text) <= 18  # not "²", "١" or past SQLite's integers
+        if plain:
             await run_in_threadpool(self.recorder.flush)  # a run answered a moment ago is stored first
-        if not text.isdigit() or await run_in_threadpool(written_run, self.store, int(text), 0.0) is None:
+        if not plain or await run_in_threadpool(written_run, self.store, int(text), 0.0) is None:
             return _error(404, f"No run {text[:40]!r}: use the x-learnloop-run-id of an answer.", "not_found_error")
         try:
             body = json.loads(await request.body())
