@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
 from pydantic import BaseModel, ValidationError, create_model
+from rich.markup import escape
 
 from learning.errors import LearnloopError, check
 from learning.store import Store
@@ -208,7 +209,9 @@ def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) ->
     if " " in name:
         group, name = name.split(" ", 1)
         if group not in groups:
-            groups[group] = typer.Typer(help=commands.GROUP_HELP.get(group), no_args_is_help=True)
+            groups[group] = typer.Typer(
+                help=commands.GROUP_HELP.get(group), no_args_is_help=True, rich_markup_mode=None
+            )
             app.add_typer(groups[group], name=group)
         groups[group].command(name)(command)
     else:
@@ -222,6 +225,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # help is plain text: `learnloop/<role>[/<task_type>]` is not markup
     )
     groups: dict[str, typer.Typer] = {}
     commands.register(app)
@@ -238,7 +242,8 @@ def main() -> None:
     try:
         app()
     except LearnloopError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # the message may quote what a caller sent (a task key, an id): shown as text, never as markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

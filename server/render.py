@@ -1,23 +1,55 @@
-"""The CLI's screenfuls: one function per kind of result. `--json` prints the result instead."""
+"""The CLI's screenfuls: one function per kind of result. `--json` prints the result instead.
+
+Every value that is not a literal of this module (a task key, a role, an id, an error, a path, a
+reason, a job's progress) may hold text like `[/x]` or `[bold red]`, which rich would read as markup
+(and fail on, or style): it goes into our markup through `_e`/`_f` (escaped), into tables the same
+way, or the whole line is printed with `markup=False` when it carries no markup of ours.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from server.terminal import console, fmt
 
 
+def _e(value: Any) -> str:
+    """str(value) for our markup or a table cell, shown as it is: whatever would open a tag is escaped.
+
+    Unlike rich.markup.escape, which doubles a trailing backslash (it shows twice unless a tag follows),
+    trailing backslashes stay as they are: a value right before a tag of ours goes through _styled.
+    """
+    text = str(value)
+    body = text.rstrip("\\")
+    return escape(body) + text[len(body) :]
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    """fmt(value), escaped as _e escapes it."""
+    return _e(fmt(value, digits))
+
+
+def _styled(value: Any, style: str = "bold") -> str:
+    """str(value) in a style of ours, shown as it is (trailing backslashes doubled: none escapes the `[/]`)."""
+    text = str(value)
+    body = text.rstrip("\\")
+    return f"[{style}]{escape(body)}{text[len(body) :] * 2}[/]"
+
+
 def logged(r: Any) -> None:
-    console.print(f"logged run [bold]{r.run_id}[/] (task_key {r.task_key})")
+    console.print(f"logged run {_styled(r.run_id)} (task_key {_e(r.task_key)})")
     if r.reward_token is not None:
-        console.print(f"pending; its reward token (shown once): {r.reward_token}", highlight=False, soft_wrap=True)
+        console.print(
+            f"pending; its reward token (shown once): {r.reward_token}", highlight=False, soft_wrap=True, markup=False
+        )
 
 
 def rewarded(r: Any) -> None:
     was = "was pending" if r.previous_reward is None else f"corrected from {fmt(r.previous_reward)}"
-    console.print(f"run [bold]{r.run_id}[/] scored {fmt(r.reward)} ({was}; role {r.role})", highlight=False)
+    console.print(f"run {_styled(r.run_id)} scored {fmt(r.reward)} ({was}; role {_e(r.role)})", highlight=False)
     if len(r.history) > 1 or r.previous_reward is not None:
         for e in r.history:
             before = "pending" if e.previous is None else fmt(e.previous)
@@ -32,7 +64,7 @@ def code_score(r: Any) -> None:
         f"[{color}]{r.passed}/{r.total}[/] tests passed"
         + ("" if r.compiled else " (the code does not compile)")
         + (" (timed out)" if r.timed_out else "")
-        + f" in {r.duration_s:.3f}s, sandbox {r.sandbox}, verdict {r.isolation}",
+        + f" in {r.duration_s:.3f}s, sandbox {_e(r.sandbox)}, verdict {_e(r.isolation)}",
         highlight=False,
     )
     for i, (error, mode) in enumerate(zip(r.errors, r.modes)):
@@ -41,7 +73,7 @@ def code_score(r: Any) -> None:
             # the error is the code's own text: printed as it is, never read as markup
             console.print(f"  test {i + 1}: {error or 'passed'}{label}", highlight=False, markup=False)
     if r.run_id is not None:
-        console.print(f"logged run [bold]{r.run_id}[/] (reward {fmt(r.score)}, task_key {r.task_key})")
+        console.print(f"logged run {_styled(r.run_id)} (reward {fmt(r.score)}, task_key {_e(r.task_key)})")
 
 
 def imported(r: Any) -> None:
@@ -50,7 +82,7 @@ def imported(r: Any) -> None:
         + (f", skipped {r.skipped} bad lines" if r.skipped else "")
     )
     for e in r.errors[:10]:
-        console.print(f"  line {e.line}: {e.error}", highlight=False)
+        console.print(f"  line {e.line}: {e.error}", highlight=False, markup=False)
 
 
 def run_stats(r: Any) -> None:
@@ -70,15 +102,15 @@ def run_stats(r: Any) -> None:
         table.add_column(col)
     for g in r.groups:
         table.add_row(
-            fmt(g.role),
-            fmt(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
-            str(g.runs),
-            str(g.pending),
-            fmt(g.mean_reward),
-            fmt(g.compile_rate),
-            fmt(g.test_pass_rate),
-            fmt(g.mean_iterations, 1),
-            fmt(g.last_time),
+            _f(g.role),
+            _f(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
+            _e(g.runs),
+            _e(g.pending),
+            _f(g.mean_reward),
+            _f(g.compile_rate),
+            _f(g.test_pass_rate),
+            _f(g.mean_iterations, 1),
+            _f(g.last_time),
         )
     console.print(table)
 
@@ -86,20 +118,23 @@ def run_stats(r: Any) -> None:
 def job_status(s: Any) -> None:
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(s.status, "cyan")
     console.print(
-        f"job [bold]{s.job_id}[/] ({s.kind}) [{color}]{s.status}[/]"
-        + (f" subject {s.subject}" if s.subject else "")
-        + (f" in {s.elapsed_s}s" if s.elapsed_s else "")
+        f"job {_styled(s.job_id)} ({_e(s.kind)}) {_styled(s.status, color)}"
+        + (f" subject {_e(s.subject)}" if s.subject else "")
+        + (f" in {_e(s.elapsed_s)}s" if s.elapsed_s else "")
     )
     if s.progress:
-        console.print("  progress: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.progress.items()), highlight=False)
+        console.print(
+            "  progress: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.progress.items()), highlight=False, markup=False
+        )
     if s.error:
-        console.print(f"  [red]error:[/] {s.error}", highlight=False)
+        console.print(f"  [red]error:[/] {_e(s.error)}", highlight=False)
     if s.result:
         console.print(
             "  result: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.result.items() if not isinstance(v, (dict, list))),
             highlight=False,
+            markup=False,
         )
-    console.print(f"  log: {s.log_path}", highlight=False)
+    console.print(f"  log: {s.log_path}", highlight=False, markup=False)
 
 
 def job_list(rows: list) -> None:
@@ -108,36 +143,39 @@ def job_list(rows: list) -> None:
         table.add_column(col)
     for j in rows:
         table.add_row(
-            j.job_id,
-            j.kind,
-            j.status,
-            fmt(j.subject),
-            j.created,
-            fmt(j.elapsed_s),
-            fmt(j.progress.get("step")),
-            (j.error or "")[:60],
+            _e(j.job_id),
+            _e(j.kind),
+            _e(j.status),
+            _f(j.subject),
+            _e(j.created),
+            _f(j.elapsed_s),
+            _f(j.progress.get("step")),
+            _e((j.error or "")[:60]),
         )
     console.print(table)
 
 
 def curation(r: Any) -> None:
     if r.dry_run:
-        table = Table(title=f"dry run: {r.kind} dataset for role {r.role} (nothing written)")
+        table = Table(title=f"dry run: {_e(r.kind)} dataset for role {_e(r.role)} (nothing written)")
         table.add_column("filter")
         table.add_column("value")
         table.add_column("runs left", justify="right")
         for step in r.funnel:
-            table.add_row(step.step, fmt(step.value), str(step.runs_left))
+            table.add_row(_e(step.step), _f(step.value), _e(step.runs_left))
         console.print(table)
     else:
-        console.print(f"dataset [bold]{r.dataset_id}[/] written to {r.path}")
+        console.print(f"dataset {_styled(r.dataset_id)} written to {_e(r.path)}")
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
     redaction = ", ".join(f"{k} {v}" for k, v in sorted(r.redaction_counts.items())) or "nothing found"
     console.print(
         f"{r.train_rows} train / {r.test_rows} test rows ({r.format}); mean reward {fmt(r.mean_reward)}; {counts}",
         highlight=False,
+        markup=False,
     )
-    console.print(f"redaction: {redaction}" if r.redacted else "redaction: OFF (--no-redact)", highlight=False)
+    console.print(
+        f"redaction: {redaction}" if r.redacted else "redaction: OFF (--no-redact)", highlight=False, markup=False
+    )
 
 
 def datasets(r: Any) -> None:
@@ -147,24 +185,24 @@ def datasets(r: Any) -> None:
     for d in r.datasets:
         red = d.metadata.get("redaction", {})
         table.add_row(
-            d.id,
-            d.kind,
-            d.format,
-            str(d.train_rows),
-            str(d.test_rows),
-            fmt(d.metadata.get("mean_reward")),
-            str(sum(red.get("counts", {}).values())) if red.get("enabled") else "off",
-            d.created,
+            _e(d.id),
+            _e(d.kind),
+            _e(d.format),
+            _e(d.train_rows),
+            _e(d.test_rows),
+            _f(d.metadata.get("mean_reward")),
+            _e(sum(red.get("counts", {}).values())) if red.get("enabled") else "off",
+            _e(d.created),
         )
     console.print(table)
 
 
 def train_started(s: Any) -> None:
     p = s.plan
-    head = "plan (dry run)" if s.dry_run else f"job [bold]{s.job_id}[/] started"
+    head = "plan (dry run)" if s.dry_run else f"job {_styled(s.job_id)} started"
     console.print(
-        f"{head}: adapter [bold]{s.adapter_id}[/], {p.method} on {p.dataset_id} ({p.train_rows} rows), "
-        f"base {p.base_model}",
+        f"{head}: adapter {_styled(s.adapter_id)}, {_e(p.method)} on {_e(p.dataset_id)} ({p.train_rows} rows), "
+        f"base {_e(p.base_model)}",
         highlight=False,
     )
     c = p.config
@@ -173,39 +211,40 @@ def train_started(s: Any) -> None:
         f"steps={p.steps} tokens~{p.tokens_estimate:,} time~{fmt(p.est_time_s, 0)}s "
         f"memory~{fmt(p.est_memory_mb, 0)}MiB processes={p.num_processes} quantize={c['quantize']}",
         highlight=False,
+        markup=False,
     )
     targets = p.target_modules if isinstance(p.target_modules, str) else ", ".join(p.target_modules)
-    console.print(f"  adapts: {targets}; exports to: {', '.join(p.export_formats)}", highlight=False)
+    console.print(f"  adapts: {targets}; exports to: {', '.join(p.export_formats)}", highlight=False, markup=False)
     for note in p.notes:
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", highlight=False, markup=False)
     if not s.dry_run:
-        console.print(f"  follow it: learnloop jobs {s.job_id} --wait", highlight=False)
+        console.print(f"  follow it: learnloop jobs {s.job_id} --wait", highlight=False, markup=False)
 
 
 def eval_started(r: Any) -> None:
     console.print(
-        f"evaluation job [bold]{r.job_id}[/] started for {r.adapter_id} on {r.dataset_id} "
-        f"({r.test_rows} test rows); follow it with: learnloop jobs {r.job_id} --wait",
+        f"evaluation job {_styled(r.job_id)} started for {_e(r.adapter_id)} on {_e(r.dataset_id)} "
+        f"({r.test_rows} test rows); follow it with: learnloop jobs {_e(r.job_id)} --wait",
         highlight=False,
     )
 
 
 def lifecycle_outcome(result: Any) -> None:
     if result.outcome != "done":
-        console.print(f"[yellow]{result.outcome}[/]: nothing changed.")
+        console.print(f"{_styled(result.outcome, 'yellow')}: nothing changed.")
         return
     if result.promoted:
         p = result.promoted
         console.print(
-            f"[green]{p.adapter.adapter_id}[/] {p.from_status} -> {p.to_status}"
-            + (f"; replaced {p.replaced.adapter_id} (now archived)" if p.replaced else ""),
+            f"{_styled(p.adapter.adapter_id, 'green')} {_e(p.from_status)} -> {_e(p.to_status)}"
+            + (f"; replaced {_e(p.replaced.adapter_id)} (now archived)" if p.replaced else ""),
             highlight=False,
         )
     if result.rolled_back:
         r = result.rolled_back
         console.print(
-            f"[green]{r.restored.adapter_id}[/] back in production"
-            + (f"; {r.archived.adapter_id} archived" if r.archived else ""),
+            f"{_styled(r.restored.adapter_id, 'green')} back in production"
+            + (f"; {_e(r.archived.adapter_id)} archived" if r.archived else ""),
             highlight=False,
         )
 
@@ -213,22 +252,22 @@ def lifecycle_outcome(result: Any) -> None:
 def base_imported(b: Any) -> None:
     if b.status == "succeeded":
         console.print(
-            f"base [bold]{b.base_id}[/] imported from {b.gguf_path} into {b.folder}; "
-            f"train on it with: learnloop train --base {b.base_id} ...",
+            f"base {_styled(b.base_id)} imported from {_e(b.gguf_path)} into {_e(b.folder)}; "
+            f"train on it with: learnloop train --base {_e(b.base_id)} ...",
             highlight=False,
         )
     else:
         console.print(
-            f"import job [bold]{b.job_id}[/] {b.status}"
-            + (f": {b.error}" if b.error else f"; follow it with: learnloop jobs {b.job_id} --wait"),
+            f"import job {_styled(b.job_id)} {_e(b.status)}"
+            + (f": {_e(b.error)}" if b.error else f"; follow it with: learnloop jobs {_e(b.job_id)} --wait"),
             highlight=False,
         )
 
 
 def registered(a: Any) -> None:
     console.print(
-        f"registered [bold]{a.id}[/] ({a.role}, base {a.base_model}) as trained; "
-        f"evaluate it with: learnloop eval {a.id}",
+        f"registered {_styled(a.id)} ({_e(a.role)}, base {_e(a.base_model)}) as trained; "
+        f"evaluate it with: learnloop eval {_e(a.id)}",
         highlight=False,
     )
 
@@ -242,14 +281,14 @@ def adapters(rows: list) -> None:
         route = "/".join(x for x in (a.role, a.task_type, a.complexity) if x)
         table.add_row(
             "*" if a.status == "production" else "",
-            a.id,
-            route,
-            a.status,
-            a.created[:16].replace("T", " "),
-            a.base_model[-30:],
-            fmt(a.dataset_id),
-            fmt(m.get("eval_loss")),
-            fmt(m.get("pass_rate")),
+            _e(a.id),
+            _e(route),
+            _e(a.status),
+            _e(a.created[:16].replace("T", " ")),
+            _e(a.base_model[-30:]),
+            _f(a.dataset_id),
+            _f(m.get("eval_loss")),
+            _f(m.get("pass_rate")),
         )
     console.print(table)
 
@@ -259,54 +298,57 @@ def history(rows: list) -> None:
     for col in ("time", "adapter", "from", "to", "actor", "reason"):
         table.add_column(col)
     for e in rows:
-        table.add_row(e.time, e.adapter_id, fmt(e.from_status), e.to_status, e.actor, e.reason[:90])
+        table.add_row(_e(e.time), _e(e.adapter_id), _f(e.from_status), _e(e.to_status), _e(e.actor), _e(e.reason[:90]))
     console.print(table)
 
 
 def selection(s: Any) -> None:
     what = s.adapter_id or f"base model {s.base_model or ''}".strip()
     console.print(
-        f"[bold]{what}[/] (route: {s.route}"
-        + (f", experiment {s.experiment_id} arm {s.arm}" if s.experiment_id else "")
+        f"{_styled(what)} (route: {_e(s.route)}"
+        + (f", experiment {_e(s.experiment_id)} arm {_e(s.arm)}" if s.experiment_id else "")
         + ")",
         highlight=False,
     )
     if s.adapter_path:
-        console.print(f"  path {s.adapter_path}  base {s.base_model}", highlight=False)
+        console.print(f"  path {s.adapter_path}  base {s.base_model}", highlight=False, markup=False)
     if s.served_name:
-        console.print(f"  served as {s.served_name} at {s.deployment_url or '-'}", highlight=False)
-    console.print(f"  decision_id {s.decision_id} (pass it to: learnloop log --decision-id)", highlight=False)
+        console.print(f"  served as {s.served_name} at {s.deployment_url or '-'}", highlight=False, markup=False)
+    console.print(
+        f"  decision_id {s.decision_id} (pass it to: learnloop log --decision-id)", highlight=False, markup=False
+    )
 
 
 def drift(r: Any) -> None:
-    table = Table(title=f"drift of {r.role} ({r.window}, {r.method})")
+    table = Table(title=f"drift of {_e(r.role)} ({_e(r.window)}, {_e(r.method)})")
     for col in ("arm", "adapter", "runs", "mean reward", "sd"):
         table.add_column(col)
     for name, arm in (("new", r.new), ("old", r.old)):
-        table.add_row(name, arm.adapter_id or "base", str(arm.runs), fmt(arm.mean_reward), fmt(arm.sd))
+        table.add_row(name, _e(arm.adapter_id or "base"), _e(arm.runs), _f(arm.mean_reward), _f(arm.sd))
     console.print(table)
     color = {"regression": "red", "improvement": "green"}.get(r.decision, "yellow")
-    console.print(f"[{color} bold]{r.decision}[/]: {r.message}", highlight=False)
+    console.print(f"{_styled(r.decision, f'{color} bold')}: {_e(r.message)}", highlight=False)
     if r.rollback:
-        console.print(r.rollback, highlight=False)
+        console.print(r.rollback, highlight=False, markup=False)
 
 
 def report(r: Any) -> None:
-    console.print(f"wrote {r.path} ({r.runs} runs, {len(r.series)} lines)", highlight=False)
+    console.print(f"wrote {r.path} ({r.runs} runs, {len(r.series)} lines)", highlight=False, markup=False)
 
 
 def experiment(e: Any) -> None:
     route = "/".join(x for x in (e.role, e.task_type, e.complexity) if x)
     share = f" {e.fraction:.0%}" if e.fraction is not None else ""
     console.print(
-        f"experiment [bold]{e.id}[/] on {route}: {e.candidate_id} vs {e.control_id or 'base'}, "
-        f"{e.mode}{share}, {e.status}",
+        f"experiment {_styled(e.id)} on {_e(route)}: {_e(e.candidate_id)} vs {_e(e.control_id or 'base')}, "
+        f"{_e(e.mode)}{share}, {_e(e.status)}",
         highlight=False,
     )
     for a in e.arms:
         console.print(
             f"  {a.arm:9} {a.adapter_id or 'base':30} runs {a.runs:6}  mean reward {fmt(a.mean_reward)}",
             highlight=False,
+            markup=False,
         )
 
 
@@ -319,18 +361,19 @@ def experiments(rows: list) -> None:
 
 def export_result(r: Any) -> None:
     console.print(
-        f"exported [bold]{r['adapter_id']}[/] as {r['format']} ({r['dtype']}) to {r['out_dir']} in {r['seconds']}s",
+        f"exported {_styled(r['adapter_id'])} as {_e(r['format'])} ({_e(r['dtype'])}) to {_e(r['out_dir'])} "
+        f"in {_e(r['seconds'])}s",
         highlight=False,
     )
     for line in r.get("checks", []):
-        console.print(f"  [green]ok[/] {line}", highlight=False)
+        console.print(f"  [green]ok[/] {_e(line)}", highlight=False)
     for line in r.get("warnings", []):
-        console.print(f"  [yellow]warning[/] {line}", highlight=False)
+        console.print(f"  [yellow]warning[/] {_e(line)}", highlight=False)
     table = Table(show_header=True)
     table.add_column("file")
     table.add_column("bytes", justify="right")
     for f in r.get("files", []):
-        table.add_row(f["path"], str(f["bytes"]))
+        table.add_row(_e(f["path"]), _e(f["bytes"]))
     console.print(table)
 
 
@@ -339,33 +382,36 @@ def export_job(r: Any) -> None:
         export_result(r.result)
     else:
         console.print(
-            f"export job [bold]{r.job_id}[/] {r.status}"
-            + (f": {r.error}" if r.error else "")
-            + ("" if r.error else f"; follow it with: learnloop jobs {r.job_id} --wait"),
+            f"export job {_styled(r.job_id)} {_e(r.status)}"
+            + (f": {_e(r.error)}" if r.error else "")
+            + ("" if r.error else f"; follow it with: learnloop jobs {_e(r.job_id)} --wait"),
             highlight=False,
         )
 
 
 def deployment(d: Any) -> None:
-    state = "[green]active[/]" if d.status == "active" else f"[yellow]{d.status}[/]"
+    state = "[green]active[/]" if d.status == "active" else _styled(d.status, "yellow")
     console.print(
-        f"{d.adapter_id} -> {d.target} {d.url} as [bold]{d.served_name}[/] {state}"
-        + (f" (deployment {d.id})" if d.id else " (not recorded)"),
+        f"{_e(d.adapter_id)} -> {_e(d.target)} {_e(d.url)} as {_styled(d.served_name)} {state}"
+        + (f" (deployment {_e(d.id)})" if d.id else " (not recorded)"),
         highlight=False,
     )
     if d.command:
-        console.print("  command: " + " ".join(d.command), highlight=False)
+        console.print("  command: " + " ".join(d.command), highlight=False, markup=False)
     for line in d.messages:
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", highlight=False, markup=False)
 
 
 def deploy_target(r: Any) -> None:
-    console.print(f"route {r.role} -> {r.target} {r.url}" if r else "route: no deployment target", highlight=False)
+    console.print(
+        f"route {r.role} -> {r.target} {r.url}" if r else "route: no deployment target", highlight=False, markup=False
+    )
 
 
 def cycle_started(s: Any) -> None:
     console.print(
-        f"cycle job [bold]{s.job_id}[/] started for role {s.role}; follow it with: learnloop jobs {s.job_id} --wait"
+        f"cycle job {_styled(s.job_id)} started for role {_e(s.role)}; "
+        f"follow it with: learnloop jobs {_e(s.job_id)} --wait"
     )
 
 
@@ -373,7 +419,7 @@ def cycle_report(status: Any) -> None:
     job_status(status)
     stages = (status.result or {}).get("stages") or status.progress.get("stages") or []
     if stages:
-        table = Table(title=f"cycle {status.job_id}")
+        table = Table(title=f"cycle {_e(status.job_id)}")
         for col in ("stage", "status", "seconds", "detail"):
             table.add_column(col)
         for st in stages:
@@ -396,5 +442,5 @@ def cycle_report(status: Any) -> None:
                     if k in d
                 )
             )
-            table.add_row(st["name"], st["status"], fmt(st["seconds"], 1), str(note)[:100])
+            table.add_row(_e(st["name"]), _e(st["status"]), _f(st["seconds"], 1), _e(str(note)[:100]))
         console.print(table)

@@ -10,13 +10,15 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 HomeOpt = Annotated[
     str | None, typer.Option("--home", envvar="LEARNLOOP_HOME", help="learnloop home folder (default ~/.learnloop).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (the MCP tool's output).")]
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: ":warning:" in a task key is shown as typed, like any text a caller sent.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def to_jsonable(result: Any) -> Any:
@@ -38,7 +40,8 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None) -> No
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print an error (it may quote a caller's input: shown as text, never as markup) and exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
