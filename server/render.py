@@ -1,46 +1,21 @@
 """The CLI's screenfuls: one function per kind of result. `--json` prints the result instead.
 
-Every value that is not a literal of this module (a task key, a role, an id, an error, a path, a
-reason, a job's progress) may hold text like `[/x]` or `[bold red]`, which rich would read as markup
-(and fail on, or style): it goes into our markup through `_e`/`_f` (escaped), into tables the same
-way, or the whole line is printed with `markup=False` when it carries no markup of ours.
+Any value not written here (a task key, an id, an error, a path) may hold `[/x]` or `[bold red]`:
+it goes into our markup and tables through `esc`/`esc_fmt`/`styled` (server/terminal.py), or
+the whole line is printed with `markup=False` when it carries no markup of ours.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
-from server.terminal import console, fmt
-
-
-def _e(value: Any) -> str:
-    """str(value) for our markup or a table cell, shown as it is: whatever would open a tag is escaped.
-
-    Unlike rich.markup.escape, which doubles a trailing backslash (it shows twice unless a tag follows),
-    trailing backslashes stay as they are: a value right before a tag of ours goes through _styled.
-    """
-    text = str(value)
-    body = text.rstrip("\\")
-    return escape(body) + text[len(body) :]
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    """fmt(value), escaped as _e escapes it."""
-    return _e(fmt(value, digits))
-
-
-def _styled(value: Any, style: str = "bold") -> str:
-    """str(value) in a style of ours, shown as it is (trailing backslashes doubled: none escapes the `[/]`)."""
-    text = str(value)
-    body = text.rstrip("\\")
-    return f"[{style}]{escape(body)}{text[len(body) :] * 2}[/]"
+from server.terminal import console, esc, esc_fmt, fmt, styled
 
 
 def logged(r: Any) -> None:
-    console.print(f"logged run {_styled(r.run_id)} (task_key {_e(r.task_key)})")
+    console.print(f"logged run {styled(r.run_id)} (task_key {esc(r.task_key)})")
     if r.reward_token is not None:
         console.print(
             f"pending; its reward token (shown once): {r.reward_token}", highlight=False, soft_wrap=True, markup=False
@@ -49,7 +24,7 @@ def logged(r: Any) -> None:
 
 def rewarded(r: Any) -> None:
     was = "was pending" if r.previous_reward is None else f"corrected from {fmt(r.previous_reward)}"
-    console.print(f"run {_styled(r.run_id)} scored {fmt(r.reward)} ({was}; role {_e(r.role)})", highlight=False)
+    console.print(f"run {styled(r.run_id)} scored {fmt(r.reward)} ({was}; role {esc(r.role)})", highlight=False)
     if len(r.history) > 1 or r.previous_reward is not None:
         for e in r.history:
             before = "pending" if e.previous is None else fmt(e.previous)
@@ -64,7 +39,7 @@ def code_score(r: Any) -> None:
         f"[{color}]{r.passed}/{r.total}[/] tests passed"
         + ("" if r.compiled else " (the code does not compile)")
         + (" (timed out)" if r.timed_out else "")
-        + f" in {r.duration_s:.3f}s, sandbox {_e(r.sandbox)}, verdict {_e(r.isolation)}",
+        + f" in {r.duration_s:.3f}s, sandbox {esc(r.sandbox)}, verdict {esc(r.isolation)}",
         highlight=False,
     )
     for i, (error, mode) in enumerate(zip(r.errors, r.modes)):
@@ -73,7 +48,7 @@ def code_score(r: Any) -> None:
             # the error is the code's own text: printed as it is, never read as markup
             console.print(f"  test {i + 1}: {error or 'passed'}{label}", highlight=False, markup=False)
     if r.run_id is not None:
-        console.print(f"logged run {_styled(r.run_id)} (reward {fmt(r.score)}, task_key {_e(r.task_key)})")
+        console.print(f"logged run {styled(r.run_id)} (reward {fmt(r.score)}, task_key {esc(r.task_key)})")
 
 
 def imported(r: Any) -> None:
@@ -102,15 +77,15 @@ def run_stats(r: Any) -> None:
         table.add_column(col)
     for g in r.groups:
         table.add_row(
-            _f(g.role),
-            _f(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
-            _e(g.runs),
-            _e(g.pending),
-            _f(g.mean_reward),
-            _f(g.compile_rate),
-            _f(g.test_pass_rate),
-            _f(g.mean_iterations, 1),
-            _f(g.last_time),
+            esc_fmt(g.role),
+            esc_fmt(g.adapter_id or ("base" if "adapter_id" in r.group_by else None)),
+            esc(g.runs),
+            esc(g.pending),
+            esc_fmt(g.mean_reward),
+            esc_fmt(g.compile_rate),
+            esc_fmt(g.test_pass_rate),
+            esc_fmt(g.mean_iterations, 1),
+            esc_fmt(g.last_time),
         )
     console.print(table)
 
@@ -118,16 +93,16 @@ def run_stats(r: Any) -> None:
 def job_status(s: Any) -> None:
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(s.status, "cyan")
     console.print(
-        f"job {_styled(s.job_id)} ({_e(s.kind)}) {_styled(s.status, color)}"
-        + (f" subject {_e(s.subject)}" if s.subject else "")
-        + (f" in {_e(s.elapsed_s)}s" if s.elapsed_s else "")
+        f"job {styled(s.job_id)} ({esc(s.kind)}) {styled(s.status, color)}"
+        + (f" subject {esc(s.subject)}" if s.subject else "")
+        + (f" in {esc(s.elapsed_s)}s" if s.elapsed_s else "")
     )
     if s.progress:
         console.print(
             "  progress: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.progress.items()), highlight=False, markup=False
         )
     if s.error:
-        console.print(f"  [red]error:[/] {_e(s.error)}", highlight=False)
+        console.print(f"  [red]error:[/] {esc(s.error)}", highlight=False)
     if s.result:
         console.print(
             "  result: " + ", ".join(f"{k}={fmt(v)}" for k, v in s.result.items() if not isinstance(v, (dict, list))),
@@ -143,29 +118,29 @@ def job_list(rows: list) -> None:
         table.add_column(col)
     for j in rows:
         table.add_row(
-            _e(j.job_id),
-            _e(j.kind),
-            _e(j.status),
-            _f(j.subject),
-            _e(j.created),
-            _f(j.elapsed_s),
-            _f(j.progress.get("step")),
-            _e((j.error or "")[:60]),
+            esc(j.job_id),
+            esc(j.kind),
+            esc(j.status),
+            esc_fmt(j.subject),
+            esc(j.created),
+            esc_fmt(j.elapsed_s),
+            esc_fmt(j.progress.get("step")),
+            esc((j.error or "")[:60]),
         )
     console.print(table)
 
 
 def curation(r: Any) -> None:
     if r.dry_run:
-        table = Table(title=f"dry run: {_e(r.kind)} dataset for role {_e(r.role)} (nothing written)")
+        table = Table(title=f"dry run: {esc(r.kind)} dataset for role {esc(r.role)} (nothing written)")
         table.add_column("filter")
         table.add_column("value")
         table.add_column("runs left", justify="right")
         for step in r.funnel:
-            table.add_row(_e(step.step), _f(step.value), _e(step.runs_left))
+            table.add_row(esc(step.step), esc_fmt(step.value), esc(step.runs_left))
         console.print(table)
     else:
-        console.print(f"dataset {_styled(r.dataset_id)} written to {_e(r.path)}")
+        console.print(f"dataset {styled(r.dataset_id)} written to {esc(r.path)}")
     counts = ", ".join(f"{k} {v}" for k, v in r.counts.items())
     redaction = ", ".join(f"{k} {v}" for k, v in sorted(r.redaction_counts.items())) or "nothing found"
     console.print(
@@ -185,24 +160,24 @@ def datasets(r: Any) -> None:
     for d in r.datasets:
         red = d.metadata.get("redaction", {})
         table.add_row(
-            _e(d.id),
-            _e(d.kind),
-            _e(d.format),
-            _e(d.train_rows),
-            _e(d.test_rows),
-            _f(d.metadata.get("mean_reward")),
-            _e(sum(red.get("counts", {}).values())) if red.get("enabled") else "off",
-            _e(d.created),
+            esc(d.id),
+            esc(d.kind),
+            esc(d.format),
+            esc(d.train_rows),
+            esc(d.test_rows),
+            esc_fmt(d.metadata.get("mean_reward")),
+            esc(sum(red.get("counts", {}).values())) if red.get("enabled") else "off",
+            esc(d.created),
         )
     console.print(table)
 
 
 def train_started(s: Any) -> None:
     p = s.plan
-    head = "plan (dry run)" if s.dry_run else f"job {_styled(s.job_id)} started"
+    head = "plan (dry run)" if s.dry_run else f"job {styled(s.job_id)} started"
     console.print(
-        f"{head}: adapter {_styled(s.adapter_id)}, {_e(p.method)} on {_e(p.dataset_id)} ({p.train_rows} rows), "
-        f"base {_e(p.base_model)}",
+        f"{head}: adapter {styled(s.adapter_id)}, {esc(p.method)} on {esc(p.dataset_id)} ({p.train_rows} rows), "
+        f"base {esc(p.base_model)}",
         highlight=False,
     )
     c = p.config
@@ -223,28 +198,28 @@ def train_started(s: Any) -> None:
 
 def eval_started(r: Any) -> None:
     console.print(
-        f"evaluation job {_styled(r.job_id)} started for {_e(r.adapter_id)} on {_e(r.dataset_id)} "
-        f"({r.test_rows} test rows); follow it with: learnloop jobs {_e(r.job_id)} --wait",
+        f"evaluation job {styled(r.job_id)} started for {esc(r.adapter_id)} on {esc(r.dataset_id)} "
+        f"({r.test_rows} test rows); follow it with: learnloop jobs {esc(r.job_id)} --wait",
         highlight=False,
     )
 
 
 def lifecycle_outcome(result: Any) -> None:
     if result.outcome != "done":
-        console.print(f"{_styled(result.outcome, 'yellow')}: nothing changed.")
+        console.print(f"{styled(result.outcome, 'yellow')}: nothing changed.")
         return
     if result.promoted:
         p = result.promoted
         console.print(
-            f"{_styled(p.adapter.adapter_id, 'green')} {_e(p.from_status)} -> {_e(p.to_status)}"
-            + (f"; replaced {_e(p.replaced.adapter_id)} (now archived)" if p.replaced else ""),
+            f"{styled(p.adapter.adapter_id, 'green')} {esc(p.from_status)} -> {esc(p.to_status)}"
+            + (f"; replaced {esc(p.replaced.adapter_id)} (now archived)" if p.replaced else ""),
             highlight=False,
         )
     if result.rolled_back:
         r = result.rolled_back
         console.print(
-            f"{_styled(r.restored.adapter_id, 'green')} back in production"
-            + (f"; {_e(r.archived.adapter_id)} archived" if r.archived else ""),
+            f"{styled(r.restored.adapter_id, 'green')} back in production"
+            + (f"; {esc(r.archived.adapter_id)} archived" if r.archived else ""),
             highlight=False,
         )
 
@@ -252,22 +227,22 @@ def lifecycle_outcome(result: Any) -> None:
 def base_imported(b: Any) -> None:
     if b.status == "succeeded":
         console.print(
-            f"base {_styled(b.base_id)} imported from {_e(b.gguf_path)} into {_e(b.folder)}; "
-            f"train on it with: learnloop train --base {_e(b.base_id)} ...",
+            f"base {styled(b.base_id)} imported from {esc(b.gguf_path)} into {esc(b.folder)}; "
+            f"train on it with: learnloop train --base {esc(b.base_id)} ...",
             highlight=False,
         )
     else:
         console.print(
-            f"import job {_styled(b.job_id)} {_e(b.status)}"
-            + (f": {_e(b.error)}" if b.error else f"; follow it with: learnloop jobs {_e(b.job_id)} --wait"),
+            f"import job {styled(b.job_id)} {esc(b.status)}"
+            + (f": {esc(b.error)}" if b.error else f"; follow it with: learnloop jobs {esc(b.job_id)} --wait"),
             highlight=False,
         )
 
 
 def registered(a: Any) -> None:
     console.print(
-        f"registered {_styled(a.id)} ({_e(a.role)}, base {_e(a.base_model)}) as trained; "
-        f"evaluate it with: learnloop eval {_e(a.id)}",
+        f"registered {styled(a.id)} ({esc(a.role)}, base {esc(a.base_model)}) as trained; "
+        f"evaluate it with: learnloop eval {esc(a.id)}",
         highlight=False,
     )
 
@@ -281,14 +256,14 @@ def adapters(rows: list) -> None:
         route = "/".join(x for x in (a.role, a.task_type, a.complexity) if x)
         table.add_row(
             "*" if a.status == "production" else "",
-            _e(a.id),
-            _e(route),
-            _e(a.status),
-            _e(a.created[:16].replace("T", " ")),
-            _e(a.base_model[-30:]),
-            _f(a.dataset_id),
-            _f(m.get("eval_loss")),
-            _f(m.get("pass_rate")),
+            esc(a.id),
+            esc(route),
+            esc(a.status),
+            esc(a.created[:16].replace("T", " ")),
+            esc(a.base_model[-30:]),
+            esc_fmt(a.dataset_id),
+            esc_fmt(m.get("eval_loss")),
+            esc_fmt(m.get("pass_rate")),
         )
     console.print(table)
 
@@ -298,15 +273,17 @@ def history(rows: list) -> None:
     for col in ("time", "adapter", "from", "to", "actor", "reason"):
         table.add_column(col)
     for e in rows:
-        table.add_row(_e(e.time), _e(e.adapter_id), _f(e.from_status), _e(e.to_status), _e(e.actor), _e(e.reason[:90]))
+        table.add_row(
+            esc(e.time), esc(e.adapter_id), esc_fmt(e.from_status), esc(e.to_status), esc(e.actor), esc(e.reason[:90])
+        )
     console.print(table)
 
 
 def selection(s: Any) -> None:
     what = s.adapter_id or f"base model {s.base_model or ''}".strip()
     console.print(
-        f"{_styled(what)} (route: {_e(s.route)}"
-        + (f", experiment {_e(s.experiment_id)} arm {_e(s.arm)}" if s.experiment_id else "")
+        f"{styled(what)} (route: {esc(s.route)}"
+        + (f", experiment {esc(s.experiment_id)} arm {esc(s.arm)}" if s.experiment_id else "")
         + ")",
         highlight=False,
     )
@@ -320,14 +297,14 @@ def selection(s: Any) -> None:
 
 
 def drift(r: Any) -> None:
-    table = Table(title=f"drift of {_e(r.role)} ({_e(r.window)}, {_e(r.method)})")
+    table = Table(title=f"drift of {esc(r.role)} ({esc(r.window)}, {esc(r.method)})")
     for col in ("arm", "adapter", "runs", "mean reward", "sd"):
         table.add_column(col)
     for name, arm in (("new", r.new), ("old", r.old)):
-        table.add_row(name, _e(arm.adapter_id or "base"), _e(arm.runs), _f(arm.mean_reward), _f(arm.sd))
+        table.add_row(name, esc(arm.adapter_id or "base"), esc(arm.runs), esc_fmt(arm.mean_reward), esc_fmt(arm.sd))
     console.print(table)
     color = {"regression": "red", "improvement": "green"}.get(r.decision, "yellow")
-    console.print(f"{_styled(r.decision, f'{color} bold')}: {_e(r.message)}", highlight=False)
+    console.print(f"{styled(r.decision, f'{color} bold')}: {esc(r.message)}", highlight=False)
     if r.rollback:
         console.print(r.rollback, highlight=False, markup=False)
 
@@ -340,8 +317,8 @@ def experiment(e: Any) -> None:
     route = "/".join(x for x in (e.role, e.task_type, e.complexity) if x)
     share = f" {e.fraction:.0%}" if e.fraction is not None else ""
     console.print(
-        f"experiment {_styled(e.id)} on {_e(route)}: {_e(e.candidate_id)} vs {_e(e.control_id or 'base')}, "
-        f"{_e(e.mode)}{share}, {_e(e.status)}",
+        f"experiment {styled(e.id)} on {esc(route)}: {esc(e.candidate_id)} vs {esc(e.control_id or 'base')}, "
+        f"{esc(e.mode)}{share}, {esc(e.status)}",
         highlight=False,
     )
     for a in e.arms:
@@ -361,19 +338,19 @@ def experiments(rows: list) -> None:
 
 def export_result(r: Any) -> None:
     console.print(
-        f"exported {_styled(r['adapter_id'])} as {_e(r['format'])} ({_e(r['dtype'])}) to {_e(r['out_dir'])} "
-        f"in {_e(r['seconds'])}s",
+        f"exported {styled(r['adapter_id'])} as {esc(r['format'])} ({esc(r['dtype'])}) to {esc(r['out_dir'])} "
+        f"in {esc(r['seconds'])}s",
         highlight=False,
     )
     for line in r.get("checks", []):
-        console.print(f"  [green]ok[/] {_e(line)}", highlight=False)
+        console.print(f"  [green]ok[/] {esc(line)}", highlight=False)
     for line in r.get("warnings", []):
-        console.print(f"  [yellow]warning[/] {_e(line)}", highlight=False)
+        console.print(f"  [yellow]warning[/] {esc(line)}", highlight=False)
     table = Table(show_header=True)
     table.add_column("file")
     table.add_column("bytes", justify="right")
     for f in r.get("files", []):
-        table.add_row(_e(f["path"]), _e(f["bytes"]))
+        table.add_row(esc(f["path"]), esc(f["bytes"]))
     console.print(table)
 
 
@@ -382,18 +359,18 @@ def export_job(r: Any) -> None:
         export_result(r.result)
     else:
         console.print(
-            f"export job {_styled(r.job_id)} {_e(r.status)}"
-            + (f": {_e(r.error)}" if r.error else "")
-            + ("" if r.error else f"; follow it with: learnloop jobs {_e(r.job_id)} --wait"),
+            f"export job {styled(r.job_id)} {esc(r.status)}"
+            + (f": {esc(r.error)}" if r.error else "")
+            + ("" if r.error else f"; follow it with: learnloop jobs {esc(r.job_id)} --wait"),
             highlight=False,
         )
 
 
 def deployment(d: Any) -> None:
-    state = "[green]active[/]" if d.status == "active" else _styled(d.status, "yellow")
+    state = "[green]active[/]" if d.status == "active" else styled(d.status, "yellow")
     console.print(
-        f"{_e(d.adapter_id)} -> {_e(d.target)} {_e(d.url)} as {_styled(d.served_name)} {state}"
-        + (f" (deployment {_e(d.id)})" if d.id else " (not recorded)"),
+        f"{esc(d.adapter_id)} -> {esc(d.target)} {esc(d.url)} as {styled(d.served_name)} {state}"
+        + (f" (deployment {esc(d.id)})" if d.id else " (not recorded)"),
         highlight=False,
     )
     if d.command:
@@ -410,8 +387,8 @@ def deploy_target(r: Any) -> None:
 
 def cycle_started(s: Any) -> None:
     console.print(
-        f"cycle job {_styled(s.job_id)} started for role {_e(s.role)}; "
-        f"follow it with: learnloop jobs {_e(s.job_id)} --wait"
+        f"cycle job {styled(s.job_id)} started for role {esc(s.role)}; "
+        f"follow it with: learnloop jobs {esc(s.job_id)} --wait"
     )
 
 
@@ -419,28 +396,13 @@ def cycle_report(status: Any) -> None:
     job_status(status)
     stages = (status.result or {}).get("stages") or status.progress.get("stages") or []
     if stages:
-        table = Table(title=f"cycle {_e(status.job_id)}")
+        table = Table(title=f"cycle {esc(status.job_id)}")
         for col in ("stage", "status", "seconds", "detail"):
             table.add_column(col)
         for st in stages:
             d = st.get("detail", {})
-            note = (
-                d.get("error")
-                or d.get("reason")
-                or d.get("message")
-                or ", ".join(
-                    f"{k}={fmt(d[k])}"
-                    for k in (
-                        "dataset_id",
-                        "adapter_id",
-                        "eval_loss",
-                        "base_eval_loss",
-                        "gate_passed",
-                        "status",
-                        "decision",
-                    )
-                    if k in d
-                )
-            )
-            table.add_row(_e(st["name"]), _e(st["status"]), _f(st["seconds"], 1), _e(str(note)[:100]))
+            shown = ("dataset_id", "adapter_id", "eval_loss", "base_eval_loss", "gate_passed", "status", "decision")
+            summary = ", ".join(f"{k}={fmt(d[k])}" for k in shown if k in d)
+            note = d.get("error") or d.get("reason") or d.get("message") or summary
+            table.add_row(esc(st["name"]), esc(st["status"]), esc_fmt(st["seconds"], 1), esc(str(note)[:100]))
         console.print(table)

@@ -51,3 +51,27 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+# Values a caller sent, into rich markup or a table cell as text (server/render.py).
+def esc(value: Any) -> str:
+    """str(value) for our markup or a table cell, shown as it is: whatever would open a tag is escaped.
+
+    Unlike rich.markup.escape, which doubles a trailing backslash (it shows twice unless a tag follows),
+    trailing backslashes stay as they are: a value right before a tag of ours goes through styled.
+    """
+    text = str(value)
+    body = text.rstrip("\\")
+    return escape(body) + text[len(body) :]
+
+
+def esc_fmt(value: Any, digits: int = 3) -> str:
+    """fmt(value), escaped as esc escapes it."""
+    return esc(fmt(value, digits))
+
+
+def styled(value: Any, style: str = "bold") -> str:
+    """str(value) in a style of ours, shown as it is (trailing backslashes doubled: none escapes the `[/]`)."""
+    text = str(value)
+    body = text.rstrip("\\")
+    return f"[{style}]{escape(body)}{text[len(body) :] * 2}[/]"
