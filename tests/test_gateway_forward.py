@@ -34,13 +34,18 @@ BROKEN = "broken-model"  # the stand-in answers this model name with an error, l
 ADAPTER = "coder-fwd"
 SERVED = {"vllm": "learnloop-coder-fwd", "ollama": "learnloop-coder-fwd", "llamacpp": "lora:3"}
 MESSAGES = [{"role": "user", "content": "def add"}]
+LOADED = (0, 3)  # the adapters the stand-in llama.cpp server loaded
 
 
 class StandIn:
-    """A local OpenAI-compatible server that records each body and answers 'hello world'."""
+    """A local OpenAI-compatible server that records each body and answers 'hello world'; as a
+    llama.cpp server does, it lists the adapters it loaded (two: ids 0 and 3) at /lora-adapters."""
 
     def __init__(self):
         self.bodies: list[dict] = []
+
+    async def loras(self, request: Request) -> Response:
+        return JSONResponse([{"id": i, "path": f"a{i}.gguf", "scale": 1.0} for i in LOADED])
 
     async def answer(self, request: Request) -> Response:
         body = json.loads(await request.body())
@@ -76,9 +81,8 @@ class StandIn:
 def standin():
 
     fake = StandIn()
-    app = Starlette(
-        routes=[Route(path, fake.answer, methods=["POST"]) for path in ("/v1/chat/completions", "/v1/completions")]
-    )
+    routes = [Route(path, fake.answer, methods=["POST"]) for path in ("/v1/chat/completions", "/v1/completions")]
+    app = Starlette(routes=[*routes, Route("/lora-adapters", fake.loras, methods=["GET"])])
     with served(app) as url:
         yield fake, url
 
@@ -96,8 +100,8 @@ def _gateway(tmp_path: Path, url: str, runtime, deployed_at: str | None = None, 
 
 def _expected(runtime: str, served: bool) -> dict:
     """The routing fields each runtime expects: its model name, and llama.cpp's per-request scales."""
-    if runtime == "llamacpp":
-        return {"model": BASE, "lora": [{"id": 3, "scale": 1.0}] if served else []}
+    if runtime == "llamacpp":  # every loaded adapter named; the base: all at 0 (an empty list means 1)
+        return {"model": BASE, "lora": [{"id": i, "scale": 1.0 if served and i == 3 else 0.0} for i in LOADED]}
     return {"model": SERVED[runtime] if served else BASE}
 
 

@@ -3,7 +3,10 @@ adapter the way that runtime does.
 
 - vLLM: `model` is the LoRA's served name (loaded by deploy_adapter); the base: its served name.
 - llama.cpp server: `lora` gives per-request scales; the deployment's served name is
-  `lora:<id>`, so the adapter gets scale 1 and every other adapter 0 (an empty list: the base).
+  `lora:<id>`. Every adapter the server loaded (`GET /lora-adapters`, read again every
+  LORA_LIST_S) is named in the list: the route's adapter with scale 1, the others with 0, and
+  for the base all with 0. An empty list would not be the base: llama-server reads it as "use
+  the global scales", which `--lora` sets to 1.
 - Ollama: `model` is the model deploy_adapter created for the adapter.
 
 A call routed to the base (no adapter serves the route) goes to base_model (`learnloop gateway
@@ -31,6 +34,7 @@ from learning.gateway.protocol import Call, Generation
 
 Runtime = Literal["vllm", "llamacpp", "ollama"]
 TIMEOUT_S = 600.0
+LORA_LIST_S = 30.0  # how long the llama.cpp server's list of loaded adapters is reused
 
 
 class Forwarding:
@@ -45,6 +49,7 @@ class Forwarding:
         self.name = f"{runtime} at {self.url}"
         self.http: Any = None
         self.loop: Any = None
+        self.loras: tuple[float, list[int]] | None = None  # (when read, the ids llama-server loaded)
 
     def _client(self) -> Any:
         """The httpx client of the running event loop (a client is bound to the loop that made it)."""
@@ -78,14 +83,36 @@ class Forwarding:
             "or point the gateway at the runtime that serves it."
         )
 
-    def _body(self, call: Call, target: Any) -> dict[str, Any]:
+    async def _loaded_loras(self) -> list[int]:
+        """The ids of the adapters the llama.cpp server loaded (none where it lists none)."""
+        import httpx
+
+        now = asyncio.get_running_loop().time()
+        if self.loras is not None and now - self.loras[0] < LORA_LIST_S:
+            return self.loras[1]
+        try:
+            response = await self._client().get("/lora-adapters")
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
+        ids: list[int] = []
+        if response.status_code < 400:
+            try:
+                ids = sorted({int(a["id"]) for a in response.json()})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BackendError(f"The runtime {self.name} listed its adapters in an unknown form ({exc}).") from exc
+        self.loras = (now, ids)
+        return ids
+
+    async def _body(self, call: Call, target: Any) -> dict[str, Any]:
         body = {k: v for k, v in call.body.items() if k != "metadata"}
         if call.route is None:  # a plain model name: as sent
             return body
         served = self._served(target)
         body["model"] = self.base_model or call.model
-        if self.runtime == "llamacpp":  # adapters left out of the list get scale 0
-            body["lora"] = [{"id": int(served[len("lora:") :]), "scale": 1.0}] if served else []
+        if self.runtime == "llamacpp":  # every loaded adapter named: the base is all of them at 0
+            mine = int(served[len("lora:") :]) if served else None
+            ids = sorted({*await self._loaded_loras(), *([mine] if mine is not None else [])})
+            body["lora"] = [{"id": i, "scale": 1.0 if i == mine else 0.0} for i in ids]
         elif served:
             body["model"] = served
         return body
@@ -96,7 +123,7 @@ class Forwarding:
     async def complete(self, call: Call, target: Any) -> Generation:
         import httpx
 
-        body = {**self._body(call, target), "stream": False}
+        body = {**await self._body(call, target), "stream": False}
         try:
             response = await self._client().post(self._path(call), json=body)
         except httpx.HTTPError as exc:
@@ -120,7 +147,7 @@ class Forwarding:
     async def stream(self, call: Call, target: Any) -> AsyncIterator[str | Generation]:
         import httpx
 
-        body = {**self._body(call, target), "stream": True, "stream_options": {"include_usage": True}}
+        body = {**await self._body(call, target), "stream": True, "stream_options": {"include_usage": True}}
         text, finish, use = "", "stop", {}
         try:
             async with self._client().stream("POST", self._path(call), json=body) as response:
