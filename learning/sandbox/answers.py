@@ -29,11 +29,11 @@ if TYPE_CHECKING:  # the jail's program is these modules' sources joined: no imp
         into_child,
         read_batch,
         reaped,
+        run_code,
         say,
         set_limits,
         status_reason,
         undumpable,
-        why,
     )
     from learning.sandbox.wire import NAME, Channel, WireError, decode, encode, exception_names
 
@@ -125,22 +125,7 @@ def run_answer(fd, limits, jailed):
         job = channel.receive()
     except WireError:
         return
-    env, error, compiled = {"__name__": "__answer__"}, None, False
-    try:
-        code = compile(job["code"], "<answer>", "exec")
-        compiled = True
-    except BaseException as exc:
-        code, error = None, why(exc)
-    if error is None and job.get("setup"):
-        try:
-            exec(compile(job["setup"], "<setup>", "exec"), env)
-        except BaseException as exc:
-            error = "setup: " + why(exc)
-    if code is not None and error is None:
-        try:
-            exec(code, env)
-        except BaseException as exc:
-            error = why(exc)
+    env, compiled, error = run_code(job)
     kept = Kept()
     names = {} if error else {k: kept.out(v) for k, v in list(env.items()) if not k.startswith("__")}
     channel.send({"compiled": compiled, "error": error, "names": names})

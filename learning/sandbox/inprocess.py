@@ -35,7 +35,8 @@ RESULT_BYTES = 4 << 20  # the most a child may write as its result
 
 
 def answer(job, limits, jailed):
-    """In the child: run setup, code and tests; the result as a dict."""
+    """In the child: run setup, code and tests; the result as a dict. (Not jailside.run_code: the
+    code runs in this frame, as it always did in this mode, tests and all.)"""
     tests = job["tests"]
     out = {"compiled": False, "passed": 0, "total": len(tests), "error": None, "errors": []}
     set_limits(limits, jailed)

@@ -52,6 +52,26 @@ def undumpable():
         pass
 
 
+def run_code(job):
+    """In an answer's process: compile the code, run the setup, then the code, in one namespace.
+    (namespace, whether the code compiled, the first error or None)."""
+    env = {"__name__": "__answer__"}
+    try:
+        code = compile(job["code"], "<answer>", "exec")
+    except BaseException as exc:
+        return env, False, why(exc)
+    if job.get("setup"):
+        try:
+            exec(compile(job["setup"], "<setup>", "exec"), env)
+        except BaseException as exc:
+            return env, True, "setup: " + why(exc)
+    try:
+        exec(code, env)
+    except BaseException as exc:
+        return env, True, why(exc)
+    return env, True, None
+
+
 def count_processes():
     return sum(name.isdigit() for name in os.listdir("/proc"))
 

@@ -85,26 +85,26 @@ class Jailed:
         """Let a program that reported everything end by itself, else kill it; return only once
         every process under it is gone."""
         proc = self.proc
-        if finished:
-            try:
-                proc.wait(timeout=GRACE_S)
-                return self.errlog.close()
-            except subprocess.TimeoutExpired:
-                pass
         try:
-            under = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.Error:
-            under = []
-        proc.kill()  # the jail's init dies with bwrap, and every process in the jail with it
-        for child in under:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        proc.wait()
-        psutil.wait_procs(under, timeout=5)
-        self.errlog.close()
-
-    def close(self) -> None:
-        os.close(self.lines.fd)
+            if finished:
+                try:
+                    proc.wait(timeout=GRACE_S)
+                    return
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                under = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                under = []
+            proc.kill()  # the jail's init dies with bwrap, and every process in the jail with it
+            for child in under:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            proc.wait()
+            psutil.wait_procs(under, timeout=5)
+        finally:
+            self.errlog.close()
+            os.close(self.lines.fd)
 
 
 def supervise(program: str, jobs: list[dict], timeout: float, mode: str, limits: dict, tmp_mb: int, cpu: int | None):
@@ -137,7 +137,6 @@ def supervise(program: str, jobs: list[dict], timeout: float, mode: str, limits:
     finally:
         for jail in jails:
             jail.end(finished=not why)
-            jail.close()
         for folder in scratch:
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)

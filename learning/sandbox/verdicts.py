@@ -89,6 +89,11 @@ def first_message(job):
     return compiled, error, names
 
 
+def not_run(compiled, error, n):
+    """The verdict when the answer's code or setup failed before any test could run."""
+    return {"compiled": compiled, "error": error, "errors": ["not run: " + error] * n, "modes": ["isolated"] * n}
+
+
 def judge(job, fd, limits, jailed, timeout, started):
     """In the tests' process: the verdict on one answer, as a dict."""
     set_limits(limits, jailed)
@@ -101,7 +106,7 @@ def judge(job, fd, limits, jailed, timeout, started):
     compiled, error, names = first
     if error is not None:
         error = error[:MESSAGE]
-        return {"compiled": compiled, "error": error, "errors": ["not run: " + error] * n, "modes": ["isolated"] * n}
+        return not_run(compiled, error, n)
     env = {"__builtins__": builtins, "raises": raises}
     try:
         crossed = {k: decode(v, remote) for k, v in names.items() if k.isidentifier() and not k.startswith("__")}
@@ -114,15 +119,16 @@ def judge(job, fd, limits, jailed, timeout, started):
             exec(compile(job["setup"], "<setup>", "exec"), env)
         except BaseException as exc:
             error = "setup: " + why(exc)
-            return {"compiled": True, "error": error, "errors": ["not run: " + error] * n, "modes": ["isolated"] * n}
+            return not_run(True, error, n)
     errors, modes, gone = [], [], False
     for test in tests:
         mode = "isolated"
         try:
             code = compiled_test(test)
-            if shadowing & names_used(code):
+            redefined = shadowing & names_used(code) if shadowing else set()  # names_used only when needed
+            if redefined:
                 raise AssertionError(
-                    f"the answer redefines {', '.join(sorted(shadowing & names_used(code)))}, which this test uses: "
+                    f"the answer redefines {', '.join(sorted(redefined))}, which this test uses: "
                     "the answer would decide it (give the task's names other than Python's builtins)"
                 )
             exec(code, dict(env))
