@@ -98,10 +98,11 @@ class ExecutionReward:
     def __call__(
         self, prompts: list[Any], completions: list[Any], tests: list[list[str]], **_: Any
     ) -> list[float | None]:
-        started = time.perf_counter()
         answers = [cut_at_stop(_text(c), self.stop) for c in completions]
+        started = time.perf_counter()
         flags = [suspicious(extract_code(a)[1]) for a in answers]  # the code that runs, or the whole answer
         self.monitor_s += time.perf_counter() - started
+        started = time.perf_counter()  # `seconds` is the sandbox's share, the monitor's is apart
         # The code of a fenced block, else the whole answer; one that does not compile fails in the jail too.
         results = run_many([(tested_code(a) or a, list(t)) for a, t in zip(answers, tests)], timeout=TEST_TIMEOUT_S)
         rewards: list[float | None] = []
