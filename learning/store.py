@@ -298,6 +298,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX reward_events_run ON reward_events(run_id, id)
     """,
+    # 10 (whole exchanges): a run's messages in OpenAI chat format, tool calls and tool results
+    # included, and the tools it was offered, each a JSON list (NULL when not recorded).
+    """
+    ALTER TABLE runs ADD COLUMN messages TEXT;
+    ALTER TABLE runs ADD COLUMN tools TEXT
+    """,
 ]
 
 

@@ -1,57 +1,38 @@
-"""The CLI commands that are not verbs: serve, gateway, demo, init-base and jobs, and following a job
-in the terminal. Agents reach the same through the MCP server itself, `job_status`,
+"""The CLI commands that are not verbs: serve, gateway, init-base and jobs (demo: server/demo.py),
+and following a job in the terminal. Agents reach the same through the MCP server itself, `job_status`,
 `wait_job`, `cancel_job` and `list_jobs`, and train_adapter (which builds the base on first use).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from learning.errors import InvalidInput
 from learning.jobs import manage as jobs
 from learning.store import Store
 from server import render
-from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fmt
+from server.demo import demo_cmd
+from server.terminal import HomeOpt, JsonOpt, PlainLines, console, emit, err_console, fmt
 
 GROUP_HELP = {
     "experiment": "Run a candidate beside production: canary or Thompson sampling.",
     "base": "Bases to train on: import the GGUF that Ollama or llama.cpp serves.",
 }
-DEMO_TITLES = {
-    "base": "1. base model",
-    "population": "2. agent runs (scored by execution)",
-    "curate": "3a. make_sft",
-    "train": "3b. train_adapter (SFT)",
-    "rl": "3c. train_adapter (GRPO)",
-    "evaluate": "3d. evaluate_adapter",
-    "promote": "3e. promote",
-    "heldout": "4. held-out tasks (select_adapter)",
-    "drift": "5. detect_drift",
-}
-GATEWAY_DEMO_TITLES = {
-    "base": "1. base model",
-    "gateway": "2. gateway (in-process, loopback)",
-    "before": "3. held-out traffic, before",
-    "traffic": "4. training traffic (gateway scores)",
-    "curate": "5a. make_sft from recorded runs",
-    "train": "5b. train_adapter",
-    "evaluate": "5c. evaluate_adapter",
-    "promote": "5d. promote",
-    "after": "6. held-out traffic, after",
-}
 
 
 def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
-    """Wait for a job to finish, with a progress bar unless printing JSON."""
+    """Wait for a job to finish, with a progress bar unless printing JSON (plain lines, each flushed,
+    when the output is not a terminal)."""
     if as_json:
         return jobs.follow_job(store, job_id)
+    if not console.is_terminal:
+        plain = PlainLines(console)
+        return jobs.follow_job(
+            store, job_id, on_progress=lambda s: plain.line(job_id, f"{s.kind} {s.status}: {_progress_text(s)}")
+        )
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -64,18 +45,25 @@ def follow(store: Store, job_id: str, as_json: bool = False) -> jobs.JobStatus:
 
         def update(s: jobs.JobStatus) -> None:
             p = s.progress
-            info = " ".join(
-                f"{k}={fmt(p[k])}" for k in ("stage", "loss", "tokens_per_s", "eta_s") if p.get(k) is not None
-            )
             bar.update(
                 task,
                 total=p.get("total_steps"),
                 completed=p.get("step", 0),
                 description=f"{s.kind} {s.status}",
-                info=p.get("message") or info,
+                info=_progress_text(s, steps=False),
             )
 
         return jobs.follow_job(store, job_id, on_progress=update)
+
+
+def _progress_text(s: jobs.JobStatus, steps: bool = True) -> str:
+    """A job's progress in words: its message, else its stage, loss, speed and ETA (and step)."""
+    p = s.progress
+    keys = ("stage", "loss", "tokens_per_s", "eta_s")
+    info = " ".join(f"{k}={fmt(p[k])}" for k in keys if p.get(k) is not None)
+    if steps and p.get("total_steps"):
+        info = f"step {p.get('step', 0)}/{p['total_steps']} {info}"
+    return p.get("message") or info
 
 
 def follow_to_the_end(store: Store, started: Any, as_json: bool, tool: str | None) -> None:
@@ -97,121 +85,6 @@ def follow_to_the_end(store: Store, started: Any, as_json: bool, tool: str | Non
         emit(status, as_json, render.job_status)
     if status.status != "succeeded":
         raise typer.Exit(1)
-
-
-class StageProgress:
-    """The demo's screen: one progress line per stage, a spinner while it runs, a bar where it knows its total."""
-
-    def __init__(self, out: Console, titles: dict[str, str] = DEMO_TITLES):
-        self.titles = titles
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.fields[title]:<38}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[message]}"),
-            console=out,
-            transient=False,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def __call__(self, stage: str, message: str, done=None, total=None, final: bool = False) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=None, title=self.titles.get(stage, stage), message="")
-        task = self.tasks[stage]
-        if final:
-            color = {"done": "green", "failed": "red"}.get(message, "white")
-            self.bar.update(task, total=1, completed=1, message=f"[{color}]{message}[/]")
-            self.bar.stop_task(task)
-            return
-        fields: dict[str, Any] = {"message": str(message)[:70]}
-        if total:
-            fields.update(total=total, completed=done or 0)
-        self.bar.update(task, **fields)
-
-
-def demo_summary(s: Any) -> None:
-    table = Table(title="learnloop demo: held-out coding tasks (rewards from executing the answers)")
-    for col in ("model", "pass rate", "mean reward", "eval loss"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    table.add_row("base", fmt(s.base_pass_rate, 2), fmt(s.base_mean_reward, 2), fmt(s.eval_loss_base))
-    if s.sft_adapter_id:
-        table.add_row(f"base + SFT adapter {s.sft_adapter_id}", fmt(s.sft_pass_rate, 2), fmt(s.sft_mean_reward, 2), "")
-    table.add_row(
-        f"base + adapter {s.adapter_id or ''}",
-        fmt(s.adapter_pass_rate, 2),
-        fmt(s.adapter_mean_reward, 2),
-        fmt(s.eval_loss_adapter),
-    )
-    console.print(table)
-    if s.by_family:
-        fam = Table(title="held-out pass rate by task family")
-        models = ["base", *(["sft"] if s.sft_adapter_id else []), "adapter"]
-        for col in ("family", "tasks", *models):
-            fam.add_column(col)
-        for name, v in s.by_family.items():
-            fam.add_row(name, str(int(v["n"])), *(fmt(v.get(m), 2) for m in models))
-        console.print(fam)
-    times = Table(title="stages")
-    for col in ("stage", "status", "seconds", "note"):
-        times.add_column(col)
-    for st in s.stages:
-        note = st.detail.get("error") or ""
-        times.add_row(DEMO_TITLES.get(st.name, st.name), st.status, fmt(st.seconds, 1), note[:80])
-    times.add_row("report", "done", fmt(s.seconds.get("report"), 1), "")
-    console.print(times)
-    style = "bold green" if s.adapter_beat_base else "bold yellow"
-    console.print(f"[{style}]{s.verdict}[/]", highlight=False)
-    console.print(
-        f"gate passed: {fmt(s.gate_passed)}; adapter status: {fmt(s.adapter_status)}; "
-        f"drift: {fmt(s.drift_decision)}; {s.executions} answers scored by execution; "
-        f"{s.runs_logged} runs logged; total {s.total_seconds:.0f} s",
-        highlight=False,
-    )
-    if s.gate_tested_rows:
-        low, high = s.gate_interval or (None, None)
-        console.print(
-            f"gate, from tests on {s.gate_tested_rows} test-split tasks: base {fmt(s.gate_base_pass_rate_tests)} vs "
-            f"adapter {fmt(s.gate_adapter_pass_rate_tests)}; difference interval [{fmt(low)}, {fmt(high)}]",
-            highlight=False,
-        )
-    console.print(f"plot: {s.plot_path}\nsummary: {s.summary_path}", highlight=False)
-
-
-def gateway_demo_summary(s: Any) -> None:
-    table = Table(title="learnloop demo --gateway: held-out tasks sent to the gateway (rewards: its own scoring)")
-    for col in ("served by", "requests", "pass rate", "mean reward"):
-        table.add_column(col, justify="left" if col == "served by" else "right")
-    table.add_row("before: the base", str(s.heldout_tasks), fmt(s.base_pass_rate, 2), fmt(s.base_mean_reward, 2))
-    after = f"after: adapter {s.adapter_id or ''} ({s.served_by_adapter} answered)"
-    table.add_row(after, str(s.heldout_tasks), fmt(s.adapter_pass_rate, 2), fmt(s.adapter_mean_reward, 2))
-    console.print(table)
-    times = Table(title="stages")
-    for col in ("stage", "status", "seconds", "note"):
-        times.add_column(col)
-    for st in s.stages:
-        times.add_row(
-            GATEWAY_DEMO_TITLES.get(st.name, st.name), st.status, fmt(st.seconds, 1), st.detail.get("error", "")[:80]
-        )
-    console.print(times)
-    console.print(f"[{'bold green' if s.adapter_beat_base else 'bold yellow'}]{s.verdict}[/]", highlight=False)
-    forced = " (forced: --quick)" if s.forced_promotion else ""
-    console.print(
-        f"{s.requests} requests to {s.gateway_url}, no MCP tool called; {s.runs_recorded} runs recorded by the "
-        f"gateway, {s.scored_by_gateway} scored by its sandbox; training traffic: {s.traffic_requests} requests, "
-        f"pass rate {fmt(s.traffic_pass_rate, 2)}; dataset {s.dataset_id} ({s.dataset_rows} rows); gate passed: "
-        f"{fmt(s.gate_passed)}; adapter status: {fmt(s.adapter_status)}{forced}; total {s.total_seconds:.0f} s\n"
-        f"summary: {s.summary_path}",
-        highlight=False,
-    )
 
 
 def serve(
@@ -251,8 +124,10 @@ def gateway(
     base: Annotated[
         str | None,
         typer.Option(
-            help="In process: the base folder (default: the embedded tiny base). Forwarding: the name the runtime "
-            "serves the base under (required for vllm and ollama)."
+            help="In process: the base to load (a folder, a hub id, embedded:tiny or embedded:small); default: "
+            "the base the production adapters were trained on, else embedded:small (train's default). A production "
+            "adapter trained on another base is refused at start. Forwarding: the name the runtime serves the base "
+            "under (required for vllm and ollama)."
         ),
     ] = None,
     token: Annotated[
@@ -279,9 +154,12 @@ def gateway(
     store = Store(home)
     if backend == "inprocess":
         from learning.gateway.inprocess import InProcess
-        from learning.models.tinybase import ensure_base
+        from learning.gateway.served_base import served_base
 
-        served: Any = InProcess(base or ensure_base(store, "tiny").path)
+        # The base the routed adapters were trained on, checked from the registry (no model loaded).
+        chosen = served_base(store, base, log=lambda m: err_console.print(m, markup=False, highlight=False))
+        err_console.print(f"base: {chosen.base} ({chosen.reason})", markup=False, highlight=False, soft_wrap=True)
+        served: Any = InProcess(chosen.base)
     elif backend.startswith(("http://", "https://")):
         from learning.gateway.forward import Forwarding
 
@@ -363,53 +241,6 @@ def init_base(
         )
 
     emit(info, as_json, show)
-
-
-def demo_cmd(
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A much smaller run (tiny base, few tasks, few steps).")
-    ] = False,
-    gateway: Annotated[
-        bool,
-        typer.Option(
-            "--gateway", help="Close the loop through the gateway: the agent only sends OpenAI requests over HTTP."
-        ),
-    ] = False,
-    home: HomeOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the base model, the tasks and the training.")] = 0,
-    as_json: JsonOpt = False,
-) -> None:
-    """Run the whole loop on the embedded base model and show whether the agent got better.
-
-    Without --home the demo uses a `demo` folder inside the learnloop home, so its runs and
-    adapters never mix with yours (with --gateway: a `demo-gateway` folder).
-    """
-    from learning.home import resolve_home
-
-    run: Any
-    if gateway:
-        from learning.demo.gateway_demo import QUICK
-        from learning.demo.gateway_demo import GatewayDemoConfig as Config
-        from learning.demo.gateway_demo import run_gateway_demo as run
-    else:
-        from learning.demo.demo import QUICK
-        from learning.demo.demo import DemoConfig as Config
-        from learning.demo.demo import run_demo as run
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # The stages print their own progress; library progress bars and warnings would garble it.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    target = home or str(Path(resolve_home(None)) / ("demo-gateway" if gateway else "demo"))
-    config = (QUICK if quick else Config()).model_copy(update={"seed": seed})
-    if as_json:
-        summary = run(target, quick=quick, config=config, report=lambda *a, **k: None)
-    else:
-        with StageProgress(err_console, GATEWAY_DEMO_TITLES if gateway else DEMO_TITLES) as progress:
-            summary = run(target, quick=quick, config=config, report=progress)
-    emit(summary, as_json, gateway_demo_summary if gateway else demo_summary)
-    if any(st.status == "failed" for st in summary.stages):
-        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

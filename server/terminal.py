@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -19,6 +21,28 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 # No emoji codes: ":warning:" in a task key is shown as typed, like any text a caller sent.
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
+
+
+class PlainLines:
+    """Progress as plain lines, for an output that is not a terminal (a file, a pipe, a CI log),
+    where a live progress bar shows nothing until it ends. Each line is printed and flushed at
+    once: a new kind of message always, the same message with other numbers at most once every
+    `every_s` seconds per key."""
+
+    def __init__(self, out: Console, every_s: float = 5.0):
+        self.out, self.every_s = out, every_s
+        self.last: dict[str, tuple[str, str, float]] = {}  # key -> (text, its shape, time printed)
+
+    def line(self, key: str, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        shape = re.sub(r"\d+(?:[.:]\d+)*", "#", text)
+        last = self.last.get(key)
+        if not force and last is not None:
+            if text == last[0] or (shape == last[1] and now - last[2] < self.every_s):
+                return
+        self.last[key] = (text, shape, now)
+        self.out.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        self.out.file.flush()
 
 
 def to_jsonable(result: Any) -> Any:

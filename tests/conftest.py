@@ -88,3 +88,20 @@ def real_gguf() -> Path:
     from tests.realmodel import smollm2_gguf
 
     return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def imported(real_gguf, tmp_path_factory):
+    """A home with SmolLM2's GGUF imported as a base (a ~540 MB float32 folder: once per session,
+    shared by the real-model and llama-server tests): (store, the import's record)."""
+    from learning.jobs import manage as jobs
+    from learning.models import gguf_base
+    from learning.store import Store
+
+    store = Store(tmp_path_factory.mktemp("real") / "home")
+    started = gguf_base.import_base(store, str(real_gguf), wait_s=0)
+    assert started.job_id is not None
+    status = jobs.wait_job(store, started.job_id, timeout=900)
+    assert status.status == "succeeded", (status.error, status.log_tail)
+    yield store, status.result
+    store.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from learning.data.chat_loss import IGNORE, assistant_only_rows, tokenize_assistant_only
-from tests.tiny_models import token_id
+from tests.tool_chat import build_chat_base
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 # SmolLM2-Instruct's template: ChatML, a default system prompt, no {% generation %} markers.
@@ -34,51 +34,9 @@ TALK = [
 
 
 def build_chatml(folder: Path, with_model: bool = False) -> Path:
-    """A byte-level BPE tokenizer with bos <|im_start|>, eos/pad <|im_end|> and the ChatML
-    template above (and, with_model, a 2-layer Llama of hidden 64), saved to folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    corpus = [SYSTEM, *(m["content"] for m in TALK), "Write a function add_1 that returns x plus 1.\n"] * 5
-    raw.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        chat_template=CHATML,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(folder)
-    if with_model:
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=512,
-            bos_token_id=token_id(tok.bos_token_id),
-            eos_token_id=token_id(tok.eos_token_id),
-            pad_token_id=token_id(tok.pad_token_id),
-        )
-        LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    """A tokenizer with the ChatML template above (and, with_model, a 2-layer Llama), saved to folder."""
+    corpus = [SYSTEM, *(m["content"] for m in TALK), "Write a function add_1 that returns x plus 1.\n"]
+    return build_chat_base(folder, CHATML, corpus, with_model)
 
 
 @pytest.fixture(scope="module")

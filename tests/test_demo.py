@@ -39,7 +39,7 @@ def test_loss_curve_reads_the_last_trainer_state(tmp_path):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo") / "home"
-    proc = run_cli("demo", "--quick", "--json", home=home, timeout=900)
+    proc = run_cli("demo", "--quick", "--json", "--home", str(home), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return home, json.loads(proc.stdout)
 

@@ -17,24 +17,12 @@ from learning.models import gguf_base
 from learning.models.fingerprint import base_fingerprint
 from learning.registry import adapters as registry
 from learning.serve import deploy, export
-from learning.store import Store
 from learning.train import launch as training
 from tests.train_helpers import make_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 CHAT = [{"role": "user", "content": "Write a function that adds one."}, {"role": "assistant", "content": "x + 1"}]
-
-
-@pytest.fixture(scope="module")
-def imported(real_gguf, tmp_path_factory):
-    store = Store(tmp_path_factory.mktemp("real") / "home")
-    started = gguf_base.import_base(store, str(real_gguf), wait_s=0)
-    assert started.job_id is not None
-    status = jobs.wait_job(store, started.job_id, timeout=900)
-    assert status.status == "succeeded", (status.error, status.log_tail)
-    yield store, status.result
-    store.close()
 
 
 def test_import_records_both_fingerprints_and_keeps_the_logits(imported, real_gguf):

@@ -45,14 +45,32 @@ def escape_text(text: str, controls: list[str]) -> str:
 
 
 def escape_value(value: Any, controls: list[str]) -> Any:
-    """A row field escaped: strings, chat messages (their content) and lists of them; other
-    values (labels, roles) as they are."""
+    """A row field escaped: strings, chat messages (their content, and their tool calls'
+    arguments, text or object) and lists of them; other values (labels, roles, names) as they are."""
     if isinstance(value, str):
         return escape_text(value, controls)
     if isinstance(value, list):
         return [escape_value(v, controls) for v in value]
     if isinstance(value, dict):
-        return {k: escape_value(v, controls) if k == "content" else v for k, v in value.items()}
+        return {k: _escape_key(k, v, controls) for k, v in value.items()}
+    return value
+
+
+def _escape_key(key: str, value: Any, controls: list[str]) -> Any:
+    if key in ("content", "tool_calls", "function"):
+        return escape_value(value, controls)
+    if key == "arguments":  # JSON text, or the object parsed from it: every string in it
+        return _escape_all(value, controls)
+    return value
+
+
+def _escape_all(value: Any, controls: list[str]) -> Any:
+    if isinstance(value, str):
+        return escape_text(value, controls)
+    if isinstance(value, list):
+        return [_escape_all(v, controls) for v in value]
+    if isinstance(value, dict):
+        return {escape_text(k, controls): _escape_all(v, controls) for k, v in value.items()}
     return value
 
 

@@ -143,7 +143,8 @@ def _sft_rows(store, role, filters, config, workers, counts, redactor, *, limit,
 
     def chunks():
         """Chunks of runs; a run whose task is already capped is not prepared at all."""
-        with closing(stream_curation_runs(store, role, filters, order="reward")) as stream:
+        exchange = config[3] == "messages"  # chat rows are made of the recorded exchange, when a run has one
+        with closing(stream_curation_runs(store, role, filters, order="reward", exchange=exchange)) as stream:
             while batch := list(itertools.islice(stream, CHUNK)):
                 todo = [per_task[run.task_key] < max_per_task for run in batch]
                 yield (batch, todo), SftInputs.of([run for run, do in zip(batch, todo) if do])

@@ -6,14 +6,19 @@ reads them with `training_rows` (the columns TRL expects) and evaluation with `t
 (a prompt, its reference completion and its tests), both converting alpaca and sharegpt the same way.
 
 A row whose run carried tests (Python statements that check an answer) has them in a top-level
-`tests` list, in every format; training never passes that key to TRL.
+`tests` list, in every format; training never passes that key to TRL. A messages row made from a
+run's recorded exchange holds its tool calls and tool results, and the tools offered under `tools`
+(OpenAI format, learning/runs/messages.py); training hands TRL that list as JSON text, which TRL
+passes to the chat template.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from learning.errors import InvalidInput
+from learning.runs.messages import answer_text
 
 SftFormat = Literal["prompt_completion", "messages", "alpaca", "sharegpt"]
 PrefFormat = Literal["prompt_completion", "messages"]
@@ -83,7 +88,7 @@ def as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+        return "\n".join(str(m.get("content") or "") for m in value if isinstance(m, dict))
     raise InvalidInput(f"Expected a string or a list of messages, got {type(value).__name__}.")
 
 
@@ -111,7 +116,7 @@ def _prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
         msgs = row["messages"]
         if not msgs or msgs[-1].get("role") != "assistant":
             raise InvalidInput("A messages row must end with the assistant's answer.")
-        return {"prompt": msgs[:-1], "completion": as_text(msgs[-1]["content"])}
+        return {"prompt": chat_messages(msgs[:-1]), "completion": answer_text(msgs[-1])}
     if "instruction" in row and "output" in row:
         return {"prompt": alpaca_prompt(row), "completion": row["output"]}
     if "prompt" not in row or "completion" not in row:
@@ -134,5 +139,35 @@ def training_rows(rows: list[dict[str, Any]], fmt: str, method: str) -> list[dic
     if fmt == "sharegpt":
         return [{"messages": sharegpt_messages(r)} for r in rows]
     if fmt == "messages":
-        return [{"messages": r["messages"]} for r in rows]
+        offered = any(r.get("tools") for r in rows)  # then every row has the column (TRL reads it per row)
+        return [
+            {"messages": chat_messages(r["messages"]), **({"tools": tools_text(r)} if offered else {})} for r in rows
+        ]
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as chat templates take them: a tool call's arguments as the object its JSON text
+    holds, as serving runtimes (vLLM, llama.cpp) hand them to the template, so training renders
+    a call as serving does (Qwen's and Llama's templates write `arguments | tojson`: the text
+    would come out quoted twice). Arguments that are not a JSON object stay text."""
+    return [_parsed_calls(m) if m.get("tool_calls") else m for m in messages]
+
+
+def _parsed_calls(message: dict[str, Any]) -> dict[str, Any]:
+    calls = []
+    for call in message["tool_calls"]:
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            parsed = arguments
+        calls.append({**call, "function": {**function, "arguments": parsed if isinstance(parsed, dict) else arguments}})
+    return {**message, "tool_calls": calls}
+
+
+def tools_text(row: dict[str, Any]) -> str | None:
+    """A row's tools as the JSON text TRL's SFTTrainer takes in its `tools` column (text, so
+    datasets does not merge the schemas of different tools into one), or None."""
+    return json.dumps(row["tools"], ensure_ascii=False) if row.get("tools") else None

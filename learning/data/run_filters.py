@@ -24,6 +24,8 @@ class CurationRun(NamedTuple):
     task_type: str | None
     complexity: str | None
     tests: str | None  # the run's tests as stored: a JSON list of statements, or None
+    messages: str | None = None  # the whole exchange as stored (JSON), when recorded and asked for
+    tools: str | None = None  # the tools offered as stored (JSON), likewise
 
 
 class FunnelCount(NamedTuple):
@@ -55,14 +57,21 @@ def _filters(filters: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 
 def stream_curation_runs(
-    store: Store, role: str, filters: dict[str, Any], order: str = "reward", batch: int = 2_000
+    store: Store,
+    role: str,
+    filters: dict[str, Any],
+    order: str = "reward",
+    batch: int = 2_000,
+    exchange: bool = False,
 ) -> Generator[CurationRun, None, None]:
     """Runs of a role passing the filters, read in batches from one cursor. order 'reward': best
     first (the index on (role, reward) gives this order without sorting, so a limit stops the read
-    early); order 'task_key': attempts at one task together, best first."""
+    early); order 'task_key': attempts at one task together, best first. exchange: read the runs'
+    messages and tools too (None otherwise: they can be large, and only chat rows use them)."""
     parts = _filters(filters)
     where = " AND ".join(["role = ?", _SCORED] + [sql for _, sql, _ in parts])
-    sql = f"SELECT {', '.join(CurationRun._fields)} FROM runs WHERE {where} ORDER BY {_ORDER_BY[order]}"
+    columns = [c if exchange or c not in ("messages", "tools") else f"NULL AS {c}" for c in CurationRun._fields]
+    sql = f"SELECT {', '.join(columns)} FROM runs WHERE {where} ORDER BY {_ORDER_BY[order]}"
     make = CurationRun._make
     with store.read() as conn:
         cursor = conn.cursor()

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from learning.data.curate import make_sft
 from learning.demo.answers import AGENT, Report, answer_and_score, rates
 from learning.demo.heldout import stage_drift, stage_heldout
+from learning.demo.homes import demo_home
 from learning.demo.summary import DemoSummary, finish_summary
 from learning.evaluate import codeenv
 from learning.evaluate.evaluation import evaluate_adapter
@@ -292,15 +293,21 @@ STAGES: list[tuple[str, Callable]] = [
 
 
 def run_demo(
-    home: str | Path | None = None, quick: bool = False, config: DemoConfig | None = None, report: Report | None = None
+    home: str | Path | None = None,
+    quick: bool = False,
+    config: DemoConfig | None = None,
+    report: Report | None = None,
+    allow_production_home: bool = False,
 ) -> DemoSummary:
-    """Run every stage in order; the first stage that fails ends the run (the summary says which)."""
+    """Run every stage in order; the first stage that fails ends the run (the summary says which).
+
+    The home: `demo_home` (learning/demo/homes.py): a folder of the demo's own without `home`."""
     # The demo's models are tiny: one thread per process (this one and its jobs) is about as fast
     # as several, and makes a run give the same numbers on any machine. A user's setting wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cfg = config or (QUICK if quick else DemoConfig())
     report = report or (lambda *a, **k: None)
-    store = Store(home)
+    store = Store(demo_home(home, gateway=False, allow_production_home=allow_production_home))
     state: dict[str, Any] = {"started_at": time.time()}
     stages: list[Stage] = []
 

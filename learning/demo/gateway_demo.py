@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from learning.data.curate import make_sft
 from learning.demo.demo import DemoConfig, stage_base, stage_evaluate, stage_train
+from learning.demo.homes import demo_home
 from learning.demo.summary import verdict
 from learning.evaluate import codeenv
 from learning.gateway.app import build_app, serve_in_thread
@@ -262,12 +263,15 @@ def run_gateway_demo(
     quick: bool = False,
     config: GatewayDemoConfig | None = None,
     report: Report | None = None,
+    allow_production_home: bool = False,
 ) -> GatewayDemoSummary:
-    """Run every stage in order; the first that fails ends the run (the summary says which)."""
+    """Run every stage in order; the first that fails ends the run (the summary says which).
+
+    The home: `demo_home` (learning/demo/homes.py): a folder of the demo's own without `home`."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast, and reproducible
     cfg = config or (QUICK if quick else GatewayDemoConfig())
     report = report or (lambda *a, **k: None)
-    store = Store(home)
+    store = Store(demo_home(home, gateway=True, allow_production_home=allow_production_home))
     state: dict[str, Any] = {"started_at": time.time(), "stack": contextlib.ExitStack()}
     stages: list[Stage] = []
 

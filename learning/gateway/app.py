@@ -7,21 +7,26 @@
 
 Each call is routed (learning.routing.router.select_adapter, every request: a promotion or
 rollback shows on the next one), answered by the backend, and recorded as a run
-(learning/gateway/recording.py). The answer carries `x-learnloop-run-id`,
-`x-learnloop-reward-token`, `x-learnloop-decision-id`, `x-learnloop-adapter` and
-`x-learnloop-route` (for a stream: the run id is known only at the end, so it comes in the last
-chunk's `learnloop` field, with the reward token again). The reward token is the client's
-capability to score that run, once (learning/runs/rewards.py); only its hash is stored. A
-request with `metadata.tests` gets no token: it is answered first, then scored in the sandbox in
-the background (learning/gateway/scoring.py), a measured reward no client can replace.
-Malformed requests get a 400 OpenAI error object and are not recorded; a backend that fails
-gets a 502 with its message (and is recorded as a failed run, reward 0.0, only with
-record_failures). Nothing here prints a request, an answer or a token.
-Nothing in the answer's path waits on the disk: the routing decision is made without writing
-(router.decide), and the decision and the run go to the Recorder's writer thread, which stores
-them in one transaction with whatever else is queued (learning/gateway/recording.py). When the
-app shuts down (its lifespan) the scorer finishes, the queue is written and the backend's
-connections are closed.
+(learning/gateway/recording.py). Fields the gateway does not need pass to the runtime untouched
+and its answer comes back whole (learning/gateway/protocol.py, answers.py).
+
+The answer carries `x-learnloop-run-id`, `x-learnloop-reward-token`, `x-learnloop-decision-id`,
+`x-learnloop-adapter` and `x-learnloop-route`; a stream has the run id, its token and the
+decision in the `learnloop` field of the chunk that ends the answer. Acknowledged means stored:
+that answer or chunk is released only after the run is committed, so a run id a client holds
+survives a crash of the gateway. The reward token is the client's capability to score that run,
+once (learning/runs/rewards.py); only its hash is stored. A request with `metadata.tests` gets no
+token: it is scored in the sandbox in the background (learning/gateway/scoring.py), a measured
+reward no client can replace.
+
+Refused before any work, never recorded: a body over MAX_BODY (413, counted while reading), a
+malformed request or value (400), one whose run could not be stored (an instruction over the
+runs' limits), and what the backend refuses (the in-process model's context; a runtime's own
+400/413/422 comes back as it sent it). A backend that fails gets a 502 with its message (and a
+failed run, reward 0.0, only with record_failures). A client that leaves mid-stream ends the
+backend's generation and leaves an aborted run. Nothing here prints a request, an answer or a
+token. When the app shuts down (its lifespan) the scorer finishes within its deadline, the queue
+is written and the backend's connections are closed.
 """
 
 from __future__ import annotations
@@ -30,35 +35,64 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from learning.errors import Conflict, Forbidden, InvalidInput, NotFound
 from learning.gateway import protocol as p
+from learning.gateway.answers import Reply, StreamReply, answer_of, chunks_of, reply_of
 from learning.gateway.inprocess import BackendError
 from learning.gateway.recording import Recorder, exchange_run, failure_run
 from learning.gateway.scoring import Scorer
 from learning.routing.router import DecisionRow, decide
 from learning.runs.ids import written_run
 from learning.runs.rewards import give_reward
+from learning.runs.schema import parse_run
 from learning.runs.tokens import new_token
 from learning.store import Store
 
-MAX_BODY = 8 * 1024 * 1024
+MAX_BODY = 32 * 1024 * 1024  # a chat request, images included; enforced while reading
+MAX_REWARD_BODY = 2 * 1024 * 1024  # a reward: its signals and up to 100 tests of 10,000 characters
 TOKEN_HEADER = "x-learnloop-reward-token"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
     return JSONResponse(p.error_body(message, kind, param), status_code=status)
+
+
+def _refusal(exc: p.BadRequest) -> JSONResponse:
+    """A refused request: the runtime's own error object where it refused it, else ours."""
+    if exc.body is not None:
+        return JSONResponse(exc.body, status_code=exc.status)
+    kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
+    return _error(exc.status, str(exc), kind, exc.param)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) as soon as it passes `limit` bytes: never read whole first."""
+    declared = request.headers.get("content-length", "")
+    too_big = p.BadRequest(f"The body is over {limit // 1024 // 1024} MiB.", status=413)
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_big
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _headers(target: Any, run_id: int | None = None, reward_token: str | None = None) -> dict[str, str]:
@@ -76,23 +110,52 @@ def _headers(target: Any, run_id: int | None = None, reward_token: str | None = 
     return out
 
 
+def _finishes(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk ends a choice (or carries only usage): from there on the stream is held
+    until its run is stored."""
+    choices = chunk.get("choices")
+    if not choices:
+        return "usage" in chunk
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+
+
+def _event(data: Any) -> ServerSentEvent:
+    return ServerSentEvent(data=data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
+
+
 class Gateway:
     def __init__(self, store: Store, backend: Any, record_failures: bool = False):
         self.store, self.backend, self.record_failures = store, backend, record_failures
         self.recorder = Recorder(store)
         self.scorer = Scorer(store, self.recorder)
 
-    def _answered(
-        self, call: p.Call, gen: p.Generation, routed: tuple[Any, Any], started: float, token: str | None
-    ) -> int:
-        """Queue the exchange's run, pending, with its reward token's hash; a request with tests
-        (and no token) has its answer scored in the background."""
+    async def _answered(
+        self, call: p.Call, reply: Reply, routed: tuple[Any, Any], started: float, token: str | None
+    ) -> int | None:
+        """Store the exchange's run, pending, with its reward token's hash, and return its id once
+        it is committed (None: it could not be stored, and the answer goes without a run id); a
+        request with tests (and no token) has its answer scored in the background."""
         target, decision = routed
-        run = exchange_run(call, gen, target, self._meta(call, target, started))
-        run_id = self.recorder.record(decision, run, reward_token=token)
+        try:
+            run = exchange_run(call, reply, target, self._meta(call, target, started))
+            run_id, stored = self.recorder.submit(decision, run, reward_token=token)
+            await asyncio.wrap_future(stored)
+        except (InvalidInput, RuntimeError) as exc:
+            print(f"learnloop gateway: an answer was not recorded: {str(exc)[:200]}", file=sys.stderr)
+            return None
         if call.tests:
-            self.scorer.submit(run_id, gen.text, call.tests)
+            self.scorer.submit(run_id, reply.text, call.tests)
         return run_id
+
+    def _aborted(self, call: p.Call, routed: tuple[Any, Any], started: float, reply: Reply) -> None:
+        """The client left mid-stream: what it was sent is recorded, finish_reason `aborted`
+        (pending, with no reward token: nobody holds one)."""
+        target, decision = routed
+        reply.finish_reason = "aborted"
+        try:
+            self.recorder.record(decision, exchange_run(call, reply, target, self._meta(call, target, started)))
+        except (InvalidInput, RuntimeError):
+            pass
 
     def _failed(self, call: p.Call, routed: tuple[Any, Any], started: float, exc: BackendError) -> JSONResponse:
         """A 502 with the backend's message; a failed run too when the user opted in."""
@@ -113,6 +176,16 @@ class Gateway:
         except InvalidInput as exc:
             raise p.BadRequest(str(exc), "model") from None
 
+    def _check(self, call: p.Call) -> None:
+        """Refuse, before any work, a request whose run could not be stored (an instruction or a
+        task key over the runs' limits) or that this backend cannot answer."""
+        if call.n > 1 and not getattr(self.backend, "many_choices", False):
+            raise p.BadRequest("'n' must be 1 here: the in-process backend answers one choice per request.", "n")
+        try:
+            parse_run(exchange_run(call, Reply(text="."), None, {}))
+        except InvalidInput as exc:
+            raise p.BadRequest(f"This request cannot be recorded: {str(exc)[:500]}") from None
+
     async def aclose(self) -> None:
         """Finish scoring, write what is queued, close the backend's connections."""
         await asyncio.to_thread(self.scorer.close)  # scoring first: its rewards need their runs
@@ -131,75 +204,91 @@ class Gateway:
 
     async def completions(self, request: Request) -> Response:
         kind = "chat" if request.url.path.endswith("/chat/completions") else "completion"
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            return _error(413, f"The body is over {MAX_BODY // 1024 // 1024} MiB.")
         try:
+            raw = await read_body(request, MAX_BODY)
             call = p.read_call(raw, kind, {k.lower(): v for k, v in request.headers.items()})
+            self._check(call)
             routed = self._select(call)  # reads only: well under a millisecond
         except p.BadRequest as exc:
-            return _error(400, str(exc), param=exc.param)
+            return _refusal(exc)
         target, started = routed[0], time.perf_counter()
         token = None if call.tests else new_token()  # a request with tests is scored by the gateway itself
         if call.stream:
-            items = aiter(self.backend.stream(call, target))
-            try:  # a backend that fails before its first piece still gets a 502
+            items = chunks_of(call, self.backend.stream(call, target))
+            try:  # a backend that fails or refuses before its first piece still gets a status of its own
                 first = await anext(items)
             except BackendError as exc:
                 return self._failed(call, routed, started, exc)
-            return StreamingResponse(
-                self._stream(call, routed, started, first, items, token),
-                media_type="text/event-stream",
-                headers=_headers(target, reward_token=token),
-            )
+            except p.BadRequest as exc:
+                self._keep_decision(routed)
+                return _refusal(exc)
+            except StopAsyncIteration:
+                return self._failed(call, routed, started, BackendError("The backend's stream was empty."))
+            stream = self._stream(call, routed, started, first, items, token)
+            headers = _headers(target, reward_token=token)  # known before the run id: the run's once stored
+            return EventSourceResponse(stream, headers=headers, sep="\n")
         try:
-            gen = await self.backend.complete(call, target)
+            answer = await self.backend.complete(call, target)
+            answer = answer_of(call, answer) if isinstance(answer, p.Generation) else answer
+            reply = reply_of(call, answer)
         except BackendError as exc:
             return self._failed(call, routed, started, exc)
-        run_id = self._answered(call, gen, routed, started, token)
-        return JSONResponse(p.answer(call, p.new_id(call), gen), headers=_headers(target, run_id, token))
+        except p.BadRequest as exc:
+            self._keep_decision(routed)
+            return _refusal(exc)
+        except ValueError as exc:
+            return self._failed(call, routed, started, BackendError(f"The answer is not OpenAI's format ({exc})."))
+        run_id = await self._answered(call, reply, routed, started, token)
+        return JSONResponse(answer, headers=_headers(target, run_id, token if run_id is not None else None))
+
+    def _keep_decision(self, routed: tuple[Any, Any]) -> None:
+        if routed[1] is not None:
+            self.recorder.decision(routed[1])
 
     async def _stream(
         self,
         call: p.Call,
         routed: tuple[Any, Any],
         started: float,
-        first: Any,
-        items: AsyncIterator[Any],
+        first: dict[str, Any],
+        items: AsyncGenerator[dict[str, Any], None],
         token: str | None,
-    ) -> AsyncIterator[str]:
-        target = routed[0]
-        answer_id = p.new_id(call)
-        yield p.chunk(call, answer_id, None, role=True)
-        gen = None
+    ) -> AsyncIterator[ServerSentEvent]:
+        """The backend's chunks as they come, up to the first that ends a choice; those are held
+        until the run is stored, then sent with its id (the `learnloop` field of the first held
+        chunk). A client that leaves ends the backend's generation and leaves an aborted run."""
+        reply, held, done = StreamReply(call), [], False
         try:
-            item = first
-            while True:
-                if isinstance(item, p.Generation):
-                    gen = item
+            chunk: dict[str, Any] | None = first
+            while chunk is not None:
+                reply.add(chunk)
+                if not call.include_usage:
+                    chunk.pop("usage", None)
+                if held or _finishes(chunk):
+                    held.append(chunk)
                 else:
-                    yield p.chunk(call, answer_id, item)
-                try:
-                    item = await anext(items)
-                except StopAsyncIteration:
-                    break
+                    yield _event(chunk)
+                chunk = await anext(items, None)
+            done = True
         except BackendError as exc:
+            done = True
             self._failed(call, routed, started, exc)  # recorded (when asked); the client gets an error event
-            yield p.sse(p.error_body(str(exc), "backend_error"))
-            yield p.DONE
+            yield _event(p.error_body(str(exc), "backend_error"))
+            yield _event("[DONE]")
             return
-        assert gen is not None  # a backend's stream ends with its Generation
-        run_id = self._answered(call, gen, routed, started, token)
-        last = json.loads(p.chunk(call, answer_id, None, gen.finish_reason)[len("data: ") :])
-        last["learnloop"] = {
-            "run_id": run_id,
-            "reward_token": token,
-            "decision_id": getattr(target, "decision_id", None),
-        }
-        yield p.sse(last)
-        if call.include_usage:
-            yield p.usage_chunk(call, answer_id, gen)
-        yield p.DONE
+        finally:
+            if not done:  # the client left (or the server is stopping): the backend stops too
+                self._aborted(call, routed, started, reply.result())
+                with anyio.CancelScope(shield=True):
+                    await items.aclose()
+        run_id = await self._answered(call, reply.result(), routed, started, token)
+        info = {"run_id": run_id, "reward_token": token if run_id is not None else None}
+        info["decision_id"] = getattr(routed[0], "decision_id", None)
+        held = [c for c in held if c.get("choices") or call.include_usage] or [{**first, "choices": []}]
+        held[0]["learnloop"] = info
+        for chunk in held:
+            yield _event(chunk)
+        yield _event("[DONE]")
 
     async def models(self, request: Request) -> Response:
         from learning.registry.adapters import list_adapters
@@ -214,14 +303,14 @@ class Gateway:
         409 scored already; a refused reward changes nothing."""
         text = request.path_params["run_id"]
         plain = text.isascii() and text.isdigit() and len(text) <= 18  # not "²", "١" or past SQLite's integers
-        if plain:
-            await run_in_threadpool(self.recorder.flush)  # a run answered a moment ago is stored first
         if not plain or await run_in_threadpool(written_run, self.store, int(text), 0.0) is None:
             return _error(404, f"No run {text[:40]!r}: use the x-learnloop-run-id of an answer.", "not_found_error")
         try:
-            body = json.loads(await request.body())
+            raw = await read_body(request, MAX_REWARD_BODY)
+            body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError("not an object")
+            p.check_text(raw, body)
             token = _reward_token(body.get("reward_token"), request.headers.get(TOKEN_HEADER))
             given = {k: body.get(k) for k in ("reward", "signals", "tests")}
             await run_in_threadpool(
@@ -230,7 +319,7 @@ class Gateway:
         except (ValueError, RecursionError) as exc:
             return _error(400, f"The body must be a JSON object with 'reward' in [0, 1] ({exc}).")
         except p.BadRequest as exc:
-            return _error(400, str(exc), param=exc.param)
+            return _refusal(exc)
         except InvalidInput as exc:
             return _error(400, str(exc), param="reward")
         except Forbidden as exc:

@@ -15,8 +15,13 @@ an unknown model name with an error); a llama.cpp server serves the one model it
 the name, so there it is optional. A call routed to an
 adapter whose latest deployment is not on this runtime's URL is refused (BackendError, a 502
 naming the deploy command): answering it with the base would record the base's answer as the
-adapter's run. An unreachable runtime, an error answer or an error event in a stream becomes
-BackendError (the gateway's 502) with the runtime's message.
+adapter's run.
+
+Every field of the request passes untouched but `metadata` (the gateway's), `model` and `lora`
+(the route's), and the runtime's answer or chunks come back whole. A runtime that refuses the
+request itself (400, 413, 422: over its context, a field it cannot take) is answered to the
+client as it came; an unreachable runtime, any other error answer or an error event in a
+stream becomes BackendError (the gateway's 502) with the runtime's message.
 One httpx client per event loop is kept and its connections reused: making a client per
 request cost about 30 ms (its TLS context), far more than the rest of the gateway's work.
 """
@@ -30,14 +35,17 @@ from typing import Any, Literal
 
 from learning.errors import InvalidInput
 from learning.gateway.inprocess import BackendError
-from learning.gateway.protocol import Call, Generation
+from learning.gateway.protocol import BadRequest, Call
 
 Runtime = Literal["vllm", "llamacpp", "ollama"]
 TIMEOUT_S = 600.0
 LORA_LIST_S = 30.0  # how long the llama.cpp server's list of loaded adapters is reused
+PASSED_BACK = (400, 413, 422)  # the runtime refused the request itself: the client gets its answer
 
 
 class Forwarding:
+    many_choices = True  # n > 1 is the runtime's to answer
+
     def __init__(self, url: str, runtime: Runtime = "vllm", base_model: str | None = None):
         if runtime in ("vllm", "ollama") and not base_model:
             example = "the name `ollama list` shows" if runtime == "ollama" else "its --served-model-name or --model"
@@ -120,7 +128,23 @@ class Forwarding:
     def _path(self, call: Call) -> str:
         return "/v1/chat/completions" if call.kind == "chat" else "/v1/completions"
 
-    async def complete(self, call: Call, target: Any) -> Generation:
+    async def _refused(self, response: Any) -> Exception:
+        """A runtime's error answer: its 4xx about the request (over the context, a field it
+        cannot take) goes back to the client as it came (a BadRequest with its object), any other
+        becomes BackendError (the gateway's 502)."""
+        detail = (await response.aread()).decode(errors="replace")
+        if response.status_code in PASSED_BACK:
+            try:
+                body = json.loads(detail)
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("error"), dict):
+                message = str(body["error"].get("message") or detail)[:2000]
+                return BadRequest(message, body["error"].get("param"), response.status_code, body)
+        return BackendError(f"The runtime {self.name} answered {response.status_code}: {detail[:500]}")
+
+    async def complete(self, call: Call, target: Any) -> dict[str, Any]:
+        """The runtime's answer object, as it sent it (the model named as the client asked)."""
         import httpx
 
         body = {**await self._body(call, target), "stream": False}
@@ -129,60 +153,52 @@ class Forwarding:
         except httpx.HTTPError as exc:
             raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
         if response.status_code >= 400:
-            raise BackendError(f"The runtime {self.name} answered {response.status_code}: {response.text[:500]}")
+            raise await self._refused(response)
         try:
-            data = response.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"] if call.kind == "chat" else choice["text"]
-            use = data.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            answer = response.json()
+            if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+                raise ValueError("no choices")
+        except ValueError as exc:
             raise BackendError(f"The runtime {self.name} sent an answer that is not OpenAI's format ({exc}).") from exc
-        return Generation(
-            text or "",
-            int(use.get("prompt_tokens") or 0),
-            int(use.get("completion_tokens") or 0),
-            choice.get("finish_reason") or "stop",
-        )
+        answer["model"] = call.model
+        return answer
 
-    async def stream(self, call: Call, target: Any) -> AsyncIterator[str | Generation]:
+    async def stream(self, call: Call, target: Any) -> AsyncIterator[dict[str, Any]]:
+        """The runtime's chunks as it sent them (the model named as the client asked). Usage is
+        always asked for, to be recorded; the gateway drops it when the client did not ask. Closing
+        this iterator closes the connection, which ends the runtime's generation."""
         import httpx
 
-        body = {**await self._body(call, target), "stream": True, "stream_options": {"include_usage": True}}
-        text, finish, use = "", "stop", {}
+        options = {**(call.body.get("stream_options") or {}), "include_usage": True}
+        body = {**await self._body(call, target), "stream": True, "stream_options": options}
         try:
             async with self._client().stream("POST", self._path(call), json=body) as response:
                 if response.status_code >= 400:
-                    detail = (await response.aread()).decode(errors="replace")[:500]
-                    raise BackendError(f"The runtime {self.name} answered {response.status_code}: {detail}")
+                    raise await self._refused(response)
                 async for line in response.aiter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
-                    piece, finish, use = _read_chunk(call, line[5:], finish, use)
-                    if piece:
-                        text += piece
-                        yield piece
+                    chunk = _read_chunk(line[5:])
+                    if chunk is not None:
+                        chunk["model"] = call.model
+                        yield chunk
         except httpx.HTTPError as exc:
             raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
-        yield Generation(text, int(use.get("prompt_tokens") or 0), int(use.get("completion_tokens") or 0), finish)
 
 
-def _read_chunk(call: Call, data: str, finish: str, use: dict) -> tuple[str, str, dict]:
+def _read_chunk(data: str) -> dict[str, Any] | None:
+    """A stream's event as a chunk (None: not one); an error event becomes BackendError."""
     try:
         chunk = json.loads(data)
     except ValueError:
-        return "", finish, use
+        return None
     if not isinstance(chunk, dict):
-        return "", finish, use
+        return None
     if chunk.get("error"):  # vLLM and llama.cpp report a failure mid-stream as an error event
         error = chunk["error"]
         message = error.get("message") if isinstance(error, dict) else error
         raise BackendError(f"The runtime failed while streaming: {str(message)[:500]}")
-    use = chunk.get("usage") or use
-    for choice in chunk.get("choices") or []:
-        finish = choice.get("finish_reason") or finish
-        piece = (choice.get("delta") or {}).get("content") if call.kind == "chat" else choice.get("text")
-        return piece or "", finish, use
-    return "", finish, use
+    return chunk
 
 
 def _same_url(a: str, b: str) -> bool:

@@ -1,34 +1,36 @@
-"""The OpenAI wire format the gateway speaks: reading a request, and writing answers, stream
-chunks and error objects.
+"""Reading the OpenAI requests the gateway receives.
 
-A request is read into a `Call`: what to generate (chat messages or a prompt), how (max_tokens,
-temperature, stop), and where it goes (the model name, parsed by `route_of`). Anything malformed
-raises `BadRequest`, which the app answers with a 400 and an OpenAI error object; it is never
-recorded as a run.
+A request is read into a `Call`: where it goes (the model name, parsed by `route_of`, and the
+metadata), what the gateway itself must know to record and score it (the messages or the
+prompt, `stream`, `metadata.tests`), and the body as sent. Only those fields are checked;
+every other field (n, stop, logprobs, tools, tool_choice, response_format, seed, image parts,
+any runtime's own extensions) passes to the runtime untouched, and the runtime's limits apply
+(max_tokens, the context length, the number of stop strings). Anything malformed raises
+`BadRequest`, which the app answers with a 400 and an OpenAI error object, before any work; it is
+never recorded as a run.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from learning.runs.schema import test_problems
 
-MAX_TOKENS_LIMIT = 4096
-DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_TOKENS = 256  # the in-process backend's, as OpenAI's own default is "until the context ends"
 MODEL_PREFIX = "learnloop/"
 ROUTE_HEADERS = ("task-type", "complexity", "task-key")
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class BadRequest(Exception):
-    """A request the gateway cannot read: answered 400, not recorded."""
+    """A request the gateway, its backend or the model refuses: answered 400 (or the runtime's
+    own 4xx, with the runtime's error object as `body`), not recorded."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, body: dict | None = None):
         super().__init__(message)
-        self.param = param
+        self.param, self.status, self.body = param, status, body
 
 
 @dataclass
@@ -45,11 +47,13 @@ class Route:
 class Call:
     kind: Literal["chat", "completion"]
     model: str
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # as sent, content made text where it was parts
     prompt: str = ""
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = None  # None: the backend's default
     temperature: float | None = None
     stop: list[str] = field(default_factory=list)
+    n: int = 1
+    tools: list[dict[str, Any]] | None = None
     stream: bool = False
     include_usage: bool = False
     route: Route | None = None
@@ -59,6 +63,8 @@ class Call:
 
 @dataclass
 class Generation:
+    """What the in-process backend generated (a forwarded answer stays the runtime's object)."""
+
     text: str
     prompt_tokens: int
     completion_tokens: int
@@ -69,34 +75,48 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _content(value: Any, where: str) -> str:
-    """A message's content: a string, or a list of text parts (joined)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        parts = []
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"{where}: only text content parts are supported.", where)
-            parts.append(part["text"])
-        return "".join(parts)
-    if value is None:
-        return ""
-    raise BadRequest(f"{where} must be a string or a list of text parts.", where)
+def text_of(content: Any) -> str:
+    """A message's content as text: a string as it is, text parts joined, other parts (images,
+    audio, files) named in brackets, None empty."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"] if part.get("type") == "text" else f"[{part.get('type')}]"
+            for part in content
+            if isinstance(part, dict)
+        )
+    return ""
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _message(m: Any, i: int) -> dict[str, Any]:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise BadRequest(f"{where} must be an object with a 'role' string.", where)
+    if m["role"] not in CHAT_ROLES:
+        raise BadRequest(f"{where}.role {m['role']!r} is not a chat role.", f"{where}.role")
+    content = m.get("content")
+    if content is None and not (m["role"] == "assistant" and m.get("tool_calls")):
+        content = ""
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest(f"{where}.content[{j}] must be a content part with a 'type'.", f"{where}.content")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise BadRequest(f"{where}.content[{j}].text must be a string.", f"{where}.content")
+    elif content is not None and not isinstance(content, str):
+        raise BadRequest(f"{where}.content must be a string or a list of content parts.", f"{where}.content")
+    calls = m.get("tool_calls")
+    if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+        raise BadRequest(f"{where}.tool_calls must be a list of objects.", f"{where}.tool_calls")
+    role = "system" if m["role"] == "developer" else m["role"]  # what chat templates know
+    return {**m, "role": role, "content": content}
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise BadRequest("'messages' must be a non-empty list of {role, content} objects.", "messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a 'role' string.", f"messages[{i}]")
-        if m["role"] not in ("system", "developer", "user", "assistant", "tool"):
-            raise BadRequest(f"messages[{i}].role {m['role']!r} is not a chat role.", f"messages[{i}].role")
-        role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": _content(m.get("content"), f"messages[{i}].content")})
-    return out
+    return [_message(m, i) for i, m in enumerate(value)]
 
 
 def _stop(value: Any) -> list[str]:
@@ -104,20 +124,30 @@ def _stop(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    if isinstance(value, list) and len(value) <= 4 and all(isinstance(s, str) for s in value):
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
         return list(value)
-    raise BadRequest("'stop' must be a string or a list of at most 4 strings.", "stop")
+    raise BadRequest("'stop' must be a string or a list of strings.", "stop")
 
 
-def _number(body: dict, name: str, low: float, high: float, integer: bool = False) -> Any:
+def _number(body: dict, name: str, low: float, high: float | None = None, integer: bool = False) -> Any:
     value = body.get(name)
     if value is None:
         return None
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not low <= value <= high:
+    if isinstance(value, bool) or not ok or value < low or (high is not None and value > high):
         kind = "an integer" if integer else "a number"
-        raise BadRequest(f"'{name}' must be {kind} from {low:g} to {high:g}, got {value!r}.", name)
+        span = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+        raise BadRequest(f"'{name}' must be {kind} {span}, got {value!r}.", name)
     return value
+
+
+def check_text(raw: bytes, body: Any) -> None:
+    """Refuse what cannot be stored or forwarded as UTF-8: a lone surrogate (\\ud800) escaped in the JSON."""
+    if b"\\ud" in raw.lower():  # only escapes can make one; a cheap test before the full one
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("The body holds a lone surrogate (e.g. \\ud800): send valid Unicode text.") from None
 
 
 def read_call(raw: bytes, kind: Literal["chat", "completion"], headers: dict[str, str]) -> Call:
@@ -128,6 +158,7 @@ def read_call(raw: bytes, kind: Literal["chat", "completion"], headers: dict[str
         raise BadRequest(f"The body is not valid JSON ({exc}).") from None
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
+    check_text(raw, body)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest(
@@ -143,14 +174,15 @@ def read_call(raw: bytes, kind: Literal["chat", "completion"], headers: dict[str
         if not isinstance(prompt, str):
             raise BadRequest("'prompt' must be a string (one prompt per request).", "prompt")
         call.prompt = prompt
-    tokens = _number(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT, True) or _number(
-        body, "max_tokens", 1, MAX_TOKENS_LIMIT, True
-    )
-    call.max_tokens = tokens or DEFAULT_MAX_TOKENS
+    tokens = _number(body, "max_completion_tokens", 1, integer=True) or _number(body, "max_tokens", 1, integer=True)
+    call.max_tokens = tokens
     call.temperature = _number(body, "temperature", 0, 2)
     call.stop = _stop(body.get("stop"))
-    if body.get("n", 1) != 1:
-        raise BadRequest("'n' must be 1: the gateway answers one choice per request.", "n")
+    call.n = _number(body, "n", 1, 128, integer=True) or 1
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise BadRequest("'tools' must be a list of tool objects.", "tools")
+    call.tools = tools or None
     call.stream = bool(body.get("stream", False))
     options = body.get("stream_options")
     call.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -196,60 +228,3 @@ def route_of(model: str, metadata: Any, headers: dict[str, str]) -> Route | None
         complexity=extra["complexity"],
         task_key=extra["task_key"],
     )
-
-
-# ---- answers ---------------------------------------------------------------------------------
-
-
-def new_id(call: Call) -> str:
-    return ("chatcmpl-" if call.kind == "chat" else "cmpl-") + secrets.token_hex(12)
-
-
-def usage(gen: Generation) -> dict[str, int]:
-    total = gen.prompt_tokens + gen.completion_tokens
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens, "total_tokens": total}
-
-
-def answer(call: Call, answer_id: str, gen: Generation) -> dict[str, Any]:
-    """The whole (non-streamed) answer object."""
-    if call.kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": gen.text}}
-        obj = "chat.completion"
-    else:
-        choice, obj = {"index": 0, "text": gen.text, "logprobs": None}, "text_completion"
-    choice["finish_reason"] = gen.finish_reason
-    return {
-        "id": answer_id,
-        "object": obj,
-        "created": int(time.time()),
-        "model": call.model,
-        "choices": [choice],
-        "usage": usage(gen),
-    }
-
-
-def chunk(call: Call, answer_id: str, text: str | None, finish: str | None = None, role: bool = False) -> str:
-    """One server-sent event of a streamed answer (OpenAI's chunk format)."""
-    if call.kind == "chat":
-        delta: dict[str, Any] = {"role": "assistant"} if role else {}
-        if text:
-            delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta}
-        obj = "chat.completion.chunk"
-    else:
-        choice, obj = {"index": 0, "text": text or "", "logprobs": None}, "text_completion"
-    choice["finish_reason"] = finish
-    return sse({"id": answer_id, "object": obj, "created": int(time.time()), "model": call.model, "choices": [choice]})
-
-
-def usage_chunk(call: Call, answer_id: str, gen: Generation) -> str:
-    obj = "chat.completion.chunk" if call.kind == "chat" else "text_completion"
-    body = {"id": answer_id, "object": obj, "created": int(time.time()), "model": call.model, "choices": []}
-    return sse({**body, "usage": usage(gen)})
-
-
-def sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-DONE = "data: [DONE]\n\n"

@@ -3,23 +3,28 @@
 How an exchange maps to a run:
 
 - instruction: the last user message (a completion: the prompt);
-- input: the conversation before it (system prompt and earlier turns), one
-  `<role>: <content>` block per message, blank-line separated (a completion: empty);
-- output: the answer the gateway sent (`(empty answer)` when the model said nothing);
+- input: the rest of the conversation in order (system prompt and earlier turns, then an agent's
+  tool calls and tool results after it), one `<role>: <content>` block per message,
+  blank-line separated (a completion: empty);
+- output: the answer's text (its first choice), then its tool calls as `name(arguments)` lines
+  (`(empty answer)` when the model said nothing);
+- messages and tools (chat): the whole exchange in OpenAI's format, the answer's message last
+  (tool calls and tool results included), and the tools offered: what `make_sft --format
+  messages` trains on;
 - role, task_type, complexity, task_key: the route (a plain model name: role `gateway`);
 - model: the model name requested; adapter_id and decision_id: what select_adapter chose;
 - meta.gateway: backend, route level, stream or not, latency_ms, prompt_tokens,
-  completion_tokens, finish_reason.
+  completion_tokens, finish_reason (`aborted`: the client left mid-stream), choices (n > 1).
 
 A backend that fails is recorded only when the user opted in (`learnloop gateway
 --record-failures`): a failed run, reward 0.0, output `(no answer: the backend failed)`, signals
 backend_error holding the backend's message, finish_reason `error`.
 
-Writing stays out of the answer's way (`Recorder`): the answer goes out with a run id reserved
-beforehand (learning/runs/ids.py), and one writer thread stores the routing decision and the run
-in one transaction, together with whatever else is queued by then (a group commit: one fsync
-for many requests). A reward for a run not written yet waits for it; on shutdown the queue is
-written before the gateway exits.
+Acknowledged means stored (`Recorder`): a run gets an id reserved beforehand
+(learning/runs/ids.py), one writer thread stores the routing decision and the run in one
+transaction, together with whatever else is queued by then (a group commit: one fsync for many
+requests), and the gateway releases the answer carrying the run id only after that commit. On
+shutdown the queue is written before the gateway exits.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, NamedTuple
 
-from learning.gateway.protocol import Call, Generation
+from learning.gateway.answers import Reply
+from learning.gateway.protocol import Call, text_of
 from learning.routing.router import DecisionRow, insert_decision
 from learning.runs import record
 from learning.runs.ids import release_run_ids, reserve_run_ids
+from learning.runs.messages import render_tool_calls
 from learning.runs.schema import parse_run
 from learning.store import Store
 
@@ -45,17 +53,30 @@ EMPTY = "(empty answer)"
 BACKEND_FAILED = "(no answer: the backend failed)"
 
 
-def split_messages(messages: list[dict[str, str]]) -> tuple[str, str]:
-    """(instruction, input) of a conversation: its last user message, and what came before it."""
+def split_messages(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """(instruction, input) of a conversation: its last user message, and every other message in
+    order (what came before it, then the tool calls and results of an agent's turn after it)."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
-    before = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages[:last])
-    return messages[last]["content"], before
+    others = messages[:last] + messages[last + 1 :]
+    return text_of(messages[last].get("content")), "\n\n".join(f"{m['role']}: {_said(m)}" for m in others)
 
 
-def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any]) -> dict[str, Any]:
+def _said(message: dict[str, Any]) -> str:
+    """A message as text: its content, then any tool calls it made."""
+    text = text_of(message.get("content"))
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        text = "\n".join(filter(None, [text, render_tool_calls(calls)]))
+    return text
+
+
+def exchange_run(call: Call, reply: Reply, target: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """The run an exchange is recorded as."""
     instruction, context = split_messages(call.messages) if call.kind == "chat" else (call.prompt, "")
     route = call.route
+    output = reply.text
+    if reply.tool_calls:
+        output = "\n".join(filter(None, [output, render_tool_calls(reply.tool_calls)]))
     run = {
         "agent": AGENT,
         "role": route.role if route else PLAIN_ROLE,
@@ -64,7 +85,7 @@ def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any])
         "task_key": route.task_key if route else None,
         "instruction": instruction,
         "input": context,
-        "output": gen.text or EMPTY,  # a run needs an output
+        "output": output or EMPTY,  # a run needs an output
         "reward": None,  # pending until scored: by the reward token's holder, or by the request's tests
         "model": call.model,
         "adapter_id": getattr(target, "adapter_id", None),
@@ -72,20 +93,27 @@ def exchange_run(call: Call, gen: Generation, target: Any, meta: dict[str, Any])
         "meta": {
             "gateway": {
                 **meta,
-                "prompt_tokens": gen.prompt_tokens,
-                "completion_tokens": gen.completion_tokens,
-                "finish_reason": gen.finish_reason,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "finish_reason": reply.finish_reason,
+                **({"choices": reply.choices} if reply.choices > 1 else {}),
             }
         },
     }
+    if call.kind == "chat":  # the whole exchange, tool calls and results included; images named, not kept
+        sent = [{**m, "content": text_of(m["content"])} if isinstance(m["content"], list) else m for m in call.messages]
+        run["messages"] = [*sent, reply.message()]
+        run["tools"] = call.tools
     return run
 
 
 def failure_run(call: Call, target: Any, meta: dict[str, Any], error: str) -> dict[str, Any]:
     """The failed run a backend failure is recorded as (only with --record-failures)."""
-    run = exchange_run(call, Generation(BACKEND_FAILED, 0, 0, "error"), target, meta)
+    run = exchange_run(call, Reply(text=BACKEND_FAILED, finish_reason="error"), target, meta)
     run["reward"] = 0.0
     run["signals"] = {"backend_error": error[:2000]}
+    run.pop("messages", None)  # no answer to learn from
+    run.pop("tools", None)
     return run
 
 
@@ -93,14 +121,17 @@ class Item(NamedTuple):
     decision: DecisionRow | None
     run_id: int | None
     row: record.RunRow | None
+    stored: Future | None = None  # set once the item is committed (or failed)
 
 
 class Recorder:
     """Stores the gateway's decisions and runs from one writer thread, many per transaction.
 
-    `record` checks the run (the same checks as log_run), gives it its id and queues it with
-    its decision; it returns at once. `flush` waits until everything queued so far is stored;
-    `close` writes the rest, hands back unused ids and stops the thread."""
+    `submit` checks the run (the same checks as log_run), gives it its id and queues it with
+    its decision; it returns at once, with a future that is done once the run is committed (the
+    gateway releases an answer only then: a run id a client holds survives a crash). `flush`
+    waits until everything queued so far is stored; `close` writes the rest, hands back unused
+    ids and stops the thread."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -115,7 +146,14 @@ class Recorder:
         self.thread.start()
 
     def record(self, decision: DecisionRow | None, run: dict[str, Any], reward_token: str | None = None) -> int:
-        """Queue a run (and the decision that routed it); returns the id it will be stored under.
+        """Queue a run (and the decision that routed it); returns the id it will be stored under."""
+        return self.submit(decision, run, reward_token)[0]
+
+    def submit(
+        self, decision: DecisionRow | None, run: dict[str, Any], reward_token: str | None = None
+    ) -> tuple[int, Future]:
+        """Queue a run (and the decision that routed it); returns the id it will be stored under
+        and a future done when it is (its exception: why it could not be).
         reward_token: the token handed out with a pending run (only its hash is stored)."""
         checked = parse_run(run)
         if checked.adapter_id:  # as log_run: an adapter the registry knows
@@ -125,8 +163,9 @@ class Recorder:
             self._await_ids()
             run_id = self.ids.popleft()
             self.want_block = self.want_block or (len(self.ids) < BLOCK // 2 and not self.reserving)
-            self._put(Item(decision, run_id, row))
-        return run_id
+            stored: Future = Future()
+            self._put(Item(decision, run_id, row, stored))
+        return run_id, stored
 
     def _await_ids(self, wait_s: float = 60.0) -> None:
         """Ids at hand: the writer reserves the next block when half of one is used, so this waits
@@ -176,6 +215,9 @@ class Recorder:
                 self._release(unused)
                 return
             block = self._write(batch, want)
+            for item in batch:
+                if item.stored is not None and not item.stored.done():
+                    item.stored.set_result(item.run_id)
             with self.cond:
                 self.ids.extend(block)
                 self.reserving = False
@@ -200,6 +242,8 @@ class Recorder:
                 except Exception as err:  # noqa: BLE001 - reported, never the request's content
                     what = f"run {item.run_id}" if item.run_id else f"decision {item.decision and item.decision.id}"
                     print(f"learnloop gateway: {what} could not be stored: {type(err).__name__}", file=sys.stderr)
+                    if item.stored is not None:
+                        item.stored.set_exception(RuntimeError(f"{what} could not be stored: {type(err).__name__}"))
             return range(0)  # a block asked for is asked for again by the next request that needs it
 
     def _insert(self, conn: Any, batch: list[Item]) -> None:

@@ -21,6 +21,7 @@ from learning.clock import iso
 from learning.errors import InvalidInput, NotFound
 from learning.params import CLI_ONLY
 from learning.runs.ids import written_run
+from learning.runs.messages import exchange_json
 from learning.runs.schema import (
     LIMITS,
     MAX_JSON_DEPTH,
@@ -61,6 +62,8 @@ class RunRow(NamedTuple):
     tests: str | None = None  # a JSON list of statements, or NULL
     import_key: str | None = None  # "<file sha256>:<line>" for an imported run, else NULL
     reward_token_sha256: str | None = None  # a pending run's reward token, hashed (learning/runs/tokens.py)
+    messages: str | None = None  # the whole exchange, JSON (learning/runs/messages.py), or NULL
+    tools: str | None = None  # the tools offered, JSON, or NULL
 
 
 RUN_COLUMNS = RunRow._fields
@@ -103,6 +106,8 @@ def row_of(run: RunIn, import_key: str | None = None, reward_token: str | None =
         tests=dumps(run.tests) if run.tests else None,
         import_key=import_key,
         reward_token_sha256=token_hash(reward_token) if reward_token else None,
+        messages=exchange_json(run.messages),
+        tools=exchange_json(run.tools),
     )
 
 
@@ -321,25 +326,20 @@ def import_runs(
     )
 
 
+# The columns a Run holds as they are; signals, meta, tests, messages and tools are JSON.
+_PLAIN = ("id", "agent", "role", "task_type", "complexity", "task_key", "instruction", "input", "output", "reward")
+_PLAIN += ("model", "adapter_id", "decision_id")
+
+
 def row_to_run(row) -> Run:
     return Run(
-        id=row["id"],
+        **{k: row[k] for k in _PLAIN},
         time=iso(row["ts"]),
-        agent=row["agent"],
-        role=row["role"],
-        task_type=row["task_type"],
-        complexity=row["complexity"],
-        task_key=row["task_key"],
-        instruction=row["instruction"],
-        input=row["input"],
-        output=row["output"],
-        reward=row["reward"],
         signals=loads(row["signals"]) or {},
-        model=row["model"],
-        adapter_id=row["adapter_id"],
-        decision_id=row["decision_id"],
         meta=loads(row["meta"]) or {},
         tests=loads(row["tests"]) or [],
+        messages=loads(row["messages"]),
+        tools=loads(row["tools"]),
     )
 
 

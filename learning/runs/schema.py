@@ -5,7 +5,8 @@ Field limits (characters): agent/model 200, role/task_type/complexity 64, task_k
 adapter_id/decision_id 128, instruction 200,000, input and output 1,000,000 each, signals and
 meta 64 KiB of JSON each, nested at most 64 levels; tests_passed <= tests_total; time between
 2000 and 2100; tests: at most 100 statements, 10,000 characters each, 100,000 in all,
-each one compiling as Python.
+each one compiling as Python; messages 2,000,000 and tools 200,000 characters of JSON (the
+exchange itself: learning/runs/messages.py).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from learning.clock import RANGE_TEXT, in_range
 from learning.errors import InvalidInput
+from learning.runs.messages import MESSAGES_CHARS, TOOLS_CHARS, ChatMessage, ToolSpec, check_exchange, check_tools
 
 LIMITS = {
     "agent": 200,
@@ -37,6 +39,8 @@ LIMITS = {
     "signals": 65_536,
     "meta": 65_536,
     "tests": 100_000,
+    "messages": MESSAGES_CHARS,
+    "tools": TOOLS_CHARS,
 }
 MAX_JSON_DEPTH = 64  # nesting levels of signals and meta
 MAX_TESTS = 100
@@ -112,13 +116,30 @@ class RunIn(BaseModel):
         "they travel into datasets and evaluate_adapter's gate runs them. At most 100, 10,000 characters each (CLI: --tests once per statement).",
     )
     time: datetime | None = Field(default=None, description="When the run happened (ISO 8601); now when absent.")
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        description="The whole exchange in OpenAI chat format, ending with the assistant's answer: "
+        "{role: system|user|assistant|tool, content, tool_calls?: [{id, type: 'function', function: "
+        "{name, arguments}}], tool_call_id?}; make_sft --format messages trains on it. At most 2,000,000 "
+        "characters of JSON.",
+    )
+    tools: list[ToolSpec] | None = Field(
+        default=None,
+        description="The tools offered, in OpenAI format: [{type: 'function', function: {name, description, "
+        "parameters}}]. At most 200,000 characters of JSON.",
+    )
 
     @field_validator("reward", mode="before")
     @classmethod
     def _reward_is_a_number(cls, value: Any) -> Any:
         return None if value is None else check_reward(value)
 
-    @field_validator("signals", "meta", mode="before")
+    @field_validator("messages", "tools")
+    @classmethod
+    def _an_exchange(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_exchange(value) if info.field_name == "messages" else check_tools(value)
+
+    @field_validator("signals", "meta", "tools", mode="before")
     @classmethod
     def _shallow_json(cls, value: Any) -> Any:
         return check_depth(value)
@@ -296,6 +317,8 @@ class Run(BaseModel):
     decision_id: str | None
     meta: dict[str, Any]
     tests: list[str] = Field(default_factory=list, description="Statements that check an answer to the task.")
+    messages: list[dict[str, Any]] | None = Field(default=None, description="The whole exchange, when recorded.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="The tools offered, when recorded.")
     reward_history: list[RewardEvent] = Field(
         default_factory=list, description="Rewards given after the run was logged, oldest first (get_run fills it)."
     )
