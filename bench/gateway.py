@@ -3,9 +3,9 @@
 Three processes at the heart of it: this one (the clients, httpx), a STAND-IN runtime and the real gateway
 (`python -m server gateway --backend <stand-in URL>`, the forwarding backend of
 learning/gateway/forward.py, routed model `learnloop/coder`, so the routing decision and the
-recording of its run are in the path; the run is stored by the gateway's writer thread a few
-milliseconds after the answer, many runs per commit, so "nothing lost" is counted after the
-gateway has shut down, which writes whatever it still holds).
+recording of its run are in the path; the run is stored by the gateway's writer thread, many
+runs per commit, and each answer is released once its run is committed; "nothing lost" is
+counted after the gateway has shut down).
 
 A fourth process, a BARE PROXY (no learnloop: the same Starlette server and the same reused
 httpx client, passing each request on and the answer back), is measured alongside: the latency it

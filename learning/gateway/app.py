@@ -138,7 +138,9 @@ class Gateway:
         target, decision = routed
         try:
             run = exchange_run(call, reply, target, self._meta(call, target, started))
-            run_id, stored = self.recorder.submit(decision, run, reward_token=token)
+            submit = partial(self.recorder.submit, decision, run, reward_token=token)
+            # With no reserved id at hand (the writer blocked by another writer) submit waits: off the loop.
+            run_id, stored = submit() if self.recorder.ids else await asyncio.to_thread(submit)
             await asyncio.wrap_future(stored)
         except (InvalidInput, RuntimeError) as exc:
             print(f"learnloop gateway: an answer was not recorded: {str(exc)[:200]}", file=sys.stderr)

@@ -23,12 +23,15 @@ request itself (400, 413, 422: over its context, a field it cannot take) is answ
 client as it came; an unreachable runtime, any other error answer or an error event in a
 stream becomes BackendError (the gateway's 502) with the runtime's message.
 One httpx client per event loop is kept and its connections reused: making a client per
-request cost about 30 ms (its TLS context), far more than the rest of the gateway's work.
+request cost about 30 ms (its TLS context), far more than the rest of the gateway's work. A
+kept-alive connection the runtime closed without a word (llama-server does, after a stream) is
+retried once on a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -149,7 +152,10 @@ class Forwarding:
 
         body = {**await self._body(call, target), "stream": False}
         try:
-            response = await self._client().post(self._path(call), json=body)
+            try:
+                response = await self._client().post(self._path(call), json=body)
+            except httpx.RemoteProtocolError:  # a kept-alive connection the runtime had closed: once more
+                response = await self._client().post(self._path(call), json=body)
         except httpx.HTTPError as exc:
             raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
         if response.status_code >= 400:
@@ -172,7 +178,7 @@ class Forwarding:
         options = {**(call.body.get("stream_options") or {}), "include_usage": True}
         body = {**await self._body(call, target), "stream": True, "stream_options": options}
         try:
-            async with self._client().stream("POST", self._path(call), json=body) as response:
+            async with self._open_stream(call, body) as response:
                 if response.status_code >= 400:
                     raise await self._refused(response)
                 async for line in response.aiter_lines():
@@ -184,6 +190,23 @@ class Forwarding:
                         yield chunk
         except httpx.HTTPError as exc:
             raise BackendError(f"The runtime {self.name} is unreachable: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, call: Call, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """The runtime's streamed response; a kept-alive connection the runtime had closed (it
+        answered nothing) is tried once more on a new one."""
+        import httpx
+
+        client = self._client()
+        request = client.build_request("POST", self._path(call), json=body)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            response = await client.send(client.build_request("POST", self._path(call), json=body), stream=True)
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
 
 def _read_chunk(data: str) -> dict[str, Any] | None:

@@ -1,16 +1,18 @@
 """Run ids given out before the run is written.
 
-The gateway answers a request first and writes its run a few milliseconds later, many runs in one
-transaction, yet the answer already names the run (`x-learnloop-run-id`). So it reserves ids in
-blocks. The runs table is AUTOINCREMENT (migration 8): SQLite keeps the highest id ever given
+The gateway's writer thread stores many runs in one transaction (a group commit), and each run's
+id must be known before that commit, so the answer can name it (`x-learnloop-run-id`, released
+only once the commit is done). So it reserves ids in blocks. The runs table is AUTOINCREMENT (migration 8): SQLite keeps the highest id ever given
 in `sqlite_sequence`, and a row inserted without an id gets one above both that number and every
 stored id. Reserving a block is raising that number, in one short transaction: rows anyone else
 writes meanwhile (log_run, import_runs, another gateway) get ids above the block, and the holder
 writes its rows later under the ids it was given. `release_run_ids` hands back the unused tail
 of the last block when nobody reserved or wrote after it; otherwise the unused ids stay a gap.
 
-A reader that asks for a reserved id not written yet (a reward posted right after the answer)
-waits for it a moment (`written_run`) instead of being told the run does not exist.
+A reader that asks for a reserved id not written yet (a run being written this instant) waits for
+it a moment (`written_run`) instead of being told the run does not exist. The wait is short: no
+client holds an id before its run is stored, so an id still missing after it (reserved by a
+gateway that was killed, never handed out) is not a run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 from learning.store import Store
 
-WAIT_S = 5.0  # how long a reader waits for a reserved run to be written
+WAIT_S = 1.0  # how long a reader waits for a reserved run to be written
 
 
 def highest_given(conn: sqlite3.Connection) -> int:
