@@ -183,6 +183,32 @@ def test_tools_reach_the_chat_template_and_its_refusal_is_a_bad_request(backend)
         backend.tokenizer.chat_template = CHAT_TEMPLATE
 
 
+def test_text_parts_are_joined_images_refused_and_tool_arguments_rendered_as_in_training(backend):
+    parts = [{"type": "text", "text": "add 1 "}, {"type": "text", "text": "and 2"}]
+    joined = asyncio.run(
+        backend.complete(
+            Call(kind="chat", model="m", messages=[{"role": "user", "content": parts}], max_tokens=4), None
+        )
+    )
+    assert joined.text == asyncio.run(backend.complete(chat("add 1 and 2", 4), None)).text
+    image = [*parts, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    with pytest.raises(BadRequest, match="text only"):
+        asyncio.run(backend.complete(Call(kind="chat", model="m", messages=[{"role": "user", "content": image}]), None))
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    history = [{"role": "user", "content": "add"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    backend.tokenizer.chat_template = (
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}{% endfor %}"
+        "{{ m.content or '' }}{% endfor %}"
+    )
+    try:  # the arguments reach the template as the object, as in training: not quoted twice
+        rendered = asyncio.run(backend.complete(Call(kind="chat", model="m", messages=history, max_tokens=1), None))
+        assert rendered.prompt_tokens == len(backend.tokenizer('add{"a": 1}', add_special_tokens=False)["input_ids"])
+    finally:
+        from learning.models.tinybase import CHAT_TEMPLATE
+
+        backend.tokenizer.chat_template = CHAT_TEMPLATE
+
+
 def test_requests_past_the_active_limit_wait_their_turn(backend):
     calls = [(completion(p, 8), None) for p in PROMPTS]
     want = [g.text for g in asyncio.run(answers(backend, calls))]

@@ -20,6 +20,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from learning.data.formats import chat_messages
 from learning.gateway.protocol import DEFAULT_MAX_TOKENS, BadRequest, Call, Generation
 from learning.gateway.scheduler import Job, Scheduler, Stopped
 from learning.models.generate import cut_at_stop, load_model, stop_token_ids
@@ -86,8 +87,11 @@ class InProcess:
         if call.kind == "chat":
             tools = getattr(call, "tools", None)
             extra = {"tools": tools} if tools else {}
+            messages = chat_messages(
+                [_text_only(m, i) for i, m in enumerate(call.messages)]
+            )  # as training rendered them
             try:
-                text = tok.apply_chat_template(call.messages, add_generation_prompt=True, tokenize=False, **extra)
+                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
             except Exception as exc:  # noqa: BLE001 - the template refuses this conversation (raise_exception)
                 raise BadRequest(f"The model's chat template refused the messages: {exc}", "messages") from None
             ids = tok(str(text), add_special_tokens=False)["input_ids"]
@@ -195,3 +199,13 @@ def context_of(model: Any, tokenizer: Any) -> int | None:
 
 def _nobody(item: object) -> None:
     """A job's deliver until its consumer is attached."""
+
+
+def _text_only(message: dict[str, Any], i: int) -> dict[str, Any]:
+    """A message whose content parts are all text, joined (the model here reads text only)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    if any(part.get("type") != "text" for part in content):
+        raise BadRequest(f"messages[{i}]: the in-process model reads text only (send images to a runtime).", "messages")
+    return {**message, "content": "".join(part["text"] for part in content)}
