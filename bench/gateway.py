@@ -286,8 +286,9 @@ def print_overhead(latencies: dict[str, dict[str, list[float]]]) -> None:
             )
 
 
-def versions() -> str:
-    names = ["httpx", "starlette", "uvicorn", "openai", "torch", "transformers", "peft"]
+def versions(*names: str) -> str:
+    """The installed versions of the packages a figure depends on, as one line."""
+    names = names or ("httpx", "starlette", "uvicorn", "openai", "torch", "transformers", "peft")
     out = []
     for name in names:
         try:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata as md
 import json
 import os
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.gateway import versions  # noqa: E402
 from learning.gateway.inprocess import InProcess  # noqa: E402
 from learning.gateway.protocol import Call, Generation  # noqa: E402
 from tests.tiny_models import build_base  # noqa: E402
@@ -96,16 +96,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def versions() -> str:
-    out = []
-    for name in ("torch", "transformers", "peft"):
-        try:
-            out.append(f"{name} {md.version(name)}")
-        except md.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return ", ".join(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", help="a model folder (default: a random Llama built here)")
@@ -134,7 +124,9 @@ def main() -> None:
         for backend in backends.values():
             asyncio.run(backend.aclose())
 
-    print(f"model: {base if args.base else f'random Llama, 2 layers, width {args.hidden}'}; {versions()}")
+    print(
+        f"model: {base if args.base else f'random Llama, 2 layers, width {args.hidden}'}; {versions('torch', 'transformers', 'peft')}"
+    )
     print(f"device: {args.device or 'default'}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.2f}")
     print(
         f"long request: {long_gen.prompt_tokens} prompt tokens, {long_gen.completion_tokens} new tokens, "

@@ -22,7 +22,6 @@ Run: python bench/gateway_llama.py [--requests 40] [--max-tokens 16]
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import free_port, pct  # noqa: E402
+from bench.gateway import free_port, pct, versions  # noqa: E402
 from tools import llama_server  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -138,16 +137,6 @@ def build_info(binary: Path) -> str:
     return f"llama-server build: {what}; its cache folder: {size or '?'} (du -sh)"
 
 
-def versions() -> str:
-    out = []
-    for name in ("httpx", "starlette", "uvicorn", "sse-starlette", "httptools", "uvloop"):
-        try:
-            out.append(f"{name} {md.version(name)}")
-        except md.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return ", ".join(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=40, help="requests per path and kind, after the warm-up")
@@ -159,7 +148,9 @@ def main() -> None:
     from tests.realmodel import smollm2_gguf
 
     gguf = smollm2_gguf()
-    print(f"versions: {versions()}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
+    print(
+        f"versions: {versions('httpx', 'starlette', 'uvicorn', 'sse-starlette', 'httptools', 'uvloop')}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs"
+    )
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(build_info(binary))
     print(f"model: {gguf.name}; llama-server -c 2048 -t 2 --jinja; {llama_server.PACKAGE} {llama_server.VERSION}")
