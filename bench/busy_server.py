@@ -45,7 +45,7 @@ async def scenario(home: Path, calls: int, n_runs: int) -> None:
     from learning.jobs import manage as jobs
     from learning.models.tinybase import ensure_base
     from learning.store import Store
-    from tests.train_helpers import make_dataset
+    from tests.support.train_helpers import make_dataset
 
     store = Store(home)
     ensure_base(store, "tiny")

@@ -1,6 +1,6 @@
 """Curation figures: make_sft over 1,000,000 runs (seconds, peak memory), redaction throughput,
-and redaction recall / false positives on the labelled corpus (tests/redact_corpus.py) and on
-the held-out corpus of provider token formats and realistic ordinary text (tests/redact_heldout.py).
+and redaction recall / false positives on the labelled corpus (tests/support/redact_corpus.py) and on
+the held-out corpus of provider token formats and realistic ordinary text (tests/support/redact_heldout.py).
 
     python bench/curation.py [--runs 1000000] [--keep-db DIR] [--trace]
 
@@ -28,17 +28,13 @@ sys.path.insert(0, str(ROOT))
 from learning.data.parallel import default_workers  # noqa: E402
 from learning.data.redact import Redactor  # noqa: E402
 from learning.store import Store  # noqa: E402
-from tests.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
-from tests.redact_heldout import heldout_secrets, realistic_code  # noqa: E402
+from tests.support.redact_corpus import ORDINARY_CODE, planted_secrets  # noqa: E402
+from tests.support.redact_heldout import heldout_secrets, realistic_code  # noqa: E402
+from tests.support.store_helpers import count_runs  # noqa: E402
 
 # Code-like text for the runs' outputs: the library's own source for storing and recording runs.
 CODE = (ROOT / "learning" / "store.py").read_text() + (ROOT / "learning" / "runs" / "record.py").read_text()
 TASK_TYPES = ("feature", "bugfix", "refactor", "test")
-
-
-def _count_runs(store: Store) -> int:
-    with store.read() as conn:
-        return conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"]
 
 
 def generate(home: Path, n: int, attempts_per_task: int = 4, batch: int = 50_000) -> float:
@@ -91,8 +87,8 @@ CHILD = """
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
 from learning.store import Store
-from learning.runs.record import count_runs
 from learning.data.curate import make_sft
+from tests.support.store_helpers import count_runs
 kwargs = json.loads({kwargs!r})
 trace = kwargs.pop("_trace")
 store = Store({home!r})
@@ -202,11 +198,11 @@ def main() -> None:
     home = Path(args.keep_db) if args.keep_db else Path(tempfile.mkdtemp(prefix="learnloop-bench-"))
     home.mkdir(parents=True, exist_ok=True)
     store = Store(home)
-    if _count_runs(store) < args.runs:
-        seconds = generate(home, args.runs - _count_runs(store))
+    if count_runs(store) < args.runs:
+        seconds = generate(home, args.runs - count_runs(store))
         print(f"generated {args.runs:,} runs in {seconds:.1f}s ({args.runs / seconds:,.0f} runs/s)")
     db_mib = (home / "learnloop.db").stat().st_size / 2**20
-    print(f"database: {_count_runs(store):,} runs, {db_mib:,.0f} MiB")
+    print(f"database: {count_runs(store):,} runs, {db_mib:,.0f} MiB")
     base = baseline_rss()
     print(f"worker processes for large curations: {default_workers()} (of {os.cpu_count()} CPUs)")
     cases: list[tuple[str, int | None, dict[str, Any]]] = [

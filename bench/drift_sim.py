@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from learning.routing.drift_stats import runs_per_arm_needed  # noqa: E402
-from tests.drift_simulation import simulate  # noqa: E402
+from tests.support.drift_simulation import simulate  # noqa: E402
 
 KINDS = {"beta": "Beta, mean 0.65, sd 0.20", "bernoulli": "Bernoulli(0.65) pass/fail"}
 

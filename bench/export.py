@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--base", help="its base model folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    import tests.llamacpp_check as lc
+    import tests.support.llamacpp_check as lc
 
     if args.adapter:
         adapter, base = Path(args.adapter), Path(args.base)

@@ -19,8 +19,9 @@ from mcp import Client, StdioServerParameters
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from learning.runs.record import count_runs, import_runs  # noqa: E402
+from learning.runs.record import import_runs  # noqa: E402
 from learning.store import Store  # noqa: E402
+from tests.support.store_helpers import count_runs  # noqa: E402
 
 # Byte-code caching as on a user's machine (a sandbox may turn it off): the first start writes
 # the .pyc files, the measured ones use them.
@@ -106,7 +107,7 @@ def import_throughput(n: int) -> float:
 WRITER = r"""
 import io, json, sys
 from learning.store import Store
-from learning.runs.record import count_runs, import_runs, log_run
+from learning.runs.record import import_runs, log_run
 store = Store(sys.argv[1]); w = int(sys.argv[2]); n = int(sys.argv[3])
 for i in range(n):
     log_run(store, {"role": "coder", "output": f"w{w}-{i}", "reward": 0.5})

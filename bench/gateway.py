@@ -43,8 +43,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from learning.runs.record import count_runs  # noqa: E402
 from learning.store import Store  # noqa: E402
+from tests.support.store_helpers import count_runs  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 STAND_IN_TEXT = ["def add(a, b):", "\n    return", " a + b", "\n"]  # the stand-in's fixed answer, in chunks

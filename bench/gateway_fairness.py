@@ -14,7 +14,7 @@ as ratios to idle and to each other, with the long request's own time in each mo
 the model costs it). Greedy decoding; the model answers straight through the backend (no HTTP:
 the gateway adds the same in both modes).
 
-The model is a random 2-layer Llama of --hidden width built here (tests/tiny_models.py, with its
+The model is a random 2-layer Llama of --hidden width built here (tests/support/tiny_models.py, with its
 context widened to 4,096 positions), or --base FOLDER (any causal LM folder; its context must hold
 the long prompt and its answer). Random weights never end on eos, so every answer runs to its
 max_tokens.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gateway import versions  # noqa: E402
 from learning.gateway.inprocess import InProcess  # noqa: E402
 from learning.gateway.protocol import Call, Generation  # noqa: E402
-from tests.tiny_models import build_base  # noqa: E402
+from tests.support.tiny_models import build_base  # noqa: E402
 
 FILLER = "return 5 "
 CONTEXT = 4096

@@ -1,7 +1,7 @@
 """The gateway in front of a real llama.cpp server: what it adds to a model's latency.
 
 Two paths to one llama-server (built by tools/llama_server.py, serving SmolLM2-135M-Instruct's
-Q4_1 GGUF from tests/realmodel.py, started here with `-c 2048 -t 2 --jinja`):
+Q4_1 GGUF from tests/support/realmodel.py, started here with `-c 2048 -t 2 --jinja`):
 
 - direct: client -> llama-server;
 - gateway: client -> the gateway (`python -m server gateway --runtime llamacpp --backend <the
@@ -145,7 +145,7 @@ def main() -> None:
     binary = llama_server.binary()
     if binary is None:
         raise SystemExit("llama-server is not built: python tools/llama_server.py")
-    from tests.realmodel import smollm2_gguf
+    from tests.support.realmodel import smollm2_gguf
 
     gguf = smollm2_gguf()
     print(

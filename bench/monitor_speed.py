@@ -6,7 +6,7 @@ on a realistic mix of answers, against simply compile()-ing the same answers in 
 The mix: honest answers (the coding environment's reference and broken answers for coder and
 fixer tasks, functions from the embedded base's corpus, longer functions of pure standard-library
 modules; some fenced with prose around them as a model writes them, some cut short as
-max_completion_length cuts them) and a share of hacking answers (tests/hacks.py). It also counts
+max_completion_length cuts them) and a share of hacking answers (tests/support/hacks.py). It also counts
 the honest answers flagged (false positives) and the hacking answers missed. Each answer goes through what GRPO does before it is scored: the code
 of its first fenced block, else the whole answer (learning/sandbox/code.py). Best of --repeat.
 """
@@ -32,7 +32,7 @@ from learning.evaluate import codeenv  # noqa: E402
 from learning.models import tinycorpus  # noqa: E402
 from learning.sandbox.code import extract_code  # noqa: E402
 from learning.sandbox.monitor import suspicious  # noqa: E402
-from tests import hacks  # noqa: E402
+from tests.support import hacks  # noqa: E402
 
 STDLIB = (
     "bisect",

@@ -42,8 +42,8 @@ from learning.sandbox.execute import run_many  # noqa: E402
 from learning.store import Store  # noqa: E402
 from learning.train.grpo import ExecutionReward  # noqa: E402
 from server.mcp import build_server  # noqa: E402
-from tests.hacks import ADD_TESTS, HACKS, NEW_HACKS, RIGHT  # noqa: E402
-from tests.servers import served  # noqa: E402
+from tests.support.hacks import ADD_TESTS, HACKS, NEW_HACKS, RIGHT  # noqa: E402
+from tests.support.servers import served  # noqa: E402
 
 ANSWERS = {**HACKS, **NEW_HACKS, "honest control: a + b": RIGHT}
 N = len(ADD_TESTS)

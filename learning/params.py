@@ -26,9 +26,8 @@ Complexity = Annotated[str | None, Field(description="The route's complexity: ea
 Reason = Annotated[str, Field(description="Why, kept in the record.")]
 Since = Annotated[str | None, Field(description="Only runs at or after this time (ISO 8601).")]
 Until = Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")]
-Days = Annotated[
-    float | None, Field(gt=0, le=36_525, description="Only runs of the last N days (instead of since); at most 36,525.")
-]
+# The cap, MAX_DAYS (a century), is checked with the rest of the window (runs/stats.time_window).
+Days = Annotated[float | None, Field(gt=0, description="Only runs of the last N days (instead of since).")]
 Confirm = Annotated[
     bool,
     Field(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 from rich.markup import escape
 
@@ -45,20 +45,10 @@ class PlainLines:
         self.out.file.flush()
 
 
-def to_jsonable(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    if isinstance(result, list):
-        return [to_jsonable(r) for r in result]
-    if isinstance(result, dict):
-        return {k: to_jsonable(v) for k, v in result.items()}
-    return result
-
-
 def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None) -> None:
     """Print a result as JSON (the MCP tool's output) or through its renderer."""
     if as_json or render is None:
-        sys.stdout.write(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(to_jsonable_python(result, by_alias=False), indent=2, ensure_ascii=False) + "\n")
     else:
         render(result)
 

@@ -1,10 +1,12 @@
-"""Shared fixtures: a fresh home per test, and the CLI / server commands as subprocesses."""
+"""Shared fixtures: a fresh home per test, the CLI run in process (or as a process of its own), and
+the `gpu` marker skipped without CUDA. Helpers the tests share live in tests/support/."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,45 @@ LEARNLOOP = [sys.executable, "-m", "server"]
 def run_cli(
     *args: str, home: Path | None = None, input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
+    """`learnloop ARGS` run in this process (click's CliRunner isolation: its own argv, stdin,
+    stdout, stderr and environment, through the same entry point as the console script), as a
+    finished process: its exit status and its two outputs. For what needs a process of its own
+    (start-up imports, signals, a server), use run_cli_process. `timeout` bounds only that one;
+    here pytest's timeout does."""
+    from click.testing import CliRunner
+
+    from server.entry import main
+
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if home is not None:
+        env["LEARNLOOP_HOME"] = str(home)
+    argv, cwd = sys.argv, os.getcwd()
+    with CliRunner().isolation(input=input, env=env) as (out, err, _):
+        sys.argv = ["learnloop", *args]
+        os.chdir(ROOT)
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+        except Exception:  # what the interpreter prints for an uncaught exception
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.argv = argv
+            os.chdir(cwd)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess([*LEARNLOOP, *args], code, stdout, stderr)
+
+
+def run_cli_process(
+    *args: str, home: Path | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`learnloop ARGS` as a process of its own (`python -m server`), for what in-process can't show."""
     return subprocess.run(
         [*LEARNLOOP, *args],
         capture_output=True,
@@ -84,8 +125,8 @@ def store(home: Path):
 
 @pytest.fixture(scope="session")
 def real_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF), fetched once and cached between runs (tests/realmodel.py)."""
-    from tests.realmodel import smollm2_gguf
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), fetched once and cached between runs (tests/support/realmodel.py)."""
+    from tests.support.realmodel import smollm2_gguf
 
     return smollm2_gguf()
 
@@ -105,3 +146,17 @@ def imported(real_gguf, tmp_path_factory):
     assert status.status == "succeeded", (status.error, status.log_tail)
     yield store, status.result
     store.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped without CUDA (torch is imported only when one is collected)."""
+    wanting = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not wanting:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in wanting:
+        item.add_marker(skip)

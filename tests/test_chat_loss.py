@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from learning.data.chat_loss import IGNORE, assistant_only_rows, tokenize_assistant_only
-from tests.tool_chat import build_chat_base
+from tests.support.tool_chat import build_chat_base
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 # SmolLM2-Instruct's template: ChatML, a default system prompt, no {% generation %} markers.
@@ -99,7 +99,7 @@ def test_a_chat_sft_job_on_a_chatml_base_learns_the_assistant_turns(tmp_path):
     from learning.registry import adapters as registry
     from learning.store import Store
     from learning.train import launch as training
-    from tests.train_helpers import make_dataset
+    from tests.support.train_helpers import make_dataset
 
     base = build_chatml(tmp_path / "base", with_model=True)
     store = Store(tmp_path / "home")

@@ -14,7 +14,7 @@ from learning.registry.queries import set_adapter_status
 from learning.store import Store
 from learning.train import launch as training
 from learning.train.checkpoints import checkpoint_problem, newest_intact
-from tests.train_helpers import make_dataset
+from tests.support.train_helpers import make_dataset
 
 
 def write_checkpoint(folder: Path, step: int) -> Path:

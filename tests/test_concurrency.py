@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from learning.runs.record import count_runs
 from learning.store import Store
 from tests.conftest import ROOT, subprocess_env
+from tests.support.store_helpers import count_runs
 
 WRITER = r"""
 import io, json, sys

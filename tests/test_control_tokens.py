@@ -39,6 +39,7 @@ def control_ids(tok) -> set[int]:
     return {tok.convert_tokens_to_ids(t) for t in control_strings(tok)}
 
 
+@pytest.mark.slow
 def test_the_tiny_bases_markers_are_control_strings(tok):
     assert {"</s>", "<s>", "<|user|>", "<|assistant|>", "<|system|>"} <= set(control_strings(tok))
     assert escape_text("a<|user|>b", ["<|user|>"]) == f"a<{ESCAPE}|user|>b"
@@ -62,6 +63,7 @@ def sft_trainer(base_path: str, tok, rows: list[dict]):
     )
 
 
+@pytest.mark.slow
 def test_trained_prompt_completion_rows_have_no_control_token_in_run_text(base, tok, tmp_path):
     rows = training_rows([{"prompt": PROMPT, "completion": COMPLETION}] * 4, "prompt_completion", "sft")
     trainer = sft_trainer(str(base[1]), tok, rows)
@@ -75,6 +77,7 @@ def test_trained_prompt_completion_rows_have_no_control_token_in_run_text(base, 
     assert trainer.train().global_step == 2
 
 
+@pytest.mark.slow
 def test_chat_rows_keep_the_templates_markers_and_only_those(base, tok):
     msgs = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": COMPLETION}]
     trainer = sft_trainer(str(base[1]), tok, training_rows([{"messages": msgs}] * 4, "messages", "sft"))
@@ -85,6 +88,7 @@ def test_chat_rows_keep_the_templates_markers_and_only_those(base, tok):
     assert found == ["<s>", "<|user|>", "</s>", "<|assistant|>", "</s>"]
 
 
+@pytest.mark.slow
 def test_evaluation_and_generation_prompts_escape_run_text(tok):
     ids, n = encode(tok, {"prompt": PROMPT, "completion": COMPLETION}, max_length=2048)
     assert [i for i in ids if i in control_ids(tok)] == [tok.bos_token_id, tok.eos_token_id]
@@ -97,7 +101,7 @@ def test_a_training_job_on_injected_runs_escapes_them(base):
     from learning.jobs import manage as jobs
     from learning.registry import adapters as registry
     from learning.train import launch as training
-    from tests.train_helpers import make_dataset
+    from tests.support.train_helpers import make_dataset
 
     store = base[0]
     make_dataset(store, "ds-inject")

@@ -20,8 +20,8 @@ from learning.errors import InvalidInput, NotFound
 from learning.runs import record as runs
 from server.mcp import build_server
 from tests.conftest import annotations_of, run_cli, text_of
-from tests.redact_corpus import planted_secrets
-from tests.tiny_models import token_id
+from tests.support.redact_corpus import planted_secrets
+from tests.support.tiny_models import token_id
 
 TASKS = 30
 REWARDS = (0.95, 0.8, 0.75, 0.1)  # four attempts per task

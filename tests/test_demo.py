@@ -11,7 +11,7 @@ import pytest
 from learning.demo.summary import loss_curve, verdict
 from learning.evaluate import codeenv
 from learning.sandbox.execute import run_many
-from tests.conftest import run_cli, text_of
+from tests.conftest import run_cli, run_cli_process, text_of
 
 STAGES = ["base", "population", "curate", "train", "rl", "evaluate", "promote", "heldout", "drift"]
 
@@ -39,7 +39,7 @@ def test_loss_curve_reads_the_last_trainer_state(tmp_path):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo") / "home"
-    proc = run_cli("demo", "--quick", "--json", "--home", str(home), timeout=900)
+    proc = run_cli_process("demo", "--quick", "--json", "--home", str(home), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return home, json.loads(proc.stdout)
 

@@ -11,7 +11,7 @@ import pytest
 
 from learning.sandbox.code import extract_code
 from learning.sandbox.execute import run_many
-from tests.conftest import run_cli
+from tests.conftest import run_cli_process
 
 STAGES = ["base", "gateway", "before", "traffic", "curate", "train", "evaluate", "promote", "after"]
 
@@ -19,7 +19,7 @@ STAGES = ["base", "gateway", "before", "traffic", "curate", "train", "evaluate",
 @pytest.mark.slow
 def test_quick_gateway_demo_closes_the_loop_through_the_gateway(tmp_path):
     home = tmp_path / "home"
-    proc = run_cli("demo", "--gateway", "--quick", "--json", "--home", str(home), timeout=900)
+    proc = run_cli_process("demo", "--gateway", "--quick", "--json", "--home", str(home), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(proc.stdout)
     stages = {st["name"]: st for st in s["stages"]}

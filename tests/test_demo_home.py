@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 from learning.demo import demo
 from learning.errors import Conflict
 from learning.registry import adapters as registry
-from learning.runs.record import count_runs, log_runs
+from learning.runs.record import log_runs
 from learning.store import Store
 from server.cli import app
 from tests.conftest import ROOT, subprocess_env
+from tests.support.store_helpers import count_runs
 
 runner = CliRunner()
 

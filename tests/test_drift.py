@@ -25,8 +25,8 @@ from learning.routing import drift, router
 from learning.routing import drift_stats as st
 from learning.runs import record as runs
 from server.mcp import build_server
-from tests import drift_simulation as sim
 from tests.conftest import run_cli, text_of
+from tests.support import drift_simulation as sim
 
 REPS = 4000
 SLACK = 3 * math.sqrt(0.05 * 0.95 / REPS)

@@ -15,12 +15,13 @@ import pytest
 from mcp import Client
 
 from learning.errors import InvalidInput
-from learning.runs.record import count_runs, import_runs, log_run
+from learning.runs.record import import_runs, log_run
 from learning.runs.stats import run_stats
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import LEARNLOOP, ROOT, run_cli, subprocess_env
-from tests.servers import free_port, wait_listening
+from tests.support.servers import free_port, wait_listening
+from tests.support.store_helpers import count_runs
 
 RUN = {"role": "coder", "instruction": "add", "output": "def add(a, b): return a + b", "reward": 1.0}
 INIT = {

@@ -20,7 +20,7 @@ from learning.registry import adapters as registry
 from learning.registry import folders
 from learning.store import Store
 from tests.conftest import run_cli
-from tests.tiny_models import build_base, toy_rows, train_toy_adapter, write_dataset
+from tests.support.tiny_models import build_base, toy_rows, train_toy_adapter, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +254,7 @@ def test_the_monitor_counts_suspicious_answers_and_decides_nothing():
     assert (judged["suspicious_answers"], judged["suspicious_share"]) == (0, None)  # a verdict is not code
 
 
+@pytest.mark.slow
 def test_bad_input_changes_nothing(store, toy):
     add_adapter(store, toy, "ok")
     dead = add_adapter(store, toy, "dead", status="failed")

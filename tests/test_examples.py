@@ -17,6 +17,7 @@ EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 
+@pytest.mark.slow
 def test_agent_loop_over_stdio_logs_executed_rewards_with_decisions(home):
     import random
 

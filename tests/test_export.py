@@ -254,7 +254,7 @@ def test_llamacpp_logits_match_peft(store, tmp_path):
     transformers + PEFT within 1e-3 (f32). Optional: needs llama-cpp-python and llama.cpp's
     convert_hf_to_gguf.py ($LLAMA_CPP_CONVERT); the base uses a SentencePiece tokenizer, which
     the converter accepts (it rejects locally trained byte-level BPE ones)."""
-    import tests.llamacpp_check as lc
+    import tests.support.llamacpp_check as lc
 
     reason = lc.llamacpp_available()
     if reason:
@@ -300,7 +300,7 @@ def test_gguf_adapter_matches_converted_base_layout(store, tmp_path):
     to the base's q/k rows. Needs $LLAMA_CPP_CONVERT (convert_hf_to_gguf.py)."""
     import os
 
-    import tests.llamacpp_check as lc
+    import tests.support.llamacpp_check as lc
 
     if not os.environ.get("LLAMA_CPP_CONVERT"):
         pytest.skip("skipped: set LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py")
@@ -419,7 +419,7 @@ def test_modelfile_reads_back_as_written():
     """What Ollama reads from the file (its parser's rules) is exactly what was meant, for values
     with quotes, spaces and lines in them."""
     from learning.serve.modelfile import modelfile_text
-    from tests.modelfile_parser import parse_modelfile
+    from tests.support.modelfile_parser import parse_modelfile
 
     tok = {"chat_template": CHATML, "bos": None, "eos": "<|im_end|>", "added": {"<|im_end|>", "<|im_start|>"}}
     system = '""Quote" me: say "yes"\nthen stop "'

@@ -11,9 +11,10 @@ import pytest
 from learning.gateway.app import build_app
 from learning.gateway.inprocess import InProcess
 from learning.gateway.recording import split_messages
-from learning.runs.record import count_runs, get_run
+from learning.runs.record import get_run
 from learning.store import Store
-from tests.servers import free_port, served
+from tests.support.servers import free_port, served
+from tests.support.store_helpers import count_runs
 
 openai = pytest.importorskip("openai")
 
@@ -35,6 +36,7 @@ def _client(url: str):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
 
 
+@pytest.mark.slow
 def test_chat_completion_is_answered_routed_and_recorded(gateway):
     store, url, flush = gateway
     raw = _client(url).chat.completions.with_raw_response.create(
@@ -55,6 +57,7 @@ def test_chat_completion_is_answered_routed_and_recorded(gateway):
     assert meta["stream"] is False and meta["completion_tokens"] == answer.usage.completion_tokens
 
 
+@pytest.mark.slow
 def test_streamed_chat_matches_and_is_recorded(gateway):
     store, url, flush = gateway
     client = _client(url)
@@ -83,6 +86,7 @@ def test_streamed_chat_matches_and_is_recorded(gateway):
     assert last.model_extra["learnloop"]["reward_token"] == token
 
 
+@pytest.mark.slow
 def test_plain_completion_and_models(gateway):
     store, url, flush = gateway
     client = _client(url)
@@ -92,6 +96,7 @@ def test_plain_completion_and_models(gateway):
     assert "learnloop/coder" in [m.id for m in client.models.list()]
 
 
+@pytest.mark.slow
 def test_malformed_request_is_a_400_error_object_and_no_run(gateway):
     store, url, flush = gateway
     flush()
@@ -111,6 +116,7 @@ def test_malformed_request_is_a_400_error_object_and_no_run(gateway):
     assert count_runs(store) == before
 
 
+@pytest.mark.slow
 def test_reward_for_an_unknown_run_is_404(gateway):
     _, url, _ = gateway
     for run_id in ("999999", "../x", "abc"):
@@ -142,6 +148,7 @@ def test_the_conversation_maps_to_instruction_and_input():
     assert split_messages(msgs) == ("U2", "system: S\n\nuser: U1\n\nassistant: A1")
 
 
+@pytest.mark.slow
 def test_a_gateway_run_is_pending_until_its_reward_is_posted(gateway):
     """Recorded without a reward (pending in run_stats), scored through the gateway's endpoint
     with the reward token its answer carried, once."""

@@ -119,7 +119,7 @@ def test_a_promoted_adapter_is_answered_on_the_base_chosen_for_it(store):
     from learning.gateway.app import build_app
     from learning.gateway.inprocess import InProcess
     from learning.models.tinybase import ensure_base
-    from tests.servers import served
+    from tests.support.servers import served
     from tests.test_gateway_routing import make_adapter
 
     make_adapter(store, ensure_base(store, "tiny").path, "coder-tiny", "coder", seed=0)

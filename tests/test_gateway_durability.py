@@ -43,7 +43,7 @@ from learning.runs.record import row_to_run
 from learning.runs.schema import Run
 from learning.store import Store
 from tests.conftest import LEARNLOOP, ROOT, subprocess_env
-from tests.servers import free_port, served
+from tests.support.servers import free_port, served
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from learning.gateway.inprocess import InProcess
 from learning.runs.record import get_run
 from learning.store import Store
 from tests.conftest import ROOT
-from tests.servers import served
+from tests.support.servers import served
 
 pytest.importorskip("openai")
 EXAMPLES = ROOT / "examples" / "gateway"

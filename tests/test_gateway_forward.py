@@ -23,11 +23,12 @@ from learning.errors import InvalidInput
 from learning.gateway.app import build_app
 from learning.gateway.forward import Forwarding
 from learning.registry import adapters as registry
-from learning.runs.record import count_runs, get_run, log_run
+from learning.runs.record import get_run, log_run
 from learning.serve.deploy import insert_deployment
 from learning.store import Store
 from tests.conftest import run_cli
-from tests.servers import served
+from tests.support.servers import served
+from tests.support.store_helpers import count_runs
 
 BASE = "Qwen/base-stand-in"
 BROKEN = "broken-model"  # the stand-in answers this model name with an error, like a runtime would

@@ -12,7 +12,7 @@ import subprocess
 import httpx
 
 from tests.conftest import LEARNLOOP, ROOT, run_cli, subprocess_env
-from tests.servers import free_port, wait_listening
+from tests.support.servers import free_port, wait_listening
 
 SECRET_PROMPT = "the-secret-prompt-7f3a"
 

@@ -19,7 +19,7 @@ import pytest
 
 from learning.gateway.inprocess import BackendError, InProcess, context_of
 from learning.gateway.protocol import BadRequest, Call, Generation
-from tests.tiny_models import PROMPT, build_base, toy_rows, train_toy_adapter
+from tests.support.tiny_models import PROMPT, build_base, toy_rows, train_toy_adapter
 
 pytestmark = pytest.mark.slow
 

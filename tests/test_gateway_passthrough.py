@@ -26,7 +26,7 @@ from learning.gateway.app import MAX_BODY, MAX_REWARD_BODY, build_app, serve_in_
 from learning.gateway.forward import Forwarding
 from learning.runs.record import get_run
 from learning.store import Store
-from tests.servers import served
+from tests.support.servers import served
 
 CONTEXT = 2000  # characters: the stand-in's "context length"
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}

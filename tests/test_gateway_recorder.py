@@ -12,10 +12,11 @@ import pytest
 
 from learning.gateway.recording import BLOCK, Recorder
 from learning.routing.router import decide, select_adapter
-from learning.runs.record import count_runs, get_run, log_run
+from learning.runs.record import get_run, log_run
 from learning.runs.rewards import log_reward
 from learning.runs.tokens import new_token
 from learning.store import Store
+from tests.support.store_helpers import count_runs
 
 
 def run(k: int, decision_id: str | None = None) -> dict:

@@ -15,9 +15,10 @@ from learning.gateway.inprocess import InProcess
 from learning.gateway.scoring import score_answer
 from learning.registry.adapters import create_adapter
 from learning.routing import experiments, lifecycle
-from learning.runs.record import count_runs, get_run, log_run
+from learning.runs.record import get_run, log_run
 from learning.store import Store
-from tests.servers import free_port, served
+from tests.support.servers import free_port, served
+from tests.support.store_helpers import count_runs
 
 openai = pytest.importorskip("openai")
 ASK = [{"role": "user", "content": "Write a function add(a, b)."}]
@@ -68,6 +69,7 @@ def wait_for_reward(store: Store, run_id: int, seconds: float = 60.0):
     return run
 
 
+@pytest.mark.slow
 def test_promotion_and_rollback_switch_what_is_served_without_a_restart(gateway):
     store, client = gateway
     base_text, headers = ask(client, "learnloop/coder")
@@ -89,6 +91,7 @@ def test_promotion_and_rollback_switch_what_is_served_without_a_restart(gateway)
     assert get_run(store, int(headers["x-learnloop-run-id"])).adapter_id == "hot-a"
 
 
+@pytest.mark.slow
 def test_a_canary_splits_live_traffic_and_each_run_records_its_arm(gateway):
     store, client = gateway
     lifecycle.promote_adapter(store, "canary-prod", confirm=True)
@@ -105,6 +108,7 @@ def test_a_canary_splits_live_traffic_and_each_run_records_its_arm(gateway):
     assert headers["x-learnloop-adapter"] == "canary-prod"  # stopped: production serves everyone
 
 
+@pytest.mark.slow
 def test_tests_in_metadata_score_the_answer_after_it_is_sent(gateway):
     store, client = gateway
     tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
@@ -122,6 +126,7 @@ def test_tests_in_metadata_score_the_answer_after_it_is_sent(gateway):
     assert run.reward is not None and run.signals["tests_total"] == 2
 
 
+@pytest.mark.slow
 def test_bad_metadata_tests_are_a_400_and_no_run(gateway):
     store, client = gateway
     before = count_runs(store)

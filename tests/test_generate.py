@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from learning.models.generate import cut_at_stop
-from tests.tiny_models import token_id
+from tests.support.tiny_models import token_id
 
 pytestmark = pytest.mark.slow
 

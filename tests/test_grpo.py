@@ -21,7 +21,7 @@ from learning.runs.stats import run_stats
 from learning.store import Store
 from learning.train import launch as training
 from learning.train.grpo import ExecutionReward, GroupCallback, group_stats, grpo_rows, sample_logger
-from tests.train_helpers import lora_tensors, make_dataset
+from tests.support.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
 TESTS = ["assert add_one(1) == 2", "assert add_one(-1) == 0"]

@@ -26,7 +26,7 @@ from learning.registry import folders
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import run_cli, text_of
-from tests.tiny_models import build_base, toy_rows, train_toy_adapter, write_dataset
+from tests.support.tiny_models import build_base, toy_rows, train_toy_adapter, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,12 @@ import signal
 import subprocess
 import time
 
-from learning.runs.record import count_runs, import_runs, import_runs_from
+import pytest
+
+from learning.runs.record import import_runs, import_runs_from
 from learning.store import Store
 from tests.conftest import LEARNLOOP, ROOT, run_cli, subprocess_env
+from tests.support.store_helpers import count_runs
 
 
 def write_runs(path, n: int) -> None:
@@ -42,6 +45,7 @@ def test_importing_a_file_twice_adds_nothing_the_second_time(tmp_path):
     assert import_runs(store, io.StringIO(text)).imported == 3
 
 
+@pytest.mark.slow
 def test_an_import_killed_part_way_then_run_again_imports_every_line_once(tmp_path):
     home, path, lines = tmp_path / "home", tmp_path / "runs.jsonl", 60_000
     write_runs(path, lines)

@@ -128,6 +128,7 @@ def import_results() -> dict[str, str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in module_names()])
 def test_each_module_imports_on_its_own(import_results, name):
     assert import_results[name] == "", f"import {name} in a fresh interpreter failed:\n{import_results[name]}"

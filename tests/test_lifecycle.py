@@ -303,6 +303,7 @@ def check_consistent(store):
     assert len(to_prod) == len(from_prod) + 1
 
 
+@pytest.mark.slow
 def test_concurrent_promotions_keep_one_production(home):
     store = Store(home)
     ids = [f"c{i}" for i in range(4)]
@@ -348,6 +349,7 @@ with store.write() as conn:  # set_production's statements, then death before CO
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_promotions_leaves_one_production(home):
     store = Store(home)
     for i in ("k0", "k1", "k2"):

@@ -27,7 +27,7 @@ from learning.registry import adapters as registry
 from learning.runs.record import get_run
 from learning.serve import deploy, export
 from learning.train import launch as training
-from tests.train_helpers import make_dataset
+from tests.support.train_helpers import make_dataset
 from tools import llama_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
@@ -287,10 +287,10 @@ def test_logprobs_and_big_max_tokens_pass_through(gateway):
 @pytest.fixture(scope="module")
 def tool_server(served, real_gguf, server_binary, tmp_path_factory):
     """A second llama-server, with a tool-aware chat template (Qwen2.5's `<tool_call>` form,
-    tests/tool_chat.py) and an adapter that learnt to call get_weather: llama-server parses the
+    tests/support/tool_chat.py) and an adapter that learnt to call get_weather: llama-server parses the
     call out of the text into `tool_calls` (SmolLM2 itself calls no tools, and this llama.cpp's
     tool_choice "required" does not force one)."""
-    from tests.tool_chat import TOOLS_CHATML
+    from tests.support.tool_chat import TOOLS_CHATML
 
     store = served[0]
     tooler = _train(store, real_gguf, "tooler", TOOL_CALL_TEXT)

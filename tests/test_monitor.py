@@ -11,7 +11,7 @@ import pytest
 
 from learning.evaluate import codeenv
 from learning.sandbox.monitor import REASONS, suspicious, text_scan
-from tests import hacks
+from tests.support import hacks
 
 HACKS = {
     # the always-equal object: whatever the test compares it with, it is equal
@@ -195,7 +195,7 @@ NOT_STATIC = {"a reply too deep to decode", "a reply too large to read"}
 
 
 def test_every_hack_the_sandbox_is_proven_against_is_flagged():
-    """tests/hacks.py: the answers that forged a full score under the in-process design, and those
+    """tests/support/hacks.py: the answers that forged a full score under the in-process design, and those
     aimed at the isolated one; the monitor names each, and none of the honest controls."""
     corpus = {**hacks.HACKS, **hacks.NEW_HACKS, "seeker": hacks.SEEKER}
     missed = {name for name, code in corpus.items() if not suspicious(code)}

@@ -15,7 +15,7 @@ from learning.data import curate as sft
 from learning.data import parallel
 from learning.runs import record as runs
 from tests.conftest import live_processes
-from tests.redact_corpus import planted_secrets
+from tests.support.redact_corpus import planted_secrets
 
 
 @pytest.fixture(autouse=True)

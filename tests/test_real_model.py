@@ -1,4 +1,4 @@
-"""A real pretrained model end to end: SmolLM2-135M-Instruct's Q4_1 GGUF (tests/realmodel.py)
+"""A real pretrained model end to end: SmolLM2-135M-Instruct's Q4_1 GGUF (tests/support/realmodel.py)
 imported as a base, trained a few steps in chat format, exported; exports point at the GGUF.
 
 The import writes a ~540 MB float32 folder and training takes a few seconds a step on 2 cores,
@@ -18,7 +18,7 @@ from learning.models.fingerprint import base_fingerprint
 from learning.registry import adapters as registry
 from learning.serve import deploy, export
 from learning.train import launch as training
-from tests.train_helpers import make_dataset
+from tests.support.train_helpers import make_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
@@ -141,7 +141,7 @@ def test_merged_export_passes_at_f32_and_f16(trained):
 def test_llamacpp_on_the_q4_base_does_what_peft_does(trained, real_gguf):
     """The adapter's effect on logits in llama.cpp, over the ORIGINAL Q4_1 GGUF, against PEFT."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'learnloop[llamacpp]')")
-    import tests.llamacpp_check as lc
+    import tests.support.llamacpp_check as lc
 
     store, record, adapter = trained
     gguf = Path(export.export_adapter(store, adapter.id, "gguf").out_dir) / "adapter.gguf"

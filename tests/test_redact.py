@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from learning.data.redact import TYPES, Redactor, looks_secret, redact
-from tests.redact_corpus import ORDINARY_CODE, planted_secrets
+from tests.support.redact_corpus import ORDINARY_CODE, planted_secrets
 
 PLANTED = planted_secrets()
 

@@ -1,4 +1,4 @@
-"""Redaction on the held-out corpus (tests/redact_heldout.py): provider token formats the rules
+"""Redaction on the held-out corpus (tests/support/redact_heldout.py): provider token formats the rules
 were not tuned on, in contexts with no secret-like name, must all go; realistic ordinary text
 (lockfiles, SHAs, UUIDs, digests, base64 blobs, look-alike identifiers) must stay byte for byte."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from learning.data.redact import Redactor, redact
-from tests.redact_heldout import heldout_secrets, realistic_code
+from tests.support.redact_heldout import heldout_secrets, realistic_code
 
 HELDOUT = heldout_secrets()
 REALISTIC = realistic_code()

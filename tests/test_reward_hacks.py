@@ -29,7 +29,7 @@ from learning.store import Store
 from learning.train.grpo import ExecutionReward
 from server.mcp import build_server
 from tests.conftest import run_cli
-from tests.hacks import (
+from tests.support.hacks import (
     ADD_TESTS,
     AFTER_SPOILER,
     AFTER_TESTS,
@@ -44,7 +44,7 @@ from tests.hacks import (
     SPOILERS,
     WRONG,
 )
-from tests.servers import served
+from tests.support.servers import served
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed (apt-get install bubblewrap); CI installs it"
@@ -57,6 +57,7 @@ def jailed(monkeypatch):
     monkeypatch.setenv(SANDBOX_ENV, "bwrap")
 
 
+@pytest.mark.slow
 def test_every_hack_scores_nothing_and_each_wins_in_process():
     codes = [*EVERY_HACK.values(), RIGHT, WRONG, SLOW_RIGHT]
     isolated = run_many([(c, ADD_TESTS) for c in codes], timeout=2.0)
@@ -128,6 +129,7 @@ def test_objects_generators_and_exceptions_cross_and_only_what_cannot_runs_in_pr
     assert forced.passed == 0 and forced.isolation == "isolated", forced
 
 
+@pytest.mark.slow
 def test_run_tests_over_mcp_and_the_cli_refuse_every_hack(home):
     async def main():
         async with Client(build_server(str(home))) as client:
@@ -153,6 +155,7 @@ def test_run_tests_over_mcp_and_the_cli_refuse_every_hack(home):
         assert json.loads(shown.stdout)["passed"] == 0, name
 
 
+@pytest.mark.slow
 def test_grpo_rewards_every_hack_zero():
     reward = ExecutionReward({"max_completion_length": 256})
     answers = [*EVERY_HACK.values(), RIGHT]

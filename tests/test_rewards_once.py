@@ -26,7 +26,8 @@ from learning.runs.rewards import log_reward
 from learning.store import Store
 from server.mcp import build_server
 from tests.conftest import run_cli, text_of
-from tests.servers import served
+from tests.support.servers import served
+from tests.support.store_helpers import count_runs
 from tests.test_gateway_forward import BASE, MESSAGES, StandIn
 
 REWRITES = 12
@@ -40,7 +41,7 @@ def state(store: Store, run_id: int) -> tuple:
     """What a refused reward must leave as it was: the number of runs, the run's reward, signals,
     tests and reward history."""
     run = runs.get_run(store, run_id)
-    return runs.count_runs(store), run.reward, run.signals, run.tests, run.reward_history
+    return count_runs(store), run.reward, run.signals, run.tests, run.reward_history
 
 
 def refused(store: Store, run_id: int, error: type[LearnloopError], match: str, **call: Any) -> None:
@@ -244,7 +245,7 @@ def test_mcp_needs_the_token_and_cannot_override(home):
 
     anyio.run(main)
     store = Store(home)
-    assert runs.count_runs(store) == 2 and runs.get_run(store, 1).reward == 0.5
+    assert count_runs(store) == 2 and runs.get_run(store, 1).reward == 0.5
     assert runs.get_run(store, 2).reward is None
 
 

@@ -11,6 +11,7 @@ from learning.errors import InvalidInput
 from learning.runs import record as runs
 from learning.runs import stats as runstats
 from learning.runs.schema import derive_task_key
+from tests.support.store_helpers import count_runs
 
 
 def run(i: int = 0, **kw) -> dict:
@@ -50,7 +51,7 @@ def test_bad_runs_name_the_field(store, bad, field):
     data = {k: v for k, v in data.items() if v is not None}
     with pytest.raises(InvalidInput, match=f"'{field}'"):
         runs.log_run(store, data)
-    assert runs.count_runs(store) == 0
+    assert count_runs(store) == 0
 
 
 def test_import_bad_batch_writes_nothing_of_it(store):
@@ -60,7 +61,7 @@ def test_import_bad_batch_writes_nothing_of_it(store):
     with pytest.raises(InvalidInput, match="line 8") as err:
         runs.import_runs(store, source, batch_size=5)
     assert "start_line=6" in str(err.value)
-    assert runs.count_runs(store) == 5  # the first batch only
+    assert count_runs(store) == 5  # the first batch only
 
 
 def test_import_skip_invalid_keeps_good_lines_and_reports_bad(store):
@@ -130,7 +131,7 @@ def test_malformed_tests_are_refused_naming_the_field(store, bad, says):
     assert "'tests'" in str(exc.value) and says in str(exc.value)
     with pytest.raises(InvalidInput, match="'tests'"):
         runs.import_runs(store, io.StringIO(json.dumps(run(1, tests=bad)) + "\n"))
-    assert runs.count_runs(store) == 0
+    assert count_runs(store) == 0
 
 
 def test_a_home_made_before_tests_keeps_working(tmp_path):

@@ -169,6 +169,7 @@ ok = len(pids) == 200
 """
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_a_fork_bomb_is_stopped_and_leaves_nothing(tmp_path):
     started = time.monotonic()

@@ -113,6 +113,7 @@ def _served_ids(hf, tok: dict, text: str) -> list[int]:
     return ([hf.bos_token_id] if tok["add_bos"] else []) + hf(text, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "llama3", "gemma", "tiny"])
 def test_ollama_template_renders_the_chat_template(tokenizers, name):
     from transformers import AutoTokenizer

@@ -20,7 +20,7 @@ from learning.train import launch as training
 from learning.train.config import Preset, build_config
 from learning.train.estimates import estimate_run
 from learning.train.targets import adapted_mismatch, adapted_modules, read_shapes, resolve_targets
-from tests.train_helpers import make_dataset
+from tests.support.train_helpers import make_dataset
 
 PHI3 = ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
 NEOX = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]

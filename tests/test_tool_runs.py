@@ -1,7 +1,7 @@
 """Runs that record their whole exchange (messages with tool calls and tool results, and the tools
 offered): logged and read back through every face, curated by make_sft --format messages as they
 were (redacted), and learned with the loss on the assistant's turns, its tool calls included, under
-a Qwen2.5-style template that supports tools (tests/tool_chat.py)."""
+a Qwen2.5-style template that supports tools (tests/support/tool_chat.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from learning.runs import record
 from learning.runs.messages import answer_text, render_tool_calls
 from learning.store import MIGRATIONS, Store
 from tests.conftest import run_cli
-from tests.redact_corpus import planted_secrets
-from tests.tool_chat import TOOLS, TOOLS_CHATML, build_tools_base, tool_exchange
+from tests.support.redact_corpus import planted_secrets
+from tests.support.store_helpers import count_runs
+from tests.support.tool_chat import TOOLS, TOOLS_CHATML, build_tools_base, tool_exchange
 
 GITHUB = next(p for p in planted_secrets() if p.name == "github_token")
 
@@ -114,7 +115,7 @@ def test_a_run_keeps_its_whole_exchange_in_openai_format(store):
 def test_a_bad_exchange_is_refused_with_the_message_named(store, change, error):
     with pytest.raises(InvalidInput, match="Invalid run") as caught:
         record.log_run(store, {**tool_run(0), "messages": change(tool_exchange(0))})
-    assert error in str(caught.value) and record.count_runs(store) == 0
+    assert error in str(caught.value) and count_runs(store) == 0
 
 
 def test_bad_tools_are_refused(store):

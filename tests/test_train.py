@@ -24,7 +24,7 @@ from learning.registry.queries import adapter_rows
 from learning.store import Store
 from learning.train import launch as training
 from tests.conftest import live_processes, run_cli
-from tests.train_helpers import lora_tensors, make_dataset
+from tests.support.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
 FAST = {"batch_size": 4, "save_steps": 100}

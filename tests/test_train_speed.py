@@ -73,7 +73,7 @@ def test_the_plan_refuses_a_speed_feature_whose_package_is_missing(tmp_path):
     from learning.store import Store
     from learning.train.launch import train_adapter
     from learning.train.speed import missing_packages
-    from tests.train_helpers import make_dataset
+    from tests.support.train_helpers import make_dataset
 
     if not missing_packages(cfg(liger="on", attention="flash_attention_2")):
         pytest.skip("liger-kernel and flash-attn are both installed here")

@@ -21,30 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from learning.data.curation_args import (
-    DEFAULT_MIN_REWARD,
-    Agent,
-    Complexity,
-    CurationRole,
-    Days,
-    Dedupe,
-    DryRun,
-    Limit,
-    MaxLength,
-    MaxPerTask,
-    MinLength,
-    MinRows,
-    Redact,
-    Seed,
-    Since,
-    TaskType,
-    Template,
-    TestFraction,
-    Until,
-    check_curation,
-    curation_filters,
-    curation_template,
-)
+from learning.data import curation_args as arg
 from learning.data.curation_result import CurationResult, write_curation
 from learning.data.datasets import DatasetInfo, get_dataset, list_datasets
 from learning.data.formats import SFT_FORMATS
@@ -61,21 +38,21 @@ SERIAL_LIMIT = 20_000  # make_sft with a limit up to this stays in one process
 
 def make_sft(
     store: Store,
-    role: CurationRole,
+    role: arg.CurationRole,
     *,
     min_reward: Annotated[
         float, Field(ge=0, le=1, description="Only runs with at least this reward.")
-    ] = DEFAULT_MIN_REWARD,
-    limit: Limit = None,
-    task_type: TaskType = None,
-    complexity: Complexity = None,
-    agent: Agent = None,
-    since: Since = None,
-    until: Until = None,
-    days: Days = None,
-    min_length: MinLength = None,
-    max_length: MaxLength = None,
-    max_per_task: MaxPerTask = 3,
+    ] = arg.DEFAULT_MIN_REWARD,
+    limit: arg.Limit = None,
+    task_type: arg.TaskType = None,
+    complexity: arg.Complexity = None,
+    agent: arg.Agent = None,
+    since: arg.Since = None,
+    until: arg.Until = None,
+    days: arg.Days = None,
+    min_length: arg.MinLength = None,
+    max_length: arg.MaxLength = None,
+    max_per_task: arg.MaxPerTask = 3,
     format: Annotated[
         Literal["prompt_completion", "messages", "alpaca", "sharegpt"],
         Field(
@@ -83,13 +60,13 @@ def make_sft(
             "alpaca (instruction/input/output) or sharegpt."
         ),
     ] = "prompt_completion",
-    template: Template = None,
-    test_fraction: TestFraction = 0.1,
-    seed: Seed = 0,
-    redact: Redact = True,
-    dedupe: Dedupe = True,
-    min_rows: MinRows = 10,
-    dry_run: DryRun = False,
+    template: arg.Template = None,
+    test_fraction: arg.TestFraction = 0.1,
+    seed: arg.Seed = 0,
+    redact: arg.Redact = True,
+    dedupe: arg.Dedupe = True,
+    min_rows: arg.MinRows = 10,
+    dry_run: arg.DryRun = False,
 ) -> CurationResult:
     """Make a supervised fine-tuning dataset from a role's best runs: filter, drop duplicates, cap
     attempts per task, redact secrets, split train/test by task_key, write
@@ -101,11 +78,11 @@ def make_sft(
     max_per_task rows; stops after `limit` rows.
     """
     started = time.perf_counter()
-    problems = check_curation(
+    problems = arg.check_curation(
         role, format, SFT_FORMATS, test_fraction, limit, max_per_task, min_length, max_length, min_reward, min_rows
     )
-    tmpl = curation_template(store, role, template, problems)
-    filters = curation_filters(
+    tmpl = arg.curation_template(store, role, template, problems)
+    filters = arg.curation_filters(
         min_reward, None, task_type, complexity, agent, since, until, days, min_length, max_length
     )
     redactor, counts = RunRedactor(redact), Counter(matched=0, duplicates=0, over_task_cap=0)

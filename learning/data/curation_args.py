@@ -1,6 +1,8 @@
 """The arguments both curation verbs take (make_sft in learning/data/curate.py, make_preferences
 in learning/data/preferences.py): their declarations, from which the faces are built, and their
-checks: every problem reported at once, then the role's template resolved.
+checks: every problem reported at once, then the role's template resolved. The verbs import this
+module as `arg` and annotate each shared parameter with its type here (the time window's three
+come from learning/params.py, which other verbs share too).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from pydantic import Field
 
 from learning.data.templates import resolve_template
 from learning.errors import InvalidInput, check, shown
+from learning.params import Days as Days
+from learning.params import Since as Since
+from learning.params import Until as Until
 from learning.runs.schema import ROLE_PATTERN
 from learning.runs.stats import time_window
 from learning.store import Store
@@ -30,9 +35,6 @@ Limit = Annotated[int | None, Field(ge=1, description="At most this many rows (S
 TaskType = Annotated[str | None, Field(description="Only runs of this task_type.")]
 Complexity = Annotated[str | None, Field(description="Only runs of this complexity.")]
 Agent = Annotated[str | None, Field(description="Only runs of this agent.")]
-Since = Annotated[str | None, Field(description="Only runs at or after this time (ISO 8601).")]
-Until = Annotated[str | None, Field(description="Only runs before this time (ISO 8601).")]
-Days = Annotated[float | None, Field(gt=0, description="Only runs of the last N days (instead of since).")]
 MinLength = Annotated[
     int | None,
     Field(ge=0, description="Only runs whose instruction + input + output have at least this many characters."),

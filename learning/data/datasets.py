@@ -188,20 +188,16 @@ def publish(store: Store, tmp: Path, record: dict[str, Any], metadata: dict[str,
 
 def to_info(row, path: Path | None = None) -> DatasetInfo:
     path = path or Path(row["path"])
-    return DatasetInfo(
-        id=row["id"],
-        role=row["role"],
-        kind=row["kind"],
-        format=row["format"],
-        created=iso(row["created"]),
-        path=str(path),
-        train_path=str(path / "train.jsonl"),
-        test_path=str(path / "test.jsonl"),
-        metadata_path=str(path / "metadata.json"),
-        train_rows=row["train_rows"],
-        test_rows=row["test_rows"],
-        content_hash=row["content_hash"],
-        metadata=loads(row["metadata"]) or {},
+    return DatasetInfo.model_validate(
+        dict(row)
+        | {
+            "created": iso(row["created"]),
+            "path": str(path),
+            "train_path": str(path / "train.jsonl"),
+            "test_path": str(path / "test.jsonl"),
+            "metadata_path": str(path / "metadata.json"),
+            "metadata": loads(row["metadata"]) or {},
+        }
     )
 
 

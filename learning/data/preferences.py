@@ -13,30 +13,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field
 
-from learning.data.curation_args import (
-    DEFAULT_MIN_REWARD,
-    Agent,
-    Complexity,
-    CurationRole,
-    Days,
-    Dedupe,
-    DryRun,
-    Limit,
-    MaxLength,
-    MaxPerTask,
-    MinLength,
-    MinRows,
-    Redact,
-    Seed,
-    Since,
-    TaskType,
-    Template,
-    TestFraction,
-    Until,
-    check_curation,
-    curation_filters,
-    curation_template,
-)
+from learning.data import curation_args as arg
 from learning.data.curation_result import CurationResult, write_curation
 from learning.data.formats import PREF_FORMATS, pref_row, with_tests
 from learning.data.prepare import RunRedactor, encode, loads_tests, norm_digest, render_prompt
@@ -47,7 +24,7 @@ from learning.store import Store
 
 def make_preferences(
     store: Store,
-    role: CurationRole,
+    role: arg.CurationRole,
     kind: Annotated[
         Literal["dpo", "kto"],
         Field(description="dpo: (prompt, chosen, rejected) pairs; kto: (prompt, completion, label) rows."),
@@ -59,29 +36,29 @@ def make_preferences(
     min_chosen: Annotated[float, Field(ge=0, le=1, description="DPO: the chosen answer's minimum reward.")] = 0.5,
     high: Annotated[
         float, Field(ge=0, le=1, description="KTO: reward at or above this is desirable.")
-    ] = DEFAULT_MIN_REWARD,
+    ] = arg.DEFAULT_MIN_REWARD,
     low: Annotated[float, Field(ge=0, le=1, description="KTO: reward at or below this is undesirable.")] = 0.3,
-    limit: Limit = None,
-    task_type: TaskType = None,
-    complexity: Complexity = None,
-    agent: Agent = None,
-    since: Since = None,
-    until: Until = None,
-    days: Days = None,
-    min_length: MinLength = None,
-    max_length: MaxLength = None,
-    max_per_task: MaxPerTask = 3,
+    limit: arg.Limit = None,
+    task_type: arg.TaskType = None,
+    complexity: arg.Complexity = None,
+    agent: arg.Agent = None,
+    since: arg.Since = None,
+    until: arg.Until = None,
+    days: arg.Days = None,
+    min_length: arg.MinLength = None,
+    max_length: arg.MaxLength = None,
+    max_per_task: arg.MaxPerTask = 3,
     format: Annotated[
         Literal["prompt_completion", "messages"],
         Field(description="prompt_completion (strings) or messages (chat turns)."),
     ] = "prompt_completion",
-    template: Template = None,
-    test_fraction: TestFraction = 0.1,
-    seed: Seed = 0,
-    redact: Redact = True,
-    dedupe: Dedupe = True,
-    min_rows: MinRows = 10,
-    dry_run: DryRun = False,
+    template: arg.Template = None,
+    test_fraction: arg.TestFraction = 0.1,
+    seed: arg.Seed = 0,
+    redact: arg.Redact = True,
+    dedupe: arg.Dedupe = True,
+    min_rows: arg.MinRows = 10,
+    dry_run: arg.DryRun = False,
 ) -> CurationResult:
     """Make a preference dataset (DPO or KTO) from attempts at the same task_key that earned
     different rewards: the contrast between good and bad answers. Same filters, split,
@@ -93,12 +70,12 @@ def make_preferences(
     up to max_per_task of each label per task. Stops after `limit` rows.
     """
     started = time.perf_counter()
-    problems = check_curation(
+    problems = arg.check_curation(
         role, format, PREF_FORMATS, test_fraction, limit, max_per_task, min_length, max_length, None, min_rows
     )
     problems += _check_kind(kind, margin, min_chosen, high, low)
-    tmpl = curation_template(store, role, template, problems)
-    filters = curation_filters(None, None, task_type, complexity, agent, since, until, days, min_length, max_length)
+    tmpl = arg.curation_template(store, role, template, problems)
+    filters = arg.curation_filters(None, None, task_type, complexity, agent, since, until, days, min_length, max_length)
     redactor, counts = RunRedactor(redact), Counter(matched=0, tasks=0, duplicates=0, over_task_cap=0)
     rows = _preference_rows(
         store,

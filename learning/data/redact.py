@@ -33,7 +33,7 @@ Groq (gsk_), Replicate (r8_), xAI (xai-), New Relic (NRAK-), Fly.io (fo1_, fm1_/
 Dynatrace (dt0c01.), PlanetScale (pscale_pw_, pscale_tkn_), Atlassian (ATATT3), Docker Hub
 (dckr_pat_), Telegram bot tokens (id:AA...). Formats with no prefix (Azure storage keys outside
 a connection string, Twilio auth tokens, Mailgun/Discord keys) are found only by the generic
-rule when assigned to a secret-like name. tests/redact_heldout.py holds one synthetic token of
+rule when assigned to a secret-like name. tests/support/redact_heldout.py holds one synthetic token of
 each format, never used to tune the rules.
 
 Judgement calls (ordinary code must survive untouched):

@@ -12,6 +12,8 @@ Cancel is cooperative: it sets cancel_requested, the job sees it at its next ste
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import secrets
 import signal
@@ -19,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,13 +31,12 @@ from pydantic import BaseModel, Field
 from learning.clock import iso, stamp
 from learning.errors import Conflict, NotFound, shown
 from learning.home import subdir
-from learning.jobs.queries import active_job_rows, fail_training_adapter, insert_job, job_row, job_rows, update_job
+from learning.jobs.queries import active_job_rows, insert_job, job_row, job_rows, update_job
 from learning.store import Store, dumps, loads
 
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 MAX_WAIT_SECONDS = 45.0
-HEARTBEAT_SECONDS = 2.0
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -209,11 +211,30 @@ def _load_prctl():
 _prctl = _load_prctl()  # loaded here, not in a forked child
 
 
+# What a failed or dead job of a kind leaves to put right, registered by the package that runs
+# jobs of that kind (learning/train: the adapter a training job was making is marked failed).
+# A hook is called as hook(store, job_id, subject) for a job with a subject.
+FailureHook = Callable[[Store, str, str], None]
+_failure_hooks: dict[str, list[FailureHook]] = {}
+
+
+def on_job_failure(kind: str, hook: FailureHook) -> None:
+    """Call `hook` whenever a job of this kind fails or its process dies."""
+    if hook not in _failure_hooks.setdefault(kind, []):
+        _failure_hooks[kind].append(hook)
+
+
 def on_job_died(store: Store, row) -> None:
-    """Leave what the job was making in a consistent state."""
+    """Leave what the job was making in a consistent state: its kind's failure hooks."""
     subject = row["subject"]
-    if row["kind"] == "train" and subject:
-        fail_training_adapter(store, subject, f"training job {row['id']} died before finishing")
+    if not subject:
+        return
+    # The package whose function the job runs registers its kind's hooks when imported; this
+    # process (a server, a CLI reading a job's status) may not have imported it yet.
+    with contextlib.suppress(ImportError):
+        importlib.import_module(".".join(row["target"].partition(":")[0].split(".")[:2]))
+    for hook in _failure_hooks.get(row["kind"], []):
+        hook(store, row["id"], subject)
 
 
 def _tail(path: str, lines: int = 20) -> list[str]:

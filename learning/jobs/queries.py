@@ -1,10 +1,9 @@
 """The SQL of jobs: the jobs table (learning/jobs/manage.py starts, follows and reconciles the
-jobs), and what a dead training job leaves in the registry's tables."""
+jobs)."""
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 from learning.store import Store
@@ -63,19 +62,3 @@ def update_job(store: Store, job_id: str, only_if_status: tuple[str, ...] | None
         args += list(only_if_status)
     with store.write() as conn:
         return conn.execute(sql, args).rowcount > 0
-
-
-def fail_training_adapter(store: Store, adapter_id: str, reason: str) -> None:
-    """Mark the adapter a dead training job was making as failed, with its event, if it is still
-    training. (The registry's own moves live in learning/registry/adapters.py, above this package.)"""
-    with store.write() as conn:
-        now = time.time()
-        changed = conn.execute(
-            "UPDATE adapters SET status = 'failed', updated = ? WHERE id = ? AND status = 'training'", (now, adapter_id)
-        ).rowcount
-        if changed:
-            conn.execute(
-                "INSERT INTO adapter_events (adapter_id, ts, actor, from_status, to_status, reason, data) "
-                "VALUES (?, ?, 'learnloop', 'training', 'failed', ?, '{}')",
-                (adapter_id, now, reason),
-            )

@@ -8,29 +8,9 @@ with pad/bos/eos and a chat template, and learnloop_base.json describing how it 
 The build is deterministic given the seed (same machine, same library versions).
 
 Sizes: `tiny` (seconds; for tests) and `small` (43-62 s on 2 cores, pretrained on two threads; for
-the demo). The pretraining budget is a number of steps, not seconds: what matters is that the model
-learns to copy a name from the prompt into its code. That skill appears abruptly, and the step is
-compute-bound (a larger batch barely raises tokens per second), so the budget is set by how soon
-it appears. With random 128-token windows of the earlier corpus (function, docstring and forms
-that named the function only some of the time) it took ~1,400 steps of 8 x 128 tokens (139 s);
-fewer steps (larger batches, higher or lower learning rates, other schedules or inits) gave
-bases whose adapters passed 0.05-0.09 of the demo's held-out tasks instead of 0.33. Three
-changes make it appear after ~500-700 steps: every document names the function and its
-parameters before the def (a comment, request, question or chat turn) and often calls it after,
-with fewer docstrings (shorter documents, more copies per token); every window starts at a
-document's start, so it holds both the first mention and the def line; and windows of 64 tokens,
-16 a batch, with an MLP of 256.
-
-The skill's onset moves with the corpus and the seed: with the new corpus (constants, below), 760
-steps on one thread ended before it (a base that copied nothing), and 1,200 steps on two threads
-leave a margin (on seed 0 the loss fell from 1.64 to 1.11 between steps 500 and 800, then
-flattened near 0.95). The corpus copies more constants (two-digit ones twice as often, and twice the share of "x plus
-23" functions): prompted in its own format (bench/base_copy.py), the seed-0 base writes the asked
-constant in 32 of 40 cases (3 before), and the demo's adapters pass 0.47-0.80 of the held-out add
-and multiply tasks, whose constants training never shows (0.03-0.20 before).
-Measured and not kept: 2-digit numbers as single tokens (the base copied none of them), and a
-tokenizer whose pieces never cross from letters to spaces or punctuation (no copying at all by
-step 760).
+the demo). The pretraining budget is a number of steps, set by how soon the model learns to copy
+a name from the prompt into its code; how it was chosen, and what was measured and not kept:
+docs/training.md#how-the-pretraining-budget-was-chosen.
 """
 
 from __future__ import annotations

@@ -80,22 +80,15 @@ def new_adapter_id(role: str) -> str:
 
 
 def to_adapter(row) -> Adapter:
-    return Adapter(
-        id=row["id"],
-        role=row["role"],
-        task_type=row["task_type"],
-        complexity=row["complexity"],
-        base_model=row["base_model"],
-        base_hash=row["base_hash"],
-        dataset_id=row["dataset_id"],
-        method=row["method"],
-        status=row["status"],
-        created=iso(row["created"]),
-        updated=iso(row["updated"]),
-        path=row["path"],
-        params=loads(row["params"]) or {},
-        metrics=loads(row["metrics"]) or {},
-        source=row["source"],
+    """An adapters row as an Adapter: the times in ISO 8601, params and metrics parsed."""
+    return Adapter.model_validate(
+        dict(row)
+        | {
+            "created": iso(row["created"]),
+            "updated": iso(row["updated"]),
+            "params": loads(row["params"]) or {},
+            "metrics": loads(row["metrics"]) or {},
+        }
     )
 
 
@@ -180,15 +173,7 @@ def adapter_history(
     if adapter_id:
         get_adapter(store, adapter_id)
     return [
-        AdapterEvent(
-            adapter_id=r["adapter_id"],
-            time=iso(r["ts"]),
-            actor=r["actor"],
-            from_status=r["from_status"],
-            to_status=r["to_status"],
-            reason=r["reason"],
-            data=loads(r["data"]) or {},
-        )
+        AdapterEvent.model_validate(dict(r) | {"time": iso(r["ts"]), "data": loads(r["data"]) or {}})
         for r in adapter_event_rows(store, adapter_id, role)
     ]
 
@@ -218,6 +203,17 @@ def move(
             )
         set_adapter_status(conn, adapter_id, current, to_status, actor, reason, data)
     return get_adapter(store, adapter_id)
+
+
+def fail_training(store: Store, adapter_id: str, reason: str) -> bool:
+    """Mark an adapter failed, with its event, if it is still training (its training job failed
+    or died). Returns whether it moved."""
+    with store.write() as conn:
+        row = adapter_row(store, adapter_id, conn)
+        if row is None or row["status"] != "training":
+            return False
+        set_adapter_status(conn, adapter_id, "training", "failed", "learnloop", reason)
+    return True
 
 
 def forget_unstarted(store: Store, adapter_id: str) -> bool:

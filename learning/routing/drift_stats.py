@@ -1,5 +1,5 @@
 """The statistics behind detect_drift, vectorised with numpy so that simulations
-(tests/drift_simulation.py) run thousands of repetitions at once.
+(tests/support/drift_simulation.py) run thousands of repetitions at once.
 
 Every function takes per-arm summaries (count n, mean m, sample variance v with ddof=1)
 as numbers or numpy arrays of any one shape, "new" first, "old" (the baseline) second.

@@ -78,21 +78,8 @@ def to_experiment(store: Store, row: sqlite3.Row) -> Experiment:
                 mean_reward=round(s["reward_sum"] / runs, 4) if s and runs else None,
             )
         )
-    return Experiment(
-        id=row["id"],
-        role=row["role"],
-        task_type=row["task_type"],
-        complexity=row["complexity"],
-        candidate_id=row["candidate_id"],
-        control_id=row["control_id"],
-        mode=row["mode"],
-        fraction=row["fraction"],
-        seed=row["seed"],
-        status=row["status"],
-        created=iso(row["created"]),
-        stopped=iso(row["stopped"]),
-        reason=row["reason"],
-        arms=arms,
+    return Experiment.model_validate(
+        dict(row) | {"created": iso(row["created"]), "stopped": iso(row["stopped"]), "arms": arms}
     )
 
 

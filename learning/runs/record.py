@@ -326,20 +326,19 @@ def import_runs(
     )
 
 
-# The columns a Run holds as they are; signals, meta, tests, messages and tools are JSON.
-_PLAIN = ("id", "agent", "role", "task_type", "complexity", "task_key", "instruction", "input", "output", "reward")
-_PLAIN += ("model", "adapter_id", "decision_id")
-
-
 def row_to_run(row) -> Run:
-    return Run(
-        **{k: row[k] for k in _PLAIN},
-        time=iso(row["ts"]),
-        signals=loads(row["signals"]) or {},
-        meta=loads(row["meta"]) or {},
-        tests=loads(row["tests"]) or [],
-        messages=loads(row["messages"]),
-        tools=loads(row["tools"]),
+    """A runs row as a Run: the time in ISO 8601; signals, meta, tests, messages and tools parsed
+    from their JSON (the other columns, such as the reward token's hash, are not a Run's)."""
+    return Run.model_validate(
+        dict(row)
+        | {
+            "time": iso(row["ts"]),
+            "signals": loads(row["signals"]) or {},
+            "meta": loads(row["meta"]) or {},
+            "tests": loads(row["tests"]) or [],
+            "messages": loads(row["messages"]),
+            "tools": loads(row["tools"]),
+        }
     )
 
 
@@ -398,11 +397,6 @@ def reward_events(store: Store, run_id: int, conn: sqlite3.Connection | None = N
     rows = conn.execute("SELECT * FROM reward_events WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
     fields = ("actor", "kind", "reward", "previous", "reason")
     return [RewardEvent(time=iso(r["ts"]), **{k: r[k] for k in fields}) for r in rows]
-
-
-def count_runs(store: Store) -> int:
-    with store.read() as conn:
-        return conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"]
 
 
 def decision_row(store: Store, decision_id: str) -> sqlite3.Row | None:

@@ -16,9 +16,18 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from learning.clock import RANGE_TEXT, in_range
 from learning.errors import InvalidInput
@@ -48,174 +57,15 @@ MAX_TEST_CHARS = 10_000
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 
 
-class Signals(BaseModel):
-    """What the agent observed about its answer. Known keys are typed; any other key is kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-    compiled: bool | None = Field(default=None, description="Did the answer compile / parse?")
-    tests_passed: int | None = Field(default=None, ge=0, description="Number of tests that passed.")
-    tests_total: int | None = Field(default=None, ge=0, description="Number of tests run.")
-    iterations: int | None = Field(default=None, ge=0, description="Agent iterations used for the task.")
-    verdict: str | None = Field(default=None, max_length=2000, description="A judge's verdict, e.g. 'pass' or 'fail'.")
-
-
-class RunIn(BaseModel):
-    """One run as an agent reports it. Unknown fields are rejected."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
-
-    role: str = Field(pattern=ROLE_PATTERN, description="Who acted: coder, fixer, judge, or any lower-case name.")
-    output: str = Field(
-        min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict)."
-    )
-    reward: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description="How good the output was, in [0, 1]. Leave it out when not known yet: the run is "
-        "pending (left out of curation and drift, counted apart by run_stats) until log_reward scores it.",
-    )
-    instruction: str = Field(
-        default="", max_length=LIMITS["instruction"], description="The task as given to the agent."
-    )
-    input: str = Field(
-        default="", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context."
-    )
-    agent: str = Field(
-        default="agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task."
-    )
-    task_type: str | None = Field(
-        default=None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'."
-    )
-    complexity: str | None = Field(
-        default=None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text."
-    )
-    task_key: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=LIMITS["task_key"],
-        description="Groups attempts at one task; derived from the instruction when absent.",
-    )
-    signals: Signals = Field(
-        default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ..."
-    )
-    model: str | None = Field(
-        default=None, max_length=LIMITS["model"], description="What served the run (model name, endpoint)."
-    )
-    adapter_id: str | None = Field(
-        default=None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any."
-    )
-    decision_id: str | None = Field(
-        default=None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
-    )
-    meta: dict[str, Any] = Field(default_factory=dict, description="Free metadata (JSON object).")
-    tests: list[str] | None = Field(
-        default=None,
-        description="Python statements that check an answer to this task, e.g. 'assert add(2, 3) == 5'; "
-        "they travel into datasets and evaluate_adapter's gate runs them. At most 100, 10,000 characters each (CLI: --tests once per statement).",
-    )
-    time: datetime | None = Field(default=None, description="When the run happened (ISO 8601); now when absent.")
-    messages: list[ChatMessage] | None = Field(
-        default=None,
-        description="The whole exchange in OpenAI chat format, ending with the assistant's answer: "
-        "{role: system|user|assistant|tool, content, tool_calls?: [{id, type: 'function', function: "
-        "{name, arguments}}], tool_call_id?}; make_sft --format messages trains on it. At most 2,000,000 "
-        "characters of JSON.",
-    )
-    tools: list[ToolSpec] | None = Field(
-        default=None,
-        description="The tools offered, in OpenAI format: [{type: 'function', function: {name, description, "
-        "parameters}}]. At most 200,000 characters of JSON.",
-    )
-
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward_is_a_number(cls, value: Any) -> Any:
-        return None if value is None else check_reward(value)
-
-    @field_validator("messages", "tools")
-    @classmethod
-    def _an_exchange(cls, value: Any, info: ValidationInfo) -> Any:
-        return check_exchange(value) if info.field_name == "messages" else check_tools(value)
-
-    @field_validator("signals", "meta", "tools", mode="before")
-    @classmethod
-    def _shallow_json(cls, value: Any) -> Any:
-        return check_depth(value)
-
-    @field_validator("signals")
-    @classmethod
-    def _passed_within_total(cls, value: Signals) -> Signals:
-        return check_passed_within_total(value)
-
-    @field_validator("time")
-    @classmethod
-    def _time_in_range(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        try:
-            aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-            ok = in_range(aware)
-        except (OverflowError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"must be a time {RANGE_TEXT}")
-        return value
-
-    @field_validator("tests", mode="before")
-    @classmethod
-    def _tests_are_statements(cls, value: Any) -> Any:
-        return check_statements(value)
-
-    @field_validator("tests")
-    @classmethod
-    def _tests_compile(cls, value: list[str] | None) -> list[str] | None:
-        return check_tests_compile(value)
-
-
-class RewardIn(BaseModel):
-    """A reward given to a run after it was logged (log_reward), checked as log_run checks them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reward: float = Field(ge=0.0, le=1.0, description="How good the run's output was, in [0, 1].")
-    signals: Signals | None = Field(default=None, description="What scoring observed; merged into the run's.")
-    tests: list[str] | None = Field(default=None, description="Statements that check an answer; replace the run's.")
-
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward_is_a_number(cls, value: Any) -> Any:
-        return check_reward(value)
-
-    @field_validator("signals", mode="before")
-    @classmethod
-    def _shallow_json(cls, value: Any) -> Any:
-        return check_depth(value)
-
-    @field_validator("signals")
-    @classmethod
-    def _passed_within_total(cls, value: Signals | None) -> Signals | None:
-        return None if value is None else check_passed_within_total(value)
-
-    @field_validator("tests", mode="before")
-    @classmethod
-    def _tests_are_statements(cls, value: Any) -> Any:
-        return check_statements(value)
-
-    @field_validator("tests")
-    @classmethod
-    def _tests_compile(cls, value: list[str] | None) -> list[str] | None:
-        return check_tests_compile(value)
-
-
 def check_depth(value: Any) -> Any:
     if json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
     return value
 
 
-def check_passed_within_total(value: Signals) -> Signals:
+def check_passed_within_total(value: Signals | None) -> Signals | None:
+    if value is None:
+        return None
     passed, total = value.tests_passed, value.tests_total
     if passed is not None and total is not None and passed > total:
         raise ValueError(f"tests_passed ({passed}) cannot exceed tests_total ({total})")
@@ -280,6 +130,125 @@ def test_problems(tests: list[str]) -> list[str]:
             except (SyntaxError, ValueError) as exc:
                 problems.append(f"test {i} does not compile as Python ({getattr(exc, 'msg', exc)})")
     return problems
+
+
+class Signals(BaseModel):
+    """What the agent observed about its answer. Known keys are typed; any other key is kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    compiled: bool | None = Field(default=None, description="Did the answer compile / parse?")
+    tests_passed: int | None = Field(default=None, ge=0, description="Number of tests that passed.")
+    tests_total: int | None = Field(default=None, ge=0, description="Number of tests run.")
+    iterations: int | None = Field(default=None, ge=0, description="Agent iterations used for the task.")
+    verdict: str | None = Field(default=None, max_length=2000, description="A judge's verdict, e.g. 'pass' or 'fail'.")
+
+
+# The checks log_run and log_reward share, on the fields they share.
+CheckedSignals = Annotated[Signals, BeforeValidator(check_depth), AfterValidator(check_passed_within_total)]
+Tests = Annotated[list[str] | None, BeforeValidator(check_statements), AfterValidator(check_tests_compile)]
+Reward = Annotated[float, BeforeValidator(check_reward)]
+
+
+class RunIn(BaseModel):
+    """One run as an agent reports it. Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    role: str = Field(pattern=ROLE_PATTERN, description="Who acted: coder, fixer, judge, or any lower-case name.")
+    output: str = Field(
+        min_length=1, max_length=LIMITS["output"], description="What the agent produced (code, patch, verdict)."
+    )
+    reward: Annotated[float | None, BeforeValidator(lambda v: None if v is None else check_reward(v))] = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="How good the output was, in [0, 1]. Leave it out when not known yet: the run is "
+        "pending (left out of curation and drift, counted apart by run_stats) until log_reward scores it.",
+    )
+    instruction: str = Field(
+        default="", max_length=LIMITS["instruction"], description="The task as given to the agent."
+    )
+    input: str = Field(
+        default="", max_length=LIMITS["input"], description="Extra input: code to fix, diagnostics, context."
+    )
+    agent: str = Field(
+        default="agent", min_length=1, max_length=LIMITS["agent"], description="Which agent ran the task."
+    )
+    task_type: str | None = Field(
+        default=None, max_length=LIMITS["task_type"], description="Kind of task, e.g. 'refactor'."
+    )
+    complexity: str | None = Field(
+        default=None, max_length=LIMITS["complexity"], description="easy / medium / hard, or free text."
+    )
+    task_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=LIMITS["task_key"],
+        description="Groups attempts at one task; derived from the instruction when absent.",
+    )
+    signals: CheckedSignals = Field(
+        default_factory=Signals, description="compiled, tests_passed, tests_total, iterations, verdict, ..."
+    )
+    model: str | None = Field(
+        default=None, max_length=LIMITS["model"], description="What served the run (model name, endpoint)."
+    )
+    adapter_id: str | None = Field(
+        default=None, max_length=LIMITS["adapter_id"], description="The learnloop adapter that produced it, if any."
+    )
+    decision_id: str | None = Field(
+        default=None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
+    )
+    meta: Annotated[dict[str, Any], BeforeValidator(check_depth)] = Field(
+        default_factory=dict, description="Free metadata (JSON object)."
+    )
+    tests: Tests = Field(
+        default=None,
+        description="Python statements that check an answer to this task, e.g. 'assert add(2, 3) == 5'; "
+        "they travel into datasets and evaluate_adapter's gate runs them. At most 100, 10,000 characters each (CLI: --tests once per statement).",
+    )
+    time: datetime | None = Field(default=None, description="When the run happened (ISO 8601); now when absent.")
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        description="The whole exchange in OpenAI chat format, ending with the assistant's answer: "
+        "{role: system|user|assistant|tool, content, tool_calls?: [{id, type: 'function', function: "
+        "{name, arguments}}], tool_call_id?}; make_sft --format messages trains on it. At most 2,000,000 "
+        "characters of JSON.",
+    )
+    tools: Annotated[list[ToolSpec] | None, BeforeValidator(check_depth)] = Field(
+        default=None,
+        description="The tools offered, in OpenAI format: [{type: 'function', function: {name, description, "
+        "parameters}}]. At most 200,000 characters of JSON.",
+    )
+
+    @field_validator("messages", "tools")
+    @classmethod
+    def _an_exchange(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_exchange(value) if info.field_name == "messages" else check_tools(value)
+
+    @field_validator("time")
+    @classmethod
+    def _time_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+            ok = in_range(aware)
+        except (OverflowError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"must be a time {RANGE_TEXT}")
+        return value
+
+
+class RewardIn(BaseModel):
+    """A reward given to a run after it was logged (log_reward), checked as log_run checks them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reward: Reward = Field(ge=0.0, le=1.0, description="How good the run's output was, in [0, 1].")
+    signals: CheckedSignals | None = Field(default=None, description="What scoring observed; merged into the run's.")
+    tests: Tests = Field(default=None, description="Statements that check an answer; replace the run's.")
 
 
 class RewardEvent(BaseModel):

@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import BaseModel, Field
 
@@ -39,8 +39,9 @@ from learning.serve.tokenizer_files import copy_tokenizer
 from learning.store import Store
 
 Format = Literal["peft", "merged", "gguf", "ollama"]
-FORMATS = ("peft", "merged", "gguf", "ollama")
-DTYPES = ("f32", "f16")
+Dtype = Literal["f32", "f16"]
+FORMATS: tuple[str, ...] = get_args(Format)
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 class ExportedFile(BaseModel):
@@ -260,49 +261,56 @@ def _export_ollama(
 # ---- the entry point --------------------------------------------------------------------------
 
 
-def export_adapter(
-    store: Store,
-    adapter_id: str,
-    fmt: str,
-    out: str | None = None,
-    dtype: str = "f32",
-    base: str | None = None,
-    from_model: str | None = None,
-) -> ExportResult:
-    """Export one adapter; refuses with every reason when the target cannot represent it.
-
-    base: the base model folder to check against the one trained on (and to read config and
-    tokenizer from); from_model: the Modelfile's FROM, the base as Ollama names it (default:
-    the adapter's base_model)."""
-    started = time.perf_counter()
+def _check_request(format: str, dtype: str) -> None:
+    """A format and a dtype export_adapter knows, both problems at once."""
     check(
         [
             p
             for p in (
-                f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
+                f"unknown format {format!r}; use one of {', '.join(FORMATS)}" if format not in FORMATS else None,
                 f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None,
             )
             if p
         ]
     )
+
+
+def export_adapter(
+    store: Store,
+    adapter_id: str,
+    format: str,
+    out: str | None = None,
+    dtype: str = "f32",
+    base: str | None = None,
+    from_model: str | None = None,
+) -> ExportResult:
+    """Export one adapter; refuses with every reason when the target cannot represent it. The
+    arguments are export_as_job's (the verb, which runs this as a job), checked here for Python
+    callers.
+
+    base: the base model folder to check against the one trained on (and to read config and
+    tokenizer from); from_model: the Modelfile's FROM, the base as Ollama names it (default:
+    the adapter's base_model)."""
+    started = time.perf_counter()
+    _check_request(format, dtype)
     adapter = get_adapter(store, adapter_id)
-    problems, base_dir = compatibility(adapter, fmt, base)
-    check(problems, f"Cannot export adapter {adapter_id} as {fmt}:")
-    target = Path(out).expanduser().resolve() if out else subdir(store.home, "exports", adapter.id) / fmt
+    problems, base_dir = compatibility(adapter, format, base)
+    check(problems, f"Cannot export adapter {adapter_id} as {format}:")
+    target = Path(out).expanduser().resolve() if out else subdir(store.home, "exports", adapter.id) / format
     work = claim_folders(target)
     try:
-        if fmt == "peft":
+        if format == "peft":
             done = _export_peft(adapter, base_dir, work, dtype)
         else:
             assert base_dir is not None  # compatibility() reports a missing base for these formats
-            if fmt == "merged":
+            if format == "merged":
                 done = export_merged(Path(adapter.path), base_dir, work, dtype)
-            elif fmt == "gguf":
+            elif format == "gguf":
                 done = _export_gguf(adapter, base_dir, work, dtype, _serving(store, adapter, base_dir))
             else:
                 served_from = from_model or gguf_origin(base_dir) or adapter.base_model  # the base users serve
                 done = _export_ollama(adapter, base_dir, work, dtype, served_from, _serving(store, adapter, base_dir))
-        (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": fmt, "dtype": dtype}))
+        (work / MARKER).write_text(json.dumps({"adapter_id": adapter_id, "format": format, "dtype": dtype}))
         if ours(target):
             shutil.rmtree(target)
         work.rename(target)  # onto nothing, or onto an empty folder
@@ -316,7 +324,7 @@ def export_adapter(
     ]
     return ExportResult(
         adapter_id=adapter_id,
-        format=cast(Format, fmt),  # checked against FORMATS above
+        format=cast(Format, format),  # checked against FORMATS above
         dtype=dtype,
         out_dir=str(target),
         files=files,
@@ -330,47 +338,13 @@ def export_adapter(
 
 
 def export_job(ctx) -> dict[str, Any]:
-    """Job entry point (learning.jobs.manage): runs export_adapter with the job's params."""
-    p = ctx.params
-    ctx.progress(force=True, stage="export", message=f"exporting {p['adapter_id']} as {p['fmt']}")
-    result = export_adapter(
-        ctx.store, p["adapter_id"], p["fmt"], p.get("out"), p.get("dtype", "f32"), p.get("base"), p.get("from_model")
-    )
-    return result.model_dump(mode="json")
-
-
-def start_export(
-    store: Store,
-    adapter_id: str,
-    fmt: str,
-    out: str | None = None,
-    dtype: str = "f32",
-    base: str | None = None,
-    from_model: str | None = None,
-) -> str:
-    """Check the request, then run the export as a job (merging a real model takes minutes)."""
-    check(
-        [
-            p
-            for p in (
-                f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}" if fmt not in FORMATS else None,
-                f"unknown dtype {dtype!r}; use f32 or f16" if dtype not in DTYPES else None,
-            )
-            if p
-        ]
-    )
-    if fmt == "ollama" and from_model is not None:
-        plain_value(from_model, "from_model (FROM)")
-    adapter = get_adapter(store, adapter_id)
-    if not base:  # refuse at once what the job would refuse (hashing a given base is left to the job)
-        check(compatibility(adapter, fmt)[0], f"Cannot export adapter {adapter_id} as {fmt}:")
-    return start_job(
-        store,
-        "export",
-        "learning.serve.export:export_job",
-        {"adapter_id": adapter_id, "fmt": fmt, "out": out, "dtype": dtype, "base": base, "from_model": from_model},
-        subject=adapter_id,
-    )
+    """Job entry point (learning.jobs.manage): runs export_adapter with the job's params, the
+    arguments of export_as_job."""
+    p = dict(ctx.params)
+    if "fmt" in p:  # a job queued by an earlier version
+        p["format"] = p.pop("fmt")
+    ctx.progress(force=True, stage="export", message=f"exporting {p['adapter_id']} as {p['format']}")
+    return export_adapter(ctx.store, **p).model_dump(mode="json")
 
 
 class ExportJob(BaseModel):
@@ -386,7 +360,7 @@ def export_as_job(
     store: Store,
     adapter_id: Annotated[str, Field(description="The adapter to export (list_adapters shows ids).")],
     format: Annotated[
-        Literal["peft", "merged", "gguf", "ollama"],
+        Format,
         Field(
             description="peft: clean PEFT folder; merged: full transformers model (base+adapter); gguf: LoRA GGUF for "
             "llama.cpp; ollama: GGUF + Modelfile."
@@ -399,7 +373,7 @@ def export_as_job(
             json_schema_extra=CLI_ONLY,
         ),
     ] = None,
-    dtype: Annotated[Literal["f32", "f16"], Field(description="Tensor precision of the written files.")] = "f32",
+    dtype: Annotated[Dtype, Field(description="Tensor precision of the written files.")] = "f32",
     base: Annotated[str | None, Field(description="Base model folder to check against the one trained on.")] = None,
     from_model: Annotated[
         str | None, Field(description="ollama: the base as Ollama names it (Modelfile FROM).")
@@ -412,6 +386,13 @@ def export_as_job(
     returns its result when done within wait_s, else the job id to follow with wait_job."""
     from learning.jobs.manage import wait_job
 
-    job_id = start_export(store, adapter_id, format, out, dtype, base, from_model)
+    _check_request(format, dtype)
+    if format == "ollama" and from_model is not None:
+        plain_value(from_model, "from_model (FROM)")
+    adapter = get_adapter(store, adapter_id)
+    if not base:  # refuse at once what the job would refuse (hashing a given base is left to the job)
+        check(compatibility(adapter, format)[0], f"Cannot export adapter {adapter_id} as {format}:")
+    params = dict(adapter_id=adapter_id, format=format, out=out, dtype=dtype, base=base, from_model=from_model)
+    job_id = start_job(store, "export", "learning.serve.export:export_job", params, subject=adapter_id)
     status = wait_job(store, job_id, timeout=wait_s)
     return ExportJob(job_id=job_id, status=status.status, result=status.result, error=status.error)

@@ -120,7 +120,7 @@ def compare_logits(
     }
 
 
-def main() -> None:  # python -m tests.llamacpp_check BASE_DIR ADAPTER_DIR BASE_GGUF ADAPTER_GGUF
+def main() -> None:  # python -m tests.support.llamacpp_check BASE_DIR ADAPTER_DIR BASE_GGUF ADAPTER_GGUF
     base_dir, adapter_dir, base_gguf, adapter_gguf = map(Path, sys.argv[1:5])
     print(json.dumps(compare_logits(base_dir, adapter_dir, base_gguf, adapter_gguf, list(range(3, 40)))))
 

@@ -1,5 +1,5 @@
 """A held-out corpus for redaction, kept apart from the one the rules were tuned on
-(tests/redact_corpus.py): synthetic secrets in the token formats that gitleaks' default rules
+(tests/support/redact_corpus.py): synthetic secrets in the token formats that gitleaks' default rules
 (config/gitleaks.toml) and trufflehog's detectors look for, each generated from a seed with its
 provider's prefix, alphabet and length (nothing here is, or was ever, a real credential), placed
 in contexts with no secret-like name, so that only the format can give them away. Beside them,
@@ -15,7 +15,7 @@ import random
 import string
 import uuid
 
-from tests.redact_corpus import Planted
+from tests.support.redact_corpus import Planted
 
 ALNUM = string.ascii_letters + string.digits
 URLSAFE = ALNUM + "-_"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_models import token_id
+from tests.support.tiny_models import token_id
 
 TOOLS_CHATML = (
     "{%- if tools %}"

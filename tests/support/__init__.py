@@ -1,0 +1,1 @@
+"""Helpers the tests (and bench/) share: tiny models, servers, corpora, checks. No tests here."""
