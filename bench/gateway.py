@@ -27,6 +27,7 @@ Run: python bench/gateway.py [--requests 300] [--concurrent 8] [--per-client 50]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata as md
 import json
 import os
@@ -152,12 +153,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], url: str, timeout: float = 300.0) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, *args], env=ENV, cwd=str(ROOT), stdout=subprocess.DEVNULL)
+def start(args: list[str], url: str, timeout: float = 300.0, log: Path | None = None) -> subprocess.Popen:
+    """A bench process, waited for until `url` answers; its stderr appended to `log` when given."""
+    with log.open("ab") if log else contextlib.nullcontext() as err:
+        proc = subprocess.Popen([sys.executable, *args], env=ENV, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{args} exited with {proc.returncode}")
+            raise SystemExit(f"{args} exited with {proc.returncode}" + (f"; its stderr: {log}" if log else ""))
         try:
             if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
                 return proc

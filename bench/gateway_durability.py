@@ -78,22 +78,7 @@ def answer_first_gateway(argv: list[str]) -> None:
 def start(args: list[str], url: str, log: Path) -> subprocess.Popen:
     """bench/gateway.py's start, with the process's stderr in `log`: a stand-in whose gateway was
     killed mid-request, or a killed gateway, would fill the report with tracebacks."""
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, *args], env=base.ENV, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=err
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{args} exited with {proc.returncode}; its stderr: {log}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{args} did not answer within 120 s; its stderr: {log}")
+    return base.start(args, url, timeout=120, log=log)
 
 
 def gateway_cmd(kind: str, home: str, port: int, backend: str) -> list[str]:
