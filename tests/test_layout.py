@@ -15,26 +15,17 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib  # pyright: ignore[reportMissingImports]
+
 ROOT = Path(__file__).resolve().parent.parent
 
-# Bottom to top: a module may import from its own level and the levels below it, never above.
-SHARED = ("errors", "home", "clock", "params", "store")
-PACKAGES = (
-    "sandbox",
-    "runs",
-    "jobs",
-    "data",
-    "models",
-    "registry",
-    "train",
-    "evaluate",
-    "serve",
-    "routing",
-    "gateway",
-    "loop",
-    "demo",
-)
-LEVEL = {**{name: 0 for name in SHARED}, **{name: i + 1 for i, name in enumerate(PACKAGES)}}
+# The loop's order, top to bottom, is import-linter's layers contract in pyproject.toml.
+LAYERS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"][0][
+    "layers"
+]
 
 # The CLI modules register their commands on the shared app when imported, so importing one
 # alone re-enters server.cli half-initialised.
@@ -69,18 +60,6 @@ def imports(path: Path) -> list[tuple[int, str, list[str]]]:
                 module = ".".join([*base, module] if module else base)
             found.append((node.lineno, module, [alias.name for alias in node.names]))
     return found
-
-
-def level_of(module: str, names: list[str]) -> tuple[str, int] | None:
-    """The package (or shared module) of learning an import reaches, with its level."""
-    parts = module.split(".")
-    if parts[0] != "learning":
-        return None
-    if len(parts) > 1:
-        return parts[1], LEVEL.get(parts[1], 0)
-    # `from learning import x`: a package or shared module, or the package's own names
-    reached = [(n, LEVEL[n]) for n in names if n in LEVEL]
-    return max(reached, key=lambda r: r[1]) if reached else ("learning", 0)
 
 
 # ---- (a) every module imports on its own ---------------------------------------------------
@@ -138,29 +117,26 @@ def test_each_module_imports_on_its_own(import_results, name):
 
 
 def test_imports_point_down_the_loop():
-    wrong = []
-    for path in source_files("learning"):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        here = parts[1] if len(parts) > 2 else path.stem  # the package, or the shared module
-        own = LEVEL.get(here, 0)
-        for line, module, names in imports(path):
-            where = f"{path.relative_to(ROOT)}:{line}"
-            if module.split(".")[0] == "server":
-                wrong.append(f"{where} imports {module}: the library never imports the faces")
-                continue
-            reached = level_of(module, names)
-            if reached is None or reached[0] == here:
-                continue
-            if reached[1] > own:
-                wrong.append(f"{where} ({here}) imports {module} ({reached[0]}), which is above it")
-    assert not wrong, "imports that point up the loop:\n" + "\n".join(wrong)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, "imports that point up the loop:\n" + out.stdout[out.stdout.find("Broken") :]
 
 
 def test_the_order_names_every_package():
-    on_disk = {p.name for p in (ROOT / "learning").iterdir() if (p / "__init__.py").exists()}
-    shared = {p.stem for p in (ROOT / "learning").glob("*.py") if p.stem != "__init__"}
-    assert on_disk == set(PACKAGES) and shared == set(SHARED), (
-        "a package or shared module was added or removed: place it in the order above"
+    named = {name.strip() for layer in LAYERS for name in layer.split(":")}
+    on_disk = {f"learning.{p.name}" for p in (ROOT / "learning").iterdir() if (p / "__init__.py").exists()}
+    shared = {f"learning.{p.stem}" for p in (ROOT / "learning").glob("*.py") if p.stem != "__init__"}
+    assert named == on_disk | shared | {"server"}, (
+        "a package or shared module was added or removed: place it in the layers in pyproject.toml"
     )
 
 
