@@ -6,7 +6,6 @@ Every command takes --home and --json (which prints the model the MCP tool retur
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import types
@@ -23,65 +22,24 @@ from learning.store import Store
 from server import commands, render
 from server.catalog import VERBS
 from server.terminal import HomeOpt, JsonOpt, console, emit, err_console, fail
-from server.verbs import Argument, Verb, arguments, call, consent_summary
+from server.verbs import Argument, CliShape, Verb, arguments, call, consent_summary, signed
 
 SIMPLE = (str, int, float, bool)
+YES = typer.Option("--yes", "-y", help="Do it without asking for confirmation.")
+WAIT = typer.Option("--wait/--no-wait", help="Follow the job in the terminal until it ends.")
 
 
-def _is_json(t: Any) -> bool:
-    """Arguments the CLI takes as JSON text: objects, lists of objects, models."""
-    origin = typing.get_origin(t)
-    return (
-        t is dict
-        or origin is dict
-        or t is Any
-        or (isinstance(t, type) and issubclass(t, BaseModel))
-        or (origin is list and typing.get_args(t)[0] not in SIMPLE)
-    )
-
-
-def _cli_type(arg: Argument) -> tuple[Any, bool]:
-    """The type typer parses an argument as, and whether the text is JSON to decode."""
+def _parsed_as(arg: Argument) -> tuple[Any, bool]:
+    """The type typer parses an argument's text as, and whether that text is JSON (an object, a
+    list of objects, a model). Choices, dates and paths stay text: checked after (_validated)."""
     t = arg.type
     if typing.get_origin(t) in (Union, types.UnionType):  # X | None: the CLI passes None by leaving it out
         members = [m for m in typing.get_args(t) if m is not type(None)]
         t = members[0] if len(members) == 1 else str
-    if _is_json(t):
-        return str, True
-    if typing.get_origin(t) is Literal:  # the library names the valid choices in its own error
-        return str, False
-    if t in SIMPLE or typing.get_origin(t) is list:
+    if t in SIMPLE or (typing.get_origin(t) is list and typing.get_args(t)[0] in SIMPLE):
         return t, False
-    return str, False  # datetimes, paths: pydantic parses the text
-
-
-def _parameter(verb: Verb, arg: Argument) -> inspect.Parameter:
-    shape = verb.cli
-    t, _ = _cli_type(arg)
-    help_text = arg.info.description or ""
-    if (choices := _choices(arg.type)) is not None:
-        help_text += f" One of: {', '.join(map(str, choices))}."
-    if arg.name == "confirm":  # a person's consent: --yes on a terminal
-        return inspect.Parameter(
-            "confirm",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking for confirmation.")],
-        )
-    if arg.required and arg.name not in shape.stdin:
-        default: Any = inspect.Parameter.empty
-    else:
-        default = None if arg.required else arg.default
-        if default is None:
-            t = Optional[t]  # noqa: UP045 - a type built at run time, possibly a Literal
-    if arg.name in shape.arguments:
-        marker = typer.Argument(help=help_text + (" '-' reads stdin." if arg.name in shape.stdin else ""))
-    else:
-        names = [f"--{arg.name.replace('_', '-')}", *shape.aliases.get(arg.name, ())]
-        if t is bool:
-            names = [f"{n}/--no-{n[2:]}" if n.startswith("--") else n for n in names]  # a switch both ways
-        marker = typer.Option(*names, help=help_text)
-    return inspect.Parameter(arg.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[t, marker])
+    model = isinstance(t, type) and issubclass(t, BaseModel)
+    return str, model or t in (dict, Any) or typing.get_origin(t) in (dict, list)
 
 
 def _choices(t: Any) -> tuple | None:
@@ -90,6 +48,27 @@ def _choices(t: Any) -> tuple | None:
         if typing.get_origin(member) is Literal:
             return typing.get_args(member)
     return None
+
+
+def _option(shape: CliShape, arg: Argument) -> tuple[str, Any, Any]:
+    """The typer parameter (name, annotation, default) for one declared argument."""
+    if arg.name == "confirm":  # a person's consent: --yes on a terminal
+        return "confirm", Annotated[bool, YES], False
+    t, _ = _parsed_as(arg)
+    help_text = arg.info.description or ""
+    if (choices := _choices(arg.type)) is not None:
+        help_text += f" One of: {', '.join(map(str, choices))}."
+    default = None if arg.required and arg.name in shape.stdin else arg.default  # None: read from stdin
+    if default is None:
+        t = Optional[t]  # noqa: UP045 - a type built at run time, possibly a Literal
+    if arg.name in shape.arguments:
+        marker = typer.Argument(help=help_text + (" '-' reads stdin." if arg.name in shape.stdin else ""))
+    else:
+        names = [f"--{arg.name.replace('_', '-')}", *shape.aliases.get(arg.name, ())]
+        if t is bool:
+            names = [f"{n}/--no-{n[2:]}" if n.startswith("--") else n for n in names]  # a switch both ways
+        marker = typer.Option(*names, help=help_text)
+    return arg.name, Annotated[t, marker], default
 
 
 def _checked_type(arg: Argument) -> Any:
@@ -105,7 +84,7 @@ def _validated(verb: Verb, args: list[Argument], values: dict[str, Any]) -> dict
     """Decode JSON arguments and check every argument against its declaration; all problems at once."""
     problems = []
     for arg in args:
-        if _cli_type(arg)[1] and isinstance(values.get(arg.name), str):
+        if _parsed_as(arg)[1] and isinstance(values.get(arg.name), str):
             try:
                 values[arg.name] = json.loads(values[arg.name])
             except json.JSONDecodeError as exc:
@@ -154,68 +133,43 @@ def _renderer(verb: Verb) -> Callable[[Any], None] | None:
     return getattr(render, verb.cli.render) if verb.cli.render else None
 
 
-def _stdin(verb: Verb, values: dict[str, Any]) -> dict[str, Any]:
-    for name in verb.cli.stdin:
-        if name == "path":
-            continue  # a file argument: the library reads stdin itself for '-'
+def _read_stdin(shape: CliShape, values: dict[str, Any]) -> dict[str, Any]:
+    for name in shape.stdin:
         if values.get(name) in (None, "-"):
             values[name] = sys.stdin.read()
     return values
 
 
 def add_command(app: typer.Typer, groups: dict[str, typer.Typer], verb: Verb) -> None:
-    args = arguments(verb)
-    shape = verb.cli
-    params = [_parameter(verb, a) for a in sorted(args, key=lambda a: a.name not in shape.arguments)]
-    params += [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=Annotated[t, typer.Option(help=h)])
-        for n, (t, d, h) in shape.extras.items()
-    ]
+    args, shape = arguments(verb), verb.cli
+    positional_first = sorted(args, key=lambda a: a.name not in shape.arguments)
+    params = [_option(shape, a) for a in positional_first]
+    params += [(n, Annotated[t, typer.Option(help=h)], d) for n, (t, d, h) in shape.extras.items()]
     if shape.follow is not None:
-        params.append(
-            inspect.Parameter(
-                "wait",
-                inspect.Parameter.KEYWORD_ONLY,
-                default=shape.follow,
-                annotation=Annotated[
-                    bool, typer.Option("--wait/--no-wait", help="Follow the job in the terminal until it ends.")
-                ],
-            )
-        )
-    params += [
-        inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=HomeOpt),
-        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
-    ]
+        params.append(("wait", Annotated[bool, WAIT], shape.follow))
+    params += [("home", HomeOpt, None), ("as_json", JsonOpt, False)]
 
     def command(**values: Any) -> None:
         home, as_json, wait = values.pop("home"), values.pop("as_json"), values.pop("wait", False)
         if shape.prepare is not None:
             values = shape.prepare(values)
-        values = _validated(verb, args, _stdin(verb, values))
+        values = _validated(verb, args, _read_stdin(shape, values))
         store = Store(home)
         if verb.consent is not None and not _ask(verb, store, values, as_json):
             return
         result = call(verb, store, values, actor="cli", stdin=sys.stdin.buffer)
-        job_id = getattr(result, "job_id", None)
-        if not wait or job_id is None:
+        if not wait or getattr(result, "job_id", None) is None:
             emit(result, as_json, _renderer(verb))
             return
         commands.follow_to_the_end(store, result, as_json, verb.tool)
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
+    signed(command, params)
     command.__doc__ = verb.doc
-    name = verb.command or ""
-    if " " in name:
-        group, name = name.split(" ", 1)
-        if group not in groups:
-            groups[group] = typer.Typer(
-                help=commands.GROUP_HELP.get(group), no_args_is_help=True, rich_markup_mode=None
-            )
-            app.add_typer(groups[group], name=group)
-        groups[group].command(name)(command)
-    else:
-        app.command(name)(command)
+    group, _, name = (verb.command or "").rpartition(" ")
+    if group and group not in groups:
+        groups[group] = typer.Typer(help=commands.GROUP_HELP.get(group), no_args_is_help=True, rich_markup_mode=None)
+        app.add_typer(groups[group], name=group)
+    (groups[group] if group else app).command(name)(command)
 
 
 def build_app() -> typer.Typer:

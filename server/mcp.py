@@ -9,7 +9,6 @@ threads, so a slow database read never blocks the event loop.
 # tools' parameters with typing.get_type_hints, which cannot see the closures they name.
 import functools
 import gc
-import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import anyio
 from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.server.stdio import stdio_server
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
@@ -32,7 +32,7 @@ from learning.registry import adapters as registry
 from learning.store import Store
 from server.catalog import VERBS
 from server.transport import Answering, exposure_warning, require_token, security_settings, token_for
-from server.verbs import Verb, call, consent_summary, tool_arguments
+from server.verbs import REQUIRED, Verb, call, consent_summary, signed, tool_arguments
 
 INSTRUCTIONS = """learnloop makes your local model better from your own runs.
 Log every run with log_run (role, instruction, output, reward in [0, 1]; a run whose reward is
@@ -79,14 +79,6 @@ def _tool_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _signed(fn: Callable, name: str, doc: str, params: list[inspect.Parameter], returns: Any) -> Callable:
-    """Give fn the signature the SDK reads to build the tool's input and output schemas."""
-    fn.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
-    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
-    fn.__name__, fn.__qualname__, fn.__doc__ = name, name, doc
-    return fn
-
-
 def _outcome(answer: Any) -> Literal["done", "declined", "cancelled"]:
     if answer.action == "accept":
         return "done" if answer.data.confirm else "declined"
@@ -112,19 +104,16 @@ def _consent_resolver(verb: Verb, store: Store, names: list[str]) -> Callable:
             raise ToolError(summary + REFUSED)
         return Confirmation(confirm=True)
 
-    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
-    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=Any) for n in names]
-    return _signed(resolve, f"ask_{verb.tool}", "", params, Any)
+    resolve.__name__ = resolve.__qualname__ = f"ask_{verb.tool}"  # its key in input_required requests
+    # The SDK passes a resolver the tool's arguments it names, so it names them all.
+    return signed(resolve, [("ctx", Context, REQUIRED)] + [(n, Any, REQUIRED) for n in names], Any)
 
 
 def tool_function(verb: Verb, store: Store) -> Callable:
     """The tool for one verb: its arguments (but the CLI-only ones) as parameters, the library
     call as its body."""
     args = tool_arguments(verb)
-    params = [
-        inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default, annotation=a.annotation)
-        for a in args
-    ]
+    params = [(a.name, a.annotation, a.default) for a in args]
 
     if verb.consent is None:
 
@@ -133,10 +122,8 @@ def tool_function(verb: Verb, store: Store) -> Callable:
 
         body = direct_body
     else:
-        answer_type = Annotated[
-            ElicitationResult[Confirmation], Resolve(_consent_resolver(verb, store, [a.name for a in args]))
-        ]
-        params.append(inspect.Parameter("answer", inspect.Parameter.KEYWORD_ONLY, annotation=answer_type))
+        ask = _consent_resolver(verb, store, [a.name for a in args])
+        params.append(("answer", Annotated[ElicitationResult[Confirmation], Resolve(ask)], REQUIRED))
 
         def consent_body(answer: Any, **values: Any) -> Any:
             outcome = _outcome(answer)
@@ -149,35 +136,40 @@ def tool_function(verb: Verb, store: Store) -> Callable:
 
         body = consent_body
 
-    return _signed(_tool_errors(body), verb.tool or "", verb.doc, params, verb.returns)
+    tool = signed(_tool_errors(body), params, verb.returns)
+    tool.__name__ = tool.__qualname__ = verb.tool  # the SDK names the argument schema after it
+    return tool
 
 
 class LearnloopServer(MCPServer):
     """The SDK's server, except that an unknown argument is an error: the SDK drops it silently,
     and an agent's typo (`rewrd`) should not pass for a call without that argument."""
 
+    def __init__(self, tools: list[Tool], **settings: Any):
+        super().__init__(tools=tools, **settings)
+        self.accepted = {t.name: list(t.parameters.get("properties", {})) for t in tools}
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        tool = self._tool_manager.get_tool(name)
-        if tool is not None:
-            known = tool.parameters.get("properties", {})
-            unknown = sorted(set(arguments) - set(known))
-            if unknown:
-                raise ToolError(
-                    f"Unknown argument{'s' if len(unknown) > 1 else ''} for {name}: "
-                    f"{', '.join(map(repr, unknown))}. Valid arguments: {', '.join(known)}."
-                )
+        known = self.accepted.get(name)
+        unknown = sorted(set(arguments) - set(known)) if known is not None else []
+        if unknown:
+            raise ToolError(
+                f"Unknown argument{'s' if len(unknown) > 1 else ''} for {name}: "
+                f"{', '.join(map(repr, unknown))}. Valid arguments: {', '.join(known or ())}."
+            )
         return await super().call_tool(name, arguments, context)
 
     async def run_stdio_async(self) -> None:
         """The SDK's stdio loop, except that a line it cannot parse gets an error reply (server/transport.py)."""
+        # The SDK has no public way to serve stdio through a wrapped read stream: its low-level server.
+        lowlevel = self._lowlevel_server
         async with stdio_server() as (read_stream, write_stream):
-            lowlevel = self._lowlevel_server
             await lowlevel.run(
                 Answering(read_stream, write_stream), write_stream, lowlevel.create_initialization_options()
             )
 
 
-def _add_wait_job(server: MCPServer, store: Store) -> None:
+def _wait_job_tool(store: Store) -> Tool:
     """wait_job is the one tool written by hand: it reports progress to the client while it waits."""
 
     async def wait_job(
@@ -211,7 +203,7 @@ def _add_wait_job(server: MCPServer, store: Store) -> None:
         except LearnloopError as exc:
             raise ToolError(str(exc)) from exc
 
-    server.tool(title="Wait for a job", annotations=EFFECTS["read"], structured_output=True)(wait_job)
+    return Tool.from_function(wait_job, title="Wait for a job", annotations=EFFECTS["read"], structured_output=True)
 
 
 def _add_resources(server: MCPServer, store: Store) -> None:
@@ -248,16 +240,24 @@ def _add_resources(server: MCPServer, store: Store) -> None:
 def build_server(home: str | None = None) -> MCPServer:
     store = Store(home)
     jobs.reconcile(store)
-    server = LearnloopServer("learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
-    for verb in VERBS:
-        if verb.tool is not None:
-            server.tool(name=verb.tool, title=verb.title, annotations=EFFECTS[verb.effect], structured_output=True)(
-                tool_function(verb, store)
-            )
-    _add_wait_job(server, store)
-    _add_resources(server, store)
-    for tool in server._tool_manager.list_tools():  # tell clients only the listed arguments are accepted
+    tools = [
+        Tool.from_function(
+            tool_function(verb, store),
+            title=verb.title,
+            description=verb.doc,
+            annotations=EFFECTS[verb.effect],
+            structured_output=True,
+        )
+        for verb in VERBS
+        if verb.tool is not None
+    ]
+    tools.append(_wait_job_tool(store))
+    for tool in tools:  # tell clients only the listed arguments are accepted
         tool.parameters["additionalProperties"] = False
+    server = LearnloopServer(
+        tools, name="learnloop", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+    _add_resources(server, store)
     return server
 
 

@@ -4,7 +4,8 @@ A verb is one library function (or a request model and the function that takes i
 parameters annotated `Annotated[type, Field(description=..., limits)]` are the verb's
 arguments, declared once; both faces are built from them, so names, defaults, limits and
 required-ness agree by construction (tests/test_faces.py checks the built tool and command).
-Parameters without a Field (a Store, an actor, a stream) are for Python callers only.
+Parameters without a Field (a Store, an actor, a stream) are not arguments: the catalog's row
+says which of them a face passes (`actor=True`, `CliShape(stdin_stream=True)`).
 An argument declared with learning.params.CLI_ONLY is the CLI's only: the tool leaves it out.
 
 The table of verbs, with how each face shows it, is server/catalog.py.
@@ -16,12 +17,13 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, Field, Strict
 from pydantic.fields import FieldInfo
 
 Effect = Literal["read", "append", "job", "destructive", "runtime"]
+REQUIRED = inspect.Parameter.empty  # the default of a required argument
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class CliShape:
     arguments: tuple[str, ...] = ()  # positional, in this order
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # older option spellings kept working
     stdin: tuple[str, ...] = ()  # text arguments where '-' (or nothing, for a required one) reads stdin
+    stdin_stream: bool = False  # fn takes stdin=: the stream it reads itself for a file argument of '-'
     follow: bool | None = None  # starts a job: --wait/--no-wait with this default follows it in the terminal
     # CLI-only options: name -> (type, default, help); `prepare` folds them into the verb's arguments.
     extras: dict[str, tuple[Any, Any, str]] = field(default_factory=dict)
@@ -38,7 +41,7 @@ class CliShape:
     render: str | None = None  # a screenful: a function of server/render.py; None prints the JSON
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verb:
     fn: Callable[..., Any]  # fn(store, **arguments), or fn(store, request_dict) with `request`
     tool: str | None  # MCP tool name (None: CLI only)
@@ -46,6 +49,7 @@ class Verb:
     title: str
     effect: Effect = "read"
     request: type[BaseModel] | None = None  # the arguments are this model's fields
+    actor: bool = False  # fn takes actor=: which face asked ("mcp", "cli"), kept in the history
     # For verbs that can change production: what a person must agree to (None: nothing), from
     # the verb's own arguments. The library refuses the change without confirm=True.
     consent: Callable[..., str | None] | None = None
@@ -67,11 +71,11 @@ class Argument:
     name: str
     annotation: Any  # Annotated[type, FieldInfo]
     info: FieldInfo
-    default: Any  # inspect.Parameter.empty when required
+    default: Any  # REQUIRED when required
 
     @property
     def required(self) -> bool:
-        return self.default is inspect.Parameter.empty
+        return self.default is REQUIRED
 
     @property
     def cli_only(self) -> bool:
@@ -96,7 +100,7 @@ def arguments(verb: Verb) -> list[Argument]:
             info = Field(description=model_info.description)
             annotation: Any = model_info.annotation
             if model_info.is_required():
-                default = inspect.Parameter.empty
+                default = REQUIRED
             elif model_info.default_factory is not None:  # an empty object or list: absent means the same
                 default, annotation = None, annotation | None
             else:
@@ -131,13 +135,15 @@ def tool_arguments(verb: Verb) -> list[Argument]:
     return [a for a in args if not a.cli_only]
 
 
-def call(verb: Verb, store: Any, values: dict[str, Any], **python_only: Any) -> Any:
-    """Call the verb's library function with the arguments a face collected."""
+def call(verb: Verb, store: Any, values: dict[str, Any], actor: str, stdin: IO[bytes] | None = None) -> Any:
+    """Call the verb's library function with the arguments a face collected, plus the context
+    its row declares."""
     if verb.request is not None:
         return verb.fn(store, {k: v for k, v in values.items() if v is not None})
-    accepted = inspect.signature(verb.fn).parameters
-    extra = {k: v for k, v in python_only.items() if k in accepted}
-    return verb.fn(store, **values, **extra)
+    context: dict[str, Any] = {"actor": actor} if verb.actor else {}
+    if verb.cli.stdin_stream:
+        context["stdin"] = stdin
+    return verb.fn(store, **values, **context)
 
 
 def consent_summary(verb: Verb, store: Any, values: dict[str, Any]) -> str | None:
@@ -146,3 +152,16 @@ def consent_summary(verb: Verb, store: Any, values: dict[str, Any]) -> str | Non
         return None
     accepted = inspect.signature(verb.consent).parameters
     return verb.consent(store, **{k: v for k, v in values.items() if k in accepted})
+
+
+def signed(fn: Callable[..., Any], params: list[tuple[str, Any, Any]], returns: Any = inspect.Signature.empty) -> Any:
+    """Give fn(**values) keyword parameters (name, annotation, default): the MCP SDK and typer
+    both build a tool or a command from a function's signature."""
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in params],
+        return_annotation=returns,
+    )
+    fn.__annotations__ = {n: a for n, a, _ in params}
+    if returns is not inspect.Signature.empty:
+        fn.__annotations__["return"] = returns
+    return fn

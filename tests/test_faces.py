@@ -4,8 +4,10 @@ here with its reason. Checked on what the faces actually built, not on the decla
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import anyio
 import click
 import pytest
 import typer
@@ -73,7 +75,7 @@ def _commands() -> dict[str, click.Command]:
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     server = build_server(str(tmp_path_factory.mktemp("home")))
-    tools = {t.name: t.parameters for t in server._tool_manager.list_tools()}
+    tools = {t.name: t.input_schema for t in anyio.run(server.list_tools)}
     return tools, _commands()
 
 
@@ -122,6 +124,14 @@ def test_cli_only_arguments_are_declared_and_listed(faces, verb):
     assert declared == set(CLI_ONLY_ARGUMENTS.get(verb.command, {})), "update CLI_ONLY_ARGUMENTS with the reason"
     assert not declared & set(tools[verb.tool]["properties"]), "a CLI-only argument reached the tool"
     assert declared <= {p.name for p in commands[verb.command].params}
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: v.tool or v.command)
+def test_each_row_declares_the_context_its_function_takes(verb):
+    """A row's actor=True and stdin_stream=True are what the faces pass: the function takes them."""
+    taken = set(inspect.signature(verb.fn).parameters)
+    assert verb.actor == ("actor" in taken), "set actor= in the catalog's row"
+    assert verb.cli.stdin_stream == ("stdin" in taken), "set CliShape(stdin_stream=) in the catalog's row"
 
 
 def test_every_screen_named_in_the_catalog_exists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import anyio
 import typer
 from typer.core import TyperGroup
 
@@ -70,7 +71,7 @@ def test_readme_is_a_map():
 def test_every_mcp_tool_is_documented(tmp_path):
     from server.mcp import build_server
 
-    tools = [t.name for t in build_server(str(tmp_path))._tool_manager.list_tools()]
+    tools = [t.name for t in anyio.run(build_server(str(tmp_path)).list_tools)]
     missing = [t for t in tools if f"| `{t}` |" not in README]
     assert not missing, f"add these tools to the README's map: {missing}"
 
