@@ -76,12 +76,11 @@ def child(spec: dict) -> dict:
     import torch
     import transformers
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from learning.models.architectures import weight_shapes
     from learning.train.config import build_config
-    from learning.train.recipe import trainer_args
+    from learning.train.recipe import lora_config, trainer_args
     from learning.train.speed import liger_enabled, model_kwargs, needs_checkpointing
 
     started = time.perf_counter()
@@ -90,7 +89,7 @@ def child(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     overrides = {"quantize": "4bit" if spec["quant"] == "4bit" else "none", "packing": True}
     overrides.update(max_steps=spec["max_steps"], save_steps=10**6, max_length=spec["max_length"])
-    cfg = build_config("default", overrides).model_dump()
+    cfg = build_config("default", overrides)
     load = model_kwargs(cfg, cuda)
     if spec["side"] == "plain":
         load.pop("attn_implementation", None)  # transformers' default
@@ -100,11 +99,11 @@ def child(spec: dict) -> dict:
     out = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     if spec["side"] == "learnloop":
         common = trainer_args(cfg, out, cuda, load["dtype"] == torch.bfloat16, needs_checkpointing(model))
-        args = SFTConfig(**common, packing=cfg["packing"], use_liger_kernel=liger_enabled(cfg, cuda))
+        args = SFTConfig(**common, packing=cfg.packing, use_liger_kernel=liger_enabled(cfg, cuda))
     else:
         cpu = {} if cuda else {"use_cpu": True, "bf16": False}  # SFTConfig's bf16 default is for GPUs
-        args = SFTConfig(output_dir=str(out), max_steps=spec["max_steps"], learning_rate=cfg["learning_rate"],
-                         max_length=cfg["max_length"], **cpu, **MEASURE)  # fmt: skip
+        args = SFTConfig(output_dir=str(out), max_steps=spec["max_steps"], learning_rate=cfg.learning_rate,
+                         max_length=cfg.max_length, **cpu, **MEASURE)  # fmt: skip
     args.logging_steps, args.include_num_input_tokens_seen = 1, "non_padding"  # measurement, both sides
     meter = Meter(spec["warmup"], spec["train_s"], cuda)
     trainer = SFTTrainer(
@@ -112,8 +111,7 @@ def child(spec: dict) -> dict:
         args=args,
         train_dataset=Dataset.from_dict({"input_ids": rows}),
         processing_class=tokenizer,
-        peft_config=LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                               target_modules=cfg["target_modules"], bias="none", task_type="CAUSAL_LM"),
+        peft_config=lora_config(cfg),
         callbacks=[meter],
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # the figures are printed once, by the parent

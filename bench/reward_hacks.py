@@ -69,7 +69,7 @@ def mcp(home: Path) -> list[str]:
 
 
 def grpo() -> list[str]:
-    reward = ExecutionReward({"max_completion_length": 256})
+    reward = ExecutionReward()
     return [f"{r:.1f}" for r in reward(["p"] * len(ANSWERS), list(ANSWERS.values()), tests=[ADD_TESTS] * len(ANSWERS))]
 
 

@@ -20,7 +20,17 @@ from learning.runs.record import get_run
 from learning.runs.stats import run_stats
 from learning.store import Store
 from learning.train import launch as training
-from learning.train.grpo import ExecutionReward, GroupCallback, group_stats, grpo_rows, sample_logger
+from learning.train.config import build_config
+from learning.train.grpo import (
+    ExecutionReward,
+    GroupCallback,
+    compile_bonus,
+    group_stats,
+    grpo_rows,
+    length_penalty,
+    reward_funcs,
+    sample_logger,
+)
 from tests.support.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
@@ -29,7 +39,7 @@ GRPO = {"batch_size": 2, "num_generations": 4, "max_completion_length": 16, "sav
 
 
 def test_reward_is_the_share_of_tests_passed_in_the_jail():
-    reward = ExecutionReward({"stop": ["\n\n"], "max_completion_length": 16})
+    reward = ExecutionReward(stop=["\n\n"])
     answers = [
         "def add_one(x):\n    return x + 1\n\nprint('after the stop')",  # both tests
         "def add_one(x):\n    return abs(x) + 1\n",  # one of two
@@ -54,7 +64,7 @@ HACKING = [
 def test_the_monitor_counts_hacking_answers_logs_them_and_marks_their_runs(tmp_path):
     store = Store(tmp_path / "home")
     sink = sample_logger(cast(Any, SimpleNamespace(store=store)), "coder", "")  # logs runs, as log_samples=true
-    reward = ExecutionReward({"max_completion_length": 64}, sink, suspicious_log=tmp_path / "suspicious.jsonl")
+    reward = ExecutionReward(sink=sink, suspicious_log=tmp_path / "suspicious.jsonl")
     reward.step = 3
     honest = ["def add_one(x):\n    return x + 1\n", "def add_one(x):\n    return x\n"]
     answers = [honest[0], *HACKING, honest[1]]
@@ -83,8 +93,10 @@ def test_the_monitor_counts_hacking_answers_logs_them_and_marks_their_runs(tmp_p
     callback = GroupCallback(cast(Any, ctx), reward, groups_per_step=1, patience=5, rank0=True)
     state = SimpleNamespace(global_step=1, log_history=[{"step": 1, "frac_reward_zero_std": 0.0}])
     control = SimpleNamespace(should_save=False, should_training_stop=False)
-    callback.on_log(None, state, control, logs={"reward": 0.33, "frac_reward_zero_std": 0.0})
+    logs = {"reward": 0.33, "rewards/execution/mean": 0.33, "frac_reward_zero_std": 0.0}
+    callback.on_log(None, state, control, logs=logs)
     assert seen["hacking_share"] == round(4 / 6, 4) and seen["suspicious_answers"] == 4
+    assert seen["reward"] == seen["reward_execution"] == 0.33  # the total, and each reward function's part
     assert "flagged 4 of 6 answers" in seen["log"]
     assert group_stats(state.log_history, 1)["reward_by_step"][0]["hacking_share"] == round(4 / 6, 4)
     reward(["p"], honest[:1], tests=[TESTS])  # the next step: one honest answer
@@ -92,11 +104,20 @@ def test_the_monitor_counts_hacking_answers_logs_them_and_marks_their_runs(tmp_p
     assert seen["hacking_share"] == 0.0 and seen["suspicious_answers"] == 4
 
 
-def test_format_and_length_terms_are_small_and_optional():
-    reward = ExecutionReward({"compile_bonus": 0.1, "length_penalty": 0.2, "max_completion_length": 10})
-    got = reward(["p", "p"], ["def add_one(x):\n    return x\n", "nonsense " * 10], tests=[TESTS, TESTS])
+def test_format_and_length_terms_are_reward_functions_of_their_own_and_optional():
+    execution = ExecutionReward()
+    assert reward_funcs(build_config("default", {"method": "grpo"}), execution) == ([execution], [1.0])  # not computed
+
+    cfg = build_config("default", {"compile_bonus": 0.1, "length_penalty": 0.2, "max_completion_length": 10})
+    funcs, weights = reward_funcs(cfg, execution)
+    assert weights == [1.0, 0.1, 0.2] and [f.func for f in funcs[1:]] == [compile_bonus, length_penalty]
+    answers = ["def add_one(x):\n    return x\n", "nonsense " * 10]
+    parts = [f(prompts=["p", "p"], completions=answers, tests=[TESTS, TESTS]) for f in funcs]
     # the first compiles (0 tests pass) and is 29 of ~40 characters; the second is long and no code
-    assert got[0] == pytest.approx(0.1 - 0.2 * 29 / 40) and got[1] == pytest.approx(-0.2)
+    assert parts == [[0.0, 0.0], [1.0, 0.0], [pytest.approx(-29 / 40), -1.0]]
+    total = [sum(w * part[i] for w, part in zip(weights, parts)) for i in range(2)]  # as TRL adds them
+    assert total[0] == pytest.approx(0.1 - 0.2 * 29 / 40) and total[1] == pytest.approx(-0.2)
+    assert compile_bonus([""]) == [0.0]  # an empty answer is no code
 
 
 def test_rows_keep_prompts_with_tests_and_answers_end_at_stops():
@@ -122,12 +143,13 @@ def test_rows_keep_prompts_with_tests_and_answers_end_at_stops():
 def test_groups_whose_rewards_are_all_equal_are_counted_as_dropped():
     history = [
         {"step": 1, "reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0},
-        {"step": 2, "reward": 0.5, "reward_std": 0.5, "frac_reward_zero_std": 0.25},
+        {"step": 2, "reward": 0.5, "reward_std": 0.5, "frac_reward_zero_std": 0.25, "rewards/execution/mean": 0.45},
         {"step": 2, "train_loss": 0.1},  # the trainer's closing entry
     ]
     stats = group_stats(history, groups_per_step=4)
     assert (stats["groups"], stats["groups_dropped"], stats["dropped_share"]) == (8, 5, 0.625)
     assert [s["step"] for s in stats["reward_by_step"]] == [1, 2]
+    assert stats["reward_by_step"][1]["reward_execution"] == 0.45
 
 
 # ---- the plan: refused before any process starts ---------------------------------------------
@@ -198,7 +220,7 @@ def test_grpo_continues_an_sft_adapter_counts_groups_and_logs_its_samples(store)
         method="grpo",
         start_from=sft.adapter_id,
         max_steps=2,
-        overrides={**GRPO, "log_samples": True, "no_signal_steps": 50, "temperature": 1.5},
+        overrides={**GRPO, "log_samples": True, "no_signal_steps": 50, "temperature": 1.5, "compile_bonus": 0.1},
     )
     assert started.plan.config["rank"] == 4  # the SFT adapter's shape, not the preset's
     status = _finish(store, started)
@@ -209,6 +231,9 @@ def test_grpo_continues_an_sft_adapter_counts_groups_and_logs_its_samples(store)
     assert grpo["groups"] == 4 and grpo["answers_scored"] == 16 and 0 <= grpo["groups_dropped"] <= 4
     assert len(grpo["reward_by_step"]) == 2 and grpo["answers_per_s"] > 0
     assert {"reward", "reward_std", "dropped_share", "answers_per_s", "hacking_share"} <= set(status.progress)
+    parts = {"reward_execution", "reward_compile_bonus"}  # besides the total, each reward function's own
+    assert parts <= set(status.progress) and parts <= set(grpo["reward_by_step"][0])
+    assert "reward_length_penalty" not in status.progress  # weighted 0: never computed
     assert 0 <= grpo["suspicious_answers"] <= 16 and "hacking_share" in grpo["reward_by_step"][0]
     stats = run_stats(store, role="coder", agent="learnloop-grpo")
     assert stats.total_runs == 16  # every scored answer, logged with its reward

@@ -157,7 +157,7 @@ def test_run_tests_over_mcp_and_the_cli_refuse_every_hack(home):
 
 @pytest.mark.slow
 def test_grpo_rewards_every_hack_zero():
-    reward = ExecutionReward({"max_completion_length": 256})
+    reward = ExecutionReward()
     answers = [*EVERY_HACK.values(), RIGHT]
     got = reward(["p"] * len(answers), answers, tests=[ADD_TESTS] * len(answers))
     assert got[:-1] == [0.0] * len(EVERY_HACK) and got[-1] == 1.0, got

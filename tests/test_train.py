@@ -23,6 +23,8 @@ from learning.registry import adapters as registry
 from learning.registry.queries import adapter_rows
 from learning.store import Store
 from learning.train import launch as training
+from learning.train.config import TrainConfig
+from learning.train.job import BaseRef, DatasetRef, TrainJob
 from tests.conftest import live_processes, run_cli
 from tests.support.train_helpers import lora_tensors, make_dataset
 
@@ -354,6 +356,33 @@ def test_presets_and_yaml_file_form(tmp_path):
         build_config("default", {"method": "kto", "batch_size": 1})
 
 
+def test_job_params_keep_the_shape_recorded_jobs_and_adapters_have():
+    """Read back as a TrainJob and written again, a job row's params are the same JSON, so recorded
+    jobs and adapters still resume; the base keeps the fields it was given, no others."""
+    params = {
+        "config": TrainConfig(max_steps=3).model_dump(),
+        "dataset_id": "ds",
+        "base": {"kind": "hub", "ref": "org/model", "revision": "abc"},
+        "num_processes": 2,
+        "start_from": {"id": "a", "path": "/x", "rank": 4, "alpha": 8.0, "target_modules": ["q_proj"]},
+        "adapter_id": "coder-1",
+        "role": "coder",
+        "adapter_dir": "/h/adapters/coder-1",
+        "dataset_path": "/h/datasets/ds",
+        "dataset_format": "messages",
+        "dataset_hash": "h",
+    }
+    job = TrainJob.read(json.loads(json.dumps(params)))
+    assert job.params() == params and job.config.max_steps == 3 and job.dataset.format == "messages"
+    assert job.adapter_params() == {
+        k: params[k] for k in ("config", "dataset_id", "base", "num_processes", "start_from")
+    }
+    for base in ({"kind": "embedded", "size": "tiny"}, {"kind": "path", "ref": "/m", "imported_as": "m", "gguf": None}):
+        assert TrainJob.read({**params, "base": base}).params()["base"] == base
+    with pytest.raises(ValueError, match="size"):
+        BaseRef(kind="embedded")
+
+
 def test_adapter_ids_stay_unique_within_one_second(tmp_path):
     fresh = Store(tmp_path / "ids")
     plan = training.TrainPlan(
@@ -371,7 +400,14 @@ def test_adapter_ids_stay_unique_within_one_second(tmp_path):
         num_processes=1,
         resume=False,
     )
-    params = {"base": {"kind": "embedded", "size": "tiny"}}
-    ids = [training._create_unique(fresh, plan, params, explicit=False) for _ in range(3)]
+    job = TrainJob(
+        adapter_id=plan.adapter_id,
+        role="coder",
+        adapter_dir="",
+        config=TrainConfig(),
+        base=BaseRef(kind="embedded", size="tiny"),
+        dataset=DatasetRef(id="d", path="", format="prompt_completion", content_hash=""),
+    )
+    ids = [training._create_unique(fresh, plan, job, explicit=False) for _ in range(3)]
     assert ids == [plan.adapter_id, f"{plan.adapter_id}-2", f"{plan.adapter_id}-3"]
     assert sorted(ids) == ids

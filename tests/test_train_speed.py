@@ -6,26 +6,27 @@ from __future__ import annotations
 import pytest
 
 from learning.errors import InvalidInput
-from learning.train.config import build_config
+from learning.train.config import TrainConfig, build_config
 from learning.train.speed import attention_implementation, liger_enabled, model_kwargs, needs_checkpointing
 
 
-def cfg(**overrides) -> dict:
-    return build_config("default", overrides).model_dump()
+def cfg(**overrides) -> TrainConfig:
+    return build_config("default", overrides)
 
 
 def test_auto_without_a_gpu_keeps_transformers_defaults():
     c = cfg()
-    assert c["liger"] == "auto" and c["attention"] == "auto"
+    assert c.liger == "auto" and c.attention == "auto"
     assert attention_implementation(c, cuda=False) is None
     assert liger_enabled(c, cuda=False) is False
-    kwargs = model_kwargs(c | {"quantize": "none"}, cuda=False)
+    kwargs = model_kwargs(cfg(quantize="none"), cuda=False)
     assert "attn_implementation" not in kwargs and "quantization_config" not in kwargs
     assert str(kwargs["dtype"]) == "torch.float32"
 
 
 def test_a_job_recorded_before_the_fields_existed_reads_as_auto():
-    old = {k: v for k, v in cfg().items() if k not in ("liger", "attention")}
+    recorded = {k: v for k, v in cfg().model_dump().items() if k not in ("liger", "attention")}
+    old = TrainConfig.model_validate(recorded)  # as the job reads its params (TrainJob.read)
     assert attention_implementation(old, cuda=False) is None
     assert liger_enabled(old, cuda=False) is False
 

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from learning.data.datasets import dataset_row
 from learning.data.formats import PREF_FORMATS, SFT_FORMATS
 from learning.errors import InvalidInput, shown
@@ -17,6 +19,7 @@ from learning.home import safe_id
 from learning.registry import adapters as registry
 from learning.store import Store
 from learning.train.config import Method
+from learning.train.job import BaseRef, DatasetRef, StartFrom
 
 METHOD_KINDS = {"sft": ("sft",), "dpo": ("dpo",), "kto": ("kto",), "grpo": ("sft",)}
 MIN_ROWS = 10
@@ -38,12 +41,15 @@ def check_arguments(role: str, method: Method, num_processes: int) -> tuple[list
     return problems, method
 
 
-def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], dict | None]:
+def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tuple[list[str], DatasetRef | None, int]:
+    """(problems, the dataset, its training rows)."""
     row = dataset_row(store, dataset_id)
     if row is None:
-        return [
-            f"No dataset {shown(dataset_id)}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."
-        ], None
+        return (
+            [f"No dataset {shown(dataset_id)}. Make one with make_sft (CLI: learnloop make-sft) and pass its id."],
+            None,
+            0,
+        )
     ds = dict(row)
     problems = []
     if ds["role"] != role:
@@ -74,8 +80,8 @@ def check_dataset(store: Store, dataset_id: str, role: str, method: str) -> tupl
         )
     elif method == "grpo":
         problems += _tested_rows_problems(dataset_id, path / "train.jsonl")
-    ds["abs_path"] = str(path)
-    return problems, ds
+    ref = DatasetRef(id=ds["id"], path=str(path), format=ds["format"], content_hash=ds["content_hash"])
+    return problems, ref, ds["train_rows"]
 
 
 def _tested_rows_problems(dataset_id: str, train_file: Path) -> list[str]:
@@ -106,19 +112,19 @@ def _token_name(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def check_base(base: str) -> tuple[list[str], dict, dict]:
+def check_base(base: str) -> tuple[list[str], BaseRef | None, dict]:
     """Check a base model from its files without loading weights.
-    Returns (problems, resolved {"kind", "ref"|"size"}, model config)."""
+    Returns (problems, the base resolved, its config.json)."""
     if base.startswith(EMBEDDED_PREFIX):
         from learning.models.tinybase import SIZES
 
         size = base[len(EMBEDDED_PREFIX) :]
         if size not in SIZES:
-            return [f"Unknown embedded base {base!r}; use {', '.join(EMBEDDED_PREFIX + s for s in SIZES)}."], {}, {}
+            return [f"Unknown embedded base {base!r}; use {', '.join(EMBEDDED_PREFIX + s for s in SIZES)}."], None, {}
         spec = SIZES[size]
         return (
             [],
-            {"kind": "embedded", "size": size},
+            BaseRef(kind="embedded", size=size),
             dict(
                 model_type="llama",  # learning.models.tinybase builds Llama models
                 hidden_size=spec.hidden_size,
@@ -138,14 +144,14 @@ def check_base(base: str) -> tuple[list[str], dict, dict]:
                 f"Base model {base!r} does not exist. Pass a folder with config.json and weights, a hub id, or "
                 "leave --base out to use the embedded base."
             ],
-            {},
+            None,
             {},
         )
     config = _read_json(path / "config.json")
     problems = []
     if not config:
         problems.append(f"{path} has no readable config.json: not a transformers model folder.")
-        return problems, {}, {}
+        return problems, None, {}
     archs = config.get("architectures") or []
     if not any(a.endswith("ForCausalLM") for a in archs):
         problems.append(
@@ -155,7 +161,7 @@ def check_base(base: str) -> tuple[list[str], dict, dict]:
     if not (list(path.glob("*.safetensors")) or list(path.glob("*.bin"))):
         problems.append(f"{path} has no weights (*.safetensors or *.bin).")
     problems += _check_tokenizer_files(path, config)
-    return problems, {"kind": "path", "ref": str(path.resolve())}, config
+    return problems, BaseRef(kind="path", ref=str(path.resolve())), config
 
 
 def _check_tokenizer_files(path: Path, config: dict) -> list[str]:
@@ -169,7 +175,7 @@ def _check_tokenizer_files(path: Path, config: dict) -> list[str]:
     return []
 
 
-def _check_hub(repo: str) -> tuple[list[str], dict, dict]:
+def _check_hub(repo: str) -> tuple[list[str], BaseRef | None, dict]:
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo, "config.json")
@@ -181,15 +187,15 @@ def _check_hub(repo: str) -> tuple[list[str], dict, dict]:
                 f"Base model {repo!r} is not in the local hub cache and HF_HUB_OFFLINE=1; download it first "
                 "or pass a local folder."
             ],
-            {},
+            None,
             {},
         )
-    return [], {"kind": "hub", "ref": repo}, {}
+    return [], BaseRef(kind="hub", ref=repo), {}
 
 
-def _check_hub_snapshot(repo: str, folder: Path) -> tuple[list[str], dict, dict]:
+def _check_hub_snapshot(repo: str, folder: Path) -> tuple[list[str], BaseRef | None, dict]:
     problems, _, config = check_base(str(folder))
-    return problems, {"kind": "hub", "ref": repo, "revision": folder.name}, config
+    return problems, BaseRef(kind="hub", ref=repo, revision=folder.name), config
 
 
 def resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume: bool) -> tuple[list[str], str | None]:
@@ -220,7 +226,7 @@ def resolve_adapter_id(store: Store, role: str, adapter_id: str | None, resume: 
     return [], adapter_id
 
 
-def check_start_from(store: Store, start_from: str | None, base_path: str | None) -> tuple[list[str], dict | None]:
+def check_start_from(store: Store, start_from: str | None, base_path: str | None) -> tuple[list[str], StartFrom | None]:
     """The adapter a run continues (e.g. GRPO after SFT): it must exist, be trained, and be on the
     same base. Returns its folder and the LoRA shape it fixes (rank, alpha, layers)."""
     if start_from is None:
@@ -244,10 +250,9 @@ def check_start_from(store: Store, start_from: str | None, base_path: str | None
             "start from an adapter of the same base, or pass its base."
         ], None
     targets = config.get("target_modules") or []
-    return [], {
-        "id": start_from,
-        "path": str(path),
-        "rank": config.get("r"),
-        "alpha": config.get("lora_alpha"),
-        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
-    }
+    try:
+        shape = {"rank": config.get("r"), "alpha": config.get("lora_alpha")}
+        targets = sorted(targets) if isinstance(targets, list) else targets
+        return [], StartFrom.model_validate({"id": start_from, "path": str(path), **shape, "target_modules": targets})
+    except ValidationError:
+        return [f"Adapter {start_from}'s adapter_config.json does not say its rank, alpha and layers."], None

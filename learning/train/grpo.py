@@ -2,8 +2,10 @@
 
 TRL's GRPOTrainer samples `num_generations` answers per prompt from the current policy (the base
 with the LoRA), and each answer's reward is the share of its row's tests it passes, executed in
-the jail (learning.sandbox). Optional small terms: `compile_bonus` when the answer's code compiles,
-minus `length_penalty` times the answer's share of `max_completion_length`.
+the jail (learning.sandbox). Optional small terms, each a reward function of its own that TRL
+weighs, adds and logs apart (`rewards/<name>/mean`): `compile_bonus` when the answer's code
+compiles, minus `length_penalty` times the answer's share of `max_completion_length`. A term
+weighted 0 is not computed.
 
 A group whose answers all score the same has zero advantage: it moves nothing (with kl_coef 0 it
 adds nothing to the loss either). Such groups are counted as dropped, per step and in total, and a
@@ -22,7 +24,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from learning.runs.record import log_runs
 from learning.sandbox.code import extract_code, tested_code
 from learning.sandbox.execute import run_many
 from learning.sandbox.monitor import suspicious
+from learning.train.config import TrainConfig
+from learning.train.job import TrainJob
 from learning.train.progress import trainer_callback_base
 
 SAMPLE_AGENT = "learnloop-grpo"  # the agent of the runs a GRPO job logs (log_samples)
@@ -66,6 +71,11 @@ def _text(completion: Any) -> str:
     return str(completion)
 
 
+def _answers(completions: list[Any], stop: Sequence[str]) -> list[str]:
+    """The answers as served: each ends at the first of the stop strings."""
+    return [cut_at_stop(_text(c), list(stop)) for c in completions]
+
+
 class ExecutionReward:
     """TRL reward function: the share of the row's tests the answer passes, run in the jail.
 
@@ -77,14 +87,11 @@ class ExecutionReward:
 
     def __init__(
         self,
-        cfg: dict[str, Any],
+        stop: Sequence[str] = (),
         sink: Callable[[list[dict[str, Any]]], None] | None = None,
         suspicious_log: Path | None = None,
     ):
-        self.stop = list(cfg.get("stop") or [])
-        self.compile_bonus = float(cfg.get("compile_bonus") or 0.0)
-        self.length_penalty = float(cfg.get("length_penalty") or 0.0)
-        self.max_chars = 4 * int(cfg.get("max_completion_length") or 256)  # ~4 characters a token
+        self.stop = list(stop)
         self.sink = sink
         self.scored = 0
         self.seconds = 0.0
@@ -98,18 +105,14 @@ class ExecutionReward:
     def __call__(
         self, prompts: list[Any], completions: list[Any], tests: list[list[str]], **_: Any
     ) -> list[float | None]:
-        answers = [cut_at_stop(_text(c), self.stop) for c in completions]
+        answers = _answers(completions, self.stop)
         started = time.perf_counter()
         flags = [suspicious(extract_code(a)[1]) for a in answers]  # the code that runs, or the whole answer
         self.monitor_s += time.perf_counter() - started
         started = time.perf_counter()  # `seconds` is the sandbox's share, the monitor's is apart
         # The code of a fenced block, else the whole answer; one that does not compile fails in the jail too.
         results = run_many([(tested_code(a) or a, list(t)) for a, t in zip(answers, tests)], timeout=TEST_TIMEOUT_S)
-        rewards: list[float | None] = []
-        for answer, res in zip(answers, results):
-            reward = res.score + (self.compile_bonus if res.compiled else 0.0)
-            reward -= self.length_penalty * min(1.0, len(answer) / self.max_chars)
-            rewards.append(round(reward, 6))
+        rewards: list[float | None] = [round(res.score, 6) for res in results]
         self.scored += len(answers)
         self.flagged += sum(1 for f in flags if f)
         self.reasons.update(r for f in flags for r in f)
@@ -158,6 +161,41 @@ def _count_lines(path: Path | None) -> int:
         return sum(1 for _ in handle)
 
 
+def compile_bonus(completions: list[Any], stop: Sequence[str] = (), **_: Any) -> list[float]:
+    """TRL reward function: 1 for an answer with Python code that compiles (the code that would
+    run; an empty answer is no code), else 0. Weighted by the config's compile_bonus."""
+    return [float(tested_code(a) is not None) for a in _answers(completions, stop)]
+
+
+def length_penalty(completions: list[Any], stop: Sequence[str] = (), max_chars: int = 1024, **_: Any) -> list[float]:
+    """TRL reward function: minus the answer's share of max_chars. Weighted by the config's length_penalty."""
+    return [-min(1.0, len(a) / max_chars) for a in _answers(completions, stop)]
+
+
+def reward_funcs(cfg: TrainConfig, execution: ExecutionReward) -> tuple[list[Any], list[float]]:
+    """The reward functions TRL adds up, and their weights: the execution reward, and each small term
+    whose weight is not 0 (a term weighted 0 is left out, so it is never computed)."""
+    funcs: list[Any] = [execution]
+    weights = [1.0]
+    if cfg.compile_bonus:
+        funcs.append(partial(compile_bonus, stop=cfg.stop))  # TRL names a partial by its function
+        weights.append(cfg.compile_bonus)
+    if cfg.length_penalty:
+        max_chars = 4 * cfg.max_completion_length  # ~4 characters a token
+        funcs.append(partial(length_penalty, stop=cfg.stop, max_chars=max_chars))
+        weights.append(cfg.length_penalty)
+    return funcs, weights
+
+
+def reward_parts(logs: dict[str, Any]) -> dict[str, Any]:
+    """Each reward function's mean in a step's log (TRL's rewards/<name>/mean), as reward_<name>."""
+    return {
+        f"reward_{key.split('/')[1]}": round(float(value), 4)
+        for key, value in logs.items()
+        if key.startswith("rewards/") and key.endswith("/mean") and value is not None
+    }
+
+
 def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list[dict[str, Any]]], None]:
     """A sink that logs each scored answer as a run (agent learnloop-grpo) with its reward."""
 
@@ -196,16 +234,17 @@ def sample_logger(ctx: JobContext, role: str, adapter_id: str) -> Callable[[list
     return log
 
 
-def grpo_args(common: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+def grpo_args(common: dict[str, Any], cfg: TrainConfig, reward_weights: list[float]) -> dict[str, Any]:
     """GRPOConfig's arguments: batch_size counts prompts, each sampled num_generations times."""
     args = {k: v for k, v in common.items() if k != "max_length"}  # GRPO bounds the answer instead
     return {
         **args,
-        "per_device_train_batch_size": cfg["batch_size"] * cfg["num_generations"],
-        "num_generations": cfg["num_generations"],
-        "max_completion_length": cfg["max_completion_length"],
-        "temperature": cfg["temperature"],
-        "beta": cfg["kl_coef"],
+        "per_device_train_batch_size": cfg.batch_size * cfg.num_generations,
+        "num_generations": cfg.num_generations,
+        "max_completion_length": cfg.max_completion_length,
+        "temperature": cfg.temperature,
+        "beta": cfg.kl_coef,
+        "reward_weights": reward_weights,
         "log_completions": False,
     }
 
@@ -228,6 +267,7 @@ def group_stats(log_history: list[dict[str, Any]], groups_per_step: int) -> dict
                 "reward_std": round(h.get("reward_std", 0.0), 4),
                 "dropped_share": round(h["frac_reward_zero_std"], 4),
                 "hacking_share": h.get("hacking_share"),  # GroupCallback adds it to the step's log
+                **reward_parts(h),
             }
             for h in steps
         ],
@@ -270,6 +310,7 @@ class GroupCallback(trainer_callback_base()):
             self.ctx.progress(
                 reward=round(float(logs.get("reward", 0.0)), 4),
                 reward_std=round(float(logs.get("reward_std", 0.0)), 4),
+                **reward_parts(logs),
                 dropped_share=round(float(logs["frac_reward_zero_std"]), 4),
                 answers_scored=self.reward.scored,
                 answers_per_s=round(self.reward.scored / elapsed, 2),
@@ -299,18 +340,20 @@ class GroupCallback(trainer_callback_base()):
         return share
 
 
-def grpo_trainer(ctx: JobContext, inputs: dict[str, Any], common: dict[str, Any], rank0: bool):
-    """TRL's GRPOTrainer with the execution reward and the group callback; returns both."""
+def grpo_trainer(ctx: JobContext, job: TrainJob, inputs: dict[str, Any], common: dict[str, Any], rank0: bool):
+    """TRL's GRPOTrainer with the execution reward (and the terms weighted above 0) and the group
+    callback; returns both."""
     from trl import GRPOConfig, GRPOTrainer
 
-    p, cfg = ctx.params, ctx.params["config"]
-    sink = sample_logger(ctx, p["role"], p["adapter_id"]) if cfg["log_samples"] else None
-    log = Path(p["adapter_dir"]) / SUSPICIOUS_FILE if rank0 else None
-    reward = ExecutionReward(cfg, sink, suspicious_log=log)
-    groups_per_step = cfg["batch_size"] * cfg["grad_accum"] * p.get("num_processes", 1)
-    callback = GroupCallback(ctx, reward, groups_per_step, cfg["no_signal_steps"], rank0)
+    cfg = job.config
+    sink = sample_logger(ctx, job.role, job.adapter_id) if cfg.log_samples else None
+    log = Path(job.adapter_dir) / SUSPICIOUS_FILE if rank0 else None
+    reward = ExecutionReward(cfg.stop, sink, suspicious_log=log)
+    funcs, weights = reward_funcs(cfg, reward)
+    groups_per_step = cfg.batch_size * cfg.grad_accum * job.num_processes
+    callback = GroupCallback(ctx, reward, groups_per_step, cfg.no_signal_steps, rank0)
     inputs = {**inputs, "callbacks": [*inputs["callbacks"], callback]}
-    trainer = GRPOTrainer(args=GRPOConfig(**grpo_args(common, cfg)), reward_funcs=reward, **inputs)
+    trainer = GRPOTrainer(args=GRPOConfig(**grpo_args(common, cfg, weights)), reward_funcs=funcs, **inputs)
     return trainer, callback
 
 

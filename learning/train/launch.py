@@ -34,6 +34,7 @@ from learning.train.checks import (
 )
 from learning.train.config import Preset, TrainConfig, build_config
 from learning.train.estimates import avg_row_tokens, estimate_run, estimate_steps
+from learning.train.job import BaseRef, DatasetRef, StartFrom, TrainJob
 from learning.train.speed import missing_packages
 from learning.train.targets import export_notes, read_shapes, resolve_targets
 
@@ -155,27 +156,28 @@ def train_adapter(
     base = base or previous_base
     explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
     config_problems, cfg = _train_config(previous, base, preset, overrides, explicit, notes)
-    problems += config_problems + (missing_packages(cfg.model_dump()) if cfg is not None else [])
+    problems += config_problems + (missing_packages(cfg) if cfg is not None else [])
     base_problems, base_ref, model_config = _check_base(store, base, notes)
     problems += base_problems
-    shapes = read_shapes(_base_folder(store, base_ref), notes) if not base_problems else None
-    if cfg is not None and not base_problems:
+    base_ref = None if base_problems else base_ref
+    shapes = read_shapes(_base_folder(store, base_ref), notes) if base_ref is not None else None
+    if cfg is not None and base_ref is not None:
         target_problems, targets = resolve_targets(cfg.target_modules, model_config.get("model_type"), shapes, notes)
         problems += target_problems
         cfg = cfg.model_copy(update={"target_modules": targets}) if targets is not None else cfg
-    ds_problems, ds = check_dataset(store, dataset_id, role, cfg.method if cfg else method)
+    ds_problems, ds, train_rows = check_dataset(store, dataset_id, role, cfg.method if cfg else method)
     problems += ds_problems
-    start_problems, start = _start_from(store, start_from, previous, None if base_problems else base_ref)
+    start_problems, start = _start_from(store, start_from, previous, base_ref)
     problems += start_problems
     check(problems, "Cannot train:")
-    assert cfg is not None and ds is not None  # else there were problems and check() raised
+    assert cfg is not None and ds is not None and base_ref is not None  # else check() raised
     cfg = _continued(cfg, start, notes)
     _note_unbuilt_base(store, base_ref, notes)
     formats = export_formats(model_config.get("model_type"))
     export_notes(model_config.get("model_type"), formats, notes)
 
-    steps = estimate_steps(ds["train_rows"], cfg, num_processes)
-    row_tokens = avg_row_tokens(Path(ds["abs_path"]) / "train.jsonl", cfg.max_length)
+    steps = estimate_steps(train_rows, cfg, num_processes)
+    row_tokens = avg_row_tokens(Path(ds.path) / "train.jsonl", cfg.max_length)
     tokens, est_time, est_memory, lora_params = estimate_run(
         model_config, cfg, steps, row_tokens, num_processes, shapes
     )
@@ -188,7 +190,7 @@ def train_adapter(
         base_model=base,
         method=cfg.method,
         config=cfg.model_dump(),
-        train_rows=ds["train_rows"],
+        train_rows=train_rows,
         steps=steps,
         tokens_estimate=tokens,
         est_time_s=est_time,
@@ -201,7 +203,7 @@ def train_adapter(
     )
     if dry_run:
         return TrainStarted(job_id=None, adapter_id=plan.adapter_id, dry_run=True, plan=plan)
-    return _start(store, plan, base_ref, ds, previous, explicit_id=explicit_id, start=start)
+    return _start(store, plan, cfg, base_ref, ds, start, previous, explicit_id=explicit_id)
 
 
 def _train_config(
@@ -211,7 +213,7 @@ def _train_config(
     overrides and the explicit arguments that were given (and the embedded base's learning rate)."""
     try:
         if previous is not None:  # a resumed run keeps the configuration it started with
-            cfg = TrainConfig(**(loads(previous["params"]) or {}).get("config", {}))
+            cfg = TrainConfig.model_validate((loads(previous["params"]) or {}).get("config", {}))
             notes.append("resuming with the adapter's recorded configuration (overrides are ignored)")
             return [], cfg
         values = {**(overrides or {}), **{k: v for k, v in explicit.items() if v is not None}}
@@ -223,15 +225,18 @@ def _train_config(
         return exc.problems or [str(exc)], None
 
 
-def _start_from(store: Store, start_from: str | None, previous, base_ref: dict | None) -> tuple[list[str], dict | None]:
+def _start_from(
+    store: Store, start_from: str | None, previous, base_ref: BaseRef | None
+) -> tuple[list[str], StartFrom | None]:
     """The adapter the run continues: the argument, or the one a resumed run started from."""
-    if start_from is None and previous is not None:
-        start_from = (loads(previous["params"]).get("start_from") or {}).get("id")
-    loadable = _loadable_base(store, base_ref) if base_ref else None
+    recorded = (loads(previous["params"]) or {}).get("start_from") if previous is not None else None
+    if start_from is None and recorded:
+        start_from = StartFrom.model_validate(recorded).id
+    loadable = _loadable_base(store, base_ref) if base_ref is not None else None
     return check_start_from(store, start_from, loadable)
 
 
-def _continued(cfg: TrainConfig, start: dict | None, notes: list[str]) -> TrainConfig:
+def _continued(cfg: TrainConfig, start: StartFrom | None, notes: list[str]) -> TrainConfig:
     """The configuration with the continued adapter's LoRA shape; GRPO's estimates explained."""
     if cfg.method == "grpo":
         notes.append(
@@ -240,45 +245,44 @@ def _continued(cfg: TrainConfig, start: dict | None, notes: list[str]) -> TrainC
         )
     if start is None:
         return cfg
-    notes.append(f"continuing adapter {start['id']}: its rank {start['rank']}, alpha {start['alpha']} and layers")
-    return cfg.model_copy(
-        update={"rank": start["rank"], "alpha": start["alpha"], "target_modules": start["target_modules"]}
-    )
+    notes.append(f"continuing adapter {start.id}: its rank {start.rank}, alpha {start.alpha} and layers")
+    return cfg.model_copy(update={"rank": start.rank, "alpha": start.alpha, "target_modules": start.target_modules})
 
 
-def _check_base(store: Store, base: str, notes: list[str]) -> tuple[list[str], dict, dict]:
+def _check_base(store: Store, base: str, notes: list[str]) -> tuple[list[str], BaseRef | None, dict]:
     """check_base, for a base imported from a GGUF (its id or the GGUF's path) on its folder."""
     folder, problem = find_imported(store.home, base)
     if problem:
-        return [problem], {}, {}
+        return [problem], None, {}
     if folder is None:
         return check_base(base)
     problems, base_ref, config = check_base(str(folder))
     gguf = gguf_origin(folder)
     notes.append(f"base {folder.name}: imported from {gguf}; Ollama and llama.cpp exports point at that file")
-    return problems, {**base_ref, "imported_as": folder.name, "gguf": gguf}, config
+    imported = base_ref.model_copy(update={"imported_as": folder.name, "gguf": gguf}) if base_ref else None
+    return problems, imported, config
 
 
-def _note_unbuilt_base(store: Store, base_ref: dict, notes: list[str]) -> None:
-    if base_ref["kind"] == "embedded":
+def _note_unbuilt_base(store: Store, base_ref: BaseRef, notes: list[str]) -> None:
+    if base_ref.kind == "embedded":
         from learning.models.tinybase import base_dir, read_info
 
-        if read_info(base_dir(store.home, base_ref["size"])) is None:
-            notes.append(f"the embedded {base_ref['size']} base is built first (about a minute or two on a CPU)")
+        if read_info(base_dir(store.home, base_ref.size)) is None:
+            notes.append(f"the embedded {base_ref.size} base is built first (about a minute or two on a CPU)")
 
 
-def _base_folder(store: Store, base_ref: dict) -> Path | None:
+def _base_folder(store: Store, base_ref: BaseRef) -> Path | None:
     """The folder whose weight files say which layers the base has, where there is one on disk."""
-    if base_ref["kind"] == "embedded":
+    if base_ref.kind == "embedded":
         from learning.models.tinybase import base_dir, read_info
 
-        folder = base_dir(store.home, base_ref["size"])
+        folder = base_dir(store.home, base_ref.size)
         return folder if read_info(folder) is not None else None  # unbuilt: llama's defaults stand in
-    if base_ref["kind"] == "path":
-        return Path(base_ref["ref"])
+    if base_ref.kind == "path":
+        return Path(base_ref.ref)
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(base_ref["ref"], "config.json", revision=base_ref.get("revision"))
+    cached = try_to_load_from_cache(base_ref.ref, "config.json", revision=base_ref.revision)
     return Path(cached).parent if isinstance(cached, str) else None
 
 
@@ -305,34 +309,37 @@ def _check_disk(store: Store, lora_params: int) -> None:
 
 
 def _start(
-    store: Store, plan: TrainPlan, base_ref: dict, ds: dict, previous, explicit_id: bool, start: dict | None
+    store: Store,
+    plan: TrainPlan,
+    cfg: TrainConfig,
+    base_ref: BaseRef,
+    ds: DatasetRef,
+    start: StartFrom | None,
+    previous,
+    explicit_id: bool,
 ) -> TrainStarted:
-    params = {
-        "config": plan.config,
-        "dataset_id": plan.dataset_id,
-        "base": base_ref,
-        "num_processes": plan.num_processes,
-        **({"start_from": start} if start is not None else {}),
-    }
+    job = TrainJob(
+        adapter_id=plan.adapter_id,
+        role=plan.role,
+        adapter_dir="",  # known once the adapter is recorded
+        config=cfg,
+        base=base_ref,
+        dataset=ds,
+        num_processes=plan.num_processes,
+        start_from=start,
+    )
     if previous is not None:
         adapter_id = previous["id"]
         if any(j["subject"] == adapter_id for j in active_job_rows(store)):
             raise Conflict(f"Adapter {adapter_id} is being trained by a running job already.")
         registry.move(store, adapter_id, "training", "learnloop", "resumed from its latest checkpoint", force=True)
     else:
-        adapter_id = _create_unique(store, plan, params, explicit=explicit_id)
-    adapter_dir = subdir(store.home, "adapters", adapter_id)
-    job_params = {
-        **params,
-        "adapter_id": adapter_id,
-        "role": plan.role,
-        "adapter_dir": str(adapter_dir),
-        "dataset_path": ds["abs_path"],
-        "dataset_format": ds["format"],
-        "dataset_hash": ds["content_hash"],
-    }
+        adapter_id = _create_unique(store, plan, job, explicit=explicit_id)
+    job = job.model_copy(
+        update={"adapter_id": adapter_id, "adapter_dir": str(subdir(store.home, "adapters", adapter_id))}
+    )
     try:
-        job_id = start_job(store, "train", "learning.train.recipe:run_job", job_params, subject=adapter_id)
+        job_id = start_job(store, "train", "learning.train.recipe:run_job", job.params(), subject=adapter_id)
     except Exception:
         if previous is not None:
             registry.move(store, adapter_id, "failed", "learnloop", "the training job could not start")
@@ -344,7 +351,7 @@ def _start(
     )
 
 
-def _create_unique(store: Store, plan: TrainPlan, params: dict, explicit: bool) -> str:
+def _create_unique(store: Store, plan: TrainPlan, job: TrainJob, explicit: bool) -> str:
     """Record the adapter as training; a second adapter of the role in the same second gets -2, -3, ..."""
     for n in range(1, 100):
         candidate = plan.adapter_id if n == 1 else f"{plan.adapter_id}-{n}"
@@ -353,11 +360,11 @@ def _create_unique(store: Store, plan: TrainPlan, params: dict, explicit: bool) 
                 store,
                 candidate,
                 plan.role,
-                _loadable_base(store, params["base"]),
+                _loadable_base(store, job.base),
                 str(subdir(store.home, "adapters", candidate)),
                 dataset_id=plan.dataset_id,
                 method=plan.method,
-                params=params,
+                params=job.adapter_params(),
                 reason="training started",
             )
             return candidate
@@ -367,10 +374,10 @@ def _create_unique(store: Store, plan: TrainPlan, params: dict, explicit: bool) 
     raise Conflict(f"Could not find a free adapter id starting with {plan.adapter_id}.")
 
 
-def _loadable_base(store: Store, base_ref: dict) -> str:
+def _loadable_base(store: Store, base_ref: BaseRef) -> str:
     """What from_pretrained takes: the embedded base's folder, a local folder or a hub id."""
-    if base_ref["kind"] == "embedded":
+    if base_ref.kind == "embedded":
         from learning.models.tinybase import base_dir
 
-        return str(base_dir(store.home, base_ref["size"]))
-    return base_ref["ref"]
+        return str(base_dir(store.home, base_ref.size))
+    return base_ref.ref

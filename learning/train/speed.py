@@ -13,16 +13,17 @@ import importlib.util
 from typing import Any
 
 from learning.errors import InvalidInput
+from learning.train.config import TrainConfig
 
 # Above this many parameters the activations of a long row outgrow what recomputing them costs.
 CHECKPOINTING_ABOVE = 500_000_000
 
 
-def attention_implementation(cfg: dict, cuda: bool) -> str | None:
+def attention_implementation(cfg: TrainConfig, cuda: bool) -> str | None:
     """The attention kernel: `auto` is flash_attention_2 on a CUDA GPU with flash-attn installed,
     else None: transformers' own choice, PyTorch's sdpa where the model supports it (sdpa keeps
     packed rows apart by their position ids), eager attention where not."""
-    choice = cfg.get("attention", "auto")
+    choice = cfg.attention
     if choice == "auto":
         return "flash_attention_2" if cuda and _installed("flash_attn") else None
     if choice == "flash_attention_2" and not (cuda and _installed("flash_attn")):
@@ -33,10 +34,10 @@ def attention_implementation(cfg: dict, cuda: bool) -> str | None:
     return choice
 
 
-def liger_enabled(cfg: dict, cuda: bool) -> bool:
+def liger_enabled(cfg: TrainConfig, cuda: bool) -> bool:
     """Liger's kernels (RMSNorm, SwiGLU, RoPE): `auto` uses them on a CUDA GPU when liger-kernel
     is installed; `on` insists (they are Triton kernels: GPU only)."""
-    choice = cfg.get("liger", "auto")
+    choice = cfg.liger
     if choice == "off":
         return False
     available = cuda and _installed("liger_kernel")
@@ -48,39 +49,46 @@ def liger_enabled(cfg: dict, cuda: bool) -> bool:
     return available
 
 
-def missing_packages(cfg: dict) -> list[str]:
+def missing_packages(cfg: TrainConfig) -> list[str]:
     """For the plan, before any job starts: the speed features asked for by name whose package is
     not installed (whether a CUDA GPU is there only the job can tell: the server never imports torch)."""
     problems = []
-    if cfg.get("liger") == "on" and not _installed("liger_kernel"):
+    if cfg.liger == "on" and not _installed("liger_kernel"):
         problems.append("liger=on needs the liger-kernel package (pip install liger-kernel) and a CUDA GPU.")
-    if cfg.get("attention") == "flash_attention_2" and not _installed("flash_attn"):
+    if cfg.attention == "flash_attention_2" and not _installed("flash_attn"):
         problems.append(
             "attention=flash_attention_2 needs the flash-attn package (pip install flash-attn) and a CUDA GPU."
         )
     return problems
 
 
-def model_kwargs(cfg: dict, cuda: bool) -> dict[str, Any]:
+def model_kwargs(cfg: TrainConfig, cuda: bool) -> dict[str, Any]:
     """from_pretrained's arguments: dtype, quantisation when asked (nf4 with double quantisation
     for 4bit), and the attention kernel."""
     import torch
     import transformers
 
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if uses_bf16(cuda) else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
     attention = attention_implementation(cfg, cuda)
     if attention is not None:
         kwargs["attn_implementation"] = attention
-    if cfg["quantize"] in ("4bit", "8bit"):
+    if cfg.quantize in ("4bit", "8bit"):
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=cfg["quantize"] == "4bit",
-            load_in_8bit=cfg["quantize"] == "8bit",
+            load_in_4bit=cfg.quantize == "4bit",
+            load_in_8bit=cfg.quantize == "8bit",
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
     return kwargs
+
+
+def uses_bf16(cuda: bool) -> bool:
+    """bfloat16 on a GPU that has it; float32 elsewhere (bfloat16 on a CPU is slower)."""
+    import torch
+
+    return cuda and torch.cuda.is_bf16_supported()
 
 
 def needs_checkpointing(model) -> bool:
