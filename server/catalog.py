@@ -8,6 +8,7 @@ Each row names one library function; the function's signature declares the verb'
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,15 @@ def _train_options(values: dict[str, Any]) -> dict[str, Any]:
     """--epochs, --lr, --rank and --config are short ways to give `overrides`."""
     from learning.train.config import load_yaml
 
-    overrides = dict(values.get("overrides") or {})
+    overrides = values.get("overrides") or {}
+    if isinstance(overrides, str):  # --overrides '{"batch_size": 2}': folded in before the JSON is read
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"--overrides is not JSON: {exc}. Give an object, e.g. '{{\"rank\": 8}}'.") from exc
+        if not isinstance(overrides, dict):
+            raise InvalidInput("--overrides must be a JSON object, e.g. '{\"rank\": 8}'.")
+    overrides = dict(overrides)
     config = values.pop("config")
     if config:
         file_preset, from_file = load_yaml(config)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, model_validator
 
+from learning.train.cluster import ClusterTarget
 from learning.train.config import TrainConfig
 
 
@@ -67,6 +68,7 @@ class TrainJob(BaseModel):
     dataset: DatasetRef
     num_processes: int = 1
     start_from: StartFrom | None = None
+    cluster: ClusterTarget | None = None  # None: this machine (one process, or accelerate's)
 
     @classmethod
     def read(cls, params: dict[str, Any]) -> TrainJob:
@@ -87,6 +89,7 @@ class TrainJob(BaseModel):
             "base": self.base.stored(),
             "num_processes": self.num_processes,
             **({"start_from": self.start_from.model_dump()} if self.start_from is not None else {}),
+            **({"cluster": self.cluster.model_dump()} if self.cluster is not None else {}),
         }
 
     def params(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from learning.train.checks import (
     check_start_from,
     resolve_adapter_id,
 )
+from learning.train.cluster import ClusterTarget, check_request, cluster_address, plan_cluster
 from learning.train.config import Preset, TrainConfig, build_config
 from learning.train.estimates import avg_row_tokens, estimate_run, estimate_steps
 from learning.train.job import BaseRef, DatasetRef, StartFrom, TrainJob
@@ -56,6 +57,7 @@ class TrainPlan(BaseModel):
     est_time_s: float = Field(description="Rough estimate of the training time.")
     est_memory_mb: float = Field(description="Rough estimate of peak memory per process.")
     num_processes: int
+    cluster: ClusterTarget | None = Field(default=None, description="The Ray cluster the workers run on; None: here.")
     resume: bool
     target_modules: list[str] | str = Field(
         default="all-linear",
@@ -132,8 +134,25 @@ def train_adapter(
     ] = False,
     max_steps: Annotated[int | None, Field(ge=1, description="Stop after this many optimizer steps.")] = None,
     num_processes: Annotated[
-        int, Field(ge=1, le=64, description="Training processes (accelerate DDP): one per GPU, or CPU processes.")
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Training processes: accelerate DDP here, or Ray Train workers on a cluster; one per GPU, "
+            "or CPU processes.",
+        ),
     ] = 1,
+    cluster: Annotated[
+        str | None,
+        Field(
+            description="Train on a Ray cluster: ray://HOST:PORT (Ray Client) or HOST:PORT (from a node of it); "
+            "default $LEARNLOOP_CLUSTER, 'local' for this machine. Needs learnloop[cluster].",
+        ),
+    ] = None,
+    resources_per_worker: Annotated[
+        dict[str, float] | None,
+        Field(description='Ray resources per worker, e.g. {"GPU": 1, "CPU": 8}; default one GPU, else one CPU.'),
+    ] = None,
     start_from: Annotated[
         str | None,
         Field(
@@ -147,13 +166,13 @@ def train_adapter(
     cancel_job (it checkpoints; resume=true continues). Every input is checked first and all
     problems are reported together. Use dry_run to see the plan without training."""
     problems, method = check_arguments(role, method, num_processes)
+    problems += check_request(address := cluster_address(cluster), resources_per_worker, method)
     explicit_id = adapter_id is not None
     id_problems, adapter_id = resolve_adapter_id(store, role, adapter_id, resume)
     problems += id_problems
     notes: list[str] = []
     previous = adapter_row(store, adapter_id) if resume and adapter_id else None
-    previous_base: str = previous["base_model"] if previous is not None else DEFAULT_BASE
-    base = base or previous_base
+    base = base or str(previous["base_model"] if previous is not None else DEFAULT_BASE)
     explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
     config_problems, cfg = _train_config(previous, base, preset, overrides, explicit, notes)
     problems += config_problems + (missing_packages(cfg) if cfg is not None else [])
@@ -183,6 +202,7 @@ def train_adapter(
     )
     cfg = _choose_quantization(cfg, est_memory, notes)
     _check_disk(store, lora_params)
+    target = plan_cluster(address, num_processes, resources_per_worker, est_memory, notes) if address else None
     plan = TrainPlan(
         adapter_id=adapter_id or registry.new_adapter_id(role),
         role=role,
@@ -196,6 +216,7 @@ def train_adapter(
         est_time_s=est_time,
         est_memory_mb=est_memory,
         num_processes=num_processes,
+        cluster=target,
         resume=resume,
         target_modules=cfg.target_modules,
         export_formats=formats,
@@ -327,6 +348,7 @@ def _start(
         dataset=ds,
         num_processes=plan.num_processes,
         start_from=start,
+        cluster=plan.cluster,
     )
     if previous is not None:
         adapter_id = previous["id"]

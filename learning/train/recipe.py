@@ -54,7 +54,11 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
 
     job = TrainJob.read(ctx.params)
     try:
-        if job.num_processes > 1:
+        if job.cluster is not None:
+            from learning.train.on_ray import run_on_ray  # imports Ray: only for a cluster's jobs
+
+            result = run_on_ray(ctx, job, job.cluster, resolve_base(ctx, job.base))
+        elif job.num_processes > 1:
             result = launch_distributed(ctx, job)
         else:
             result = train(ctx, job)
@@ -295,7 +299,8 @@ def save(
     out = Path(job.adapter_dir)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    metadata = {**_metadata(job, base_path, started), **metrics, **run}
+    curve = [[log["step"], round(log["loss"], 5)] for log in trainer.state.log_history if "loss" in log]
+    metadata = {**_metadata(job, base_path, started), **metrics, **run, "loss_curve": curve}
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     ctx.progress(force=True, stage="done", step=trainer.state.global_step, eta_s=0)
     base = metadata["base_model"]
@@ -392,6 +397,7 @@ def _metadata(job: TrainJob, base_path: str, started: float) -> dict[str, Any]:
         "dataset": {"id": job.dataset.id, "content_hash": job.dataset.content_hash, "format": job.dataset.format},
         "hyperparameters": job.config.model_dump(),
         "num_processes": job.num_processes,
+        **({"cluster": job.cluster.model_dump()} if job.cluster is not None else {}),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

@@ -1,0 +1,47 @@
+"""`python -m learning.train.ray_probe ADDRESS`: what a Ray cluster has, as one JSON line.
+
+Run by the plan (learning/train/cluster.py) in a child process: connecting makes Ray part of
+the process for good, which the server must not be. For each alive node: its id, its total
+resources, and the learnloop version a task placed on it imports (None where it has none).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+def learnloop_version() -> str | None:
+    try:
+        from learning import __version__
+    except ImportError:
+        return None
+    return __version__
+
+
+def main(address: str) -> None:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    version = ray.remote(num_cpus=0)(learnloop_version)
+    asked = [
+        version.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
+    versions = ray.get(asked, timeout=60)
+    found = [
+        {
+            "id": n["NodeID"],
+            "resources": {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU", "memory")},
+            "learnloop": v,
+        }
+        for n, v in zip(nodes, versions)
+    ]
+    print(json.dumps({"ray": ray.__version__, "nodes": found}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
