@@ -90,7 +90,22 @@ def test_bad_cluster_requests_are_refused_before_any_job(cluster, store):
             timeout=180,
         )
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr[-1500:])
+    from_env = cluster.run(
+        [*LEARNLOOP, "train", "--role", "coder", "--dataset", "ds-sft", "--base", BASE],
+        env={**subprocess_env(store.home), "LEARNLOOP_CLUSTER": "127.0.0.1:1"},
+        timeout=180,
+    )
+    assert from_env.returncode != 0 and "no Ray cluster answers at 127.0.0.1:1" in from_env.stderr
     assert len(adapter_rows(store)) == before and not jobs.list_jobs(store)  # nothing half-registered
+
+
+def test_the_dry_run_plan_names_the_cluster(cluster, store):
+    plan, out = train(
+        cluster, store, "--dataset", "ds-sft", "--cluster", cluster.client_address, "--num-processes", "2", "--dry-run"
+    )
+    assert plan["dry_run"] and plan["plan"]["cluster"]["address"] == cluster.client_address, out.stderr
+    assert plan["plan"]["cluster"]["resources_per_worker"] == {"CPU": 1.0}
+    assert any("2 node(s)" in note for note in plan["plan"]["notes"])
 
 
 # ---- trained on the cluster, as locally ------------------------------------------------

@@ -153,6 +153,8 @@ def test_cycle_refuses_bad_input_before_starting(home):
     assert proc.returncode == 1 and "no runs or adapters for role 'coder'" in proc.stderr
     proc = run_cli("cycle", "--role", "coder", "--min-reward", "2", home=home)
     assert proc.returncode == 1 and "min_reward" in proc.stderr
+    proc = run_cli("cycle", "--role", "coder", "--cluster", "ray:/nowhere", home=home)
+    assert proc.returncode == 1 and "is not a Ray address" in proc.stderr
 
 
 def test_run_cycle_tool_needs_confirm_for_production(home):

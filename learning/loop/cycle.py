@@ -25,6 +25,7 @@ from learning.routing.drift import detect_drift
 from learning.routing.lifecycle import promote
 from learning.runs.schema import ROLE_PATTERN
 from learning.store import Store
+from learning.train.cluster import check_request, cluster_address
 from learning.train.config import Preset
 from learning.train.launch import train_adapter
 
@@ -45,6 +46,8 @@ class CycleParams(BaseModel):
         default=False, description="detect_drift rolls back the previous adapter on a regression."
     )
     grpo_steps: int | None = Field(default=None, ge=1, description="GRPO steps after SFT (none: SFT only).")
+    cluster: str | None = Field(default=None, description="SFT on this Ray cluster (GRPO stays here).")
+    num_processes: int = Field(default=1, ge=1, le=64, description="SFT processes, or Ray Train workers.")
 
 
 class CycleStarted(BaseModel):
@@ -76,6 +79,16 @@ def run_cycle(
             "dataset rows' tests (they must carry tests); the gate then judges the GRPO adapter.",
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        Field(
+            description="Train SFT on this Ray cluster (ray://HOST:PORT or HOST:PORT; default $LEARNLOOP_CLUSTER, "
+            "'local' for this machine); GRPO stays on this machine."
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int, Field(ge=1, le=64, description="SFT's processes here, or its Ray Train workers on the cluster.")
+    ] = 1,
     confirm: Confirm = False,
 ) -> CycleStarted:
     """One background job: make_sft -> train_adapter (then GRPO when grpo_steps) -> evaluate_adapter (the gate moves a
@@ -93,13 +106,15 @@ def run_cycle(
             max_steps=max_steps,
             auto_rollback=auto_rollback,
             grpo_steps=grpo_steps,
+            cluster=cluster_address(cluster),  # fixed when the cycle starts, not when its stage does
+            num_processes=num_processes,
         )
     except Exception as exc:  # pydantic's message names each bad field
         raise InvalidInput(f"Invalid cycle options: {exc}") from exc
     summary = cycle_consent(store, role, to_production, auto_rollback)
     if summary and not confirm:
         raise ConfirmationNeeded(summary)
-    problems = []
+    problems = check_request(params.cluster, None, "sft")
     if not role_known(store, role):
         problems.append(f"no runs or adapters for role {role!r}: log runs with log_run first")
     check(problems, "Cannot start a cycle:")
@@ -184,7 +199,13 @@ class _Cycle:
         p = self.p
         self.progress("train", f"training a {p.preset} adapter on {self.out['dataset_id']}")
         # train_adapter reports an unknown preset
-        return self._train("train", preset=cast(Preset, p.preset), max_steps=p.max_steps)
+        return self._train(
+            "train",
+            preset=cast(Preset, p.preset),
+            max_steps=p.max_steps,
+            cluster=p.cluster or "local",
+            num_processes=p.num_processes,
+        )
 
     def grpo(self) -> dict:
         p, out = self.p, self.out
@@ -192,7 +213,7 @@ class _Cycle:
             return {"skipped": True, "reason": "SFT only (grpo_steps not given)"}
         self.progress("grpo", f"GRPO for {p.grpo_steps} steps from {out['adapter_id']}")
         out["sft_adapter_id"] = out["adapter_id"]
-        return self._train("grpo", method="grpo", max_steps=p.grpo_steps, start_from=out["adapter_id"])
+        return self._train("grpo", method="grpo", max_steps=p.grpo_steps, start_from=out["adapter_id"], cluster="local")
 
     def _train(self, stage: str, **options: Any) -> dict:
         """A training job on the cycle's dataset; its adapter becomes the cycle's adapter."""

@@ -34,6 +34,9 @@ from learning.train.job import BaseRef, TrainJob
 POLL_S = 0.5
 KEEP_CHECKPOINTS = 2  # as the trainer keeps them locally (save_total_limit)
 Files = dict[str, bytes]  # a folder: relative path -> content
+# A larger local base is not copied to every node: the workers read it at the same path
+# (shared storage), as they read a hub id from the hub or their cache.
+SHIP_BASE_BYTES = 2 * 2**30
 
 
 @ray.remote(num_cpus=0)
@@ -82,13 +85,17 @@ def pack(job: TrainJob, base_path: str) -> dict[str, Any]:
     """What the workers cannot reach: the dataset, a local base, the start adapter, the checkpoint."""
     home_ckpt = Path(job.adapter_dir) / "checkpoints"
     resume_from, _ = newest_intact(home_ckpt)
-    local_base = Path(base_path).is_dir()
+    shipped_base = Path(base_path).is_dir() and _size(Path(base_path)) <= SHIP_BASE_BYTES
     return {
         "dataset": read_folder(Path(job.dataset.path)),
-        "base": read_folder(Path(base_path)) if local_base else None,
+        "base": read_folder(Path(base_path)) if shipped_base else None,
         "start_from": read_folder(Path(job.start_from.path)) if job.start_from else None,
         "checkpoint": (Path(resume_from).name, read_folder(Path(resume_from))) if resume_from else None,
     }
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def run_on_ray(ctx: JobContext, job: TrainJob, target: ClusterTarget, base_path: str) -> dict[str, Any]:
@@ -211,7 +218,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     rank0 = ray.train.get_context().get_world_rank() == 0
     home_job = TrainJob.model_validate(config["job"])
     scratch = Path(tempfile.mkdtemp(prefix="learnloop-worker-"))
-    job = _unpacked(home_job, ray.get(config["bundle"][0]), scratch)
+    job = _unpacked(home_job, ray.get(config["bundle"][0]), scratch, config["home_base"])
     ctx = RelayContext(config["relay"], ray.train.get_context().get_experiment_name())
     sender = _CheckpointSender(Path(job.adapter_dir) / "checkpoints", config["relay"]) if rank0 else None
     try:
@@ -231,7 +238,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _unpacked(job: TrainJob, bundle: dict[str, Any], scratch: Path) -> TrainJob:
+def _unpacked(job: TrainJob, bundle: dict[str, Any], scratch: Path, home_base: str) -> TrainJob:
     """The job with every path in the worker's scratch folder."""
     write_folder(bundle["dataset"], scratch / "dataset")
     update: dict[str, Any] = {
@@ -241,6 +248,8 @@ def _unpacked(job: TrainJob, bundle: dict[str, Any], scratch: Path) -> TrainJob:
     if bundle["base"] is not None:
         write_folder(bundle["base"], scratch / "base")
         update["base"] = BaseRef(kind="path", ref=str(scratch / "base"))
+    elif job.base.kind != "hub":  # too large to ship: read at the driver's path (shared storage)
+        update["base"] = BaseRef(kind="path", ref=home_base)
     if bundle["start_from"] is not None and job.start_from is not None:
         write_folder(bundle["start_from"], scratch / "start_from")
         update["start_from"] = job.start_from.model_copy(update={"path": str(scratch / "start_from")})
