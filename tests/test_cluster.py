@@ -53,6 +53,7 @@ def store(tmp_path_factory):
     ensure_base(s, "tiny")
     make_dataset(s, "ds-sft", rows=32)
     make_dataset(s, "ds-dpo", kind="dpo", fmt="prompt_completion", rows=32)
+    make_dataset(s, "ds-tested", rows=16, tests=["assert True"])  # passes whenever the answer's code runs
     yield s
     s.close()
 
@@ -81,7 +82,19 @@ def test_bad_cluster_requests_are_refused_before_any_job(cluster, store):
         (["--cluster", cluster.address, "--num-processes", "3"], "can place 2 worker"),
         (["--cluster", cluster.address, "--resources-per-worker", '{"CPU": 2}'], "can place 0 worker"),
         (["--cluster", cluster.address, "--resources-per-worker", '{"TPU": 1}'], "unknown resource TPU"),
-        (["--cluster", cluster.address, "--method", "grpo"], "grpo"),
+        (
+            [
+                "--cluster",
+                cluster.address,
+                "--method",
+                "grpo",
+                "--dataset",
+                "ds-tested",
+                "--overrides",
+                '{"log_samples": true}',
+            ],
+            "log_samples writes runs",
+        ),
     ]
     for args, message in cases:
         out = cluster.run(
@@ -171,6 +184,52 @@ def test_dpo_on_two_workers(cluster, store):
     assert answer["status"] == "succeeded", out.stdout[-3000:]
     adapter = registry.get_adapter(store, answer["adapter_id"])
     assert adapter.status == "trained" and adapter.metrics["steps"] == 3 and adapter.params["config"]["method"] == "dpo"
+
+
+def test_fsdp_on_two_workers(cluster, store):
+    answer, out = train(
+        cluster,
+        store,
+        "--dataset",
+        "ds-sft",
+        "--cluster",
+        cluster.address,
+        "--num-processes",
+        "2",
+        "--max-steps",
+        "3",
+        "--sharding",
+        "fsdp",
+        "--overrides",
+        json.dumps(PER_WORKER),
+    )
+    assert answer["status"] == "succeeded", out.stdout[-3000:]
+    meta = json.loads((Path(registry.get_adapter(store, answer["adapter_id"]).path) / "metadata.json").read_text())
+    assert meta["sharding"]["kind"] == "fsdp" and meta["sharding"]["wrap"] == ["LlamaDecoderLayer"], meta["sharding"]
+
+
+def test_grpo_scores_each_workers_answers_in_the_jail_of_its_node(cluster, store):
+    grpo = {"batch_size": 2, "num_generations": 4, "max_completion_length": 16, "temperature": 1.5}
+    answer, out = train(
+        cluster,
+        store,
+        "--dataset",
+        "ds-tested",
+        "--method",
+        "grpo",
+        "--cluster",
+        cluster.address,
+        "--num-processes",
+        "2",
+        "--max-steps",
+        "2",
+        "--overrides",
+        json.dumps({**grpo, "no_signal_steps": 50}),
+    )
+    assert answer["status"] == "succeeded", out.stdout[-3000:]
+    metrics = registry.get_adapter(store, answer["adapter_id"]).metrics["grpo"]
+    # 2 prompts a worker and step, 4 answers each, 2 workers, 2 steps; every answer run in a jail
+    assert metrics["groups"] == 8 and metrics["answers_scored"] >= 16 and len(metrics["reward_by_step"]) == 2
 
 
 # ---- cancel, a lost worker, resume -------------------------------------------------------

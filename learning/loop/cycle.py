@@ -46,8 +46,8 @@ class CycleParams(BaseModel):
         default=False, description="detect_drift rolls back the previous adapter on a regression."
     )
     grpo_steps: int | None = Field(default=None, ge=1, description="GRPO steps after SFT (none: SFT only).")
-    cluster: str | None = Field(default=None, description="SFT on this Ray cluster (GRPO stays here).")
-    num_processes: int = Field(default=1, ge=1, le=64, description="SFT processes, or Ray Train workers.")
+    cluster: str | None = Field(default=None, description="Train on this Ray cluster (None: here).")
+    num_processes: int = Field(default=1, ge=1, le=64, description="Training processes, or Ray Train workers.")
 
 
 class CycleStarted(BaseModel):
@@ -82,12 +82,12 @@ def run_cycle(
     cluster: Annotated[
         str | None,
         Field(
-            description="Train SFT on this Ray cluster (ray://HOST:PORT or HOST:PORT; default $LEARNLOOP_CLUSTER, "
-            "'local' for this machine); GRPO stays on this machine."
+            description="Train on this Ray cluster (ray://HOST:PORT or HOST:PORT; default $LEARNLOOP_CLUSTER, "
+            "'local' for this machine)."
         ),
     ] = None,
     num_processes: Annotated[
-        int, Field(ge=1, le=64, description="SFT's processes here, or its Ray Train workers on the cluster.")
+        int, Field(ge=1, le=64, description="Training processes here, or Ray Train workers on the cluster.")
     ] = 1,
     confirm: Confirm = False,
 ) -> CycleStarted:
@@ -114,7 +114,7 @@ def run_cycle(
     summary = cycle_consent(store, role, to_production, auto_rollback)
     if summary and not confirm:
         raise ConfirmationNeeded(summary)
-    problems = check_request(params.cluster, None, "sft")
+    problems = check_request(params.cluster, None)
     if not role_known(store, role):
         problems.append(f"no runs or adapters for role {role!r}: log runs with log_run first")
     check(problems, "Cannot start a cycle:")
@@ -213,7 +213,14 @@ class _Cycle:
             return {"skipped": True, "reason": "SFT only (grpo_steps not given)"}
         self.progress("grpo", f"GRPO for {p.grpo_steps} steps from {out['adapter_id']}")
         out["sft_adapter_id"] = out["adapter_id"]
-        return self._train("grpo", method="grpo", max_steps=p.grpo_steps, start_from=out["adapter_id"], cluster="local")
+        return self._train(
+            "grpo",
+            method="grpo",
+            max_steps=p.grpo_steps,
+            start_from=out["adapter_id"],
+            cluster=p.cluster or "local",
+            num_processes=p.num_processes,
+        )
 
     def _train(self, stage: str, **options: Any) -> dict:
         """A training job on the cycle's dataset; its adapter becomes the cycle's adapter."""

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from learning.errors import InvalidInput, check
+from learning.train.config import TrainConfig
 
 ENV = "LEARNLOOP_CLUSTER"  # the default cluster when train_adapter names none
 INSTALL = "pip install 'learnloop[cluster]'"
@@ -44,13 +45,26 @@ def cluster_address(given: str | None) -> str | None:
     return None if address in (None, "", "local") else address
 
 
-def check_request(address: str | None, resources: dict[str, float] | None, method: str) -> list[str]:
+def check_request(address: str | None, resources: dict[str, float] | None) -> list[str]:
     """What is wrong with a run's cluster arguments, before the cluster is asked."""
     if address is None:
         return ["resources_per_worker is for a cluster: give cluster too"] if resources else []
-    problems = check_address(address) + check_resources(resources)
-    if method == "grpo":  # its rewards run in this machine's sandbox, and it logs samples to the store
-        problems.append("grpo trains on this machine only, not on a cluster: leave cluster out (or 'local')")
+    return check_address(address) + check_resources(resources)
+
+
+def check_method(cfg: TrainConfig, nodes: list[dict[str, Any]]) -> list[str]:
+    """GRPO scores each worker's answers in the jail of the worker's node, and its workers
+    cannot reach the home's store to log samples."""
+    if cfg.method != "grpo":
+        return []
+    problems = []
+    if cfg.log_samples:
+        problems.append("log_samples writes runs into this machine's store, which a worker cannot reach: leave it off")
+    if missing := [n["id"][:8] for n in nodes if not n.get("bwrap")]:
+        problems.append(
+            f"GRPO's rewards run in the jail on each worker, and node(s) {', '.join(missing)} have no bubblewrap: "
+            "install it there (apt-get install bubblewrap)"
+        )
     return problems
 
 
@@ -112,17 +126,27 @@ def placeable(nodes: list[dict[str, Any]], need: dict[str, float]) -> int:
 
 
 def plan_cluster(
-    address: str, workers: int, resources: dict[str, float] | None, est_memory_mb: float, notes: list[str]
+    address: str,
+    cfg: TrainConfig,
+    workers: int,
+    resources: dict[str, float] | None,
+    est_memory_mb: float,
+    notes: list[str],
 ) -> ClusterTarget:
     """The target, once the cluster says it can run `workers` workers; every problem refused at once."""
-    problems, target = _ask(address, workers, resources, est_memory_mb, notes)
+    problems, target = _ask(address, cfg, workers, resources, est_memory_mb, notes)
     check(problems, "Cannot train on the cluster:")
     assert target is not None  # else there were problems
     return target
 
 
 def _ask(
-    address: str, workers: int, resources: dict[str, float] | None, est_memory_mb: float, notes: list[str]
+    address: str,
+    cfg: TrainConfig,
+    workers: int,
+    resources: dict[str, float] | None,
+    est_memory_mb: float,
+    notes: list[str],
 ) -> tuple[list[str], ClusterTarget | None]:
     try:
         import ray  # noqa: F401  (only whether it is installed)
@@ -142,7 +166,7 @@ def _ask(
     nodes = found["nodes"]
     gpus = sum(n["resources"].get("GPU", 0) for n in nodes)
     need = dict(resources or ({"GPU": 1.0} if gpus else {"CPU": 1.0}))
-    problems = []
+    problems = check_method(cfg, nodes)
     fits = placeable(nodes, need)
     if fits < workers:
         have = "; ".join(

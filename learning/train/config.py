@@ -21,6 +21,7 @@ Preset = Literal["light", "default", "heavy"]
 TARGET_WORDS = ("auto", "all-linear", "attention")
 Switch = Literal["auto", "on", "off"]
 Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
+Sharding = Literal["ddp", "fsdp"]
 
 
 class TrainConfig(BaseModel):
@@ -72,6 +73,11 @@ class TrainConfig(BaseModel):
         default="auto",
         description="Attention kernel: auto = flash_attention_2 on a CUDA GPU when flash-attn is installed, else transformers' default (sdpa).",
     )
+    sharding: Sharding = Field(
+        default="ddp",
+        description="With several processes: ddp (a full copy of the model each) or fsdp (each holds a shard; "
+        "for a base that does not fit one device; needs num_processes >= 2 and no 4bit/8bit).",
+    )
 
     num_generations: int = Field(default=8, ge=2, le=256, description="GRPO: answers sampled per prompt (a group).")
     max_completion_length: int = Field(
@@ -116,6 +122,8 @@ class TrainConfig(BaseModel):
             problems.append("grpo samples batch_size x num_generations answers a step; keep it at most 4096.")
         if self.packing and self.method != "sft":
             problems.append("packing applies to sft only.")
+        if self.sharding == "fsdp" and self.quantize in ("4bit", "8bit"):
+            problems.append("sharding fsdp does not take quantize 4bit/8bit (not supported here); use quantize none.")
         if problems:
             raise ValueError("; ".join(problems))
         return self

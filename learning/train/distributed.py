@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ RESULT_FILE = "result.json"  # rank 0's result
 
 
 def launch_distributed(ctx: JobContext, job: TrainJob) -> dict[str, Any]:
-    """Run the recipe in N processes with accelerate (DDP; gloo on CPU) and wait for them."""
+    """Run the recipe in N processes with accelerate (DDP, or FSDP with sharding fsdp; gloo on CPU)
+    and wait for them."""
     # --multi_gpu selects torch.distributed's launcher; without CUDA the trainer's use_cpu makes
     # it DDP over gloo (accelerate's --cpu flag would start a single process).
     cmd = [
@@ -34,6 +36,8 @@ def launch_distributed(ctx: JobContext, job: TrainJob) -> dict[str, Any]:
         str(job.num_processes),
         "--num_machines",
         "1",
+        "--main_process_port",  # a free one: jobs side by side would all take 29500
+        str(_free_port()),
         "--mixed_precision",
         "no",
         "--dynamo_backend",
@@ -87,6 +91,12 @@ def cancel_message(job: TrainJob, step: int | None) -> str:
         f"adapter_id={job.adapter_id} (CLI: learnloop train --role {job.role} --dataset {job.dataset.id} "
         f"--resume --adapter-id {job.adapter_id})"
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _read_json(path: Path) -> dict:

@@ -92,5 +92,6 @@ def estimate_run(
     activations = (
         cfg.batch_size * row_tokens * (config.get("hidden_size") or 0) * (config.get("num_hidden_layers") or 0) * 40
     )
-    memory = (base * bytes_per + lora * 16 + activations) / 2**20 + 600  # + the Python, torch and TRL runtime
+    shards = num_processes if cfg.sharding == "fsdp" else 1  # fsdp: each process holds 1/N of the weights
+    memory = (base * bytes_per / shards + lora * 16 + activations) / 2**20 + 600  # + the Python, torch and TRL runtime
     return tokens, round(est_time, 1), round(memory, 1), lora

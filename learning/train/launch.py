@@ -36,6 +36,7 @@ from learning.train.cluster import ClusterTarget, check_request, cluster_address
 from learning.train.config import Preset, TrainConfig, build_config
 from learning.train.estimates import avg_row_tokens, estimate_run, estimate_steps
 from learning.train.job import BaseRef, DatasetRef, StartFrom, TrainJob
+from learning.train.sharding import sharding_problems
 from learning.train.speed import missing_packages
 from learning.train.targets import export_notes, read_shapes, resolve_targets
 
@@ -112,7 +113,7 @@ def train_adapter(
         dict[str, Any] | None,
         Field(
             description="Any hyper-parameter by name: rank, alpha, dropout, target_modules, learning_rate, "
-            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing, liger, attention."
+            "epochs, batch_size, grad_accum, max_length, warmup_ratio, weight_decay, beta, seed, save_steps, packing, liger, attention, sharding."
         ),
     ] = None,
     quantize: Annotated[
@@ -138,10 +139,17 @@ def train_adapter(
         Field(
             ge=1,
             le=64,
-            description="Training processes: accelerate DDP here, or Ray Train workers on a cluster; one per GPU, "
-            "or CPU processes.",
+            description="Training processes: accelerate here, or Ray Train workers on a cluster; one per GPU, "
+            "or CPU processes. Each holds the whole model (ddp) unless sharding is fsdp.",
         ),
     ] = 1,
+    sharding: Annotated[
+        Literal["ddp", "fsdp"] | None,
+        Field(
+            description="With num_processes > 1: ddp (default; a full model per process) or fsdp (the model "
+            "sharded across processes, for a base that does not fit one GPU; not with 4bit/8bit)."
+        ),
+    ] = None,
     cluster: Annotated[
         str | None,
         Field(
@@ -166,16 +174,16 @@ def train_adapter(
     cancel_job (it checkpoints; resume=true continues). Every input is checked first and all
     problems are reported together. Use dry_run to see the plan without training."""
     problems, method = check_arguments(role, method, num_processes)
-    problems += check_request(address := cluster_address(cluster), resources_per_worker, method)
+    problems += check_request(address := cluster_address(cluster), resources_per_worker)
     explicit_id = adapter_id is not None
     id_problems, adapter_id = resolve_adapter_id(store, role, adapter_id, resume)
     problems += id_problems
     notes: list[str] = []
     previous = adapter_row(store, adapter_id) if resume and adapter_id else None
     base = base or str(previous["base_model"] if previous is not None else DEFAULT_BASE)
-    explicit = {"method": method, "max_steps": max_steps, "quantize": quantize}
+    explicit = {"method": method, "max_steps": max_steps, "quantize": quantize, "sharding": sharding}
     config_problems, cfg = _train_config(previous, base, preset, overrides, explicit, notes)
-    problems += config_problems + (missing_packages(cfg) if cfg is not None else [])
+    problems += config_problems + (missing_packages(cfg) + sharding_problems(cfg, num_processes) if cfg else [])
     base_problems, base_ref, model_config = _check_base(store, base, notes)
     problems += base_problems
     base_ref = None if base_problems else base_ref
@@ -202,7 +210,7 @@ def train_adapter(
     )
     cfg = _choose_quantization(cfg, est_memory, notes)
     _check_disk(store, lora_params)
-    target = plan_cluster(address, num_processes, resources_per_worker, est_memory, notes) if address else None
+    target = plan_cluster(address, cfg, num_processes, resources_per_worker, est_memory, notes) if address else None
     plan = TrainPlan(
         adapter_id=adapter_id or registry.new_adapter_id(role),
         role=role,
@@ -308,8 +316,8 @@ def _base_folder(store: Store, base_ref: BaseRef) -> Path | None:
 
 
 def _choose_quantization(cfg: TrainConfig, est_memory_mb: float, notes: list[str]) -> TrainConfig:
-    if cfg.quantize != "auto":
-        return cfg
+    if cfg.quantize != "auto" or cfg.sharding == "fsdp":  # fsdp shards instead of quantizing
+        return cfg.model_copy(update={"quantize": "none"}) if cfg.quantize == "auto" else cfg
     # Compared with free RAM: the front never imports torch, so it cannot ask a GPU.
     available = psutil.virtual_memory().available / 2**20
     choice = "4bit" if est_memory_mb > 0.8 * available else "none"

@@ -2,7 +2,8 @@
 
 Run by the plan (learning/train/cluster.py) in a child process: connecting makes Ray part of
 the process for good, which the server must not be. For each alive node: its id, its total
-resources, and the learnloop version a task placed on it imports (None where it has none).
+resources, the learnloop version a task placed on it imports (None where it has none), and
+whether it has bubblewrap (GRPO's rewards run in the jail on each worker).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import logging
 import sys
 
 
-def learnloop_version() -> str | None:
+def node_facts() -> dict:
+    """On a node: its learnloop version (None without one) and whether it has the jail."""
+    import shutil
+
     try:
-        from learning import __version__
+        from learning import __version__ as version
     except ImportError:
-        return None
-    return __version__
+        version = None
+    return {"learnloop": version, "bwrap": shutil.which("bwrap") is not None}
 
 
 def main(address: str) -> None:
@@ -26,19 +30,19 @@ def main(address: str) -> None:
 
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    version = ray.remote(num_cpus=0)(learnloop_version)
+    facts = ray.remote(num_cpus=0)(node_facts)
     asked = [
-        version.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        facts.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
         for n in nodes
     ]
-    versions = ray.get(asked, timeout=60)
+    answers = ray.get(asked, timeout=60)
     found = [
         {
             "id": n["NodeID"],
             "resources": {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU", "memory")},
-            "learnloop": v,
+            **answer,
         }
-        for n, v in zip(nodes, versions)
+        for n, answer in zip(nodes, answers)
     ]
     print(json.dumps({"ray": ray.__version__, "nodes": found}))
 

@@ -43,6 +43,7 @@ from learning.train.distributed import (
 from learning.train.grpo import GroupCallback, group_stats, grpo_metrics, grpo_rows, grpo_trainer, no_signal_message
 from learning.train.job import BaseRef, TrainJob
 from learning.train.progress import ProgressCallback
+from learning.train.sharding import enable_on_cpu, sharding_args, sharding_record
 from learning.train.speed import liger_enabled, model_kwargs, needs_checkpointing, uses_bf16
 from learning.train.targets import adapted_mismatch, adapted_modules
 
@@ -125,13 +126,16 @@ def train(ctx: JobContext, job: TrainJob) -> dict[str, Any] | None:
     model = load_model(job, base_path, cuda)
     callback = ProgressCallback(ctx, rank0)
     trainer, groups = build_trainer(ctx, job, model, tokenizer, data, callback, cuda, rank0)
+    enable_on_cpu(trainer)
     adapted = check_adapted(trainer, job.config)
     output, resumed_from, skipped = fit(ctx, job, trainer, rank0)
     check_stopped(job, trainer, callback, groups, rank0)
+    trainer.save_model(job.adapter_dir)  # every rank: FSDP gathers the full state dict; rank 0 writes
     if not trainer.is_world_process_zero():
         return None
     metrics = run_metrics(trainer, output, callback, data, groups, cuda)
     run = {"resumed_from": resumed_from, "checkpoints_skipped": skipped, "adapted_modules": adapted}
+    run["sharding"] = sharding_record(job.config, job.num_processes, trainer.args)
     return save(ctx, job, trainer, tokenizer, base_path, started, metrics, run)
 
 
@@ -224,6 +228,7 @@ def build_trainer(
 
     cfg = job.config
     common = trainer_args(cfg, _checkpoints(job), cuda, uses_bf16(cuda), needs_checkpointing(model))
+    common.update(sharding_args(cfg, model))
     inputs: dict[str, Any] = dict(
         model=model,
         train_dataset=data.dataset,
@@ -296,8 +301,7 @@ def save(
 ) -> dict[str, Any]:
     """Save the adapter, the tokenizer and what produced them (metadata.json); the job's result.
     `run`: the checkpoint resumed from, the ones skipped, the modules adapted."""
-    out = Path(job.adapter_dir)
-    trainer.save_model(str(out))
+    out = Path(job.adapter_dir)  # the adapter's weights are saved already (train)
     tokenizer.save_pretrained(str(out))
     curve = [[log["step"], round(log["loss"], 5)] for log in trainer.state.log_history if "loss" in log]
     metadata = {**_metadata(job, base_path, started), **metrics, **run, "loss_curve": curve}
