@@ -14,6 +14,7 @@ from learning.registry.queries import set_adapter_status
 from learning.store import Store
 from learning.train import launch as training
 from learning.train.checkpoints import checkpoint_problem, newest_intact
+from tests.support.tiny import tiny_base
 from tests.support.train_helpers import make_dataset
 
 
@@ -58,10 +59,8 @@ def test_a_torn_checkpoint_is_skipped_for_the_older_intact_one(tmp_path, tear, r
 
 @pytest.mark.slow
 def test_resume_after_a_torn_newest_checkpoint_uses_the_older_one(tmp_path):
-    from learning.models.tinybase import ensure_base
-
     store = Store(tmp_path / "home")
-    ensure_base(store, "tiny")
+    tiny_base(store)
     make_dataset(store, "ds-sft")
     started = training.train_adapter(
         store,

@@ -20,6 +20,7 @@ from learning.registry import adapters as registry
 from learning.registry import folders
 from learning.store import Store
 from tests.conftest import run_cli
+from tests.support.tiny import tiny_base
 from tests.support.tiny_models import build_base, toy_rows, train_toy_adapter, write_dataset
 
 
@@ -335,11 +336,10 @@ def test_pipeline_adapter_from_train_adapter_is_evaluated(store):
     the training job; the evaluation measures both on the same examples and the adapter, trained
     on this very task, has the lower loss."""
     from learning.data import curate as sft
-    from learning.models import tinybase
     from learning.runs import record as runs
     from learning.train import launch as training
 
-    tinybase.ensure_base(store, "tiny")
+    tiny_base(store)
     for i in range(60):
         runs.log_run(
             store,

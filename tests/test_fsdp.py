@@ -20,6 +20,7 @@ from learning.jobs import manage as jobs
 from learning.registry import adapters as registry
 from learning.store import Store
 from learning.train import launch as training
+from tests.support.tiny import tiny_base
 from tests.support.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
@@ -48,9 +49,7 @@ def sharded(kind: str, **more: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(store):
     """DDP and FSDP runs of the same seed and batch, and an FSDP run cancelled then resumed."""
-    from learning.models.tinybase import ensure_base
-
-    ensure_base(store, "tiny")
+    tiny_base(store)
     ddp = training.train_adapter(store, "coder", "ds-sft", adapter_id="ddp", overrides=sharded("ddp"), **RUN)
     fsdp = training.train_adapter(store, "coder", "ds-sft", adapter_id="fsdp", overrides=sharded("fsdp"), **RUN)
     cut = training.train_adapter(store, "coder", "ds-sft", adapter_id="cut", overrides=sharded("fsdp"), **RUN)

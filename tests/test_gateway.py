@@ -15,18 +15,16 @@ from learning.runs.record import get_run
 from learning.store import Store
 from tests.support.servers import free_port, served
 from tests.support.store_helpers import count_runs
+from tests.support.tiny import tiny_base
 
 openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-
-    from learning.models.tinybase import ensure_base
-
     home = tmp_path_factory.mktemp("gateway-home")
     store = Store(home)
-    base = ensure_base(store, "tiny")
+    base = tiny_base(store)
     app = build_app(store, InProcess(base.path, device="cpu"))
     with served(app) as url:
         yield store, url, app.state.gateway.recorder.flush  # runs are stored a moment after the answer

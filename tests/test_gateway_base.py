@@ -21,6 +21,7 @@ from learning.routing import experiments
 from learning.store import Store
 from server.cli import app
 from tests.conftest import ROOT, subprocess_env
+from tests.support.tiny import tiny_base
 
 runner = CliRunner()
 
@@ -118,11 +119,10 @@ def test_a_promoted_adapter_is_answered_on_the_base_chosen_for_it(store):
 
     from learning.gateway.app import build_app
     from learning.gateway.inprocess import InProcess
-    from learning.models.tinybase import ensure_base
     from tests.support.servers import served
     from tests.test_gateway_routing import make_adapter
 
-    make_adapter(store, ensure_base(store, "tiny").path, "coder-tiny", "coder", seed=0)
+    make_adapter(store, tiny_base(store).path, "coder-tiny", "coder", seed=0)
     registry.set_production(store, "coder-tiny", "a person", "promoted")
     chosen = served_base(store)
     with served(build_app(store, InProcess(chosen.base, device="cpu"))) as url:

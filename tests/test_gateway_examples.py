@@ -16,6 +16,7 @@ from learning.runs.record import get_run
 from learning.store import Store
 from tests.conftest import ROOT
 from tests.support.servers import served
+from tests.support.tiny import tiny_base
 
 pytest.importorskip("openai")
 EXAMPLES = ROOT / "examples" / "gateway"
@@ -24,11 +25,8 @@ DEFAULT_URL = "http://127.0.0.1:8766/v1"  # learnloop gateway's default --host a
 
 @pytest.mark.slow  # builds the tiny base and serves it
 def test_the_openai_sdk_example_calls_and_scores(tmp_path):
-
-    from learning.models.tinybase import ensure_base
-
     store = Store(tmp_path)
-    app = build_app(store, InProcess(ensure_base(store, "tiny").path, device="cpu"))
+    app = build_app(store, InProcess(tiny_base(store).path, device="cpu"))
     sys.path.insert(0, str(EXAMPLES))
     try:
         from openai_sdk import ask_and_score  # pyright: ignore[reportMissingImports]  # examples/gateway on sys.path

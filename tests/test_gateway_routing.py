@@ -19,6 +19,7 @@ from learning.runs.record import get_run, log_run
 from learning.store import Store
 from tests.support.servers import free_port, served
 from tests.support.store_helpers import count_runs
+from tests.support.tiny import tiny_base
 
 openai = pytest.importorskip("openai")
 ASK = [{"role": "user", "content": "Write a function add(a, b)."}]
@@ -44,11 +45,8 @@ def make_adapter(store: Store, base: str, adapter_id: str, role: str, seed: int)
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-
-    from learning.models.tinybase import ensure_base
-
     store = Store(tmp_path_factory.mktemp("gateway-routing-home"))
-    base = ensure_base(store, "tiny").path
+    base = tiny_base(store).path
     for seed, (adapter_id, role) in enumerate(
         [("hot-a", "coder"), ("hot-b", "coder"), ("canary-prod", "fixer"), ("canary-cand", "fixer")]
     ):

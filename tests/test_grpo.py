@@ -30,7 +30,9 @@ from learning.train.grpo import (
     length_penalty,
     reward_funcs,
     sample_logger,
+    vllm_args,
 )
+from tests.support.tiny import tiny_base
 from tests.support.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
@@ -120,6 +122,33 @@ def test_format_and_length_terms_are_reward_functions_of_their_own_and_optional(
     assert compile_bonus([""]) == [0.0]  # an empty answer is no code
 
 
+def test_sampling_with_vllm_is_chosen_by_the_vllm_option():
+    import importlib.util
+
+    import torch
+
+    auto_colocates = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    assert vllm_args("auto") == ({"use_vllm": True, "vllm_mode": "colocate"} if auto_colocates else {})
+    assert vllm_args("off") == {}
+    assert vllm_args("colocate") == {"use_vllm": True, "vllm_mode": "colocate"}
+    server = vllm_args("http://10.0.0.7:8000")
+    assert server == {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": "http://10.0.0.7:8000"}
+    with pytest.raises(InvalidInput):
+        build_config("default", {"method": "grpo", "vllm": "ftp://x; rm -rf /"})
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_grpo_samples_with_vllm_colocated_on_a_gpu(store):
+    pytest.importorskip("vllm")
+    started = training.train_adapter(
+        store, "coder", "ds-compiles", base=BASE, method="grpo", max_steps=2, overrides={**GRPO, "vllm": "colocate"}
+    )
+    status = _finish(store, started)
+    assert status.status == "succeeded", (status.error, status.log_tail)
+    assert registry.get_adapter(store, started.adapter_id).params["config"]["vllm"] == "colocate"
+
+
 def test_rows_keep_prompts_with_tests_and_answers_end_at_stops():
     raw = [
         {"prompt": "a", "completion": "x", "tests": TESTS},
@@ -157,10 +186,8 @@ def test_groups_whose_rewards_are_all_equal_are_counted_as_dropped():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from learning.models.tinybase import ensure_base
-
     s = Store(tmp_path_factory.mktemp("grpo") / "home")
-    ensure_base(s, "tiny")
+    tiny_base(s)
     make_dataset(s, "ds-plain")
     make_dataset(s, "ds-tested", tests=TESTS)
     make_dataset(s, "ds-compiles", tests=["assert True"])  # passes whenever the answer's code runs

@@ -19,6 +19,7 @@ from learning.data.templates import BUILTIN, render
 from learning.serve import gotemplate as gt
 from learning.serve.chat_template import USR, read_tokenizer
 from learning.serve.served import SAMPLES, llamacpp_template, served_prompt
+from tests.support.tiny import tiny_base
 
 SMOL_TEMPLATE = (  # SmolLM2-Instruct's chat template (a default system prompt when none is given)
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -75,7 +76,6 @@ def _bpe_tokenizer(folder: Path, specials: list[str], bos: str, eos: str, templa
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
-    from learning.models.tinybase import ensure_base
     from learning.store import Store
 
     root = tmp_path_factory.mktemp("tokenizers")
@@ -84,7 +84,7 @@ def tokenizers(tmp_path_factory):
     (root / "home").mkdir()
     store = Store(root / "home")
     try:
-        tiny = Path(ensure_base(store, "tiny").path)
+        tiny = Path(tiny_base(store).path)
     finally:
         store.close()
     return {

@@ -26,6 +26,7 @@ from learning.train import launch as training
 from learning.train.config import TrainConfig
 from learning.train.job import BaseRef, DatasetRef, TrainJob
 from tests.conftest import live_processes, run_cli
+from tests.support.tiny import tiny_base
 from tests.support.train_helpers import lora_tensors, make_dataset
 
 BASE = "embedded:tiny"
@@ -34,11 +35,9 @@ FAST = {"batch_size": 4, "save_steps": 100}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from learning.models.tinybase import ensure_base
-
     home = tmp_path_factory.mktemp("train") / "home"
     s = Store(home)
-    ensure_base(s, "tiny")
+    tiny_base(s)
     make_dataset(s, "ds-sft")
     make_dataset(s, "ds-chat", fmt="messages")
     make_dataset(s, "ds-dpo", kind="dpo", fmt="prompt_completion")

@@ -49,7 +49,12 @@ def check_request(address: str | None, resources: dict[str, float] | None) -> li
     """What is wrong with a run's cluster arguments, before the cluster is asked."""
     if address is None:
         return ["resources_per_worker is for a cluster: give cluster too"] if resources else []
-    return check_address(address) + check_resources(resources)
+    problems = check_address(address) + check_resources(resources)
+    try:
+        import ray  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        problems.append(f"training on a cluster needs Ray on this machine: {INSTALL}")
+    return problems
 
 
 def check_method(cfg: TrainConfig, nodes: list[dict[str, Any]]) -> list[str]:
@@ -148,10 +153,6 @@ def _ask(
     est_memory_mb: float,
     notes: list[str],
 ) -> tuple[list[str], ClusterTarget | None]:
-    try:
-        import ray  # noqa: F401  (only whether it is installed)
-    except ImportError:
-        return [f"training on a cluster needs Ray on this machine: {INSTALL}"], None
     if not _answers(address):
         return [
             f"no Ray cluster answers at {address} (nothing accepted a connection within {ANSWER_S:.0f} s): "

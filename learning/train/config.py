@@ -91,6 +91,12 @@ class TrainConfig(BaseModel):
         default_factory=list,
         description="GRPO: an answer ends at the first of these strings (as served) before scoring.",
     )
+    vllm: str = Field(
+        default="auto",
+        pattern=r"^(auto|off|colocate|https?://[A-Za-z0-9.\-\[\]:]+)$",
+        description="GRPO: sample with vLLM: colocate (in each training process's GPU), a `trl vllm-serve` "
+        "server's URL (across nodes), off, or auto (colocate where CUDA and vLLM are installed).",
+    )
     compile_bonus: float = Field(
         default=0.0,
         ge=0,

@@ -246,7 +246,24 @@ def grpo_args(common: dict[str, Any], cfg: TrainConfig, reward_weights: list[flo
         "beta": cfg.kl_coef,
         "reward_weights": reward_weights,
         "log_completions": False,
+        **vllm_args(cfg.vllm),
     }
+
+
+def vllm_args(choice: str) -> dict[str, Any]:
+    """TRL's vLLM mode for sampling, the cost of a GRPO step: colocated on each process's GPU,
+    or a `trl vllm-serve` server; none on CPU, where the trainer's own generate samples."""
+    if choice == "auto":
+        import importlib.util
+
+        import torch
+
+        choice = "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
+    if choice == "off":
+        return {}
+    if choice == "colocate":
+        return {"use_vllm": True, "vllm_mode": "colocate"}
+    return {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": choice}
 
 
 def group_stats(log_history: list[dict[str, Any]], groups_per_step: int) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def missing_packages(cfg: TrainConfig) -> list[str]:
         problems.append(
             "attention=flash_attention_2 needs the flash-attn package (pip install flash-attn) and a CUDA GPU."
         )
+    if cfg.method == "grpo" and cfg.vllm == "colocate" and not _installed("vllm"):
+        problems.append("vllm=colocate needs the vllm package (pip install vllm) and a CUDA GPU.")
     return problems
 
 
