@@ -1,4 +1,4 @@
-"""The CLI commands that are not verbs: serve, gateway, init-base and jobs (demo: server/demo.py),
+"""The CLI commands that are not verbs: serve, gateway, dashboard, init-base and jobs (demo: server/demo.py),
 and following a job in the terminal. Agents reach the same through the MCP server itself, `job_status`,
 `wait_job`, `cancel_job` and `list_jobs`, and train_adapter (which builds the base on first use).
 """
@@ -184,6 +184,41 @@ def gateway(
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
+def dashboard(
+    home: HomeOpt = None,
+    host: Annotated[str, typer.Option(help="Bind address; loopback unless you say otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8767,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Token a browser opens the dashboard with once, as ?token= (else $LEARNLOOP_TOKEN, else "
+            "<home>/http_token); required off loopback."
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="Another host name browsers may use to reach it (repeatable).")
+    ] = None,
+) -> None:
+    """Run a read-only web dashboard of the loop: runs and rewards, adapters and their lineage, jobs, routing."""
+    import uvicorn
+
+    from server.dashboard.app import build_app
+    from server.transport import is_loopback, require_known_host, token_for
+
+    store = Store(home)
+    secret, source = token_for(store.home, host, token)
+    app: Any = require_known_host(build_app(store, secret), host, allow_host or [])
+    where = "this machine only" if is_loopback(host) and not source else f"open it once with ?token= from {source}"
+    err_console.print(f"learnloop dashboard on http://{host}:{port}/ ({where}).", highlight=False, soft_wrap=True)
+    if not is_loopback(host):
+        err_console.print(
+            f"WARNING: {host} is reachable from other machines: anyone who holds the token can read every run. "
+            "Keep the token secret.",
+            highlight=False,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 def jobs_cmd(
     job_id: Annotated[str | None, typer.Argument(help="A job id; without it, list recent jobs.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
@@ -246,6 +281,7 @@ def init_base(
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(gateway)
+    app.command()(dashboard)
     app.command("jobs")(jobs_cmd)
     app.command("init-base")(init_base)
     app.command("demo")(demo_cmd)

@@ -11,7 +11,9 @@ from server.cli import app
 from tests.conftest import run_cli
 
 runner = CliRunner()
-COMMANDS = sorted({v.command for v in VERBS if v.command} | {"serve", "gateway", "demo", "jobs", "init-base"})
+COMMANDS = sorted(
+    {v.command for v in VERBS if v.command} | {"serve", "gateway", "dashboard", "demo", "jobs", "init-base"}
+)
 
 
 def test_the_top_level_help_and_the_gateways_print():

@@ -81,6 +81,7 @@ def test_bad_cluster_requests_are_refused_before_any_job(cluster, store):
         (["--cluster", cluster.address, "--num-processes", "3"], "can place 2 worker"),
         (["--cluster", cluster.address, "--resources-per-worker", '{"CPU": 2}'], "can place 0 worker"),
         (["--cluster", cluster.address, "--resources-per-worker", '{"TPU": 1}'], "unknown resource TPU"),
+        (["--cluster", cluster.address, "--resources-per-worker", '{"CPU": 1, "memory": 1048576}'], "MB per worker"),
         (
             [
                 "--cluster",

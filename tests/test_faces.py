@@ -27,6 +27,7 @@ MCP_ONLY = {
 CLI_ONLY = {
     "serve": "starts the MCP server itself",
     "gateway": "starts the OpenAI-compatible gateway, a long-running server",
+    "dashboard": "a read-only web page for a person to look at, a long-running server",
     "demo": "a person's walk through the whole loop, minutes long, in the foreground",
     "init-base": "builds the embedded base in the foreground; train_adapter builds it on first use",
     "jobs": "one command for job_status, wait_job, cancel_job and list_jobs",

@@ -260,6 +260,11 @@ def job_status(
     if row["status"] in ACTIVE:
         reconcile(store)
         row = _known_job_row(store, job_id)
+    return status_of(row, log_lines)
+
+
+def status_of(row: sqlite3.Row, log_lines: int = 10) -> JobStatus:
+    """A jobs row as it is recorded, without reconciling (read-only readers such as the dashboard)."""
     end = row["finished"] or (time.time() if row["started"] else None)
     return JobStatus(
         job_id=row["id"],

@@ -1,0 +1,1 @@
+"""The read-only web dashboard (`learnloop dashboard`): server/dashboard/app.py."""

@@ -1,0 +1,151 @@
+"""`learnloop dashboard`: a read-only web view of the loop, server-rendered (Starlette, Jinja2
+with autoescape on, inline SVG charts). It serves only what ships in this folder; the jobs page's
+one small script polls /api/jobs/{id} to update running jobs in place."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from learning.errors import NotFound
+from learning.runs.record import get_run
+from learning.store import Store
+from server.dashboard import views
+from server.dashboard.guard import guarded
+
+HERE = Path(__file__).parent
+STATIC = {"dashboard.css": "text/css", "jobs.js": "text/javascript"}
+MAX_ID_DIGITS = 18  # a run id is a SQLite integer
+TEXT_FILTERS = ("role", "agent", "adapter_id")
+MAX_FILTER_CHARS = 200
+
+
+class BadRequest(Exception):
+    """A query the dashboard refuses, with what to change (answered 400)."""
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    env.filters["num"] = _num
+    env.filters["pretty"] = views.pretty
+    return env
+
+
+def run_filters(query: Any) -> tuple[dict[str, Any], int]:
+    """The /runs filters from the query string, checked: every problem named at once."""
+    problems, filters = [], {}
+    for name in TEXT_FILTERS:
+        value = query.get(name) or None
+        if value is not None and len(value) > MAX_FILTER_CHARS:
+            problems.append(f"{name} must be at most {MAX_FILTER_CHARS} characters.")
+        filters[name] = value
+    for name in ("min_reward", "max_reward"):
+        text = query.get(name) or ""
+        try:
+            value = float(text) if text else None
+        except ValueError:
+            value = math.nan
+        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+            problems.append(f"{name} must be a number in [0, 1], got {text[:40]!r}.")
+            value = None
+        filters[name] = value
+    low, high = filters["min_reward"], filters["max_reward"]
+    if low is not None and high is not None and low > high:
+        problems.append("min_reward must not be above max_reward.")
+    text = query.get("limit") or "50"
+    limit = int(text) if text.isdigit() and len(text) <= 4 else 0
+    if not 1 <= limit <= 500:
+        problems.append(f"limit must be a whole number from 1 to 500, got {text[:40]!r}.")
+    if problems:
+        raise BadRequest(" ".join(problems))
+    return filters, limit
+
+
+def _error_pages(page: Callable[..., HTMLResponse]) -> dict[Any, Any]:
+    """404 for an unknown page or id (JSON under /api/), 400 for a refused query."""
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(exc)}, 404)
+        return page("error.html", 404, title="Not found", message=str(exc))
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return page("error.html", 400, title="Bad request", message=str(exc))
+
+    async def no_page(request: Request, exc: Exception) -> Response:
+        return page("error.html", 404, title="Not found", message="No such page.")
+
+    return {NotFound: not_found, BadRequest: bad_request, 404: no_page}
+
+
+def build_app(store: Store, token: str | None = None) -> Any:
+    """The dashboard over one home's store; with a token, every request must carry it."""
+    env = _environment()
+    static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
+
+    def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = env.get_template(template).render(home=str(store.home), **context)
+        return HTMLResponse(html, status)
+
+    async def overview(request: Request) -> Response:
+        return page("overview.html", **views.overview(store))
+
+    async def runs(request: Request) -> Response:
+        filters, limit = run_filters(request.query_params)
+        return page("runs.html", **views.runs_page(store, filters, limit))
+
+    async def run(request: Request) -> Response:
+        text = request.path_params["run_id"]
+        if not (text.isdigit() and len(text) <= MAX_ID_DIGITS):
+            raise NotFound(f"No run {text[:80]!r}: a run id is a number.")
+        return page("run.html", run=get_run(store, int(text)))
+
+    async def adapters(request: Request) -> Response:
+        return page("adapters.html", roles=views.adapters_by_role(store))
+
+    async def adapter(request: Request) -> Response:
+        return page("adapter.html", **views.adapter_page(store, request.path_params["adapter_id"]))
+
+    async def jobs(request: Request) -> Response:
+        return page("jobs.html", **views.jobs_page(store))
+
+    async def job_api(request: Request) -> Response:
+        return JSONResponse(views.job_json(store, request.path_params["job_id"]))
+
+    async def routing(request: Request) -> Response:
+        return page("routing.html", **views.routing_page(store))
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in static:  # only the files named above, never a path
+            raise NotFound(f"No file {name[:80]!r}.")
+        return Response(static[name], media_type=STATIC[name])
+
+    routes = [
+        Route("/", overview),
+        Route("/runs", runs),
+        Route("/runs/{run_id}", run),
+        Route("/adapters", adapters),
+        Route("/adapters/{adapter_id}", adapter),
+        Route("/jobs", jobs),
+        Route("/api/jobs/{job_id}", job_api),
+        Route("/routing", routing),
+        Route("/static/{name}", asset),
+    ]
+    return guarded(Starlette(routes=routes, exception_handlers=_error_pages(page)), token)

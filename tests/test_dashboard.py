@@ -1,0 +1,185 @@
+"""`learnloop dashboard`: the pages show the store's own figures, filters are checked, unknown ids
+are 404, it is read-only (405, nothing written), hostile text renders as text, and off loopback
+it wants the token (bearer, or ?token= once then a cookie)."""
+
+from __future__ import annotations
+
+import html
+import re
+import statistics
+
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+
+from learning.runs.stats import run_stats
+from learning.store import Store
+from server.dashboard.app import build_app
+from server.dashboard.guard import COOKIE
+from tests.conftest import run_cli
+from tests.support.dashboard_home import (
+    CODER_REWARDS,
+    FIXER_REWARDS,
+    HOSTILE_AGENT,
+    HOSTILE_INSTRUCTION,
+    HOSTILE_OUTPUT,
+    build_home,
+)
+
+TOKEN = "dashboard-token-0123456789"
+PAGES = ["/", "/runs", "/adapters", "/jobs", "/routing"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dash")
+    return root, build_home(root)
+
+
+@pytest.fixture(scope="module")
+def client(home):
+    return TestClient(build_app(Store(home[0])))
+
+
+def _text(page: str) -> str:
+    """A page's visible text, tags dropped and entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_every_page_answers_and_the_overview_counts_match_the_store(client, home):
+    for path in PAGES:
+        answer = client.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert "default-src 'self'" in answer.headers["content-security-policy"]
+    stats = run_stats(Store(home[0]), group_by="role")
+    overview = client.get("/").text
+    assert f'<span class="big" id="total-runs">{stats.total_runs}</span>' in overview
+    assert stats.total_runs == 9
+
+
+def test_the_runs_page_shows_each_roles_count_and_mean_reward(client):
+    page = client.get("/runs").text
+    for role, runs, mean in (
+        ("coder", 6, statistics.mean(CODER_REWARDS)),
+        ("fixer", 2, statistics.mean(FIXER_REWARDS)),
+    ):
+        row = re.search(rf'<tr data-role="{role}">(.*?)</tr>', page, re.S)
+        assert row, role
+        assert f'<td class="runs">{runs}</td>' in row.group(1)
+        assert f'<td class="mean">{mean:.3f}</td>' in row.group(1)
+    assert page.count("<polyline") == 2  # coder and fixer have scored runs; the judge's run is pending
+    assert page.count('<tr class="run">') == 9
+
+
+def test_filters_narrow_the_runs_table(client):
+    def rows(query: str) -> list[str]:
+        page = client.get("/runs" + query)
+        assert page.status_code == 200, page.text
+        return re.findall(r'<td class="reward">([^<]*)</td>', page.text)
+
+    assert sorted(rows("?role=coder&min_reward=0.5")) == ["0.500", "0.700", "0.900", "1.000"]
+    assert sorted(rows("?role=coder&max_reward=0.4")) == ["0.200", "0.400"]
+    assert len(rows("?agent=alice")) == 3
+    assert sorted(rows("?adapter_id=coder-a1")) == ["0.500", "1.000"]
+    assert rows("?role=nobody") == []
+    assert len(rows("?limit=2")) == 2
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["min_reward=abc", "max_reward=1.5", "min_reward=-0.1", "min_reward=nan", "min_reward=0.9&max_reward=0.1",
+     "limit=0", "limit=x", "limit=100000", "role=" + "r" * 300],
+)  # fmt: skip
+def test_bad_filter_values_are_400_with_a_message(client, query):
+    answer = client.get("/runs?" + query)
+    assert answer.status_code == 400
+    assert "Bad request" in answer.text and re.search(r"must (be|not)", answer.text), answer.text
+
+
+def test_one_run_shows_its_whole_exchange_and_unknown_ids_are_404(client, home):
+    page = client.get("/runs/1")
+    assert page.status_code == 200 and "def f0(): return 0" in page.text
+    for bad in ["999999", "abc", "1e3", "-1", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "1%00", "9" * 40]:
+        assert client.get(f"/runs/{bad}").status_code == 404, bad
+    for bad in ["nope", "..%2Fcoder-a1", "%2e%2e", "coder-a1%00"]:
+        assert client.get(f"/adapters/{bad}").status_code == 404, bad
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert client.get("/static/..%2Fapp.py").status_code == 404
+    assert client.get("/static/app.py").status_code == 404
+    assert client.get("/nowhere").status_code == 404
+
+
+def test_hostile_text_renders_as_text_on_every_page(client, home):
+    hostile = home[1]
+    for path in [*PAGES, f"/runs/{hostile}", "/runs?role=judge", "/runs?agent=" + HOSTILE_AGENT]:
+        page = client.get(path).text
+        assert "<script>alert" not in page and "<img src=x" not in page, path
+        assert 'onmouseover="alert' not in page and '"onmouseover=alert' not in page, path
+    page = client.get(f"/runs/{hostile}").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert HOSTILE_OUTPUT in _text(page) and HOSTILE_AGENT in _text(page) and HOSTILE_INSTRUCTION in _text(page)
+    # A filter value echoed back into the form stays an attribute value.
+    form = client.get("/runs", params={"role": '"><script>alert(5)</script>'}).text
+    assert "<script>alert(5)" not in form and "&#34;&gt;&lt;script&gt;" in form
+
+
+def test_adapter_lineage_events_metrics_and_loss_curve(client):
+    page = client.get("/adapters/coder-a1").text
+    assert "gate passed" in page and "candidate" in page and "eval_loss" in page
+    assert page.count("<polyline") == 1  # the loss curve from metadata.json
+    assert "coder-a1" in client.get("/adapters").text and "candidate" in client.get("/adapters").text
+
+
+def test_jobs_page_and_the_json_it_polls(client):
+    page = client.get("/jobs").text
+    assert 'data-job="train-run1"' in page and "3/10" in page and '<script src="/static/jobs.js">' in page
+    assert "train-done" in page and page.count("<polyline") == 1  # the finished job's loss curve
+    api = client.get("/api/jobs/train-run1").json()
+    assert api["status"] == "running" and api["step"] == 3 and api["total_steps"] == 10 and api["loss"] == 1.5
+    assert client.get("/static/jobs.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_read_only_405_and_nothing_written(client, home):
+    store = Store(home[0])
+    with store.read() as conn:
+        before = list(conn.iterdump())
+    for path in [*PAGES, "/api/jobs/train-run1", "/runs/1"]:
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            answer = client.request(method, path)
+            assert answer.status_code == 405 and answer.headers["allow"] == "GET, HEAD", (method, path)
+        assert client.head(path).status_code == 200
+        client.get(path)
+    with store.read() as conn:
+        assert list(conn.iterdump()) == before  # the running job with a dead pid was not reconciled either
+
+
+def test_with_a_token_every_request_needs_it_and_a_browser_gets_a_cookie(home):
+    client = TestClient(build_app(Store(home[0]), TOKEN), follow_redirects=False)
+    assert client.get("/").status_code == 401
+    assert client.get("/?token=wrong-token-0123456789").status_code == 401
+    assert client.get("/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    answer = client.get(f"/runs?role=coder&token={TOKEN}")
+    assert answer.status_code == 303 and answer.headers["location"] == "/runs?role=coder"
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and TOKEN not in cookie
+    assert client.get("/runs?role=coder").status_code == 200  # the cookie the client kept
+    forged = TestClient(build_app(Store(home[0]), TOKEN), cookies={COOKIE: "forged"})
+    assert forged.get("/").status_code == 401
+
+
+def test_the_command_binds_loopback_and_wants_a_token_off_it(home, monkeypatch):
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    monkeypatch.delenv("LEARNLOOP_TOKEN", raising=False)
+    shown = run_cli("dashboard", home=home[0])
+    assert shown.returncode == 0 and started["host"] == "127.0.0.1", shown.stderr
+    assert TestClient(started["app"], base_url="http://127.0.0.1").get("/").status_code == 200
+    assert TestClient(started["app"], base_url="http://evil.example").get("/").status_code == 421
+    shown = run_cli("dashboard", "--host", "0.0.0.0", "--port", "9999", home=home[0])
+    assert shown.returncode == 0 and "WARNING" in shown.stderr and started["port"] == 9999
+    assert TestClient(started["app"], base_url="http://127.0.0.1").get("/").status_code == 401
+    token = (home[0] / "http_token").read_text().strip()
+    answer = TestClient(started["app"], base_url="http://127.0.0.1").get(
+        "/", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 200
