@@ -12,6 +12,7 @@ process left with the cluster's temp dirs in its command line is killed at the e
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +30,15 @@ CLIENT_PORT = 10001
 # (port 0) unless it is given: the client's per-session server then fails to start.
 RUNTIME_ENV_AGENT_PORT = 6402
 OBJECT_STORE_BYTES = 150 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _ends_with_the_tests(sig: int = signal.SIGTERM) -> None:
+    """In a child (after fork, kept across exec): `sig` when the test process dies, however it
+    dies, so that `ray start --block` takes its node down instead of outliving it."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def unavailable() -> str | None:
@@ -72,6 +82,7 @@ class LoopbackCluster:
             ["unshare", "--net", "--fork", "--kill-child", "sleep", "infinity"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: _ends_with_the_tests(signal.SIGKILL),  # unshare ignores SIGTERM
         )
         time.sleep(0.2)
         subprocess.run(self.inside(["ip", "link", "set", "lo", "up"]), check=True)
@@ -98,8 +109,11 @@ class LoopbackCluster:
     def _node(self, argv: list[str], name: str) -> None:
         (self.root / name).mkdir(parents=True, exist_ok=True)
         log = (self.root / f"{name}.log").open("ab")
-        env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-        self.nodes.append(subprocess.Popen(self.inside(argv), stdout=log, stderr=log, start_new_session=True, env=env))
+        self.nodes.append(
+            subprocess.Popen(
+                self.inside(argv), stdout=log, stderr=log, start_new_session=True, preexec_fn=_ends_with_the_tests
+            )
+        )
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         probe = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
