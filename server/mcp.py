@@ -261,6 +261,17 @@ def build_server(home: str | None = None) -> MCPServer:
     return server
 
 
+def _with_dashboard(app: Any, home: str | None, host: str, secret: str | None, allow_hosts: list[str]) -> Any:
+    """The read-only dashboard under /ui, with its own door: the same token (a browser's cookie
+    derived from it) and the same Host/Origin checks."""
+    from server.dashboard.app import beside
+    from server.dashboard.app import build_app as build_dashboard
+    from server.transport import require_known_host
+
+    dashboard = require_known_host(build_dashboard(Store(home), secret, base="/ui"), host, allow_hosts)
+    return beside(app, dashboard, "/ui")
+
+
 def serve(
     home: str | None = None,
     transport: str = "stdio",
@@ -285,5 +296,6 @@ def serve(
     )
     if secret is not None:
         app = require_token(app, secret)
+    app = _with_dashboard(app, home, host, secret, allow_hosts or [])
     print(exposure_warning(host, port, source), file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()

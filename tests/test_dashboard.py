@@ -167,6 +167,23 @@ def test_with_a_token_every_request_needs_it_and_a_browser_gets_a_cookie(home):
     assert forged.get("/").status_code == 401
 
 
+def test_beside_another_app_under_ui_the_links_redirects_and_api_keep_the_base(home):
+    from starlette.responses import PlainTextResponse
+
+    from server.dashboard.app import beside
+
+    other = PlainTextResponse("the other app")
+    client = TestClient(beside(other, build_app(Store(home[0]), TOKEN, base="/ui")), follow_redirects=False)
+    assert client.get("/mcp").text == "the other app" and client.get("/uix").text == "the other app"
+    assert client.get("/ui/runs").status_code == 401
+    answer = client.get(f"/ui/runs?token={TOKEN}")
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/runs"
+    page = client.get("/ui/runs")
+    assert page.status_code == 200 and 'href="/ui/runs/' in page.text and 'href="/runs' not in page.text
+    assert 'data-base="/ui"' in page.text
+    assert client.get("/ui/api/jobs/nope").json()["error"]  # a JSON 404 under the base too
+
+
 def test_the_command_binds_loopback_and_wants_a_token_off_it(home, monkeypatch):
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))

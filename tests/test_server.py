@@ -141,6 +141,13 @@ def test_streamable_http_transport(home):
                 assert result.structured_content["run_id"] == 1
 
         anyio.run(main)
+        # The dashboard beside the tools, under /ui, its links made under /ui too.
+        import httpx
+
+        page = httpx.get(f"http://127.0.0.1:{port}/ui/runs", timeout=10)
+        assert page.status_code == 200 and 'href="/ui/runs/1"' in page.text and 'href="/runs' not in page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/ui/static/dashboard.css", timeout=10).status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/ui/runs", timeout=10).status_code == 405
     finally:
         proc.terminate()
         proc.wait(timeout=10)

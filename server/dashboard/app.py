@@ -81,7 +81,7 @@ def _error_pages(page: Callable[..., HTMLResponse]) -> dict[Any, Any]:
     """404 for an unknown page or id (JSON under /api/), 400 for a refused query."""
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        if request.url.path.startswith("/api/"):
+        if request.scope["path"].removeprefix(request.scope.get("root_path", "")).startswith("/api/"):
             return JSONResponse({"error": str(exc)}, 404)
         return page("error.html", 404, title="Not found", message=str(exc))
 
@@ -94,13 +94,14 @@ def _error_pages(page: Callable[..., HTMLResponse]) -> dict[Any, Any]:
     return {NotFound: not_found, BadRequest: bad_request, 404: no_page}
 
 
-def build_app(store: Store, token: str | None = None) -> Any:
-    """The dashboard over one home's store; with a token, every request must carry it."""
+def build_app(store: Store, token: str | None = None, base: str = "") -> Any:
+    """The dashboard over one home's store; with a token, every request must carry it. `base`:
+    the path it is served under (links are made with it), e.g. "/ui" beside the MCP server."""
     env = _environment()
     static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = env.get_template(template).render(home=str(store.home), **context)
+        html = env.get_template(template).render(home=str(store.home), base=base, **context)
         return HTMLResponse(html, status)
 
     async def overview(request: Request) -> Response:
@@ -149,3 +150,17 @@ def build_app(store: Store, token: str | None = None) -> Any:
         Route("/static/{name}", asset),
     ]
     return guarded(Starlette(routes=routes, exception_handlers=_error_pages(page)), token)
+
+
+def beside(app: Any, dashboard: Any, base: str = "/ui") -> Any:
+    """One ASGI app: `dashboard` (built with this base) under `base`, `app` everywhere else.
+    The path stays whole and root_path names the base, as ASGI mounts do."""
+
+    async def route(scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == base or path.startswith(base + "/")):
+            await dashboard({**scope, "root_path": scope.get("root_path", "") + base}, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return route

@@ -1,6 +1,7 @@
 // Update queued and running jobs in place every 2 s from /api/jobs/<id>; reload once one ends.
 "use strict";
 (function () {
+  const base = document.body.dataset.base || "";  // "/ui" when served beside the MCP server
   const rows = Array.from(document.querySelectorAll("tr[data-job]"));
   if (!rows.length) return;
   const show = (row, field, text) => {
@@ -10,7 +11,7 @@
   const num = (v, digits) => (typeof v === "number" ? v.toFixed(digits) : "–");
   async function poll() {
     for (const row of rows) {
-      const answer = await fetch("/api/jobs/" + encodeURIComponent(row.dataset.job), { credentials: "same-origin" });
+      const answer = await fetch(base + "/api/jobs/" + encodeURIComponent(row.dataset.job), { credentials: "same-origin" });
       if (!answer.ok) continue;
       const job = await answer.json();
       if (job.status !== "queued" && job.status !== "running") { location.reload(); return; }
