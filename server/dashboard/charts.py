@@ -53,7 +53,8 @@ def line_chart(
     ]
     for y in (y0, (y0 + y1) / 2, y1):
         out.append(f'<text x="{LEFT - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{escape(number(y))}</text>')
-    for x, anchor in ((min(xs), "start"), (max(xs), "end")):
+    ends = ((min(xs), "start"), (max(xs), "end")) if min(xs) != max(xs) else ((min(xs), "middle"),)
+    for x, anchor in ends:
         out.append(f'<text x="{sx(x):.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{escape(x_text(x))}</text>')
     for i, (name, pts) in enumerate(clean.items()):
         color = COLORS[i % len(COLORS)]
