@@ -163,7 +163,7 @@ def test_sft_on_two_workers_matches_one_process(cluster, store):
     assert len(ray_curve) == len(ddp_curve) == 6
     assert all(abs(r - d) <= 1e-3 for r, d in zip(ray_curve, ddp_curve)), (ray_curve, ddp_curve)
     # One process sees the same 4 rows a step in another order (each worker samples its half):
-    # the first step's loss within 15%, the curve's sum within 10% (measured: under 2% and 3%).
+    # the first step's loss within 15%, the curve's sum within 10%.
     local_curve = loss_curve(store, "coder-local")
     assert abs(ray_curve[0] - local_curve[0]) / local_curve[0] < 0.15
     assert abs(sum(ray_curve) - sum(local_curve)) / sum(local_curve) < 0.10
