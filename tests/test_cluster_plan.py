@@ -58,3 +58,21 @@ def test_without_ray_asking_for_a_cluster_says_what_to_install(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "needs Ray on this machine: pip install 'learnloop[cluster]'" in out.stderr
+
+
+def test_files_a_worker_sends_back_land_only_in_their_folder(tmp_path):
+    pytest.importorskip("ray")
+    from learning.train.on_ray import _store_checkpoint, write_folder
+
+    home = tmp_path / "adapter"
+    write_folder({"adapter_model.safetensors": b"w", "sub/x.json": b"{}"}, home)
+    assert (home / "sub" / "x.json").read_bytes() == b"{}"
+    for name in ("../outside", "/etc/evil", "sub/../../outside"):
+        with pytest.raises(ValueError, match="outside"):
+            write_folder({name: b"x"}, home)
+    for name in ("../checkpoint-1", "checkpoint-1/../../x", "evil"):
+        with pytest.raises(ValueError, match="checkpoint named"):
+            _store_checkpoint(home / "checkpoints", name, {"trainer_state.json": b"{}"})
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "x").exists()
+    _store_checkpoint(home / "checkpoints", "checkpoint-2", {"trainer_state.json": b"{}"})
+    assert (home / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()

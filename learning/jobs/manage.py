@@ -185,8 +185,8 @@ def kill_leftovers(job_id: str) -> list[int]:
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` (SIGKILL) to this process when its parent dies (Linux; elsewhere a no-op).
 
     For a process started by another: a launcher started by a job's process, workers started
     by the launcher. Nothing else would stop them when their parent is SIGKILLed: the workers
@@ -194,7 +194,7 @@ def die_with_parent() -> None:
     a preexec_fn (after fork, before exec): the setting survives exec.
     """
     if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def _load_prctl():

@@ -28,6 +28,7 @@ ENV = "LEARNLOOP_CLUSTER"  # the default cluster when train_adapter names none
 INSTALL = "pip install 'learnloop[cluster]'"
 ANSWER_S = 5.0  # a head that does not accept a connection in this long does not answer
 PROBE_S = 90.0
+REFUSED = "Cannot train on the cluster:"
 _ADDRESS = re.compile(r"^(ray://)?([A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:]+\]):(\d{1,5})$")
 
 
@@ -130,6 +131,22 @@ def placeable(nodes: list[dict[str, Any]], need: dict[str, float]) -> int:
     return total
 
 
+def _reach(address: str) -> dict[str, Any]:
+    """What the cluster at `address` has; refused when it does not answer."""
+    try:
+        if _answers(address):
+            return probe(address)
+        problem = (
+            f"no Ray cluster answers at {address} (nothing accepted a connection within {ANSWER_S:.0f} s): "
+            "start one (ray start --head) or check the address and that its port is reachable"
+        )
+    except subprocess.TimeoutExpired:
+        problem = f"the Ray cluster at {address} did not answer within {PROBE_S:.0f} s"
+    except InvalidInput as exc:
+        problem = str(exc)
+    raise InvalidInput(f"{REFUSED} {problem}", [problem])
+
+
 def plan_cluster(
     address: str,
     cfg: TrainConfig,
@@ -139,31 +156,7 @@ def plan_cluster(
     notes: list[str],
 ) -> ClusterTarget:
     """The target, once the cluster says it can run `workers` workers; every problem refused at once."""
-    problems, target = _ask(address, cfg, workers, resources, est_memory_mb, notes)
-    check(problems, "Cannot train on the cluster:")
-    assert target is not None  # else there were problems
-    return target
-
-
-def _ask(
-    address: str,
-    cfg: TrainConfig,
-    workers: int,
-    resources: dict[str, float] | None,
-    est_memory_mb: float,
-    notes: list[str],
-) -> tuple[list[str], ClusterTarget | None]:
-    if not _answers(address):
-        return [
-            f"no Ray cluster answers at {address} (nothing accepted a connection within {ANSWER_S:.0f} s): "
-            "start one (ray start --head) or check the address and that its port is reachable"
-        ], None
-    try:
-        found = probe(address)
-    except subprocess.TimeoutExpired:
-        return [f"the Ray cluster at {address} did not answer within {PROBE_S:.0f} s"], None
-    except InvalidInput as exc:
-        return [str(exc)], None
+    found = _reach(address)
     nodes = found["nodes"]
     gpus = sum(n["resources"].get("GPU", 0) for n in nodes)
     need = dict(resources or ({"GPU": 1.0} if gpus else {"CPU": 1.0}))
@@ -197,4 +190,5 @@ def _ask(
         f"cluster {address}: {len(nodes)} node(s), ray {found['ray']}; {workers} worker(s) with {need}, "
         f"{'GPU' if need.get('GPU') else 'CPU'} (gloo on CPU, nccl on GPU)"
     )
-    return problems, ClusterTarget(address=address, resources_per_worker=need, use_gpu=bool(need.get("GPU")))
+    check(problems, REFUSED)
+    return ClusterTarget(address=address, resources_per_worker=need, use_gpu=bool(need.get("GPU")))

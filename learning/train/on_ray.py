@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -177,6 +178,8 @@ def _failure_message(job: TrainJob, error: BaseException, ckpt_dir: Path) -> str
 
 def _store_checkpoint(ckpt_dir: Path, name: str, files: Files) -> None:
     """Write a checkpoint whole, then keep the newest few, as the trainer does locally."""
+    if not re.fullmatch(r"checkpoint-\d{1,9}", name):  # a name from a worker: never a path
+        raise ValueError(f"a worker sent a checkpoint named {name[:80]!r}")
     partial = ckpt_dir / f".incoming-{name}"
     shutil.rmtree(partial, ignore_errors=True)
     write_folder(files, partial)

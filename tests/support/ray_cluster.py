@@ -12,7 +12,6 @@ process left with the cluster's temp dirs in its command line is killed at the e
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -24,21 +23,20 @@ from pathlib import Path
 
 import psutil
 
+from learning.jobs.manage import die_with_parent
+
 GCS_PORT = 6379
 CLIENT_PORT = 10001
 # Ray 2.60's head hands its Ray Client server the runtime-env agent's port before it is chosen
 # (port 0) unless it is given: the client's per-session server then fails to start.
 RUNTIME_ENV_AGENT_PORT = 6402
 OBJECT_STORE_BYTES = 150 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-def _ends_with_the_tests(sig: int = signal.SIGTERM) -> None:
-    """In a child (after fork, kept across exec): `sig` when the test process dies, however it
-    dies, so that `ray start --block` takes its node down instead of outliving it."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+def _ends_with_the_tests_gently() -> None:
+    """SIGTERM to a node's `ray start` when the test process dies, however it dies: `ray start
+    --block` then takes its node down instead of outliving it."""
+    die_with_parent(signal.SIGTERM)
 
 
 def unavailable() -> str | None:
@@ -82,7 +80,7 @@ class LoopbackCluster:
             ["unshare", "--net", "--fork", "--kill-child", "sleep", "infinity"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: _ends_with_the_tests(signal.SIGKILL),  # unshare ignores SIGTERM
+            preexec_fn=die_with_parent,  # SIGKILL: unshare ignores SIGTERM
         )
         time.sleep(0.2)
         subprocess.run(self.inside(["ip", "link", "set", "lo", "up"]), check=True)
@@ -111,7 +109,11 @@ class LoopbackCluster:
         log = (self.root / f"{name}.log").open("ab")
         self.nodes.append(
             subprocess.Popen(
-                self.inside(argv), stdout=log, stderr=log, start_new_session=True, preexec_fn=_ends_with_the_tests
+                self.inside(argv),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_ends_with_the_tests_gently,
             )
         )
 
