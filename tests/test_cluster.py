@@ -61,7 +61,7 @@ def train(cluster: LoopbackCluster, store: Store, *args: str, wait: bool = True,
     """`learnloop train ... --json` inside the cluster's namespace; its JSON answer."""
     argv = [*LEARNLOOP, "train", "--role", "coder", "--base", BASE, "--json", "--wait" if wait else "--no-wait", *args]
     out = cluster.run(argv, timeout=timeout, env=subprocess_env(store.home))
-    assert out.stdout.strip(), out.stderr[-3000:]
+    assert out.stdout.strip(), out.stderr[-3000:] + cluster.client_server_logs()
     return json.loads(out.stdout), out
 
 

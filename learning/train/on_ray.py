@@ -31,6 +31,7 @@ from learning.train.checkpoints import newest_intact
 from learning.train.cluster import ClusterTarget
 from learning.train.distributed import cancel_message
 from learning.train.job import BaseRef, TrainJob
+from learning.train.ray_probe import connect
 
 POLL_S = 0.5
 KEEP_CHECKPOINTS = 2  # as the trainer keeps them locally (save_total_limit)
@@ -106,7 +107,7 @@ def run_on_ray(ctx: JobContext, job: TrainJob, target: ClusterTarget, base_path:
 
     started = time.time()
     ctx.progress(force=True, stage="launching", message=f"{job.num_processes} Ray Train workers at {target.address}")
-    ray.init(address=target.address, logging_level=logging.WARNING, log_to_driver=True)
+    connect(target.address, logging_level=logging.WARNING, log_to_driver=True)
     out = Path(job.adapter_dir)
     for stale in ("cancelled.json", "result.json"):
         (out / stale).unlink(missing_ok=True)

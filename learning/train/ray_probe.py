@@ -24,11 +24,34 @@ def node_facts() -> dict:
     return {"learnloop": version, "bwrap": shutil.which("bwrap") is not None}
 
 
+# Ray Client's head starts a server process for each connection; on a busy head that start can
+# fail once ("Starting Ray client server failed") and succeed on the next connection.
+CONNECT_TRIES = 3
+
+
+def connect(address: str, logging_level: int = logging.ERROR, log_to_driver: bool = False) -> None:
+    """`ray.init` on `address`, again after a failed start of Ray Client's server."""
+    import time
+
+    import ray
+
+    for attempt in range(1, CONNECT_TRIES + 1):
+        try:
+            ray.init(address=address, logging_level=logging_level, log_to_driver=log_to_driver)
+            return
+        except (ConnectionError, RuntimeError) as e:
+            if attempt == CONNECT_TRIES or not address.startswith("ray://"):
+                raise
+            print(f"connecting to {address} failed ({e}); trying again", file=sys.stderr)
+            ray.shutdown()
+            time.sleep(2 * attempt)
+
+
 def main(address: str) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    connect(address)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     facts = ray.remote(num_cpus=0)(node_facts)
     asked = [

@@ -128,6 +128,11 @@ class LoopbackCluster:
         logs = "\n".join((self.root / f"node{i}.log").read_text()[-1500:] for i in range(len(self.nodes)))
         raise RuntimeError(f"the loopback Ray cluster did not reach {count} nodes in {timeout} s:\n{logs}")
 
+    def client_server_logs(self) -> str:
+        """The tails of the head's Ray Client server logs, for a failure's message."""
+        logs = sorted((self.root / "node0").glob("session_*/logs/ray_client_server*.err"))
+        return "\n".join(f"== {log.name}\n{log.read_text(errors='replace')[-1500:]}" for log in logs)
+
     def leftovers(self) -> list[psutil.Process]:
         """Processes whose command line names this cluster's temp dirs (every Ray process of it)."""
         mark, found = str(self.root), []
