@@ -2,8 +2,9 @@
 
     python bench/dashboard.py [--runs 100000] [--adapters 50] [--loads 20]
 
-Builds a home with that many runs (four roles, 30 days, some pending, some on adapters), that
-many adapters (each with a loss curve, some promoted) and a few jobs. Then:
+Builds a home with that many runs (four roles, the 30 days up to now, some pending, some on
+adapters, every other one recorded by the gateway: meta.gateway with its latency, tokens and
+finish reason), that many adapters (each with a loss curve, some promoted) and a few jobs. Then:
 
 - starts `learnloop dashboard` and, as the baseline, `learnloop serve --transport http`, each in
   its own process, and reports the time from start to the first answer;
@@ -44,6 +45,21 @@ from learning.store import Store, dumps  # noqa: E402
 from tests.conftest import LEARNLOOP, subprocess_env  # noqa: E402
 
 ROLES = ("coder", "fixer", "judge", "planner")
+FINISHES = ("stop",) * 90 + ("length",) * 6 + ("error", "error", "aborted", "aborted")
+
+
+def gateway_meta(i: int, rng: random.Random, adapter_id: str | None) -> dict:
+    """meta.gateway as the gateway records it (learning/gateway/recording.py)."""
+    gateway = {
+        "backend": "vllm at http://127.0.0.1:8000",
+        "route": "role" if adapter_id else "base",
+        "stream": i % 3 == 0,
+        "latency_ms": round(rng.lognormvariate(5.5, 0.5), 1),
+        "prompt_tokens": 40 + i % 400,
+        "completion_tokens": 10 + i % 200,
+        "finish_reason": rng.choice(FINISHES),
+    }
+    return {"gateway": gateway}
 
 
 def fill(home: Path, runs: int, adapters: int) -> None:
@@ -61,20 +77,22 @@ def fill(home: Path, runs: int, adapters: int) -> None:
     for adapter_id in ids[: len(ROLES)]:
         registry.move(store, adapter_id, "candidate", "bench", "gate passed")
         registry.move(store, adapter_id, "production", "bench", "promoted", force=True)
-    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    start = datetime.now(timezone.utc) - timedelta(seconds=runs * 26)  # the last run now: /traffic has traffic
     for first in range(0, runs, 5000):
         batch = []
         for i in range(first, min(runs, first + 5000)):
             role = ROLES[i % len(ROLES)]
+            adapter_id = ids[i % len(ids)] if ids and i % 3 == 0 else None
             batch.append(
                 {
                     "role": role,
                     "instruction": f"task {i}: write a function",
                     "output": f"def f_{i}(x):\n    return x + {i % 97}\n",
                     "reward": None if i % 50 == 0 else round(rng.random(), 3),
-                    "agent": f"agent-{i % 7}",
-                    "adapter_id": ids[i % len(ids)] if ids and i % 3 == 0 else None,
+                    "agent": "gateway" if i % 2 else f"agent-{i % 7}",
+                    "adapter_id": adapter_id,
                     "time": start + timedelta(seconds=i * 26),
+                    "meta": gateway_meta(i, rng, adapter_id) if i % 2 else {},
                 }
             )
         log_runs(store, batch)
@@ -168,7 +186,7 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             one_run = f"/runs/{max(1, args.runs // 2)}"
             pages = ["/", "/runs", "/runs?role=coder&min_reward=0.5", one_run, "/adapters", "/adapters/coder-000"]
-            pages += ["/jobs", "/api/jobs/train-bench0", "/routing"]
+            pages += ["/jobs", "/api/jobs/train-bench0", "/routing", "/traffic", "/traffic?hours=720"]
             css, _ = loads(base + "/static/dashboard.css", args.loads)
             print(f"\n| page | p50 ms | p95 ms | vs static CSS ({css:.1f} ms) |\n|---|---|---|---|")
             for page in pages:

@@ -12,22 +12,27 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
+from learning.evaluate.gate import paired_comparison
+from learning.jobs.queries import insert_job
 from learning.runs.stats import run_stats
-from learning.store import Store
+from learning.store import Store, dumps
 from server.dashboard.app import build_app
 from server.dashboard.guard import COOKIE
 from tests.conftest import run_cli
 from tests.support.dashboard_home import (
+    ADAPTER_PASSES,
+    BASE_PASSES,
     CODER_REWARDS,
     FIXER_REWARDS,
     HOSTILE_AGENT,
     HOSTILE_INSTRUCTION,
     HOSTILE_OUTPUT,
+    RUNNING_PROGRESS,
     build_home,
 )
 
 TOKEN = "dashboard-token-0123456789"
-PAGES = ["/", "/runs", "/adapters", "/jobs", "/routing"]
+PAGES = ["/", "/runs", "/adapters", "/jobs", "/routing", "/traffic"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +44,13 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(home):
     return TestClient(build_app(Store(home[0])))
+
+
+def _part(pattern: str, page: str) -> str:
+    """The first group of pattern's first match in page (the test fails without one)."""
+    found = re.search(pattern, page, re.S)
+    assert found, pattern
+    return found.group(1)
 
 
 def _text(page: str) -> str:
@@ -130,13 +142,56 @@ def test_adapter_lineage_events_metrics_and_loss_curve(client):
     assert "coder-a1" in client.get("/adapters").text and "candidate" in client.get("/adapters").text
 
 
+def test_the_gate_evidence_shows_the_paired_comparison_and_each_task(client):
+    page = client.get("/adapters/coder-a1").text
+    expected = paired_comparison(ADAPTER_PASSES, BASE_PASSES, 0.95, 0.1)  # what the gate computed
+    paired = " ".join(re.sub(r"<[^>]+>", "", _part(r'<p id="paired">(.*?)</p>', page)).split())
+    assert f"On {len(ADAPTER_PASSES)} tested tasks" in paired
+    assert f"adapter passed {sum(ADAPTER_PASSES)}" in paired and f"base passed {sum(BASE_PASSES)}" in paired
+    low, high = expected["interval"]
+    assert f"[{low:.3f}, {high:.3f}]" in paired and f"difference {expected['difference']:.3f}" in paired
+    assert f"p = {expected['mcnemar']['p_value']:.3f}" in paired
+    assert '<p id="gate-verdict" class="status-production">passed</p>' in page
+    assert re.findall(r'<tr class="condition"><td>(\w+)</td><td>(yes|no)</td>', page) == [
+        ("eval_loss_below_base", "yes"),
+        ("tests_not_worse_than_base", "yes"),
+        ("pass_rate_not_below_base", "yes"),
+    ]
+    outcomes = re.findall(r'<tr class="task" data-outcome="([^"]+)">', page)
+    pairs = list(zip(ADAPTER_PASSES, BASE_PASSES))
+    assert outcomes.count("adapter only") == sum(a and not b for a, b in pairs) == 9
+    assert outcomes.count("base only") == sum(b and not a for a, b in pairs) == 1
+    assert outcomes.count("both fail") == sum(not a and not b for a, b in pairs) == 1
+    assert 'class="chart interval"' in page
+    assert HOSTILE_OUTPUT not in page and html.escape(HOSTILE_OUTPUT) in page  # a monitor reason, as text
+
+
 def test_jobs_page_and_the_json_it_polls(client):
     page = client.get("/jobs").text
     assert 'data-job="train-run1"' in page and "3/10" in page and '<script src="/static/jobs.js">' in page
-    assert "train-done" in page and page.count("<polyline") == 1  # the finished job's loss curve
+    finished = page[page.index("<h2>Finished</h2>") :]
+    assert "train-done" in finished and finished.count("<polyline") == 1  # the finished job's loss curve
+    live = _part(r'<tr class="job-curves" data-curves="train-run1">(.*?)</tr>', page)
+    assert 'data-curve="loss_curve"' in live and 'data-curve="reward_curve"' in live  # drawn by jobs.js
+    row = _part(r'<tr class="job" data-job="train-run1">(.*?)</tr>', page)
+    for field, text in (("steps_per_s", "0.25"), ("reward", "0.625"), ("dropped_share", "0.25"), ("eta_s", "42")):
+        assert f'data-field="{field}">{text}</td>' in row, field
     api = client.get("/api/jobs/train-run1").json()
-    assert api["status"] == "running" and api["step"] == 3 and api["total_steps"] == 10 and api["loss"] == 1.5
+    assert {k: api[k] for k in RUNNING_PROGRESS} == RUNNING_PROGRESS | {
+        "loss_curve": [[1.0, 2.0], [2.0, 1.75], [3.0, 1.5]],
+        "reward_curve": [[1.0, 0.25], [2.0, 0.5], [3.0, 0.625]],
+    }
+    assert api["status"] == "running"
     assert client.get("/static/jobs.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_a_curve_keeps_only_finite_number_pairs(tmp_path):
+    store = Store(tmp_path)
+    junk = [[1, 2.0], ["<b>", 1], [2, float("nan")], [3], [4, 0.5, 9], {"x": 1}, [True, 1], [5, 0.25]]
+    job = dict(kind="train", target="x:y", params="{}", subject=None, status="running", created=0.0)
+    insert_job(store, job | dict(id="train-junk", progress=dumps({"loss_curve": junk}), log_path=str(tmp_path / "l")))
+    api = TestClient(build_app(store)).get("/api/jobs/train-junk").json()
+    assert api["loss_curve"] == [[1.0, 2.0], [5.0, 0.25]] and api["reward_curve"] == []
 
 
 def test_read_only_405_and_nothing_written(client, home):

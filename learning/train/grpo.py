@@ -37,7 +37,7 @@ from learning.sandbox.execute import run_many
 from learning.sandbox.monitor import suspicious
 from learning.train.config import TrainConfig
 from learning.train.job import TrainJob
-from learning.train.progress import trainer_callback_base
+from learning.train.progress import Curve, trainer_callback_base
 
 SAMPLE_AGENT = "learnloop-grpo"  # the agent of the runs a GRPO job logs (log_samples)
 TEST_TIMEOUT_S = 2.0  # per answer, as the evaluation gate runs them
@@ -312,6 +312,7 @@ class GroupCallback(trainer_callback_base()):
         self.no_signal = False
         self._t0 = time.time()
         self._counted = (0, 0)  # (scored, flagged) at the previous log
+        self.reward_curve = Curve()
 
     def on_step_begin(self, args, state, control, **kw):
         self.reward.step = state.global_step + 1
@@ -326,6 +327,7 @@ class GroupCallback(trainer_callback_base()):
             elapsed = max(1e-9, time.time() - self._t0)
             self.ctx.progress(
                 reward=round(float(logs.get("reward", 0.0)), 4),
+                reward_curve=self.reward_curve.add(state.global_step, round(float(logs.get("reward", 0.0)), 4)),
                 reward_std=round(float(logs.get("reward_std", 0.0)), 4),
                 **reward_parts(logs),
                 dropped_share=round(float(logs["frac_reward_zero_std"]), 4),

@@ -7,6 +7,26 @@ import time
 
 from learning.jobs.manage import JobContext
 
+CURVE_POINTS = 200  # a curve in the job's progress keeps at most this many points
+
+
+class Curve:
+    """A value by step for the job's progress (the dashboard draws it while the job runs): every
+    `every`-th point is kept, and past CURVE_POINTS every other one goes and `every` doubles, so the
+    curve keeps its whole span at an even density."""
+
+    def __init__(self) -> None:
+        self.points: list[list[float]] = []
+        self.every, self.seen = 1, 0
+
+    def add(self, step: int, value: float) -> list[list[float]]:
+        if self.seen % self.every == 0:
+            self.points.append([step, value])
+            if len(self.points) > CURVE_POINTS:
+                self.points, self.every = self.points[::2], self.every * 2
+        self.seen += 1
+        return self.points
+
 
 def trainer_callback_base():
     """transformers' TrainerCallback, imported when a callback class is defined (in the job process)."""
@@ -16,7 +36,8 @@ def trainer_callback_base():
 
 
 class ProgressCallback(trainer_callback_base()):
-    """Writes step, total_steps, loss, tokens_per_s and eta_s to the job row; stops on cancel.
+    """Writes step, total_steps, loss (and its curve), steps_per_s, tokens_per_s and eta_s to the
+    job row; stops on cancel.
 
     On a cancel request the trainer saves a checkpoint at the current step and stops; every
     process of a distributed run learns of it at the same step (broadcast from rank 0).
@@ -30,6 +51,7 @@ class ProgressCallback(trainer_callback_base()):
         self._tokens0: int | None = None
         self._step0: int | None = None
         self._loss: float | None = None
+        self.loss_curve = Curve()
 
     def on_train_begin(self, args, state, control, **kw):
         self._t0, self._tokens0, self._step0 = time.time(), state.num_input_tokens_seen or 0, state.global_step
@@ -39,6 +61,7 @@ class ProgressCallback(trainer_callback_base()):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
             self._loss = round(float(logs["loss"]), 5)
+            self.loss_curve.add(state.global_step, self._loss)
 
     def on_step_end(self, args, state, control, **kw):
         assert self._t0 is not None and self._tokens0 is not None and self._step0 is not None  # on_train_begin
@@ -52,6 +75,8 @@ class ProgressCallback(trainer_callback_base()):
                 step=state.global_step,
                 total_steps=state.max_steps,
                 loss=self._loss,
+                loss_curve=self.loss_curve.points,
+                steps_per_s=round(done / elapsed, 3),
                 tokens_per_s=self.tokens_per_s,
                 eta_s=round(eta, 1) if eta is not None else None,
                 tokens_seen=int(state.num_input_tokens_seen or 0),

@@ -18,18 +18,13 @@ from starlette.routing import Route
 from learning.errors import NotFound
 from learning.runs.record import get_run
 from learning.store import Store
-from server.dashboard import views
+from server.dashboard import routing_view, traffic_view, views
 from server.dashboard.guard import guarded
+from server.dashboard.queries import BadRequest, run_filters, window_hours
 
 HERE = Path(__file__).parent
 STATIC = {"dashboard.css": "text/css", "jobs.js": "text/javascript"}
 MAX_ID_DIGITS = 18  # a run id is a SQLite integer
-TEXT_FILTERS = ("role", "agent", "adapter_id")
-MAX_FILTER_CHARS = 200
-
-
-class BadRequest(Exception):
-    """A query the dashboard refuses, with what to change (answered 400)."""
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -45,36 +40,6 @@ def _environment() -> Environment:
     env.filters["num"] = _num
     env.filters["pretty"] = views.pretty
     return env
-
-
-def run_filters(query: Any) -> tuple[dict[str, Any], int]:
-    """The /runs filters from the query string, checked: every problem named at once."""
-    problems, filters = [], {}
-    for name in TEXT_FILTERS:
-        value = query.get(name) or None
-        if value is not None and len(value) > MAX_FILTER_CHARS:
-            problems.append(f"{name} must be at most {MAX_FILTER_CHARS} characters.")
-        filters[name] = value
-    for name in ("min_reward", "max_reward"):
-        text = query.get(name) or ""
-        try:
-            value = float(text) if text else None
-        except ValueError:
-            value = math.nan
-        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
-            problems.append(f"{name} must be a number in [0, 1], got {text[:40]!r}.")
-            value = None
-        filters[name] = value
-    low, high = filters["min_reward"], filters["max_reward"]
-    if low is not None and high is not None and low > high:
-        problems.append("min_reward must not be above max_reward.")
-    text = query.get("limit") or "50"
-    limit = int(text) if text.isdigit() and len(text) <= 4 else 0
-    if not 1 <= limit <= 500:
-        problems.append(f"limit must be a whole number from 1 to 500, got {text[:40]!r}.")
-    if problems:
-        raise BadRequest(" ".join(problems))
-    return filters, limit
 
 
 def _error_pages(page: Callable[..., HTMLResponse]) -> dict[Any, Any]:
@@ -130,7 +95,11 @@ def build_app(store: Store, token: str | None = None, base: str = "") -> Any:
         return JSONResponse(views.job_json(store, request.path_params["job_id"]))
 
     async def routing(request: Request) -> Response:
-        return page("routing.html", **views.routing_page(store))
+        return page("routing.html", **routing_view.routing_page(store))
+
+    async def traffic(request: Request) -> Response:
+        hours = window_hours(request.query_params)
+        return page("traffic.html", **traffic_view.traffic_page(store, hours))
 
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
@@ -147,6 +116,7 @@ def build_app(store: Store, token: str | None = None, base: str = "") -> Any:
         Route("/jobs", jobs),
         Route("/api/jobs/{job_id}", job_api),
         Route("/routing", routing),
+        Route("/traffic", traffic),
         Route("/static/{name}", asset),
     ]
     return guarded(Starlette(routes=routes, exception_handlers=_error_pages(page)), token)

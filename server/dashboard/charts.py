@@ -66,3 +66,29 @@ def line_chart(
         out.append(f'<text x="{WIDTH - RIGHT + 8}" y="{TOP + 12 + 16 * i}" fill="{color}">{escape(name[:24])}</text>')
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def interval_chart(difference: float, low: float, high: float, floor: float, confidence: float) -> Markup:
+    """The gate's paired interval on (adapter - base) pass rate, on [-1, 1], with the line its lower
+    end must not cross (-tolerance)."""
+    width, height, pad = 640, 70, 24
+
+    def sx(x: float) -> float:
+        return pad + (min(max(x, -1.0), 1.0) + 1) / 2 * (width - 2 * pad)
+
+    label = escape(f"{confidence:.0%} interval of the pass-rate difference: [{low:+.3f}, {high:+.3f}]")
+    out = [
+        f'<svg class="chart interval" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{label}"><title>{label}</title>',
+        f'<line x1="{pad}" y1="40" x2="{width - pad}" y2="40" stroke="#888"/>',
+    ]
+    for x in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        out.append(f'<text x="{sx(x):.1f}" y="62" text-anchor="middle">{x:+.1f}</text>')
+    out.append(f'<line class="floor" x1="{sx(floor):.1f}" y1="10" x2="{sx(floor):.1f}" y2="50" stroke="#d62728"/>')
+    out.append(f'<text x="{sx(floor) + 4:.1f}" y="14" fill="#d62728">-tolerance</text>')
+    out.append(
+        f'<line class="ci" x1="{sx(low):.1f}" y1="32" x2="{sx(high):.1f}" y2="32" stroke="#1f77b4" stroke-width="6"/>'
+    )
+    out.append(f'<circle cx="{sx(difference):.1f}" cy="32" r="5" fill="#000"/>')
+    out.append("</svg>")
+    return Markup("".join(out))

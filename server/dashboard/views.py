@@ -14,13 +14,11 @@ from learning.errors import NotFound
 from learning.jobs.manage import JobStatus, status_of
 from learning.jobs.queries import job_row, job_rows
 from learning.registry.adapters import STATUSES, Adapter, adapter_history, get_adapter, list_adapters
-from learning.registry.queries import known_roles
-from learning.routing.drift import latest_drift
 from learning.routing.experiments import list_experiments
 from learning.runs.browse import daily_rewards, latest_runs
 from learning.runs.stats import run_stats
 from learning.store import Store
-from server.dashboard.charts import line_chart
+from server.dashboard.charts import interval_chart, line_chart
 
 ACTIVE = ("queued", "running")
 
@@ -90,6 +88,31 @@ def loss_chart(adapter: Adapter | None) -> Any:
     return line_chart({"loss": points}, "Training loss by step") if points else None
 
 
+def _outcome(task: dict[str, Any]) -> str:
+    a, b = task.get("adapter", {}).get("passed"), task.get("base", {}).get("passed")
+    if not task.get("tested"):
+        return "not tested"
+    return {(True, True): "both pass", (True, False): "adapter only", (False, True): "base only"}.get(
+        (bool(a), bool(b)), "both fail"
+    )
+
+
+def gate_evidence(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the gate decided from: each condition with its numbers, the paired comparison on the
+    tested rows (pass rates, interval, McNemar) and each task's outcome for both models."""
+    gate = (metrics or {}).get("gate")
+    if not isinstance(gate, dict) or not isinstance(gate.get("conditions"), list):
+        return None
+    conditions = [c for c in gate["conditions"] if isinstance(c, dict)]
+    cmp = next((c["comparison"] for c in conditions if isinstance(c.get("comparison"), dict)), None)
+    chart = None
+    if cmp is not None:
+        low, high = cmp["interval"]
+        chart = interval_chart(cmp["difference"], low, high, -cmp["tolerance"], cmp["confidence"])
+    tasks = [t | {"outcome": _outcome(t)} for t in (metrics or {}).get("tasks") or [] if isinstance(t, dict)]
+    return {"passed": gate.get("passed"), "conditions": conditions, "comparison": cmp, "chart": chart, "tasks": tasks}
+
+
 def adapter_page(store: Store, adapter_id: str) -> dict[str, Any]:
     """One adapter's lineage: its dataset, itself, every event (evaluations with their metrics)."""
     adapter = get_adapter(store, adapter_id)  # NotFound: the page answers 404
@@ -98,6 +121,7 @@ def adapter_page(store: Store, adapter_id: str) -> dict[str, Any]:
         "adapter": adapter,
         "dataset": to_info(row) if row is not None else None,
         "events": adapter_history(store, adapter_id),
+        "gate": gate_evidence(adapter.metrics),
         "loss_chart": loss_chart(adapter),
     }
 
@@ -121,22 +145,28 @@ def jobs_page(store: Store, limit: int = 50) -> dict[str, Any]:
     }
 
 
+LIVE_FIELDS = ("step", "total_steps", "loss", "steps_per_s", "eta_s", "stage", "message")
+GRPO_FIELDS = ("reward", "reward_std", "dropped_share", "answers_per_s")
+MAX_CURVE_POINTS = 1000
+
+
+def curve_points(value: Any) -> list[list[float]]:
+    """A progress curve as finite [step, value] pairs (anything else in the job row is left out)."""
+    points = []
+    for point in value if isinstance(value, list) else []:
+        if isinstance(point, list) and len(point) == 2 and all(type(v) in (int, float) for v in point):
+            if all(math.isfinite(v) for v in point):
+                points.append([float(point[0]), float(point[1])])
+    return points[-MAX_CURVE_POINTS:]
+
+
 def job_json(store: Store, job_id: str) -> dict[str, Any]:
-    """What the jobs page's script polls: status and progress, as recorded."""
+    """What the jobs page's script polls: status, progress and the curves so far, as recorded."""
     row = job_row(store, job_id)
     if row is None:
         raise NotFound(f"No job {job_id[:80]!r}.")
     job = status_of(row, 0)
     p = job.progress
-    keys = ("step", "total_steps", "loss", "eta_s", "stage", "message")
-    return {"job_id": job.job_id, "status": job.status, "elapsed_s": job.elapsed_s} | {k: p.get(k) for k in keys}
-
-
-def routing_page(store: Store) -> dict[str, Any]:
-    production = [a for a in list_adapters(store, status="production")]
-    roles = sorted(set(known_roles(store)) | {a.role for a in production})
-    return {
-        "production": production,
-        "experiments": list_experiments(store),
-        "drift": {role: latest_drift(store, role) for role in roles},
-    }
+    curves = {name: curve_points(p.get(name)) for name in ("loss_curve", "reward_curve")}
+    fields = {k: p.get(k) for k in LIVE_FIELDS + GRPO_FIELDS}
+    return {"job_id": job.job_id, "status": job.status, "elapsed_s": job.elapsed_s} | fields | curves
