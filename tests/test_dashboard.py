@@ -23,6 +23,7 @@ from tests.support.dashboard_home import (
     ADAPTER_PASSES,
     BASE_PASSES,
     CODER_REWARDS,
+    CORRECTED_BY,
     FIXER_REWARDS,
     HOSTILE_AGENT,
     HOSTILE_INSTRUCTION,
@@ -79,7 +80,9 @@ def test_the_runs_page_shows_each_roles_count_and_mean_reward(client):
         assert row, role
         assert f'<td class="runs">{runs}</td>' in row.group(1)
         assert f'<td class="mean">{mean:.3f}</td>' in row.group(1)
-    assert page.count("<polyline") == 2  # coder and fixer have scored runs; the judge's run is pending
+    charts = page.split('<svg class="chart"')[1:]
+    assert [c.count("<polyline") for c in charts] == [2, 2]  # per role: coder, fixer (the judge's run is pending)
+    assert ">base</text>" in charts[1] and ">coder-a1</text>" in charts[1]  # per adapter
     assert page.count('<tr class="run">') == 9
 
 
@@ -90,6 +93,10 @@ def test_filters_narrow_the_runs_table(client):
         return re.findall(r'<td class="reward">([^<]*)</td>', page.text)
 
     assert sorted(rows("?role=coder&min_reward=0.5")) == ["0.500", "0.700", "0.900", "1.000"]
+    assert rows("?scored_by=" + CORRECTED_BY) == ["0.900"]  # the latest reward event's actor
+    assert rows("?scored_by=pending") == ["–"] and len(rows("?scored_by=logged")) == 7
+    page = client.get("/runs?role=coder").text
+    assert sorted(re.findall(r'<td class="scored-by">([^<]*)</td>', page)) == [CORRECTED_BY] + ["logged"] * 5
     assert sorted(rows("?role=coder&max_reward=0.4")) == ["0.200", "0.400"]
     assert len(rows("?agent=alice")) == 3
     assert sorted(rows("?adapter_id=coder-a1")) == ["0.500", "1.000"]
@@ -100,7 +107,7 @@ def test_filters_narrow_the_runs_table(client):
 @pytest.mark.parametrize(
     "query",
     ["min_reward=abc", "max_reward=1.5", "min_reward=-0.1", "min_reward=nan", "min_reward=0.9&max_reward=0.1",
-     "limit=0", "limit=x", "limit=100000", "role=" + "r" * 300],
+     "limit=0", "limit=x", "limit=100000", "role=" + "r" * 300, "scored_by=" + "s" * 300],
 )  # fmt: skip
 def test_bad_filter_values_are_400_with_a_message(client, query):
     answer = client.get("/runs?" + query)

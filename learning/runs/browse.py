@@ -1,7 +1,13 @@
-"""Reading runs back for a person: the latest runs under a few filters, and each role's mean
-reward per day (the dashboard's table and chart). Read-only."""
+"""Reading runs back for a person: the latest runs under a few filters, who scored each, and the
+mean reward per day of each role or adapter (the dashboard's table and charts). Read-only.
+
+Who scored a run: `pending` (no reward yet), `logged` (the reward came with the run), or the
+actor of its latest reward event (a reward token's agent, the gateway's sandbox, the home's owner
+correcting it)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -23,10 +29,18 @@ def latest_runs(
     adapter_id: str | None = None,
     min_reward: float | None = None,
     max_reward: float | None = None,
+    scored_by: str | None = None,
     limit: int = 50,
 ) -> list[Run]:
     """The newest runs matching every filter given (a reward bound leaves pending runs out)."""
     where, args = [], []
+    if scored_by == "pending":
+        where.append("reward IS NULL")
+    elif scored_by == "logged":
+        where.append("reward IS NOT NULL AND NOT EXISTS (SELECT 1 FROM reward_events e WHERE e.run_id = runs.id)")
+    elif scored_by is not None:
+        where.append("(SELECT actor FROM reward_events e WHERE e.run_id = runs.id ORDER BY e.id DESC LIMIT 1) = ?")
+        args.append(scored_by)
     for column, value in (("role", role), ("agent", agent), ("adapter_id", adapter_id)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -42,14 +56,28 @@ def latest_runs(
         return [row_to_run(r) for r in conn.execute(sql, [*args, limit]).fetchall()]
 
 
-def daily_rewards(store: Store) -> dict[str, list[DailyReward]]:
-    """Each role's mean reward per UTC day over its scored runs, oldest day first."""
+def scorers(store: Store, runs: list[Run]) -> dict[int, str]:
+    """Who scored each of these runs (see the module's docstring)."""
+    ids = [r.id for r in runs if r.reward is not None]
+    latest: dict[int, str] = {}
+    if ids:
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT run_id, actor FROM reward_events WHERE run_id IN ({marks}) ORDER BY id"
+        with store.read() as conn:
+            latest = {r["run_id"]: r["actor"] for r in conn.execute(sql, ids)}
+    return {r.id: "pending" if r.reward is None else latest.get(r.id, "logged") for r in runs}
+
+
+def daily_rewards(store: Store, by: Literal["role", "adapter"] = "role") -> dict[str, list[DailyReward]]:
+    """Mean reward per UTC day over scored runs, oldest day first, for each role or each adapter
+    (runs the base model served are "base")."""
+    key = "role" if by == "role" else "ifnull(adapter_id, 'base')"
     sql = (
-        "SELECT role, date(ts, 'unixepoch') AS day, avg(reward) AS mean, count(*) AS runs FROM runs "
-        "WHERE reward IS NOT NULL GROUP BY role, day ORDER BY role, day"
+        f"SELECT {key} AS key, date(ts, 'unixepoch') AS day, avg(reward) AS mean, count(*) AS runs FROM runs "
+        "WHERE reward IS NOT NULL GROUP BY key, day ORDER BY key, day"
     )
     out: dict[str, list[DailyReward]] = {}
     with store.read() as conn:
         for r in conn.execute(sql):
-            out.setdefault(r["role"], []).append(DailyReward(day=r["day"], mean_reward=r["mean"], runs=r["runs"]))
+            out.setdefault(r["key"], []).append(DailyReward(day=r["day"], mean_reward=r["mean"], runs=r["runs"]))
     return out

@@ -8,7 +8,7 @@ from typing import Any
 
 from learning.gateway.traffic import MAX_HOURS
 
-TEXT_FILTERS = ("role", "agent", "adapter_id")
+TEXT_FILTERS = ("role", "agent", "adapter_id", "scored_by")
 MAX_FILTER_CHARS = 200
 DEFAULT_HOURS = 24
 

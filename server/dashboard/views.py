@@ -15,7 +15,7 @@ from learning.jobs.manage import JobStatus, status_of
 from learning.jobs.queries import job_row, job_rows
 from learning.registry.adapters import STATUSES, Adapter, adapter_history, get_adapter, list_adapters
 from learning.routing.experiments import list_experiments
-from learning.runs.browse import daily_rewards, latest_runs
+from learning.runs.browse import daily_rewards, latest_runs, scorers
 from learning.runs.stats import run_stats
 from learning.store import Store
 from server.dashboard.charts import interval_chart, line_chart
@@ -39,16 +39,33 @@ def _day_text(x: float) -> str:
     return date.fromordinal(int(x)).isoformat()
 
 
-def runs_page(store: Store, filters: dict[str, Any], limit: int) -> dict[str, Any]:
-    daily = daily_rewards(store)
-    series = {
-        role: [(float(date.fromisoformat(d.day).toordinal()), d.mean_reward) for d in days]
-        for role, days in daily.items()
+MAX_ADAPTER_LINES = 8  # the adapters with the most scored runs get a line each
+
+
+def _daily_series(daily: dict[str, list[Any]]) -> dict[str, list[tuple[float, float]]]:
+    return {
+        key: [(float(date.fromisoformat(d.day).toordinal()), d.mean_reward) for d in days]
+        for key, days in daily.items()
     }
+
+
+def runs_page(store: Store, filters: dict[str, Any], limit: int) -> dict[str, Any]:
+    by_adapter = daily_rewards(store, by="adapter")
+    busiest = sorted(by_adapter, key=lambda k: -sum(d.runs for d in by_adapter[k]))[:MAX_ADAPTER_LINES]
+    runs = latest_runs(store, **filters, limit=limit)
+    adapter_title = "Daily mean reward per adapter" + (
+        f" (the {MAX_ADAPTER_LINES} with most scored runs)" if len(by_adapter) > MAX_ADAPTER_LINES else ""
+    )
     return {
         "stats": run_stats(store, group_by="role"),
-        "chart": line_chart(series, "Daily mean reward per role", y_range=(0.0, 1.0), x_text=_day_text),
-        "runs": latest_runs(store, **filters, limit=limit),
+        "chart": line_chart(
+            _daily_series(daily_rewards(store)), "Daily mean reward per role", y_range=(0.0, 1.0), x_text=_day_text
+        ),
+        "adapter_chart": line_chart(
+            _daily_series({k: by_adapter[k] for k in sorted(busiest)}), adapter_title, (0.0, 1.0), _day_text
+        ),
+        "runs": runs,
+        "scored_by": scorers(store, runs),
         "filters": filters,
         "limit": limit,
     }

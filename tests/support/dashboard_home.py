@@ -13,6 +13,8 @@ from learning.evaluate.gate import GateConfig, apply_gate
 from learning.jobs.queries import insert_job, update_job
 from learning.registry import adapters as registry
 from learning.runs.record import log_run
+from learning.runs.rewards import correct_reward
+from learning.runs.schema import RewardIn
 from learning.store import Store, dumps
 
 HOSTILE_OUTPUT = "<script>alert(1)</script>"
@@ -20,6 +22,7 @@ HOSTILE_AGENT = 'x"onmouseover="alert(2)'
 HOSTILE_INSTRUCTION = '"onmouseover=alert(3) <img src=x onerror=alert(4)>'
 CODER_REWARDS = [0.2, 0.4, 0.9, 0.7, 0.5, 1.0]
 FIXER_REWARDS = [0.3, 0.6]
+CORRECTED_BY = "carol"
 # A GRPO job's progress as its callbacks write it (learning/train/progress.py, grpo.py).
 RUNNING_PROGRESS = {
     "step": 3,
@@ -73,7 +76,11 @@ def build_home(root: Path) -> int:
     registry.record_evaluation(store, "coder-a1", gate_metrics(), "gate passed", "candidate", {"gate": True})
     for i, reward in enumerate(CODER_REWARDS):
         run = {"role": "coder", "output": f"def f{i}(): return {i}", "reward": reward, "time": _day(1 + i % 3)}
-        log_run(store, run | {"agent": "alice" if i % 2 else "bob", "adapter_id": "coder-a1" if i >= 4 else None})
+        logged = log_run(
+            store, run | {"agent": "alice" if i % 2 else "bob", "adapter_id": "coder-a1" if i >= 4 else None}
+        )
+        if i == 2:  # checked by hand: the same reward, now corrected by the home's owner
+            correct_reward(store, logged.run_id, RewardIn(reward=reward), "checked by hand", CORRECTED_BY)
     for reward in FIXER_REWARDS:
         log_run(store, {"role": "fixer", "output": "patch", "reward": reward, "time": _day(2)})
     hostile = {"role": "judge", "output": HOSTILE_OUTPUT, "agent": HOSTILE_AGENT, "instruction": HOSTILE_INSTRUCTION}
