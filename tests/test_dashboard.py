@@ -14,6 +14,9 @@ from starlette.testclient import TestClient
 
 from learning.evaluate.gate import paired_comparison
 from learning.jobs.queries import insert_job
+from learning.runs.record import log_run
+from learning.runs.rewards import correct_reward, give_reward
+from learning.runs.schema import RewardIn
 from learning.runs.stats import run_stats
 from learning.store import Store, dumps
 from server.dashboard.app import build_app
@@ -262,3 +265,24 @@ def test_the_command_binds_loopback_and_wants_a_token_off_it(home, monkeypatch):
         "/", headers={"Authorization": f"Bearer {token}"}
     )
     assert answer.status_code == 200
+
+
+def test_the_run_figures_are_read_again_whenever_runs_change(tmp_path):
+    """Kept between loads, the figures follow every change: a new run, a pending run scored, a
+    reward corrected (same count, new reward event)."""
+    store = Store(tmp_path)
+    client = TestClient(build_app(store))
+
+    def coder_row() -> tuple[str, str]:
+        row = _part(r'<tr data-role="coder">(.*?)</tr>', client.get("/runs").text)
+        return _part(r'<td class="runs">(\d+)</td>', row), _part(r'<td class="mean">([^<]*)</td>', row)
+
+    first = log_run(store, {"role": "coder", "output": "a", "reward": 0.2}).run_id
+    assert coder_row() == ("1", "0.200") and coder_row() == ("1", "0.200")
+    pending = log_run(store, {"role": "coder", "output": "b"})
+    assert coder_row() == ("2", "0.200")
+    give_reward(store, pending.run_id, {"reward": 0.6}, reward_token=pending.reward_token)
+    assert coder_row() == ("2", "0.400")
+    correct_reward(store, first, RewardIn(reward=1.0), "re-checked", "carol")
+    assert coder_row() == ("2", "0.800")
+    assert '<span class="big" id="total-runs">2</span>' in client.get("/").text

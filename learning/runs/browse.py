@@ -81,3 +81,14 @@ def daily_rewards(store: Store, by: Literal["role", "adapter"] = "role") -> dict
         for r in conn.execute(sql):
             out.setdefault(r["key"], []).append(DailyReward(day=r["day"], mean_reward=r["mean"], runs=r["runs"]))
     return out
+
+
+def runs_version(store: Store) -> tuple[int, int]:
+    """Changes whenever a figure over runs can: runs are only ever added (ids may be written out of
+    order, the gateway reserves them, so the count and not the highest id) and a stored run's
+    reward only changes with a reward event. (The gateway's sandbox adding meta to a pending run
+    changes no figure.)"""
+    with store.read() as conn:
+        runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+        events = conn.execute("SELECT ifnull(max(id), 0) FROM reward_events").fetchone()[0]
+    return int(runs), int(events)

@@ -19,6 +19,7 @@ from learning.errors import NotFound
 from learning.runs.record import get_run
 from learning.store import Store
 from server.dashboard import routing_view, traffic_view, views
+from server.dashboard.figures import FiguresCache
 from server.dashboard.guard import guarded
 from server.dashboard.queries import BadRequest, run_filters, window_hours
 
@@ -64,17 +65,18 @@ def build_app(store: Store, token: str | None = None, base: str = "") -> Any:
     the path it is served under (links are made with it), e.g. "/ui" beside the MCP server."""
     env = _environment()
     static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
+    figures = FiguresCache(store)
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(template).render(home=str(store.home), base=base, **context)
         return HTMLResponse(html, status)
 
     async def overview(request: Request) -> Response:
-        return page("overview.html", **views.overview(store))
+        return page("overview.html", **views.overview(store, figures.get()))
 
     async def runs(request: Request) -> Response:
         filters, limit = run_filters(request.query_params)
-        return page("runs.html", **views.runs_page(store, filters, limit))
+        return page("runs.html", **views.runs_page(store, figures.get(), filters, limit))
 
     async def run(request: Request) -> Response:
         text = request.path_params["run_id"]

@@ -15,16 +15,16 @@ from learning.jobs.manage import JobStatus, status_of
 from learning.jobs.queries import job_row, job_rows
 from learning.registry.adapters import STATUSES, Adapter, adapter_history, get_adapter, list_adapters
 from learning.routing.experiments import list_experiments
-from learning.runs.browse import daily_rewards, latest_runs, scorers
-from learning.runs.stats import run_stats
+from learning.runs.browse import latest_runs, scorers
 from learning.store import Store
 from server.dashboard.charts import interval_chart, line_chart
+from server.dashboard.figures import RunFigures
 
 ACTIVE = ("queued", "running")
 
 
-def overview(store: Store) -> dict[str, Any]:
-    stats = run_stats(store, group_by="role")
+def overview(store: Store, figures: RunFigures) -> dict[str, Any]:
+    stats = figures.stats
     adapters = list_adapters(store)
     jobs = [status_of(r, 0) for r in job_rows(store, limit=200)]
     return {
@@ -49,17 +49,17 @@ def _daily_series(daily: dict[str, list[Any]]) -> dict[str, list[tuple[float, fl
     }
 
 
-def runs_page(store: Store, filters: dict[str, Any], limit: int) -> dict[str, Any]:
-    by_adapter = daily_rewards(store, by="adapter")
+def runs_page(store: Store, figures: RunFigures, filters: dict[str, Any], limit: int) -> dict[str, Any]:
+    by_adapter = figures.daily_by_adapter
     busiest = sorted(by_adapter, key=lambda k: -sum(d.runs for d in by_adapter[k]))[:MAX_ADAPTER_LINES]
     runs = latest_runs(store, **filters, limit=limit)
     adapter_title = "Daily mean reward per adapter" + (
         f" (the {MAX_ADAPTER_LINES} with most scored runs)" if len(by_adapter) > MAX_ADAPTER_LINES else ""
     )
     return {
-        "stats": run_stats(store, group_by="role"),
+        "stats": figures.stats,
         "chart": line_chart(
-            _daily_series(daily_rewards(store)), "Daily mean reward per role", y_range=(0.0, 1.0), x_text=_day_text
+            _daily_series(figures.daily_by_role), "Daily mean reward per role", y_range=(0.0, 1.0), x_text=_day_text
         ),
         "adapter_chart": line_chart(
             _daily_series({k: by_adapter[k] for k in sorted(busiest)}), adapter_title, (0.0, 1.0), _day_text
