@@ -9,7 +9,8 @@ finish reason), that many adapters (each with a loss curve, some promoted) and a
 - starts `learnloop dashboard` and, as the baseline, `learnloop serve --transport http`, each in
   its own process, and reports the time from start to the first answer;
 - loads each page `--loads` times over HTTP and prints the p50 and p95, with the ratio against
-  the dashboard's static CSS (the same server and door, no store read);
+  the dashboard's static CSS (the same server and door, no store read); the overview's first
+  load, and its load after one more run is logged, read every run (kept between loads after);
 - reports the MCP HTTP server's memory (RSS) before and after its /ui pages were loaded: what the
   dashboard adds to a team's server.
 
@@ -38,6 +39,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from learning.evaluate.evaluation import task_outcomes  # noqa: E402
+from learning.evaluate.gate import GateConfig, apply_gate, gate_reason  # noqa: E402
 from learning.jobs.queries import insert_job  # noqa: E402
 from learning.registry import adapters as registry  # noqa: E402
 from learning.runs.record import log_runs  # noqa: E402
@@ -62,6 +65,27 @@ def gateway_meta(i: int, rng: random.Random, adapter_id: str | None) -> dict:
     return {"gateway": gateway}
 
 
+def gate_metrics(rng: random.Random, tasks: int = 40) -> dict:
+    """An evaluation as the gate records it, from the gate's own functions on per-task outcomes
+    (the adapter passes about 80% of the tested tasks, the base about 55%)."""
+    checks = {
+        name: [{"tested": True, "passed": ok, "tests_passed": 3 * ok, "tests_total": 3} for ok in passes]
+        for name, passes in (
+            ("adapter", [rng.random() < 0.8 for _ in range(tasks)]),
+            ("base", [rng.random() < 0.55 for _ in range(tasks)]),
+        )
+    }
+    result = {name: {"eval_loss": loss, "checks": checks[name]} for name, loss in (("adapter", 0.9), ("base", 1.4))}
+    gate = apply_gate(result["adapter"], result["base"], GateConfig(pass_rate_tolerance=0.05), rows_carry_tests=True)
+    return {
+        "eval_loss": 0.9,
+        "base_eval_loss": 1.4,
+        "gate_passed": gate["passed"],
+        "gate": gate,
+        "tasks": task_outcomes(result),
+    }
+
+
 def fill(home: Path, runs: int, adapters: int) -> None:
     store = Store(home)
     rng = random.Random(7)
@@ -75,7 +99,8 @@ def fill(home: Path, runs: int, adapters: int) -> None:
         registry.create_adapter(store, folder.name, role, "embedded:small", str(folder), status="trained")
         ids.append(folder.name)
     for adapter_id in ids[: len(ROLES)]:
-        registry.move(store, adapter_id, "candidate", "bench", "gate passed")
+        metrics = gate_metrics(rng)
+        registry.record_evaluation(store, adapter_id, metrics, gate_reason(metrics["gate"]), "candidate")
         registry.move(store, adapter_id, "production", "bench", "promoted", force=True)
     start = datetime.now(timezone.utc) - timedelta(seconds=runs * 26)  # the last run now: /traffic has traffic
     for first in range(0, runs, 5000):
@@ -102,6 +127,12 @@ def fill(home: Path, runs: int, adapters: int) -> None:
         insert_job(
             store, job | dict(id=f"train-bench{n}", status="succeeded", created=now, log_path=str(home / "j.log"))
         )
+    store.close()
+
+
+def log_one(home: Path) -> None:
+    store = Store(home)
+    log_runs(store, [{"role": "coder", "output": "x = 1", "reward": 1.0}])
     store.close()
 
 
@@ -188,10 +219,17 @@ def main() -> None:
             pages = ["/", "/runs", "/runs?role=coder&min_reward=0.5", one_run, "/adapters", "/adapters/coder-000"]
             pages += ["/jobs", "/api/jobs/train-bench0", "/routing", "/traffic", "/traffic?hours=720"]
             css, _ = loads(base + "/static/dashboard.css", args.loads)
+            cold, _ = loads(base + "/", 1)  # the figures over every run, read for the first time
             print(f"\n| page | p50 ms | p95 ms | vs static CSS ({css:.1f} ms) |\n|---|---|---|---|")
+            print(f"| / (first load: every run read) | {cold:.1f} | {cold:.1f} | {cold / css:.1f}x |")
             for page in pages:
                 p50, p95 = loads(base + page, args.loads)
                 print(f"| {page} | {p50:.1f} | {p95:.1f} | {p50 / css:.1f}x |")
+            log_one(home)
+            changed, _ = loads(base + "/", 1)
+            print(
+                f"| / (after one more run: every run read again) | {changed:.1f} | {changed:.1f} | {changed / css:.1f}x |"
+            )
             for page in pages:
                 loads(f"http://127.0.0.1:{mcp_port}/ui{page}", 2)
             after = rss_mb(mcp)

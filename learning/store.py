@@ -304,6 +304,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN messages TEXT;
     ALTER TABLE runs ADD COLUMN tools TEXT
     """,
+    # 11 (the newest runs of every role): the dashboard's latest runs and the gateway's traffic
+    # read runs by time alone.
+    """
+    CREATE INDEX runs_ts ON runs(ts)
+    """,
 ]
 
 

@@ -160,7 +160,7 @@ def test_the_gate_evidence_shows_the_paired_comparison_and_each_task(client):
     assert f"adapter passed {sum(ADAPTER_PASSES)}" in paired and f"base passed {sum(BASE_PASSES)}" in paired
     low, high = expected["interval"]
     assert f"[{low:.3f}, {high:.3f}]" in paired and f"difference {expected['difference']:.3f}" in paired
-    assert f"p = {expected['mcnemar']['p_value']:.3f}" in paired
+    assert f"p = {expected['mcnemar']['p_value']:.3g}" in paired
     assert '<p id="gate-verdict" class="status-production">passed</p>' in page
     assert re.findall(r'<tr class="condition"><td>(\w+)</td><td>(yes|no)</td>', page) == [
         ("eval_loss_below_base", "yes"),

@@ -71,7 +71,7 @@ def scorers(store: Store, runs: list[Run]) -> dict[int, str]:
 def daily_rewards(store: Store, by: Literal["role", "adapter"] = "role") -> dict[str, list[DailyReward]]:
     """Mean reward per UTC day over scored runs, oldest day first, for each role or each adapter
     (runs the base model served are "base")."""
-    key = "role" if by == "role" else "ifnull(adapter_id, 'base')"
+    key = "+role" if by == "role" else "ifnull(adapter_id, 'base')"  # +: a scan, see runs.stats
     sql = (
         f"SELECT {key} AS key, date(ts, 'unixepoch') AS day, avg(reward) AS mean, count(*) AS runs FROM runs "
         "WHERE reward IS NOT NULL GROUP BY key, day ORDER BY key, day"

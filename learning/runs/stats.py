@@ -140,7 +140,9 @@ def _grouped_stats(
     start: float | None = None,
     end: float | None = None,
 ) -> list[sqlite3.Row]:
-    """Aggregates of runs grouped by columns (from a fixed list), filtered by the values given."""
+    """Aggregates of runs grouped by columns (from a fixed list), filtered by the values given.
+    GROUP BY +col: grouping by an index's order reads the table row by row in that order, about 3x
+    slower than a scan on 100,000 runs (SQLite 3.40); the filters still use the indexes."""
     allowed = {"role", "adapter_id", "agent", "model", "task_type"}
     assert set(group_cols) <= allowed, group_cols
     conditions, args = [], []
@@ -168,7 +170,7 @@ def _grouped_stats(
             min(ts) AS first_ts,
             max(ts) AS last_ts
         FROM runs {("WHERE " + where) if where else ""}
-        {("GROUP BY " + cols) if group_cols else ""}
+        {("GROUP BY " + ", ".join("+" + c for c in group_cols)) if group_cols else ""}
         ORDER BY runs DESC
     """
     with store.read() as conn:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader
+from jinja2 import Environment, FileSystemLoader, Undefined
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -29,7 +29,7 @@ MAX_ID_DIGITS = 18  # a run id is a SQLite integer
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or isinstance(value, Undefined):  # a field the record does not have
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
@@ -39,6 +39,7 @@ def _num(value: Any, digits: int = 3) -> str:
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["num"] = _num
+    env.filters["p"] = lambda value: _num(value) if not isinstance(value, float) else f"{value:.3g}"
     env.filters["pretty"] = views.pretty
     return env
 
