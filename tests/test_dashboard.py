@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from learning.evaluate.gate import paired_comparison
 from learning.jobs.queries import insert_job
+from learning.registry import adapters as registry
 from learning.runs.record import log_run
 from learning.runs.rewards import correct_reward, give_reward
 from learning.runs.schema import RewardIn
@@ -286,3 +287,22 @@ def test_the_run_figures_are_read_again_whenever_runs_change(tmp_path):
     correct_reward(store, first, RewardIn(reward=1.0), "re-checked", "carol")
     assert coder_row() == ("2", "0.800")
     assert '<span class="big" id="total-runs">2</span>' in client.get("/").text
+
+
+def test_an_evaluation_record_missing_parts_still_renders(tmp_path):
+    """A hand-edited or partial evaluation record: the page shows what it has, never a 500."""
+    store = Store(tmp_path)
+    folder = tmp_path / "adapters" / "coder-x"
+    folder.mkdir(parents=True)
+    registry.create_adapter(store, "coder-x", "coder", "tiny", str(folder), status="trained")
+    gate = {"passed": False, "conditions": [{"name": "tests_not_worse_than_base", "passed": False, "comparison": {}}]}
+    tasks = [{"tested": True, "adapter": None}, {"tested": True, "adapter": {"passed": True}, "base": {"passed": 1}}, 7]
+    registry.record_evaluation(store, "coder-x", {"gate": gate, "tasks": tasks}, "partial", None)
+    answer = TestClient(build_app(store)).get("/adapters/coder-x")
+    assert answer.status_code == 200, answer.text
+    assert re.findall(r'data-outcome="([^"]+)"', answer.text) == ["unknown", "both pass"]
+    assert '<p id="paired">' not in answer.text
+
+
+def test_a_limit_in_other_digits_is_400(client):
+    assert client.get("/runs?limit=²").status_code == 400

@@ -186,3 +186,12 @@ def test_drift_history_charts_every_recorded_check(routed, page):
 def test_free_text_renders_as_text(page):
     assert "<script>alert" not in page
     assert "&lt;script&gt;alert(&#39;exp&#39;)&lt;/script&gt;" in page
+
+
+def test_a_drift_check_that_no_longer_reads_is_left_out_of_the_history(tmp_path):
+    store = Store(tmp_path)
+    log_run(store, {"role": "coder", "output": "x", "reward": 0.5})
+    drift.insert_drift_check(store, 1.0, "coder", None, None, "no_change", '{"edited": "by hand"')
+    drift.insert_drift_check(store, 2.0, "coder", None, None, "no_change", '{"role": "coder"}')
+    assert drift.drift_history(store, "coder") == []
+    assert TestClient(build_app(store)).get("/routing").status_code == 200

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import pytest
 from markupsafe import escape
 from starlette.testclient import TestClient
 
+from learning.errors import InvalidInput
 from learning.gateway.app import build_app as gateway_app
 from learning.gateway.inprocess import BackendError
 from learning.gateway.protocol import Call, Generation
@@ -236,3 +238,35 @@ def test_hostile_backend_and_model_names_render_as_text(client, home):
     text = html.unescape(re.sub(r"<[^>]+>", " ", page))
     assert HOSTILE_MODEL in text and HOSTILE_BACKEND in text
     assert {r["model"] for r in _gateway_runs(home)} >= {HOSTILE_MODEL}  # recorded as sent
+
+
+def test_a_stored_meta_that_is_not_json_is_not_traffic_and_breaks_nothing(tmp_path):
+    """NaN in meta, as an older learnloop could write it (log_run refuses it now): not valid JSON,
+    so not a gateway run, and the page still answers."""
+    store = Store(tmp_path)
+    with pytest.raises(InvalidInput, match="NaN or Infinity"):
+        log_run(store, {"role": "coder", "output": "x", "reward": 0.5, "meta": {"gateway": {"latency_ms": math.nan}}})
+    with store.write() as conn:
+        conn.execute(
+            "INSERT INTO runs (ts, agent, role, task_key, output, reward, meta) VALUES (?, 'a', 'coder', 'k', 'x', 0.5, ?)",
+            (time.time() - 60, '{"gateway":{"latency_ms":NaN}}'),
+        )
+    assert traffic(store, 1).total.requests == 0
+    answer = TestClient(build_app(store)).get("/traffic?hours=1")
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_window_of_uneven_buckets_cuts_only_the_oldest_and_rates_it_over_its_length(tmp_path):
+    store = Store(tmp_path)
+    now = 1_796_000_000.0
+    # One gateway request every 10 minutes, for 241 hours: 2-hour buckets, the oldest one hour.
+    runs = [
+        {"role": "coder", "output": "x", "time": now - 300 - 600 * i, "meta": {"gateway": {"latency_ms": 5.0}}}
+        for i in range(241 * 6)
+    ]
+    log_runs(store, runs)
+    shown = traffic(store, 241, now=now)
+    assert shown.bucket_s == 7200 and len(shown.buckets) == 121
+    assert shown.buckets[0].seconds == 3600 and all(b.seconds == 7200 for b in shown.buckets[1:])
+    assert shown.buckets[-1].start + 7200 == now  # the newest bucket ends now, whole
+    assert {round(b.per_minute, 6) for b in shown.buckets} == {0.1} and shown.peak_per_minute == pytest.approx(0.1)

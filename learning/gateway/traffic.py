@@ -22,25 +22,18 @@ MAX_POINTS = 240  # a chart's buckets at most
 BUCKETS_S = (60, 120, 180, 300, 360, 600, 900, 1200, 1800, 3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
 NONE = "(none)"  # a role, backend or model the run's meta does not name
 
-# The window's gateway runs. runs_role_ts is (role, ts) and SQLite cannot skip-scan it without
-# statistics, so the roles are enumerated first, one index seek each (a loose index scan), and
-# each role's window is then a range of that index: the whole table is never scanned and the
-# meta JSON is read only for runs inside the window.
+# The window's gateway runs: a range of the index on run time (runs_ts), and the meta JSON read
+# only for runs inside it. A meta that is not valid JSON (NaN written by an older learnloop) is
+# not a gateway run, instead of an error for the whole page.
 WINDOW_SQL = """
-WITH RECURSIVE roles(role) AS (
-    SELECT min(role) FROM runs
-    UNION ALL
-    SELECT (SELECT min(role) FROM runs WHERE role > roles.role) FROM roles WHERE roles.role IS NOT NULL
-)
-SELECT runs.ts, runs.role, runs.model, runs.reward IS NOT NULL AS scored,
-       json_extract(runs.meta, '$.gateway.backend') AS backend,
-       json_extract(runs.meta, '$.gateway.latency_ms') AS latency_ms,
-       json_extract(runs.meta, '$.gateway.prompt_tokens') AS prompt_tokens,
-       json_extract(runs.meta, '$.gateway.completion_tokens') AS completion_tokens,
-       json_extract(runs.meta, '$.gateway.finish_reason') AS finish_reason
-FROM roles CROSS JOIN runs
-WHERE roles.role IS NOT NULL AND runs.role = roles.role AND runs.ts >= ? AND runs.ts <= ?
-  AND json_type(runs.meta, '$.gateway') = 'object'
+SELECT ts, role, model, reward IS NOT NULL AS scored,
+       json_extract(meta, '$.gateway.backend') AS backend,
+       json_extract(meta, '$.gateway.latency_ms') AS latency_ms,
+       json_extract(meta, '$.gateway.prompt_tokens') AS prompt_tokens,
+       json_extract(meta, '$.gateway.completion_tokens') AS completion_tokens,
+       json_extract(meta, '$.gateway.finish_reason') AS finish_reason
+FROM runs
+WHERE ts >= ? AND ts <= ? AND CASE WHEN json_valid(meta) THEN json_type(meta, '$.gateway') END = 'object'
 """
 
 
@@ -80,8 +73,13 @@ class Group(BaseModel):
 
 class Bucket(BaseModel):
     start: float  # Unix time the bucket begins
+    seconds: float  # its length inside the window: bucket_s, less for the oldest when the window is not whole buckets
     requests: int
     p50_ms: float | None  # None: no latency recorded in it
+
+    @property
+    def per_minute(self) -> float:
+        return self.requests * 60 / self.seconds
 
 
 class Traffic(BaseModel):
@@ -103,7 +101,7 @@ class Traffic(BaseModel):
     @property
     def peak_per_minute(self) -> float:
         """Requests per minute in the busiest bucket."""
-        return max((b.requests for b in self.buckets), default=0) * 60 / self.bucket_s
+        return max((b.per_minute for b in self.buckets), default=0.0)
 
 
 def percentile(ordered: list[float], p: float) -> float | None:
@@ -204,17 +202,22 @@ def _groups(rows: list[Row], field: str) -> list[Group]:
     return sorted(groups, key=lambda g: (-g.requests, g.name))
 
 
-def _buckets(rows: list[Row], since: float, bucket_s: int, count: int) -> list[Bucket]:
+def _buckets(rows: list[Row], since: float, until: float, bucket_s: int, count: int) -> list[Bucket]:
+    """Buckets counted back from `until`, so the newest is whole and only the oldest may be cut
+    short by the window (its rate is over its own length)."""
     counts, latencies = [0] * count, [[] for _ in range(count)]
     for r in rows:
-        i = min(count - 1, int((r.ts - since) // bucket_s))
+        i = max(0, count - 1 - int((until - r.ts) // bucket_s))
         counts[i] += 1
         if r.latency_ms is not None:
             latencies[i].append(r.latency_ms)
-    return [
-        Bucket(start=since + i * bucket_s, requests=counts[i], p50_ms=percentile(sorted(latencies[i]), 50))
-        for i in range(count)
-    ]
+    out = []
+    for i in range(count):
+        start = max(since, until - (count - i) * bucket_s)
+        end = until - (count - 1 - i) * bucket_s
+        p50 = percentile(sorted(latencies[i]), 50)
+        out.append(Bucket(start=start, seconds=end - start, requests=counts[i], p50_ms=p50))
+    return out
 
 
 def traffic(store: Store, hours: int = 24, now: float | None = None) -> Traffic:
@@ -234,5 +237,5 @@ def traffic(store: Store, hours: int = 24, now: float | None = None) -> Traffic:
         by_role=_groups(rows, "role"),
         by_backend=_groups(rows, "backend"),
         by_model=_groups(rows, "model"),
-        buckets=_buckets(rows, since, bucket_s, math.ceil(hours * 3600 / bucket_s)),
+        buckets=_buckets(rows, since, until, bucket_s, math.ceil(hours * 3600 / bucket_s)),
     )

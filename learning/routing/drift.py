@@ -350,12 +350,19 @@ class DriftCheck(NamedTuple):
 
 
 def drift_history(store: Store, role: str, limit: int = 200) -> list[DriftCheck]:
-    """A role's recorded checks, oldest first: the last `limit` of them. Only reads."""
+    """A role's recorded checks, oldest first: the last `limit` of them. Only reads; a row that no
+    longer reads as a DriftResult (edited by hand) is left out rather than failing the history."""
     with store.read() as conn:
         rows = conn.execute(
             "SELECT ts, result FROM drift_checks WHERE role = ? ORDER BY id DESC LIMIT ?", (role, limit)
         ).fetchall()
-    return [DriftCheck(r["ts"], DriftResult.model_validate(loads(r["result"]))) for r in reversed(rows)]
+    checks = []
+    for r in reversed(rows):
+        try:
+            checks.append(DriftCheck(r["ts"], DriftResult.model_validate(loads(r["result"]))))
+        except ValueError:  # pydantic's ValidationError and json's JSONDecodeError are ValueErrors
+            continue
+    return checks
 
 
 # ---- SQL: the drift_checks table ---------------------------------------------------------------

@@ -2,8 +2,8 @@
 mean reward per day of each role or adapter (the dashboard's table and charts). Read-only.
 
 Who scored a run: `pending` (no reward yet), `logged` (the reward came with the run), or the
-actor of its latest reward event (a reward token's agent, the gateway's sandbox, the home's owner
-correcting it)."""
+actor its latest reward event records (the door a token's reward came through: mcp, cli, http,
+python; `gateway` for the gateway's sandbox; `<user> via <door>` for the owner's correction)."""
 
 from __future__ import annotations
 

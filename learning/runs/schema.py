@@ -57,10 +57,28 @@ MAX_TEST_CHARS = 10_000
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 
 
-def check_depth(value: Any) -> Any:
+def check_json(value: Any) -> Any:
+    """Refuses what JSON cannot carry as stored: nesting past MAX_JSON_DEPTH, and NaN or Infinity
+    (Python writes them, but they are not JSON: SQLite's JSON functions refuse the whole value)."""
     if json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
+    if not all_finite(value):
+        raise ValueError("holds NaN or Infinity, which JSON cannot carry; send a finite number or null")
     return value
+
+
+def all_finite(value: Any) -> bool:
+    """No float in the JSON value is NaN or infinite (walked without recursion)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return True
 
 
 def check_passed_within_total(value: Signals | None) -> Signals | None:
@@ -145,7 +163,7 @@ class Signals(BaseModel):
 
 
 # The checks log_run and log_reward share, on the fields they share.
-CheckedSignals = Annotated[Signals, BeforeValidator(check_depth), AfterValidator(check_passed_within_total)]
+CheckedSignals = Annotated[Signals, BeforeValidator(check_json), AfterValidator(check_passed_within_total)]
 Tests = Annotated[list[str] | None, BeforeValidator(check_statements), AfterValidator(check_tests_compile)]
 Reward = Annotated[float, BeforeValidator(check_reward)]
 
@@ -199,7 +217,7 @@ class RunIn(BaseModel):
     decision_id: str | None = Field(
         default=None, max_length=LIMITS["decision_id"], description="The id select_adapter returned, if any."
     )
-    meta: Annotated[dict[str, Any], BeforeValidator(check_depth)] = Field(
+    meta: Annotated[dict[str, Any], BeforeValidator(check_json)] = Field(
         default_factory=dict, description="Free metadata (JSON object)."
     )
     tests: Tests = Field(
@@ -215,7 +233,7 @@ class RunIn(BaseModel):
         "{name, arguments}}], tool_call_id?}; make_sft --format messages trains on it. At most 2,000,000 "
         "characters of JSON.",
     )
-    tools: Annotated[list[ToolSpec] | None, BeforeValidator(check_depth)] = Field(
+    tools: Annotated[list[ToolSpec] | None, BeforeValidator(check_json)] = Field(
         default=None,
         description="The tools offered, in OpenAI format: [{type: 'function', function: {name, description, "
         "parameters}}]. At most 200,000 characters of JSON.",

@@ -39,7 +39,7 @@ def run_filters(query: Any) -> tuple[dict[str, Any], int]:
     if low is not None and high is not None and low > high:
         problems.append("min_reward must not be above max_reward.")
     text = query.get("limit") or "50"
-    limit = int(text) if text.isdigit() and len(text) <= 4 else 0
+    limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else 0
     if not 1 <= limit <= 500:
         problems.append(f"limit must be a whole number from 1 to 500, got {text[:40]!r}.")
     if problems:

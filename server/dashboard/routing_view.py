@@ -15,7 +15,7 @@ from markupsafe import Markup
 from learning.clock import iso
 from learning.registry.adapters import list_adapters
 from learning.registry.queries import known_roles
-from learning.routing.drift import DriftCheck, DriftResult, drift_history, drift_result, latest_drift
+from learning.routing.drift import DriftCheck, DriftResult, drift_history, drift_result
 from learning.routing.experiments import Experiment, list_experiments
 from learning.routing.router import experiment_arm_rewards
 from learning.store import Store
@@ -146,7 +146,7 @@ def routing_page(store: Store) -> dict[str, Any]:
         "production": production,
         "experiments": experiments,
         "running": [experiment_panel(store, e) for e in experiments if e.status == "running"],
-        "drift": {role: latest_drift(store, role) for role in roles},
+        "drift": {role: h.checks[0].result if h is not None else None for role, h in histories.items()},
         "history": {role: h for role, h in histories.items() if h is not None},
         "time_text": _time_text,
     }

@@ -31,7 +31,7 @@ def charts(t: Traffic) -> dict[str, Any]:
     if not t.total.requests:
         return {"rate_chart": None, "latency_chart": None}
     every = bucket_text(t.bucket_s)
-    rate = [(b.start, b.requests * 60 / t.bucket_s) for b in t.buckets]
+    rate = [(b.start, b.per_minute) for b in t.buckets]
     p50 = [(b.start, b.p50_ms) for b in t.buckets if b.p50_ms is not None]
     return {
         "rate_chart": line_chart(

@@ -106,12 +106,43 @@ def loss_chart(adapter: Adapter | None) -> Any:
 
 
 def _outcome(task: dict[str, Any]) -> str:
-    a, b = task.get("adapter", {}).get("passed"), task.get("base", {}).get("passed")
     if not task.get("tested"):
         return "not tested"
+    a, b = task["adapter"].get("passed"), task["base"].get("passed")
+    if a is None or b is None:
+        return "unknown"
     return {(True, True): "both pass", (True, False): "adapter only", (False, True): "base only"}.get(
         (bool(a), bool(b)), "both fail"
     )
+
+
+def _task(task: Any) -> dict[str, Any] | None:
+    """A recorded task outcome with both models' parts as dicts (None: not an outcome)."""
+    if not isinstance(task, dict):
+        return None
+    parts = {k: task.get(k) if isinstance(task.get(k), dict) else {} for k in ("adapter", "base")}
+    task = task | parts
+    return task | {"outcome": _outcome(task)}
+
+
+COMPARISON_KEYS = ("tasks", "adapter_passed", "base_passed", "difference", "interval", "confidence", "tolerance")
+
+
+def _comparison(conditions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paired comparison on tested rows, when the record holds all of it."""
+    cmp = next((c["comparison"] for c in conditions if isinstance(c.get("comparison"), dict)), None)
+    if cmp is None or not all(k in cmp for k in COMPARISON_KEYS) or not isinstance(cmp.get("mcnemar"), dict):
+        return None
+    interval = cmp["interval"]
+    numbers = [
+        cmp["difference"],
+        cmp["tolerance"],
+        cmp["confidence"],
+        *(interval if isinstance(interval, list) else []),
+    ]
+    if not (isinstance(interval, list) and len(interval) == 2 and all(type(v) in (int, float) for v in numbers)):
+        return None
+    return cmp
 
 
 def gate_evidence(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -121,12 +152,12 @@ def gate_evidence(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(gate, dict) or not isinstance(gate.get("conditions"), list):
         return None
     conditions = [c for c in gate["conditions"] if isinstance(c, dict)]
-    cmp = next((c["comparison"] for c in conditions if isinstance(c.get("comparison"), dict)), None)
+    cmp = _comparison(conditions)
     chart = None
     if cmp is not None:
         low, high = cmp["interval"]
         chart = interval_chart(cmp["difference"], low, high, -cmp["tolerance"], cmp["confidence"])
-    tasks = [t | {"outcome": _outcome(t)} for t in (metrics or {}).get("tasks") or [] if isinstance(t, dict)]
+    tasks = [t for t in map(_task, (metrics or {}).get("tasks") or []) if t is not None]
     return {"passed": gate.get("passed"), "conditions": conditions, "comparison": cmp, "chart": chart, "tasks": tasks}
 
 

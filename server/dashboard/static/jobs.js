@@ -28,28 +28,37 @@
     label("low", lo.toPrecision(3));
     label("steps", "steps " + first + "–" + xs[xs.length - 1]);
   }
-  async function poll() {
-    for (const row of rows) {
-      const answer = await fetch(base + "/api/jobs/" + encodeURIComponent(row.dataset.job), { credentials: "same-origin" });
-      if (!answer.ok) continue;
-      const job = await answer.json();
-      if (job.status !== "queued" && job.status !== "running") { location.reload(); return; }
-      show(row, "status", job.status);
-      show(row, "steps", (job.step || 0) + "/" + (job.total_steps || "?"));
-      show(row, "loss", num(job.loss, 3));
-      show(row, "steps_per_s", num(job.steps_per_s, 2));
-      show(row, "eta_s", num(job.eta_s, 0));
-      show(row, "reward", num(job.reward, 3));
-      show(row, "dropped_share", num(job.dropped_share, 2));
-      show(row, "stage", job.message || job.stage || "");
-      const bar = row.querySelector('[data-field="bar"]');
-      if (bar) { bar.max = job.total_steps || 1; bar.value = job.step || 0; }
-      const curves = row.nextElementSibling;
-      if (curves && curves.dataset.curves === row.dataset.job) {
-        for (const svg of curves.querySelectorAll("svg[data-curve]")) draw(svg, job[svg.dataset.curve] || []);
-      }
+  async function update(row) {
+    const answer = await fetch(base + "/api/jobs/" + encodeURIComponent(row.dataset.job), { credentials: "same-origin" });
+    if (!answer.ok) return true;
+    const job = await answer.json();
+    if (job.status !== "queued" && job.status !== "running") { location.reload(); return false; }
+    show(row, "status", job.status);
+    show(row, "steps", (job.step || 0) + "/" + (job.total_steps || "?"));
+    show(row, "loss", num(job.loss, 3));
+    show(row, "steps_per_s", num(job.steps_per_s, 2));
+    show(row, "eta_s", num(job.eta_s, 0));
+    show(row, "reward", num(job.reward, 3));
+    show(row, "dropped_share", num(job.dropped_share, 2));
+    show(row, "stage", job.message || job.stage || "");
+    const bar = row.querySelector('[data-field="bar"]');
+    if (bar) {
+      bar.max = typeof job.total_steps === "number" && job.total_steps > 0 ? job.total_steps : 1;
+      bar.value = typeof job.step === "number" ? job.step : 0;
     }
-    setTimeout(poll, 2000);
+    const curves = row.nextElementSibling;
+    if (curves && curves.dataset.curves === row.dataset.job) {
+      for (const svg of curves.querySelectorAll("svg[data-curve]")) draw(svg, job[svg.dataset.curve] || []);
+    }
+    return true;
+  }
+  // A failed fetch or an odd answer skips that row this time; polling goes on either way.
+  async function poll() {
+    let again = true;
+    for (const row of rows) {
+      try { again = (await update(row)) && again; } catch (e) { /* the next poll tries again */ }
+    }
+    if (again) setTimeout(poll, 2000);
   }
   poll();
 })();
