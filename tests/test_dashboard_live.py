@@ -13,6 +13,10 @@ import pytest
 
 from learning.jobs.queries import job_row
 from learning.registry.adapters import get_adapter
+from learning.routing.experiments import list_experiments
+from learning.routing.router import experiment_arm_rewards, select_adapter
+from learning.runs.record import log_run
+from learning.runs.stats import run_stats
 from learning.store import Store, loads
 from tests.conftest import run_cli
 from tests.support.dashboard_serve import chromium, served_app, sync_api
@@ -20,6 +24,8 @@ from tests.support.tiny import tiny_base
 from tests.support.train_helpers import make_dataset
 
 pytestmark = pytest.mark.slow
+RUNS = 24
+PAGES = ["/", "/runs", "/runs/1", "/adapters", "/jobs", "/routing", "/traffic"]
 TRAIN = ["train", "--role", "coder", "--dataset", "ds-coder", "--base", "embedded:tiny", "--json"]
 
 
@@ -47,6 +53,10 @@ def home(tmp_path_factory):
     candidate = _cli(root, "register", str(copy), "--role", "coder", "--base", base)["id"]
     _cli(root, "promote", candidate, "--to", "candidate", "--force", "--reason", "to compare", "--yes")
     _cli(root, "experiment", "start", "--role", "coder", "--candidate", candidate, "--mode", "thompson")
+    for i in range(RUNS):  # as an agent works: ask which adapter, do the task, log the run with its reward
+        chosen = select_adapter(store, "coder", task_key=f"task-{i}")
+        run = {"role": "coder", "output": f"def f(): return {i}", "decision_id": chosen.decision_id}
+        log_run(store, run | ({"reward": round(0.1 + 0.8 * (i % 5) / 4, 3)} if i % 6 else {}))  # some pending
     yield root, (production, candidate)
     store.close()
 
@@ -74,6 +84,29 @@ def test_a_trained_evaluated_promoted_adapter_and_its_experiment_show_as_stored(
         text = page.inner_text("main")
         assert production in text and candidate in text and "thompson" in text
         page.screenshot(path=str(tmp_path / "routing.png"), full_page=True)
+        store = Store(root)
+        page.goto(f"{url}/")
+        assert page.inner_text("#total-runs") == str(run_stats(store).total_runs) == str(RUNS)
+        with store.read() as conn:  # each arm's scored runs, as the router counts them
+            arms = {r["arm"]: r["runs"] for r in experiment_arm_rewards(conn, list_experiments(store)[0].id)}
+        page.goto(f"{url}/routing")
+        for arm, runs in arms.items():
+            assert page.locator(f'tr[data-arm="{arm}"] td.runs').first.inner_text() == str(runs), arm
+        assert sum(arms.values()) == RUNS - len(range(0, RUNS, 6))  # the pending runs are not an arm's yet
+
+
+def test_every_page_loads_cleanly_on_the_home_the_loop_filled(home, browser, tmp_path):
+    root, _ = home
+    with served_app(root) as url:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        for i, path in enumerate(PAGES):
+            answer = page.goto(url + path)
+            assert answer is not None and answer.status == 200, path
+            page.screenshot(path=str(tmp_path / f"page-{i}.png"), full_page=True)
+        assert errors == []
 
 
 def test_the_jobs_page_draws_a_running_jobs_loss_curve_as_it_grows(home, browser, tmp_path):
