@@ -4,9 +4,8 @@ The two arms are the runs served by the new adapter and by the one it replaced i
 production (from the registry's events), or by the base model (runs of the role with no
 adapter) when it replaced nothing; learning.routing.drift_arms picks them and sums them up.
 The statistics and the decision rule are in learning.routing.drift_stats; this module calls
-them, records the check, and with auto_rollback undoes a regression through the registry
-(drift_result is the comparison alone, writing nothing; drift_history reads the checks back).
-numpy and scipy load on the first check, not at import (the MCP server and the CLI start
+them, records the check (record=False: only compares), and with auto_rollback undoes a
+regression through the registry; drift_history reads the checks back. numpy and scipy load on the first check, not at import (the MCP server and the CLI start
 without them).
 """
 
@@ -107,53 +106,6 @@ def detect_drift(
     confirm=true, and only on a regression."""
     if auto_rollback and not confirm:
         raise ConfirmationNeeded(drift_consent(store, auto_rollback=True) or "")
-    out = drift_result(
-        store,
-        role,
-        task_type,
-        complexity,
-        new_id,
-        old_id,
-        experiment_id,
-        days,
-        since,
-        until,
-        last_n,
-        threshold=threshold,
-        alpha=alpha,
-        min_runs=min_runs,
-        sequential=sequential,
-    )
-    if auto_rollback:
-        out.rolled_back, out.rollback = _rollback(store, out, actor, confirm)
-    if record:
-        new_id, old_id = out.new.adapter_id, out.old.adapter_id  # the arms as resolved
-        insert_drift_check(
-            store, time.time(), out.role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json"))
-        )
-    return out
-
-
-def drift_result(
-    store: Store,
-    role: str | None = None,
-    task_type: str | None = None,
-    complexity: str | None = None,
-    new_id: str | None = None,
-    old_id: str | None = None,
-    experiment_id: str | None = None,
-    days: float | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    last_n: int | None = None,
-    *,
-    threshold: float = 0.05,
-    alpha: float = 0.05,
-    min_runs: int = 30,
-    sequential: bool = False,
-) -> DriftResult:
-    """detect_drift's comparison alone: reads the store, records nothing and never rolls back
-    (for read-only views such as the dashboard)."""
     _check_options(threshold, alpha, min_runs, last_n)
     start, end = time_window(since, until, days)
     role, task_type, complexity, new_id, old_id, experiment_id = resolve_arms(
@@ -163,7 +115,7 @@ def drift_result(
         store, role, task_type, complexity, new_id, old_id, experiment_id, start, end, last_n
     )
     result = _compare(new, r_new, old, r_old, threshold, alpha, min_runs, sequential)
-    return DriftResult(
+    out = DriftResult(
         role=role,
         task_type=task_type,
         complexity=complexity,
@@ -171,6 +123,11 @@ def drift_result(
         window=_window(start, end, last_n, experiment_id),
         **result,
     )
+    if auto_rollback:
+        out.rolled_back, out.rollback = _rollback(store, out, actor, confirm)
+    if record:
+        insert_drift_check(store, time.time(), role, new_id, old_id, out.decision, dumps(out.model_dump(mode="json")))
+    return out
 
 
 def _check_options(threshold: float, alpha: float, min_runs: int, last_n: int | None) -> None:

@@ -2,8 +2,8 @@
 its arms (Thompson: each arm's Beta posterior; canary: the traffic split) with the verdict
 detect_drift would give on its traffic; then each role's recorded drift checks over time.
 
-Nothing here writes: the verdict comes from drift_result, detect_drift's comparison without the
-drift_checks row. numpy and scipy load with the first running experiment shown."""
+Nothing here writes: the verdict is detect_drift with record=False (and no rollback). numpy
+and scipy load with the first running experiment shown."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from markupsafe import Markup
 from learning.clock import iso
 from learning.registry.adapters import list_adapters
 from learning.registry.queries import known_roles
-from learning.routing.drift import DriftCheck, DriftResult, drift_history, drift_result
+from learning.routing.drift import DriftCheck, DriftResult, detect_drift, drift_history
 from learning.routing.experiments import Experiment, list_experiments
 from learning.routing.router import experiment_arm_rewards
 from learning.store import Store
@@ -114,7 +114,7 @@ def arm_posteriors(store: Store, experiment: Experiment) -> list[ArmPosterior]:
 def experiment_panel(store: Store, experiment: Experiment) -> ExperimentPanel:
     """A running experiment's arms and the verdict detect_drift(experiment_id=...) would give."""
     posteriors = arm_posteriors(store, experiment) if experiment.mode == "thompson" else []
-    return ExperimentPanel(experiment, posteriors, drift_result(store, experiment_id=experiment.id))
+    return ExperimentPanel(experiment, posteriors, detect_drift(store, experiment_id=experiment.id, record=False))
 
 
 def _time_text(ts: float) -> str:
