@@ -65,6 +65,12 @@ def train(cluster: LoopbackCluster, store: Store, *args: str, wait: bool = True,
     return json.loads(out.stdout), out
 
 
+def on_two_workers(cluster, store, dataset: str, steps: int, *args: str, overrides=PER_WORKER, wait: bool = True):
+    """`train` on the loopback cluster: 2 workers, `steps` steps, dataset and overrides as given."""
+    common = ["--dataset", dataset, "--cluster", cluster.address, "--num-processes", "2", "--max-steps", str(steps)]
+    return train(cluster, store, *common, "--overrides", json.dumps(overrides), *args, wait=wait)
+
+
 def loss_curve(store: Store, adapter_id: str) -> list[float]:
     meta = json.loads((Path(registry.get_adapter(store, adapter_id).path) / "metadata.json").read_text())
     return [loss for _, loss in meta["loss_curve"]]
@@ -133,22 +139,7 @@ def test_sft_on_two_workers_matches_one_process(cluster, store):
         store, "coder", "ds-sft", base=BASE, max_steps=6, num_processes=2, overrides=PER_WORKER, adapter_id="coder-ddp"
     )
     assert jobs.wait_job(store, ddp.job_id or "", timeout=600).status == "succeeded"
-    answer, out = train(
-        cluster,
-        store,
-        "--dataset",
-        "ds-sft",
-        "--cluster",
-        cluster.address,
-        "--num-processes",
-        "2",
-        "--max-steps",
-        "6",
-        "--overrides",
-        json.dumps(PER_WORKER),
-        "--adapter-id",
-        "coder-ray",
-    )
+    answer, out = on_two_workers(cluster, store, "ds-sft", 6, "--adapter-id", "coder-ray")
     assert answer["status"] == "succeeded", out.stdout[-3000:]
     adapter = registry.get_adapter(store, "coder-ray")
     assert adapter.status == "trained" and adapter.metrics["steps"] == 6
@@ -172,44 +163,14 @@ def test_sft_on_two_workers_matches_one_process(cluster, store):
 
 
 def test_dpo_on_two_workers(cluster, store):
-    answer, out = train(
-        cluster,
-        store,
-        "--dataset",
-        "ds-dpo",
-        "--method",
-        "dpo",
-        "--cluster",
-        cluster.address,
-        "--num-processes",
-        "2",
-        "--max-steps",
-        "3",
-        "--overrides",
-        json.dumps(PER_WORKER),
-    )
+    answer, out = on_two_workers(cluster, store, "ds-dpo", 3, "--method", "dpo")
     assert answer["status"] == "succeeded", out.stdout[-3000:]
     adapter = registry.get_adapter(store, answer["adapter_id"])
     assert adapter.status == "trained" and adapter.metrics["steps"] == 3 and adapter.params["config"]["method"] == "dpo"
 
 
 def test_fsdp_on_two_workers(cluster, store):
-    answer, out = train(
-        cluster,
-        store,
-        "--dataset",
-        "ds-sft",
-        "--cluster",
-        cluster.address,
-        "--num-processes",
-        "2",
-        "--max-steps",
-        "3",
-        "--sharding",
-        "fsdp",
-        "--overrides",
-        json.dumps(PER_WORKER),
-    )
+    answer, out = on_two_workers(cluster, store, "ds-sft", 3, "--sharding", "fsdp")
     assert answer["status"] == "succeeded", out.stdout[-3000:]
     meta = json.loads((Path(registry.get_adapter(store, answer["adapter_id"]).path) / "metadata.json").read_text())
     assert meta["sharding"]["kind"] == "fsdp" and meta["sharding"]["wrap"] == ["LlamaDecoderLayer"], meta["sharding"]
@@ -217,21 +178,8 @@ def test_fsdp_on_two_workers(cluster, store):
 
 def test_grpo_scores_each_workers_answers_in_the_jail_of_its_node(cluster, store):
     grpo = {"batch_size": 2, "num_generations": 4, "max_completion_length": 16, "temperature": 1.5}
-    answer, out = train(
-        cluster,
-        store,
-        "--dataset",
-        "ds-tested",
-        "--method",
-        "grpo",
-        "--cluster",
-        cluster.address,
-        "--num-processes",
-        "2",
-        "--max-steps",
-        "2",
-        "--overrides",
-        json.dumps({**grpo, "no_signal_steps": 50}),
+    answer, out = on_two_workers(
+        cluster, store, "ds-tested", 2, "--method", "grpo", overrides={**grpo, "no_signal_steps": 50}
     )
     assert answer["status"] == "succeeded", out.stdout[-3000:]
     metrics = registry.get_adapter(store, answer["adapter_id"]).metrics["grpo"]
@@ -243,21 +191,14 @@ def test_grpo_scores_each_workers_answers_in_the_jail_of_its_node(cluster, store
 
 
 def _started(cluster, store, adapter_id: str, steps: int) -> str:
-    answer, out = train(
+    answer, _ = on_two_workers(
         cluster,
         store,
-        "--dataset",
         "ds-sft",
-        "--cluster",
-        cluster.address,
-        "--num-processes",
-        "2",
-        "--max-steps",
-        str(steps),
-        "--overrides",
-        json.dumps({**PER_WORKER, "save_steps": 2}),
+        steps,
         "--adapter-id",
         adapter_id,
+        overrides={**PER_WORKER, "save_steps": 2},
         wait=False,
     )
     return answer["job_id"]
